@@ -1,0 +1,88 @@
+// common.cuh — shared by every metalcore kernel. Prepended to each kernel source by the Rust side.
+//
+// Storage types are plain 16-bit structs with conversions by PTX `cvt` (round to nearest even), so
+// kernels need none of the CUDA headers and compile with NVRTC alone. `ACC` (float or double) is
+// the accumulation type, set by the launcher with -DACC=...
+#ifndef METALCORE_COMMON_CUH
+#define METALCORE_COMMON_CUH
+
+struct bf16 { unsigned short bits; };
+struct f16 { unsigned short bits; };
+
+__device__ __forceinline__ float bf16_to_float(bf16 v) { return __uint_as_float(((unsigned)v.bits) << 16); }
+__device__ __forceinline__ float f16_to_float(f16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+    return f;
+}
+
+__device__ __forceinline__ ACC to_acc(float v) { return (ACC)v; }
+__device__ __forceinline__ ACC to_acc(double v) { return (ACC)v; }
+__device__ __forceinline__ ACC to_acc(bf16 v) { return (ACC)bf16_to_float(v); }
+__device__ __forceinline__ ACC to_acc(f16 v) { return (ACC)f16_to_float(v); }
+
+template <class T> __device__ __forceinline__ T from_acc(ACC v);
+template <> __device__ __forceinline__ float from_acc<float>(ACC v) { return (float)v; }
+template <> __device__ __forceinline__ double from_acc<double>(ACC v) { return (double)v; }
+template <> __device__ __forceinline__ bf16 from_acc<bf16>(ACC v) {
+    bf16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"((float)v));
+    return r;
+}
+template <> __device__ __forceinline__ f16 from_acc<f16>(ACC v) {
+    f16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"((float)v));
+    return r;
+}
+
+// Rounds an accumulator value to the nearest value of storage type T.
+template <class T> __device__ __forceinline__ ACC round_to(ACC v) { return to_acc(from_acc<T>(v)); }
+
+// N consecutive elements moved as one aligned access (16 bytes per instruction where N allows).
+template <class T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
+
+template <class T, int N> __device__ __forceinline__ void load_vec(const T* __restrict__ p, ACC (&out)[N]) {
+    const Vec<T, N> t = *reinterpret_cast<const Vec<T, N>*>(p);
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = to_acc(t.v[i]);
+}
+
+template <class T, int N> __device__ __forceinline__ void store_vec(T* __restrict__ p, const ACC (&in)[N]) {
+    Vec<T, N> t;
+#pragma unroll
+    for (int i = 0; i < N; ++i) t.v[i] = from_acc<T>(in[i]);
+    *reinterpret_cast<Vec<T, N>*>(p) = t;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
+__device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
+
+// Sum over a group of GROUP consecutive threads (a multiple of 32 dividing the block).
+// Every thread of the block must call it: it synchronizes the block when GROUP > 32.
+template <int GROUP> __device__ __forceinline__ ACC group_sum(ACC v, ACC* red) {
+    v = warp_sum(v);
+    if (GROUP == 32) return v;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    constexpr int WPG = GROUP / 32;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    const int first = (warp / WPG) * WPG;
+    ACC s = 0;
+#pragma unroll
+    for (int i = 0; i < WPG; ++i) s += red[first + i];
+    __syncthreads();  // `red` is reused by the next call
+    return s;
+}
+
+#endif

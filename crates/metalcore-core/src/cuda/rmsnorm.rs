@@ -1,0 +1,299 @@
+//! RMSNorm on CUDA: variant selection and launches (math in `kernels/rmsnorm.cu`).
+
+use super::jit::{function, Defines, Kernel};
+use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::rmsnorm::{BwdPlan, FwdPlan};
+use crate::tensor::Exec;
+use cudarc::driver::PushKernelArg;
+
+pub static KERNEL: Kernel = Kernel { name: "rmsnorm", source: include_str!("../../kernels/rmsnorm.cu") };
+
+/// Thread layout of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    vec: usize,
+    /// Threads per row (a multiple of 32).
+    tpr: usize,
+    block: usize,
+    /// VEC-chunks per thread kept in registers; 0 streams the row twice.
+    chunks: usize,
+}
+
+/// Elements per thread the register path aims for (override: METALCORE_RMSNORM_ELEMS, for tuning).
+fn target_elems() -> usize {
+    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("METALCORE_RMSNORM_ELEMS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(16)
+    })
+}
+
+fn geometry(cols: usize, vec: usize) -> Geometry {
+    let nvec = cols / vec;
+    let per_thread = (target_elems() / vec).max(1);
+    let tpr = nvec.div_ceil(per_thread).next_power_of_two().clamp(32, 1024);
+    let chunks = nvec.div_ceil(tpr).max(1);
+    if chunks * vec > 64 {
+        // Too long for registers: stream the row with the widest block.
+        return Geometry { vec, tpr: 1024, block: 1024, chunks: 0 };
+    }
+    Geometry { vec, tpr, block: tpr.max(128), chunks }
+}
+
+fn base_defines(g: &Geometry, acc: DType) -> Defines {
+    vec![
+        ("ACC", ctype(acc).to_string()),
+        ("VEC", g.vec.to_string()),
+        ("TPR", g.tpr.to_string()),
+        ("BLOCK", g.block.to_string()),
+        ("CHUNKS", g.chunks.to_string()),
+    ]
+}
+
+fn flag(b: bool) -> String {
+    (b as u8).to_string()
+}
+
+fn ptr_of<T: Copy>(m: Option<T>, f: impl Fn(T) -> usize) -> u64 {
+    m.map(f).unwrap_or(0) as u64
+}
+
+fn fwd_variant(p: &FwdPlan) -> (Geometry, Defines) {
+    let mut ops = vec![(p.x.ptr, p.x.row_stride, p.x.dtype.size()), (p.y.ptr, p.y.row_stride, p.y.dtype.size())];
+    for m in [p.residual, p.residual_out].into_iter().flatten() {
+        ops.push((m.ptr, m.row_stride, m.dtype.size()));
+    }
+    if let Some(w) = p.weight {
+        ops.push((w.ptr, 0, w.dtype.size()));
+    }
+    let g = geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops));
+    let mut d = base_defines(&g, p.acc);
+    d.extend([
+        ("T_X", ctype(p.x.dtype).to_string()),
+        ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
+        ("T_Y", ctype(p.y.dtype).to_string()),
+        ("HAS_W", flag(p.weight.is_some())),
+        ("HAS_RES", flag(p.residual.is_some())),
+        ("HAS_RSTD", flag(p.rstd.is_some())),
+        ("CAST_BEFORE_W", flag(p.cast_before_weight)),
+        // Unused by the forward entry, fixed so that forward and backward can share a module.
+        ("T_DY", "float".into()),
+        ("T_DX", "float".into()),
+        ("T_DR", "float".into()),
+    ]);
+    (g, d)
+}
+
+pub fn fwd(p: &FwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let (g, defines) = fwd_variant(p);
+    let f = function(&dev, &KERNEL, &defines, "rmsnorm_fwd")?;
+    let rpb = g.block / g.tpr;
+    let grid = p.rows.div_ceil(rpb).min(dev.sm_count * 64) as u32;
+    let stream = borrowed_stream(&dev, exec.stream);
+    let (x, res, w, y, ro, rstd) = (
+        p.x.ptr as u64,
+        ptr_of(p.residual, |m| m.ptr),
+        ptr_of(p.weight, |m| m.ptr),
+        p.y.ptr as u64,
+        ptr_of(p.residual_out, |m| m.ptr),
+        p.rstd.unwrap_or(0) as u64,
+    );
+    let (x_rs, res_rs, y_rs, ro_rs) = (
+        p.x.row_stride as i64,
+        p.residual.map_or(0, |m| m.row_stride) as i64,
+        p.y.row_stride as i64,
+        p.residual_out.map_or(0, |m| m.row_stride) as i64,
+    );
+    let (rows, cols) = (p.rows as i64, p.cols as i32);
+    let (eps32, off32, eps64, off64) = (p.eps as f32, p.offset as f32, p.eps, p.offset);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&x).arg(&x_rs).arg(&res).arg(&res_rs).arg(&w).arg(&y).arg(&y_rs).arg(&ro).arg(&ro_rs).arg(&rstd);
+    b.arg(&rows).arg(&cols);
+    if p.acc == DType::F64 {
+        b.arg(&eps64).arg(&off64);
+    } else {
+        b.arg(&eps32).arg(&off32);
+    }
+    // SAFETY: every pointer is a live tensor validated for this shape by `RmsNormFwd::plan`, the
+    // argument list matches the kernel's signature, and the launch goes on the caller's stream.
+    unsafe { b.launch(cfg(grid, (g.block as u32, 1), 0)) }.map_err(driver_err("launching rmsnorm_fwd"))?;
+    Ok(())
+}
+
+fn bwd_variant(p: &BwdPlan) -> (Geometry, Defines) {
+    let mut ops = vec![
+        (p.x.ptr, p.x.row_stride, p.x.dtype.size()),
+        (p.dy.ptr, p.dy.row_stride, p.dy.dtype.size()),
+        (p.dx.ptr, p.dx.row_stride, p.dx.dtype.size()),
+    ];
+    if let Some(m) = p.d_residual_out {
+        ops.push((m.ptr, m.row_stride, m.dtype.size()));
+    }
+    if let Some(w) = p.weight {
+        ops.push((w.ptr, 0, w.dtype.size()));
+    }
+    if let Some((ws, _)) = p.workspace {
+        ops.push((ws, p.cols, p.acc.size()));
+    }
+    let g = geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops));
+    let mut d = base_defines(&g, p.acc);
+    d.extend([
+        ("T_X", ctype(p.x.dtype).to_string()),
+        ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
+        ("T_DY", ctype(p.dy.dtype).to_string()),
+        ("T_DX", ctype(p.dx.dtype).to_string()),
+        ("T_DR", ctype(p.d_residual_out.map_or(p.x.dtype, |m| m.dtype)).to_string()),
+        ("HAS_W", flag(p.weight.is_some())),
+        ("HAS_DW", flag(p.dw.is_some())),
+        ("HAS_DRES", flag(p.d_residual_out.is_some())),
+        ("CAST_BEFORE_W", flag(p.cast_before_weight)),
+        ("T_Y", "float".into()),
+    ]);
+    (g, d)
+}
+
+/// Blocks of the persistent backward grid: as many as are resident at once, at most one per row group.
+fn bwd_grid(dev: &DeviceState, p: &BwdPlan) -> Result<(Geometry, Defines, usize)> {
+    let (g, d) = bwd_variant(p);
+    let f = function(dev, &KERNEL, &d, "rmsnorm_bwd")?;
+    let occ = f
+        .occupancy_max_active_blocks_per_multiprocessor(g.block as u32, 0, None)
+        .map_err(driver_err("querying occupancy"))?
+        .max(1) as usize;
+    let groups = p.rows.div_ceil(g.block / g.tpr).max(1);
+    Ok((g, d, groups.min(dev.sm_count * occ)))
+}
+
+fn workspace_need(g: &Geometry, grid: usize, p: &BwdPlan) -> usize {
+    if p.dw.is_some() {
+        grid * (g.block / g.tpr) * p.cols
+    } else {
+        0
+    }
+}
+
+/// Workspace elements (of the accumulation dtype) that `bwd` needs for this call.
+pub fn bwd_workspace_len(p: &BwdPlan, ordinal: usize) -> Result<usize> {
+    if p.dw.is_none() {
+        return Ok(0);
+    }
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let (g, _, grid) = bwd_grid(&dev, p)?;
+    Ok(workspace_need(&g, grid, p))
+}
+
+pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let (g, d, grid) = bwd_grid(&dev, p)?;
+    let need = workspace_need(&g, grid, p);
+    let ws = match p.workspace {
+        Some((ptr, len)) if len >= need => ptr as u64,
+        _ if need == 0 => 0,
+        got => {
+            return Err(Error::value(
+                "workspace",
+                format!("expected at least {need} elements, got {}", got.map_or(0, |g| g.1)),
+            ))
+        }
+    };
+    let stream = borrowed_stream(&dev, exec.stream);
+    let rows = p.rows as i64;
+    let cols = p.cols as i32;
+    if p.rows > 0 {
+        let f = function(&dev, &KERNEL, &d, "rmsnorm_bwd")?;
+        let (dy, x, w, rstd, dr, dx) = (
+            p.dy.ptr as u64,
+            p.x.ptr as u64,
+            ptr_of(p.weight, |m| m.ptr),
+            p.rstd as u64,
+            ptr_of(p.d_residual_out, |m| m.ptr),
+            p.dx.ptr as u64,
+        );
+        let (dy_rs, x_rs, dr_rs, dx_rs) = (
+            p.dy.row_stride as i64,
+            p.x.row_stride as i64,
+            p.d_residual_out.map_or(0, |m| m.row_stride) as i64,
+            p.dx.row_stride as i64,
+        );
+        let (off32, off64) = (p.offset as f32, p.offset);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&dy).arg(&dy_rs).arg(&x).arg(&x_rs).arg(&w).arg(&rstd).arg(&dr).arg(&dr_rs).arg(&dx).arg(&dx_rs);
+        b.arg(&ws).arg(&rows).arg(&cols);
+        if p.acc == DType::F64 {
+            b.arg(&off64);
+        } else {
+            b.arg(&off32);
+        }
+        // SAFETY: pointers validated by `RmsNormBwd::plan`; the workspace holds `need` elements,
+        // which covers grid * rows-per-block rows of `cols`; launch on the caller's stream.
+        unsafe { b.launch(cfg(grid as u32, (g.block as u32, 1), 0)) }.map_err(driver_err("launching rmsnorm_bwd"))?;
+    }
+    if let Some(dw) = p.dw {
+        let f = function(&dev, &KERNEL, &d, "rmsnorm_dw_reduce")?;
+        let parts = if p.rows > 0 { (grid * (g.block / g.tpr)) as i32 } else { 0 };
+        let dwp = dw.ptr as u64;
+        let mut b = stream.launch_builder(&f);
+        b.arg(&ws).arg(&parts).arg(&cols).arg(&dwp);
+        // SAFETY: `ws` holds `parts` rows of `cols` written by the launch above on the same stream;
+        // `dw` is a validated vector of `cols` elements.
+        unsafe { b.launch(cfg(p.cols.div_ceil(32) as u32, (32, 16), 0)) }.map_err(driver_err("launching rmsnorm_dw_reduce"))?;
+    }
+    Ok(())
+}
+
+/// The variants CI compiles: every dtype, both casting modes, register and streaming paths, with
+/// and without weight, residual, rstd, dw and d_residual.
+pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
+    let mut out = Vec::new();
+    let dts = [DType::F32, DType::F16, DType::BF16, DType::F64];
+    for (i, &dt) in dts.iter().enumerate() {
+        for &(vec, chunks, tpr) in &[(16 / dt.size(), 2usize, 256usize), (1, 0, 1024), (1, 1, 32)] {
+            let g = Geometry { vec, tpr, block: tpr.max(128), chunks };
+            let mut d = base_defines(&g, dt.compute());
+            let on = i % 2 == 0;
+            d.extend([
+                ("T_X", ctype(dt).to_string()),
+                ("T_W", ctype(if on { DType::F32 } else { dt }).to_string()),
+                ("T_Y", ctype(if on { DType::F32 } else { dt }).to_string()),
+                ("T_DY", ctype(dt).to_string()),
+                ("T_DX", ctype(dt).to_string()),
+                ("T_DR", ctype(dt).to_string()),
+                ("HAS_W", flag(chunks != 1)),
+                ("HAS_RES", flag(on)),
+                ("HAS_RSTD", flag(chunks != 1)),
+                ("CAST_BEFORE_W", flag(on)),
+                ("HAS_DW", flag(chunks != 1)),
+                ("HAS_DRES", flag(!on)),
+            ]);
+            out.push((&KERNEL, d));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_covers_the_row() {
+        for cols in [1usize, 7, 64, 4096, 4097, 8192, 65536, 262144] {
+            for vec in [1usize, 2, 4, 8] {
+                if cols % vec != 0 {
+                    continue;
+                }
+                let g = geometry(cols, vec);
+                assert!(g.tpr % 32 == 0 && g.block % g.tpr == 0 && g.block <= 1024, "{g:?}");
+                if g.chunks > 0 {
+                    assert!(g.chunks * g.tpr * vec >= cols, "{cols} {g:?}");
+                    assert!(g.chunks * vec <= 64);
+                }
+            }
+        }
+    }
+}

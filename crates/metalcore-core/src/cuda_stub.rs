@@ -1,0 +1,45 @@
+//! Stand-in for the CUDA backend when the `cuda` feature is off: the same entry points, each
+//! answering that the backend is not built in, so the rest of the core has no `cfg` noise.
+
+use crate::error::{Error, Result};
+
+fn off() -> Error {
+    Error::BackendUnavailable("metalcore was built without the `cuda` feature".into())
+}
+
+pub fn driver_present() -> bool {
+    false
+}
+pub fn nvrtc_present() -> bool {
+    false
+}
+
+pub mod jit {
+    use crate::error::Result;
+    pub fn compile_all(_arch: &str) -> Result<Vec<String>> {
+        Err(super::off())
+    }
+    pub fn nvrtc_version() -> Result<(i32, i32)> {
+        Err(super::off())
+    }
+}
+
+pub mod rmsnorm {
+    use crate::error::Result;
+    use crate::ops::rmsnorm::{BwdPlan, FwdPlan};
+    use crate::tensor::Exec;
+    pub fn fwd(_: &FwdPlan, _: usize, _: Exec) -> Result<()> {
+        Err(super::off())
+    }
+    pub fn bwd(_: &BwdPlan, _: usize, _: Exec) -> Result<()> {
+        Err(super::off())
+    }
+    pub fn bwd_workspace_len(_: &BwdPlan, _: usize) -> Result<usize> {
+        Err(super::off())
+    }
+}
+
+#[allow(dead_code)]
+fn _unused() -> Result<()> {
+    Ok(())
+}

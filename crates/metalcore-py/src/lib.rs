@@ -1,0 +1,42 @@
+//! `metalcore._native`: the thin PyO3 layer over metalcore-core. It turns tensor descriptors
+//! (plain tuples built by the Python package) into `TensorRef`s, releases the GIL around the work,
+//! and maps core errors to Python exception classes. No torch dependency on the Rust side.
+
+mod bridge;
+mod rmsnorm;
+
+use pyo3::prelude::*;
+
+/// True when the CUDA driver library can be loaded.
+#[pyfunction]
+fn cuda_driver_present() -> bool {
+    metalcore_core::cuda::driver_present()
+}
+
+/// True when NVRTC can be loaded.
+#[pyfunction]
+fn nvrtc_present() -> bool {
+    metalcore_core::cuda::nvrtc_present()
+}
+
+/// NVRTC's (major, minor) version.
+#[pyfunction]
+fn nvrtc_version() -> PyResult<(i32, i32)> {
+    metalcore_core::cuda::jit::nvrtc_version().map_err(bridge::to_py)
+}
+
+/// Compiles every CUDA kernel variant for `arch` (e.g. "sm_90a") with NVRTC; needs no GPU.
+#[pyfunction]
+fn compile_all_kernels(py: Python<'_>, arch: String) -> PyResult<Vec<String>> {
+    py.detach(|| metalcore_core::cuda::jit::compile_all(&arch)).map_err(bridge::to_py)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cuda_driver_present, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc_present, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
+    m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
+    rmsnorm::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# metalcore developer entry point. Every command first does the whole set-up (idempotent):
+# a virtualenv in .venv, the Python requirements from PyPI, and a release build of the package.
+#
+#   ./dev.sh bench [--gpu] [--quick] [--out DIR]   benchmark table of ours vs PyTorch (CPU by default)
+#   ./dev.sh test                                  every test: cargo test + pytest
+#   ./dev.sh wheel                                 abi3 wheel into dist/ (for the GPU machine)
+#   ./dev.sh setup                                 set-up only
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+
+setup() {
+    local py=${PYTHON:-}
+    if [ -z "$py" ]; then
+        for c in python3.11 python3; do command -v "$c" >/dev/null 2>&1 && { py=$c; break; }; done
+    fi
+    [ -x .venv/bin/python ] || "$py" -m venv .venv
+    local stamp=.venv/.requirements.sha
+    local want
+    want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        .venv/bin/python -m pip install -q --upgrade pip
+        .venv/bin/python -m pip install -q -r requirements-dev.txt
+        echo "$want" > "$stamp"
+    fi
+    VIRTUAL_ENV=$ROOT/.venv PATH=$ROOT/.venv/bin:$PATH .venv/bin/maturin develop --release -q >/dev/null
+}
+
+nvrtc_lib() {
+    .venv/bin/python - <<'PY'
+import glob, os, sys
+for base in sys.path:
+    for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
+        if glob.glob(os.path.join(base, sub, "libnvrtc.so*")):
+            print(os.path.join(base, sub)); sys.exit(0)
+PY
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    bench)
+        setup
+        .venv/bin/python -m metalcore.bench "$@" ;;
+    test)
+        setup
+        export METALCORE_REQUIRE_NVRTC=1
+        LD_LIBRARY_PATH="$(nvrtc_lib):${LD_LIBRARY_PATH:-}" cargo test -p metalcore-core --release
+        .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" ;;
+    wheel)
+        setup
+        .venv/bin/maturin build --release -q -o dist
+        ls -1 dist/*.whl ;;
+    *)
+        sed -n '2,9p' "$0"; exit 2 ;;
+esac

@@ -1,0 +1,31 @@
+"""metalcore: fast linear algebra and LLM-training ops for PyTorch, on a Rust core.
+
+Backends: CPU (Rust + rayon) and CUDA (kernels compiled at run time by NVRTC, launched on
+PyTorch's current stream). Tensors on other devices fall back to PyTorch's own ops, with a
+one-time warning.
+"""
+
+from . import reference
+from ._backend import SUPPORTED_DEVICE_TYPES, cuda_available
+from .rmsnorm import (
+    FusedAddRMSNorm,
+    FusedAddRMSNormFunction,
+    MetalRMSNorm,
+    RMSNormFunction,
+    fused_add_rmsnorm,
+    rms_norm,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUPPORTED_DEVICE_TYPES",
+    "cuda_available",
+    "reference",
+    "rms_norm",
+    "fused_add_rmsnorm",
+    "RMSNormFunction",
+    "FusedAddRMSNormFunction",
+    "MetalRMSNorm",
+    "FusedAddRMSNorm",
+]

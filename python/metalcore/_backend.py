@@ -1,0 +1,147 @@
+"""Glue between torch tensors and the native core: descriptors, streams, device support.
+
+The core borrows memory that torch owns. Every output and workspace is allocated here, through
+torch (so its caching allocator serves them and CUDA graph capture works); the core only launches
+kernels on torch's current stream and never synchronizes the host.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from . import _native
+
+__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "set_poison", "SUPPORTED_DEVICE_TYPES"]
+
+#: Device types with a metalcore backend. Everything else falls back to PyTorch (with a warning).
+SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
+
+_DTYPE_NAMES = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.float64: "float64",
+}
+
+Desc = Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str, int]
+
+
+def desc(t: torch.Tensor, arg: str) -> Desc:
+    """Describes `t` for the core: (data_ptr, dtype, shape, strides, device type, device index)."""
+    name = _DTYPE_NAMES.get(t.dtype)
+    if name is None:
+        raise TypeError(f"{arg}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
+    index = t.device.index
+    return (t.data_ptr(), name, tuple(t.shape), t.stride(), t.device.type, -1 if index is None else index)
+
+
+def opt_desc(t: Optional[torch.Tensor], arg: str) -> Optional[Desc]:
+    return None if t is None else desc(t, arg)
+
+
+_poison = False
+
+
+def set_poison(on: bool) -> bool:
+    """Test hook: when on, every output metalcore allocates is filled with NaN before the kernel
+    runs, so an element the kernel fails to write shows up. Returns the previous setting."""
+    global _poison
+    prev, _poison = _poison, bool(on)
+    return prev
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocates an op's output through torch (poisoned with NaN under `set_poison(True)`)."""
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if _poison:
+        t.fill_(float("nan"))
+    return t
+
+
+def _preload_nvrtc() -> None:
+    """Makes NVRTC loadable by the core when it comes from NVIDIA's pip wheel (as torch's CUDA
+    builds install it) rather than from a system toolkit on the loader's path: loading the wheel's
+    libnvrtc-builtins and libnvrtc globally lets the core's dlopen find them by soname."""
+    if _native.nvrtc_present():
+        return
+    import ctypes
+    import glob
+    import os
+    import sys
+
+    for base in sys.path:
+        for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib"):
+            d = os.path.join(base, sub)
+            libs = sorted(glob.glob(os.path.join(d, "libnvrtc.so.*")))
+            if not libs:
+                continue
+            try:
+                for b in sorted(glob.glob(os.path.join(d, "libnvrtc-builtins.so.*"))):
+                    ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(libs[0], mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            if _native.nvrtc_present():
+                return
+
+
+_preload_nvrtc()
+
+
+def _raw_stream_public(index: int) -> int:
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+try:  # private, but 80x cheaper than the public call (0.07 us vs 5.5 us)
+    _raw_stream_private = torch._C._cuda_getCurrentRawStream  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - depends on the torch build
+    _raw_stream_private = None
+
+
+def stream_of(t: torch.Tensor) -> int:
+    """Raw handle of torch's current stream on `t`'s device (0 for CPU tensors)."""
+    if t.device.type != "cuda":
+        return 0
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if _raw_stream_private is not None:
+        return _raw_stream_private(index)
+    return _raw_stream_public(index)
+
+
+def has_backend(device: torch.device) -> bool:
+    return device.type in SUPPORTED_DEVICE_TYPES
+
+
+_warned: set = set()
+
+
+def warn_fallback(op: str, device: torch.device) -> None:
+    """Warns once per (op, device type) that metalcore computes `op` with PyTorch's own ops."""
+    key = (op, device.type)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"metalcore has no backend for device type '{device.type}': {op} falls back to "
+            "PyTorch's own operations (same results, no speed-up)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def check_same_device(ref_name: str, ref: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name}: expected a tensor on {ref.device} (the device of {ref_name}), got one on {t.device}")
+
+
+def check_float(name: str, t: Optional[torch.Tensor]) -> None:
+    if t is not None and t.dtype not in _DTYPE_NAMES:
+        raise TypeError(f"{name}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device and the CUDA driver library loads."""
+    return torch.cuda.is_available() and _native.cuda_driver_present()

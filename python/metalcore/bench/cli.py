@@ -1,0 +1,177 @@
+"""``python -m metalcore.bench``: a table of ours vs peers, written to bench/results/."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import metalcore
+from metalcore import reference
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def time_ms(fn: Callable[[int], object], device: str, *, warmup: int = 10, reps: int = 100, min_time: float = 0.3) -> float:
+    """Median milliseconds of `fn(i)` (i rotates through the input sets)."""
+    for i in range(warmup):
+        fn(i)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        times = []
+        t_end = time.perf_counter() + min_time
+        i = 0
+        while i < reps or (time.perf_counter() < t_end and i < 20 * reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn(i)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+            i += 1
+        return statistics.median(times)
+    times = []
+    t_end = time.perf_counter() + min_time
+    i = 0
+    while i < max(5, reps // 10) or (time.perf_counter() < t_end and i < reps):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1e3)
+        i += 1
+    return statistics.median(times)
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.double(), ref.double()
+    d = ref.norm().item()
+    return float("inf") if not torch.isfinite(a).all() else (a - ref).norm().item() / (d or 1.0)
+
+
+def _liger_rmsnorm():
+    try:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction  # type: ignore
+
+        return lambda x, w, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama")
+    except Exception:  # noqa: BLE001 - Liger is optional
+        return None
+
+
+def bench_rmsnorm(device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """RMSNorm forward, and forward+backward, for ours and each peer."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    set_bytes = rows * cols * elem
+    l2 = 60 << 20 if device == "cuda" else 32 << 20
+    nsets = max(2, min(8, (3 * l2) // max(set_bytes, 1) + 1))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    xs = [torch.randn(rows, cols, generator=g).to(dtype).to(device) for _ in range(nsets)]
+    dys = [torch.randn(rows, cols, generator=g).to(dtype).to(device) for _ in range(nsets)]
+    w = (1 + 0.1 * torch.randn(cols, generator=g)).to(dtype).to(device)
+    eps = 1e-6
+    peers: Dict[str, Callable] = {
+        "metalcore": lambda x, w: metalcore.rms_norm(x, w, eps),
+        "torch F.rms_norm": lambda x, w: torch.nn.functional.rms_norm(x, (cols,), w, eps),
+        "HF eager": lambda x, w: reference.rms_norm(x, w, eps),
+    }
+    liger = _liger_rmsnorm() if device == "cuda" else None
+    if liger is not None:
+        peers["Liger"] = lambda x, w: liger(x, w, eps)
+
+    # float64 truth on the first input set
+    x64 = xs[0].double().requires_grad_()
+    w64 = w.double().requires_grad_()
+    y64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
+    gx64, gw64 = torch.autograd.grad(y64, (x64, w64), dys[0].double())
+
+    reps = 20 if quick else 200
+    out = []
+    for name, f in peers.items():
+        wr = w.detach().clone().requires_grad_()
+        xr = [x.detach().clone().requires_grad_() for x in xs]
+        with torch.no_grad():
+            y = f(xs[0], w)
+        err_f = _rel(y, y64.detach())
+        gx, gw = torch.autograd.grad(f(xr[0], wr), (xr[0], wr), dys[0])
+        err_b = max(_rel(gx, gx64), _rel(gw, gw64))
+
+        def fwd(i, f=f):
+            with torch.no_grad():
+                f(xs[i % nsets], w)
+
+        def fwdbwd(i, f=f, xr=xr, wr=wr):
+            x = xr[i % nsets]
+            torch.autograd.grad(f(x, wr), (x, wr), dys[i % nsets])
+
+        t_f = time_ms(fwd, device, reps=reps)
+        t_fb = time_ms(fwdbwd, device, reps=reps)
+        out.append(dict(op="rmsnorm", case=f"{rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
+                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b,
+                        fwd_gbs=2 * set_bytes / (t_f * 1e-3) / 1e9))
+    return out
+
+
+def _table(rows: List[Dict]) -> str:
+    lines = ["| op | case | impl | fwd ms | fwd GB/s | fwd+bwd ms | vs torch (fwd+bwd) | fwd err | bwd err |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base: Dict[str, float] = {}
+    for r in rows:
+        if r["impl"] == "torch F.rms_norm":
+            base[r["case"]] = r["fwdbwd_ms"]
+    for r in rows:
+        b = base.get(r["case"])
+        ratio = f"{b / r['fwdbwd_ms']:.2f}x" if b else "-"
+        lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {r['fwd_ms']:.4f} | {r['fwd_gbs']:.0f} | {r['fwdbwd_ms']:.4f} | {ratio} | {r['fwd_err']:.1e} | {r['bwd_err']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m metalcore.bench", description=__doc__)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present (with --gpu), else cpu")
+    ap.add_argument("--gpu", action="store_true", help="use CUDA when present (the default device is the CPU)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--out", default=None, help="folder for the results markdown (default: none written)")
+    args = ap.parse_args(argv)
+    device = args.device or ("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        cases = [(8192, 4096, torch.bfloat16), (8192, 4096, torch.float16), (8192, 4096, torch.float32),
+                 (16384, 8192, torch.bfloat16), (65536, 1024, torch.bfloat16), (4096, 4097, torch.bfloat16)]
+    else:
+        cases = [(2048, 4096, torch.float32), (2048, 4096, torch.bfloat16)]
+    rows: List[Dict] = []
+    for r, c, dt in cases:
+        rows += bench_rmsnorm(device, r, c, dt, args.quick)
+    header = (f"device: {_device_name(device)}; torch {torch.__version__}; metalcore {metalcore.__version__}; "
+              f"date {datetime.date.today().isoformat()}")
+    table = _table(rows)
+    print(header)
+    print(table)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", _device_name(device)).strip("-").lower()
+        path = os.path.join(args.out, f"rmsnorm-{device}-{slug}.md")
+        with open(path, "w") as f:
+            f.write(f"# RMSNorm benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device}`\n\n{table}\n")
+        print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""RMSNorm and fused residual-add + RMSNorm, forward and backward, on the metalcore core.
+
+Semantics follow HF transformers:
+
+- ``casting="llama"`` (LlamaRMSNorm, Qwen2RMSNorm, ...): the norm is computed in float32, cast to
+  the input dtype, then multiplied by ``weight + offset``; the output takes
+  ``torch.promote_types(x.dtype, weight.dtype)``.
+- ``casting="gemma"`` (GemmaRMSNorm): everything in float32 with ``offset=1.0`` (``1 + w``), one cast to
+  the input dtype at the end.
+
+float64 inputs are computed in float64 (HF would compute them in float32). Gradients flow to the
+input, the weight and (for the fused op) the residual; the forward saves only the per-row ``1/rms``.
+
+Two entry paths share one implementation: eager calls go through ``RMSNormFunction`` /
+``FusedAddRMSNormFunction`` (``torch.autograd.Function``, the least Python overhead), and code
+traced by ``torch.compile`` goes through the custom ops ``torch.ops.metalcore.rms_norm_fwd`` /
+``rms_norm_bwd``, which carry fake (meta) implementations and an autograd registration, so
+``torch.compile(fullgraph=True)`` traces them without graph breaks. Tensors on a device with no
+metalcore backend (e.g. ``mps``) are computed by PyTorch's own ops (``metalcore.reference``), with a
+one-time warning.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _native, reference
+from ._backend import check_float, check_same_device, desc, empty, has_backend, opt_desc, stream_of, warn_fallback
+
+__all__ = [
+    "rms_norm",
+    "fused_add_rmsnorm",
+    "RMSNormFunction",
+    "FusedAddRMSNormFunction",
+    "MetalRMSNorm",
+    "FusedAddRMSNorm",
+]
+
+_CASTINGS = ("llama", "gemma")
+
+
+def _cast_before_weight(casting: str) -> bool:
+    if casting not in _CASTINGS:
+        raise ValueError(f"casting: expected one of {_CASTINGS}, got {casting!r}")
+    return casting == "llama"
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _out_dtype(x: Tensor, weight: Optional[Tensor], cast_before_weight: bool) -> torch.dtype:
+    if weight is not None and cast_before_weight:
+        return torch.promote_types(x.dtype, weight.dtype)
+    return x.dtype
+
+
+def _rows(t: Tensor, n: int) -> Tensor:
+    """`t` as a (rows, n) matrix the core accepts: unit column stride, non-overlapping rows."""
+    t2 = t.reshape(-1, n)
+    if (n > 1 and t2.stride(1) != 1) or (t2.shape[0] > 1 and t2.stride(0) < n):
+        t2 = t2.contiguous()
+    return t2
+
+
+def _check(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x: expected at least one dimension, got a 0-d tensor")
+    check_float("x", x)
+    check_float("residual", residual)
+    check_float("weight", weight)
+    check_same_device("x", x, residual=residual, weight=weight)
+    n = x.shape[-1]
+    if weight is not None and (weight.dim() != 1 or weight.shape[0] != n):
+        raise ValueError(f"weight: expected shape ({n},) to match the last dimension of x, got {tuple(weight.shape)}")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual: expected shape {tuple(x.shape)} (the shape of x), got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Implementation shared by both entry paths (no autograd here).
+
+
+def _fwd_impl(
+    x: Tensor,
+    residual: Optional[Tensor],
+    weight: Optional[Tensor],
+    eps: float,
+    offset: float,
+    cast_before_weight: bool,
+    want_rstd: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Returns (y, residual_out or None, rstd or None)."""
+    n = x.shape[-1]
+    rows = 1
+    for s in x.shape[:-1]:
+        rows *= s
+    y = empty(x.shape, _out_dtype(x, weight, cast_before_weight), x.device)
+    res_out = empty(x.shape, x.dtype, x.device) if residual is not None else None
+    rstd = empty((rows,), _acc_dtype(x.dtype), x.device) if want_rstd else None
+    if n == 0 or rows == 0:
+        if rstd is not None:
+            rstd.fill_(float("nan"))  # mean over an empty row, as torch computes it
+        return y, res_out, rstd
+    # Keep every view/copy in a local: the core only borrows their memory during the call.
+    w = weight.contiguous() if weight is not None else None
+    x2 = _rows(x, n)
+    r2 = _rows(residual, n) if residual is not None else None
+    _native.rms_norm_fwd_into(
+        desc(x2, "x"),
+        opt_desc(r2, "residual"),
+        opt_desc(w, "weight"),
+        desc(y.view(-1, n), "out"),
+        opt_desc(res_out.view(-1, n), "residual_out") if res_out is not None else None,
+        opt_desc(rstd, "rstd"),
+        float(eps),
+        float(offset),
+        cast_before_weight,
+        stream_of(x),
+    )
+    return y, res_out, rstd
+
+
+def _bwd_impl(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    rstd: Tensor,
+    d_res_out: Optional[Tensor],
+    offset: float,
+    cast_before_weight: bool,
+    need_dw: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Returns (dx, dw or None); `x` is the tensor that was normalized."""
+    n = x.shape[-1]
+    dx = empty(x.shape, x.dtype, x.device)
+    dw = empty(weight.shape, weight.dtype, weight.device) if (need_dw and weight is not None) else None
+    if n == 0 or x.numel() == 0:
+        if d_res_out is not None:
+            dx.copy_(d_res_out)
+        if dw is not None:
+            dw.zero_()
+        return dx, dw
+    # Keep every view/copy in a local: the core only borrows their memory during the call.
+    w = weight.contiguous() if weight is not None else None
+    dy2, x2 = _rows(dy, n), _rows(x, n)
+    dr2 = _rows(d_res_out, n) if d_res_out is not None else None
+    args = (
+        desc(dy2, "grad_out"),
+        desc(x2, "x"),
+        opt_desc(w, "weight"),
+        desc(rstd, "rstd"),
+        opt_desc(dr2, "grad_residual_out"),
+        desc(dx.view(-1, n), "grad_x"),
+        opt_desc(dw, "grad_weight"),
+    )
+    workspace = None
+    if x.device.type == "cuda" and dw is not None:
+        ws_len = _native.rms_norm_bwd_workspace(*args, float(offset), cast_before_weight)
+        workspace = empty((ws_len,), _acc_dtype(x.dtype), x.device)
+    _native.rms_norm_bwd_into(*args, opt_desc(workspace, "workspace"), float(offset), cast_before_weight, stream_of(x))
+    return dx, dw
+
+
+# ----------------------------------------------------------------------------------------------
+# Eager path: autograd.Function.
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """``RMSNormFunction.apply(x, weight, eps, offset, casting)``: RMSNorm with a fused backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float = 1e-6, offset: float = 0.0, casting: str = "llama") -> Tensor:  # type: ignore[override]
+        cast = _cast_before_weight(casting)
+        _check(x, None, weight)
+        want = any(ctx.needs_input_grad[:2])
+        y, _, rstd = _fwd_impl(x, None, weight, eps, offset, cast, want)
+        if want:
+            ctx.save_for_backward(x, weight, rstd)
+        ctx.offset, ctx.cast = offset, cast
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = _bwd_impl(dy, x, weight, rstd, None, ctx.offset, ctx.cast, ctx.needs_input_grad[1])
+        return (dx if ctx.needs_input_grad[0] else None), dw, None, None, None
+
+
+class FusedAddRMSNormFunction(torch.autograd.Function):
+    """``FusedAddRMSNormFunction.apply(x, residual, weight, eps, offset, casting)`` returns
+    ``(rms_norm(x + residual), x + residual)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float = 1e-6, offset: float = 0.0, casting: str = "llama"):  # type: ignore[override]
+        cast = _cast_before_weight(casting)
+        _check(x, residual, weight)
+        want = any(ctx.needs_input_grad[:3])
+        y, res_out, rstd = _fwd_impl(x, residual, weight, eps, offset, cast, want)
+        if want:
+            ctx.save_for_backward(res_out, weight, rstd)
+        ctx.offset, ctx.cast = offset, cast
+        return y, res_out
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, d_res_out: Optional[Tensor]):  # type: ignore[override]
+        s, weight, rstd = ctx.saved_tensors
+        dx, dw = _bwd_impl(dy, s, weight, rstd, d_res_out, ctx.offset, ctx.cast, ctx.needs_input_grad[2])
+        return dx, dx, dw, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled path: torch.library custom ops with fake implementations and autograd.
+
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("metalcore::rms_norm_fwd", mutates_args=(), device_types=("cpu", "cuda"))
+def _op_fwd(
+    x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], eps: float, offset: float, cast_before_weight: bool
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (y, residual_out — empty without residual, rstd)."""
+    _check(x, residual, weight)
+    y, res_out, rstd = _fwd_impl(x, residual, weight, eps, offset, cast_before_weight, True)
+    if res_out is None:
+        res_out = x.new_empty(_EMPTY)
+    assert rstd is not None
+    return y, res_out, rstd
+
+
+@_op_fwd.register_fake
+def _(x, residual, weight, eps, offset, cast_before_weight):
+    rows = 1
+    for s in x.shape[:-1]:
+        rows *= s
+    y = x.new_empty(x.shape, dtype=_out_dtype(x, weight, cast_before_weight))
+    res_out = x.new_empty(x.shape) if residual is not None else x.new_empty(_EMPTY)
+    return y, res_out, x.new_empty((rows,), dtype=_acc_dtype(x.dtype))
+
+
+@torch.library.custom_op("metalcore::rms_norm_bwd", mutates_args=(), device_types=("cpu", "cuda"))
+def _op_bwd(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    rstd: Tensor,
+    d_residual_out: Optional[Tensor],
+    offset: float,
+    cast_before_weight: bool,
+    need_dw: bool,
+) -> Tuple[Tensor, Tensor]:
+    """Returns (dx, dw — empty unless need_dw and a weight)."""
+    dx, dw = _bwd_impl(dy, x, weight, rstd, d_residual_out, offset, cast_before_weight, need_dw)
+    return dx, (dw if dw is not None else x.new_empty(_EMPTY))
+
+
+@_op_bwd.register_fake
+def _(dy, x, weight, rstd, d_residual_out, offset, cast_before_weight, need_dw):
+    dw = weight.new_empty(weight.shape) if (need_dw and weight is not None) else x.new_empty(_EMPTY)
+    return x.new_empty(x.shape), dw
+
+
+def _setup_fwd(ctx, inputs, output):
+    x, residual, weight, eps, offset, cast = inputs
+    y, res_out, rstd = output
+    ctx.save_for_backward(res_out if residual is not None else x, weight, rstd)
+    ctx.has_residual, ctx.offset, ctx.cast = residual is not None, offset, cast
+    ctx.mark_non_differentiable(rstd)
+
+
+def _backward_fwd(ctx, dy, d_res_out, _d_rstd):
+    xn, weight, rstd = ctx.saved_tensors
+    need_dw = weight is not None and ctx.needs_input_grad[2]
+    dres = d_res_out if ctx.has_residual else None
+    dx, dw = torch.ops.metalcore.rms_norm_bwd(dy, xn, weight, rstd, dres, ctx.offset, ctx.cast, need_dw)
+    return dx, (dx if ctx.has_residual else None), (dw if need_dw else None), None, None, None
+
+
+torch.library.register_autograd("metalcore::rms_norm_fwd", _backward_fwd, setup_context=_setup_fwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+
+
+def rms_norm(
+    x: Tensor,
+    weight: Optional[Tensor] = None,
+    eps: float = 1e-6,
+    *,
+    offset: float = 0.0,
+    casting: str = "llama",
+) -> Tensor:
+    """RMSNorm over the last dimension of ``x`` (any leading shape).
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor on CPU or CUDA.
+        weight: optional scale of shape ``(x.shape[-1],)``, any floating dtype.
+        eps: added to the mean square.
+        offset: added to the weight (``1.0`` for Gemma's ``1 + w``).
+        casting: ``"llama"`` or ``"gemma"`` (see the module docstring).
+
+    Returns:
+        A tensor of ``x``'s shape; dtype ``promote_types(x.dtype, weight.dtype)`` with Llama
+        casting and a weight, else ``x.dtype``.
+    """
+    _check(x, None, weight)
+    if not has_backend(x.device):
+        warn_fallback("rms_norm", x.device)
+        _cast_before_weight(casting)
+        return reference.rms_norm(x, weight, eps, offset, casting)
+    if torch.compiler.is_compiling():
+        return torch.ops.metalcore.rms_norm_fwd(x, None, weight, eps, offset, _cast_before_weight(casting))[0]
+    return RMSNormFunction.apply(x, weight, eps, offset, casting)
+
+
+def fused_add_rmsnorm(
+    x: Tensor,
+    residual: Tensor,
+    weight: Optional[Tensor] = None,
+    eps: float = 1e-6,
+    *,
+    offset: float = 0.0,
+    casting: str = "llama",
+) -> Tuple[Tensor, Tensor]:
+    """``s = x + residual`` (rounded to ``x.dtype``) and ``rms_norm(s)`` in one pass.
+
+    Returns:
+        ``(normed, s)``: the normalized output and the new residual stream. Gradients flow to ``x``,
+        ``residual`` and ``weight`` through both outputs.
+    """
+    _check(x, residual, weight)
+    if not has_backend(x.device):
+        warn_fallback("fused_add_rmsnorm", x.device)
+        _cast_before_weight(casting)
+        return reference.fused_add_rms_norm(x, residual, weight, eps, offset, casting)
+    if torch.compiler.is_compiling():
+        y, s, _ = torch.ops.metalcore.rms_norm_fwd(x, residual, weight, eps, offset, _cast_before_weight(casting))
+        return y, s
+    return FusedAddRMSNormFunction.apply(x, residual, weight, eps, offset, casting)
+
+
+class MetalRMSNorm(torch.nn.Module):
+    """Drop-in RMSNorm module (HF ``LlamaRMSNorm`` semantics by default).
+
+    Args:
+        hidden_size: size of the last dimension.
+        eps: added to the mean square.
+        elementwise_affine: learn a weight (initialised to ones, or to zeros when ``offset != 0``,
+            as Gemma does with ``1 + w``).
+        offset: added to the weight in the product.
+        casting: ``"llama"`` or ``"gemma"``.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-6,
+        elementwise_affine: bool = True,
+        *,
+        offset: float = 0.0,
+        casting: str = "llama",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        _cast_before_weight(casting)
+        self.hidden_size, self.eps, self.offset, self.casting = hidden_size, eps, offset, casting
+        # HF modules call it variance_epsilon; keep both names readable.
+        self.variance_epsilon = eps
+        if elementwise_affine:
+            init = torch.zeros if offset != 0.0 else torch.ones
+            self.weight = torch.nn.Parameter(init(hidden_size, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps, offset=self.offset, casting=self.casting)
+
+    def extra_repr(self) -> str:
+        return f"{self.hidden_size}, eps={self.eps}, offset={self.offset}, casting={self.casting!r}"
+
+
+class FusedAddRMSNorm(MetalRMSNorm):
+    """``forward(x, residual) -> (rms_norm(x + residual), x + residual)`` with a learned weight."""
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tuple[Tensor, Tensor]:  # type: ignore[override]
+        return fused_add_rmsnorm(x, residual, self.weight, self.eps, offset=self.offset, casting=self.casting)

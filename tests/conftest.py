@@ -1,0 +1,44 @@
+"""Shared test fixtures: the devices to test on, poisoned outputs, float64 references."""
+
+import pytest
+import torch
+
+import metalcore
+from metalcore import _backend
+
+DEVICES = ["cpu"] + (["cuda"] if metalcore.cuda_available() else [])
+
+
+def pytest_report_header(config):
+    return f"metalcore test devices: {DEVICES}; torch {torch.__version__}"
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every output metalcore allocates starts as NaN, so unwritten elements fail the checks."""
+    prev = _backend.set_poison(True)
+    yield
+    _backend.set_poison(prev)
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| in float64 (0 when both are empty); NaN anywhere gives inf."""
+    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
+    if a.numel() == 0 and ref.numel() == 0:
+        return 0.0
+    if not torch.isfinite(a).all():
+        return float("inf")
+    den = ref.norm().item()
+    return (a - ref).norm().item() / (den if den > 0 else 1.0)
+
+
+def assert_close_to_ref(ours, torch_lowp, ref64, *, what, floor=1e-6):
+    """The quality bar: our error vs float64 is at most 2x PyTorch's own error in the same dtype
+    (plus a tiny floor for dtypes where both are at rounding level)."""
+    e_ours, e_torch = rel_err(ours, ref64), rel_err(torch_lowp, ref64)
+    assert e_ours <= 2 * e_torch + floor, f"{what}: our error {e_ours:.3e} vs torch's {e_torch:.3e}"
