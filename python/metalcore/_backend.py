@@ -34,8 +34,9 @@ def desc(t: torch.Tensor, arg: str) -> Desc:
     name = _DTYPE_NAMES.get(t.dtype)
     if name is None:
         raise TypeError(f"{arg}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
-    index = t.device.index
-    return (t.data_ptr(), name, tuple(t.shape), t.stride(), t.device.type, -1 if index is None else index)
+    dev = t.device
+    index = dev.index
+    return (t.data_ptr(), name, t.shape, t.stride(), dev.type, -1 if index is None else index)
 
 
 def opt_desc(t: Optional[torch.Tensor], arg: str) -> Optional[Desc]:

@@ -59,7 +59,10 @@ def _out_dtype(x: Tensor, weight: Optional[Tensor], cast_before_weight: bool) ->
 
 
 def _rows(t: Tensor, n: int) -> Tensor:
-    """`t` as a (rows, n) matrix the core accepts: unit column stride, non-overlapping rows."""
+    """`t` in a layout the core accepts: unit column stride and leading dimensions that collapse to
+    non-overlapping rows (a contiguous tensor passes as it is)."""
+    if t.is_contiguous():
+        return t
     t2 = t.reshape(-1, n)
     if (n > 1 and t2.stride(1) != 1) or (t2.shape[0] > 1 and t2.stride(0) < n):
         t2 = t2.contiguous()
@@ -118,8 +121,8 @@ def _fwd_impl(
         desc(x2, "x"),
         opt_desc(r2, "residual"),
         opt_desc(w, "weight"),
-        desc(y.view(-1, n), "out"),
-        opt_desc(res_out.view(-1, n), "residual_out") if res_out is not None else None,
+        desc(y, "out"),
+        opt_desc(res_out, "residual_out"),
         opt_desc(rstd, "rstd"),
         float(eps),
         float(offset),
@@ -127,6 +130,11 @@ def _fwd_impl(
         stream_of(x),
     )
     return y, res_out, rstd
+
+
+# Workspace sizes by call signature: the size depends only on the device, shapes, dtypes and flags,
+# and asking the core costs a planning pass.
+_WORKSPACE: dict = {}
 
 
 def _bwd_impl(
@@ -159,12 +167,16 @@ def _bwd_impl(
         opt_desc(w, "weight"),
         desc(rstd, "rstd"),
         opt_desc(dr2, "grad_residual_out"),
-        desc(dx.view(-1, n), "grad_x"),
+        desc(dx, "grad_x"),
         opt_desc(dw, "grad_weight"),
     )
     workspace = None
     if x.device.type == "cuda" and dw is not None:
-        ws_len = _native.rms_norm_bwd_workspace(*args, float(offset), cast_before_weight)
+        key = (x.device.index, x2.shape, x2.stride(), dy2.stride(), x.dtype, dy.dtype, weight.dtype,
+               dr2 is not None, offset, cast_before_weight)
+        ws_len = _WORKSPACE.get(key)
+        if ws_len is None:
+            ws_len = _WORKSPACE[key] = _native.rms_norm_bwd_workspace(*args, float(offset), cast_before_weight)
         workspace = empty((ws_len,), _acc_dtype(x.dtype), x.device)
     _native.rms_norm_bwd_into(*args, opt_desc(workspace, "workspace"), float(offset), cast_before_weight, stream_of(x))
     return dx, dw
@@ -312,12 +324,15 @@ def rms_norm(
         A tensor of ``x``'s shape; dtype ``promote_types(x.dtype, weight.dtype)`` with Llama
         casting and a weight, else ``x.dtype``.
     """
-    _check(x, None, weight)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if not has_backend(x.device):
+        _check(x, None, weight)
         warn_fallback("rms_norm", x.device)
         _cast_before_weight(casting)
         return reference.rms_norm(x, weight, eps, offset, casting)
     if torch.compiler.is_compiling():
+        _check(x, None, weight)
         return torch.ops.metalcore.rms_norm_fwd(x, None, weight, eps, offset, _cast_before_weight(casting))[0]
     return RMSNormFunction.apply(x, weight, eps, offset, casting)
 
@@ -337,12 +352,15 @@ def fused_add_rmsnorm(
         ``(normed, s)``: the normalized output and the new residual stream. Gradients flow to ``x``,
         ``residual`` and ``weight`` through both outputs.
     """
-    _check(x, residual, weight)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if not has_backend(x.device):
+        _check(x, residual, weight)
         warn_fallback("fused_add_rmsnorm", x.device)
         _cast_before_weight(casting)
         return reference.fused_add_rms_norm(x, residual, weight, eps, offset, casting)
     if torch.compiler.is_compiling():
+        _check(x, residual, weight)
         y, s, _ = torch.ops.metalcore.rms_norm_fwd(x, residual, weight, eps, offset, _cast_before_weight(casting))
         return y, s
     return FusedAddRMSNormFunction.apply(x, residual, weight, eps, offset, casting)
