@@ -31,3 +31,18 @@ for name, f in [("metalcore", lambda x, w: metalcore.rms_norm(x, w)),
         torch.cuda.synchronize()
     print(f"== {name} {rows}x{cols} {dt}")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+
+# Host side: where the Python/Rust time of one forward+backward goes (GPU kept busy meanwhile).
+import cProfile
+import pstats
+
+torch.cuda.synchronize()
+torch.cuda._sleep(int(4e9))
+f = lambda x, w: metalcore.rms_norm(x, w)  # noqa: E731
+pr = cProfile.Profile()
+pr.enable()
+for i in range(300):
+    step(f, i)
+pr.disable()
+torch.cuda.synchronize()
+pstats.Stats(pr).sort_stats("tottime").print_stats(14)

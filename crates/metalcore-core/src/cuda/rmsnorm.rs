@@ -6,12 +6,14 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::rmsnorm::{BwdPlan, FwdPlan};
 use crate::tensor::Exec;
-use cudarc::driver::PushKernelArg;
+use cudarc::driver::{CudaFunction, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "rmsnorm", source: include_str!("../../kernels/rmsnorm.cu") };
 
 /// Thread layout of one launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Geometry {
     vec: usize,
     /// Threads per row (a multiple of 32).
@@ -59,7 +61,7 @@ fn ptr_of<T: Copy>(m: Option<T>, f: impl Fn(T) -> usize) -> u64 {
     m.map(f).unwrap_or(0) as u64
 }
 
-fn fwd_variant(p: &FwdPlan) -> (Geometry, Defines) {
+fn fwd_geometry(p: &FwdPlan) -> Geometry {
     let mut ops = vec![(p.x.ptr, p.x.row_stride, p.x.dtype.size()), (p.y.ptr, p.y.row_stride, p.y.dtype.size())];
     for m in [p.residual, p.residual_out].into_iter().flatten() {
         ops.push((m.ptr, m.row_stride, m.dtype.size()));
@@ -67,8 +69,11 @@ fn fwd_variant(p: &FwdPlan) -> (Geometry, Defines) {
     if let Some(w) = p.weight {
         ops.push((w.ptr, 0, w.dtype.size()));
     }
-    let g = geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops));
-    let mut d = base_defines(&g, p.acc);
+    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops))
+}
+
+fn fwd_defines(p: &FwdPlan, g: &Geometry) -> Defines {
+    let mut d = base_defines(g, p.acc);
     d.extend([
         ("T_X", ctype(p.x.dtype).to_string()),
         ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
@@ -82,14 +87,70 @@ fn fwd_variant(p: &FwdPlan) -> (Geometry, Defines) {
         ("T_DX", "float".into()),
         ("T_DR", "float".into()),
     ]);
-    (g, d)
+    d
+}
+
+/// What selects a compiled variant: cheap to build and hash on every call, unlike the `-D` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct VariantKey {
+    ordinal: usize,
+    dtypes: [DType; 5],
+    geometry: Geometry,
+    flags: [bool; 6],
+}
+
+/// Loaded functions of one variant, and the backward grid size it allows.
+#[derive(Clone)]
+struct Loaded {
+    main: CudaFunction,
+    reduce: Option<CudaFunction>,
+    grid_cap: usize,
+}
+
+fn loaded_cache() -> &'static Mutex<HashMap<VariantKey, Loaded>> {
+    static C: OnceLock<Mutex<HashMap<VariantKey, Loaded>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn fwd_key(p: &FwdPlan, ordinal: usize, g: Geometry) -> VariantKey {
+    let w = p.weight.map_or(p.x.dtype, |w| w.dtype);
+    VariantKey {
+        ordinal,
+        dtypes: [p.x.dtype, w, p.y.dtype, p.acc, p.acc],
+        geometry: g,
+        flags: [p.weight.is_some(), p.residual.is_some(), p.rstd.is_some(), p.cast_before_weight, false, false],
+    }
+}
+
+fn bwd_key(p: &BwdPlan, ordinal: usize, g: Geometry) -> VariantKey {
+    let w = p.weight.map_or(p.x.dtype, |w| w.dtype);
+    let dr = p.d_residual_out.map_or(p.x.dtype, |m| m.dtype);
+    VariantKey {
+        ordinal,
+        dtypes: [p.x.dtype, w, p.dy.dtype, p.dx.dtype, dr],
+        geometry: g,
+        flags: [p.weight.is_some(), p.dw.is_some(), p.d_residual_out.is_some(), p.cast_before_weight, true, p.acc == DType::F64],
+    }
+}
+
+fn cached(key: VariantKey, make: impl FnOnce() -> Result<Loaded>) -> Result<Loaded> {
+    if let Some(l) = loaded_cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(l.clone());
+    }
+    let l = make()?;
+    loaded_cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, l.clone());
+    Ok(l)
 }
 
 pub fn fwd(p: &FwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
-    let (g, defines) = fwd_variant(p);
-    let f = function(&dev, &KERNEL, &defines, "rmsnorm_fwd")?;
+    let g = fwd_geometry(p);
+    let f = cached(fwd_key(p, ordinal, g), || {
+        let main = function(&dev, &KERNEL, &fwd_defines(p, &g), "rmsnorm_fwd")?;
+        Ok(Loaded { main, reduce: None, grid_cap: 0 })
+    })?
+    .main;
     let rpb = g.block / g.tpr;
     let grid = p.rows.div_ceil(rpb).min(dev.sm_count * 64) as u32;
     let stream = borrowed_stream(&dev, exec.stream);
@@ -123,7 +184,7 @@ pub fn fwd(p: &FwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     Ok(())
 }
 
-fn bwd_variant(p: &BwdPlan) -> (Geometry, Defines) {
+fn bwd_geometry(p: &BwdPlan) -> Geometry {
     let mut ops = vec![
         (p.x.ptr, p.x.row_stride, p.x.dtype.size()),
         (p.dy.ptr, p.dy.row_stride, p.dy.dtype.size()),
@@ -138,8 +199,11 @@ fn bwd_variant(p: &BwdPlan) -> (Geometry, Defines) {
     if let Some((ws, _)) = p.workspace {
         ops.push((ws, p.cols, p.acc.size()));
     }
-    let g = geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops));
-    let mut d = base_defines(&g, p.acc);
+    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops))
+}
+
+fn bwd_defines(p: &BwdPlan, g: &Geometry) -> Defines {
+    let mut d = base_defines(g, p.acc);
     d.extend([
         ("T_X", ctype(p.x.dtype).to_string()),
         ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
@@ -152,19 +216,26 @@ fn bwd_variant(p: &BwdPlan) -> (Geometry, Defines) {
         ("CAST_BEFORE_W", flag(p.cast_before_weight)),
         ("T_Y", "float".into()),
     ]);
-    (g, d)
+    d
 }
 
-/// Blocks of the persistent backward grid: as many as are resident at once, at most one per row group.
-fn bwd_grid(dev: &DeviceState, p: &BwdPlan) -> Result<(Geometry, Defines, usize)> {
-    let (g, d) = bwd_variant(p);
-    let f = function(dev, &KERNEL, &d, "rmsnorm_bwd")?;
-    let occ = f
-        .occupancy_max_active_blocks_per_multiprocessor(g.block as u32, 0, None)
-        .map_err(driver_err("querying occupancy"))?
-        .max(1) as usize;
+/// The backward variant for `p`, loaded, with its grid: as many blocks as are resident at once
+/// (occupancy, read once per variant), at most one per row group.
+fn bwd_loaded(dev: &DeviceState, p: &BwdPlan) -> Result<(Geometry, Loaded, usize)> {
+    let g = bwd_geometry(p);
+    let l = cached(bwd_key(p, dev.ctx.ordinal(), g), || {
+        let d = bwd_defines(p, &g);
+        let main = function(dev, &KERNEL, &d, "rmsnorm_bwd")?;
+        let reduce = Some(function(dev, &KERNEL, &d, "rmsnorm_dw_reduce")?);
+        let occ = main
+            .occupancy_max_active_blocks_per_multiprocessor(g.block as u32, 0, None)
+            .map_err(driver_err("querying occupancy"))?
+            .max(1) as usize;
+        Ok(Loaded { main, reduce, grid_cap: dev.sm_count * occ })
+    })?;
     let groups = p.rows.div_ceil(g.block / g.tpr).max(1);
-    Ok((g, d, groups.min(dev.sm_count * occ)))
+    let grid = groups.min(l.grid_cap);
+    Ok((g, l, grid))
 }
 
 fn workspace_need(g: &Geometry, grid: usize, p: &BwdPlan) -> usize {
@@ -182,14 +253,14 @@ pub fn bwd_workspace_len(p: &BwdPlan, ordinal: usize) -> Result<usize> {
     }
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
-    let (g, _, grid) = bwd_grid(&dev, p)?;
+    let (g, _, grid) = bwd_loaded(&dev, p)?;
     Ok(workspace_need(&g, grid, p))
 }
 
 pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
-    let (g, d, grid) = bwd_grid(&dev, p)?;
+    let (g, l, grid) = bwd_loaded(&dev, p)?;
     let need = workspace_need(&g, grid, p);
     let ws = match p.workspace {
         Some((ptr, len)) if len >= need => ptr as u64,
@@ -205,7 +276,7 @@ pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let rows = p.rows as i64;
     let cols = p.cols as i32;
     if p.rows > 0 {
-        let f = function(&dev, &KERNEL, &d, "rmsnorm_bwd")?;
+        let f = &l.main;
         let (dy, x, w, rstd, dr, dx) = (
             p.dy.ptr as u64,
             p.x.ptr as u64,
@@ -221,7 +292,7 @@ pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
             p.dx.row_stride as i64,
         );
         let (off32, off64) = (p.offset as f32, p.offset);
-        let mut b = stream.launch_builder(&f);
+        let mut b = stream.launch_builder(f);
         b.arg(&dy).arg(&dy_rs).arg(&x).arg(&x_rs).arg(&w).arg(&rstd).arg(&dr).arg(&dr_rs).arg(&dx).arg(&dx_rs);
         b.arg(&ws).arg(&rows).arg(&cols);
         if p.acc == DType::F64 {
@@ -234,10 +305,10 @@ pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
         unsafe { b.launch(cfg(grid as u32, (g.block as u32, 1), 0)) }.map_err(driver_err("launching rmsnorm_bwd"))?;
     }
     if let Some(dw) = p.dw {
-        let f = function(&dev, &KERNEL, &d, "rmsnorm_dw_reduce")?;
+        let f = l.reduce.as_ref().expect("backward variants load their reduction");
         let parts = if p.rows > 0 { (grid * (g.block / g.tpr)) as i32 } else { 0 };
         let dwp = dw.ptr as u64;
-        let mut b = stream.launch_builder(&f);
+        let mut b = stream.launch_builder(f);
         b.arg(&ws).arg(&parts).arg(&cols).arg(&dwp);
         // SAFETY: `ws` holds `parts` rows of `cols` written by the launch above on the same stream;
         // `dw` is a validated vector of `cols` elements.
