@@ -67,6 +67,36 @@ def time_ms(fn: Callable[[int], object], device: str, *, warmup: int = 10, reps:
     return statistics.median(times)
 
 
+def graph_ms(fn: Callable[[int], object], nsets: int, *, reps: int = 50) -> float:
+    """Device milliseconds per call with host overhead removed: `nsets` calls (one per input set)
+    captured in a CUDA graph, replayed `reps` times between two events. NaN if capture fails."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(nsets):
+                fn(i)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(nsets):
+                fn(i)
+    except Exception:  # noqa: BLE001 - a peer that cannot be captured gets no graph number
+        return float("nan")
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / nsets)
+    del g
+    return statistics.median(times)
+
+
 def host_us(fn: Callable[[int], object], n: int = 200) -> float:
     """Host microseconds per call while the GPU is kept busy (so no call waits on the device)."""
     for i in range(10):
@@ -143,26 +173,48 @@ def bench_rmsnorm(device: str, rows: int, cols: int, dtype: torch.dtype, quick: 
 
         t_f = time_ms(fwd, device, reps=reps)
         t_fb = time_ms(fwdbwd, device, reps=reps)
-        h_f = host_us(fwd) if device == "cuda" else float("nan")
-        h_fb = host_us(fwdbwd) if device == "cuda" else float("nan")
+        cuda = device == "cuda"
+        h_f = host_us(fwd) if cuda else float("nan")
+        h_fb = host_us(fwdbwd) if cuda else float("nan")
+        g_f = graph_ms(fwd, nsets) if cuda else float("nan")
+        g_fb = graph_ms(fwdbwd, nsets) if cuda else float("nan")
         out.append(dict(op="rmsnorm", case=f"{rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
-                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b, host_f=h_f, host_fb=h_fb,
-                        fwd_gbs=2 * set_bytes / (t_f * 1e-3) / 1e9))
+                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b, host_f=h_f, host_fb=h_fb, graph_f=g_f, graph_fb=g_fb,
+                        fwd_gbs=2 * set_bytes / (t_f * 1e-3) / 1e9, bytes=2 * set_bytes))
     return out
 
 
-def _table(rows: List[Dict]) -> str:
-    lines = ["| op | case | impl | fwd ms | fwd GB/s | fwd+bwd ms | vs torch (fwd+bwd) | fwd err | bwd err | host us fwd / fwd+bwd |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    base: Dict[str, float] = {}
+def _table(rows: List[Dict], device: str) -> str:
+    cuda = device == "cuda"
+    head = "| case | impl | fwd ms | fwd GB/s | fwd+bwd ms | vs torch | fwd err | bwd err |"
+    sep = "|---|---|---|---|---|---|---|---|"
+    if cuda:
+        head += " graph fwd ms | graph fwd GB/s | graph fwd+bwd ms | graph vs torch | host us fwd / fwd+bwd |"
+        sep += "---|---|---|---|---|"
+    lines = [head, sep]
+    base = {r["case"]: r for r in rows if r["impl"] == "torch F.rms_norm"}
+
+    def ratio(b, v):
+        return f"{b / v:.2f}x" if b and v == v and b == b else "-"
+
     for r in rows:
-        if r["impl"] == "torch F.rms_norm":
-            base[r["case"]] = r["fwdbwd_ms"]
-    for r in rows:
-        b = base.get(r["case"])
-        ratio = f"{b / r['fwdbwd_ms']:.2f}x" if b else "-"
-        lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | {r['fwd_ms']:.4f} | {r['fwd_gbs']:.0f} | {r['fwdbwd_ms']:.4f} | {ratio} | {r['fwd_err']:.1e} | {r['bwd_err']:.1e} | {r['host_f']:.0f} / {r['host_fb']:.0f} |")
+        b = base.get(r["case"], {})
+        line = (f"| {r['case']} | {r['impl']} | {r['fwd_ms']:.4f} | {r['fwd_gbs']:.0f} | {r['fwdbwd_ms']:.4f} | "
+                f"{ratio(b.get('fwdbwd_ms'), r['fwdbwd_ms'])} | {r['fwd_err']:.1e} | {r['bwd_err']:.1e} |")
+        if cuda:
+            gbs = r["bytes"] / (r["graph_f"] * 1e-3) / 1e9
+            line += (f" {r['graph_f']:.4f} | {gbs:.0f} | {r['graph_fb']:.4f} | {ratio(b.get('graph_fb'), r['graph_fb'])} | "
+                     f"{r['host_f']:.0f} / {r['host_fb']:.0f} |")
+        lines.append(line)
     return "\n".join(lines)
+
+
+LEGEND = """Columns: `fwd ms` / `fwd+bwd ms` are eager calls, the median per call of batches of 10
+back-to-back calls between CUDA events (wall clock on CPU); `graph ...` are the same calls
+replayed from a CUDA graph (device time alone, host overhead removed); `host us` is the Python+launch
+time per call while the GPU is kept busy. GB/s counts one read of x and one write of y. `err` is
+||out - ref|| / ||ref|| against float64 (bwd: the worse of dx and dw). `vs torch` is torch's time
+over ours (above 1 means we are faster), for fwd+bwd."""
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -191,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         rows += bench_rmsnorm(device, r, c, dt, args.quick)
     header = (f"device: {_device_name(device)}; torch {torch.__version__}; metalcore {metalcore.__version__}; "
               f"date {datetime.date.today().isoformat()}")
-    table = _table(rows)
+    table = _table(rows, device)
     print(header)
     print(table)
     if args.out:
@@ -199,7 +251,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", _device_name(device)).strip("-").lower()
         path = os.path.join(args.out, f"rmsnorm-{device}-{slug}.md")
         with open(path, "w") as f:
-            f.write(f"# RMSNorm benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device}`\n\n{table}\n")
+            f.write(f"# RMSNorm benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device}`\n\n{LEGEND}\n\n{table}\n")
         print(f"written: {path}")
 
 

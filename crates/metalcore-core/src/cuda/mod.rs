@@ -14,16 +14,33 @@ pub(crate) fn driver_err(context: &str) -> impl FnOnce(DriverError) -> Error + '
     move |e| Error::Cuda { context: context.to_string(), msg: e.to_string() }
 }
 
-/// True when the CUDA driver library can be loaded (it says nothing about devices).
+/// True when the CUDA driver library can be loaded (it says nothing about devices). The answer is
+/// kept once it is yes: asking means a dlopen, too slow for every op call.
 pub fn driver_present() -> bool {
+    static YES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     // SAFETY: only tries to dlopen the library.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    present(&YES, || unsafe { cudarc::driver::sys::is_culib_present() })
 }
 
-/// True when NVRTC can be loaded.
+/// True when NVRTC can be loaded (kept once it is yes, as for the driver).
 pub fn nvrtc_present() -> bool {
+    static YES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     // SAFETY: only tries to dlopen the library.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+    present(&YES, || unsafe { cudarc::nvrtc::sys::is_culib_present() })
+}
+
+/// A "no" is asked again next time, since the library may be loaded later (metalcore preloads
+/// NVRTC from NVIDIA's wheel when the loader cannot find it).
+fn present(yes: &std::sync::atomic::AtomicBool, probe: impl FnOnce() -> bool) -> bool {
+    use std::sync::atomic::Ordering;
+    if yes.load(Ordering::Relaxed) {
+        return true;
+    }
+    let found = probe();
+    if found {
+        yes.store(true, Ordering::Relaxed);
+    }
+    found
 }
 
 /// Per-device state: the retained primary context and facts read once from the device.
