@@ -24,7 +24,9 @@ setup() {
         .venv/bin/python -m pip install -q -r requirements-dev.txt
         echo "$want" > "$stamp"
     fi
-    VIRTUAL_ENV=$ROOT/.venv PATH=$ROOT/.venv/bin:$PATH .venv/bin/maturin develop --release -q >/dev/null
+    if ! VIRTUAL_ENV=$ROOT/.venv PATH=$ROOT/.venv/bin:$PATH .venv/bin/maturin develop --release -q >.venv/build.log 2>&1; then
+        cat .venv/build.log; echo "build failed" >&2; exit 1
+    fi
 }
 
 nvrtc_lib() {
@@ -51,7 +53,7 @@ case "$cmd" in
         .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" ;;
     wheel)
         setup
-        .venv/bin/maturin build --release -q -o dist
+        .venv/bin/maturin build --release -q -o dist >.venv/wheel.log 2>&1 || { cat .venv/wheel.log; exit 1; }
         ls -1 dist/*.whl ;;
     *)
         sed -n '2,9p' "$0"; exit 2 ;;
