@@ -1,7 +1,7 @@
 //! Stand-in for the CUDA backend when the `cuda` feature is off: the same entry points, each
 //! answering that the backend is not built in, so the rest of the core has no `cfg` noise.
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 fn off() -> Error {
     Error::BackendUnavailable("metalcore was built without the `cuda` feature".into())
@@ -37,9 +37,4 @@ pub mod rmsnorm {
     pub fn bwd_workspace_len(_: &BwdPlan, _: usize) -> Result<usize> {
         Err(super::off())
     }
-}
-
-#[allow(dead_code)]
-fn _unused() -> Result<()> {
-    Ok(())
 }
