@@ -182,6 +182,25 @@ def test_non_contiguous_inputs(device, kind):
     assert rel_err(gx, tx) < 1e-5 and rel_err(gw, tw) < 1e-5
 
 
+def test_non_contiguous_3d_inputs_mixed_with_contiguous(device):
+    base = make((4, 6, 40), torch.float32, device)
+    x = base.transpose(0, 1)[:, :, :33].detach().requires_grad_()  # (6, 4, 33), rows do not collapse
+    r = make((6, 4, 33), torch.float32, device, requires_grad=True)  # contiguous
+    w = make((33,), torch.float32, device, requires_grad=True)
+    y, s = fused_add_rmsnorm(x, r, w)
+    assert y.shape == x.shape and torch.equal(s, x + r)
+    assert rel_err(y, ref64(x, w, 1e-6, 0.0, "llama", residual=r)) < 1e-6
+    y2, s2 = fused_add_rmsnorm(r, x, w)  # the other way round
+    assert rel_err(y2, y) < 1e-6
+    dy = make(x.shape, torch.float32, device)
+    gx, gr, gw = torch.autograd.grad(y, (x, r, w), dy)
+    xs = [t.detach().double().requires_grad_() for t in (x, r, w)]
+    tx, tr, tw = torch.autograd.grad(ref64(xs[0], xs[2], 1e-6, 0.0, "llama", residual=xs[1]), xs, dy.double())
+    assert rel_err(gx, tx) < 1e-5 and rel_err(gr, tr) < 1e-5 and rel_err(gw, tw) < 1e-5
+    y3 = rms_norm(x, w)
+    assert rel_err(y3, ref64(x, w, 1e-6, 0.0, "llama")) < 1e-6
+
+
 @pytest.mark.parametrize("shape", [(0, 8), (2, 0, 8), (4, 0), (0,)])
 def test_empty_tensors(device, shape):
     x = torch.randn(shape, device=device, requires_grad=True)

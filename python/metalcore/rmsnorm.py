@@ -59,10 +59,10 @@ def _out_dtype(x: Tensor, weight: Optional[Tensor], cast_before_weight: bool) ->
 
 
 def _rows(t: Tensor, n: int) -> Tensor:
-    """`t` in a layout the core accepts: unit column stride and leading dimensions that collapse to
-    non-overlapping rows (a contiguous tensor passes as it is)."""
+    """`t` as a (rows, n) matrix the core accepts: unit column stride, non-overlapping rows
+    (a view where possible, else a contiguous copy)."""
     if t.is_contiguous():
-        return t
+        return t if t.dim() == 2 else t.view(-1, n)
     t2 = t.reshape(-1, n)
     if (n > 1 and t2.stride(1) != 1) or (t2.shape[0] > 1 and t2.stride(0) < n):
         t2 = t2.contiguous()
@@ -121,8 +121,8 @@ def _fwd_impl(
         desc(x2, "x"),
         opt_desc(r2, "residual"),
         opt_desc(w, "weight"),
-        desc(y, "out"),
-        opt_desc(res_out, "residual_out"),
+        desc(y.view(-1, n), "out"),
+        opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
         opt_desc(rstd, "rstd"),
         float(eps),
         float(offset),
@@ -167,7 +167,7 @@ def _bwd_impl(
         opt_desc(w, "weight"),
         desc(rstd, "rstd"),
         opt_desc(dr2, "grad_residual_out"),
-        desc(dx, "grad_x"),
+        desc(dx.view(-1, n), "grad_x"),
         opt_desc(dw, "grad_weight"),
     )
     workspace = None
