@@ -35,10 +35,27 @@
 #define HAS_DRES 0
 #endif
 
+#ifndef MINB
+#define MINB 1
+#endif
+
 typedef long long i64;
 constexpr int RPB = BLOCK / TPR;  // rows per block per step
 
-extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_fwd(
+// (w + offset) for chunk k of this thread, or ones without a weight.
+template <class W, int K>
+__device__ __forceinline__ void weight_chunk(const W (&wraw)[K], int k, ACC offset, ACC (&wv)[VEC]) {
+#if HAS_W
+    unpack<T_W, VEC>(wraw[k], wv);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) wv[i] += offset;
+#else
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) wv[i] = 1;
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK, MINB) rmsnorm_fwd(
     const T_X* __restrict__ x, i64 x_rs, const T_X* __restrict__ res, i64 res_rs,
     const T_W* __restrict__ w, T_Y* __restrict__ y, i64 y_rs, T_X* __restrict__ res_out, i64 ro_rs,
     ACC* __restrict__ rstd, i64 rows, int cols, ACC eps, ACC offset) {
@@ -53,21 +70,25 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_fwd(
         const T_X* xr = x + row * x_rs;
         ACC ss = 0;
 #if CHUNKS > 0
-        ACC v[CHUNKS][VEC];
+        Vec<T_X, VEC> v[CHUNKS];  // the row (x + residual, rounded to T_X), in storage type
 #pragma unroll
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
             if (valid && c < nvec) {
-                load_vec<T_X, VEC>(xr + c * VEC, v[k]);
+                v[k] = load_raw<T_X, VEC>(xr + c * VEC);
+                ACC a[VEC];
+                unpack<T_X, VEC>(v[k], a);
 #if HAS_RES
                 ACC t[VEC];
                 load_vec<T_X, VEC>(res + row * res_rs + c * VEC, t);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) v[k][i] = round_to<T_X>(v[k][i] + t[i]);
-                store_vec<T_X, VEC>(res_out + row * ro_rs + c * VEC, v[k]);
+                for (int i = 0; i < VEC; ++i) a[i] += t[i];
+                v[k] = pack<T_X, VEC>(a);
+                unpack<T_X, VEC>(v[k], a);
+                store_raw<T_X, VEC>(res_out + row * ro_rs + c * VEC, v[k]);
 #endif
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) ss += v[k][i] * v[k][i];
+                for (int i = 0; i < VEC; ++i) ss += a[i] * a[i];
             }
         }
 #else
@@ -96,14 +117,15 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_fwd(
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
             if (c < nvec) {
-                ACC o[VEC];
+                ACC o[VEC], a[VEC];
+                unpack<T_X, VEC>(v[k], a);
 #if HAS_W
                 ACC wv[VEC];
                 load_vec<T_W, VEC>(w + c * VEC, wv);
 #endif
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
-                    ACC h = v[k][i] * r;
+                    ACC h = a[i] * r;
 #if HAS_W
 #if CAST_BEFORE_W
                     h = round_to<T_X>(h);
@@ -146,7 +168,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_fwd(
 
 // Gradient of x (and, through partials, of w). `partial` holds one ACC row of dw per group
 // (gridDim.x * RPB rows); rmsnorm_dw_reduce sums them.
-extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_bwd(
+extern "C" __global__ void __launch_bounds__(BLOCK, MINB) rmsnorm_bwd(
     const T_DY* __restrict__ dy, i64 dy_rs, const T_X* __restrict__ x, i64 x_rs,
     const T_W* __restrict__ w, const ACC* __restrict__ rstd, const T_DR* __restrict__ dres, i64 dr_rs,
     T_DX* __restrict__ dx, i64 dx_rs, ACC* __restrict__ partial, i64 rows, int cols, ACC offset) {
@@ -157,28 +179,22 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_bwd(
     ACC* part = partial + ((i64)blockIdx.x * RPB + group) * cols;
 
 #if CHUNKS > 0
-    ACC wv[CHUNKS][VEC];
-#if HAS_DW
-    ACC dwacc[CHUNKS][VEC];
-#endif
+    Vec<T_W, VEC> wraw[CHUNKS];  // this thread's weight chunks, in storage type (unused without HAS_W)
+#if HAS_W
 #pragma unroll
     for (int k = 0; k < CHUNKS; ++k) {
         const int c = lane + k * TPR;
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            wv[k][i] = 1;
-#if HAS_DW
-            dwacc[k][i] = 0;
-#endif
-        }
-#if HAS_W
-        if (c < nvec) {
-            load_vec<T_W, VEC>(w + c * VEC, wv[k]);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) wv[k][i] += offset;
-        }
-#endif
+        if (c < nvec) wraw[k] = load_raw<T_W, VEC>(w + c * VEC);
     }
+#endif
+#if HAS_DW
+    ACC dwacc[CHUNKS][VEC];
+#pragma unroll
+    for (int k = 0; k < CHUNKS; ++k) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) dwacc[k][i] = 0;
+    }
+#endif
 #else
 #if HAS_DW
     for (int c = lane; c < nvec; c += TPR) {
@@ -194,18 +210,20 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_bwd(
         const ACC r = valid ? rstd[row] : (ACC)0;
         ACC dot = 0;
 #if CHUNKS > 0
-        ACC xh[CHUNKS][VEC], dv[CHUNKS][VEC];
+        Vec<T_X, VEC> xraw[CHUNKS];
+        Vec<T_DY, VEC> draw[CHUNKS];
 #pragma unroll
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
             if (valid && c < nvec) {
-                load_vec<T_X, VEC>(x + row * x_rs + c * VEC, xh[k]);
-                load_vec<T_DY, VEC>(dy + row * dy_rs + c * VEC, dv[k]);
+                xraw[k] = load_raw<T_X, VEC>(x + row * x_rs + c * VEC);
+                draw[k] = load_raw<T_DY, VEC>(dy + row * dy_rs + c * VEC);
+                ACC xh[VEC], dv[VEC], wv[VEC];
+                unpack<T_X, VEC>(xraw[k], xh);
+                unpack<T_DY, VEC>(draw[k], dv);
+                weight_chunk(wraw, k, offset, wv);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    xh[k][i] *= r;
-                    dot += dv[k][i] * wv[k][i] * xh[k][i];
-                }
+                for (int i = 0; i < VEC; ++i) dot += dv[i] * wv[i] * (xh[i] * r);
             }
         }
 #else
@@ -231,22 +249,27 @@ extern "C" __global__ void __launch_bounds__(BLOCK) rmsnorm_bwd(
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
             if (c < nvec) {
-                ACC o[VEC];
+                ACC o[VEC], xh[VEC], dv[VEC], wv[VEC];
+                unpack<T_X, VEC>(xraw[k], xh);
+                unpack<T_DY, VEC>(draw[k], dv);
+                weight_chunk(wraw, k, offset, wv);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) xh[i] *= r;
 #if HAS_DRES
                 ACC dr[VEC];
                 load_vec<T_DR, VEC>(dres + row * dr_rs + c * VEC, dr);
 #endif
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
-                    o[i] = r * (dv[k][i] * wv[k][i] - xh[k][i] * mean);
+                    o[i] = r * (dv[i] * wv[i] - xh[i] * mean);
 #if HAS_DRES
                     o[i] += dr[i];
 #endif
 #if HAS_DW
 #if CAST_BEFORE_W
-                    dwacc[k][i] += dv[k][i] * round_to<T_X>(xh[k][i]);
+                    dwacc[k][i] += dv[i] * round_to<T_X>(xh[i]);
 #else
-                    dwacc[k][i] += dv[k][i] * xh[k][i];
+                    dwacc[k][i] += dv[i] * xh[i];
 #endif
 #endif
                 }

@@ -28,7 +28,8 @@ fn a_broken_kernel_reports_nvrtc_log() {
     if !cuda::nvrtc_present() {
         return;
     }
-    static BAD: cuda::jit::Kernel = cuda::jit::Kernel { name: "bad", source: "extern \"C\" __global__ void k() { undefined_thing(); }" };
+    static BAD: cuda::jit::Kernel =
+        cuda::jit::Kernel { name: "bad", source: "extern \"C\" __global__ void k() { undefined_thing(); }" };
     let err = cuda::jit::compile(&BAD, "sm_90a", &vec![("ACC", "float".to_string())]).unwrap_err().to_string();
     assert!(err.contains("undefined_thing"), "the NVRTC log should name the error: {err}");
 }

@@ -41,17 +41,34 @@ template <class T> __device__ __forceinline__ ACC round_to(ACC v) { return to_ac
 // N consecutive elements moved as one aligned access (16 bytes per instruction where N allows).
 template <class T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
 
-template <class T, int N> __device__ __forceinline__ void load_vec(const T* __restrict__ p, ACC (&out)[N]) {
-    const Vec<T, N> t = *reinterpret_cast<const Vec<T, N>*>(p);
+// Raw access keeps values in their storage type (half the registers of ACC for 16-bit types);
+// unpack/pack convert between a raw vector and ACC values.
+template <class T, int N> __device__ __forceinline__ Vec<T, N> load_raw(const T* __restrict__ p) {
+    return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <class T, int N> __device__ __forceinline__ void store_raw(T* __restrict__ p, const Vec<T, N>& t) {
+    *reinterpret_cast<Vec<T, N>*>(p) = t;
+}
+
+template <class T, int N> __device__ __forceinline__ void unpack(const Vec<T, N>& t, ACC (&out)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = to_acc(t.v[i]);
 }
 
-template <class T, int N> __device__ __forceinline__ void store_vec(T* __restrict__ p, const ACC (&in)[N]) {
+template <class T, int N> __device__ __forceinline__ Vec<T, N> pack(const ACC (&in)[N]) {
     Vec<T, N> t;
 #pragma unroll
     for (int i = 0; i < N; ++i) t.v[i] = from_acc<T>(in[i]);
-    *reinterpret_cast<Vec<T, N>*>(p) = t;
+    return t;
+}
+
+template <class T, int N> __device__ __forceinline__ void load_vec(const T* __restrict__ p, ACC (&out)[N]) {
+    unpack<T, N>(load_raw<T, N>(p), out);
+}
+
+template <class T, int N> __device__ __forceinline__ void store_vec(T* __restrict__ p, const ACC (&in)[N]) {
+    store_raw<T, N>(p, pack<T, N>(in));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -94,7 +94,8 @@ fn bwd_impl<A: Real>(p: &BwdPlan) {
         .into_par_iter()
         .map(|c| {
             let mut dw = if want_dw { vec![A::ZERO; n] } else { Vec::new() };
-            let (mut xb, mut g, mut dyb, mut tmp) = (vec![A::ZERO; n], vec![A::ZERO; n], vec![A::ZERO; n], vec![A::ZERO; n]);
+            let (mut xb, mut g, mut dyb, mut tmp) =
+                (vec![A::ZERO; n], vec![A::ZERO; n], vec![A::ZERO; n], vec![A::ZERO; n]);
             for row in (c * per)..((c + 1) * per).min(p.rows) {
                 // SAFETY: as in `fwd_impl`; `rstd` holds `rows` elements of the accumulation dtype.
                 unsafe {

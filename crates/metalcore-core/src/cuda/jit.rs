@@ -55,11 +55,7 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 }
 
 fn options(arch: &str, defines: &Defines) -> Vec<String> {
-    let mut o = vec![
-        format!("--gpu-architecture={arch}"),
-        "-std=c++17".to_string(),
-        "--fmad=true".to_string(),
-    ];
+    let mut o = vec![format!("--gpu-architecture={arch}"), "-std=c++17".to_string(), "--fmad=true".to_string()];
     o.extend(defines.iter().map(|(k, v)| format!("-D{k}={v}")));
     o
 }
@@ -68,8 +64,9 @@ fn options(arch: &str, defines: &Defines) -> Vec<String> {
 /// error verbatim when compilation fails.
 pub fn compile(kernel: &Kernel, arch: &str, defines: &Defines) -> Result<Vec<u8>> {
     nvrtc_version()?;
-    let src = CString::new(format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}.cu\"\n{}", kernel.name, kernel.source))
-        .expect("kernel sources contain no NUL");
+    let src =
+        CString::new(format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}.cu\"\n{}", kernel.name, kernel.source))
+            .expect("kernel sources contain no NUL");
     let name = CString::new(format!("{}.cu", kernel.name)).unwrap();
     let opts = options(arch, defines);
     let nv_err = |what: &str| {
@@ -91,7 +88,11 @@ pub fn compile(kernel: &Kernel, arch: &str, defines: &Defines) -> Result<Vec<u8>
             Err(_) => {
                 let log = nvrtc::get_program_log(prog).map_err(nv_err("nvrtcGetProgramLog"))?;
                 let log: Vec<u8> = log.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-                Err(Error::Compile { kernel: kernel.name.to_string(), options: opts.clone(), log: String::from_utf8_lossy(&log).into_owned() })
+                Err(Error::Compile {
+                    kernel: kernel.name.to_string(),
+                    options: opts.clone(),
+                    log: String::from_utf8_lossy(&log).into_owned(),
+                })
             }
         };
         let _ = nvrtc::destroy_program(prog);
@@ -148,7 +149,12 @@ fn functions() -> &'static Mutex<HashMap<FnKey, CudaFunction>> {
 }
 
 /// The loaded entry point `entry` of `kernel` compiled with `defines` for device `dev`.
-pub(crate) fn function(dev: &DeviceState, kernel: &'static Kernel, defines: &Defines, entry: &'static str) -> Result<CudaFunction> {
+pub(crate) fn function(
+    dev: &DeviceState,
+    kernel: &'static Kernel,
+    defines: &Defines,
+    entry: &'static str,
+) -> Result<CudaFunction> {
     let dkey: String = defines.iter().map(|(k, v)| format!("{k}={v};")).collect();
     let key = (dev.ctx.ordinal(), kernel.name, dkey, entry);
     if let Some(f) = functions().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {

@@ -97,7 +97,11 @@ pub(crate) fn borrowed_stream(dev: &DeviceState, raw: usize) -> Arc<CudaStream> 
 
 /// Grid/block of one launch.
 pub(crate) fn cfg(grid: u32, block: (u32, u32), smem: u32) -> cudarc::driver::LaunchConfig {
-    cudarc::driver::LaunchConfig { grid_dim: (grid.max(1), 1, 1), block_dim: (block.0, block.1, 1), shared_mem_bytes: smem }
+    cudarc::driver::LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (block.0, block.1, 1),
+        shared_mem_bytes: smem,
+    }
 }
 
 /// The CUDA C++ type name that kernels use for a storage dtype.
@@ -117,8 +121,7 @@ pub(crate) fn ctype(d: crate::dtype::DType) -> &'static str {
 pub(crate) fn vector_width(base: crate::dtype::DType, cols: usize, operands: &[(usize, usize, usize)]) -> usize {
     let mut v = 16 / base.size();
     while v > 1 {
-        let ok = cols % v == 0
-            && operands.iter().all(|&(ptr, stride, size)| ptr % (v * size) == 0 && stride % v == 0);
+        let ok = cols % v == 0 && operands.iter().all(|&(ptr, stride, size)| ptr % (v * size) == 0 && stride % v == 0);
         if ok {
             break;
         }

@@ -23,17 +23,43 @@ struct Geometry {
     chunks: usize,
 }
 
-/// Elements per thread the register path aims for (override: METALCORE_RMSNORM_ELEMS, for tuning).
-fn target_elems() -> usize {
-    static T: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *T.get_or_init(|| {
-        std::env::var("METALCORE_RMSNORM_ELEMS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(16)
-    })
+/// A tuning knob read once from the environment (for sweeps on the GPU machine), else `default`.
+fn knob(cell: &'static OnceLock<usize>, var: &str, default: usize) -> usize {
+    *cell.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(default))
 }
 
-fn geometry(cols: usize, vec: usize) -> Geometry {
+// Defaults from a sweep on an H200 (2026-11-26; bf16 and fp32, rows of 1024, 4096 and 8192; see
+// bench/results/rmsnorm-tuning-nvidia-h200.md): the forward streams best with 32 elements per
+// thread, the backward (which keeps x, dy and dw partials live) with 8 and at least two
+// resident blocks per SM.
+
+/// Elements per thread the forward's register path aims for (METALCORE_RMSNORM_ELEMS_FWD).
+fn fwd_elems() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_RMSNORM_ELEMS_FWD", 32)
+}
+
+/// Elements per thread the backward's register path aims for (METALCORE_RMSNORM_ELEMS_BWD).
+fn bwd_elems() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_RMSNORM_ELEMS_BWD", 8)
+}
+
+/// Minimum resident blocks per SM asked of the compiler (`__launch_bounds__`), which caps the
+/// registers per thread (METALCORE_RMSNORM_MINB_FWD / _BWD).
+fn fwd_min_blocks() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_RMSNORM_MINB_FWD", 1)
+}
+
+fn bwd_min_blocks() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_RMSNORM_MINB_BWD", 2)
+}
+
+fn geometry(cols: usize, vec: usize, target_elems: usize) -> Geometry {
     let nvec = cols / vec;
-    let per_thread = (target_elems() / vec).max(1);
+    let per_thread = (target_elems / vec).max(1);
     let tpr = nvec.div_ceil(per_thread).next_power_of_two().clamp(32, 1024);
     let chunks = nvec.div_ceil(tpr).max(1);
     if chunks * vec > 64 {
@@ -69,12 +95,13 @@ fn fwd_geometry(p: &FwdPlan) -> Geometry {
     if let Some(w) = p.weight {
         ops.push((w.ptr, 0, w.dtype.size()));
     }
-    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops))
+    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops), fwd_elems())
 }
 
 fn fwd_defines(p: &FwdPlan, g: &Geometry) -> Defines {
     let mut d = base_defines(g, p.acc);
     d.extend([
+        ("MINB", fwd_min_blocks().min(2048 / g.block).max(1).to_string()),
         ("T_X", ctype(p.x.dtype).to_string()),
         ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
         ("T_Y", ctype(p.y.dtype).to_string()),
@@ -129,7 +156,14 @@ fn bwd_key(p: &BwdPlan, ordinal: usize, g: Geometry) -> VariantKey {
         ordinal,
         dtypes: [p.x.dtype, w, p.dy.dtype, p.dx.dtype, dr],
         geometry: g,
-        flags: [p.weight.is_some(), p.dw.is_some(), p.d_residual_out.is_some(), p.cast_before_weight, true, p.acc == DType::F64],
+        flags: [
+            p.weight.is_some(),
+            p.dw.is_some(),
+            p.d_residual_out.is_some(),
+            p.cast_before_weight,
+            true,
+            p.acc == DType::F64,
+        ],
     }
 }
 
@@ -199,12 +233,13 @@ fn bwd_geometry(p: &BwdPlan) -> Geometry {
     if let Some((ws, _)) = p.workspace {
         ops.push((ws, p.cols, p.acc.size()));
     }
-    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops))
+    geometry(p.cols, vector_width(p.x.dtype, p.cols, &ops), bwd_elems())
 }
 
 fn bwd_defines(p: &BwdPlan, g: &Geometry) -> Defines {
     let mut d = base_defines(g, p.acc);
     d.extend([
+        ("MINB", bwd_min_blocks().min(2048 / g.block).max(1).to_string()),
         ("T_X", ctype(p.x.dtype).to_string()),
         ("T_W", ctype(p.weight.map(|w| w.dtype).unwrap_or(p.x.dtype)).to_string()),
         ("T_DY", ctype(p.dy.dtype).to_string()),
@@ -312,7 +347,8 @@ pub fn bwd(p: &BwdPlan, ordinal: usize, exec: Exec) -> Result<()> {
         b.arg(&ws).arg(&parts).arg(&cols).arg(&dwp);
         // SAFETY: `ws` holds `parts` rows of `cols` written by the launch above on the same stream;
         // `dw` is a validated vector of `cols` elements.
-        unsafe { b.launch(cfg(p.cols.div_ceil(32) as u32, (32, 16), 0)) }.map_err(driver_err("launching rmsnorm_dw_reduce"))?;
+        unsafe { b.launch(cfg(p.cols.div_ceil(32) as u32, (32, 16), 0)) }
+            .map_err(driver_err("launching rmsnorm_dw_reduce"))?;
     }
     Ok(())
 }
@@ -358,11 +394,13 @@ mod tests {
                 if cols % vec != 0 {
                     continue;
                 }
-                let g = geometry(cols, vec);
-                assert!(g.tpr % 32 == 0 && g.block % g.tpr == 0 && g.block <= 1024, "{g:?}");
-                if g.chunks > 0 {
-                    assert!(g.chunks * g.tpr * vec >= cols, "{cols} {g:?}");
-                    assert!(g.chunks * vec <= 64);
+                for target in [8, 16, 32] {
+                    let g = geometry(cols, vec, target);
+                    assert!(g.tpr % 32 == 0 && g.block % g.tpr == 0 && g.block <= 1024, "{g:?}");
+                    if g.chunks > 0 {
+                        assert!(g.chunks * g.tpr * vec >= cols, "{cols} {g:?}");
+                        assert!(g.chunks * vec <= 64);
+                    }
                 }
             }
         }

@@ -84,7 +84,10 @@ pub struct BwdPlan {
 fn check_rstd(t: &TensorRef, rows: usize, acc: DType) -> Result<usize> {
     expect_dtype("rstd", t, acc)?;
     if t.numel() != rows || !t.is_contiguous() {
-        return Err(Error::value("rstd", format!("expected a contiguous tensor of {rows} elements, got shape {:?}", t.shape)));
+        return Err(Error::value(
+            "rstd",
+            format!("expected a contiguous tensor of {rows} elements, got shape {:?}", t.shape),
+        ));
     }
     Ok(t.ptr)
 }
