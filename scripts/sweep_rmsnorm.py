@@ -1,5 +1,5 @@
 """Tuning sweep for the RMSNorm CUDA kernels: device time (CUDA-graph replay) of forward and
-forward+backward at one shape, for the current METALCORE_RMSNORM_* environment.
+forward+backward at one shape, for the current METALCORE_NORM_* environment.
 Usage on the GPU machine: python3 scripts/sweep_rmsnorm.py [ROWS COLS DTYPE]"""
 
 import os
@@ -29,5 +29,5 @@ def fb(i):
 
 tf, tfb = graph_ms(fwd, n, reps=100), graph_ms(fb, n, reps=100)
 gb = 2 * rows * cols * xs[0].element_size() / (tf * 1e-3) / 1e9
-env = " ".join(f"{k[len('METALCORE_RMSNORM_'):]}={v}" for k, v in sorted(os.environ.items()) if k.startswith("METALCORE_RMSNORM_"))
+env = " ".join(f"{k[len('METALCORE_NORM_'):]}={v}" for k, v in sorted(os.environ.items()) if k.startswith('METALCORE_NORM_'))
 print(f"{env or 'default':30s} fwd {tf * 1e3:6.1f} us ({gb:5.0f} GB/s)  fwd+bwd {tfb * 1e3:6.1f} us  bwd~{(tfb - tf) * 1e3:6.1f} us")

@@ -8,9 +8,9 @@ nvidia-smi --query-gpu=name --format=csv,noheader
 for shape in "8192 4096 bfloat16" "16384 8192 bfloat16" "65536 1024 bfloat16" "8192 4096 float32"; do
   echo "### $shape"
   for c in "16 1" "32 1" "32 4" "32 8" "64 1" "64 4"; do set -- $c
-    METALCORE_RMSNORM_ELEMS_FWD=$1 METALCORE_RMSNORM_MINB_FWD=$2 python3 scripts/sweep_rmsnorm.py $shape
+    METALCORE_NORM_ELEMS_FWD=$1 METALCORE_NORM_MINB_FWD=$2 python3 scripts/sweep_rmsnorm.py $shape
   done
   for c in "8 1" "8 2" "8 3" "8 4" "16 3" "16 4"; do set -- $c
-    METALCORE_RMSNORM_ELEMS_BWD=$1 METALCORE_RMSNORM_MINB_BWD=$2 python3 scripts/sweep_rmsnorm.py $shape
+    METALCORE_NORM_ELEMS_BWD=$1 METALCORE_NORM_MINB_BWD=$2 python3 scripts/sweep_rmsnorm.py $shape
   done
 done

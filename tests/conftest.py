@@ -42,3 +42,19 @@ def assert_close_to_ref(ours, torch_lowp, ref64, *, what, floor=1e-6):
     (plus a tiny floor for dtypes where both are at rounding level)."""
     e_ours, e_torch = rel_err(ours, ref64), rel_err(torch_lowp, ref64)
     assert e_ours <= 2 * e_torch + floor, f"{what}: our error {e_ours:.3e} vs torch's {e_torch:.3e}"
+
+
+def make(shape, dtype, device, *, scale=1.0, shift=0.0, requires_grad=False):
+    """Fresh normal(shift, scale) values of `dtype` on `device` (drawn in float32 on the CPU)."""
+    t = (torch.randn(shape, dtype=torch.float32) * scale + shift).to(dtype).to(device)
+    return t.requires_grad_(requires_grad)
+
+
+def grads_of(fn, inputs, dy):
+    """Gradients of fn(*inputs) (one output or a tuple) with respect to the inputs that require
+    grad, for the output gradients `dy` (one tensor or a tuple)."""
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    dys = dy if isinstance(dy, tuple) else (dy,)
+    need = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    return torch.autograd.grad(outs, need, dys)

@@ -13,7 +13,7 @@ import torch
 
 import metalcore
 from metalcore import MetalRMSNorm, FusedAddRMSNorm, fused_add_rmsnorm, rms_norm
-from conftest import DEVICES, assert_close_to_ref, rel_err
+from conftest import DEVICES, assert_close_to_ref, grads_of, make, rel_err
 
 LOWP = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -41,10 +41,6 @@ def ref64(x, weight, eps, offset, casting, residual=None):
     h = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
     return h if weight is None else h * (weight.double() + offset)
 
-
-def make(shape, dtype, device, *, scale=1.0, requires_grad=False):
-    t = (torch.randn(shape, dtype=torch.float32) * scale).to(dtype).to(device)
-    return t.requires_grad_(requires_grad)
 
 
 SHAPES = [(3, 1), (5, 7), (4, 64), (3, 4097), (2, 8192), (2, 3, 96)]
@@ -78,13 +74,6 @@ def test_matches_hf_modules_exactly_in_float32_and_closely_in_low_precision(devi
     assert g.dtype == hfg.dtype
     assert_close_to_ref(g, hfg, ref64(x, w, 1e-5, 1.0, "gemma"), what="gemma")
 
-
-def grads_of(fn, inputs, dy):
-    outs = fn(*inputs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    dys = dy if isinstance(dy, tuple) else (dy,)
-    need = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    return torch.autograd.grad(outs, need, dys)
 
 
 @pytest.mark.parametrize("dtype", LOWP)

@@ -7,6 +7,14 @@ one-time warning.
 
 from . import reference
 from ._backend import SUPPORTED_DEVICE_TYPES, cuda_available
+from .layernorm import (
+    FusedAddLayerNorm,
+    FusedAddLayerNormFunction,
+    LayerNormFunction,
+    MetalLayerNorm,
+    fused_add_layernorm,
+    layer_norm,
+)
 from .rmsnorm import (
     FusedAddRMSNorm,
     FusedAddRMSNormFunction,
@@ -28,4 +36,10 @@ __all__ = [
     "FusedAddRMSNormFunction",
     "MetalRMSNorm",
     "FusedAddRMSNorm",
+    "layer_norm",
+    "fused_add_layernorm",
+    "LayerNormFunction",
+    "FusedAddLayerNormFunction",
+    "MetalLayerNorm",
+    "FusedAddLayerNorm",
 ]

@@ -7,39 +7,26 @@ def cuda_driver_present() -> bool: ...
 def nvrtc_present() -> bool: ...
 def nvrtc_version() -> Tuple[int, int]: ...
 def compile_all_kernels(arch: str) -> List[str]: ...
-def rms_norm_fwd_into(
+def norm_fwd_into(
+    kind: str,
     x: Desc,
     residual: Optional[Desc],
     weight: Optional[Desc],
+    bias: Optional[Desc],
     out: Desc,
     residual_out: Optional[Desc],
+    mean: Optional[Desc],
     rstd: Optional[Desc],
     eps: float,
     offset: float,
     cast_before_weight: bool,
     stream: int,
 ) -> None: ...
-def rms_norm_bwd_workspace(
-    grad_out: Desc,
-    x: Desc,
-    weight: Optional[Desc],
-    rstd: Desc,
-    grad_residual_out: Optional[Desc],
-    grad_x: Desc,
-    grad_weight: Optional[Desc],
-    offset: float,
-    cast_before_weight: bool,
-) -> int: ...
-def rms_norm_bwd_into(
-    grad_out: Desc,
-    x: Desc,
-    weight: Optional[Desc],
-    rstd: Desc,
-    grad_residual_out: Optional[Desc],
-    grad_x: Desc,
-    grad_weight: Optional[Desc],
-    workspace: Optional[Desc],
-    offset: float,
-    cast_before_weight: bool,
-    stream: int,
+
+# (kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x, grad_weight, grad_bias)
+BwdDescs = Tuple[str, Desc, Desc, Optional[Desc], Optional[Desc], Desc, Optional[Desc], Desc, Optional[Desc], Optional[Desc]]
+
+def norm_bwd_workspace(tensors: BwdDescs, offset: float, cast_before_weight: bool) -> int: ...
+def norm_bwd_into(
+    tensors: BwdDescs, workspace: Optional[Desc], offset: float, cast_before_weight: bool, stream: int
 ) -> None: ...

@@ -27,8 +27,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import _native, reference
-from ._backend import check_float, check_same_device, desc, empty, has_backend, opt_desc, stream_of, warn_fallback
+from . import reference
+from ._backend import has_backend, warn_fallback
+from ._norm import acc_dtype, bwd_impl, check_inputs, fwd_impl
 
 __all__ = [
     "rms_norm",
@@ -48,48 +49,14 @@ def _cast_before_weight(casting: str) -> bool:
     return casting == "llama"
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _out_dtype(x: Tensor, weight: Optional[Tensor], cast_before_weight: bool) -> torch.dtype:
     if weight is not None and cast_before_weight:
         return torch.promote_types(x.dtype, weight.dtype)
     return x.dtype
 
 
-def _rows(t: Tensor, n: int) -> Tensor:
-    """`t` as a (rows, n) matrix the core accepts: unit column stride, non-overlapping rows
-    (a view where possible, else a contiguous copy)."""
-    if t.is_contiguous():
-        return t if t.dim() == 2 else t.view(-1, n)
-    t2 = t.reshape(-1, n)
-    if (n > 1 and t2.stride(1) != 1) or (t2.shape[0] > 1 and t2.stride(0) < n):
-        t2 = t2.contiguous()
-    return t2
-
-
 def _check(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError("x: expected at least one dimension, got a 0-d tensor")
-    check_float("x", x)
-    check_float("residual", residual)
-    check_float("weight", weight)
-    check_same_device("x", x, residual=residual, weight=weight)
-    n = x.shape[-1]
-    if weight is not None and (weight.dim() != 1 or weight.shape[0] != n):
-        raise ValueError(f"weight: expected shape ({n},) to match the last dimension of x, got {tuple(weight.shape)}")
-    if residual is not None:
-        if residual.shape != x.shape:
-            raise ValueError(f"residual: expected shape {tuple(x.shape)} (the shape of x), got {tuple(residual.shape)}")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Implementation shared by both entry paths (no autograd here).
+    check_inputs(x, residual, x.shape[-1] if isinstance(x, Tensor) and x.dim() else 0, weight=weight)
 
 
 def _fwd_impl(
@@ -102,39 +69,9 @@ def _fwd_impl(
     want_rstd: bool,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Returns (y, residual_out or None, rstd or None)."""
-    n = x.shape[-1]
-    rows = 1
-    for s in x.shape[:-1]:
-        rows *= s
-    y = empty(x.shape, _out_dtype(x, weight, cast_before_weight), x.device)
-    res_out = empty(x.shape, x.dtype, x.device) if residual is not None else None
-    rstd = empty((rows,), _acc_dtype(x.dtype), x.device) if want_rstd else None
-    if n == 0 or rows == 0:
-        if rstd is not None:
-            rstd.fill_(float("nan"))  # mean over an empty row, as torch computes it
-        return y, res_out, rstd
-    # Keep every view/copy in a local: the core only borrows their memory during the call.
-    w = weight.contiguous() if weight is not None else None
-    x2 = _rows(x, n)
-    r2 = _rows(residual, n) if residual is not None else None
-    _native.rms_norm_fwd_into(
-        desc(x2, "x"),
-        opt_desc(r2, "residual"),
-        opt_desc(w, "weight"),
-        desc(y.view(-1, n), "out"),
-        opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
-        opt_desc(rstd, "rstd"),
-        float(eps),
-        float(offset),
-        cast_before_weight,
-        stream_of(x),
-    )
+    y, res_out, _, rstd = fwd_impl("rms", x, x.shape[-1], residual, weight, None, eps, offset, cast_before_weight,
+                                   _out_dtype(x, weight, cast_before_weight), want_rstd)
     return y, res_out, rstd
-
-
-# Workspace sizes by call signature: the size depends only on the device, shapes, dtypes and flags,
-# and asking the core costs a planning pass.
-_WORKSPACE: dict = {}
 
 
 def _bwd_impl(
@@ -148,37 +85,8 @@ def _bwd_impl(
     need_dw: bool,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """Returns (dx, dw or None); `x` is the tensor that was normalized."""
-    n = x.shape[-1]
-    dx = empty(x.shape, x.dtype, x.device)
-    dw = empty(weight.shape, weight.dtype, weight.device) if (need_dw and weight is not None) else None
-    if n == 0 or x.numel() == 0:
-        if d_res_out is not None:
-            dx.copy_(d_res_out)
-        if dw is not None:
-            dw.zero_()
-        return dx, dw
-    # Keep every view/copy in a local: the core only borrows their memory during the call.
-    w = weight.contiguous() if weight is not None else None
-    dy2, x2 = _rows(dy, n), _rows(x, n)
-    dr2 = _rows(d_res_out, n) if d_res_out is not None else None
-    args = (
-        desc(dy2, "grad_out"),
-        desc(x2, "x"),
-        opt_desc(w, "weight"),
-        desc(rstd, "rstd"),
-        opt_desc(dr2, "grad_residual_out"),
-        desc(dx.view(-1, n), "grad_x"),
-        opt_desc(dw, "grad_weight"),
-    )
-    workspace = None
-    if x.device.type == "cuda" and dw is not None:
-        key = (x.device.index, x2.shape, x2.stride(), dy2.stride(), x.dtype, dy.dtype, weight.dtype,
-               dr2 is not None, offset, cast_before_weight)
-        ws_len = _WORKSPACE.get(key)
-        if ws_len is None:
-            ws_len = _WORKSPACE[key] = _native.rms_norm_bwd_workspace(*args, float(offset), cast_before_weight)
-        workspace = empty((ws_len,), _acc_dtype(x.dtype), x.device)
-    _native.rms_norm_bwd_into(*args, opt_desc(workspace, "workspace"), float(offset), cast_before_weight, stream_of(x))
+    dx, dw, _ = bwd_impl("rms", dy, x, x.shape[-1], weight, None, rstd, d_res_out, offset, cast_before_weight,
+                         need_dw, False)
     return dx, dw
 
 
@@ -255,7 +163,7 @@ def _(x, residual, weight, eps, offset, cast_before_weight):
         rows *= s
     y = x.new_empty(x.shape, dtype=_out_dtype(x, weight, cast_before_weight))
     res_out = x.new_empty(x.shape) if residual is not None else x.new_empty(_EMPTY)
-    return y, res_out, x.new_empty((rows,), dtype=_acc_dtype(x.dtype))
+    return y, res_out, x.new_empty((rows,), dtype=acc_dtype(x.dtype))
 
 
 @torch.library.custom_op("metalcore::rms_norm_bwd", mutates_args=(), device_types=("cpu", "cuda"))

@@ -24,9 +24,9 @@ pub mod jit {
     }
 }
 
-pub mod rmsnorm {
+pub mod norm {
     use crate::error::Result;
-    use crate::ops::rmsnorm::{BwdPlan, FwdPlan};
+    use crate::ops::norm::{BwdPlan, FwdPlan};
     use crate::tensor::Exec;
     pub fn fwd(_: &FwdPlan, _: usize, _: Exec) -> Result<()> {
         Err(super::off())

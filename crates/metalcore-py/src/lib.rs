@@ -3,7 +3,7 @@
 //! and maps core errors to Python exception classes. No torch dependency on the Rust side.
 
 mod bridge;
-mod rmsnorm;
+mod norm;
 
 use pyo3::prelude::*;
 
@@ -37,6 +37,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_present, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
-    rmsnorm::register(m)?;
+    norm::register(m)?;
     Ok(())
 }

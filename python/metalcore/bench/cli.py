@@ -32,6 +32,24 @@ def _device_name(device: str) -> str:
     return f"{name} ({torch.get_num_threads()} threads)"
 
 
+def steady_cpu_allocator() -> bool:
+    """Keeps freed CPU memory in the process (glibc: no mmap for large blocks, no trimming).
+
+    By default glibc hands blocks of 32 MiB and more back to the OS on free, so the next
+    allocation page-faults all of it again (~20 ms per 32 MiB on the 2-core reference machine,
+    more than the op itself), and its threshold moves with the allocation history, so whichever
+    implementation runs first pays faults the others do not. Every peer runs under the same
+    setting, which is what a steady training loop with a caching allocator sees."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
 def time_ms(fn: Callable[[int], object], device: str, *, warmup: int = 10, reps: int = 100, min_time: float = 0.3, batch: int = 10) -> float:
     """Median milliseconds per call of `fn(i)` (i rotates through the input sets).
 
@@ -117,59 +135,81 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float("inf") if not torch.isfinite(a).all() else (a - ref).norm().item() / (d or 1.0)
 
 
-def _liger_rmsnorm():
+def _liger(op: str):
+    """Liger-Kernel's function for `op` as f(x, w, b, eps), or None when Liger is not installed."""
     try:
-        from liger_kernel.ops.rms_norm import LigerRMSNormFunction  # type: ignore
+        if op == "rmsnorm":
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction  # type: ignore
 
-        return lambda x, w, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama")
+            return lambda x, w, b, eps: LigerRMSNormFunction.apply(x, w, eps, 0.0, "llama")
+        from liger_kernel.ops.layer_norm import LigerLayerNormFunction  # type: ignore
+
+        return lambda x, w, b, eps: LigerLayerNormFunction.apply(x, w, b, eps)
     except Exception:  # noqa: BLE001 - Liger is optional
         return None
 
 
-def bench_rmsnorm(device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
-    """RMSNorm forward, and forward+backward, for ours and each peer."""
+def _peers(op: str, device: str, cols: int, eps: float) -> Dict[str, Callable]:
+    """Implementations to compare, each as f(x, w, b); the first is ours, the second the baseline."""
+    if op == "rmsnorm":
+        peers: Dict[str, Callable] = {
+            "metalcore": lambda x, w, b: metalcore.rms_norm(x, w, eps),
+            "torch": lambda x, w, b: torch.nn.functional.rms_norm(x, (cols,), w, eps),
+            "HF eager": lambda x, w, b: reference.rms_norm(x, w, eps),
+        }
+    else:
+        peers = {
+            "metalcore": lambda x, w, b: metalcore.layer_norm(x, (cols,), w, b, eps),
+            "torch": lambda x, w, b: torch.nn.functional.layer_norm(x, (cols,), w, b, eps),
+        }
+    liger = _liger(op) if device == "cuda" else None
+    if liger is not None:
+        peers["Liger"] = lambda x, w, b: liger(x, w, b, eps)
+    return peers
+
+
+def _truth(op: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, eps: float):
+    """float64 output and gradients (x, w[, b])."""
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    if op == "rmsnorm":
+        y64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
+        return y64.detach(), torch.autograd.grad(y64, (x64, w64), dy.double())
+    y64 = torch.nn.functional.layer_norm(x64, (x.shape[-1],), w64, b64, eps)
+    return y64.detach(), torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+
+
+def bench_norm(op: str, device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """`op` ("rmsnorm" or "layernorm") forward, and forward+backward, for ours and each peer."""
     elem = torch.tensor([], dtype=dtype).element_size()
     set_bytes = rows * cols * elem
     l2 = 60 << 20 if device == "cuda" else 32 << 20
     nsets = max(2, min(8, (3 * l2) // max(set_bytes, 1) + 1))
     g = torch.Generator(device="cpu").manual_seed(0)
-    xs = [torch.randn(rows, cols, generator=g).to(dtype).to(device) for _ in range(nsets)]
+    xs = [(torch.randn(rows, cols, generator=g) + 0.5).to(dtype).to(device) for _ in range(nsets)]
     dys = [torch.randn(rows, cols, generator=g).to(dtype).to(device) for _ in range(nsets)]
     w = (1 + 0.1 * torch.randn(cols, generator=g)).to(dtype).to(device)
-    eps = 1e-6
-    peers: Dict[str, Callable] = {
-        "metalcore": lambda x, w: metalcore.rms_norm(x, w, eps),
-        "torch F.rms_norm": lambda x, w: torch.nn.functional.rms_norm(x, (cols,), w, eps),
-        "HF eager": lambda x, w: reference.rms_norm(x, w, eps),
-    }
-    liger = _liger_rmsnorm() if device == "cuda" else None
-    if liger is not None:
-        peers["Liger"] = lambda x, w: liger(x, w, eps)
-
-    # float64 truth on the first input set
-    x64 = xs[0].double().requires_grad_()
-    w64 = w.double().requires_grad_()
-    y64 = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + eps) * w64
-    gx64, gw64 = torch.autograd.grad(y64, (x64, w64), dys[0].double())
-
+    b = (0.1 * torch.randn(cols, generator=g)).to(dtype).to(device)
+    eps = 1e-6 if op == "rmsnorm" else 1e-5
+    y64, grads64 = _truth(op, xs[0], w, b, dys[0], eps)
     reps = 20 if quick else 200
     out = []
-    for name, f in peers.items():
-        wr = w.detach().clone().requires_grad_()
+    for name, f in _peers(op, device, cols, eps).items():
+        wr, br = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        params = (wr, br) if op == "layernorm" else (wr,)
         xr = [x.detach().clone().requires_grad_() for x in xs]
         with torch.no_grad():
-            y = f(xs[0], w)
-        err_f = _rel(y, y64.detach())
-        gx, gw = torch.autograd.grad(f(xr[0], wr), (xr[0], wr), dys[0])
-        err_b = max(_rel(gx, gx64), _rel(gw, gw64))
+            y = f(xs[0], w, b)
+        err_f = _rel(y, y64)
+        grads = torch.autograd.grad(f(xr[0], wr, br), (xr[0],) + params, dys[0])
+        err_b = max(_rel(a, t) for a, t in zip(grads, grads64))
 
         def fwd(i, f=f):
             with torch.no_grad():
-                f(xs[i % nsets], w)
+                f(xs[i % nsets], w, b)
 
-        def fwdbwd(i, f=f, xr=xr, wr=wr):
+        def fwdbwd(i, f=f, xr=xr, wr=wr, br=br, params=params):
             x = xr[i % nsets]
-            torch.autograd.grad(f(x, wr), (x, wr), dys[i % nsets])
+            torch.autograd.grad(f(x, wr, br), (x,) + params, dys[i % nsets])
 
         t_f = time_ms(fwd, device, reps=reps)
         t_fb = time_ms(fwdbwd, device, reps=reps)
@@ -178,7 +218,7 @@ def bench_rmsnorm(device: str, rows: int, cols: int, dtype: torch.dtype, quick: 
         h_fb = host_us(fwdbwd) if cuda else float("nan")
         g_f = graph_ms(fwd, nsets) if cuda else float("nan")
         g_fb = graph_ms(fwdbwd, nsets) if cuda else float("nan")
-        out.append(dict(op="rmsnorm", case=f"{rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
+        out.append(dict(op=op, case=f"{rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
                         fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b, host_f=h_f, host_fb=h_fb, graph_f=g_f, graph_fb=g_fb,
                         fwd_gbs=2 * set_bytes / (t_f * 1e-3) / 1e9, bytes=2 * set_bytes))
     return out
@@ -192,7 +232,7 @@ def _table(rows: List[Dict], device: str) -> str:
         head += " graph fwd ms | graph fwd GB/s | graph fwd+bwd ms | graph vs torch | host us fwd / fwd+bwd |"
         sep += "---|---|---|---|---|"
     lines = [head, sep]
-    base = {r["case"]: r for r in rows if r["impl"] == "torch F.rms_norm"}
+    base = {r["case"]: r for r in rows if r["impl"] == "torch"}
 
     def ratio(b, v):
         return f"{b / v:.2f}x" if b and v == v and b == b else "-"
@@ -213,8 +253,12 @@ LEGEND = """Columns: `fwd ms` / `fwd+bwd ms` are eager calls, the median per cal
 back-to-back calls between CUDA events (wall clock on CPU); `graph ...` are the same calls
 replayed from a CUDA graph (device time alone, host overhead removed); `host us` is the Python+launch
 time per call while the GPU is kept busy. GB/s counts one read of x and one write of y. `err` is
-||out - ref|| / ||ref|| against float64 (bwd: the worse of dx and dw). `vs torch` is torch's time
-over ours (above 1 means we are faster), for fwd+bwd."""
+||out - ref|| / ||ref|| against float64 (bwd: the worst of dx, dw and, for LayerNorm, db). `vs torch`
+is torch's time over ours (above 1 means we are faster), for fwd+bwd. torch = `F.rms_norm` /
+`F.layer_norm`; HF eager = the LlamaRMSNorm formula in plain torch ops."""
+
+OPS = ("rmsnorm", "layernorm")
+TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -223,10 +267,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--gpu", action="store_true", help="use CUDA when present (the default device is the CPU)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--out", default=None, help="folder for the results markdown (default: none written)")
+    ap.add_argument("--op", choices=OPS + ("all",), default="all", help="which op family to benchmark")
     ap.add_argument("--case", action="append", default=None, metavar="ROWSxCOLS:DTYPE",
                     help="benchmark only these cases, e.g. 8192x4096:bfloat16 (repeatable)")
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if args.gpu and torch.cuda.is_available() else "cpu")
+    steady = steady_cpu_allocator()
     if device == "cuda":
         cases = [(8192, 4096, torch.bfloat16), (8192, 4096, torch.float16), (8192, 4096, torch.float32),
                  (16384, 8192, torch.bfloat16), (65536, 1024, torch.bfloat16), (4096, 4097, torch.bfloat16)]
@@ -238,21 +284,24 @@ def main(argv: Optional[List[str]] = None) -> None:
             shape, dt = spec.split(":")
             r, c = (int(v) for v in shape.lower().split("x"))
             cases.append((r, c, getattr(torch, dt)))
-    rows: List[Dict] = []
-    for r, c, dt in cases:
-        rows += bench_rmsnorm(device, r, c, dt, args.quick)
     header = (f"device: {_device_name(device)}; torch {torch.__version__}; metalcore {metalcore.__version__}; "
-              f"date {datetime.date.today().isoformat()}")
-    table = _table(rows, device)
+              f"date {datetime.date.today().isoformat()}"
+              + ("; CPU allocator: glibc with mmap and trimming off (see `steady_cpu_allocator`)" if steady else ""))
     print(header)
-    print(table)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        slug = re.sub(r"[^A-Za-z0-9]+", "-", _device_name(device)).strip("-").lower()
-        path = os.path.join(args.out, f"rmsnorm-{device}-{slug}.md")
-        with open(path, "w") as f:
-            f.write(f"# RMSNorm benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device}`\n\n{LEGEND}\n\n{table}\n")
-        print(f"written: {path}")
+    for op in OPS if args.op == "all" else (args.op,):
+        rows: List[Dict] = []
+        for r, c, dt in cases:
+            rows += bench_norm(op, device, r, c, dt, args.quick)
+        table = _table(rows, device)
+        print(f"\n## {TITLES[op]}\n{table}")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", _device_name(device)).strip("-").lower()
+            path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
+            with open(path, "w") as f:
+                f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
+                        f"{LEGEND}\n\n{table}\n")
+            print(f"written: {path}")
 
 
 if __name__ == "__main__":

@@ -56,10 +56,35 @@ template <class T, int N> __device__ __forceinline__ void unpack(const Vec<T, N>
     for (int i = 0; i < N; ++i) out[i] = to_acc(t.v[i]);
 }
 
+// Two values rounded to a 16-bit type and packed in one register (element `lo` at the lower
+// address), by one paired `cvt` instead of two.
+template <class T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<bf16>(float lo, float hi) {
+    unsigned d;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+template <> __device__ __forceinline__ unsigned pack2<f16>(float lo, float hi) {
+    unsigned d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+
+template <class T> struct is_half16 { static constexpr bool value = false; };
+template <> struct is_half16<bf16> { static constexpr bool value = true; };
+template <> struct is_half16<f16> { static constexpr bool value = true; };
+
 template <class T, int N> __device__ __forceinline__ Vec<T, N> pack(const ACC (&in)[N]) {
     Vec<T, N> t;
+    if constexpr (is_half16<T>::value && N % 2 == 0) {
+        unsigned w[N / 2];
 #pragma unroll
-    for (int i = 0; i < N; ++i) t.v[i] = from_acc<T>(in[i]);
+        for (int i = 0; i < N / 2; ++i) w[i] = pack2<T>((float)in[2 * i], (float)in[2 * i + 1]);
+        memcpy(&t, w, sizeof(t));
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) t.v[i] = from_acc<T>(in[i]);
+    }
     return t;
 }
 

@@ -4,7 +4,37 @@
 //! float64 data), computes there, and stores the result in the output's dtype, so one kernel body
 //! serves every combination of input, weight and output dtypes.
 
-pub mod rmsnorm;
+/// Declares `$fast`, a copy of the `#[inline(always)]` function `$base` compiled for AVX2 + FMA
+/// (x86-64 only): its loops vectorize 8 floats wide instead of the baseline's 4 (SSE2).
+macro_rules! isa_copies {
+    ($fast:ident = $base:ident($($arg:ident: $ty:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $fast<A: Real>($($arg: $ty),*) {
+            $base::<A>($($arg),*)
+        }
+    };
+}
+
+/// The best copy of a row function for this CPU, as an `unsafe fn` pointer of type `$t`.
+macro_rules! pick {
+    ($fast:ident, $base:ident, $a:ty, $t:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: $t = if $crate::cpu::has_avx2_fma() { $fast::<$a> } else { $base::<$a> };
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: $t = $base::<$a>;
+        f
+    }};
+}
+
+pub mod norm;
+
+/// True when the CPU runs AVX2 and FMA (checked once).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2_fma() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+}
 
 use crate::dtype::DType;
 use half::{bf16, f16};
@@ -88,7 +118,7 @@ impl_real!(f64);
 ///
 /// # Safety
 /// `src` must point to at least `out.len()` readable elements of `dtype`.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn load_row<A: Real>(dtype: DType, src: *const u8, out: &mut [A]) {
     // One match per row, so the inner loops are monomorphic and vectorize.
     macro_rules! go {
@@ -131,7 +161,7 @@ pub(crate) unsafe fn load_row<A: Real>(dtype: DType, src: *const u8, out: &mut [
 ///
 /// # Safety
 /// `dst` must point to at least `vals.len()` writable elements of `dtype`.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn store_row<A: Real>(vals: &[A], dtype: DType, dst: *mut u8) {
     if dtype == DType::F32 && std::mem::size_of::<A>() == 4 {
         let v = std::slice::from_raw_parts(vals.as_ptr() as *const f32, vals.len());
@@ -153,30 +183,49 @@ pub(crate) unsafe fn store_row<A: Real>(vals: &[A], dtype: DType, dst: *mut u8) 
 
 /// `Σ a[i]·b[i]`, accurate and vectorizable: 8 independent lanes over blocks of 64 elements, block
 /// sums accumulated in float64 (error ~ 64·ε instead of n·ε for a running sum).
-#[inline]
+#[inline(always)]
 pub(crate) fn dot<A: Real>(a: &[A], b: &[A]) -> A {
+    let n = a.len().min(b.len());
+    // SAFETY: i < n <= both lengths.
+    lane_sum(n, |i| unsafe { *a.get_unchecked(i) * *b.get_unchecked(i) })
+}
+
+/// Σ a, accumulated like [`dot`].
+#[inline(always)]
+pub(crate) fn sum<A: Real>(a: &[A]) -> A {
+    // SAFETY: i < a.len().
+    lane_sum(a.len(), |i| unsafe { *a.get_unchecked(i) })
+}
+
+/// Σ f(i) for i in 0..n: 8 independent lanes within blocks of 64 terms (vectorizes), block sums
+/// added in f64 (keeps long sums accurate in f32).
+#[inline(always)]
+pub(crate) fn lane_sum<A: Real>(n: usize, f: impl Fn(usize) -> A) -> A {
     let mut total = 0f64;
-    let (ca, cb) = (a.chunks(64), b.chunks(64));
-    for (xa, xb) in ca.zip(cb) {
+    let mut start = 0;
+    while start < n {
+        let end = (start + 64).min(n);
         let mut lanes = [A::ZERO; 8];
-        let (ea, eb) = (xa.chunks_exact(8), xb.chunks_exact(8));
-        let (ra, rb) = (ea.remainder(), eb.remainder());
-        for (va, vb) in ea.zip(eb) {
-            for l in 0..8 {
-                lanes[l] += va[l] * vb[l];
+        let full = start + (end - start) / 8 * 8;
+        let mut i = start;
+        while i < full {
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                *lane += f(i + l);
             }
+            i += 8;
         }
-        for (x, y) in ra.iter().zip(rb) {
-            lanes[0] += *x * *y;
+        for j in full..end {
+            lanes[0] += f(j);
         }
         let s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
         total += s.to_f64();
+        start = end;
     }
     A::from_f64(total)
 }
 
 /// Rounds every value to the nearest value representable in `dtype` (no-op for float32/64 with `f32`).
-#[inline]
+#[inline(always)]
 pub(crate) fn round_to<A: Real>(dtype: DType, vals: &mut [A]) {
     match dtype {
         DType::F32 if std::mem::size_of::<A>() == 4 => {}

@@ -4,7 +4,7 @@
 //! and never synchronizes the host, so ops are safe under CUDA graph capture.
 
 pub mod jit;
-pub mod rmsnorm;
+pub mod norm;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};

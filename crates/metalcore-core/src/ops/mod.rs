@@ -1,7 +1,7 @@
 //! Op entry points: validation of the borrowed tensors, then dispatch to a backend by device.
 //! One file per op family.
 
-pub mod rmsnorm;
+pub mod norm;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

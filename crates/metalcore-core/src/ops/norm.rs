@@ -1,12 +1,17 @@
-//! RMSNorm, optionally fused with a residual add: validation and backend dispatch.
+//! Row normalizations — RMSNorm and LayerNorm — optionally fused with a residual add: validation
+//! and backend dispatch. Both share one plan, one CPU implementation and one CUDA kernel family.
 //!
-//! Forward, per row `x` of length `n` (with `s = x + residual` first when fused):
+//! RMSNorm forward, per row `x` of length `n` (with `s = x + residual` first when fused):
 //!   `r = 1 / sqrt(mean(x²) + eps)`, `x̂ = x · r`, and
 //!   - Llama casting (`cast_before_weight`): `y = (w + offset) · round_to_dtype(x)(x̂)`;
 //!   - Gemma casting: `y = x̂ · (w + offset)`, rounded only once, to `y`'s dtype.
 //!   `r` is saved per row (`rstd`) for the backward pass.
 //! Backward, with `g = dy · (w + offset)` (or `dy` without weight):
 //!   `dx = r · (g − x̂ · mean(g · x̂)) [+ d_residual_out]`, `dw = Σ_rows dy · x̂` (x̂ rounded as in forward).
+//! LayerNorm (`NormKind::Layer`, always rounded once at the end, as torch does):
+//!   `μ = mean(x)`, `r = 1 / sqrt(mean((x − μ)²) + eps)`, `x̂ = (x − μ) · r`, `y = x̂ · (w + offset) + b`;
+//!   `μ` and `r` are saved per row. Backward, with `g = dy · (w + offset)`:
+//!   `dx = r · (g − mean(g) − x̂ · mean(g · x̂)) [+ d_residual_out]`, `dw = Σ_rows dy · x̂`, `db = Σ_rows dy`.
 //! Accumulation is in float32 (float64 for float64 inputs).
 
 use crate::dtype::DType;
@@ -14,15 +19,27 @@ use crate::error::{Error, Result};
 use crate::ops::{expect_dtype, rows_like, rows_of, vector, Mat};
 use crate::tensor::{common_device, Device, Exec, TensorRef};
 
+/// Which normalization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormKind {
+    Rms,
+    Layer,
+}
+
 /// Arguments of the forward pass. Outputs are allocated by the caller.
-pub struct RmsNormFwd<'a> {
+pub struct NormFwd<'a> {
+    pub kind: NormKind,
     pub x: &'a TensorRef,
     /// When present, the op normalizes `x + residual` and writes that sum to `residual_out`.
     pub residual: Option<&'a TensorRef>,
     pub weight: Option<&'a TensorRef>,
+    /// LayerNorm only; same dtype as the weight.
+    pub bias: Option<&'a TensorRef>,
     pub y: &'a TensorRef,
     pub residual_out: Option<&'a TensorRef>,
-    /// Per-row `1/rms`, in the accumulation dtype; written only when present.
+    /// LayerNorm: per-row mean, in the accumulation dtype; written only when present (with `rstd`).
+    pub mean: Option<&'a TensorRef>,
+    /// Per-row `1/rms` (LayerNorm: `1/std`), in the accumulation dtype; written only when present.
     pub rstd: Option<&'a TensorRef>,
     pub eps: f64,
     pub offset: f64,
@@ -30,16 +47,21 @@ pub struct RmsNormFwd<'a> {
 }
 
 /// Arguments of the backward pass.
-pub struct RmsNormBwd<'a> {
+pub struct NormBwd<'a> {
+    pub kind: NormKind,
     pub dy: &'a TensorRef,
     /// The tensor that was normalized (for the fused op, `residual_out`).
     pub x: &'a TensorRef,
     pub weight: Option<&'a TensorRef>,
+    /// LayerNorm: the forward's per-row mean (required).
+    pub mean: Option<&'a TensorRef>,
     pub rstd: &'a TensorRef,
     /// Gradient flowing into `residual_out` of the fused op, added to `dx`.
     pub d_residual_out: Option<&'a TensorRef>,
     pub dx: &'a TensorRef,
     pub dw: Option<&'a TensorRef>,
+    /// LayerNorm: gradient of the bias (same dtype and shape as the weight's gradient would have).
+    pub db: Option<&'a TensorRef>,
     /// Scratch in the accumulation dtype, at least [`bwd_workspace_len`] elements (CUDA only).
     pub workspace: Option<&'a TensorRef>,
     pub offset: f64,
@@ -49,13 +71,16 @@ pub struct RmsNormBwd<'a> {
 /// A validated forward call.
 #[derive(Clone, Copy, Debug)]
 pub struct FwdPlan {
+    pub kind: NormKind,
     pub rows: usize,
     pub cols: usize,
     pub x: Mat,
     pub residual: Option<Mat>,
     pub weight: Option<Mat>,
+    pub bias: Option<Mat>,
     pub y: Mat,
     pub residual_out: Option<Mat>,
+    pub mean: Option<usize>,
     pub rstd: Option<usize>,
     pub acc: DType,
     pub eps: f64,
@@ -66,42 +91,70 @@ pub struct FwdPlan {
 /// A validated backward call.
 #[derive(Clone, Copy, Debug)]
 pub struct BwdPlan {
+    pub kind: NormKind,
     pub rows: usize,
     pub cols: usize,
     pub dy: Mat,
     pub x: Mat,
     pub weight: Option<Mat>,
+    pub mean: Option<usize>,
     pub rstd: usize,
     pub d_residual_out: Option<Mat>,
     pub dx: Mat,
     pub dw: Option<Mat>,
+    pub db: Option<Mat>,
     pub workspace: Option<(usize, usize)>,
     pub acc: DType,
     pub offset: f64,
     pub cast_before_weight: bool,
 }
 
-fn check_rstd(t: &TensorRef, rows: usize, acc: DType) -> Result<usize> {
-    expect_dtype("rstd", t, acc)?;
+/// A per-row statistic (`mean`, `rstd`): contiguous, `rows` elements of the accumulation dtype.
+fn check_stat(arg: &'static str, t: &TensorRef, rows: usize, acc: DType) -> Result<usize> {
+    expect_dtype(arg, t, acc)?;
     if t.numel() != rows || !t.is_contiguous() {
         return Err(Error::value(
-            "rstd",
+            arg,
             format!("expected a contiguous tensor of {rows} elements, got shape {:?}", t.shape),
         ));
     }
     Ok(t.ptr)
 }
 
-impl RmsNormFwd<'_> {
+/// Checks the LayerNorm-only arguments against `kind`, and the flags that only RMSNorm has.
+fn check_kind(kind: NormKind, cast_before_weight: bool, layer_only: &[(&'static str, bool)]) -> Result<()> {
+    match kind {
+        NormKind::Rms => {
+            if let Some((arg, _)) = layer_only.iter().find(|(_, given)| *given) {
+                return Err(Error::value(arg, "only LayerNorm takes this argument"));
+            }
+        }
+        NormKind::Layer => {
+            if cast_before_weight {
+                return Err(Error::value("cast_before_weight", "LayerNorm rounds once, at the end: expected false"));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl NormFwd<'_> {
     pub fn plan(&self) -> Result<(Device, FwdPlan)> {
         let device = common_device(&[
             ("x", Some(self.x)),
             ("residual", self.residual),
             ("weight", self.weight),
+            ("bias", self.bias),
             ("out", Some(self.y)),
             ("residual_out", self.residual_out),
+            ("mean", self.mean),
             ("rstd", self.rstd),
         ])?;
+        check_kind(
+            self.kind,
+            self.cast_before_weight,
+            &[("bias", self.bias.is_some()), ("mean", self.mean.is_some())],
+        )?;
         let (r, x) = rows_of("x", self.x)?;
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             return Err(Error::value("eps", format!("expected a finite, non-negative number, got {}", self.eps)));
@@ -126,19 +179,32 @@ impl RmsNormFwd<'_> {
             (None, Some(_)) => return Err(Error::value("residual_out", "given without residual")),
         };
         let weight = self.weight.map(|w| vector("weight", w, r.cols)).transpose()?;
+        let bias = self.bias.map(|b| vector("bias", b, r.cols)).transpose()?;
+        if let (Some(w), Some(b)) = (weight, bias) {
+            if w.dtype != b.dtype {
+                return Err(Error::dtype("bias", format!("expected dtype {} (the dtype of weight), got {}", w.dtype, b.dtype)));
+            }
+        }
         let y = rows_like("out", self.y, "x", self.x)?;
         let acc = self.x.dtype.compute();
-        let rstd = self.rstd.map(|t| check_rstd(t, r.rows, acc)).transpose()?;
+        let mean = self.mean.map(|t| check_stat("mean", t, r.rows, acc)).transpose()?;
+        let rstd = self.rstd.map(|t| check_stat("rstd", t, r.rows, acc)).transpose()?;
+        if self.kind == NormKind::Layer && mean.is_some() != rstd.is_some() {
+            return Err(Error::value("mean", "LayerNorm saves mean and rstd together: give both or neither"));
+        }
         Ok((
             device,
             FwdPlan {
+                kind: self.kind,
                 rows: r.rows,
                 cols: r.cols,
                 x,
                 residual,
                 weight,
+                bias,
                 y,
                 residual_out,
+                mean,
                 rstd,
                 acc,
                 eps: self.eps,
@@ -149,18 +215,25 @@ impl RmsNormFwd<'_> {
     }
 }
 
-impl RmsNormBwd<'_> {
+impl NormBwd<'_> {
     pub fn plan(&self) -> Result<(Device, BwdPlan)> {
         let device = common_device(&[
             ("grad_out", Some(self.dy)),
             ("x", Some(self.x)),
             ("weight", self.weight),
+            ("mean", self.mean),
             ("rstd", Some(self.rstd)),
             ("grad_residual_out", self.d_residual_out),
             ("grad_x", Some(self.dx)),
             ("grad_weight", self.dw),
+            ("grad_bias", self.db),
             ("workspace", self.workspace),
         ])?;
+        check_kind(
+            self.kind,
+            self.cast_before_weight,
+            &[("mean", self.mean.is_some()), ("grad_bias", self.db.is_some())],
+        )?;
         let (r, x) = rows_of("x", self.x)?;
         let dy = rows_like("grad_out", self.dy, "x", self.x)?;
         let dx = rows_like("grad_x", self.dx, "x", self.x)?;
@@ -168,11 +241,24 @@ impl RmsNormBwd<'_> {
         let weight = self.weight.map(|w| vector("weight", w, r.cols)).transpose()?;
         let dw = match (self.weight, self.dw) {
             (_, None) => None,
-            (Some(_), Some(t)) => Some(vector("grad_weight", t, r.cols)?),
+            (Some(w), Some(t)) => {
+                expect_dtype("grad_weight", t, w.dtype)?;
+                Some(vector("grad_weight", t, r.cols)?)
+            }
             (None, Some(_)) => return Err(Error::value("grad_weight", "given without weight")),
         };
+        let db = self.db.map(|t| vector("grad_bias", t, r.cols)).transpose()?;
+        if let (Some(db), Some(p)) = (db, weight.or(dw)) {
+            if db.dtype != p.dtype {
+                return Err(Error::dtype("grad_bias", format!("expected dtype {} (the dtype of weight), got {}", p.dtype, db.dtype)));
+            }
+        }
         let acc = self.x.dtype.compute();
-        let rstd = check_rstd(self.rstd, r.rows, acc)?;
+        let rstd = check_stat("rstd", self.rstd, r.rows, acc)?;
+        let mean = match (self.kind, self.mean) {
+            (NormKind::Layer, None) => return Err(Error::value("mean", "LayerNorm's backward needs the saved mean")),
+            (_, m) => m.map(|t| check_stat("mean", t, r.rows, acc)).transpose()?,
+        };
         let workspace = match self.workspace {
             Some(t) => {
                 expect_dtype("workspace", t, acc)?;
@@ -186,15 +272,18 @@ impl RmsNormBwd<'_> {
         Ok((
             device,
             BwdPlan {
+                kind: self.kind,
                 rows: r.rows,
                 cols: r.cols,
                 dy,
                 x,
                 weight,
+                mean,
                 rstd,
                 d_residual_out,
                 dx,
                 dw,
+                db,
                 workspace,
                 acc,
                 offset: self.offset,
@@ -205,32 +294,32 @@ impl RmsNormBwd<'_> {
 }
 
 /// Runs the forward pass on the tensors' device.
-pub fn rms_norm_fwd(args: &RmsNormFwd<'_>, exec: Exec) -> Result<()> {
+pub fn norm_fwd(args: &NormFwd<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     if plan.rows == 0 {
         return Ok(());
     }
     match device {
-        Device::Cpu => crate::cpu::rmsnorm::fwd(&plan),
-        Device::Cuda(ordinal) => crate::cuda::rmsnorm::fwd(&plan, ordinal, exec),
+        Device::Cpu => crate::cpu::norm::fwd(&plan),
+        Device::Cuda(ordinal) => crate::cuda::norm::fwd(&plan, ordinal, exec),
     }
 }
 
 /// Runs the backward pass on the tensors' device.
-pub fn rms_norm_bwd(args: &RmsNormBwd<'_>, exec: Exec) -> Result<()> {
+pub fn norm_bwd(args: &NormBwd<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     match device {
-        Device::Cpu => crate::cpu::rmsnorm::bwd(&plan),
-        Device::Cuda(ordinal) => crate::cuda::rmsnorm::bwd(&plan, ordinal, exec),
+        Device::Cpu => crate::cpu::norm::bwd(&plan),
+        Device::Cuda(ordinal) => crate::cuda::norm::bwd(&plan, ordinal, exec),
     }
 }
 
-/// Number of workspace elements (of the accumulation dtype) that [`rms_norm_bwd`] needs for these
+/// Number of workspace elements (of the accumulation dtype) that [`norm_bwd`] needs for these
 /// arguments (their `workspace` is ignored).
-pub fn rms_norm_bwd_workspace_len(args: &RmsNormBwd<'_>) -> Result<usize> {
+pub fn norm_bwd_workspace_len(args: &NormBwd<'_>) -> Result<usize> {
     let (device, plan) = args.plan()?;
     match device {
         Device::Cpu => Ok(0),
-        Device::Cuda(ordinal) => crate::cuda::rmsnorm::bwd_workspace_len(&plan, ordinal),
+        Device::Cuda(ordinal) => crate::cuda::norm::bwd_workspace_len(&plan, ordinal),
     }
 }

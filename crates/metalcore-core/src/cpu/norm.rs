@@ -1,0 +1,220 @@
+//! RMSNorm and LayerNorm on the CPU (math in `ops::norm`). Rows run in parallel; each row is loaded
+//! once into a scratch buffer of the accumulation type, so every pass after the load stays in L1.
+
+use super::{dot, lane_sum, load_row, round_to, store_row, sum, Real, SendPtr};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
+use crate::ops::Mat;
+use rayon::prelude::*;
+
+/// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.
+fn min_rows(cols: usize) -> usize {
+    (16384 / cols.max(1)).max(1)
+}
+
+fn row_ptr(m: &Mat, row: usize) -> *mut u8 {
+    SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)
+}
+
+pub fn fwd(p: &FwdPlan) -> Result<()> {
+    match p.acc {
+        DType::F64 => fwd_impl::<f64>(p),
+        _ => fwd_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+pub fn bwd(p: &BwdPlan) -> Result<()> {
+    match p.acc {
+        DType::F64 => bwd_impl::<f64>(p),
+        _ => bwd_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+/// Loads a parameter vector once as `v + offset` in the accumulation type.
+fn param_plus<A: Real>(w: Option<Mat>, cols: usize, offset: f64) -> Option<Vec<A>> {
+    w.map(|w| {
+        let mut v = vec![A::ZERO; cols];
+        // SAFETY: `w` was validated as a contiguous vector of `cols` elements.
+        unsafe { load_row(w.dtype, w.ptr as *const u8, &mut v) };
+        let off = A::from_f64(offset);
+        v.iter_mut().for_each(|x| *x += off);
+        v
+    })
+}
+
+/// What every forward row needs, prepared once per call.
+struct FwdCtx<'a, A> {
+    p: &'a FwdPlan,
+    /// `w + offset` (ones without a weight) and the bias (zeros without one).
+    w: Vec<A>,
+    b: Vec<A>,
+    layer: bool,
+    eps: A,
+    inv_n: A,
+}
+
+/// One forward row; `buf`, `tmp` are scratch rows. Inlined into the per-ISA copies below.
+///
+/// # Safety
+/// `row < p.rows`; the plan's pointers are valid for its shapes and this row's outputs are written
+/// by no one else.
+#[inline(always)]
+unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]) {
+    let p = c.p;
+    load_row(p.x.dtype, row_ptr(&p.x, row), buf);
+    if let (Some(res), Some(res_out)) = (p.residual, p.residual_out) {
+        load_row(res.dtype, row_ptr(&res, row), tmp);
+        buf.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += *b);
+        round_to(p.x.dtype, buf);
+        store_row(buf, res_out.dtype, row_ptr(&res_out, row));
+    }
+    let (mu, ss) = if c.layer {
+        let mu = sum(buf) * c.inv_n;
+        (mu, lane_sum(buf.len(), |i| {
+            let d = *buf.get_unchecked(i) - mu;
+            d * d
+        }))
+    } else {
+        (A::ZERO, dot(buf, buf))
+    };
+    let r = A::ONE / (ss * c.inv_n + c.eps).sqrt();
+    if let Some(rstd) = p.rstd {
+        r.store(p.acc, rstd as *mut u8, row);
+    }
+    if let Some(mean) = p.mean {
+        mu.store(p.acc, mean as *mut u8, row);
+    }
+    if p.cast_before_weight {
+        buf.iter_mut().for_each(|v| *v = (*v - mu) * r);
+        round_to(p.x.dtype, buf);
+        buf.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
+    } else {
+        buf.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = (*v - mu) * r * *w + *b);
+    }
+    store_row(buf, p.y.dtype, row_ptr(&p.y, row));
+}
+
+isa_copies!(fwd_row_avx2 = fwd_row(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]));
+
+fn fwd_impl<A: Real>(p: &FwdPlan) {
+    let n = p.cols;
+    let c = FwdCtx {
+        p,
+        w: param_plus::<A>(p.weight, n, p.offset).unwrap_or_else(|| vec![A::ONE; n]),
+        b: param_plus::<A>(p.bias, n, 0.0).unwrap_or_else(|| vec![A::ZERO; n]),
+        layer: p.kind == NormKind::Layer,
+        eps: A::from_f64(p.eps),
+        inv_n: A::ONE / A::from_usize(n),
+    };
+    let row_fn = pick!(fwd_row_avx2, fwd_row, A, unsafe fn(&FwdCtx<'_, A>, usize, &mut [A], &mut [A]));
+    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+        || (vec![A::ZERO; n], vec![A::ZERO; n]),
+        // SAFETY: every row pointer is inside its validated `rows × cols` view; rows are disjoint,
+        // so each output row is written by exactly one task.
+        |(buf, tmp), row| unsafe { row_fn(&c, row, buf, tmp) },
+    );
+}
+
+/// What every backward row needs, prepared once per call.
+struct BwdCtx<'a, A> {
+    p: &'a BwdPlan,
+    /// `w + offset`, ones without a weight.
+    w: Vec<A>,
+    layer: bool,
+    inv_n: A,
+}
+
+/// Scratch rows of one backward task, and its dw / db partial sums.
+struct BwdScratch<A> {
+    xh: Vec<A>,
+    g: Vec<A>,
+    dy: Vec<A>,
+    tmp: Vec<A>,
+    dw: Vec<A>,
+    db: Vec<A>,
+}
+
+/// One backward row, accumulating into the task's partials.
+///
+/// # Safety
+/// As for [`fwd_row`]; `rstd` (and `mean`) hold `rows` elements of the accumulation dtype.
+#[inline(always)]
+unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>) {
+    let p = c.p;
+    load_row(p.x.dtype, row_ptr(&p.x, row), &mut s.xh);
+    load_row(p.dy.dtype, row_ptr(&p.dy, row), &mut s.dy);
+    let r = A::load(p.acc, p.rstd as *const u8, row);
+    let mu = p.mean.map_or(A::ZERO, |m| A::load(p.acc, m as *const u8, row));
+    s.xh.iter_mut().for_each(|v| *v = (*v - mu) * r); // x̂
+    s.g.iter_mut().zip(s.dy.iter().zip(&c.w)).for_each(|(g, (d, w))| *g = *d * *w);
+    let mean_gx = dot(&s.g, &s.xh) * c.inv_n;
+    let mean_g = if c.layer { sum(&s.g) * c.inv_n } else { A::ZERO };
+    if !s.db.is_empty() {
+        s.db.iter_mut().zip(s.dy.iter()).for_each(|(acc, d)| *acc += *d);
+    }
+    if !s.dw.is_empty() {
+        if p.cast_before_weight {
+            s.tmp.copy_from_slice(&s.xh);
+            round_to(p.x.dtype, &mut s.tmp);
+            s.dw.iter_mut().zip(s.dy.iter().zip(s.tmp.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
+        } else {
+            s.dw.iter_mut().zip(s.dy.iter().zip(s.xh.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
+        }
+    }
+    s.g.iter_mut().zip(s.xh.iter()).for_each(|(g, xh)| *g = r * (*g - mean_g - *xh * mean_gx));
+    if let Some(dres) = p.d_residual_out {
+        load_row(dres.dtype, row_ptr(&dres, row), &mut s.tmp);
+        s.g.iter_mut().zip(s.tmp.iter()).for_each(|(g, d)| *g += *d);
+    }
+    store_row(&s.g, p.dx.dtype, row_ptr(&p.dx, row));
+}
+
+isa_copies!(bwd_row_avx2 = bwd_row(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>));
+
+fn bwd_impl<A: Real>(p: &BwdPlan) {
+    let n = p.cols;
+    let c = BwdCtx {
+        p,
+        w: param_plus::<A>(p.weight, n, p.offset).unwrap_or_else(|| vec![A::ONE; n]),
+        layer: p.kind == NormKind::Layer,
+        inv_n: A::ONE / A::from_usize(n.max(1)),
+    };
+    let row_fn = pick!(bwd_row_avx2, bwd_row, A, unsafe fn(&BwdCtx<'_, A>, usize, &mut BwdScratch<A>));
+    // Split rows into a few chunks per thread; each chunk sums its own dw / db partials.
+    let chunks = (rayon::current_num_threads() * 4).min(p.rows.div_ceil(min_rows(n))).max(1);
+    let per = p.rows.div_ceil(chunks).max(1);
+    let partials: Vec<(Vec<A>, Vec<A>)> = (0..chunks)
+        .into_par_iter()
+        .map(|k| {
+            let zeros = |on: bool| if on { vec![A::ZERO; n] } else { Vec::new() };
+            let mut s = BwdScratch {
+                xh: zeros(true),
+                g: zeros(true),
+                dy: zeros(true),
+                tmp: zeros(true),
+                dw: zeros(p.dw.is_some()),
+                db: zeros(p.db.is_some()),
+            };
+            for row in (k * per)..((k + 1) * per).min(p.rows) {
+                // SAFETY: as in `fwd_impl`; each task writes only its own rows of dx.
+                unsafe { row_fn(&c, row, &mut s) };
+            }
+            (s.dw, s.db)
+        })
+        .collect();
+    let reduce = |out: Option<Mat>, pick: fn(&(Vec<A>, Vec<A>)) -> &Vec<A>| {
+        if let Some(out) = out {
+            let mut total = vec![A::ZERO; n];
+            for part in &partials {
+                total.iter_mut().zip(pick(part)).for_each(|(t, v)| *t += *v);
+            }
+            // SAFETY: `out` was validated as a contiguous vector of `cols` elements.
+            unsafe { store_row(&total, out.dtype, out.ptr as *mut u8) };
+        }
+    };
+    reduce(p.dw, |t| &t.0);
+    reduce(p.db, |t| &t.1);
+}

@@ -1,0 +1,145 @@
+//! Bindings of the row normalizations (RMSNorm, LayerNorm).
+
+use crate::bridge::{opt, to_py, Desc};
+use metalcore_core::ops::norm::{norm_bwd, norm_bwd_workspace_len, norm_fwd, NormBwd, NormFwd, NormKind};
+use metalcore_core::{Exec, TensorRef};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+fn parse_kind(kind: &str) -> PyResult<NormKind> {
+    match kind {
+        "rms" => Ok(NormKind::Rms),
+        "layer" => Ok(NormKind::Layer),
+        _ => Err(PyValueError::new_err(format!("kind: expected 'rms' or 'layer', got {kind:?}"))),
+    }
+}
+
+/// Forward pass (optionally fused with a residual add) into caller-allocated outputs.
+#[pyfunction]
+#[pyo3(signature = (kind, x, residual, weight, bias, out, residual_out, mean, rstd, eps, offset, cast_before_weight, stream))]
+#[allow(clippy::too_many_arguments)]
+fn norm_fwd_into(
+    py: Python<'_>,
+    kind: &str,
+    x: Desc,
+    residual: Option<Desc>,
+    weight: Option<Desc>,
+    bias: Option<Desc>,
+    out: Desc,
+    residual_out: Option<Desc>,
+    mean: Option<Desc>,
+    rstd: Option<Desc>,
+    eps: f64,
+    offset: f64,
+    cast_before_weight: bool,
+    stream: usize,
+) -> PyResult<()> {
+    let kind = parse_kind(kind)?;
+    let (x, y) = (x.to_ref("x")?, out.to_ref("out")?);
+    let (residual, weight, bias) = (opt("residual", &residual)?, opt("weight", &weight)?, opt("bias", &bias)?);
+    let residual_out = opt("residual_out", &residual_out)?;
+    let (mean, rstd) = (opt("mean", &mean)?, opt("rstd", &rstd)?);
+    let args = NormFwd {
+        kind,
+        x: &x,
+        residual: residual.as_ref(),
+        weight: weight.as_ref(),
+        bias: bias.as_ref(),
+        y: &y,
+        residual_out: residual_out.as_ref(),
+        mean: mean.as_ref(),
+        rstd: rstd.as_ref(),
+        eps,
+        offset,
+        cast_before_weight,
+    };
+    py.detach(|| norm_fwd(&args, Exec { stream })).map_err(to_py)
+}
+
+/// The backward's tensors, converted once.
+struct BwdRefs {
+    kind: NormKind,
+    dy: TensorRef,
+    x: TensorRef,
+    weight: Option<TensorRef>,
+    mean: Option<TensorRef>,
+    rstd: TensorRef,
+    dres: Option<TensorRef>,
+    dx: TensorRef,
+    dw: Option<TensorRef>,
+    db: Option<TensorRef>,
+}
+
+impl BwdRefs {
+    fn args<'a>(&'a self, workspace: Option<&'a TensorRef>, offset: f64, cast: bool) -> NormBwd<'a> {
+        NormBwd {
+            kind: self.kind,
+            dy: &self.dy,
+            x: &self.x,
+            weight: self.weight.as_ref(),
+            mean: self.mean.as_ref(),
+            rstd: &self.rstd,
+            d_residual_out: self.dres.as_ref(),
+            dx: &self.dx,
+            dw: self.dw.as_ref(),
+            db: self.db.as_ref(),
+            workspace,
+            offset,
+            cast_before_weight: cast,
+        }
+    }
+}
+
+/// `(kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x, grad_weight, grad_bias)`.
+type BwdDescs = (String, Desc, Desc, Option<Desc>, Option<Desc>, Desc, Option<Desc>, Desc, Option<Desc>, Option<Desc>);
+
+fn bwd_refs(d: BwdDescs) -> PyResult<BwdRefs> {
+    let (kind, dy, x, weight, mean, rstd, dres, dx, dw, db) = d;
+    Ok(BwdRefs {
+        kind: parse_kind(&kind)?,
+        dy: dy.to_ref("grad_out")?,
+        x: x.to_ref("x")?,
+        weight: opt("weight", &weight)?,
+        mean: opt("mean", &mean)?,
+        rstd: rstd.to_ref("rstd")?,
+        dres: opt("grad_residual_out", &dres)?,
+        dx: dx.to_ref("grad_x")?,
+        dw: opt("grad_weight", &dw)?,
+        db: opt("grad_bias", &db)?,
+    })
+}
+
+/// Workspace elements (of the accumulation dtype) that `norm_bwd_into` needs for these tensors,
+/// given as the tuple `(kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x,
+/// grad_weight, grad_bias)`.
+#[pyfunction]
+#[pyo3(signature = (tensors, offset, cast_before_weight))]
+fn norm_bwd_workspace(py: Python<'_>, tensors: BwdDescs, offset: f64, cast_before_weight: bool) -> PyResult<usize> {
+    let r = bwd_refs(tensors)?;
+    let args = r.args(None, offset, cast_before_weight);
+    py.detach(|| norm_bwd_workspace_len(&args)).map_err(to_py)
+}
+
+/// Backward pass into caller-allocated gradients (`tensors` as for `norm_bwd_workspace`).
+#[pyfunction]
+#[pyo3(signature = (tensors, workspace, offset, cast_before_weight, stream))]
+fn norm_bwd_into(
+    py: Python<'_>,
+    tensors: BwdDescs,
+    workspace: Option<Desc>,
+    offset: f64,
+    cast_before_weight: bool,
+    stream: usize,
+) -> PyResult<()> {
+    let r = bwd_refs(tensors)?;
+    let ws = opt("workspace", &workspace)?;
+    let args = r.args(ws.as_ref(), offset, cast_before_weight);
+    py.detach(|| norm_bwd(&args, Exec { stream })).map_err(to_py)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(norm_fwd_into, m)?)?;
+    m.add_function(wrap_pyfunction!(norm_bwd_workspace, m)?)?;
+    m.add_function(wrap_pyfunction!(norm_bwd_into, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+"""Shared implementation of the row normalizations (RMSNorm, LayerNorm) on the native core: output
+allocation, row views and the calls into ``_native.norm_*``. No autograd here; ``rmsnorm`` and
+``layernorm`` wrap it in ``autograd.Function``s (eager) and ``torch.library`` custom ops (compiled)."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._backend import check_float, check_same_device, desc, empty, opt_desc, stream_of
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rows(t: Tensor, n: int) -> Tensor:
+    """`t` as a (rows, n) matrix the core accepts: unit column stride, non-overlapping rows
+    (a view where possible, else a contiguous copy)."""
+    if t.is_contiguous():
+        return t if t.dim() == 2 else t.view(-1, n)
+    t2 = t.reshape(-1, n)
+    if (n > 1 and t2.stride(1) != 1) or (t2.shape[0] > 1 and t2.stride(0) < n):
+        t2 = t2.contiguous()
+    return t2
+
+
+def check_inputs(x: Tensor, residual: Optional[Tensor], n: int, **params: Optional[Tensor]) -> None:
+    """Validates x (at least 1-D, float), the residual (x's shape and dtype) and each 1-D
+    parameter of length `n` (weight, bias), all on x's device."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x: expected at least one dimension, got a 0-d tensor")
+    check_float("x", x)
+    check_float("residual", residual)
+    for name, p in params.items():
+        check_float(name, p)
+    check_same_device("x", x, residual=residual, **params)
+    for name, p in params.items():
+        if p is not None and (p.dim() != 1 or p.shape[0] != n):
+            raise ValueError(f"{name}: expected shape ({n},) to match the normalized size of x, got {tuple(p.shape)}")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual: expected shape {tuple(x.shape)} (the shape of x), got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
+
+
+def fwd_impl(
+    kind: str,
+    x: Tensor,
+    n: int,
+    residual: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    offset: float,
+    cast_before_weight: bool,
+    out_dtype: torch.dtype,
+    want_stats: bool,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Normalizes `x` over rows of `n` trailing elements. Returns (y, residual_out or None,
+    mean or None (LayerNorm only), rstd or None)."""
+    nrows = x.numel() // n if n else 0
+    y = empty(x.shape, out_dtype, x.device)
+    res_out = empty(x.shape, x.dtype, x.device) if residual is not None else None
+    acc = acc_dtype(x.dtype)
+    rstd = empty((nrows,), acc, x.device) if want_stats else None
+    mean = empty((nrows,), acc, x.device) if (want_stats and kind == "layer") else None
+    if n == 0 or nrows == 0:
+        for s in (mean, rstd):
+            if s is not None:
+                s.fill_(float("nan"))  # statistics of an empty row, as torch computes them
+        return y, res_out, mean, rstd
+    # Keep every view/copy in a local: the core only borrows their memory during the call.
+    w = weight.contiguous() if weight is not None else None
+    b = bias.contiguous() if bias is not None else None
+    x2 = rows(x, n)
+    r2 = rows(residual, n) if residual is not None else None
+    _native.norm_fwd_into(
+        kind,
+        desc(x2, "x"),
+        opt_desc(r2, "residual"),
+        opt_desc(w, "weight"),
+        opt_desc(b, "bias"),
+        desc(y.view(-1, n), "out"),
+        opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
+        opt_desc(mean, "mean"),
+        opt_desc(rstd, "rstd"),
+        float(eps),
+        float(offset),
+        cast_before_weight,
+        stream_of(x),
+    )
+    return y, res_out, mean, rstd
+
+
+# Workspace sizes by call signature: the size depends only on the device, shapes, dtypes and flags,
+# and asking the core costs a planning pass.
+_WORKSPACE: dict = {}
+
+
+def bwd_impl(
+    kind: str,
+    dy: Tensor,
+    x: Tensor,
+    n: int,
+    weight: Optional[Tensor],
+    mean: Optional[Tensor],
+    rstd: Tensor,
+    d_res_out: Optional[Tensor],
+    offset: float,
+    cast_before_weight: bool,
+    need_dw: bool,
+    need_db: bool,
+    param_dtype: Optional[torch.dtype] = None,
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Returns (dx, dw or None, db or None); `x` is the tensor that was normalized. dw needs a
+    weight; db (LayerNorm) takes the weight's dtype, or `param_dtype` without a weight."""
+    dx = empty(x.shape, x.dtype, x.device)
+    pdt = weight.dtype if weight is not None else (param_dtype or x.dtype)
+    dw = empty((n,), pdt, x.device) if (need_dw and weight is not None) else None
+    db = empty((n,), pdt, x.device) if need_db else None
+    if n == 0 or x.numel() == 0:
+        if d_res_out is not None:
+            dx.copy_(d_res_out)
+        else:
+            dx.zero_()
+        for g in (dw, db):
+            if g is not None:
+                g.zero_()
+        return dx, dw, db
+    # Keep every view/copy in a local: the core only borrows their memory during the call.
+    w = weight.contiguous() if weight is not None else None
+    dy2, x2 = rows(dy, n), rows(x, n)
+    dr2 = rows(d_res_out, n) if d_res_out is not None else None
+    tensors = (
+        kind,
+        desc(dy2, "grad_out"),
+        desc(x2, "x"),
+        opt_desc(w, "weight"),
+        opt_desc(mean, "mean"),
+        desc(rstd, "rstd"),
+        opt_desc(dr2, "grad_residual_out"),
+        desc(dx.view(-1, n), "grad_x"),
+        opt_desc(dw, "grad_weight"),
+        opt_desc(db, "grad_bias"),
+    )
+    workspace = None
+    if x.device.type == "cuda" and (dw is not None or db is not None):
+        key = (kind, x.device.index, x2.shape, x2.stride(), dy2.stride(), x.dtype, dy.dtype, pdt,
+               dr2 is not None, dw is not None, db is not None, offset, cast_before_weight)
+        ws_len = _WORKSPACE.get(key)
+        if ws_len is None:
+            ws_len = _WORKSPACE[key] = _native.norm_bwd_workspace(tensors, float(offset), cast_before_weight)
+        workspace = empty((ws_len,), acc_dtype(x.dtype), x.device)
+    _native.norm_bwd_into(tensors, opt_desc(workspace, "workspace"), float(offset), cast_before_weight, stream_of(x))
+    return dx, dw, db
