@@ -50,7 +50,9 @@ case "$cmd" in
         setup
         export METALCORE_REQUIRE_NVRTC=1
         LD_LIBRARY_PATH="$(nvrtc_lib):${LD_LIBRARY_PATH:-}" cargo test -p metalcore-core --release
-        .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@" ;;
+        .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+        # The CPU kernels also ship a baseline (non-AVX2) copy: run the CPU tests through it too.
+        METALCORE_CPU_BASELINE=1 .venv/bin/python -m pytest tests -q -p no:cacheprovider -k "cpu" "$@" ;;
     wheel)
         setup
         .venv/bin/maturin build --release -q -o dist >.venv/wheel.log 2>&1 || { cat .venv/wheel.log; exit 1; }

@@ -29,11 +29,16 @@ macro_rules! pick {
 
 pub mod norm;
 
-/// True when the CPU runs AVX2 and FMA (checked once).
+/// True when the CPU runs AVX2 and FMA (checked once). `METALCORE_CPU_BASELINE=1` forces the
+/// baseline copies (so tests cover both).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
     static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *F.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    *F.get_or_init(|| {
+        std::env::var("METALCORE_CPU_BASELINE").map_or(true, |v| v != "1")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    })
 }
 
 use crate::dtype::DType;
