@@ -15,6 +15,7 @@ from .layernorm import (
     fused_add_layernorm,
     layer_norm,
 )
+from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
     FusedAddRMSNormFunction,
@@ -42,4 +43,7 @@ __all__ = [
     "FusedAddLayerNormFunction",
     "MetalLayerNorm",
     "FusedAddLayerNorm",
+    "fused_softmax",
+    "SoftmaxFunction",
+    "MetalSoftmax",
 ]

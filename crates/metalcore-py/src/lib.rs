@@ -4,6 +4,7 @@
 
 mod bridge;
 mod norm;
+mod softmax;
 
 use pyo3::prelude::*;
 
@@ -38,5 +39,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     norm::register(m)?;
+    softmax::register(m)?;
     Ok(())
 }

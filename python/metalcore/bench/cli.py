@@ -224,6 +224,59 @@ def bench_norm(op: str, device: str, rows: int, cols: int, dtype: torch.dtype, q
     return out
 
 
+def _liger_softmax():
+    try:
+        from liger_kernel.ops.softmax import LigerSoftmaxFunction  # type: ignore
+
+        return lambda x: LigerSoftmaxFunction.apply(x)
+    except Exception:  # noqa: BLE001 - Liger is optional (and older versions lack softmax)
+        return None
+
+
+def bench_softmax(device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """Softmax over the last dim, forward and forward+backward, ours vs torch (and Liger)."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    set_bytes = rows * cols * elem
+    l2 = 60 << 20 if device == "cuda" else 32 << 20
+    nsets = max(2, min(8, (3 * l2) // max(set_bytes, 1) + 1))
+    g = torch.Generator(device="cpu").manual_seed(0)
+    xs = [(3 * torch.randn(rows, cols, generator=g)).to(dtype).to(device) for _ in range(nsets)]
+    dys = [torch.randn(rows, cols, generator=g).to(dtype).to(device) for _ in range(nsets)]
+    peers: Dict[str, Callable] = {"metalcore": lambda x: metalcore.fused_softmax(x, -1), "torch": lambda x: torch.softmax(x, -1)}
+    liger = _liger_softmax() if device == "cuda" else None
+    if liger is not None:
+        peers["Liger"] = liger
+    x64 = xs[0].double().requires_grad_()
+    y64 = torch.softmax(x64, -1)
+    (g64,) = torch.autograd.grad(y64, (x64,), dys[0].double())
+    reps = 20 if quick else 200
+    out = []
+    for name, f in peers.items():
+        xr = [x.detach().clone().requires_grad_() for x in xs]
+        with torch.no_grad():
+            err_f = _rel(f(xs[0]), y64.detach())
+        (gx,) = torch.autograd.grad(f(xr[0]), (xr[0],), dys[0])
+        err_b = _rel(gx, g64)
+
+        def fwd(i, f=f):
+            with torch.no_grad():
+                f(xs[i % nsets])
+
+        def fwdbwd(i, f=f, xr=xr):
+            x = xr[i % nsets]
+            torch.autograd.grad(f(x), (x,), dys[i % nsets])
+
+        cuda = device == "cuda"
+        t_f, t_fb = time_ms(fwd, device, reps=reps), time_ms(fwdbwd, device, reps=reps)
+        out.append(dict(op="softmax", case=f"{rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
+                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b,
+                        host_f=host_us(fwd) if cuda else float("nan"), host_fb=host_us(fwdbwd) if cuda else float("nan"),
+                        graph_f=graph_ms(fwd, nsets) if cuda else float("nan"),
+                        graph_fb=graph_ms(fwdbwd, nsets) if cuda else float("nan"),
+                        fwd_gbs=2 * set_bytes / (t_f * 1e-3) / 1e9, bytes=2 * set_bytes))
+    return out
+
+
 def _table(rows: List[Dict], device: str) -> str:
     cuda = device == "cuda"
     head = "| case | impl | fwd ms | fwd GB/s | fwd+bwd ms | vs torch | fwd err | bwd err |"
@@ -257,8 +310,8 @@ time per call while the GPU is kept busy. GB/s counts one read of x and one writ
 is torch's time over ours (above 1 means we are faster), for fwd+bwd. torch = `F.rms_norm` /
 `F.layer_norm`; HF eager = the LlamaRMSNorm formula in plain torch ops."""
 
-OPS = ("rmsnorm", "layernorm")
-TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+OPS = ("rmsnorm", "layernorm", "softmax")
+TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -290,8 +343,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(header)
     for op in OPS if args.op == "all" else (args.op,):
         rows: List[Dict] = []
-        for r, c, dt in cases:
-            rows += bench_norm(op, device, r, c, dt, args.quick)
+        op_cases = cases
+        if op == "softmax" and not args.case:
+            op_cases = ([(4096, 32768, torch.float32), (8192, 4096, torch.bfloat16), (4096, 4097, torch.bfloat16)]
+                        if device == "cuda" else cases)
+        for r, c, dt in op_cases:
+            rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
         table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
         if args.out:

@@ -96,35 +96,40 @@ template <class T, int N> __device__ __forceinline__ void store_vec(T* __restric
     store_raw<T, N>(p, pack<T, N>(in));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }
 __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
+// -inf in ACC (NVRTC has no <cmath> INFINITY).
+#define NEG_INF_ACC (-(ACC)__int_as_float(0x7f800000))
+__device__ __forceinline__ float exp_acc(float v) { return expf(v); }
+__device__ __forceinline__ double exp_acc(double v) { return exp(v); }
 
-// Sum over a group of GROUP consecutive threads (a multiple of 32 dividing the block).
+struct SumOp {
+    __device__ __forceinline__ ACC operator()(ACC a, ACC b) const { return a + b; }
+};
+struct MaxOp {
+    // NaN-propagating max (fmax would drop a NaN): a NaN anywhere in the row wins.
+    __device__ __forceinline__ ACC operator()(ACC a, ACC b) const { return (a > b || a != a) ? a : b; }
+};
+
+// Reduction by OP over a group of GROUP consecutive threads (a multiple of 32 dividing the block).
 // Every thread of the block must call it: it synchronizes the block when GROUP > 32.
-template <int GROUP> __device__ __forceinline__ ACC group_sum(ACC v, ACC* red) {
-    v = warp_sum(v);
+template <int GROUP, class OP> __device__ __forceinline__ ACC group_reduce(ACC v, ACC* red, OP op) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     if (GROUP == 32) return v;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     constexpr int WPG = GROUP / 32;
     if (lane == 0) red[warp] = v;
     __syncthreads();
     const int first = (warp / WPG) * WPG;
-    ACC s = 0;
+    ACC s = red[first];
 #pragma unroll
-    for (int i = 0; i < WPG; ++i) s += red[first + i];
+    for (int i = 1; i < WPG; ++i) s = op(s, red[first + i]);
     __syncthreads();  // `red` is reused by the next call
     return s;
 }
+
+template <int GROUP> __device__ __forceinline__ ACC group_sum(ACC v, ACC* red) { return group_reduce<GROUP>(v, red, SumOp{}); }
+template <int GROUP> __device__ __forceinline__ ACC group_max(ACC v, ACC* red) { return group_reduce<GROUP>(v, red, MaxOp{}); }
 
 #endif

@@ -28,6 +28,17 @@ macro_rules! pick {
 }
 
 pub mod norm;
+pub mod softmax;
+
+/// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.
+pub(crate) fn min_rows(cols: usize) -> usize {
+    (16384 / cols.max(1)).max(1)
+}
+
+/// Address of row `row` of a validated row view.
+pub(crate) fn row_ptr(m: &crate::ops::Mat, row: usize) -> *mut u8 {
+    SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)
+}
 
 /// True when the CPU runs AVX2 and FMA (checked once). `METALCORE_CPU_BASELINE=1` forces the
 /// baseline copies (so tests cover both).
@@ -62,13 +73,14 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     fn from_usize(v: usize) -> Self;
     fn sqrt(self) -> Self;
+    fn exp(self) -> Self;
     fn to_f64(self) -> f64;
     fn load(dtype: DType, src: *const u8, i: usize) -> Self;
     fn store(self, dtype: DType, dst: *mut u8, i: usize);
 }
 
 macro_rules! impl_real {
-    ($t:ty) => {
+    ($t:ty, $exp:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -83,6 +95,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                $exp(self)
             }
             #[inline(always)]
             fn to_f64(self) -> f64 {
@@ -116,8 +132,45 @@ macro_rules! impl_real {
         }
     };
 }
-impl_real!(f32);
-impl_real!(f64);
+impl_real!(f32, exp_f32);
+impl_real!(f64, f64::exp);
+
+/// `exp` for f32 without a libm call, so loops over it vectorize: `2^k · p(r)` with
+/// `k = round(x·log₂e)`, `r = x − k·ln 2` (two-constant Cody–Waite reduction) and the degree-6
+/// Cephes polynomial for `e^r` on [−ln2/2, ln2/2]; within 2 ulp of the exact value for results in
+/// the normal range. Results below the smallest normal (x < −87.33) flush to 0, x > 88.72 gives
+/// +inf, NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.33, 88.72);
+    let k = (xc * LOG2E + 0.5).floor();
+    let r = xc - k * C1 - k * C2;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    // 2^k in two halves, each a normal float for every k in [-126, 128].
+    let k1 = (k * 0.5).floor();
+    // SAFETY: j is an integer in [-64, 64], representable as i32 (the unchecked cast vectorizes,
+    // unlike the saturating `as`).
+    let pow2 = |j: f32| f32::from_bits(((unsafe { j.to_int_unchecked::<i32>() } + 127) as u32) << 23);
+    let scaled = e * pow2(k1) * pow2(k - k1);
+    if x != x {
+        x
+    } else if x > 88.72 {
+        f32::INFINITY
+    } else if x < -87.33 {
+        0.0
+    } else {
+        scaled
+    }
+}
 
 /// Loads `out.len()` elements of `dtype` from `src`, converting to the accumulation type.
 ///
@@ -288,5 +341,24 @@ mod tests {
             assert_eq!(f32_to_bf16_bits(v), bf16::from_f32(v).to_bits(), "value {v}");
         }
         assert!(bf16::from_bits(f32_to_bf16_bits(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn exp_f32_is_within_two_ulp() {
+        let mut worst = 0f64;
+        let mut x = -87.3f32;
+        while x < 88.7 {
+            let got = exp_f32(x) as f64;
+            let want = (x as f64).exp();
+            let ulp = (want as f32).to_bits();
+            let ulp = (f32::from_bits(ulp + 1) as f64 - want as f32 as f64).abs();
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.0137;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
     }
 }

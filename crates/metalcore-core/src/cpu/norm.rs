@@ -1,21 +1,12 @@
 //! RMSNorm and LayerNorm on the CPU (math in `ops::norm`). Rows run in parallel; each row is loaded
 //! once into a scratch buffer of the accumulation type, so every pass after the load stays in L1.
 
-use super::{dot, lane_sum, load_row, round_to, store_row, sum, Real, SendPtr};
+use super::{dot, lane_sum, load_row, min_rows, round_to, row_ptr, store_row, sum, Real};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
 use rayon::prelude::*;
-
-/// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.
-fn min_rows(cols: usize) -> usize {
-    (16384 / cols.max(1)).max(1)
-}
-
-fn row_ptr(m: &Mat, row: usize) -> *mut u8 {
-    SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)
-}
 
 pub fn fwd(p: &FwdPlan) -> Result<()> {
     match p.acc {
@@ -73,10 +64,13 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     }
     let (mu, ss) = if c.layer {
         let mu = sum(buf) * c.inv_n;
-        (mu, lane_sum(buf.len(), |i| {
-            let d = *buf.get_unchecked(i) - mu;
-            d * d
-        }))
+        (
+            mu,
+            lane_sum(buf.len(), |i| {
+                let d = *buf.get_unchecked(i) - mu;
+                d * d
+            }),
+        )
     } else {
         (A::ZERO, dot(buf, buf))
     };

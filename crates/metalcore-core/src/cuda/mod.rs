@@ -5,6 +5,8 @@
 
 pub mod jit;
 pub mod norm;
+pub(crate) mod rows;
+pub mod softmax;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};

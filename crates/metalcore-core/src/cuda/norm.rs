@@ -1,6 +1,7 @@
 //! RMSNorm and LayerNorm on CUDA: variant selection and launches (math in `kernels/norm.cu`).
 
 use super::jit::{function, Defines, Kernel};
+use super::rows::{base_defines, flag, geometry, knob, ptr_of, Geometry};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -11,22 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "norm", source: include_str!("../../kernels/norm.cu") };
-
-/// Thread layout of one launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Geometry {
-    vec: usize,
-    /// Threads per row (a multiple of 32).
-    tpr: usize,
-    block: usize,
-    /// VEC-chunks per thread kept in registers; 0 streams the row twice.
-    chunks: usize,
-}
-
-/// A tuning knob read once from the environment (for sweeps on the GPU machine), else `default`.
-fn knob(cell: &'static OnceLock<usize>, var: &str, default: usize) -> usize {
-    *cell.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(default))
-}
 
 // Defaults from a sweep on an H200 (2026-11-26; bf16 and fp32, rows of 1024, 4096 and 8192; see
 // bench/results/rmsnorm-tuning-nvidia-h200.md): the forward streams best with 32 elements per
@@ -55,36 +40,6 @@ fn fwd_min_blocks() -> usize {
 fn bwd_min_blocks() -> usize {
     static C: OnceLock<usize> = OnceLock::new();
     knob(&C, "METALCORE_NORM_MINB_BWD", 2)
-}
-
-fn geometry(cols: usize, vec: usize, target_elems: usize) -> Geometry {
-    let nvec = cols / vec;
-    let per_thread = (target_elems / vec).max(1);
-    let tpr = nvec.div_ceil(per_thread).next_power_of_two().clamp(32, 1024);
-    let chunks = nvec.div_ceil(tpr).max(1);
-    if chunks * vec > 64 {
-        // Too long for registers: stream the row with the widest block.
-        return Geometry { vec, tpr: 1024, block: 1024, chunks: 0 };
-    }
-    Geometry { vec, tpr, block: tpr.max(128), chunks }
-}
-
-fn base_defines(g: &Geometry, acc: DType) -> Defines {
-    vec![
-        ("ACC", ctype(acc).to_string()),
-        ("VEC", g.vec.to_string()),
-        ("TPR", g.tpr.to_string()),
-        ("BLOCK", g.block.to_string()),
-        ("CHUNKS", g.chunks.to_string()),
-    ]
-}
-
-fn flag(b: bool) -> String {
-    (b as u8).to_string()
-}
-
-fn ptr_of<T: Copy>(m: Option<T>, f: impl Fn(T) -> usize) -> u64 {
-    m.map(f).unwrap_or(0) as u64
 }
 
 fn fwd_geometry(p: &FwdPlan) -> Geometry {

@@ -2,6 +2,7 @@
 //! One file per op family.
 
 pub mod norm;
+pub mod softmax;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

@@ -182,7 +182,10 @@ impl NormFwd<'_> {
         let bias = self.bias.map(|b| vector("bias", b, r.cols)).transpose()?;
         if let (Some(w), Some(b)) = (weight, bias) {
             if w.dtype != b.dtype {
-                return Err(Error::dtype("bias", format!("expected dtype {} (the dtype of weight), got {}", w.dtype, b.dtype)));
+                return Err(Error::dtype(
+                    "bias",
+                    format!("expected dtype {} (the dtype of weight), got {}", w.dtype, b.dtype),
+                ));
             }
         }
         let y = rows_like("out", self.y, "x", self.x)?;
@@ -250,7 +253,10 @@ impl NormBwd<'_> {
         let db = self.db.map(|t| vector("grad_bias", t, r.cols)).transpose()?;
         if let (Some(db), Some(p)) = (db, weight.or(dw)) {
             if db.dtype != p.dtype {
-                return Err(Error::dtype("grad_bias", format!("expected dtype {} (the dtype of weight), got {}", p.dtype, db.dtype)));
+                return Err(Error::dtype(
+                    "grad_bias",
+                    format!("expected dtype {} (the dtype of weight), got {}", p.dtype, db.dtype),
+                ));
             }
         }
         let acc = self.x.dtype.compute();

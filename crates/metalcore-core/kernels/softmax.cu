@@ -1,0 +1,163 @@
+// softmax.cu — softmax over rows, forward and backward.
+//
+// Math (per row of n elements, accumulation in ACC):
+//   forward:  m = max(x), s = sum(exp(x - m)), y = exp(x - m) / s.
+//   backward: dx = y * (dy - sum(dy * y)).
+// A row of -inf gives NaN (as torch does: -inf - -inf); a NaN anywhere gives a NaN row.
+// Layout as in norm.cu: TPR threads per row, BLOCK/TPR rows per block walking the rows grid-stride;
+// CHUNKS > 0 keeps the row in registers (in its storage type), CHUNKS == 0 streams it: the forward
+// then keeps a running (max, sum) per thread, rescaling the sum when the max grows ("online
+// softmax", Milakov & Gimelshein 2018), and reads the row twice in all.
+//
+// Compile-time parameters (-D): T_X T_Y ACC VEC TPR BLOCK CHUNKS.
+
+typedef long long i64;
+constexpr int RPB = BLOCK / TPR;
+
+extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __restrict__ x, i64 x_rs,
+                                                                T_Y* __restrict__ y, i64 y_rs, i64 rows, int cols) {
+    __shared__ ACC red[BLOCK / 32];
+    const int group = threadIdx.x / TPR, lane = threadIdx.x % TPR;
+    const int nvec = cols / VEC;
+    for (i64 base = (i64)blockIdx.x * RPB; base < rows; base += (i64)gridDim.x * RPB) {
+        const i64 row = base + group;
+        const bool valid = row < rows;
+        const T_X* xr = x + row * x_rs;
+        T_Y* yr = y + row * y_rs;
+#if CHUNKS > 0
+        Vec<T_X, VEC> v[CHUNKS];
+        ACC m = NEG_INF_ACC;
+#pragma unroll
+        for (int k = 0; k < CHUNKS; ++k) {
+            const int c = lane + k * TPR;
+            if (valid && c < nvec) {
+                v[k] = load_raw<T_X, VEC>(xr + c * VEC);
+                ACC a[VEC];
+                unpack<T_X, VEC>(v[k], a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) m = MaxOp{}(m, a[i]);
+            }
+        }
+        m = group_max<TPR>(m, red);
+        ACC s = 0;
+#pragma unroll
+        for (int k = 0; k < CHUNKS; ++k) {
+            const int c = lane + k * TPR;
+            if (valid && c < nvec) {
+                ACC a[VEC];
+                unpack<T_X, VEC>(v[k], a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) s += exp_acc(a[i] - m);
+            }
+        }
+        s = group_sum<TPR>(s, red);
+        if (!valid) continue;
+        const ACC inv = (ACC)1 / s;
+#pragma unroll
+        for (int k = 0; k < CHUNKS; ++k) {
+            const int c = lane + k * TPR;
+            if (c < nvec) {
+                ACC a[VEC];
+                unpack<T_X, VEC>(v[k], a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
+                store_vec<T_Y, VEC>(yr + c * VEC, a);
+            }
+        }
+#else
+        ACC m = NEG_INF_ACC, s = 0;
+        for (int c = lane; valid && c < nvec; c += TPR) {
+            ACC a[VEC];
+            load_vec<T_X, VEC>(xr + c * VEC, a);
+            ACC cm = a[0];
+#pragma unroll
+            for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
+            const ACC nm = MaxOp{}(m, cm);
+            // Rescale the running sum to the new max (no-op when it did not grow; 0 from -inf).
+            s = (nm == m) ? s : s * exp_acc(m - nm);
+            m = nm;
+            // While every value seen is -inf they add nothing (exp(-inf - -inf) would be NaN).
+            if (m != NEG_INF_ACC) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) s += exp_acc(a[i] - m);
+            }
+        }
+        const ACC gm = group_max<TPR>(m, red);
+        s = (m == gm) ? s : s * exp_acc(m - gm);
+        s = group_sum<TPR>(s, red);
+        m = gm;
+        if (!valid) continue;
+        const ACC inv = (ACC)1 / s;
+        for (int c = lane; c < nvec; c += TPR) {
+            ACC a[VEC];
+            load_vec<T_X, VEC>(xr + c * VEC, a);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
+            store_vec<T_Y, VEC>(yr + c * VEC, a);
+        }
+#endif
+    }
+}
+
+// dx = y * (dy - sum(dy * y)); T_X is the dtype of y, dy and dx.
+extern "C" __global__ void __launch_bounds__(BLOCK) softmax_bwd(const T_X* __restrict__ y, i64 y_rs,
+                                                                const T_X* __restrict__ dy, i64 dy_rs,
+                                                                T_X* __restrict__ dx, i64 dx_rs, i64 rows, int cols) {
+    __shared__ ACC red[BLOCK / 32];
+    const int group = threadIdx.x / TPR, lane = threadIdx.x % TPR;
+    const int nvec = cols / VEC;
+    for (i64 base = (i64)blockIdx.x * RPB; base < rows; base += (i64)gridDim.x * RPB) {
+        const i64 row = base + group;
+        const bool valid = row < rows;
+        ACC dot = 0;
+#if CHUNKS > 0
+        Vec<T_X, VEC> yv[CHUNKS], dv[CHUNKS];
+#pragma unroll
+        for (int k = 0; k < CHUNKS; ++k) {
+            const int c = lane + k * TPR;
+            if (valid && c < nvec) {
+                yv[k] = load_raw<T_X, VEC>(y + row * y_rs + c * VEC);
+                dv[k] = load_raw<T_X, VEC>(dy + row * dy_rs + c * VEC);
+                ACC a[VEC], d[VEC];
+                unpack<T_X, VEC>(yv[k], a);
+                unpack<T_X, VEC>(dv[k], d);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) dot += a[i] * d[i];
+            }
+        }
+#else
+        for (int c = lane; valid && c < nvec; c += TPR) {
+            ACC a[VEC], d[VEC];
+            load_vec<T_X, VEC>(y + row * y_rs + c * VEC, a);
+            load_vec<T_X, VEC>(dy + row * dy_rs + c * VEC, d);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) dot += a[i] * d[i];
+        }
+#endif
+        dot = group_sum<TPR>(dot, red);
+        if (!valid) continue;
+#if CHUNKS > 0
+#pragma unroll
+        for (int k = 0; k < CHUNKS; ++k) {
+            const int c = lane + k * TPR;
+            if (c < nvec) {
+                ACC a[VEC], d[VEC];
+                unpack<T_X, VEC>(yv[k], a);
+                unpack<T_X, VEC>(dv[k], d);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) a[i] *= d[i] - dot;
+                store_vec<T_X, VEC>(dx + row * dx_rs + c * VEC, a);
+            }
+        }
+#else
+        for (int c = lane; c < nvec; c += TPR) {
+            ACC a[VEC], d[VEC];
+            load_vec<T_X, VEC>(y + row * y_rs + c * VEC, a);
+            load_vec<T_X, VEC>(dy + row * dy_rs + c * VEC, d);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) a[i] *= d[i] - dot;
+            store_vec<T_X, VEC>(dx + row * dx_rs + c * VEC, a);
+        }
+#endif
+    }
+}

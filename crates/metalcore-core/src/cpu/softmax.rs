@@ -1,0 +1,86 @@
+//! Softmax on the CPU (math in `ops::softmax`): rows in parallel, each loaded once into a scratch
+//! buffer of the accumulation type.
+
+use super::{dot, lane_sum, load_row, min_rows, row_ptr, store_row, Real};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::softmax::{BwdPlan, FwdPlan};
+use rayon::prelude::*;
+
+pub fn fwd(p: &FwdPlan) -> Result<()> {
+    match p.acc {
+        DType::F64 => fwd_impl::<f64>(p),
+        _ => fwd_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+pub fn bwd(p: &BwdPlan) -> Result<()> {
+    match p.acc {
+        DType::F64 => bwd_impl::<f64>(p),
+        _ => bwd_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+/// NaN-propagating maximum of a row (branch-free, so it vectorizes).
+#[inline(always)]
+fn row_max<A: Real>(v: &[A]) -> A {
+    let mut m = v[0];
+    let mut nan = false;
+    for &a in v {
+        m = if a > m { a } else { m };
+        nan |= a != a;
+    }
+    if nan {
+        A::from_f64(f64::NAN)
+    } else {
+        m
+    }
+}
+
+/// # Safety
+/// `row < p.rows`; the plan's pointers are valid for its shapes; this row of `y` is written by no one else.
+#[inline(always)]
+unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
+    load_row(p.x.dtype, row_ptr(&p.x, row), buf);
+    let m = row_max(buf);
+    buf.iter_mut().for_each(|v| *v = (*v - m).exp());
+    let inv = A::ONE / lane_sum(buf.len(), |i| *buf.get_unchecked(i));
+    buf.iter_mut().for_each(|v| *v = *v * inv);
+    store_row(buf, p.y.dtype, row_ptr(&p.y, row));
+}
+
+/// # Safety
+/// As for [`fwd_row`], for `dx`.
+#[inline(always)]
+unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) {
+    load_row(p.y.dtype, row_ptr(&p.y, row), yb);
+    load_row(p.dy.dtype, row_ptr(&p.dy, row), db);
+    let s = dot(yb, db);
+    yb.iter_mut().zip(db.iter()).for_each(|(y, d)| *y = *y * (*d - s));
+    store_row(yb, p.dx.dtype, row_ptr(&p.dx, row));
+}
+
+isa_copies!(fwd_row_avx2 = fwd_row(p: &FwdPlan, row: usize, buf: &mut [A]));
+isa_copies!(bwd_row_avx2 = bwd_row(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]));
+
+fn fwd_impl<A: Real>(p: &FwdPlan) {
+    let n = p.cols;
+    let f = pick!(fwd_row_avx2, fwd_row, A, unsafe fn(&FwdPlan, usize, &mut [A]));
+    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+        || vec![A::ZERO; n],
+        // SAFETY: rows are disjoint and inside the validated views.
+        |buf, row| unsafe { f(p, row, buf) },
+    );
+}
+
+fn bwd_impl<A: Real>(p: &BwdPlan) {
+    let n = p.cols;
+    let f = pick!(bwd_row_avx2, bwd_row, A, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
+    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+        || (vec![A::ZERO; n], vec![A::ZERO; n]),
+        // SAFETY: rows are disjoint and inside the validated views.
+        |(yb, db), row| unsafe { f(p, row, yb, db) },
+    );
+}
