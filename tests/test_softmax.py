@@ -16,6 +16,10 @@ SHAPES = [(3, 1), (5, 7), (4, 64), (3, 4097), (2, 8192), (2, 3, 96), (2, 65536 +
 @pytest.mark.parametrize("dtype", LOWP)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_backward_match_float64(device, dtype, shape):
+    # Four independent draws in one tensor: the error of a rounded backward (dy - sum(dy*y) cancels)
+    # fluctuates from draw to draw for torch and for us alike; the norm over several draws
+    # compares the typical errors rather than one lucky or unlucky draw.
+    shape = (4,) + shape
     x = make(shape, dtype, device, scale=4.0, requires_grad=True)
     y = fused_softmax(x, -1)
     y_t = torch.softmax(x, -1)
