@@ -14,6 +14,16 @@
 typedef long long i64;
 constexpr int RPB = BLOCK / TPR;
 
+// Pairwise sum of N values (N need not be a power of two).
+template <int N> __device__ __forceinline__ ACC tree_sum(ACC (&v)[N]) {
+#pragma unroll
+    for (int w = 1; w < N; w *= 2) {
+#pragma unroll
+        for (int i = 0; i + w < N; i += 2 * w) v[i] += v[i + w];
+    }
+    return v[0];
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __restrict__ x, i64 x_rs,
                                                                 T_Y* __restrict__ y, i64 y_rs, i64 rows, int cols) {
     __shared__ ACC red[BLOCK / 32];
@@ -39,18 +49,22 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
             }
         }
         m = group_max<TPR>(m, red);
-        ACC s = 0;
+        // Pairwise (tree) sums within each chunk and across chunks: a running sum of 32 terms
+        // loses ~sqrt(32) roundings, which shows directly in every y of the row.
+        ACC cs[CHUNKS];
 #pragma unroll
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
+            cs[k] = 0;
             if (valid && c < nvec) {
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) s += exp_acc(a[i] - m);
+                for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m);
+                cs[k] = tree_sum<VEC>(a);
             }
         }
-        s = group_sum<TPR>(s, red);
+        ACC s = group_sum<TPR>(tree_sum<CHUNKS>(cs), red);
         if (!valid) continue;
         const ACC inv = (ACC)1 / s;
 #pragma unroll
