@@ -66,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
         }
         ACC s = group_sum<TPR>(tree_sum<CHUNKS>(cs), red);
         if (!valid) continue;
-        const double inv = 1.0 / (double)s;  // y = e * inv rounded once (as e / s), at multiply speed
+        const ACC inv = (ACC)1 / s;
 #pragma unroll
         for (int k = 0; k < CHUNKS; ++k) {
             const int c = lane + k * TPR;
@@ -74,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = (ACC)((double)exp_acc(a[i] - m) * inv);
+                for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
                 store_vec<T_Y, VEC>(yr + c * VEC, a);
             }
         }
@@ -101,12 +101,12 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
         s = group_sum<TPR>(s, red);
         m = gm;
         if (!valid) continue;
-        const double inv = 1.0 / (double)s;  // y = e * inv rounded once (as e / s), at multiply speed
+        const ACC inv = (ACC)1 / s;
         for (int c = lane; c < nvec; c += TPR) {
             ACC a[VEC];
             load_vec<T_X, VEC>(xr + c * VEC, a);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) a[i] = (ACC)((double)exp_acc(a[i] - m) * inv);
+            for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
             store_vec<T_Y, VEC>(yr + c * VEC, a);
         }
 #endif
