@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ._backend import has_backend, warn_fallback
+from ._backend import fast_apply, has_backend, warn_fallback
 from ._norm import acc_dtype, bwd_impl, check_inputs, fwd_impl
 
 __all__ = [
@@ -121,6 +121,9 @@ class FusedAddLayerNormFunction(torch.autograd.Function):
         dx, dw, db = bwd_impl("layer", dy, s, ctx.n, w, mean, rstd, d_s, 0.0, False, need_dw, need_db, ctx.param_dtype)
         return dx, dx, None, _unflatten(dw, ctx.weight), _unflatten(db, ctx.bias), None
 
+
+_ln_apply = fast_apply(LayerNormFunction)
+_fused_apply = fast_apply(FusedAddLayerNormFunction)
 
 # ----------------------------------------------------------------------------------------------
 # Compiled path: torch.library custom ops (on flattened (n,) parameters) with fake implementations
@@ -231,7 +234,7 @@ def layer_norm(
         return torch.nn.functional.layer_norm(x, _norm_shape(x, normalized_shape), weight, bias, eps)
     if torch.compiler.is_compiling():
         return _compiled(x, None, normalized_shape, weight, bias, eps)[0]
-    return LayerNormFunction.apply(x, normalized_shape, weight, bias, eps)
+    return _ln_apply(x, normalized_shape, weight, bias, eps)
 
 
 def fused_add_layernorm(
@@ -258,7 +261,7 @@ def fused_add_layernorm(
     if torch.compiler.is_compiling():
         y, s, _, _ = _compiled(x, residual, normalized_shape, weight, bias, eps)
         return y, s
-    return FusedAddLayerNormFunction.apply(x, residual, normalized_shape, weight, bias, eps)
+    return _fused_apply(x, residual, normalized_shape, weight, bias, eps)
 
 
 class MetalLayerNorm(torch.nn.Module):

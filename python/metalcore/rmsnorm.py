@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._backend import has_backend, warn_fallback
+from ._backend import fast_apply, has_backend, warn_fallback
 from ._norm import acc_dtype, bwd_impl, check_inputs, fwd_impl
 
 __all__ = [
@@ -137,6 +137,9 @@ class FusedAddRMSNormFunction(torch.autograd.Function):
         return dx, dx, dw, None, None, None
 
 
+_rms_apply = fast_apply(RMSNormFunction)
+_fused_apply = fast_apply(FusedAddRMSNormFunction)
+
 # ----------------------------------------------------------------------------------------------
 # Compiled path: torch.library custom ops with fake implementations and autograd.
 
@@ -242,7 +245,7 @@ def rms_norm(
     if torch.compiler.is_compiling():
         _check(x, None, weight)
         return torch.ops.metalcore.rms_norm_fwd(x, None, weight, eps, offset, _cast_before_weight(casting))[0]
-    return RMSNormFunction.apply(x, weight, eps, offset, casting)
+    return _rms_apply(x, weight, eps, offset, casting)
 
 
 def fused_add_rmsnorm(
@@ -271,7 +274,7 @@ def fused_add_rmsnorm(
         _check(x, residual, weight)
         y, s, _ = torch.ops.metalcore.rms_norm_fwd(x, residual, weight, eps, offset, _cast_before_weight(casting))
         return y, s
-    return FusedAddRMSNormFunction.apply(x, residual, weight, eps, offset, casting)
+    return _fused_apply(x, residual, weight, eps, offset, casting)
 
 
 class MetalRMSNorm(torch.nn.Module):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, desc, empty, has_backend, stream_of, warn_fallback
+from ._backend import check_float, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
 from ._norm import rows
 
 __all__ = ["fused_softmax", "SoftmaxFunction", "MetalSoftmax"]
@@ -76,6 +76,9 @@ class SoftmaxFunction(torch.autograd.Function):
         return _bwd(y, dy.to(y.dtype), ctx.dim), None
 
 
+_apply = fast_apply(SoftmaxFunction)
+
+
 @torch.library.custom_op("metalcore::softmax_fwd", mutates_args=(), device_types=("cpu", "cuda"))
 def _op_fwd(x: Tensor, dim: int) -> Tensor:
     return _fwd(x, _check(x, dim)).contiguous()  # a copy only for dim != last (the fake's layout)
@@ -128,7 +131,7 @@ def fused_softmax(x: Tensor, dim: int = -1) -> Tensor:
         return torch.softmax(x, dim)
     if torch.compiler.is_compiling():
         return torch.ops.metalcore.softmax_fwd(x, dim)
-    return SoftmaxFunction.apply(x, dim)
+    return _apply(x, dim)
 
 
 class MetalSoftmax(torch.nn.Module):

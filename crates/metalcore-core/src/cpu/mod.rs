@@ -35,6 +35,25 @@ pub(crate) fn min_rows(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
 }
 
+/// Runs `f(scratch, row)` for every row in `0..rows`, in parallel over rayon for large inputs and
+/// inline on the calling thread when the whole job is one task's worth (waking the pool would cost
+/// more than the work). `init` makes one scratch value per task.
+pub(crate) fn for_each_row<S>(
+    rows: usize,
+    cols: usize,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize) + Sync + Send,
+) {
+    use rayon::prelude::*;
+    let per_task = min_rows(cols);
+    if rows <= per_task {
+        let mut s = init();
+        (0..rows).for_each(|r| f(&mut s, r));
+    } else {
+        (0..rows).into_par_iter().with_min_len(per_task).for_each_init(init, f);
+    }
+}
+
 /// Address of row `row` of a validated row view.
 pub(crate) fn row_ptr(m: &crate::ops::Mat, row: usize) -> *mut u8 {
     SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)

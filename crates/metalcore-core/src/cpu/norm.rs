@@ -1,7 +1,7 @@
 //! RMSNorm and LayerNorm on the CPU (math in `ops::norm`). Rows run in parallel; each row is loaded
 //! once into a scratch buffer of the accumulation type, so every pass after the load stays in L1.
 
-use super::{dot, lane_sum, load_row, min_rows, round_to, row_ptr, store_row, sum, Real};
+use super::{dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, store_row, sum, Real};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
@@ -104,7 +104,9 @@ fn fwd_impl<A: Real>(p: &FwdPlan) {
         inv_n: A::ONE / A::from_usize(n),
     };
     let row_fn = pick!(fwd_row_avx2, fwd_row, A, unsafe fn(&FwdCtx<'_, A>, usize, &mut [A], &mut [A]));
-    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+    for_each_row(
+        p.rows,
+        n,
         || (vec![A::ZERO; n], vec![A::ZERO; n]),
         // SAFETY: every row pointer is inside its validated `rows × cols` view; rows are disjoint,
         // so each output row is written by exactly one task.

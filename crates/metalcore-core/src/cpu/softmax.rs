@@ -1,11 +1,10 @@
 //! Softmax on the CPU (math in `ops::softmax`): rows in parallel, each loaded once into a scratch
 //! buffer of the accumulation type.
 
-use super::{dot, lane_sum, load_row, min_rows, row_ptr, store_row, Real};
+use super::{dot, for_each_row, lane_sum, load_row, row_ptr, store_row, Real};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::softmax::{BwdPlan, FwdPlan};
-use rayon::prelude::*;
 
 pub fn fwd(p: &FwdPlan) -> Result<()> {
     match p.acc {
@@ -68,7 +67,9 @@ isa_copies!(bwd_row_avx2 = bwd_row(p: &BwdPlan, row: usize, yb: &mut [A], db: &m
 fn fwd_impl<A: Real>(p: &FwdPlan) {
     let n = p.cols;
     let f = pick!(fwd_row_avx2, fwd_row, A, unsafe fn(&FwdPlan, usize, &mut [A]));
-    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+    for_each_row(
+        p.rows,
+        n,
         || vec![A::ZERO; n],
         // SAFETY: rows are disjoint and inside the validated views.
         |buf, row| unsafe { f(p, row, buf) },
@@ -78,7 +79,9 @@ fn fwd_impl<A: Real>(p: &FwdPlan) {
 fn bwd_impl<A: Real>(p: &BwdPlan) {
     let n = p.cols;
     let f = pick!(bwd_row_avx2, bwd_row, A, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
-    (0..p.rows).into_par_iter().with_min_len(min_rows(n)).for_each_init(
+    for_each_row(
+        p.rows,
+        n,
         || (vec![A::ZERO; n], vec![A::ZERO; n]),
         // SAFETY: rows are disjoint and inside the validated views.
         |(yb, db), row| unsafe { f(p, row, yb, db) },
