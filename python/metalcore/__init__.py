@@ -15,6 +15,7 @@ from .layernorm import (
     fused_add_layernorm,
     layer_norm,
 )
+from .linalg import CholeskyEx, cholesky, cholesky_ex, cholesky_solve
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
@@ -46,4 +47,8 @@ __all__ = [
     "fused_softmax",
     "SoftmaxFunction",
     "MetalSoftmax",
+    "cholesky",
+    "cholesky_ex",
+    "cholesky_solve",
+    "CholeskyEx",
 ]

@@ -25,13 +25,15 @@ _DTYPE_NAMES = {
     torch.float32: "float32",
     torch.float64: "float64",
 }
+# Dtypes a descriptor may carry: the floating ones, and int32 for integer outputs such as `info`.
+_DESC_NAMES = {**_DTYPE_NAMES, torch.int32: "int32"}
 
 Desc = Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str, int]
 
 
 def desc(t: torch.Tensor, arg: str) -> Desc:
     """Describes `t` for the core: (data_ptr, dtype, shape, strides, device type, device index)."""
-    name = _DTYPE_NAMES.get(t.dtype)
+    name = _DESC_NAMES.get(t.dtype)
     if name is None:
         raise TypeError(f"{arg}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
     dev = t.device
@@ -58,7 +60,7 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocates an op's output through torch (poisoned with NaN under `set_poison(True)`)."""
     t = torch.empty(shape, dtype=dtype, device=device)
     if _poison:
-        t.fill_(float("nan"))
+        t.fill_(float("nan") if t.is_floating_point() else -(2**31) + 7)
     return t
 
 
@@ -119,14 +121,14 @@ def has_backend(device: torch.device) -> bool:
 _warned: set = set()
 
 
-def warn_fallback(op: str, device: torch.device) -> None:
+def warn_fallback(op: str, device: torch.device, why: Optional[str] = None) -> None:
     """Warns once per (op, device type) that metalcore computes `op` with PyTorch's own ops."""
     key = (op, device.type)
     if key not in _warned:
         _warned.add(key)
+        reason = why or f"metalcore has no backend for device type '{device.type}'"
         warnings.warn(
-            f"metalcore has no backend for device type '{device.type}': {op} falls back to "
-            "PyTorch's own operations (same results, no speed-up)",
+            f"{reason}: {op} falls back to PyTorch's own operations (same results, no speed-up)",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -9,6 +9,8 @@ pub enum DType {
     BF16,
     F32,
     F64,
+    /// Integer outputs only (e.g. per-matrix `info` of a factorization).
+    I32,
 }
 
 impl DType {
@@ -16,7 +18,7 @@ impl DType {
     pub const fn size(self) -> usize {
         match self {
             DType::F16 | DType::BF16 => 2,
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F64 => 8,
         }
     }
@@ -28,6 +30,7 @@ impl DType {
             DType::BF16 => "bfloat16",
             DType::F32 => "float32",
             DType::F64 => "float64",
+            DType::I32 => "int32",
         }
     }
 
@@ -39,6 +42,7 @@ impl DType {
             "bfloat16" => DType::BF16,
             "float32" | "float" => DType::F32,
             "float64" | "double" => DType::F64,
+            "int32" | "int" => DType::I32,
             other => {
                 return Err(Error::dtype(
                     arg,
@@ -46,6 +50,11 @@ impl DType {
                 ))
             }
         })
+    }
+
+    /// True for the floating dtypes.
+    pub const fn is_float(self) -> bool {
+        !matches!(self, DType::I32)
     }
 
     /// The dtype in which an op on this storage dtype accumulates: float32, or float64 for float64 data.

@@ -109,6 +109,9 @@ impl TensorRef {
 
     /// Checks that this tensor is contiguous in row-major order.
     pub fn is_contiguous(&self) -> bool {
+        if self.numel() == 0 {
+            return true; // no element to lay out
+        }
         let mut expect = 1isize;
         for d in (0..self.ndim()).rev() {
             if self.shape[d] != 1 && self.strides[d] != expect {

@@ -3,6 +3,7 @@
 //! and maps core errors to Python exception classes. No torch dependency on the Rust side.
 
 mod bridge;
+mod linalg;
 mod norm;
 mod softmax;
 
@@ -40,5 +41,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     norm::register(m)?;
     softmax::register(m)?;
+    linalg::register(m)?;
     Ok(())
 }

@@ -114,6 +114,7 @@ pub(crate) fn ctype(d: crate::dtype::DType) -> &'static str {
         BF16 => "bf16",
         F32 => "float",
         F64 => "double",
+        I32 => "int",
     }
 }
 

@@ -1,6 +1,7 @@
 //! Op entry points: validation of the borrowed tensors, then dispatch to a backend by device.
 //! One file per op family.
 
+pub mod linalg;
 pub mod norm;
 pub mod softmax;
 
@@ -43,6 +44,14 @@ pub(crate) fn vector(arg: &'static str, t: &TensorRef, n: usize) -> Result<Mat> 
         return Err(Error::Unsupported(format!("{arg}: expected a contiguous tensor, got stride {}", t.strides[0])));
     }
     Ok(Mat { ptr: t.ptr, dtype: t.dtype, row_stride: n })
+}
+
+/// Requires a floating dtype.
+pub(crate) fn expect_float(arg: &'static str, t: &TensorRef) -> Result<()> {
+    if !t.dtype.is_float() {
+        return Err(Error::dtype(arg, format!("expected a floating dtype, got {}", t.dtype)));
+    }
+    Ok(())
 }
 
 /// Requires `t.dtype == want`.

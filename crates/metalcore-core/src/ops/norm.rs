@@ -16,7 +16,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{expect_dtype, rows_like, rows_of, vector, Mat};
+use crate::ops::{expect_dtype, expect_float, rows_like, rows_of, vector, Mat};
 use crate::tensor::{common_device, Device, Exec, TensorRef};
 
 /// Which normalization.
@@ -155,6 +155,17 @@ impl NormFwd<'_> {
             self.cast_before_weight,
             &[("bias", self.bias.is_some()), ("mean", self.mean.is_some())],
         )?;
+        for (arg, t) in [
+            ("x", Some(self.x)),
+            ("residual", self.residual),
+            ("weight", self.weight),
+            ("bias", self.bias),
+            ("out", Some(self.y)),
+        ] {
+            if let Some(t) = t {
+                expect_float(arg, t)?;
+            }
+        }
         let (r, x) = rows_of("x", self.x)?;
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             return Err(Error::value("eps", format!("expected a finite, non-negative number, got {}", self.eps)));
@@ -237,6 +248,17 @@ impl NormBwd<'_> {
             self.cast_before_weight,
             &[("mean", self.mean.is_some()), ("grad_bias", self.db.is_some())],
         )?;
+        for (arg, t) in [
+            ("grad_out", Some(self.dy)),
+            ("x", Some(self.x)),
+            ("weight", self.weight),
+            ("grad_residual_out", self.d_residual_out),
+            ("grad_x", Some(self.dx)),
+        ] {
+            if let Some(t) = t {
+                expect_float(arg, t)?;
+            }
+        }
         let (r, x) = rows_of("x", self.x)?;
         let dy = rows_like("grad_out", self.dy, "x", self.x)?;
         let dx = rows_like("grad_x", self.dx, "x", self.x)?;

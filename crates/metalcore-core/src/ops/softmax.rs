@@ -6,7 +6,7 @@
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::{expect_dtype, rows_like, rows_of, Mat};
+use crate::ops::{expect_dtype, expect_float, rows_like, rows_of, Mat};
 use crate::tensor::{common_device, Device, Exec, TensorRef};
 
 /// Arguments of the forward pass (the output is allocated by the caller).
@@ -55,6 +55,7 @@ fn check_cols(cols: usize) -> Result<()> {
 impl SoftmaxFwd<'_> {
     pub fn plan(&self) -> Result<(Device, FwdPlan)> {
         let device = common_device(&[("x", Some(self.x)), ("out", Some(self.y))])?;
+        expect_float("x", self.x)?;
         let (r, x) = rows_of("x", self.x)?;
         check_cols(r.cols)?;
         expect_dtype("out", self.y, self.x.dtype)?;
@@ -66,6 +67,7 @@ impl SoftmaxFwd<'_> {
 impl SoftmaxBwd<'_> {
     pub fn plan(&self) -> Result<(Device, BwdPlan)> {
         let device = common_device(&[("y", Some(self.y)), ("grad_out", Some(self.dy)), ("grad_x", Some(self.dx))])?;
+        expect_float("y", self.y)?;
         let (r, y) = rows_of("y", self.y)?;
         check_cols(r.cols)?;
         expect_dtype("grad_out", self.dy, self.y.dtype)?;

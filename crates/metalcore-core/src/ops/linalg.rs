@@ -1,0 +1,135 @@
+//! Batched dense linear algebra: validation and backend dispatch.
+//!
+//! Matrices arrive as contiguous `(batch, n, n)` (and right-hand sides `(batch, n, k)`) buffers in
+//! float32 or float64 that the op overwrites with its result; the Python layer makes those copies
+//! (in the compute dtype) and broadcasts batch dimensions. Failures are reported per matrix in an
+//! int32 `info` tensor, as LAPACK and `torch.linalg.*_ex` do: 0 = success, `i > 0` = the leading
+//! minor of order `i` is not positive definite.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::expect_dtype;
+use crate::tensor::{common_device, Device, TensorRef};
+
+/// A validated contiguous batch of `rows × cols` matrices.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch {
+    pub ptr: usize,
+    pub dtype: DType,
+    pub batch: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+fn batch_of(arg: &'static str, t: &TensorRef) -> Result<Batch> {
+    if t.dtype != DType::F32 && t.dtype != DType::F64 {
+        return Err(Error::dtype(arg, format!("expected float32 or float64, got {}", t.dtype)));
+    }
+    if t.ndim() != 3 || !t.is_contiguous() {
+        return Err(Error::value(
+            arg,
+            format!("expected a contiguous (batch, rows, cols) tensor, got shape {:?}", t.shape),
+        ));
+    }
+    Ok(Batch { ptr: t.ptr, dtype: t.dtype, batch: t.shape[0], rows: t.shape[1], cols: t.shape[2] })
+}
+
+fn info_of(t: &TensorRef, batch: usize) -> Result<usize> {
+    expect_dtype("info", t, DType::I32)?;
+    if t.numel() != batch || !t.is_contiguous() {
+        return Err(Error::value(
+            "info",
+            format!("expected a contiguous int32 tensor of {batch} elements, got shape {:?}", t.shape),
+        ));
+    }
+    Ok(t.ptr)
+}
+
+/// In-place Cholesky factorization of each matrix of `a` (`A = L Lᵀ`, or `A = Uᵀ U` with `upper`);
+/// only the lower triangle of the input is read. The other triangle of the result is zeroed.
+pub struct Cholesky<'a> {
+    pub a: &'a TensorRef,
+    pub info: &'a TensorRef,
+    pub upper: bool,
+}
+
+/// A validated Cholesky call.
+#[derive(Clone, Copy, Debug)]
+pub struct CholeskyPlan {
+    pub a: Batch,
+    pub info: usize,
+    pub upper: bool,
+}
+
+impl Cholesky<'_> {
+    pub fn plan(&self) -> Result<(Device, CholeskyPlan)> {
+        let device = common_device(&[("A", Some(self.a)), ("info", Some(self.info))])?;
+        let a = batch_of("A", self.a)?;
+        if a.rows != a.cols {
+            return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
+        }
+        let info = info_of(self.info, a.batch)?;
+        Ok((device, CholeskyPlan { a, info, upper: self.upper }))
+    }
+}
+
+/// Runs the factorization on the tensors' device.
+pub fn cholesky(args: &Cholesky<'_>) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    match device {
+        Device::Cpu => crate::cpu::linalg::cholesky(&plan),
+        Device::Cuda(_) => {
+            Err(Error::Unsupported("cholesky: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
+        }
+    }
+}
+
+/// In-place solve of `A X = B` for each batch element, given the Cholesky factor of `A`
+/// (`l` lower, or upper with `upper`); `b` is overwritten by `X`.
+pub struct CholeskySolve<'a> {
+    pub b: &'a TensorRef,
+    pub l: &'a TensorRef,
+    pub upper: bool,
+}
+
+/// A validated triangular-solve pair.
+#[derive(Clone, Copy, Debug)]
+pub struct CholeskySolvePlan {
+    pub b: Batch,
+    pub l: Batch,
+    pub upper: bool,
+}
+
+impl CholeskySolve<'_> {
+    pub fn plan(&self) -> Result<(Device, CholeskySolvePlan)> {
+        let device = common_device(&[("B", Some(self.b)), ("L", Some(self.l))])?;
+        let (b, l) = (batch_of("B", self.b)?, batch_of("L", self.l)?);
+        if l.rows != l.cols {
+            return Err(Error::value("L", format!("expected square matrices, got {} x {}", l.rows, l.cols)));
+        }
+        if b.batch != l.batch || b.rows != l.rows {
+            return Err(Error::value(
+                "B",
+                format!(
+                    "expected (batch={}, {}, k) to match L, got ({}, {}, {})",
+                    l.batch, l.rows, b.batch, b.rows, b.cols
+                ),
+            ));
+        }
+        if b.dtype != l.dtype {
+            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of L), got {}", l.dtype, b.dtype)));
+        }
+        Ok((device, CholeskySolvePlan { b, l, upper: self.upper }))
+    }
+}
+
+/// Runs the solve on the tensors' device.
+pub fn cholesky_solve(args: &CholeskySolve<'_>) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    match device {
+        Device::Cpu => crate::cpu::linalg::cholesky_solve(&plan),
+        Device::Cuda(_) => Err(Error::Unsupported(
+            "cholesky_solve: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into(),
+        )),
+    }
+}

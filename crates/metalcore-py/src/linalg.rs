@@ -1,0 +1,28 @@
+//! Bindings of the batched linear algebra.
+
+use crate::bridge::{to_py, Desc};
+use metalcore_core::ops::linalg::{cholesky, cholesky_solve, Cholesky, CholeskySolve};
+use pyo3::prelude::*;
+
+/// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
+/// status into the int32 `info`.
+#[pyfunction]
+#[pyo3(signature = (a, info, upper))]
+fn cholesky_inplace(py: Python<'_>, a: Desc, info: Desc, upper: bool) -> PyResult<()> {
+    let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
+    py.detach(|| cholesky(&Cholesky { a: &a, info: &info, upper })).map_err(to_py)
+}
+
+/// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X.
+#[pyfunction]
+#[pyo3(signature = (b, l, upper))]
+fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool) -> PyResult<()> {
+    let (b, l) = (b.to_ref("B")?, l.to_ref("L")?);
+    py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper })).map_err(to_py)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
+    m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+"""Batched linear algebra: Cholesky factorization and Cholesky solves.
+
+Semantics of ``torch.linalg.cholesky`` / ``cholesky_ex`` and ``torch.cholesky_solve``: any batch
+shape ``(*, n, n)``; only the lower triangle of ``A`` is read; float32 and float64 (float16 and
+bfloat16 inputs are computed in float32 and returned in their dtype). A matrix that is not
+positive definite (NaN included) is reported per batch element: ``cholesky_ex`` returns its
+``info`` (0, or the order of the first leading minor that is not positive definite) and
+``cholesky`` raises ``torch.linalg.LinAlgError`` naming the first failing batch index.
+
+Backends: the CPU one is metalcore's (rayon over the batch, one cache-resident kernel per
+matrix). CUDA has no metalcore kernel yet: CUDA tensors — like tensors on any other device —
+are computed by ``torch.linalg`` itself, with a one-time ``RuntimeWarning`` saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._backend import check_float, desc, empty, fast_apply, warn_fallback
+
+__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx"]
+
+
+class CholeskyEx(NamedTuple):
+    """``(L, info)`` as ``torch.linalg.cholesky_ex`` returns them."""
+
+    L: Tensor
+    info: Tensor
+
+
+def _native_device(t: Tensor) -> bool:
+    """True when metalcore computes linear algebra on `t`'s device (the CPU, for now)."""
+    return t.device.type == "cpu"
+
+
+def _fallback(op: str, t: Tensor) -> None:
+    why = None
+    if t.device.type == "cuda":
+        why = "metalcore has no CUDA kernel for this op yet"
+    warn_fallback(op, t.device, why)
+
+
+def _check_square(name: str, a: Tensor) -> int:
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(a).__name__}")
+    check_float(name, a)
+    if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"{name}: expected a batch of square matrices (*, n, n), got shape {tuple(a.shape)}")
+    return a.shape[-1]
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
+    """(factor in a's dtype, int32 info) on the native backend."""
+    n, batch = a.shape[-1], a.shape[:-2]
+    nb = math.prod(batch)
+    work = empty((nb, n, n), _acc(a.dtype), a.device)
+    if work.numel():
+        work.copy_(a.reshape(nb, n, n))
+    info = empty((nb,), torch.int32, a.device)
+    _native.cholesky_inplace(desc(work, "A"), desc(info, "info"), upper)
+    return work.view(a.shape).to(a.dtype), info.view(batch)
+
+
+def _raise_first(info: Tensor, op: str) -> None:
+    bad = torch.nonzero(info.reshape(-1))
+    if bad.numel():
+        i = int(bad[0, 0])
+        order = int(info.reshape(-1)[i])
+        idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape))
+        where = f" of batch element {idx}" if info.dim() else ""
+        raise torch.linalg.LinAlgError(
+            f"{op}: the factorization could not be completed because the input is not positive-definite "
+            f"(the leading minor of order {order}{where} is not positive-definite)."
+        )
+
+
+class CholeskyFunction(torch.autograd.Function):
+    """``CholeskyFunction.apply(A, upper)``: the factor of ``A`` (raises on failure), with the
+    standard backward ``gA = sym(L⁻ᴴ Φ(Lᴴ gL) L⁻¹)`` (Φ: lower triangle, halved diagonal) — the
+    formula and symmetric convention torch uses."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, upper: bool = False) -> Tensor:  # type: ignore[override]
+        out, info = _factor(a, upper)
+        _raise_first(info, "cholesky")
+        ctx.save_for_backward(out)
+        ctx.upper = upper
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        (f,) = ctx.saved_tensors
+        L, gL = (f.mH, g.mH) if ctx.upper else (f, g)
+        P = (L.mH @ gL).tril()
+        P = P - 0.5 * torch.diag_embed(P.diagonal(dim1=-2, dim2=-1))
+        X = torch.linalg.solve_triangular(L, P, upper=False, left=False)  # P L⁻¹
+        gA = torch.linalg.solve_triangular(L.mH, X, upper=True)  # L⁻ᴴ P L⁻¹
+        return 0.5 * (gA + gA.mH), None
+
+
+_chol_apply = fast_apply(CholeskyFunction)
+
+
+def cholesky_ex(A: Tensor, upper: bool = False, check_errors: bool = False) -> CholeskyEx:
+    """Cholesky factors of a batch of symmetric positive-definite matrices, with per-matrix status.
+
+    Returns ``(L, info)``: ``L`` lower (``A = L Lᵀ``) or, with ``upper``, upper (``A = Uᵀ U``);
+    ``info[b]`` is 0, or the order of the first leading minor of matrix ``b`` that is not positive
+    definite (``L[b]`` is then only partly computed). ``check_errors=True`` raises
+    ``torch.linalg.LinAlgError`` instead. Not differentiable (use :func:`cholesky`).
+    """
+    _check_square("A", A)
+    if not _native_device(A):
+        _fallback("cholesky_ex", A)
+        return CholeskyEx(*torch.linalg.cholesky_ex(A, upper=upper, check_errors=check_errors))
+    with torch.no_grad():
+        out, info = _factor(A, upper)
+    if check_errors:
+        _raise_first(info, "cholesky_ex")
+    return CholeskyEx(out, info)
+
+
+def cholesky(A: Tensor, upper: bool = False) -> Tensor:
+    """Cholesky factor of each matrix of ``A`` (``*, n, n``), like ``torch.linalg.cholesky``;
+    differentiable. Raises ``torch.linalg.LinAlgError`` naming the first batch element that is not
+    positive definite."""
+    _check_square("A", A)
+    if not _native_device(A):
+        _fallback("cholesky", A)
+        return torch.linalg.cholesky(A, upper=upper)
+    return _chol_apply(A, upper)
+
+
+class CholeskySolveFunction(torch.autograd.Function):
+    """``CholeskySolveFunction.apply(B, L, upper)`` = ``A⁻¹ B`` for ``A = L Lᵀ`` (or ``Uᵀ U``)."""
+
+    @staticmethod
+    def forward(ctx, b: Tensor, l: Tensor, upper: bool = False) -> Tensor:  # type: ignore[override]
+        x = _solve(b, l, upper)
+        ctx.save_for_backward(l, x)
+        ctx.upper, ctx.b_shape = upper, b.shape
+        return x
+
+    @staticmethod
+    def backward(ctx, gx: Tensor):  # type: ignore[override]
+        l, x = ctx.saved_tensors
+        gb = _solve(gx, l, ctx.upper) if ctx.needs_input_grad[0] or ctx.needs_input_grad[1] else None
+        gl = None
+        if ctx.needs_input_grad[1]:
+            s = gb @ x.mH
+            s = s + s.mH
+            # Only the triangle that the solve reads gets a gradient.
+            gl = -(l @ s).triu() if ctx.upper else -(s @ l).tril()
+            gl = _unbroadcast(gl, l.shape)
+        if gb is not None:
+            gb = _unbroadcast(gb, ctx.b_shape) if ctx.needs_input_grad[0] else None
+        return gb, gl, None
+
+
+def _unbroadcast(g: Tensor, shape) -> Tensor:
+    while g.dim() > len(shape):
+        g = g.sum(0)
+    for i, s in enumerate(shape[:-2]):
+        if s == 1 and g.shape[i] != 1:
+            g = g.sum(i, keepdim=True)
+    return g
+
+
+def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
+    n, k = l.shape[-1], b.shape[-1]
+    batch = torch.broadcast_shapes(b.shape[:-2], l.shape[:-2])
+    nb = math.prod(batch)
+    acc = _acc(b.dtype)
+    xb = empty((nb, n, k), acc, b.device)
+    if xb.numel():
+        xb.copy_(b.expand(batch + (n, k)).reshape(nb, n, k))
+    lb = l.expand(batch + (n, n)).reshape(nb, n, n).to(acc).contiguous()
+    _native.cholesky_solve_inplace(desc(xb, "B"), desc(lb, "L"), upper)
+    return xb.view(batch + (n, k)).to(b.dtype)
+
+
+_solve_apply = fast_apply(CholeskySolveFunction)
+
+
+def cholesky_solve(B: Tensor, L: Tensor, upper: bool = False) -> Tensor:
+    """Solves ``A X = B`` given the Cholesky factor ``L`` of ``A`` (``torch.cholesky_solve``
+    semantics: ``B`` is ``(*, n, k)``, ``L`` is ``(*, n, n)``, batch dimensions broadcast; only
+    the lower — or with ``upper``, upper — triangle of ``L`` is read). Differentiable in both."""
+    n = _check_square("L", L)
+    if not isinstance(B, Tensor):
+        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
+    check_float("B", B)
+    if B.dim() < 2 or B.shape[-2] != n:
+        raise ValueError(f"B: expected shape (*, {n}, k) to match L of shape {tuple(L.shape)}, got {tuple(B.shape)}")
+    if B.dtype != L.dtype:
+        raise TypeError(f"B: expected dtype {L.dtype} (the dtype of L), got {B.dtype}")
+    if B.device != L.device:
+        raise ValueError(f"B: expected a tensor on {L.device} (the device of L), got one on {B.device}")
+    try:
+        torch.broadcast_shapes(B.shape[:-2], L.shape[:-2])
+    except RuntimeError as e:
+        raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with L's {tuple(L.shape[:-2])}") from e
+    if not _native_device(L):
+        _fallback("cholesky_solve", L)
+        return torch.cholesky_solve(B, L, upper=upper)
+    return _solve_apply(B, L, upper)

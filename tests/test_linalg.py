@@ -1,0 +1,160 @@
+"""Batched Cholesky factorization and solves against float64 torch.linalg, on every test device
+(CUDA tensors take the documented torch.linalg fallback for now)."""
+
+import warnings
+
+import pytest
+import torch
+
+from metalcore import cholesky, cholesky_ex, cholesky_solve
+from conftest import DEVICES, rel_err
+
+
+def spd(batch, n, dtype, device, cond=None):
+    """Random symmetric positive-definite matrices (optionally with condition number `cond`)."""
+    g = torch.randn(batch + (n, n), dtype=torch.float64)
+    if cond is None:
+        a = g @ g.mT + n * torch.eye(n, dtype=torch.float64)
+    else:
+        q, _ = torch.linalg.qr(g)
+        ev = torch.logspace(0, -torch.log10(torch.tensor(float(cond))).item(), n, dtype=torch.float64)
+        a = q @ torch.diag_embed(ev.expand(batch + (n,))) @ q.mT
+        a = 0.5 * (a + a.mT)
+    return a.to(dtype).to(device)
+
+
+def recon_err(A, L, upper=False):
+    A64, L64 = A.double().cpu(), L.double().cpu()
+    R = L64.mT @ L64 if upper else L64 @ L64.mT
+    if A.numel() == 0:
+        return 0.0
+    return ((R - A64).flatten(-2).norm(dim=-1) / A64.flatten(-2).norm(dim=-1).clamp_min(1e-300)).max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 33, 64, 127])
+@pytest.mark.parametrize("batch", [(), (1,), (5,), (2, 3)])
+@pytest.mark.parametrize("upper", [False, True])
+def test_cholesky_reconstructs(device, dtype, n, batch, upper):
+    A = spd(batch, n, dtype, device)
+    L = cholesky(A, upper=upper)
+    assert L.shape == A.shape and L.dtype == A.dtype
+    tri = L.triu(1) if not upper else L.tril(-1)
+    assert torch.equal(tri, torch.zeros_like(tri)), "the other triangle is exactly zero"
+    assert recon_err(A, L, upper) <= (1e-5 if dtype == torch.float32 else 1e-12)
+    ref = torch.linalg.cholesky(A.double(), upper=upper)
+    assert rel_err(L, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_large_and_ill_conditioned(device):
+    A = spd((2,), 512, torch.float64, device)
+    assert recon_err(A, cholesky(A)) < 1e-12
+    A = spd((4,), 32, torch.float32, device, cond=1e6)
+    assert recon_err(A, cholesky(A)) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_compute_in_float32(device, dtype):
+    A = spd((3,), 8, torch.float32, device).to(dtype)
+    L = cholesky(A)
+    assert L.dtype == dtype
+    ref = torch.linalg.cholesky(A.double()).to(dtype)
+    assert rel_err(L, ref) <= 2 * rel_err(ref, torch.linalg.cholesky(A.double())) + 1e-3
+
+
+def test_only_the_lower_triangle_is_read(device):
+    A = spd((3,), 9, torch.float64, device)
+    junk = A.tril() + torch.randn_like(A).triu(1) * 100
+    assert torch.equal(cholesky(junk), cholesky(A))
+
+
+def test_failures_are_reported_per_batch_element(device):
+    A = spd((4,), 6, torch.float64, device)
+    A[1, 3, 3] = -50.0  # indefinite
+    A[2] = 0.0  # singular (semi-definite)
+    A[3, 0, 0] = float("nan")
+    L, info = cholesky_ex(A)
+    assert info.dtype == torch.int32 and info.shape == (4,)
+    t_info = torch.linalg.cholesky_ex(A).info
+    assert info[0] == 0 and info[1] > 0 and info[2] == 1 and info[3] == 1
+    assert torch.equal(info.cpu(), t_info.cpu().to(torch.int32))
+    assert recon_err(A[0], L[0]) < 1e-12
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch element \(1,\)"):
+        cholesky(A)
+    with pytest.raises(torch.linalg.LinAlgError):
+        cholesky_ex(A, check_errors=True)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4), (3, 0, 0), (0, 0)])
+def test_empty(device, shape):
+    A = torch.zeros(shape, device=device)
+    L, info = cholesky_ex(A)
+    assert L.shape == A.shape and info.shape == shape[:-2] and (info == 0).all()
+    X = cholesky_solve(torch.zeros(shape[:-1] + (2,), device=device), L)
+    assert X.shape == shape[:-1] + (2,)
+
+
+def test_non_contiguous_input(device):
+    A = spd((3,), 10, torch.float64, device)
+    At = A.mT.contiguous().mT  # column-major storage of the same (symmetric) matrices
+    assert not At.is_contiguous() and rel_err(cholesky(At), cholesky(A)) < 1e-14
+    B = torch.randn(3, 5, 10, dtype=torch.float64, device=device).mT  # (3, 10, 5), strided
+    X = cholesky_solve(B, cholesky(A))
+    assert rel_err(A @ X, B) < 1e-12
+
+
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cholesky_solve_with_broadcasting(device, upper, dtype):
+    A = spd((2, 1), 12, dtype, device)  # batch (2, 1)
+    B = torch.randn(3, 12, 4, dtype=dtype, device=device)  # batch (3,) -> broadcast (2, 3)
+    X = cholesky_solve(B, cholesky(A, upper=upper), upper=upper)
+    assert X.shape == (2, 3, 12, 4)
+    res = (A.double() @ X.double() - B.double()).flatten(-2).norm(dim=-1)
+    scale = A.double().flatten(-2).norm(dim=-1) * X.double().flatten(-2).norm(dim=-1)
+    assert (res / scale).max() <= (1e-5 if dtype == torch.float32 else 1e-13)
+
+
+def test_gradients(device):
+    A = spd((2,), 5, torch.float64, device).requires_grad_()
+    # Symmetric parametrisation (the factorization reads one triangle of a symmetric matrix).
+    assert torch.autograd.gradcheck(lambda a: cholesky(0.5 * (a + a.mT)), (A,))
+    assert torch.autograd.gradcheck(lambda a: cholesky(0.5 * (a + a.mT), upper=True), (A,))
+    g = torch.randn(2, 5, 5, dtype=torch.float64, device=device)
+    (ours,) = torch.autograd.grad(cholesky(A), (A,), g)
+    (ref,) = torch.autograd.grad(torch.linalg.cholesky(A), (A,), g)
+    assert rel_err(ours, ref) < 1e-12, "same formula and symmetric convention as torch"
+    L = cholesky(A.detach()).requires_grad_()
+    B = torch.randn(2, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b, l: cholesky_solve(b, l), (B, L))
+    U = cholesky(A.detach(), upper=True).requires_grad_()
+    assert torch.autograd.gradcheck(lambda b, u: cholesky_solve(b, u, upper=True), (B, U))
+
+
+def test_bad_input(device):
+    with pytest.raises(ValueError, match="A: expected a batch of square matrices"):
+        cholesky(torch.ones(3, 4, device=device))
+    with pytest.raises(ValueError, match="A: expected a batch of square matrices"):
+        cholesky(torch.ones(4, device=device))
+    with pytest.raises(TypeError, match="A: expected a floating dtype"):
+        cholesky(torch.ones(3, 3, dtype=torch.int64, device=device))
+    L = torch.eye(3, device=device)
+    with pytest.raises(ValueError, match=r"B: expected shape \(\*, 3, k\)"):
+        cholesky_solve(torch.ones(4, 2, device=device), L)
+    with pytest.raises(TypeError, match="B: expected dtype"):
+        cholesky_solve(torch.ones(3, 2, dtype=torch.float64, device=device), L)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        cholesky_solve(torch.ones(2, 3, 2, device=device), L.expand(3, 3, 3))
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_uses_the_documented_torch_fallback():
+    import metalcore._backend as bk
+
+    bk._warned.discard(("cholesky", "cuda"))
+    A = spd((2,), 4, torch.float32, "cuda")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        L = cholesky(A)
+    assert recon_err(A, L) < 1e-5
+    assert any("no CUDA kernel" in str(r.message) for r in rec)
