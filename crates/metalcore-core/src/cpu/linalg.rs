@@ -4,17 +4,8 @@
 use super::Real;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::linalg::{Batch, CholeskyPlan, CholeskySolvePlan};
+use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan};
 use rayon::prelude::*;
-
-/// The matrices of a batch as mutable slices of `A` (one per batch element).
-///
-/// # Safety
-/// `b` describes a live, contiguous buffer of `A` elements that nothing else accesses meanwhile.
-unsafe fn matrices<'a, A: Send + 'a>(b: &Batch) -> impl IndexedParallelIterator<Item = &'a mut [A]> {
-    let len = b.rows * b.cols;
-    std::slice::from_raw_parts_mut(b.ptr as *mut A, b.batch * len).par_chunks_mut(len.max(1))
-}
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
 fn finish<A: Real>(a: &mut [A], n: usize, upper: bool) {
@@ -127,31 +118,63 @@ pub fn cholesky(p: &CholeskyPlan) -> Result<()> {
     Ok(())
 }
 
-/// Solves L Lᵀ X = B in place on the row-major n×k `b`; `l(i, j)` reads the lower factor.
+/// Solves L Lᵀ X = B for W interleaved systems: `l` holds the factors (`l[i*n + j][lane]`,
+/// lower, or upper when `upper`: then L = Uᵀ), `b` the n×k right-hand sides, overwritten by X.
 #[inline(always)]
-fn solve_one<A: Real>(b: &mut [A], n: usize, k: usize, l: impl Fn(usize, usize) -> A) {
-    // Forward: L Y = B, row by row (axpy over the k columns).
+unsafe fn solve_lanes<A: Real>(l: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool) {
+    // L[i][j] for i >= j, read from whichever triangle holds the factor.
+    let at = |i: usize, j: usize| -> &[A; W] { l.get_unchecked(if upper { j * n + i } else { i * n + j }) };
+    let bp = b.as_mut_ptr();
+    // Forward: L Y = B.
     for i in 0..n {
-        let (done, rest) = b.split_at_mut(i * k);
-        let bi = &mut rest[..k];
         for j in 0..i {
-            let f = l(i, j);
-            bi.iter_mut().zip(&done[j * k..j * k + k]).for_each(|(x, y)| *x = *x - f * *y);
+            let f = *at(i, j);
+            for c in 0..k {
+                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
+                for q in 0..W {
+                    x[q] = x[q] - f[q] * y[q];
+                }
+            }
         }
-        let d = l(i, i);
-        bi.iter_mut().for_each(|x| *x = *x / d);
+        let d = *at(i, i);
+        for c in 0..k {
+            let x = &mut *bp.add(i * k + c);
+            for q in 0..W {
+                x[q] = x[q] / d[q];
+            }
+        }
     }
     // Backward: Lᵀ X = Y.
     for i in (0..n).rev() {
-        let (head, tail) = b.split_at_mut((i + 1) * k);
-        let bi = &mut head[i * k..];
         for j in i + 1..n {
-            let f = l(j, i);
-            let bj = &tail[(j - i - 1) * k..(j - i) * k];
-            bi.iter_mut().zip(bj).for_each(|(x, y)| *x = *x - f * *y);
+            let f = *at(j, i);
+            for c in 0..k {
+                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
+                for q in 0..W {
+                    x[q] = x[q] - f[q] * y[q];
+                }
+            }
         }
-        let d = l(i, i);
-        bi.iter_mut().for_each(|x| *x = *x / d);
+        let d = *at(i, i);
+        for c in 0..k {
+            let x = &mut *bp.add(i * k + c);
+            for q in 0..W {
+                x[q] = x[q] / d[q];
+            }
+        }
+    }
+}
+
+isa_copies!(solve_lanes_avx2 = solve_lanes(l: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool));
+
+/// Interleaves `count` matrices of `len` elements from `src` into lane vectors; missing lanes get
+/// `pad(e)`.
+#[inline(always)]
+fn interleave<A: Real>(src: &[A], count: usize, len: usize, dst: &mut [[A; W]], pad: impl Fn(usize) -> A) {
+    for e in 0..len {
+        for q in 0..W {
+            dst[e][q] = if q < count { src[q * len + e] } else { pad(e) };
+        }
     }
 }
 
@@ -160,17 +183,26 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     if p.b.batch == 0 || n == 0 || k == 0 {
         return;
     }
-    let len = n * n;
-    // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own `b` matrix.
-    let ls = unsafe { std::slice::from_raw_parts(p.l.ptr as *const A, p.l.batch * len) };
-    unsafe { matrices::<A>(&p.b) }.enumerate().with_min_len(64).for_each(|(bi, b)| {
-        let m = &ls[bi * len..(bi + 1) * len];
-        if p.upper {
-            solve_one(b, n, k, |i, j| m[j * n + i]);
-        } else {
-            solve_one(b, n, k, |i, j| m[i * n + j]);
-        }
-    });
+    let (llen, blen) = (n * n, n * k);
+    // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own group of `b`.
+    let ls = unsafe { std::slice::from_raw_parts(p.l.ptr as *const A, p.l.batch * llen) };
+    let bs = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
+    let f = pick!(solve_lanes_avx2, solve_lanes, A, unsafe fn(&[[A; W]], &mut [[A; W]], usize, usize, bool));
+    bs.par_chunks_mut(W * blen).zip(ls.par_chunks(W * llen)).with_min_len((4096 / (llen * W)).max(1)).for_each_init(
+        || (vec![[A::ZERO; W]; llen], vec![[A::ZERO; W]; blen]),
+        |(lv, bv), (bm, lm)| {
+            let count = bm.len() / blen;
+            interleave(lm, count, llen, lv, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
+            interleave(bm, count, blen, bv, |_| A::ZERO);
+            // SAFETY: lv holds n*n and bv n*k lane vectors.
+            unsafe { f(lv, bv, n, k, p.upper) };
+            for q in 0..count {
+                for e in 0..blen {
+                    bm[q * blen + e] = bv[e][q];
+                }
+            }
+        },
+    );
 }
 
 pub fn cholesky_solve(p: &CholeskySolvePlan) -> Result<()> {
