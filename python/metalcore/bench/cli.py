@@ -277,6 +277,41 @@ def bench_softmax(device: str, rows: int, cols: int, dtype: torch.dtype, quick: 
     return out
 
 
+LINALG_CASES = [(1000, 16), (1000, 32), (100, 64), (100, 128), (2, 512)]
+
+
+def bench_linalg(device: str, quick: bool) -> str:
+    """Batched Cholesky and Cholesky solve (k=1), float32, ours vs torch.linalg: a markdown table."""
+    lines = ["| case | op | metalcore ms | torch ms | speed-up | our error | torch error |", "|---|---|---|---|---|---|---|"]
+    reps = 10 if quick else 50
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for b, n in LINALG_CASES:
+        m = torch.randn(b, n, n, generator=g, dtype=torch.float64)
+        a64 = m @ m.mT + n * torch.eye(n, dtype=torch.float64)
+        a = a64.float().to(device)
+        rhs = torch.randn(b, n, 1, generator=g).to(device)
+        l_t = torch.linalg.cholesky(a)
+
+        def recon(l):
+            l = l.double().cpu()
+            return ((l @ l.mT - a64).flatten(-2).norm(dim=-1) / a64.flatten(-2).norm(dim=-1)).max().item()
+
+        def resid(x):
+            x = x.double().cpu()
+            r = (a64 @ x - rhs.double().cpu()).flatten(-2).norm(dim=-1)
+            return (r / (a64.flatten(-2).norm(dim=-1) * x.flatten(-2).norm(dim=-1))).max().item()
+
+        for op, ours, theirs, err in (
+            ("cholesky", lambda: metalcore.cholesky(a), lambda: torch.linalg.cholesky(a), recon),
+            ("cholesky_solve", lambda: metalcore.cholesky_solve(rhs, l_t), lambda: torch.cholesky_solve(rhs, l_t), resid),
+        ):
+            t_o = time_ms(lambda i: ours(), device, reps=reps, batch=1)
+            t_t = time_ms(lambda i: theirs(), device, reps=reps, batch=1)
+            lines.append(f"| {b}x{n}x{n} float32 | {op} | {t_o:.3f} | {t_t:.3f} | {t_t / t_o:.2f}x | "
+                         f"{err(ours()):.1e} | {err(theirs()):.1e} |")
+    return "\n".join(lines)
+
+
 def _table(rows: List[Dict], device: str) -> str:
     cuda = device == "cuda"
     head = "| case | impl | fwd ms | fwd GB/s | fwd+bwd ms | vs torch | fwd err | bwd err |"
@@ -310,8 +345,12 @@ time per call while the GPU is kept busy. GB/s counts one read of x and one writ
 is torch's time over ours (above 1 means we are faster), for fwd+bwd. torch = `F.rms_norm` /
 `F.layer_norm`; HF eager = the LlamaRMSNorm formula in plain torch ops."""
 
-OPS = ("rmsnorm", "layernorm", "softmax")
-TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)"}
+LINALG_LEGEND = """Median milliseconds per call (wall clock), float32 symmetric positive-definite batches.
+`error`: the largest per-matrix ||L Lᵀ − A|| / ||A|| (cholesky) or ||A x − b|| / (||A|| ||x||)
+(cholesky_solve, one right-hand side) against the float64 matrices."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "linalg")
+TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)", "linalg": "Batched Cholesky"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -342,14 +381,20 @@ def main(argv: Optional[List[str]] = None) -> None:
               + ("; CPU allocator: glibc with mmap and trimming off (see `steady_cpu_allocator`)" if steady else ""))
     print(header)
     for op in OPS if args.op == "all" else (args.op,):
-        rows: List[Dict] = []
-        op_cases = cases
-        if op == "softmax" and not args.case:
-            op_cases = ([(4096, 32768, torch.float32), (8192, 4096, torch.bfloat16), (4096, 4097, torch.bfloat16)]
-                        if device == "cuda" else cases)
-        for r, c, dt in op_cases:
-            rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
-        table = _table(rows, device)
+        if op == "linalg":
+            if device != "cpu":
+                print("\n## Batched Cholesky: no metalcore CUDA kernel yet (CUDA tensors use torch.linalg); skipped")
+                continue
+            table = bench_linalg(device, args.quick)
+        else:
+            rows: List[Dict] = []
+            op_cases = cases
+            if op == "softmax" and not args.case:
+                op_cases = ([(4096, 32768, torch.float32), (8192, 4096, torch.bfloat16), (4096, 4097, torch.bfloat16)]
+                            if device == "cuda" else cases)
+            for r, c, dt in op_cases:
+                rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
+            table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
         if args.out:
             os.makedirs(args.out, exist_ok=True)
@@ -357,7 +402,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{LEGEND}\n\n{table}\n")
+                        f"{LINALG_LEGEND if op == 'linalg' else LEGEND}\n\n{table}\n")
             print(f"written: {path}")
 
 
