@@ -1,7 +1,7 @@
 //! Batched dense linear algebra on the CPU (semantics in `ops::linalg`): rayon over the batch, one
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
-use super::Real;
+use super::{dot, Real};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan};
@@ -83,18 +83,8 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         || vec![[A::ZERO; W]; len],
         |lanes, (mats, inf)| {
             let count = inf.len();
-            // Interleave; missing lanes of the last group get the identity (which factors cleanly).
-            for e in 0..len {
-                for l in 0..W {
-                    lanes[e][l] = if l < count {
-                        mats[l * len + e]
-                    } else if e % (n + 1) == 0 {
-                        A::ONE
-                    } else {
-                        A::ZERO
-                    };
-                }
-            }
+            // Missing lanes of the last group get the identity (which factors cleanly).
+            interleave(mats, count, len, lanes, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
             let mut status = [0i32; W];
             // SAFETY: `lanes` holds n*n lane vectors.
             unsafe { f(lanes, n, &mut status) };
@@ -118,54 +108,67 @@ pub fn cholesky(p: &CholeskyPlan) -> Result<()> {
     Ok(())
 }
 
-/// Solves L Lᵀ X = B for W interleaved systems: `l` holds the factors (`l[i*n + j][lane]`,
-/// lower, or upper when `upper`: then L = Uᵀ), `b` the n×k right-hand sides, overwritten by X.
+/// `y -= a · x` over two equal-length slices.
 #[inline(always)]
-unsafe fn solve_lanes<A: Real>(l: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool) {
-    // L[i][j] for i >= j, read from whichever triangle holds the factor.
-    let at = |i: usize, j: usize| -> &[A; W] { l.get_unchecked(if upper { j * n + i } else { i * n + j }) };
-    let bp = b.as_mut_ptr();
-    // Forward: L Y = B.
-    for i in 0..n {
-        for j in 0..i {
-            let f = *at(i, j);
-            for c in 0..k {
-                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
-                for q in 0..W {
-                    x[q] = x[q] - f[q] * y[q];
-                }
-            }
+fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y = *y - a * *x);
+}
+
+/// Solves A x = b in place for one right-hand side, given the row-major Cholesky factor `f` of A
+/// (lower L with A = L Lᵀ, or upper U with A = Uᵀ U). Every step reads a contiguous row of the
+/// factor: dot products where the row runs along the unknowns already solved, axpy updates where
+/// it runs along the ones still to come.
+#[inline(always)]
+fn solve_vec<A: Real>(f: &[A], x: &mut [A], n: usize, upper: bool) {
+    if upper {
+        // Uᵀ y = b: column-oriented (row j of U scatters into the later unknowns).
+        for j in 0..n {
+            let row = &f[j * n..(j + 1) * n];
+            x[j] = x[j] / row[j];
+            let xj = x[j];
+            axpy(&mut x[j + 1..], xj, &row[j + 1..]);
         }
-        let d = *at(i, i);
-        for c in 0..k {
-            let x = &mut *bp.add(i * k + c);
-            for q in 0..W {
-                x[q] = x[q] / d[q];
-            }
+        // U x = y: row-oriented.
+        for i in (0..n).rev() {
+            let row = &f[i * n..(i + 1) * n];
+            x[i] = (x[i] - dot(&row[i + 1..], &x[i + 1..])) / row[i];
         }
-    }
-    // Backward: Lᵀ X = Y.
-    for i in (0..n).rev() {
-        for j in i + 1..n {
-            let f = *at(j, i);
-            for c in 0..k {
-                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
-                for q in 0..W {
-                    x[q] = x[q] - f[q] * y[q];
-                }
-            }
+    } else {
+        // L y = b: row-oriented.
+        for i in 0..n {
+            let row = &f[i * n..(i + 1) * n];
+            x[i] = (x[i] - dot(&row[..i], &x[..i])) / row[i];
         }
-        let d = *at(i, i);
-        for c in 0..k {
-            let x = &mut *bp.add(i * k + c);
-            for q in 0..W {
-                x[q] = x[q] / d[q];
-            }
+        // Lᵀ x = y: column-oriented (row i of L scatters into the earlier unknowns).
+        for i in (0..n).rev() {
+            let row = &f[i * n..(i + 1) * n];
+            x[i] = x[i] / row[i];
+            let xi = x[i];
+            axpy(&mut x[..i], xi, &row[..i]);
         }
     }
 }
 
-isa_copies!(solve_lanes_avx2 = solve_lanes(l: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool));
+/// One batch element: the k columns of the row-major n×k `b` are solved one by one (copied to a
+/// contiguous scratch column when k > 1).
+#[inline(always)]
+unsafe fn solve_matrix<A: Real>(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]) {
+    if k == 1 {
+        solve_vec(f, b, n, upper);
+        return;
+    }
+    for c in 0..k {
+        for r in 0..n {
+            col[r] = *b.get_unchecked(r * k + c);
+        }
+        solve_vec(f, col, n, upper);
+        for r in 0..n {
+            *b.get_unchecked_mut(r * k + c) = col[r];
+        }
+    }
+}
+
+isa_copies!(solve_matrix_avx2 = solve_matrix(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]));
 
 /// Interleaves `count` matrices of `len` elements from `src` into lane vectors; missing lanes get
 /// `pad(e)`.
@@ -184,24 +187,14 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
         return;
     }
     let (llen, blen) = (n * n, n * k);
-    // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own group of `b`.
+    // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own `b` matrix.
     let ls = unsafe { std::slice::from_raw_parts(p.l.ptr as *const A, p.l.batch * llen) };
     let bs = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
-    let f = pick!(solve_lanes_avx2, solve_lanes, A, unsafe fn(&[[A; W]], &mut [[A; W]], usize, usize, bool));
-    bs.par_chunks_mut(W * blen).zip(ls.par_chunks(W * llen)).with_min_len((4096 / (llen * W)).max(1)).for_each_init(
-        || (vec![[A::ZERO; W]; llen], vec![[A::ZERO; W]; blen]),
-        |(lv, bv), (bm, lm)| {
-            let count = bm.len() / blen;
-            interleave(lm, count, llen, lv, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
-            interleave(bm, count, blen, bv, |_| A::ZERO);
-            // SAFETY: lv holds n*n and bv n*k lane vectors.
-            unsafe { f(lv, bv, n, k, p.upper) };
-            for q in 0..count {
-                for e in 0..blen {
-                    bm[q * blen + e] = bv[e][q];
-                }
-            }
-        },
+    let f = pick!(solve_matrix_avx2, solve_matrix, A, unsafe fn(&[A], &mut [A], usize, usize, bool, &mut [A]));
+    bs.par_chunks_mut(blen).zip(ls.par_chunks(llen)).with_min_len((8192 / (llen + blen)).max(1)).for_each_init(
+        || vec![A::ZERO; n],
+        // SAFETY: `b` is n×k, `l` n×n, `col` n elements.
+        |col, (b, l)| unsafe { f(l, b, n, k, p.upper, col) },
     );
 }
 
