@@ -101,6 +101,10 @@ def test_non_contiguous_input(device):
     B = torch.randn(3, 5, 10, dtype=torch.float64, device=device).mT  # (3, 10, 5), strided
     X = cholesky_solve(B, cholesky(A))
     assert rel_err(A @ X, B) < 1e-12
+    for upper in (False, True):  # torch's factors are column-major: read in place as the other triangle
+        Lt = torch.linalg.cholesky(A, upper=upper)
+        X = cholesky_solve(B, Lt, upper=upper)
+        assert rel_err(X, torch.cholesky_solve(B, Lt, upper=upper)) < 1e-12
 
 
 @pytest.mark.parametrize("upper", [False, True])

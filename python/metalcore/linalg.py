@@ -71,6 +71,8 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
 
 
 def _raise_first(info: Tensor, op: str) -> None:
+    if not bool(info.any()):
+        return
     bad = torch.nonzero(info.reshape(-1))
     if bad.numel():
         i = int(bad[0, 0])
@@ -137,7 +139,11 @@ def cholesky(A: Tensor, upper: bool = False) -> Tensor:
     if not _native_device(A):
         _fallback("cholesky", A)
         return torch.linalg.cholesky(A, upper=upper)
-    return _chol_apply(A, upper)
+    if torch.is_grad_enabled() and A.requires_grad:
+        return _chol_apply(A, upper)
+    out, info = _factor(A, upper)
+    _raise_first(info, "cholesky")
+    return out
 
 
 class CholeskySolveFunction(torch.autograd.Function):
@@ -177,14 +183,21 @@ def _unbroadcast(g: Tensor, shape) -> Tensor:
 
 def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
     n, k = l.shape[-1], b.shape[-1]
-    batch = torch.broadcast_shapes(b.shape[:-2], l.shape[:-2])
+    same = b.shape[:-2] == l.shape[:-2]
+    batch = b.shape[:-2] if same else torch.broadcast_shapes(b.shape[:-2], l.shape[:-2])
     nb = math.prod(batch)
     acc = _acc(b.dtype)
     xb = empty((nb, n, k), acc, b.device)
     if xb.numel():
-        xb.copy_(b.expand(batch + (n, k)).reshape(nb, n, k))
-    lb = l.expand(batch + (n, n)).reshape(nb, n, n).to(acc).contiguous()
-    _native.cholesky_solve_inplace(desc(xb, "B"), desc(lb, "L"), upper)
+        xb.copy_(b.reshape(nb, n, k) if same else b.expand(batch + (n, k)).reshape(nb, n, k))
+    if not same:
+        l = l.expand(batch + (n, n))
+    l = l.reshape(nb, n, n).to(acc)
+    if not l.is_contiguous() and l.mT.is_contiguous():
+        # Column-major storage (as torch.linalg.cholesky returns it): the transposed factor of the
+        # other triangle in row-major order, read without a copy.
+        l, upper = l.mT, not upper
+    _native.cholesky_solve_inplace(desc(xb, "B"), desc(l.contiguous(), "L"), upper)
     return xb.view(batch + (n, k)).to(b.dtype)
 
 
@@ -212,4 +225,6 @@ def cholesky_solve(B: Tensor, L: Tensor, upper: bool = False) -> Tensor:
     if not _native_device(L):
         _fallback("cholesky_solve", L)
         return torch.cholesky_solve(B, L, upper=upper)
-    return _solve_apply(B, L, upper)
+    if torch.is_grad_enabled() and (B.requires_grad or L.requires_grad):
+        return _solve_apply(B, L, upper)
+    return _solve(B, L, upper)
