@@ -162,3 +162,102 @@ def test_cuda_uses_the_documented_torch_fallback():
         L = cholesky(A)
     assert recon_err(A, L) < 1e-5
     assert any("no CUDA kernel" in str(r.message) for r in rec)
+
+
+# ---------------------------------------------------------------------------------------------
+# LU solve
+
+from metalcore import solve, solve_ex  # noqa: E402
+
+
+def residual(A, X, B):
+    A64, X64, B64 = A.double().cpu(), X.double().cpu(), B.double().cpu()
+    vec = X64.dim() == A64.dim() - 1 or X64.dim() == 1
+    if vec:
+        X64, B64 = X64.unsqueeze(-1), B64.unsqueeze(-1)
+    r = (A64 @ X64 - B64).flatten(-2).norm(dim=-1)
+    s = A64.flatten(-2).norm(dim=-1) * X64.flatten(-2).norm(dim=-1)
+    return (r / s.clamp_min(1e-300)).max().item() if r.numel() else 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 33, 64, 127])
+@pytest.mark.parametrize("k", [None, 1, 5])
+def test_solve_residual(device, dtype, n, k):
+    A = torch.randn(6, n, n, dtype=dtype, device=device)
+    B = torch.randn((6, n) if k is None else (6, n, k), dtype=dtype, device=device)
+    X = solve(A, B)
+    assert X.shape == B.shape and X.dtype == dtype
+    assert residual(A, X, B) <= (1e-5 if dtype == torch.float32 else 1e-13)
+
+
+def test_solve_large_and_ill_conditioned(device):
+    A = torch.randn(2, 512, 512, dtype=torch.float64, device=device)
+    B = torch.randn(2, 512, 3, dtype=torch.float64, device=device)
+    assert residual(A, solve(A, B), B) < 1e-13
+    q, _ = torch.linalg.qr(torch.randn(4, 32, 32, dtype=torch.float64))
+    A = (q * torch.logspace(0, -6, 32, dtype=torch.float64)) @ q.mT  # cond 1e6
+    A = A.float().to(device)
+    B = torch.randn(4, 32, 2, device=device)
+    assert residual(A, solve(A, B), B) <= 1e-5
+
+
+def test_solve_broadcasting_and_vector_rules(device):
+    A = torch.randn(3, 1, 5, 5, device=device, dtype=torch.float64)
+    B = torch.randn(4, 5, 2, device=device, dtype=torch.float64)
+    X = solve(A, B)
+    assert X.shape == (3, 4, 5, 2) and rel_err(X, torch.linalg.solve(A, B)) < 1e-12
+    v = torch.randn(5, device=device, dtype=torch.float64)
+    assert solve(A, v).shape == torch.linalg.solve(A, v).shape
+    b = torch.randn(3, 1, 5, device=device, dtype=torch.float64)  # A.shape[:-1]: a batch of vectors
+    assert rel_err(solve(A, b), torch.linalg.solve(A, b)) < 1e-12
+
+
+def test_solve_half_non_contiguous_and_empty(device):
+    A = torch.randn(4, 8, 8, device=device) + 4 * torch.eye(8, device=device)
+    B = torch.randn(4, 8, 3, device=device)
+    Xh = solve(A.half(), B.half())
+    assert Xh.dtype == torch.float16
+    ref = torch.linalg.solve(A.double(), B.double())
+    assert rel_err(Xh, ref) <= 2 * rel_err(ref.half(), ref) + 1e-3
+    At = A.mT.contiguous().mT
+    assert not At.is_contiguous() and rel_err(solve(At, B[..., ::2]), torch.linalg.solve(A, B[..., ::2])) < 1e-5
+    assert solve(torch.zeros(0, 3, 3, device=device), torch.zeros(0, 3, device=device)).shape == (0, 3)
+    assert solve(torch.zeros(2, 0, 0, device=device), torch.zeros(2, 0, 4, device=device)).shape == (2, 0, 4)
+
+
+def test_singular_matrices_are_reported_per_batch_element(device):
+    A = torch.randn(3, 4, 4, dtype=torch.float64, device=device)
+    A[1, :, 2] = 0.0  # exactly singular
+    B = torch.randn(3, 4, dtype=torch.float64, device=device)
+    X, info = solve_ex(A, B)
+    assert info.dtype == torch.int32 and info[0] == 0 and info[1] > 0 and info[2] == 0
+    assert (info.cpu() > 0).tolist() == (torch.linalg.solve_ex(A, B).info.cpu() > 0).tolist()
+    assert residual(A[[0, 2]], X[[0, 2]], B[[0, 2]]) < 1e-12
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch element \(1,\)"):
+        solve(A, B)
+    solve(A, B, fast=True)  # no check: undefined values for element 1, no error
+
+
+def test_solve_gradients(device):
+    A = (torch.randn(2, 4, 4, dtype=torch.float64, device=device) + 3 * torch.eye(4, dtype=torch.float64, device=device)).requires_grad_()
+    B = torch.randn(2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(solve, (A, B))
+    v = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(solve, (A, v))
+    g = torch.randn(2, 4, 3, dtype=torch.float64, device=device)
+    ours = torch.autograd.grad(solve(A, B), (A, B), g)
+    ref = torch.autograd.grad(torch.linalg.solve(A, B), (A, B), g)
+    assert all(rel_err(o, r) < 1e-12 for o, r in zip(ours, ref))
+
+
+def test_solve_bad_input(device):
+    A = torch.randn(3, 3, device=device)
+    with pytest.raises(ValueError, match="A: expected a batch of square matrices"):
+        solve(torch.randn(3, 4, device=device), torch.randn(3, device=device))
+    with pytest.raises(ValueError, match=r"B: expected shape"):
+        solve(A, torch.randn(4, device=device))
+    with pytest.raises(TypeError, match="B: expected dtype"):
+        solve(A, torch.randn(3, dtype=torch.float64, device=device))
+    with pytest.raises(TypeError, match="B: expected a floating dtype"):
+        solve(A, torch.ones(3, dtype=torch.int64, device=device))

@@ -15,7 +15,7 @@ from .layernorm import (
     fused_add_layernorm,
     layer_norm,
 )
-from .linalg import CholeskyEx, cholesky, cholesky_ex, cholesky_solve
+from .linalg import CholeskyEx, SolveEx, cholesky, cholesky_ex, cholesky_solve, solve, solve_ex
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
@@ -51,4 +51,7 @@ __all__ = [
     "cholesky_ex",
     "cholesky_solve",
     "CholeskyEx",
+    "solve",
+    "solve_ex",
+    "SolveEx",
 ]

@@ -1,4 +1,4 @@
-"""Batched linear algebra: Cholesky factorization and Cholesky solves.
+"""Batched linear algebra: Cholesky factorization and solves, LU (partial pivoting) solves.
 
 Semantics of ``torch.linalg.cholesky`` / ``cholesky_ex`` and ``torch.cholesky_solve``: any batch
 shape ``(*, n, n)``; only the lower triangle of ``A`` is read; float32 and float64 (float16 and
@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _native
 from ._backend import check_float, desc, empty, fast_apply, warn_fallback
 
-__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx"]
+__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx"]
 
 
 class CholeskyEx(NamedTuple):
@@ -228,3 +228,129 @@ def cholesky_solve(B: Tensor, L: Tensor, upper: bool = False) -> Tensor:
     if torch.is_grad_enabled() and (B.requires_grad or L.requires_grad):
         return _solve_apply(B, L, upper)
     return _solve(B, L, upper)
+
+
+class SolveEx(NamedTuple):
+    """``(result, info)`` as ``torch.linalg.solve_ex`` returns them."""
+
+    result: Tensor
+    info: Tensor
+
+
+def _solve_shapes(A: Tensor, B: Tensor):
+    """torch.linalg.solve's rules: B is a batch of vectors when it is 1-D or has A's shape minus
+    the last dimension; batch dimensions broadcast. Returns (vector_case, batch shape)."""
+    n = _check_square("A", A)
+    if not isinstance(B, Tensor):
+        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
+    check_float("B", B)
+    if B.device != A.device:
+        raise ValueError(f"B: expected a tensor on {A.device} (the device of A), got one on {B.device}")
+    if B.dtype != A.dtype:
+        raise TypeError(f"B: expected dtype {A.dtype} (the dtype of A), got {B.dtype}")
+    vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape == A.shape[:-1])
+    rows = B.shape[-1] if vector else (B.shape[-2] if B.dim() >= 2 else -1)
+    if rows != n:
+        want = f"(*, {n})" if vector else f"(*, {n}, k)"
+        raise ValueError(f"B: expected shape {want} to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
+    bb = B.shape[:-1] if vector else B.shape[:-2]
+    try:
+        batch = torch.broadcast_shapes(A.shape[:-2], bb)
+    except RuntimeError as e:
+        raise ValueError(f"B: batch shape {tuple(bb)} does not broadcast with A's {tuple(A.shape[:-2])}") from e
+    return vector, batch
+
+
+def _lu_solve(A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
+    """(X, info) on the native backend (no autograd)."""
+    vector, batch = _solve_shapes(A, B)
+    n = A.shape[-1]
+    Bm = B.unsqueeze(-1) if vector else B
+    k = Bm.shape[-1]
+    nb = math.prod(batch)
+    acc = _acc(A.dtype)
+    a = empty((nb, n, n), acc, A.device)
+    x = empty((nb, n, k), acc, A.device)
+    if a.numel():
+        a.copy_(A.expand(batch + (n, n)).reshape(nb, n, n))
+    if x.numel():
+        x.copy_(Bm.expand(batch + (n, k)).reshape(nb, n, k))
+    info = empty((nb,), torch.int32, A.device)
+    _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"))
+    X = x.view(batch + (n, k)).to(B.dtype)
+    return (X.squeeze(-1) if vector else X), info.view(batch)
+
+
+def _raise_singular(info: Tensor) -> None:
+    if not bool(info.any()):
+        return
+    i = int(torch.nonzero(info.reshape(-1))[0, 0])
+    idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape))
+    where = f" (batch element {idx})" if info.dim() else ""
+    raise torch.linalg.LinAlgError(
+        f"solve: the solver failed because the input matrix is singular{where}: "
+        f"U[{int(info.reshape(-1)[i]) - 1}, {int(info.reshape(-1)[i]) - 1}] is exactly zero."
+    )
+
+
+class SolveFunction(torch.autograd.Function):
+    """``SolveFunction.apply(A, B)`` = ``A⁻¹ B`` (raises on a singular matrix); backward
+    ``gB = A⁻ᵀ gX``, ``gA = −gB Xᵀ`` (summed over broadcast batch dimensions)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        x, info = _lu_solve(a, b)
+        _raise_singular(info)
+        ctx.save_for_backward(a, x)
+        ctx.b_shape = b.shape
+        return x
+
+    @staticmethod
+    def backward(ctx, gx: Tensor):  # type: ignore[override]
+        a, x = ctx.saved_tensors
+        gb, _ = _lu_solve(a.mT, gx.expand(x.shape) if gx.shape != x.shape else gx)
+        vector = x.dim() == a.dim() - 1 or x.dim() == 1
+        ga = None
+        if ctx.needs_input_grad[0]:
+            gbm, xm = (gb.unsqueeze(-1), x.unsqueeze(-1)) if vector else (gb, x)
+            ga = _unbroadcast(-(gbm @ xm.mT), a.shape)
+        if ctx.needs_input_grad[1]:
+            gb = gb.sum_to_size(ctx.b_shape)
+        else:
+            gb = None
+        return ga, gb
+
+
+_lu_apply = fast_apply(SolveFunction)
+
+
+def solve_ex(A: Tensor, B: Tensor, fast: bool = False) -> SolveEx:
+    """``torch.linalg.solve_ex``: solves ``A X = B`` by LU with partial pivoting and returns
+    ``(result, info)``; ``info[b] = j > 0`` marks matrix ``b`` as singular (``U[j-1, j-1] == 0``),
+    its result then being undefined. ``fast`` is accepted for the original API (there is no check
+    to skip here). Not differentiable (use :func:`solve`)."""
+    _solve_shapes(A, B)
+    if not _native_device(A):
+        _fallback("solve_ex", A)
+        return SolveEx(*torch.linalg.solve_ex(A, B))
+    with torch.no_grad():
+        return SolveEx(*_lu_solve(A, B))
+
+
+def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
+    """Solves ``A X = B`` for square ``A`` (``*, n, n``) like ``torch.linalg.solve``: ``B`` is a
+    batch of vectors ``(*, n)`` or of matrices ``(*, n, k)``, batch dimensions broadcast; float32 and
+    float64 (16-bit inputs computed in float32). LU with partial pivoting, one matrix per task.
+
+    Raises ``torch.linalg.LinAlgError`` naming the first singular batch element, unless ``fast``:
+    then singular matrices give undefined (Inf/NaN) results instead of an error. Differentiable."""
+    _solve_shapes(A, B)
+    if not _native_device(A):
+        _fallback("solve", A)
+        return torch.linalg.solve(A, B)
+    if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+        return _lu_apply(A, B)
+    x, info = _lu_solve(A, B)
+    if not fast:
+        _raise_singular(info)
+    return x

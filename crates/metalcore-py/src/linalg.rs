@@ -1,7 +1,7 @@
 //! Bindings of the batched linear algebra.
 
 use crate::bridge::{to_py, Desc};
-use metalcore_core::ops::linalg::{cholesky, cholesky_solve, Cholesky, CholeskySolve};
+use metalcore_core::ops::linalg::{cholesky, cholesky_solve, lu_solve, Cholesky, CholeskySolve, LuSolve};
 use pyo3::prelude::*;
 
 /// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
@@ -21,7 +21,17 @@ fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool) -> PyRe
     py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper })).map_err(to_py)
 }
 
+/// In-place batched LU solve with partial pivoting: `a` becomes its LU factors, `b` the solution,
+/// `info` the per-matrix status.
+#[pyfunction]
+#[pyo3(signature = (a, b, info))]
+fn lu_solve_inplace(py: Python<'_>, a: Desc, b: Desc, info: Desc) -> PyResult<()> {
+    let (a, b, info) = (a.to_ref("A")?, b.to_ref("B")?, info.to_ref("info")?);
+    py.detach(|| lu_solve(&LuSolve { a: &a, b: &b, info: &info })).map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(lu_solve_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;
     Ok(())

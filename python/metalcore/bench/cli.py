@@ -277,11 +277,11 @@ def bench_softmax(device: str, rows: int, cols: int, dtype: torch.dtype, quick: 
     return out
 
 
-LINALG_CASES = [(1000, 16), (1000, 32), (100, 64), (100, 128), (2, 512)]
+LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
 
 
 def bench_linalg(device: str, quick: bool) -> str:
-    """Batched Cholesky and Cholesky solve (k=1), float32, ours vs torch.linalg: a markdown table."""
+    """Batched Cholesky, Cholesky solve and LU solve (k=1), float32, ours vs torch: a markdown table."""
     lines = ["| case | op | metalcore ms | torch ms | speed-up | our error | torch error |", "|---|---|---|---|---|---|---|"]
     reps = 10 if quick else 50
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -304,6 +304,7 @@ def bench_linalg(device: str, quick: bool) -> str:
         for op, ours, theirs, err in (
             ("cholesky", lambda: metalcore.cholesky(a), lambda: torch.linalg.cholesky(a), recon),
             ("cholesky_solve", lambda: metalcore.cholesky_solve(rhs, l_t), lambda: torch.cholesky_solve(rhs, l_t), resid),
+            ("solve (LU)", lambda: metalcore.solve(a, rhs), lambda: torch.linalg.solve(a, rhs), resid),
         ):
             t_o = time_ms(lambda i: ours(), device, reps=reps, batch=1)
             t_t = time_ms(lambda i: theirs(), device, reps=reps, batch=1)
@@ -347,10 +348,11 @@ is torch's time over ours (above 1 means we are faster), for fwd+bwd. torch = `F
 
 LINALG_LEGEND = """Median milliseconds per call (wall clock), float32 symmetric positive-definite batches.
 `error`: the largest per-matrix ||L Lᵀ − A|| / ||A|| (cholesky) or ||A x − b|| / (||A|| ||x||)
-(cholesky_solve, one right-hand side) against the float64 matrices."""
+(the solves, one right-hand side) against the float64 matrices. The matrices are symmetric positive
+definite for all three ops."""
 
 OPS = ("rmsnorm", "layernorm", "softmax", "linalg")
-TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)", "linalg": "Batched Cholesky"}
+TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)", "linalg": "Batched Cholesky and solves"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

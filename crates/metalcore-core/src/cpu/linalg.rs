@@ -4,7 +4,7 @@
 use super::{dot, Real};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan};
+use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan, LuSolvePlan};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -202,6 +202,115 @@ pub fn cholesky_solve(p: &CholeskySolvePlan) -> Result<()> {
     match p.b.dtype {
         DType::F64 => cholesky_solve_impl::<f64>(p),
         _ => cholesky_solve_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+/// Gaussian elimination with partial pivoting on one row-major n×n `a` and n×k `b`, then back
+/// substitution: `b` becomes A⁻¹B. Returns LAPACK's `info` (first exactly-zero pivot, 1-based).
+#[inline(always)]
+fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
+    let mut info = 0;
+    for j in 0..n {
+        // Pivot: the largest |a[i][j]| for i >= j (a NaN is taken at once, so it propagates).
+        let mut p = j;
+        let mut best = a[j * n + j].abs();
+        for i in j + 1..n {
+            let v = a[i * n + j].abs();
+            if v > best || v != v {
+                p = i;
+                best = v;
+                if v != v {
+                    break;
+                }
+            }
+        }
+        if p != j {
+            for c in 0..n {
+                a.swap(j * n + c, p * n + c);
+            }
+            for c in 0..k {
+                b.swap(j * k + c, p * k + c);
+            }
+        }
+        let d = a[j * n + j];
+        if d == A::ZERO {
+            if info == 0 {
+                info = j as i32 + 1;
+            }
+            continue;
+        }
+        let (top, rest) = a.split_at_mut((j + 1) * n);
+        let (btop, brest) = b.split_at_mut((j + 1) * k);
+        let (prow, brow) = (&top[j * n + j + 1..j * n + n], &btop[j * k..j * k + k]);
+        for i in 0..n - j - 1 {
+            let row = &mut rest[i * n..(i + 1) * n];
+            let l = row[j] / d;
+            row[j] = l;
+            axpy(&mut row[j + 1..], l, prow);
+            axpy(&mut brest[i * k..(i + 1) * k], l, brow);
+        }
+    }
+    // Back substitution with U (row i of U is contiguous to the right of the diagonal).
+    for i in (0..n).rev() {
+        let (head, tail) = b.split_at_mut((i + 1) * k);
+        let bi = &mut head[i * k..];
+        for j in i + 1..n {
+            let u = a[i * n + j];
+            axpy(bi, u, &tail[(j - i - 1) * k..(j - i) * k]);
+        }
+        let d = a[i * n + i];
+        bi.iter_mut().for_each(|x| *x = *x / d);
+    }
+    info
+}
+
+/// # Safety
+/// `a` is n×n, `b` n×k.
+#[inline(always)]
+unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
+    lu_solve_one(a, b, n, k)
+}
+
+isa_copies_ret!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32);
+
+fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
+    let (n, k) = (p.a.rows, p.b.cols);
+    if p.a.batch == 0 {
+        return;
+    }
+    let (alen, blen) = (n * n, n * k);
+    // SAFETY: validated contiguous buffers, each task touching only its own matrices and entry.
+    let info = unsafe { std::slice::from_raw_parts_mut(p.info as *mut i32, p.a.batch) };
+    if n == 0 {
+        info.fill(0);
+        return;
+    }
+    let asl = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * alen) };
+    let f = pick!(lu_solve_matrix_avx2, lu_solve_matrix, A, unsafe fn(&mut [A], &mut [A], usize, usize) -> i32);
+    let min_len = (8192 / (alen + blen)).max(1);
+    if blen == 0 {
+        // No right-hand side: factor anyway, for `info`.
+        // SAFETY: each chunk is one n×n matrix.
+        asl.par_chunks_mut(alen)
+            .zip(info.par_iter_mut())
+            .with_min_len(min_len)
+            .for_each(|(a, inf)| *inf = unsafe { f(a, &mut [], n, 0) });
+        return;
+    }
+    let bsl = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
+    asl.par_chunks_mut(alen)
+        .zip(bsl.par_chunks_mut(blen))
+        .zip(info.par_iter_mut())
+        .with_min_len(min_len)
+        // SAFETY: the chunks are one n×n matrix and one n×k right-hand side.
+        .for_each(|((a, b), inf)| *inf = unsafe { f(a, b, n, k) });
+}
+
+pub fn lu_solve(p: &LuSolvePlan) -> Result<()> {
+    match p.a.dtype {
+        DType::F64 => lu_solve_impl::<f64>(p),
+        _ => lu_solve_impl::<f32>(p),
     }
     Ok(())
 }

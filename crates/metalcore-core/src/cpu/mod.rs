@@ -16,6 +16,17 @@ macro_rules! isa_copies {
     };
 }
 
+/// As [`isa_copies!`], for a function that returns a value.
+macro_rules! isa_copies_ret {
+    ($fast:ident = $base:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $fast<A: Real>($($arg: $ty),*) -> $ret {
+            $base::<A>($($arg),*)
+        }
+    };
+}
+
 /// The best copy of a row function for this CPU, as an `unsafe fn` pointer of type `$t`.
 macro_rules! pick {
     ($fast:ident, $base:ident, $a:ty, $t:ty) => {{
@@ -94,6 +105,7 @@ pub trait Real:
     fn from_usize(v: usize) -> Self;
     fn sqrt(self) -> Self;
     fn exp(self) -> Self;
+    fn abs(self) -> Self;
     fn to_f64(self) -> f64;
     fn load(dtype: DType, src: *const u8, i: usize) -> Self;
     fn store(self, dtype: DType, dst: *mut u8, i: usize);
@@ -115,6 +127,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
             }
             #[inline(always)]
             fn exp(self) -> Self {

@@ -133,3 +133,55 @@ pub fn cholesky_solve(args: &CholeskySolve<'_>) -> Result<()> {
         )),
     }
 }
+
+/// In-place solve of `A X = B` for each batch element by LU with partial pivoting (Gaussian
+/// elimination with row interchanges): `a` is overwritten by its LU factors, `b` by `X`, and
+/// `info[i]` is 0, or `j > 0` when `U[j-1][j-1]` is exactly zero (singular: `X` is then undefined).
+pub struct LuSolve<'a> {
+    pub a: &'a TensorRef,
+    pub b: &'a TensorRef,
+    pub info: &'a TensorRef,
+}
+
+/// A validated LU solve.
+#[derive(Clone, Copy, Debug)]
+pub struct LuSolvePlan {
+    pub a: Batch,
+    pub b: Batch,
+    pub info: usize,
+}
+
+impl LuSolve<'_> {
+    pub fn plan(&self) -> Result<(Device, LuSolvePlan)> {
+        let device = common_device(&[("A", Some(self.a)), ("B", Some(self.b)), ("info", Some(self.info))])?;
+        let (a, b) = (batch_of("A", self.a)?, batch_of("B", self.b)?);
+        if a.rows != a.cols {
+            return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
+        }
+        if b.batch != a.batch || b.rows != a.rows {
+            return Err(Error::value(
+                "B",
+                format!(
+                    "expected (batch={}, {}, k) to match A, got ({}, {}, {})",
+                    a.batch, a.rows, b.batch, b.rows, b.cols
+                ),
+            ));
+        }
+        if b.dtype != a.dtype {
+            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of A), got {}", a.dtype, b.dtype)));
+        }
+        let info = info_of(self.info, a.batch)?;
+        Ok((device, LuSolvePlan { a, b, info }))
+    }
+}
+
+/// Runs the solve on the tensors' device.
+pub fn lu_solve(args: &LuSolve<'_>) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    match device {
+        Device::Cpu => crate::cpu::linalg::lu_solve(&plan),
+        Device::Cuda(_) => {
+            Err(Error::Unsupported("solve: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
+        }
+    }
+}
