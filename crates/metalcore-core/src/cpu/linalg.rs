@@ -265,14 +265,101 @@ fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
     info
 }
 
+/// The scalar path for one system (large n, or batches smaller than the lane count).
+///
 /// # Safety
 /// `a` is n×n, `b` n×k.
 #[inline(always)]
-unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
-    lu_solve_one(a, b, n, k)
+unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32) {
+    *info = lu_solve_one(a, b, n, k);
 }
 
-isa_copies_ret!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32);
+isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32));
+
+/// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`): each lane pivots
+/// on its own rows (scalar swaps), the elimination and substitution run across the lanes. Writes
+/// each lane's LAPACK `info` (first exactly-zero pivot, 1-based).
+#[inline(always)]
+unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]) {
+    let ap = a.as_mut_ptr();
+    let bp = b.as_mut_ptr();
+    for j in 0..n {
+        for q in 0..W {
+            // Pivot of lane q: the largest |a[i][j]| for i >= j (a NaN is taken at once).
+            let mut p = j;
+            let mut best = (*ap.add(j * n + j))[q].abs();
+            for i in j + 1..n {
+                let v = (*ap.add(i * n + j))[q].abs();
+                if v > best || v != v {
+                    p = i;
+                    best = v;
+                    if v != v {
+                        break;
+                    }
+                }
+            }
+            if p != j {
+                for c in 0..n {
+                    let (x, y) = (&mut *ap.add(j * n + c), &mut *ap.add(p * n + c));
+                    std::mem::swap(&mut x[q], &mut y[q]);
+                }
+                for c in 0..k {
+                    let (x, y) = (&mut *bp.add(j * k + c), &mut *bp.add(p * k + c));
+                    std::mem::swap(&mut x[q], &mut y[q]);
+                }
+            }
+            if (*ap.add(j * n + j))[q] == A::ZERO && info[q] == 0 {
+                info[q] = j as i32 + 1;
+            }
+        }
+        let d = *ap.add(j * n + j);
+        for i in j + 1..n {
+            let aij = &mut *ap.add(i * n + j);
+            let mut l = [A::ZERO; W];
+            for q in 0..W {
+                l[q] = aij[q] / d[q];
+                aij[q] = l[q];
+            }
+            for c in j + 1..n {
+                let (x, y) = (&mut *ap.add(i * n + c), &*ap.add(j * n + c));
+                for q in 0..W {
+                    x[q] = x[q] - l[q] * y[q];
+                }
+            }
+            for c in 0..k {
+                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
+                for q in 0..W {
+                    x[q] = x[q] - l[q] * y[q];
+                }
+            }
+        }
+    }
+    // Back substitution with U.
+    for i in (0..n).rev() {
+        for j in i + 1..n {
+            let u = *ap.add(i * n + j);
+            for c in 0..k {
+                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
+                for q in 0..W {
+                    x[q] = x[q] - u[q] * y[q];
+                }
+            }
+        }
+        let d = *ap.add(i * n + i);
+        for c in 0..k {
+            let x = &mut *bp.add(i * k + c);
+            for q in 0..W {
+                x[q] = x[q] / d[q];
+            }
+        }
+    }
+}
+
+isa_copies!(lu_solve_lanes_avx2 = lu_solve_lanes(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]));
+
+/// Largest n the lane-interleaved LU takes (measured crossover on the reference CPU: n = 64 is
+/// about even, n = 128 favours one system per task).
+const LANES_MAX_N: usize = 64;
 
 fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     let (n, k) = (p.a.rows, p.b.cols);
@@ -280,31 +367,62 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
         return;
     }
     let (alen, blen) = (n * n, n * k);
-    // SAFETY: validated contiguous buffers, each task touching only its own matrices and entry.
+    // SAFETY: validated contiguous buffers, each task touching only its own group of matrices.
     let info = unsafe { std::slice::from_raw_parts_mut(p.info as *mut i32, p.a.batch) };
     if n == 0 {
         info.fill(0);
         return;
     }
     let asl = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * alen) };
-    let f = pick!(lu_solve_matrix_avx2, lu_solve_matrix, A, unsafe fn(&mut [A], &mut [A], usize, usize) -> i32);
-    let min_len = (8192 / (alen + blen)).max(1);
-    if blen == 0 {
-        // No right-hand side: factor anyway, for `info`.
-        // SAFETY: each chunk is one n×n matrix.
+    // With no right-hand side there is nothing to read in `b`: a scratch of one element per
+    // matrix stands for it (so the chunking below stays uniform).
+    let mut none: Vec<A> = Vec::new();
+    let (bsl, bstep): (&mut [A], usize) = if blen == 0 {
+        none.resize(p.a.batch, A::ZERO);
+        (&mut none[..], 1)
+    } else {
+        (unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) }, blen)
+    };
+    if n > LANES_MAX_N || p.a.batch < W {
+        // Lanes pay a scalar pivot search and row swap per lane: past small n (or with lanes left
+        // empty) one system per task is faster.
+        let f = pick!(lu_solve_matrix_avx2, lu_solve_matrix, A, unsafe fn(&mut [A], &mut [A], usize, usize, &mut i32));
         asl.par_chunks_mut(alen)
+            .zip(bsl.par_chunks_mut(bstep))
             .zip(info.par_iter_mut())
-            .with_min_len(min_len)
-            .for_each(|(a, inf)| *inf = unsafe { f(a, &mut [], n, 0) });
+            .with_min_len((8192 / (alen + blen)).max(1))
+            // SAFETY: the chunks are one n×n matrix and one n×k right-hand side (or the scratch).
+            .for_each(|((a, b), inf)| unsafe { f(a, &mut b[..blen], n, k, inf) });
         return;
     }
-    let bsl = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
-    asl.par_chunks_mut(alen)
-        .zip(bsl.par_chunks_mut(blen))
-        .zip(info.par_iter_mut())
-        .with_min_len(min_len)
-        // SAFETY: the chunks are one n×n matrix and one n×k right-hand side.
-        .for_each(|((a, b), inf)| *inf = unsafe { f(a, b, n, k) });
+    let f = pick!(
+        lu_solve_lanes_avx2,
+        lu_solve_lanes,
+        A,
+        unsafe fn(&mut [[A; W]], &mut [[A; W]], usize, usize, &mut [i32; W])
+    );
+    asl.par_chunks_mut(W * alen)
+        .zip(bsl.par_chunks_mut(W * bstep))
+        .zip(info.par_chunks_mut(W))
+        .with_min_len((4096 / ((alen + blen) * W)).max(1))
+        .for_each_init(
+            || (vec![[A::ZERO; W]; alen], vec![[A::ZERO; W]; blen]),
+            |(av, bv), ((am, bm), inf)| {
+                let count = inf.len();
+                // Missing lanes get the identity and a zero right-hand side (they solve cleanly).
+                interleave(am, count, alen, av, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
+                interleave(bm, count, blen, bv, |_| A::ZERO);
+                let mut status = [0i32; W];
+                // SAFETY: av holds n*n and bv n*k lane vectors.
+                unsafe { f(av, bv, n, k, &mut status) };
+                for q in 0..count {
+                    for e in 0..blen {
+                        bm[q * blen + e] = bv[e][q];
+                    }
+                    inf[q] = status[q];
+                }
+            },
+        );
 }
 
 pub fn lu_solve(p: &LuSolvePlan) -> Result<()> {

@@ -16,17 +16,6 @@ macro_rules! isa_copies {
     };
 }
 
-/// As [`isa_copies!`], for a function that returns a value.
-macro_rules! isa_copies_ret {
-    ($fast:ident = $base:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $fast<A: Real>($($arg: $ty),*) -> $ret {
-            $base::<A>($($arg),*)
-        }
-    };
-}
-
 /// The best copy of a row function for this CPU, as an `unsafe fn` pointer of type `$t`.
 macro_rules! pick {
     ($fast:ident, $base:ident, $a:ty, $t:ty) => {{
