@@ -264,3 +264,50 @@ def test_solve_bad_input(device):
         solve(A, torch.randn(3, dtype=torch.float64, device=device))
     with pytest.raises(TypeError, match="B: expected a floating dtype"):
         solve(A, torch.ones(3, dtype=torch.int64, device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triangular solve
+
+from metalcore import trsm, trsm_batched  # noqa: E402
+
+
+def tri(batch, n, dtype, device, lower, unit=False):
+    t = torch.randn(batch + (n, n), dtype=torch.float64) * 0.3
+    t = t.tril() if lower else t.triu()
+    d = torch.diagonal(t, dim1=-2, dim2=-1)
+    d.copy_(d.sign() * (1 + d.abs()))  # well away from 0
+    return t.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 33, 127])
+@pytest.mark.parametrize("lower", [True, False])
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("unit", [False, True])
+def test_trsm_matches_solve_triangular(device, dtype, n, lower, transpose, unit):
+    A = tri((5,), n, dtype, device, lower)
+    junk = A + (torch.randn_like(A).triu(1) if lower else torch.randn_like(A).tril(-1))  # other triangle ignored
+    B = torch.randn(5, n, 3, dtype=dtype, device=device)
+    X = trsm(junk, B, lower=lower, transpose=transpose, unit_diagonal=unit)
+    M = A.double().mT if transpose else A.double()
+    ref = torch.linalg.solve_triangular(M, B.double(), upper=(lower == transpose), unitriangular=unit)
+    assert X.shape == B.shape and rel_err(X, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_trsm_layouts_broadcasting_and_grad(device):
+    A = tri((2, 1), 6, torch.float64, device, lower=True)
+    B = torch.randn(3, 6, 2, dtype=torch.float64, device=device)
+    X = trsm(A, B)
+    assert X.shape == (2, 3, 6, 2) and rel_err(A @ X, B.expand(2, 3, 6, 2)) < 1e-12
+    Ac = A.mT.contiguous().mT  # column-major
+    assert rel_err(trsm_batched(Ac, B, transpose=True), trsm(A, B, transpose=True)) < 1e-14
+    a = tri((2,), 5, torch.float64, device, lower=False).requires_grad_()
+    b = torch.randn(2, 5, 2, dtype=torch.float64, device=device, requires_grad=True)
+    for tr in (False, True):
+        for unit in (False, True):
+            assert torch.autograd.gradcheck(lambda x, y: trsm(x, y, lower=False, transpose=tr, unit_diagonal=unit), (a, b))
+    e = trsm(torch.zeros(0, 3, 3, device=device), torch.zeros(0, 3, 2, device=device))
+    assert e.shape == (0, 3, 2)
+    with pytest.raises(ValueError, match=r"B: expected shape \(\*, 3, k\)"):
+        trsm(torch.eye(3, device=device), torch.ones(4, 2, device=device))

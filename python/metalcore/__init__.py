@@ -15,7 +15,7 @@ from .layernorm import (
     fused_add_layernorm,
     layer_norm,
 )
-from .linalg import CholeskyEx, SolveEx, cholesky, cholesky_ex, cholesky_solve, solve, solve_ex
+from .linalg import CholeskyEx, SolveEx, cholesky, cholesky_ex, cholesky_solve, solve, solve_ex, trsm, trsm_batched
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
@@ -54,4 +54,6 @@ __all__ = [
     "solve",
     "solve_ex",
     "SolveEx",
+    "trsm",
+    "trsm_batched",
 ]

@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _native
 from ._backend import check_float, desc, empty, fast_apply, warn_fallback
 
-__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx"]
+__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched"]
 
 
 class CholeskyEx(NamedTuple):
@@ -354,3 +354,81 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
     if not fast:
         _raise_singular(info)
     return x
+
+
+def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
+    n, k = a.shape[-1], b.shape[-1]
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    nb = math.prod(batch)
+    acc = _acc(b.dtype)
+    xb = empty((nb, n, k), acc, b.device)
+    if xb.numel():
+        xb.copy_(b.expand(batch + (n, k)).reshape(nb, n, k))
+    t = a.expand(batch + (n, n)).reshape(nb, n, n).to(acc)
+    if not t.is_contiguous() and t.mT.is_contiguous():
+        # Column-major storage: Aᵀ row-major, the other triangle, the other orientation.
+        t, lower, transpose = t.mT, not lower, not transpose
+    _native.trsm_inplace(desc(t.contiguous(), "A"), desc(xb, "B"), lower, transpose, unit)
+    return xb.view(batch + (n, k)).to(b.dtype)
+
+
+class TrsmFunction(torch.autograd.Function):
+    """``TrsmFunction.apply(A, B, lower, transpose, unit_diagonal)`` = ``op(A)⁻¹ B``; backward
+    ``gB = op(A)⁻ᵀ gX`` and the gradient of A restricted to the triangle the solve reads."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:  # type: ignore[override]
+        x = _trsm(a, b, lower, transpose, unit)
+        ctx.save_for_backward(a, x)
+        ctx.flags, ctx.b_shape = (lower, transpose, unit), b.shape
+        return x
+
+    @staticmethod
+    def backward(ctx, gx: Tensor):  # type: ignore[override]
+        a, x = ctx.saved_tensors
+        lower, transpose, unit = ctx.flags
+        gb = _trsm(a, gx, lower, not transpose, unit)
+        ga = None
+        if ctx.needs_input_grad[0]:
+            g = -(x @ gb.mT) if transpose else -(gb @ x.mT)
+            g = g.tril(-1 if unit else 0) if lower else g.triu(1 if unit else 0)
+            ga = _unbroadcast(g, a.shape)
+        gb = gb.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[1] else None
+        return ga, gb, None, None, None
+
+
+_trsm_apply = fast_apply(TrsmFunction)
+
+
+def trsm(A: Tensor, B: Tensor, lower: bool = True, transpose: bool = False, unit_diagonal: bool = False) -> Tensor:
+    """Triangular solve ``op(A) X = B`` (BLAS TRSM, left side): ``op(A)`` is ``A`` or, with
+    ``transpose``, ``Aᵀ``; only the ``lower`` (else upper) triangle of ``A`` is read and its
+    diagonal is taken as ones with ``unit_diagonal``. ``A`` is ``(*, n, n)``, ``B`` ``(*, n, k)``,
+    batch dimensions broadcast; float32/float64 (16-bit computed in float32). Equivalent to
+    ``torch.linalg.solve_triangular(A.mT if transpose else A, B, upper=..., unitriangular=...)``.
+    Differentiable. A zero on the diagonal gives Inf/NaN, as BLAS does (no check)."""
+    n = _check_square("A", A)
+    if not isinstance(B, Tensor):
+        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
+    check_float("B", B)
+    if B.dim() < 2 or B.shape[-2] != n:
+        raise ValueError(f"B: expected shape (*, {n}, k) to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
+    if B.dtype != A.dtype:
+        raise TypeError(f"B: expected dtype {A.dtype} (the dtype of A), got {B.dtype}")
+    if B.device != A.device:
+        raise ValueError(f"B: expected a tensor on {A.device} (the device of A), got one on {B.device}")
+    try:
+        torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    except RuntimeError as e:
+        raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with A's {tuple(A.shape[:-2])}") from e
+    if not _native_device(A):
+        _fallback("trsm", A)
+        M = A.mT if transpose else A
+        return torch.linalg.solve_triangular(M, B, upper=(lower == transpose), unitriangular=unit_diagonal)
+    if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
+        return _trsm_apply(A, B, lower, transpose, unit_diagonal)
+    return _trsm(A, B, lower, transpose, unit_diagonal)
+
+
+#: The original API's batched name: :func:`trsm` already takes any batch shape.
+trsm_batched = trsm

@@ -1,7 +1,7 @@
 //! Bindings of the batched linear algebra.
 
 use crate::bridge::{to_py, Desc};
-use metalcore_core::ops::linalg::{cholesky, cholesky_solve, lu_solve, Cholesky, CholeskySolve, LuSolve};
+use metalcore_core::ops::linalg::{cholesky, cholesky_solve, lu_solve, trsm, Cholesky, CholeskySolve, LuSolve, Trsm};
 use pyo3::prelude::*;
 
 /// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
@@ -30,7 +30,16 @@ fn lu_solve_inplace(py: Python<'_>, a: Desc, b: Desc, info: Desc) -> PyResult<()
     py.detach(|| lu_solve(&LuSolve { a: &a, b: &b, info: &info })).map_err(to_py)
 }
 
+/// In-place batched triangular solve op(A) X = B; `b` becomes X.
+#[pyfunction]
+#[pyo3(signature = (a, b, lower, trans, unit))]
+fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit: bool) -> PyResult<()> {
+    let (t, b) = (a.to_ref("A")?, b.to_ref("B")?);
+    py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit })).map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;

@@ -4,7 +4,7 @@
 use super::{dot, Real};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan, LuSolvePlan};
+use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan, LuSolvePlan, TrsmPlan};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -114,59 +114,92 @@ fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y = *y - a * *x);
 }
 
-/// Solves A x = b in place for one right-hand side, given the row-major Cholesky factor `f` of A
-/// (lower L with A = L Lᵀ, or upper U with A = Uᵀ U). Every step reads a contiguous row of the
-/// factor: dot products where the row runs along the unknowns already solved, axpy updates where
-/// it runs along the ones still to come.
+/// Solves `op(T) x = b` in place for one right-hand side, `T` a row-major n×n triangular matrix
+/// (`lower` or upper; `op` = transpose when `trans`; diagonal taken as ones when `unit`). Every step
+/// reads a contiguous row of `T`: dot products where the row runs along the unknowns already
+/// solved, axpy updates where it runs along the ones still to come.
 #[inline(always)]
-fn solve_vec<A: Real>(f: &[A], x: &mut [A], n: usize, upper: bool) {
-    if upper {
-        // Uᵀ y = b: column-oriented (row j of U scatters into the later unknowns).
-        for j in 0..n {
-            let row = &f[j * n..(j + 1) * n];
-            x[j] = x[j] / row[j];
-            let xj = x[j];
-            axpy(&mut x[j + 1..], xj, &row[j + 1..]);
+fn tri_solve_vec<A: Real>(t: &[A], x: &mut [A], n: usize, lower: bool, trans: bool, unit: bool) {
+    let div = |v: A, d: A| if unit { v } else { v / d };
+    match (lower, trans) {
+        (true, false) => {
+            for i in 0..n {
+                let row = &t[i * n..(i + 1) * n];
+                x[i] = div(x[i] - dot(&row[..i], &x[..i]), row[i]);
+            }
         }
-        // U x = y: row-oriented.
-        for i in (0..n).rev() {
-            let row = &f[i * n..(i + 1) * n];
-            x[i] = (x[i] - dot(&row[i + 1..], &x[i + 1..])) / row[i];
+        (false, false) => {
+            for i in (0..n).rev() {
+                let row = &t[i * n..(i + 1) * n];
+                x[i] = div(x[i] - dot(&row[i + 1..], &x[i + 1..]), row[i]);
+            }
         }
-    } else {
-        // L y = b: row-oriented.
-        for i in 0..n {
-            let row = &f[i * n..(i + 1) * n];
-            x[i] = (x[i] - dot(&row[..i], &x[..i])) / row[i];
+        (true, true) => {
+            // Lᵀ x = b: row i of L scatters into the earlier unknowns.
+            for i in (0..n).rev() {
+                let row = &t[i * n..(i + 1) * n];
+                x[i] = div(x[i], row[i]);
+                let xi = x[i];
+                axpy(&mut x[..i], xi, &row[..i]);
+            }
         }
-        // Lᵀ x = y: column-oriented (row i of L scatters into the earlier unknowns).
-        for i in (0..n).rev() {
-            let row = &f[i * n..(i + 1) * n];
-            x[i] = x[i] / row[i];
-            let xi = x[i];
-            axpy(&mut x[..i], xi, &row[..i]);
+        (false, true) => {
+            // Uᵀ x = b: row j of U scatters into the later unknowns.
+            for j in 0..n {
+                let row = &t[j * n..(j + 1) * n];
+                x[j] = div(x[j], row[j]);
+                let xj = x[j];
+                axpy(&mut x[j + 1..], xj, &row[j + 1..]);
+            }
         }
     }
 }
 
-/// One batch element: the k columns of the row-major n×k `b` are solved one by one (copied to a
-/// contiguous scratch column when k > 1).
+/// Solves A x = b for one right-hand side from the Cholesky factor `f` of A (lower L with
+/// A = L Lᵀ, or upper U with A = Uᵀ U): two triangular solves.
 #[inline(always)]
-unsafe fn solve_matrix<A: Real>(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]) {
+fn solve_vec<A: Real>(f: &[A], x: &mut [A], n: usize, upper: bool) {
+    if upper {
+        tri_solve_vec(f, x, n, false, true, false);
+        tri_solve_vec(f, x, n, false, false, false);
+    } else {
+        tri_solve_vec(f, x, n, true, false, false);
+        tri_solve_vec(f, x, n, true, true, false);
+    }
+}
+
+/// Applies `solve(x)` to each of the k columns of the row-major n×k `b` (copied to a contiguous
+/// scratch column when k > 1).
+#[inline(always)]
+unsafe fn by_columns<A: Real>(b: &mut [A], n: usize, k: usize, col: &mut [A], solve: impl Fn(&mut [A])) {
     if k == 1 {
-        solve_vec(f, b, n, upper);
+        solve(b);
         return;
     }
     for c in 0..k {
         for r in 0..n {
             col[r] = *b.get_unchecked(r * k + c);
         }
-        solve_vec(f, col, n, upper);
+        solve(col);
         for r in 0..n {
             *b.get_unchecked_mut(r * k + c) = col[r];
         }
     }
 }
+
+/// One batch element of a Cholesky solve.
+#[inline(always)]
+unsafe fn solve_matrix<A: Real>(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]) {
+    by_columns(b, n, k, col, |x| solve_vec(f, x, n, upper));
+}
+
+/// One batch element of a triangular solve; `flags` = (lower, trans, unit).
+#[inline(always)]
+unsafe fn trsm_matrix<A: Real>(t: &[A], b: &mut [A], n: usize, k: usize, flags: (bool, bool, bool), col: &mut [A]) {
+    by_columns(b, n, k, col, |x| tri_solve_vec(t, x, n, flags.0, flags.1, flags.2));
+}
+
+isa_copies!(trsm_matrix_avx2 = trsm_matrix(t: &[A], b: &mut [A], n: usize, k: usize, flags: (bool, bool, bool), col: &mut [A]));
 
 isa_copies!(solve_matrix_avx2 = solve_matrix(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]));
 
@@ -429,6 +462,33 @@ pub fn lu_solve(p: &LuSolvePlan) -> Result<()> {
     match p.a.dtype {
         DType::F64 => lu_solve_impl::<f64>(p),
         _ => lu_solve_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+fn trsm_impl<A: Real>(p: &TrsmPlan) {
+    let (n, k) = (p.t.rows, p.b.cols);
+    if p.b.batch == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let (tlen, blen) = (n * n, n * k);
+    // SAFETY: validated contiguous buffers; `t` is only read, each task writes its own `b` matrix.
+    let ts = unsafe { std::slice::from_raw_parts(p.t.ptr as *const A, p.t.batch * tlen) };
+    let bs = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
+    let f =
+        pick!(trsm_matrix_avx2, trsm_matrix, A, unsafe fn(&[A], &mut [A], usize, usize, (bool, bool, bool), &mut [A]));
+    let flags = (p.lower, p.trans, p.unit);
+    bs.par_chunks_mut(blen).zip(ts.par_chunks(tlen)).with_min_len((8192 / (tlen + blen)).max(1)).for_each_init(
+        || vec![A::ZERO; n],
+        // SAFETY: `b` is n×k, `t` n×n, `col` n elements.
+        |col, (b, t)| unsafe { f(t, b, n, k, flags, col) },
+    );
+}
+
+pub fn trsm(p: &TrsmPlan) -> Result<()> {
+    match p.b.dtype {
+        DType::F64 => trsm_impl::<f64>(p),
+        _ => trsm_impl::<f32>(p),
     }
     Ok(())
 }

@@ -185,3 +185,57 @@ pub fn lu_solve(args: &LuSolve<'_>) -> Result<()> {
         }
     }
 }
+
+/// In-place batched triangular solve `op(T) X = B` (`op(T)` = T, or Tᵀ with `trans`); only the
+/// `lower` (or upper) triangle of T is read, its diagonal taken as ones with `unit`. `b` becomes X.
+pub struct Trsm<'a> {
+    pub t: &'a TensorRef,
+    pub b: &'a TensorRef,
+    pub lower: bool,
+    pub trans: bool,
+    pub unit: bool,
+}
+
+/// A validated triangular solve.
+#[derive(Clone, Copy, Debug)]
+pub struct TrsmPlan {
+    pub t: Batch,
+    pub b: Batch,
+    pub lower: bool,
+    pub trans: bool,
+    pub unit: bool,
+}
+
+impl Trsm<'_> {
+    pub fn plan(&self) -> Result<(Device, TrsmPlan)> {
+        let device = common_device(&[("A", Some(self.t)), ("B", Some(self.b))])?;
+        let (t, b) = (batch_of("A", self.t)?, batch_of("B", self.b)?);
+        if t.rows != t.cols {
+            return Err(Error::value("A", format!("expected square matrices, got {} x {}", t.rows, t.cols)));
+        }
+        if b.batch != t.batch || b.rows != t.rows {
+            return Err(Error::value(
+                "B",
+                format!(
+                    "expected (batch={}, {}, k) to match A, got ({}, {}, {})",
+                    t.batch, t.rows, b.batch, b.rows, b.cols
+                ),
+            ));
+        }
+        if b.dtype != t.dtype {
+            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of A), got {}", t.dtype, b.dtype)));
+        }
+        Ok((device, TrsmPlan { t, b, lower: self.lower, trans: self.trans, unit: self.unit }))
+    }
+}
+
+/// Runs the triangular solve on the tensors' device.
+pub fn trsm(args: &Trsm<'_>) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    match device {
+        Device::Cpu => crate::cpu::linalg::trsm(&plan),
+        Device::Cuda(_) => {
+            Err(Error::Unsupported("trsm: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
+        }
+    }
+}
