@@ -311,3 +311,39 @@ def test_trsm_layouts_broadcasting_and_grad(device):
     assert e.shape == (0, 3, 2)
     with pytest.raises(ValueError, match=r"B: expected shape \(\*, 3, k\)"):
         trsm(torch.eye(3, device=device), torch.ones(4, 2, device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched helpers
+
+from metalcore import frobenius_norm_batched, syrk_batched, trace_batched  # noqa: E402
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(5, 7, 3), (2, 3, 16, 16), (4, 1, 1), (0, 3, 3), (3, 0, 4)])
+def test_batched_helpers(device, dtype, shape):
+    A = torch.randn(shape, dtype=torch.float32).to(dtype).to(device)
+    A64 = A.double()
+    tol = {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 1e-2}[dtype]
+    S = syrk_batched(A)
+    assert S.shape == shape[:-2] + (shape[-1], shape[-1]) and S.dtype == dtype
+    assert torch.equal(S, S.mT), "exactly symmetric"
+    assert rel_err(S, A64.mT @ A64) <= tol
+    F = frobenius_norm_batched(A)
+    assert F.shape == shape[:-2] and rel_err(F, torch.linalg.matrix_norm(A64)) <= tol
+    if shape[-1] == shape[-2]:
+        T = trace_batched(A)
+        assert T.shape == shape[:-2] and rel_err(T, A64.diagonal(dim1=-2, dim2=-1).sum(-1)) <= max(tol, 1e-6)
+
+
+def test_batched_helpers_grad_and_errors(device):
+    A = torch.randn(3, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
+    for f in (syrk_batched, frobenius_norm_batched, trace_batched):
+        assert torch.autograd.gradcheck(f, (A,))
+    Z = torch.zeros(2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    (g,) = torch.autograd.grad(frobenius_norm_batched(Z).sum(), (Z,))
+    assert torch.equal(g, torch.zeros_like(g))
+    with pytest.raises(ValueError, match="square"):
+        trace_batched(torch.ones(2, 3, 4, device=device))
+    with pytest.raises(ValueError, match="A: expected a batch of matrices"):
+        syrk_batched(torch.ones(3, device=device))

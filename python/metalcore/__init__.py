@@ -15,7 +15,20 @@ from .layernorm import (
     fused_add_layernorm,
     layer_norm,
 )
-from .linalg import CholeskyEx, SolveEx, cholesky, cholesky_ex, cholesky_solve, solve, solve_ex, trsm, trsm_batched
+from .linalg import (
+    CholeskyEx,
+    SolveEx,
+    cholesky,
+    cholesky_ex,
+    cholesky_solve,
+    frobenius_norm_batched,
+    solve,
+    solve_ex,
+    syrk_batched,
+    trace_batched,
+    trsm,
+    trsm_batched,
+)
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
@@ -56,4 +69,7 @@ __all__ = [
     "SolveEx",
     "trsm",
     "trsm_batched",
+    "syrk_batched",
+    "frobenius_norm_batched",
+    "trace_batched",
 ]

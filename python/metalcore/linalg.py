@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _native
 from ._backend import check_float, desc, empty, fast_apply, warn_fallback
 
-__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched"]
+__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched", "syrk_batched", "frobenius_norm_batched", "trace_batched"]
 
 
 class CholeskyEx(NamedTuple):
@@ -432,3 +432,75 @@ def trsm(A: Tensor, B: Tensor, lower: bool = True, transpose: bool = False, unit
 
 #: The original API's batched name: :func:`trsm` already takes any batch shape.
 trsm_batched = trsm
+
+
+def _batched(kind: str, a: Tensor) -> Tensor:
+    m, n = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    nb = math.prod(batch)
+    acc = _acc(a.dtype)
+    x = a.reshape(nb, m, n).to(acc).contiguous()
+    out = empty((nb, n, n) if kind == "syrk" else (nb,), acc, a.device)
+    _native.batched_into(kind, desc(x, "A"), desc(out, "out"))
+    return out.view(batch + ((n, n) if kind == "syrk" else ())).to(a.dtype)
+
+
+class _BatchedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, kind: str) -> Tensor:  # type: ignore[override]
+        y = _batched(kind, a)
+        ctx.save_for_backward(a, y)
+        ctx.kind = kind
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        a, y = ctx.saved_tensors
+        if ctx.kind == "syrk":
+            ga = a @ (g + g.mT)
+        elif ctx.kind == "frobenius":
+            # d‖A‖/dA = A/‖A‖; at the zero matrix, the subgradient 0 (as torch.linalg.norm gives).
+            scale = torch.where(y == 0, torch.zeros_like(y), g / y)
+            ga = a * scale[..., None, None]
+        else:
+            ga = torch.diag_embed(g[..., None].expand(g.shape + (a.shape[-1],)))
+        return ga, None
+
+
+_batched_apply = fast_apply(_BatchedFunction)
+
+
+def _helper(kind: str, A: Tensor) -> Tensor:
+    if not isinstance(A, Tensor):
+        raise TypeError(f"A: expected a torch.Tensor, got {type(A).__name__}")
+    check_float("A", A)
+    if A.dim() < 2:
+        raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
+    if kind == "trace" and A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A: expected a batch of square matrices (*, n, n), got shape {tuple(A.shape)}")
+    if not _native_device(A):
+        _fallback(f"{kind}_batched", A)
+        if kind == "syrk":
+            return A.mT @ A
+        if kind == "frobenius":
+            return torch.linalg.matrix_norm(A)
+        return A.diagonal(dim1=-2, dim2=-1).sum(-1)
+    if torch.is_grad_enabled() and A.requires_grad:
+        return _batched_apply(A, kind)
+    return _batched(kind, A)
+
+
+def syrk_batched(A: Tensor) -> Tensor:
+    """``Aᵀ A`` for each matrix of ``A`` (``*, m, n`` → ``*, n, n``), exactly symmetric. Differentiable."""
+    return _helper("syrk", A)
+
+
+def frobenius_norm_batched(A: Tensor) -> Tensor:
+    """Frobenius norm of each matrix of ``A`` (``*, m, n`` → ``*``), accumulated in float64 blocks.
+    Differentiable (gradient 0 at the zero matrix)."""
+    return _helper("frobenius", A)
+
+
+def trace_batched(A: Tensor) -> Tensor:
+    """Trace of each square matrix of ``A`` (``*, n, n`` → ``*``). Differentiable."""
+    return _helper("trace", A)

@@ -1,7 +1,9 @@
 //! Bindings of the batched linear algebra.
 
 use crate::bridge::{to_py, Desc};
-use metalcore_core::ops::linalg::{cholesky, cholesky_solve, lu_solve, trsm, Cholesky, CholeskySolve, LuSolve, Trsm};
+use metalcore_core::ops::linalg::{
+    batched, cholesky, cholesky_solve, lu_solve, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve, Trsm,
+};
 use pyo3::prelude::*;
 
 /// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
@@ -38,7 +40,26 @@ fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit
     py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit })).map_err(to_py)
 }
 
+/// Per-matrix helper (`kind`: "syrk", "frobenius" or "trace") of a contiguous batch into `out`.
+#[pyfunction]
+#[pyo3(signature = (kind, a, out))]
+fn batched_into(py: Python<'_>, kind: &str, a: Desc, out: Desc) -> PyResult<()> {
+    let kind = match kind {
+        "syrk" => BatchedKind::Syrk,
+        "frobenius" => BatchedKind::Frobenius,
+        "trace" => BatchedKind::Trace,
+        _ => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "kind: expected syrk, frobenius or trace, got {kind:?}"
+            )))
+        }
+    };
+    let (a, out) = (a.to_ref("A")?, out.to_ref("out")?);
+    py.detach(|| batched(&Batched { kind, a: &a, out: &out })).map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(batched_into, m)?)?;
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;

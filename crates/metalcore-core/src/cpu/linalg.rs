@@ -4,7 +4,7 @@
 use super::{dot, Real};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::ops::linalg::{CholeskyPlan, CholeskySolvePlan, LuSolvePlan, TrsmPlan};
+use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, TrsmPlan};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -489,6 +489,72 @@ pub fn trsm(p: &TrsmPlan) -> Result<()> {
     match p.b.dtype {
         DType::F64 => trsm_impl::<f64>(p),
         _ => trsm_impl::<f32>(p),
+    }
+    Ok(())
+}
+
+/// AᵀA of one row-major m×n matrix into the row-major n×n `c`, as a sum of row outer products
+/// (each update is a contiguous axpy); exactly symmetric (the upper triangle is mirrored).
+#[inline(always)]
+unsafe fn syrk_matrix<A: Real>(a: &[A], c: &mut [A], m: usize, n: usize) {
+    c.iter_mut().for_each(|v| *v = A::ZERO);
+    for r in 0..m {
+        let row = &a[r * n..(r + 1) * n];
+        for i in 0..n {
+            let f = row[i];
+            let ci = &mut c[i * n..(i + 1) * n];
+            ci[i..].iter_mut().zip(&row[i..]).for_each(|(x, y)| *x += f * *y);
+        }
+    }
+    for i in 0..n {
+        for j in 0..i {
+            c[i * n + j] = c[j * n + i];
+        }
+    }
+}
+
+isa_copies!(syrk_matrix_avx2 = syrk_matrix(a: &[A], c: &mut [A], m: usize, n: usize));
+
+fn batched_impl<A: Real>(p: &BatchedPlan) {
+    let (b, m, n) = (p.a.batch, p.a.rows, p.a.cols);
+    let len = m * n;
+    if b == 0 {
+        return;
+    }
+    // SAFETY: validated contiguous buffers: `a` (read) holds b matrices, `out` the sizes checked by
+    // the plan; each task writes its own part of `out`.
+    let a: &[A] = if len == 0 { &[] } else { unsafe { std::slice::from_raw_parts(p.a.ptr as *const A, b * len) } };
+    match p.kind {
+        BatchedKind::Syrk => {
+            if n == 0 {
+                return;
+            }
+            let out = unsafe { std::slice::from_raw_parts_mut(p.out as *mut A, b * n * n) };
+            let f = pick!(syrk_matrix_avx2, syrk_matrix, A, unsafe fn(&[A], &mut [A], usize, usize));
+            out.par_chunks_mut(n * n).enumerate().with_min_len((8192 / (len + n * n)).max(1)).for_each(|(i, c)| {
+                // SAFETY: matrix i of `a` is m×n; `c` is n×n.
+                unsafe { f(if len == 0 { &[] } else { &a[i * len..(i + 1) * len] }, c, m, n) }
+            });
+        }
+        BatchedKind::Frobenius | BatchedKind::Trace => {
+            let out = unsafe { std::slice::from_raw_parts_mut(p.out as *mut A, b) };
+            let trace = p.kind == BatchedKind::Trace;
+            out.par_iter_mut().enumerate().with_min_len((8192 / len.max(1)).max(1)).for_each(|(i, o)| {
+                let mat = if len == 0 { &[][..] } else { &a[i * len..(i + 1) * len] };
+                *o = if trace {
+                    A::from_f64((0..n).map(|d| mat[d * n + d].to_f64()).sum::<f64>())
+                } else {
+                    dot(mat, mat).sqrt()
+                };
+            });
+        }
+    }
+}
+
+pub fn batched(p: &BatchedPlan) -> Result<()> {
+    match p.a.dtype {
+        DType::F64 => batched_impl::<f64>(p),
+        _ => batched_impl::<f32>(p),
     }
     Ok(())
 }

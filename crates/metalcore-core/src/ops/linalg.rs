@@ -239,3 +239,63 @@ pub fn trsm(args: &Trsm<'_>) -> Result<()> {
         }
     }
 }
+
+/// Per-matrix reductions of a batch (`(batch, m, n)` contiguous, float32/float64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchedKind {
+    /// `out[b] = A[b]ᵀ A[b]` (`(batch, n, n)`).
+    Syrk,
+    /// `out[b] = ‖A[b]‖_F` (`(batch,)`).
+    Frobenius,
+    /// `out[b] = Σ_i A[b][i][i]` (`(batch,)`, square matrices).
+    Trace,
+}
+
+/// A batched helper call: `out` (same dtype as `a`) is written, `a` only read.
+pub struct Batched<'a> {
+    pub kind: BatchedKind,
+    pub a: &'a TensorRef,
+    pub out: &'a TensorRef,
+}
+
+/// A validated batched helper call.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchedPlan {
+    pub kind: BatchedKind,
+    pub a: Batch,
+    pub out: usize,
+}
+
+impl Batched<'_> {
+    pub fn plan(&self) -> Result<(Device, BatchedPlan)> {
+        let device = common_device(&[("A", Some(self.a)), ("out", Some(self.out))])?;
+        let a = batch_of("A", self.a)?;
+        expect_dtype("out", self.out, a.dtype)?;
+        let want = match self.kind {
+            BatchedKind::Syrk => a.batch * a.cols * a.cols,
+            BatchedKind::Frobenius => a.batch,
+            BatchedKind::Trace => {
+                if a.rows != a.cols {
+                    return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
+                }
+                a.batch
+            }
+        };
+        if self.out.numel() != want || !self.out.is_contiguous() {
+            return Err(Error::value(
+                "out",
+                format!("expected a contiguous tensor of {want} elements, got shape {:?}", self.out.shape),
+            ));
+        }
+        Ok((device, BatchedPlan { kind: self.kind, a, out: self.out.ptr }))
+    }
+}
+
+/// Runs the helper on the tensors' device.
+pub fn batched(args: &Batched<'_>) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    match device {
+        Device::Cpu => crate::cpu::linalg::batched(&plan),
+        Device::Cuda(_) => Err(Error::Unsupported("batched linear-algebra helpers: no CUDA kernel yet".into())),
+    }
+}
