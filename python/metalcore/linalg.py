@@ -54,6 +54,28 @@ def _check_square(name: str, a: Tensor) -> int:
     return a.shape[-1]
 
 
+def _check_rhs(B: Tensor, a_name: str, A: Tensor) -> None:
+    """B is a floating tensor of A's dtype on A's device (shapes are checked by each op)."""
+    if not isinstance(B, Tensor):
+        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
+    check_float("B", B)
+    if B.dtype != A.dtype:
+        raise TypeError(f"B: expected dtype {A.dtype} (the dtype of {a_name}), got {B.dtype}")
+    if B.device != A.device:
+        raise ValueError(f"B: expected a tensor on {A.device} (the device of {a_name}), got one on {B.device}")
+
+
+def _check_matrix_rhs(B: Tensor, a_name: str, A: Tensor, n: int) -> None:
+    """B is (*, n, k), batch-broadcastable with the (*, n, n) A."""
+    _check_rhs(B, a_name, A)
+    if B.dim() < 2 or B.shape[-2] != n:
+        raise ValueError(f"B: expected shape (*, {n}, k) to match {a_name} of shape {tuple(A.shape)}, got {tuple(B.shape)}")
+    try:
+        torch.broadcast_shapes(B.shape[:-2], A.shape[:-2])
+    except RuntimeError as e:
+        raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with {a_name}'s {tuple(A.shape[:-2])}") from e
+
+
 def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -70,14 +92,19 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     return work.view(a.shape).to(a.dtype), info.view(batch)
 
 
-def _raise_first(info: Tensor, op: str) -> None:
+def _first_failure(info: Tensor):
+    """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
     if not bool(info.any()):
-        return
-    bad = torch.nonzero(info.reshape(-1))
-    if bad.numel():
-        i = int(bad[0, 0])
-        order = int(info.reshape(-1)[i])
-        idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape))
+        return None
+    flat = info.reshape(-1)
+    i = int(torch.nonzero(flat)[0, 0])
+    return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape)), int(flat[i])
+
+
+def _raise_first(info: Tensor, op: str) -> None:
+    bad = _first_failure(info)
+    if bad is not None:
+        idx, order = bad
         where = f" of batch element {idx}" if info.dim() else ""
         raise torch.linalg.LinAlgError(
             f"{op}: the factorization could not be completed because the input is not positive-definite "
@@ -166,39 +193,34 @@ class CholeskySolveFunction(torch.autograd.Function):
             s = s + s.mH
             # Only the triangle that the solve reads gets a gradient.
             gl = -(l @ s).triu() if ctx.upper else -(s @ l).tril()
-            gl = _unbroadcast(gl, l.shape)
+            gl = gl.sum_to_size(l.shape)
         if gb is not None:
-            gb = _unbroadcast(gb, ctx.b_shape) if ctx.needs_input_grad[0] else None
+            gb = gb.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[0] else None
         return gb, gl, None
 
 
-def _unbroadcast(g: Tensor, shape) -> Tensor:
-    while g.dim() > len(shape):
-        g = g.sum(0)
-    for i, s in enumerate(shape[:-2]):
-        if s == 1 and g.shape[i] != 1:
-            g = g.sum(i, keepdim=True)
-    return g
-
-
-def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
-    n, k = l.shape[-1], b.shape[-1]
-    same = b.shape[:-2] == l.shape[:-2]
-    batch = b.shape[:-2] if same else torch.broadcast_shapes(b.shape[:-2], l.shape[:-2])
+def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Size]:
+    """For the triangular solves: (copy of b broadcast to (nb, n, k) in the compute dtype — the
+    kernel's in/out buffer —, t as row-major (nb, n, n), whether t is that matrix transposed, and
+    the broadcast batch shape). Column-major t (as torch.linalg returns factors) is read in place
+    through its transpose, which holds the other triangle in row-major order."""
+    n, k = t.shape[-1], b.shape[-1]
+    same = b.shape[:-2] == t.shape[:-2]
+    batch = b.shape[:-2] if same else torch.broadcast_shapes(b.shape[:-2], t.shape[:-2])
     nb = math.prod(batch)
     acc = _acc(b.dtype)
     xb = empty((nb, n, k), acc, b.device)
     if xb.numel():
         xb.copy_(b.reshape(nb, n, k) if same else b.expand(batch + (n, k)).reshape(nb, n, k))
-    if not same:
-        l = l.expand(batch + (n, n))
-    l = l.reshape(nb, n, n).to(acc)
-    if not l.is_contiguous() and l.mT.is_contiguous():
-        # Column-major storage (as torch.linalg.cholesky returns it): the transposed factor of the
-        # other triangle in row-major order, read without a copy.
-        l, upper = l.mT, not upper
-    _native.cholesky_solve_inplace(desc(xb, "B"), desc(l.contiguous(), "L"), upper)
-    return xb.view(batch + (n, k)).to(b.dtype)
+    t = (t if same else t.expand(batch + (n, n))).reshape(nb, n, n).to(acc)
+    flipped = not t.is_contiguous() and t.mT.is_contiguous()
+    return xb, (t.mT if flipped else t.contiguous()), flipped, batch
+
+
+def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
+    xb, l, flipped, batch = _tri_operands(b, l)
+    _native.cholesky_solve_inplace(desc(xb, "B"), desc(l, "L"), upper != flipped)
+    return xb.view(batch + xb.shape[1:]).to(b.dtype)
 
 
 _solve_apply = fast_apply(CholeskySolveFunction)
@@ -208,20 +230,7 @@ def cholesky_solve(B: Tensor, L: Tensor, upper: bool = False) -> Tensor:
     """Solves ``A X = B`` given the Cholesky factor ``L`` of ``A`` (``torch.cholesky_solve``
     semantics: ``B`` is ``(*, n, k)``, ``L`` is ``(*, n, n)``, batch dimensions broadcast; only
     the lower — or with ``upper``, upper — triangle of ``L`` is read). Differentiable in both."""
-    n = _check_square("L", L)
-    if not isinstance(B, Tensor):
-        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
-    check_float("B", B)
-    if B.dim() < 2 or B.shape[-2] != n:
-        raise ValueError(f"B: expected shape (*, {n}, k) to match L of shape {tuple(L.shape)}, got {tuple(B.shape)}")
-    if B.dtype != L.dtype:
-        raise TypeError(f"B: expected dtype {L.dtype} (the dtype of L), got {B.dtype}")
-    if B.device != L.device:
-        raise ValueError(f"B: expected a tensor on {L.device} (the device of L), got one on {B.device}")
-    try:
-        torch.broadcast_shapes(B.shape[:-2], L.shape[:-2])
-    except RuntimeError as e:
-        raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with L's {tuple(L.shape[:-2])}") from e
+    _check_matrix_rhs(B, "L", L, _check_square("L", L))
     if not _native_device(L):
         _fallback("cholesky_solve", L)
         return torch.cholesky_solve(B, L, upper=upper)
@@ -241,13 +250,7 @@ def _solve_shapes(A: Tensor, B: Tensor):
     """torch.linalg.solve's rules: B is a batch of vectors when it is 1-D or has A's shape minus
     the last dimension; batch dimensions broadcast. Returns (vector_case, batch shape)."""
     n = _check_square("A", A)
-    if not isinstance(B, Tensor):
-        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
-    check_float("B", B)
-    if B.device != A.device:
-        raise ValueError(f"B: expected a tensor on {A.device} (the device of A), got one on {B.device}")
-    if B.dtype != A.dtype:
-        raise TypeError(f"B: expected dtype {A.dtype} (the dtype of A), got {B.dtype}")
+    _check_rhs(B, "A", A)
     vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape == A.shape[:-1])
     rows = B.shape[-1] if vector else (B.shape[-2] if B.dim() >= 2 else -1)
     if rows != n:
@@ -282,15 +285,13 @@ def _lu_solve(A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def _raise_singular(info: Tensor) -> None:
-    if not bool(info.any()):
-        return
-    i = int(torch.nonzero(info.reshape(-1))[0, 0])
-    idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape))
-    where = f" (batch element {idx})" if info.dim() else ""
-    raise torch.linalg.LinAlgError(
-        f"solve: the solver failed because the input matrix is singular{where}: "
-        f"U[{int(info.reshape(-1)[i]) - 1}, {int(info.reshape(-1)[i]) - 1}] is exactly zero."
-    )
+    bad = _first_failure(info)
+    if bad is not None:
+        idx, j = bad
+        where = f" (batch element {idx})" if info.dim() else ""
+        raise torch.linalg.LinAlgError(
+            f"solve: the solver failed because the input matrix is singular{where}: U[{j - 1}, {j - 1}] is exactly zero."
+        )
 
 
 class SolveFunction(torch.autograd.Function):
@@ -313,7 +314,7 @@ class SolveFunction(torch.autograd.Function):
         ga = None
         if ctx.needs_input_grad[0]:
             gbm, xm = (gb.unsqueeze(-1), x.unsqueeze(-1)) if vector else (gb, x)
-            ga = _unbroadcast(-(gbm @ xm.mT), a.shape)
+            ga = (-(gbm @ xm.mT)).sum_to_size(a.shape)
         if ctx.needs_input_grad[1]:
             gb = gb.sum_to_size(ctx.b_shape)
         else:
@@ -357,19 +358,10 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 
 
 def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
-    n, k = a.shape[-1], b.shape[-1]
-    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    nb = math.prod(batch)
-    acc = _acc(b.dtype)
-    xb = empty((nb, n, k), acc, b.device)
-    if xb.numel():
-        xb.copy_(b.expand(batch + (n, k)).reshape(nb, n, k))
-    t = a.expand(batch + (n, n)).reshape(nb, n, n).to(acc)
-    if not t.is_contiguous() and t.mT.is_contiguous():
-        # Column-major storage: Aᵀ row-major, the other triangle, the other orientation.
-        t, lower, transpose = t.mT, not lower, not transpose
-    _native.trsm_inplace(desc(t.contiguous(), "A"), desc(xb, "B"), lower, transpose, unit)
-    return xb.view(batch + (n, k)).to(b.dtype)
+    xb, t, flipped, batch = _tri_operands(b, a)
+    # Aᵀ in memory: the other triangle, solved the other way round.
+    _native.trsm_inplace(desc(t, "A"), desc(xb, "B"), lower != flipped, transpose != flipped, unit)
+    return xb.view(batch + xb.shape[1:]).to(b.dtype)
 
 
 class TrsmFunction(torch.autograd.Function):
@@ -392,7 +384,7 @@ class TrsmFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g = -(x @ gb.mT) if transpose else -(gb @ x.mT)
             g = g.tril(-1 if unit else 0) if lower else g.triu(1 if unit else 0)
-            ga = _unbroadcast(g, a.shape)
+            ga = g.sum_to_size(a.shape)
         gb = gb.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[1] else None
         return ga, gb, None, None, None
 
@@ -407,20 +399,7 @@ def trsm(A: Tensor, B: Tensor, lower: bool = True, transpose: bool = False, unit
     batch dimensions broadcast; float32/float64 (16-bit computed in float32). Equivalent to
     ``torch.linalg.solve_triangular(A.mT if transpose else A, B, upper=..., unitriangular=...)``.
     Differentiable. A zero on the diagonal gives Inf/NaN, as BLAS does (no check)."""
-    n = _check_square("A", A)
-    if not isinstance(B, Tensor):
-        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
-    check_float("B", B)
-    if B.dim() < 2 or B.shape[-2] != n:
-        raise ValueError(f"B: expected shape (*, {n}, k) to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
-    if B.dtype != A.dtype:
-        raise TypeError(f"B: expected dtype {A.dtype} (the dtype of A), got {B.dtype}")
-    if B.device != A.device:
-        raise ValueError(f"B: expected a tensor on {A.device} (the device of A), got one on {B.device}")
-    try:
-        torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-    except RuntimeError as e:
-        raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with A's {tuple(A.shape[:-2])}") from e
+    _check_matrix_rhs(B, "A", A, _check_square("A", A))
     if not _native_device(A):
         _fallback("trsm", A)
         M = A.mT if transpose else A
