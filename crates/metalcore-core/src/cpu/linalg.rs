@@ -2,8 +2,6 @@
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
 use super::{dot, Real};
-use crate::dtype::DType;
-use crate::error::Result;
 use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, TrsmPlan};
 use rayon::prelude::*;
 
@@ -84,29 +82,20 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         |lanes, (mats, inf)| {
             let count = inf.len();
             // Missing lanes of the last group get the identity (which factors cleanly).
-            interleave(mats, count, len, lanes, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
+            interleave(mats, count, len, lanes, identity(n));
             let mut status = [0i32; W];
             // SAFETY: `lanes` holds n*n lane vectors.
             unsafe { f(lanes, n, &mut status) };
+            deinterleave(lanes, count, len, mats);
             for l in 0..count {
-                let m = &mut mats[l * len..(l + 1) * len];
-                for e in 0..len {
-                    m[e] = lanes[e][l];
-                }
-                finish(m, n, p.upper);
+                finish(&mut mats[l * len..(l + 1) * len], n, p.upper);
                 inf[l] = status[l];
             }
         },
     );
 }
 
-pub fn cholesky(p: &CholeskyPlan) -> Result<()> {
-    match p.a.dtype {
-        DType::F64 => cholesky_impl::<f64>(p),
-        _ => cholesky_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(cholesky(CholeskyPlan) => cholesky_impl, a.dtype);
 
 /// `y -= a · x` over two equal-length slices.
 #[inline(always)]
@@ -214,6 +203,22 @@ fn interleave<A: Real>(src: &[A], count: usize, len: usize, dst: &mut [[A; W]], 
     }
 }
 
+/// The inverse of [`interleave`] for the first `count` lanes.
+#[inline(always)]
+fn deinterleave<A: Real>(src: &[[A; W]], count: usize, len: usize, dst: &mut [A]) {
+    for q in 0..count {
+        for e in 0..len {
+            dst[q * len + e] = src[e][q];
+        }
+    }
+}
+
+/// Padding for unused lanes: the n×n identity (it factors and solves cleanly).
+#[inline(always)]
+fn identity<A: Real>(n: usize) -> impl Fn(usize) -> A {
+    move |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO }
+}
+
 fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     let (n, k) = (p.l.rows, p.b.cols);
     if p.b.batch == 0 || n == 0 || k == 0 {
@@ -231,13 +236,7 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     );
 }
 
-pub fn cholesky_solve(p: &CholeskySolvePlan) -> Result<()> {
-    match p.b.dtype {
-        DType::F64 => cholesky_solve_impl::<f64>(p),
-        _ => cholesky_solve_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(cholesky_solve(CholeskySolvePlan) => cholesky_solve_impl, b.dtype);
 
 /// Gaussian elimination with partial pivoting on one row-major n×n `a` and n×k `b`, then back
 /// substitution: `b` becomes A⁻¹B. Returns LAPACK's `info` (first exactly-zero pivot, 1-based).
@@ -443,28 +442,18 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
             |(av, bv), ((am, bm), inf)| {
                 let count = inf.len();
                 // Missing lanes get the identity and a zero right-hand side (they solve cleanly).
-                interleave(am, count, alen, av, |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO });
+                interleave(am, count, alen, av, identity(n));
                 interleave(bm, count, blen, bv, |_| A::ZERO);
                 let mut status = [0i32; W];
                 // SAFETY: av holds n*n and bv n*k lane vectors.
                 unsafe { f(av, bv, n, k, &mut status) };
-                for q in 0..count {
-                    for e in 0..blen {
-                        bm[q * blen + e] = bv[e][q];
-                    }
-                    inf[q] = status[q];
-                }
+                deinterleave(bv, count, blen, bm);
+                inf.copy_from_slice(&status[..count]);
             },
         );
 }
 
-pub fn lu_solve(p: &LuSolvePlan) -> Result<()> {
-    match p.a.dtype {
-        DType::F64 => lu_solve_impl::<f64>(p),
-        _ => lu_solve_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(lu_solve(LuSolvePlan) => lu_solve_impl, a.dtype);
 
 fn trsm_impl<A: Real>(p: &TrsmPlan) {
     let (n, k) = (p.t.rows, p.b.cols);
@@ -485,13 +474,7 @@ fn trsm_impl<A: Real>(p: &TrsmPlan) {
     );
 }
 
-pub fn trsm(p: &TrsmPlan) -> Result<()> {
-    match p.b.dtype {
-        DType::F64 => trsm_impl::<f64>(p),
-        _ => trsm_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(trsm(TrsmPlan) => trsm_impl, b.dtype);
 
 /// AᵀA of one row-major m×n matrix into the row-major n×n `c`, as a sum of row outer products
 /// (each update is a contiguous axpy); exactly symmetric (the upper triangle is mirrored).
@@ -551,10 +534,4 @@ fn batched_impl<A: Real>(p: &BatchedPlan) {
     }
 }
 
-pub fn batched(p: &BatchedPlan) -> Result<()> {
-    match p.a.dtype {
-        DType::F64 => batched_impl::<f64>(p),
-        _ => batched_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(batched(BatchedPlan) => batched_impl, a.dtype);

@@ -16,6 +16,21 @@ macro_rules! isa_copies {
     };
 }
 
+/// Defines `pub fn $name(p: &$plan) -> Result<()>` running `$impl::<f64>` for float64 compute
+/// (`$dtype` of the plan) and `$impl::<f32>` otherwise.
+macro_rules! by_acc {
+    ($(#[$m:meta])* $name:ident($plan:ty) => $impl:ident, $dtype:ident $(. $field:ident)*) => {
+        $(#[$m])*
+        pub fn $name(p: &$plan) -> crate::error::Result<()> {
+            match p.$dtype $(. $field)* {
+                crate::dtype::DType::F64 => $impl::<f64>(p),
+                _ => $impl::<f32>(p),
+            }
+            Ok(())
+        }
+    };
+}
+
 /// The best copy of a row function for this CPU, as an `unsafe fn` pointer of type `$t`.
 macro_rules! pick {
     ($fast:ident, $base:ident, $a:ty, $t:ty) => {{

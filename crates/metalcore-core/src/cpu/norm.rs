@@ -2,27 +2,13 @@
 //! once into a scratch buffer of the accumulation type, so every pass after the load stays in L1.
 
 use super::{dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, store_row, sum, Real};
-use crate::dtype::DType;
-use crate::error::Result;
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
 use rayon::prelude::*;
 
-pub fn fwd(p: &FwdPlan) -> Result<()> {
-    match p.acc {
-        DType::F64 => fwd_impl::<f64>(p),
-        _ => fwd_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(fwd(FwdPlan) => fwd_impl, acc);
 
-pub fn bwd(p: &BwdPlan) -> Result<()> {
-    match p.acc {
-        DType::F64 => bwd_impl::<f64>(p),
-        _ => bwd_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(bwd(BwdPlan) => bwd_impl, acc);
 
 /// Loads a parameter vector once as `v + offset` in the accumulation type.
 fn param_plus<A: Real>(w: Option<Mat>, cols: usize, offset: f64) -> Option<Vec<A>> {

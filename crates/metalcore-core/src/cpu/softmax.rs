@@ -2,25 +2,11 @@
 //! buffer of the accumulation type.
 
 use super::{dot, for_each_row, lane_sum, load_row, row_ptr, store_row, Real};
-use crate::dtype::DType;
-use crate::error::Result;
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
-pub fn fwd(p: &FwdPlan) -> Result<()> {
-    match p.acc {
-        DType::F64 => fwd_impl::<f64>(p),
-        _ => fwd_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(fwd(FwdPlan) => fwd_impl, acc);
 
-pub fn bwd(p: &BwdPlan) -> Result<()> {
-    match p.acc {
-        DType::F64 => bwd_impl::<f64>(p),
-        _ => bwd_impl::<f32>(p),
-    }
-    Ok(())
-}
+by_acc!(bwd(BwdPlan) => bwd_impl, acc);
 
 /// NaN-propagating maximum of a row (branch-free, so it vectorizes).
 #[inline(always)]
