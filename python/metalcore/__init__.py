@@ -7,6 +7,20 @@ one-time warning.
 
 from . import reference
 from ._backend import SUPPORTED_DEVICE_TYPES, cuda_available
+from .activations import (
+    ActivationFunction,
+    GLUFunction,
+    MetalGELU,
+    MetalSiLU,
+    MetalSwiGLU,
+    bias_gelu,
+    bias_silu,
+    geglu,
+    metal_gelu,
+    metal_silu,
+    swiglu,
+    swiglu_bwd,
+)
 from .layernorm import (
     FusedAddLayerNorm,
     FusedAddLayerNormFunction,
@@ -60,6 +74,18 @@ __all__ = [
     "fused_softmax",
     "SoftmaxFunction",
     "MetalSoftmax",
+    "metal_silu",
+    "metal_gelu",
+    "bias_silu",
+    "bias_gelu",
+    "swiglu",
+    "swiglu_bwd",
+    "geglu",
+    "ActivationFunction",
+    "GLUFunction",
+    "MetalSiLU",
+    "MetalGELU",
+    "MetalSwiGLU",
     "cholesky",
     "cholesky_ex",
     "cholesky_solve",

@@ -2,6 +2,7 @@
 //! (plain tuples built by the Python package) into `TensorRef`s, releases the GIL around the work,
 //! and maps core errors to Python exception classes. No torch dependency on the Rust side.
 
+mod act;
 mod bridge;
 mod linalg;
 mod norm;
@@ -39,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_present, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
+    act::register(m)?;
     norm::register(m)?;
     softmax::register(m)?;
     linalg::register(m)?;

@@ -277,6 +277,91 @@ def bench_softmax(device: str, rows: int, cols: int, dtype: torch.dtype, quick: 
     return out
 
 
+def _liger_glu(kind: str):
+    try:
+        if kind == "swiglu":
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction  # type: ignore
+
+            return lambda g, u, b: LigerSiLUMulFunction.apply(g, u)
+        from liger_kernel.ops.geglu import LigerGELUMulFunction  # type: ignore
+
+        return lambda g, u, b: LigerGELUMulFunction.apply(g, u)
+    except Exception:  # noqa: BLE001 - Liger is optional
+        return None
+
+
+F_ = torch.nn.functional
+# kind -> (inputs: 1 = x, 2 = gate and up; bias?; ours; torch's unfused formula), each f(a, u, b).
+ACT_KINDS = {
+    "silu": (1, False, lambda a, u, b: metalcore.metal_silu(a), lambda a, u, b: F_.silu(a)),
+    "gelu_tanh": (1, False, lambda a, u, b: metalcore.metal_gelu(a, "tanh"), lambda a, u, b: F_.gelu(a, approximate="tanh")),
+    "gelu": (1, False, lambda a, u, b: metalcore.metal_gelu(a), lambda a, u, b: F_.gelu(a)),
+    "bias_gelu_tanh": (1, True, lambda a, u, b: metalcore.bias_gelu(a, b, "tanh"),
+                       lambda a, u, b: F_.gelu(a + b, approximate="tanh")),
+    "swiglu": (2, False, lambda a, u, b: metalcore.swiglu(a, u), lambda a, u, b: F_.silu(a) * u),
+}
+
+
+def bench_act(kind: str, device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """One activation (or SwiGLU) forward and forward+backward, ours vs torch's (unfused) ops and Liger."""
+    n_in, has_bias, ours, theirs = ACT_KINDS[kind]
+    elem = torch.tensor([], dtype=dtype).element_size()
+    set_bytes = rows * cols * elem * (n_in + 1)
+    l2 = 60 << 20 if device == "cuda" else 32 << 20
+    nsets = max(2, min(6, (3 * l2) // max(set_bytes, 1) + 1))
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def draw(scale=1.0):
+        return (scale * torch.randn(rows, cols, generator=g)).to(dtype).to(device)
+
+    sets = [(draw(3.0), draw() if n_in == 2 else None, draw()) for _ in range(nsets)]
+    bias = (torch.randn(cols, generator=g)).to(dtype).to(device) if has_bias else None
+    peers: Dict[str, Callable] = {"metalcore": ours, "torch": theirs}
+    liger = _liger_glu(kind) if device == "cuda" and kind == "swiglu" else None
+    if liger is not None:
+        peers["Liger"] = liger
+    a0, u0, dy0 = sets[0]
+    leaves64 = [t.double().requires_grad_() for t in (a0, u0, bias) if t is not None]
+    it = iter(leaves64)
+    a64, u64, b64 = next(it), (next(it) if u0 is not None else None), (next(it) if bias is not None else None)
+    y64 = theirs(a64, u64, b64)
+    g64 = torch.autograd.grad(y64, leaves64, dy0.double())
+    reps = 20 if quick else 200
+    out = []
+    for name, f in peers.items():
+        leaves = [[t.detach().clone().requires_grad_() for t in (a, u, bias) if t is not None] for a, u, _ in sets]
+
+        def call(ls, f=f):
+            it = iter(ls)
+            a = next(it)
+            u = next(it) if n_in == 2 else None
+            b = next(it) if has_bias else None
+            return f(a, u, b)
+
+        with torch.no_grad():
+            err_f = _rel(call(leaves[0]), y64.detach())
+        gs = torch.autograd.grad(call(leaves[0]), leaves[0], dy0)
+        err_b = max(_rel(a, b) for a, b in zip(gs, g64))
+
+        def fwd(i, call=call, leaves=leaves):
+            with torch.no_grad():
+                call(leaves[i % nsets])
+
+        def fwdbwd(i, call=call, leaves=leaves):
+            ls = leaves[i % nsets]
+            torch.autograd.grad(call(ls), ls, sets[i % nsets][2])
+
+        cuda = device == "cuda"
+        t_f, t_fb = time_ms(fwd, device, reps=reps), time_ms(fwdbwd, device, reps=reps)
+        out.append(dict(op=kind, case=f"{kind} {rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
+                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b,
+                        host_f=host_us(fwd) if cuda else float("nan"), host_fb=host_us(fwdbwd) if cuda else float("nan"),
+                        graph_f=graph_ms(fwd, nsets) if cuda else float("nan"),
+                        graph_fb=graph_ms(fwdbwd, nsets) if cuda else float("nan"),
+                        fwd_gbs=set_bytes / (t_f * 1e-3) / 1e9, bytes=set_bytes))
+    return out
+
+
 LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
 
 
@@ -351,8 +436,15 @@ LINALG_LEGEND = """Median milliseconds per call (wall clock), float32 symmetric 
 (the solves, one right-hand side) against the float64 matrices. The matrices are symmetric positive
 definite for all three ops."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "linalg")
-TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)", "linalg": "Batched Cholesky and solves"}
+ACT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of each input (x, or gate and up) and one
+write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the worst gradient).
+`vs torch` is torch's time over ours for fwd+bwd. torch = `F.silu` / `F.gelu`, and for the fused
+ops the unfused formula in torch ops (`F.gelu(x + b)`, `F.silu(gate) * up`); Liger =
+`LigerSiLUMulFunction` (SwiGLU only: Liger has no plain activation kernels)."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "linalg")
+TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
+          "act": "Activations and SwiGLU", "linalg": "Batched Cholesky and solves"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -394,7 +486,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             if op == "softmax" and not args.case:
                 op_cases = ([(4096, 32768, torch.float32), (8192, 4096, torch.bfloat16), (4096, 4097, torch.bfloat16)]
                             if device == "cuda" else cases)
-            for r, c, dt in op_cases:
+            if op == "act":
+                if not args.case:
+                    op_cases = [(8192, 14336, torch.bfloat16)] if device == "cuda" else cases
+                for r, c, dt in op_cases:
+                    for kind in ACT_KINDS:
+                        rows += bench_act(kind, device, r, c, dt, args.quick)
+            for r, c, dt in op_cases if op != "act" else ():
                 rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
             table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
@@ -404,7 +502,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{LINALG_LEGEND if op == 'linalg' else LEGEND}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

@@ -42,6 +42,7 @@ macro_rules! pick {
     }};
 }
 
+pub mod act;
 pub mod linalg;
 pub mod norm;
 pub mod softmax;

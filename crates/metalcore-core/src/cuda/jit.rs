@@ -172,6 +172,7 @@ pub(crate) fn function(
 /// Every embedded kernel with the variants CI compiles: each code path of each kernel at least once.
 pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut v = Vec::new();
+    v.extend(super::act::ci_variants());
     v.extend(super::norm::ci_variants());
     v.extend(super::softmax::ci_variants());
     v

@@ -3,6 +3,7 @@
 //! loaded dynamically, so nothing CUDA is needed to build. The core never allocates device memory
 //! and never synchronizes the host, so ops are safe under CUDA graph capture.
 
+pub mod act;
 pub mod jit;
 pub mod norm;
 pub(crate) mod rows;

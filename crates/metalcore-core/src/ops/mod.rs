@@ -1,6 +1,7 @@
 //! Op entry points: validation of the borrowed tensors, then dispatch to a backend by device.
 //! One file per op family.
 
+pub mod act;
 pub mod linalg;
 pub mod norm;
 pub mod softmax;
