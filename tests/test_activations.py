@@ -198,11 +198,13 @@ def test_nan_and_inf_as_torch(device, dtype):
     special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e30, -1e30, 88.0, -88.0, -100.0])
     x = torch.cat([special, torch.randn(23)]).to(dtype).to(device)
     for name, ours, theirs in ACTS:
-        y, y_t = ours(x), theirs(x)
-        assert torch.equal(torch.isnan(y), torch.isnan(y_t)), name
-        assert torch.equal(torch.isinf(y), torch.isinf(y_t)), name
-        fin = torch.isfinite(y_t)
-        assert rel_err(y[fin], theirs(x.double())[fin]) < 1e-2, name
+        # The pattern of non-finite values is that of the float64 formula (torch's own float32 CPU
+        # gelu gives NaN at +inf on some CPUs and +inf on others).
+        y, y64 = ours(x), theirs(x.double())
+        assert torch.equal(torch.isnan(y), torch.isnan(y64)), name
+        assert torch.equal(torch.isinf(y), torch.isinf(y64)), name
+        fin = torch.isfinite(y64)
+        assert rel_err(y[fin], y64[fin]) < 1e-2, name
     h = swiglu(x, torch.ones_like(x))
     assert torch.equal(torch.isnan(h), torch.isnan(F.silu(x))) and torch.isnan(h[0])
 

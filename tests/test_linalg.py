@@ -1,13 +1,26 @@
 """Batched Cholesky factorization and solves against float64 torch.linalg, on every test device
-(CUDA tensors take the documented torch.linalg fallback for now)."""
+(CUDA tensors take the documented torch.linalg fallback for now). The fallback itself also runs on
+the CPU ("cpu-torch": metalcore's wrapper around torch.linalg's kernels), so CI covers it without a GPU."""
 
 import warnings
 
 import pytest
 import torch
 
+import metalcore.linalg as mlinalg
 from metalcore import cholesky, cholesky_ex, cholesky_solve
 from conftest import DEVICES, rel_err
+
+
+@pytest.fixture(params=DEVICES + ["cpu-torch"])
+def device(request, monkeypatch):
+    if request.param == "cpu-torch":
+        monkeypatch.setattr(mlinalg, "_native_device", lambda t: False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield "cpu"
+        return
+    yield request.param
 
 
 def spd(batch, n, dtype, device, cond=None):

@@ -8,8 +8,11 @@ positive definite (NaN included) is reported per batch element: ``cholesky_ex`` 
 ``cholesky`` raises ``torch.linalg.LinAlgError`` naming the first failing batch index.
 
 Backends: the CPU one is metalcore's (rayon over the batch, one cache-resident kernel per
-matrix). CUDA has no metalcore kernel yet: CUDA tensors — like tensors on any other device —
-are computed by ``torch.linalg`` itself, with a one-time ``RuntimeWarning`` saying so.
+matrix). CUDA has no metalcore kernel yet: on CUDA tensors — as on any other device — the
+factorizations and solves themselves are torch.linalg's (``cholesky_ex``, ``cholesky_solve``,
+``solve_ex``, ``solve_triangular``), with a one-time ``RuntimeWarning`` saying so; everything around
+them is metalcore's and the same on every device: 16-bit inputs computed in float32, ``info``
+(a NaN pivot counts as a failure, as LAPACK reports it), the error messages, and the gradients.
 """
 
 from __future__ import annotations
@@ -81,8 +84,18 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
-    """(factor in a's dtype, int32 info) on the native backend."""
+    """(factor in a's dtype, int32 info)."""
     n, batch = a.shape[-1], a.shape[:-2]
+    if not _native_device(a):
+        _fallback("cholesky", a)
+        f, info = torch.linalg.cholesky_ex(a.to(_acc(a.dtype)), upper=upper)
+        # cuSOLVER lets a NaN pivot through (info 0); LAPACK, and metalcore, report it.
+        if n:
+            finite = torch.isfinite(f.diagonal(dim1=-2, dim2=-1))
+            first_bad = torch.where(finite.all(-1), 0, (~finite).int().argmax(-1) + 1)
+            info = torch.where(info == 0, first_bad, info)
+        info = info.to(torch.int32)
+        return f.to(a.dtype), info
     nb = math.prod(batch)
     work = empty((nb, n, n), _acc(a.dtype), a.device)
     if work.numel():
@@ -148,9 +161,6 @@ def cholesky_ex(A: Tensor, upper: bool = False, check_errors: bool = False) -> C
     ``torch.linalg.LinAlgError`` instead. Not differentiable (use :func:`cholesky`).
     """
     _check_square("A", A)
-    if not _native_device(A):
-        _fallback("cholesky_ex", A)
-        return CholeskyEx(*torch.linalg.cholesky_ex(A, upper=upper, check_errors=check_errors))
     with torch.no_grad():
         out, info = _factor(A, upper)
     if check_errors:
@@ -163,9 +173,6 @@ def cholesky(A: Tensor, upper: bool = False) -> Tensor:
     differentiable. Raises ``torch.linalg.LinAlgError`` naming the first batch element that is not
     positive definite."""
     _check_square("A", A)
-    if not _native_device(A):
-        _fallback("cholesky", A)
-        return torch.linalg.cholesky(A, upper=upper)
     if torch.is_grad_enabled() and A.requires_grad:
         return _chol_apply(A, upper)
     out, info = _factor(A, upper)
@@ -218,6 +225,11 @@ def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Siz
 
 
 def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
+    if not _native_device(l):
+        _fallback("cholesky_solve", l)
+        acc = _acc(b.dtype)
+        t = l.to(acc)
+        return torch.cholesky_solve(b.to(acc), t.triu() if upper else t.tril(), upper=upper).to(b.dtype)
     xb, l, flipped, batch = _tri_operands(b, l)
     _native.cholesky_solve_inplace(desc(xb, "B"), desc(l, "L"), upper != flipped)
     return xb.view(batch + xb.shape[1:]).to(b.dtype)
@@ -231,9 +243,6 @@ def cholesky_solve(B: Tensor, L: Tensor, upper: bool = False) -> Tensor:
     semantics: ``B`` is ``(*, n, k)``, ``L`` is ``(*, n, n)``, batch dimensions broadcast; only
     the lower — or with ``upper``, upper — triangle of ``L`` is read). Differentiable in both."""
     _check_matrix_rhs(B, "L", L, _check_square("L", L))
-    if not _native_device(L):
-        _fallback("cholesky_solve", L)
-        return torch.cholesky_solve(B, L, upper=upper)
     if torch.is_grad_enabled() and (B.requires_grad or L.requires_grad):
         return _solve_apply(B, L, upper)
     return _solve(B, L, upper)
@@ -265,8 +274,13 @@ def _solve_shapes(A: Tensor, B: Tensor):
 
 
 def _lu_solve(A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
-    """(X, info) on the native backend (no autograd)."""
+    """(X, info) (no autograd)."""
     vector, batch = _solve_shapes(A, B)
+    if not _native_device(A):
+        _fallback("solve", A)
+        acc = _acc(A.dtype)
+        X, info = torch.linalg.solve_ex(A.to(acc), B.to(acc))
+        return X.to(B.dtype), info.to(torch.int32)
     n = A.shape[-1]
     Bm = B.unsqueeze(-1) if vector else B
     k = Bm.shape[-1]
@@ -331,9 +345,6 @@ def solve_ex(A: Tensor, B: Tensor, fast: bool = False) -> SolveEx:
     its result then being undefined. ``fast`` is accepted for the original API (there is no check
     to skip here). Not differentiable (use :func:`solve`)."""
     _solve_shapes(A, B)
-    if not _native_device(A):
-        _fallback("solve_ex", A)
-        return SolveEx(*torch.linalg.solve_ex(A, B))
     with torch.no_grad():
         return SolveEx(*_lu_solve(A, B))
 
@@ -346,9 +357,6 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
     Raises ``torch.linalg.LinAlgError`` naming the first singular batch element, unless ``fast``:
     then singular matrices give undefined (Inf/NaN) results instead of an error. Differentiable."""
     _solve_shapes(A, B)
-    if not _native_device(A):
-        _fallback("solve", A)
-        return torch.linalg.solve(A, B)
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return _lu_apply(A, B)
     x, info = _lu_solve(A, B)
@@ -358,6 +366,12 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 
 
 def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
+    if not _native_device(a):
+        _fallback("trsm", a)
+        acc = _acc(b.dtype)
+        M = a.to(acc)
+        M = M.mT if transpose else M
+        return torch.linalg.solve_triangular(M, b.to(acc), upper=(lower == transpose), unitriangular=unit).to(b.dtype)
     xb, t, flipped, batch = _tri_operands(b, a)
     # Aᵀ in memory: the other triangle, solved the other way round.
     _native.trsm_inplace(desc(t, "A"), desc(xb, "B"), lower != flipped, transpose != flipped, unit)
@@ -400,10 +414,6 @@ def trsm(A: Tensor, B: Tensor, lower: bool = True, transpose: bool = False, unit
     ``torch.linalg.solve_triangular(A.mT if transpose else A, B, upper=..., unitriangular=...)``.
     Differentiable. A zero on the diagonal gives Inf/NaN, as BLAS does (no check)."""
     _check_matrix_rhs(B, "A", A, _check_square("A", A))
-    if not _native_device(A):
-        _fallback("trsm", A)
-        M = A.mT if transpose else A
-        return torch.linalg.solve_triangular(M, B, upper=(lower == transpose), unitriangular=unit_diagonal)
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return _trsm_apply(A, B, lower, transpose, unit_diagonal)
     return _trsm(A, B, lower, transpose, unit_diagonal)
@@ -418,6 +428,16 @@ def _batched(kind: str, a: Tensor) -> Tensor:
     batch = a.shape[:-2]
     nb = math.prod(batch)
     acc = _acc(a.dtype)
+    if not _native_device(a):
+        _fallback(f"{kind}_batched", a)
+        x = a.to(acc)
+        if kind == "syrk":
+            y = x.mT @ x
+        elif kind == "frobenius":
+            y = torch.linalg.matrix_norm(x)
+        else:
+            y = x.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return y.to(a.dtype)
     x = a.reshape(nb, m, n).to(acc).contiguous()
     out = empty((nb, n, n) if kind == "syrk" else (nb,), acc, a.device)
     _native.batched_into(kind, desc(x, "A"), desc(out, "out"))
@@ -457,13 +477,6 @@ def _helper(kind: str, A: Tensor) -> Tensor:
         raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
     if kind == "trace" and A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A: expected a batch of square matrices (*, n, n), got shape {tuple(A.shape)}")
-    if not _native_device(A):
-        _fallback(f"{kind}_batched", A)
-        if kind == "syrk":
-            return A.mT @ A
-        if kind == "frobenius":
-            return torch.linalg.matrix_norm(A)
-        return A.diagonal(dim1=-2, dim2=-1).sum(-1)
     if torch.is_grad_enabled() and A.requires_grad:
         return _batched_apply(A, kind)
     return _batched(kind, A)

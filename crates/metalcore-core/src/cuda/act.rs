@@ -15,16 +15,21 @@ pub static KERNEL: Kernel = Kernel { name: "act", source: include_str!("../../ke
 
 const BLOCK: usize = 256;
 
+// Defaults from a sweep on an H200 (2026-11-26, 8192×14336 bf16 and fp32; scripts/tune_act.sh,
+// bench/results/act-tuning-nvidia-h200.md): one vector per thread per iteration and a grid of up
+// to 64 blocks per SM (about seven iterations per thread at this size) streamed best; a grid of one
+// resident wave walking the rest was 10-25 % slower.
+
 /// Vectors per thread per iteration, all loaded before any math (METALCORE_ACT_UNROLL).
 fn unroll() -> usize {
     static C: OnceLock<usize> = OnceLock::new();
-    knob(&C, "METALCORE_ACT_UNROLL", 2)
+    knob(&C, "METALCORE_ACT_UNROLL", 1)
 }
 
 /// Most blocks per SM in the grid; threads walk the rest grid-stride (METALCORE_ACT_BLOCKS_PER_SM).
 fn blocks_per_sm() -> usize {
     static C: OnceLock<usize> = OnceLock::new();
-    knob(&C, "METALCORE_ACT_BLOCKS_PER_SM", 8)
+    knob(&C, "METALCORE_ACT_BLOCKS_PER_SM", 64)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
