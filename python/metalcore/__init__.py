@@ -43,6 +43,7 @@ from .linalg import (
     trsm,
     trsm_batched,
 )
+from .rope import RoPEFunction, RotaryEmbedding, apply_rotary_pos_emb, apply_rotary_pos_emb_single, rope_forward
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
     FusedAddRMSNorm,
@@ -86,6 +87,11 @@ __all__ = [
     "MetalSiLU",
     "MetalGELU",
     "MetalSwiGLU",
+    "apply_rotary_pos_emb",
+    "apply_rotary_pos_emb_single",
+    "rope_forward",
+    "RoPEFunction",
+    "RotaryEmbedding",
     "cholesky",
     "cholesky_ex",
     "cholesky_solve",

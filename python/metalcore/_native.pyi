@@ -44,3 +44,15 @@ def glu_fwd_into(act: int, gate: Desc, up: Desc, out: Desc, stream: int) -> None
 def glu_bwd_into(
     act: int, gate: Desc, up: Desc, grad_out: Desc, grad_gate: Desc, grad_up: Desc, stream: int
 ) -> None: ...
+def rope_into(
+    q: Desc,
+    q_out: Desc,
+    k: Optional[Desc],
+    k_out: Optional[Desc],
+    cos: Desc,
+    sin: Desc,
+    position_ids: Optional[Desc],
+    interleaved: bool,
+    backward: bool,
+    stream: int,
+) -> None: ...

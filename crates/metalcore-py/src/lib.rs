@@ -6,6 +6,7 @@ mod act;
 mod bridge;
 mod linalg;
 mod norm;
+mod rope;
 mod softmax;
 
 use pyo3::prelude::*;
@@ -42,6 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     act::register(m)?;
     norm::register(m)?;
+    rope::register(m)?;
     softmax::register(m)?;
     linalg::register(m)?;
     Ok(())

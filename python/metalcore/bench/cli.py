@@ -9,7 +9,7 @@ import platform
 import re
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -302,64 +302,124 @@ ACT_KINDS = {
 }
 
 
-def bench_act(kind: str, device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
-    """One activation (or SwiGLU) forward and forward+backward, ours vs torch's (unfused) ops and Liger."""
-    n_in, has_bias, ours, theirs = ACT_KINDS[kind]
-    elem = torch.tensor([], dtype=dtype).element_size()
-    set_bytes = rows * cols * elem * (n_in + 1)
-    l2 = 60 << 20 if device == "cuda" else 32 << 20
-    nsets = max(2, min(6, (3 * l2) // max(set_bytes, 1) + 1))
-    g = torch.Generator(device="cpu").manual_seed(0)
+def bench_peers(op: str, case: str, device: str, peers: Dict[str, Callable], sets: List[Tuple[list, list]],
+                const: list, set_bytes: int, quick: bool) -> List[Dict]:
+    """Forward and forward+backward of each peer, one row each. ``sets`` holds input sets
+    ``(inputs, output grads)``; each peer is ``f(*inputs, *const) -> output or tuple``, with
+    gradients taken for every input; the first peer named ``torch`` gives the float64 truth."""
+    nsets = len(sets)
+    ins0, dys0 = sets[0]
+    leaves64 = [t.double().requires_grad_() for t in ins0]
+    const64 = [c.double() if isinstance(c, torch.Tensor) and c.is_floating_point() else c for c in const]
 
-    def draw(scale=1.0):
-        return (scale * torch.randn(rows, cols, generator=g)).to(dtype).to(device)
+    def tup(y):
+        return y if isinstance(y, tuple) else (y,)
 
-    sets = [(draw(3.0), draw() if n_in == 2 else None, draw()) for _ in range(nsets)]
-    bias = (torch.randn(cols, generator=g)).to(dtype).to(device) if has_bias else None
-    peers: Dict[str, Callable] = {"metalcore": ours, "torch": theirs}
-    liger = _liger_glu(kind) if device == "cuda" and kind == "swiglu" else None
-    if liger is not None:
-        peers["Liger"] = liger
-    a0, u0, dy0 = sets[0]
-    leaves64 = [t.double().requires_grad_() for t in (a0, u0, bias) if t is not None]
-    it = iter(leaves64)
-    a64, u64, b64 = next(it), (next(it) if u0 is not None else None), (next(it) if bias is not None else None)
-    y64 = theirs(a64, u64, b64)
-    g64 = torch.autograd.grad(y64, leaves64, dy0.double())
+    y64 = tup(peers["torch"](*leaves64, *const64))
+    g64 = torch.autograd.grad(y64, leaves64, [d.double() for d in dys0])
     reps = 20 if quick else 200
     out = []
     for name, f in peers.items():
-        leaves = [[t.detach().clone().requires_grad_() for t in (a, u, bias) if t is not None] for a, u, _ in sets]
-
-        def call(ls, f=f):
-            it = iter(ls)
-            a = next(it)
-            u = next(it) if n_in == 2 else None
-            b = next(it) if has_bias else None
-            return f(a, u, b)
-
+        leaves = [[t.detach().clone().requires_grad_() for t in ins] for ins, _ in sets]
         with torch.no_grad():
-            err_f = _rel(call(leaves[0]), y64.detach())
-        gs = torch.autograd.grad(call(leaves[0]), leaves[0], dy0)
+            err_f = max(_rel(a, b) for a, b in zip(tup(f(*leaves[0], *const)), y64))
+        gs = torch.autograd.grad(tup(f(*leaves[0], *const)), leaves[0], dys0)
         err_b = max(_rel(a, b) for a, b in zip(gs, g64))
 
-        def fwd(i, call=call, leaves=leaves):
+        def fwd(i, f=f, leaves=leaves):
             with torch.no_grad():
-                call(leaves[i % nsets])
+                f(*leaves[i % nsets], *const)
 
-        def fwdbwd(i, call=call, leaves=leaves):
+        def fwdbwd(i, f=f, leaves=leaves):
             ls = leaves[i % nsets]
-            torch.autograd.grad(call(ls), ls, sets[i % nsets][2])
+            torch.autograd.grad(tup(f(*ls, *const)), ls, sets[i % nsets][1])
 
         cuda = device == "cuda"
         t_f, t_fb = time_ms(fwd, device, reps=reps), time_ms(fwdbwd, device, reps=reps)
-        out.append(dict(op=kind, case=f"{kind} {rows}x{cols} {str(dtype).replace('torch.', '')}", impl=name,
-                        fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b,
+        out.append(dict(op=op, case=case, impl=name, fwd_ms=t_f, fwdbwd_ms=t_fb, fwd_err=err_f, bwd_err=err_b,
                         host_f=host_us(fwd) if cuda else float("nan"), host_fb=host_us(fwdbwd) if cuda else float("nan"),
                         graph_f=graph_ms(fwd, nsets) if cuda else float("nan"),
                         graph_fb=graph_ms(fwdbwd, nsets) if cuda else float("nan"),
                         fwd_gbs=set_bytes / (t_f * 1e-3) / 1e9, bytes=set_bytes))
     return out
+
+
+def _nsets(device: str, set_bytes: int) -> int:
+    """Input sets to rotate through so that the working set exceeds the last-level cache."""
+    l2 = 60 << 20 if device == "cuda" else 32 << 20
+    return max(2, min(6, (3 * l2) // max(set_bytes, 1) + 1))
+
+
+def bench_act(kind: str, device: str, rows: int, cols: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """One activation (or SwiGLU) forward and forward+backward, ours vs torch's (unfused) ops and Liger."""
+    n_in, has_bias, ours, theirs = ACT_KINDS[kind]
+    elem = torch.tensor([], dtype=dtype).element_size()
+    set_bytes = rows * cols * elem * (n_in + 1)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def draw(shape, scale=1.0):
+        return (scale * torch.randn(shape, generator=g)).to(dtype).to(device)
+
+    def inputs():
+        x = [draw((rows, cols), 3.0)] + ([draw((rows, cols))] if n_in == 2 else [])
+        return x + ([draw((cols,))] if has_bias else [])
+
+    sets = [(inputs(), [draw((rows, cols))]) for _ in range(_nsets(device, set_bytes))]
+
+    def adapt(f):  # f(a, u, b) over the inputs present
+        if n_in == 2:
+            return lambda a, u: f(a, u, None)
+        return (lambda a, b: f(a, None, b)) if has_bias else (lambda a: f(a, None, None))
+
+    peers: Dict[str, Callable] = {"metalcore": adapt(ours), "torch": adapt(theirs)}
+    liger = _liger_glu(kind) if device == "cuda" and kind == "swiglu" else None
+    if liger is not None:
+        peers["Liger"] = adapt(liger)
+    case = f"{kind} {rows}x{cols} {str(dtype).replace('torch.', '')}"
+    return bench_peers(kind, case, device, peers, sets, [], set_bytes, quick)
+
+
+def _liger_rope():
+    try:
+        from liger_kernel.ops.rope import LigerRopeFunction  # type: ignore
+
+        return lambda q, k, cos, sin: LigerRopeFunction.apply(q, k, cos, sin)
+    except Exception:  # noqa: BLE001 - Liger is optional
+        return None
+
+
+def _hf_rope(q, k, cos, sin):
+    """HF Llama's apply_rotary_pos_emb (q * cos + rotate_half(q) * sin), in torch ops."""
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def rot(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    return q * c + rot(q) * s, k * c + rot(k) * s
+
+
+def bench_rope(device: str, batch: int, heads: int, seq: int, dim: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """RoPE on q and k (batch, heads, seq, dim) with HF's (1, seq, dim) cos/sin: ours vs HF's formula and Liger."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    numel = batch * heads * seq * dim
+    set_bytes = 4 * numel * elem
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def draw():
+        return torch.randn(batch, heads, seq, dim, generator=g).to(dtype).to(device)
+
+    sets = [([draw(), draw()], [draw(), draw()]) for _ in range(_nsets(device, set_bytes))]
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    f = torch.arange(seq).float()[:, None] * inv
+    emb = torch.cat((f, f), -1)[None]
+    cos, sin = emb.cos().to(dtype).to(device), emb.sin().to(dtype).to(device)
+    peers: Dict[str, Callable] = {"metalcore": lambda q, k, c, s: metalcore.apply_rotary_pos_emb(q, k, c, s), "torch": _hf_rope}
+    liger = _liger_rope() if device == "cuda" else None
+    if liger is not None:
+        peers["Liger"] = liger
+    case = f"q+k {batch}x{heads}x{seq}x{dim} {str(dtype).replace('torch.', '')}"
+    return bench_peers("rope", case, device, peers, sets, [cos, sin], set_bytes, quick)
 
 
 LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
@@ -442,9 +502,15 @@ write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the 
 ops the unfused formula in torch ops (`F.gelu(x + b)`, `F.silu(gate) * up`); Liger =
 `LigerSiLUMulFunction` (SwiGLU only: Liger has no plain activation kernels)."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "act", "linalg")
+ROPE_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read and one write of q and k.
+`err` is ||out - ref|| / ||ref|| against float64 (the worse of q and k; bwd: of dq and dk).
+`vs torch` is torch's time over ours for fwd+bwd. torch = HF Llama's `apply_rotary_pos_emb`
+(`q * cos + rotate_half(q) * sin`) in eager torch ops; Liger = `LigerRopeFunction`. cos/sin are
+HF's (1, seq, dim) tables in the data's dtype."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "linalg")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
-          "act": "Activations and SwiGLU", "linalg": "Batched Cholesky and solves"}
+          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "linalg": "Batched Cholesky and solves"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -486,13 +552,19 @@ def main(argv: Optional[List[str]] = None) -> None:
             if op == "softmax" and not args.case:
                 op_cases = ([(4096, 32768, torch.float32), (8192, 4096, torch.bfloat16), (4096, 4097, torch.bfloat16)]
                             if device == "cuda" else cases)
+            if op == "rope":
+                shapes = ([(4, 32, 4096, 128, torch.bfloat16), (4, 32, 4096, 128, torch.float32)] if device == "cuda"
+                          else [(1, 32, 512, 128, torch.float32), (1, 32, 512, 128, torch.bfloat16)])
+                for b_, h_, s_, d_, dt in shapes:
+                    rows += bench_rope(device, b_, h_, s_, d_, dt, args.quick)
+                op_cases = []
             if op == "act":
                 if not args.case:
                     op_cases = [(8192, 14336, torch.bfloat16)] if device == "cuda" else cases
                 for r, c, dt in op_cases:
                     for kind in ACT_KINDS:
                         rows += bench_act(kind, device, r, c, dt, args.quick)
-            for r, c, dt in op_cases if op != "act" else ():
+            for r, c, dt in op_cases if op not in ("act", "rope") else ():
                 rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
             table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
@@ -502,7 +574,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

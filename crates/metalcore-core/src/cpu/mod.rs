@@ -45,6 +45,7 @@ macro_rules! pick {
 pub mod act;
 pub mod linalg;
 pub mod norm;
+pub mod rope;
 pub mod softmax;
 
 /// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.

@@ -6,6 +6,7 @@
 pub mod act;
 pub mod jit;
 pub mod norm;
+pub mod rope;
 pub(crate) mod rows;
 pub mod softmax;
 

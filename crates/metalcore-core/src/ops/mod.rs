@@ -4,6 +4,7 @@
 pub mod act;
 pub mod linalg;
 pub mod norm;
+pub mod rope;
 pub mod softmax;
 
 use crate::dtype::DType;
