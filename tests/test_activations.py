@@ -104,10 +104,13 @@ def test_bias_activation_forward_and_backward(device, dtype, shape, name, ours, 
     gx64, gb64 = grads_of(lambda a, c: theirs(a + c), (x64, b64), dy.double())
     assert gb.dtype == dtype and gb.shape == b.shape
     assert_close_to_ref(gx, gx_t, gx64, what=f"bias {name} grad x", floor=floor_for(x))
-    # A bias of a few elements has a gradient of a few sums, each decided by its own roundings:
-    # there the slack is a few roundings of the dtype rather than a ratio of two lucky draws.
+    # The bias gradient is a sum over rows that may cancel: its error is measured against the sum
+    # of the terms' magnitudes (the scale its rounding error lives on), for us and torch alike.
+    scale = gx64.abs().reshape(-1, b.shape[0]).sum(0).norm().item() or 1.0
+    e_ours = (gb.double() - gb64).norm().item() / scale
+    e_torch = (gb_t.double() - gb64).norm().item() / scale
     few = 4 * torch.finfo(dtype).eps if b.numel() < 100 else floor_for(x)
-    assert_close_to_ref(gb, gb_t, gb64, what=f"bias {name} grad bias", floor=few)
+    assert e_ours <= 2 * e_torch + few, f"bias {name} grad bias: our error {e_ours:.3e} vs torch's {e_torch:.3e}"
 
 
 @pytest.mark.parametrize("dtype", LOWP)
