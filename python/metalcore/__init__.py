@@ -21,6 +21,13 @@ from .activations import (
     swiglu,
     swiglu_bwd,
 )
+from .cross_entropy import (
+    CrossEntropyFunction,
+    MetalCrossEntropyLoss,
+    MetalFusedLinearCrossEntropyLoss,
+    cross_entropy,
+    fused_linear_cross_entropy,
+)
 from .layernorm import (
     FusedAddLayerNorm,
     FusedAddLayerNormFunction,
@@ -87,6 +94,11 @@ __all__ = [
     "MetalSiLU",
     "MetalGELU",
     "MetalSwiGLU",
+    "cross_entropy",
+    "CrossEntropyFunction",
+    "MetalCrossEntropyLoss",
+    "fused_linear_cross_entropy",
+    "MetalFusedLinearCrossEntropyLoss",
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_single",
     "rope_forward",

@@ -56,3 +56,16 @@ def rope_into(
     backward: bool,
     stream: int,
 ) -> None: ...
+def cross_entropy_into(
+    logits: Desc,
+    target: Desc,
+    loss: Desc,
+    lse: Desc,
+    grad: Optional[Desc],
+    scale: Optional[Desc],
+    backward: bool,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    stream: int,
+) -> None: ...

@@ -68,3 +68,12 @@ pub mod softmax {
         Err(super::off())
     }
 }
+
+pub mod xent {
+    use crate::error::Result;
+    use crate::ops::xent::Plan;
+    use crate::tensor::Exec;
+    pub fn run(_: &Plan, _: usize, _: Exec) -> Result<()> {
+        Err(super::off())
+    }
+}

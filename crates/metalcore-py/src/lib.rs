@@ -8,6 +8,7 @@ mod linalg;
 mod norm;
 mod rope;
 mod softmax;
+mod xent;
 
 use pyo3::prelude::*;
 
@@ -45,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     norm::register(m)?;
     rope::register(m)?;
     softmax::register(m)?;
+    xent::register(m)?;
     linalg::register(m)?;
     Ok(())
 }

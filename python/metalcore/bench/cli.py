@@ -320,11 +320,15 @@ def bench_peers(op: str, case: str, device: str, peers: Dict[str, Callable], set
     reps = 20 if quick else 200
     out = []
     for name, f in peers.items():
-        leaves = [[t.detach().clone().requires_grad_() for t in ins] for ins, _ in sets]
+        # Errors on fresh copies (a peer may overwrite its input, as Liger's cross-entropy does).
+        fresh = [t.detach().clone().requires_grad_() for t in ins0]
         with torch.no_grad():
-            err_f = max(_rel(a, b) for a, b in zip(tup(f(*leaves[0], *const)), y64))
-        gs = torch.autograd.grad(tup(f(*leaves[0], *const)), leaves[0], dys0)
+            err_f = max(_rel(a, b) for a, b in zip(tup(f(*fresh, *const)), y64))
+        fresh = [t.detach().clone().requires_grad_() for t in ins0]
+        gs = torch.autograd.grad(tup(f(*fresh, *const)), fresh, dys0)
         err_b = max(_rel(a, b) for a, b in zip(gs, g64))
+        del fresh, gs
+        leaves = [[t.detach().clone().requires_grad_() for t in ins] for ins, _ in sets]
 
         def fwd(i, f=f, leaves=leaves):
             with torch.no_grad():
@@ -422,6 +426,37 @@ def bench_rope(device: str, batch: int, heads: int, seq: int, dim: int, dtype: t
     return bench_peers("rope", case, device, peers, sets, [cos, sin], set_bytes, quick)
 
 
+def _liger_ce():
+    try:
+        from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction  # type: ignore
+
+        return lambda x, t: LigerCrossEntropyFunction.apply(x, t, None)[0]
+    except Exception:  # noqa: BLE001 - Liger is optional
+        return None
+
+
+def bench_xent(device: str, rows: int, vocab: int, dtype: torch.dtype, quick: bool) -> List[Dict]:
+    """Cross-entropy (mean) over (rows, vocab) logits: ours vs F.cross_entropy and Liger."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    set_bytes = rows * vocab * elem
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def draw():
+        return (2 * torch.randn(rows, vocab, generator=g)).to(dtype).to(device)
+
+    sets = [([draw()], [torch.ones((), dtype=dtype, device=device)]) for _ in range(_nsets(device, set_bytes))]
+    t = torch.randint(0, vocab, (rows,), generator=g)
+    t[::7] = -100
+    t = t.to(device)
+    peers: Dict[str, Callable] = {"metalcore": lambda x, tt: metalcore.cross_entropy(x, tt),
+                                  "torch": lambda x, tt: torch.nn.functional.cross_entropy(x, tt)}
+    liger = _liger_ce() if device == "cuda" else None
+    if liger is not None:
+        peers["Liger"] = liger
+    case = f"{rows}x{vocab} {str(dtype).replace('torch.', '')}"
+    return bench_peers("cross_entropy", case, device, peers, sets, [t], set_bytes, quick)
+
+
 LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
 
 
@@ -508,9 +543,18 @@ ROPE_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read and one
 (`q * cos + rotate_half(q) * sin`) in eager torch ops; Liger = `LigerRopeFunction`. cos/sin are
 HF's (1, seq, dim) tables in the data's dtype."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "linalg")
+XENT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of the logits. `err` is the
+relative error of the loss (fwd) and of the logits' gradient (bwd) against float64.
+Reduction `mean`, every 7th target ignored. torch = `F.cross_entropy`; Liger =
+`LigerCrossEntropyFunction` (which overwrites the logits with their gradient). Our eager fwd+bwd
+writes the gradient during the forward and checks the output gradient is 1 in the backward (one
+host sync); under CUDA-graph capture that check is impossible, so the graph fwd+bwd column
+recomputes the gradient in the backward (one more pass over the logits)."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "linalg")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
-          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "linalg": "Batched Cholesky and solves"}
+          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy",
+          "linalg": "Batched Cholesky and solves"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -558,13 +602,19 @@ def main(argv: Optional[List[str]] = None) -> None:
                 for b_, h_, s_, d_, dt in shapes:
                     rows += bench_rope(device, b_, h_, s_, d_, dt, args.quick)
                 op_cases = []
+            if op == "xent":
+                shapes = ([(8192, 128256, torch.bfloat16), (4096, 32000, torch.float32)] if device == "cuda"
+                          else [(512, 32000, torch.float32), (512, 32000, torch.bfloat16)])
+                for r_, v_, dt in shapes:
+                    rows += bench_xent(device, r_, v_, dt, args.quick)
+                op_cases = []
             if op == "act":
                 if not args.case:
                     op_cases = [(8192, 14336, torch.bfloat16)] if device == "cuda" else cases
                 for r, c, dt in op_cases:
                     for kind in ACT_KINDS:
                         rows += bench_act(kind, device, r, c, dt, args.quick)
-            for r, c, dt in op_cases if op not in ("act", "rope") else ():
+            for r, c, dt in op_cases if op not in ("act", "rope", "xent") else ():
                 rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
             table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
@@ -574,7 +624,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

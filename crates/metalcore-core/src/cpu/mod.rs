@@ -47,6 +47,7 @@ pub mod linalg;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
+pub mod xent;
 
 /// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.
 pub(crate) fn min_rows(cols: usize) -> usize {

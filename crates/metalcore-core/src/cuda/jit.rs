@@ -176,6 +176,7 @@ pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     v.extend(super::norm::ci_variants());
     v.extend(super::rope::ci_variants());
     v.extend(super::softmax::ci_variants());
+    v.extend(super::xent::ci_variants());
     v
 }
 

@@ -9,6 +9,7 @@ pub mod norm;
 pub mod rope;
 pub(crate) mod rows;
 pub mod softmax;
+pub mod xent;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};

@@ -6,6 +6,7 @@ pub mod linalg;
 pub mod norm;
 pub mod rope;
 pub mod softmax;
+pub mod xent;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

@@ -1,0 +1,112 @@
+// xent.cu — cross-entropy over rows of logits: loss, log-sum-exp and gradient (math in
+// src/ops/xent.rs).
+//
+// One block per row (grid-stride over rows). The forward streams the row once, each thread
+// keeping a running (max, sum of exp) that is rescaled once per VEC-vector ("online softmax",
+// Milakov & Gimelshein 2018), plus Σx for label smoothing; the block merges them. With the
+// gradient (MODE 1), the same block streams the row a second time right away — from L2, where
+// the rows of the resident blocks still are — and writes g·(p·(1 + 2z·lse) − ε/V − (1 − ε)[j = t]).
+// MODE 2 writes the gradient alone from a saved lse. The gradient may overwrite the logits
+// (each element is read by the thread that writes it, before it writes it).
+//
+// FAST (16-bit logits) uses the hardware exp2 (__expf); float32/float64 use expf/exp.
+// Compile-time parameters (-D): T_X ACC VEC BLOCK MODE (0 fwd, 1 fwd + grad, 2 grad) SMOOTH FAST.
+
+typedef long long i64;
+
+__device__ __forceinline__ float exp_ce(float v) {
+#if FAST
+    return __expf(v);
+#else
+    return expf(v);
+#endif
+}
+__device__ __forceinline__ double exp_ce(double v) { return exp(v); }
+__device__ __forceinline__ float log_ce(float v) { return logf(v); }
+__device__ __forceinline__ double log_ce(double v) { return log(v); }
+
+extern "C" __global__ void __launch_bounds__(BLOCK)
+    xent_kernel(const T_X* x, i64 x_rs, T_X* grad, i64 g_rs, const int* __restrict__ target, i64 t_st,
+                ACC* __restrict__ loss, i64 l_st, ACC* __restrict__ lse_io, i64 lse_st, const ACC* __restrict__ scale,
+                i64 s_st, i64 rows, int cols, int ignore_index, ACC eps, ACC z) {
+    __shared__ ACC red[BLOCK / 32];
+    __shared__ ACC row_lse;
+    const int nvec = cols / VEC;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        // `x` and `grad` may alias (in-place gradient): no __restrict__ on them together.
+        const T_X* xr = x + row * x_rs;
+        const int t = target[row * t_st];
+        const bool ignored = t == ignore_index;
+        const bool bad = !ignored && (t < 0 || t >= cols);
+#if MODE != 2
+        ACC m = NEG_INF_ACC, s = 0, sx = 0;
+        for (int c = threadIdx.x; c < nvec; c += BLOCK) {
+            ACC a[VEC];
+            load_vec<T_X, VEC>(xr + (i64)c * VEC, a);
+            ACC lm = a[0];
+#pragma unroll
+            for (int i = 1; i < VEC; ++i) lm = MaxOp{}(lm, a[i]);
+            const ACC nm = MaxOp{}(m, lm);
+            // Rescale the running sum to the new max (nothing to rescale while it is -inf), and
+            // take exponentials against a finite reference so a row of -inf does not make NaN.
+            const ACC ref = nm == NEG_INF_ACC ? (ACC)0 : nm;
+            if (m != nm) s *= exp_ce(m - ref);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                s += exp_ce(a[i] - ref);
+#if SMOOTH
+                sx += a[i];
+#endif
+            }
+            m = nm;
+        }
+        const ACC bm = group_max<BLOCK>(m, red);
+        const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
+        if (m != bm) s *= exp_ce(m - bref);
+        const ACC bs = group_sum<BLOCK>(s, red);
+#if SMOOTH
+        const ACC bsx = group_sum<BLOCK>(sx, red);
+#else
+        const ACC bsx = 0;
+#endif
+        if (threadIdx.x == 0) {
+            const ACC l = bref + log_ce(bs);  // NaN for a NaN anywhere (bm NaN), -inf for a row of -inf
+            ACC out;
+            if (ignored) {
+                out = 0;
+            } else if (bad) {
+                out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
+            } else {
+                out = l - ((ACC)1 - eps) * to_acc(xr[t]) - eps / (ACC)cols * bsx + z * l * l;
+            }
+            loss[row * l_st] = out;
+            lse_io[row * lse_st] = l;
+            row_lse = l;
+        }
+#endif
+#if MODE != 0
+#if MODE == 2
+        if (threadIdx.x == 0) row_lse = lse_io[row * lse_st];
+#endif
+        __syncthreads();
+        const ACC l = row_lse;
+        T_X* gr = grad + row * g_rs;
+        const bool zero = ignored || bad;
+        const ACC g = zero ? (ACC)0 : scale[row * s_st];
+        const ACC pf = g * ((ACC)1 + (ACC)2 * z * l);
+        const ACC off = g * eps / (ACC)cols;
+        const ACC hit = g * ((ACC)1 - eps);
+        for (int c = threadIdx.x; c < nvec; c += BLOCK) {
+            ACC a[VEC];
+            load_vec<T_X, VEC>(xr + (i64)c * VEC, a);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const int j = c * VEC + i;
+                a[i] = zero ? (ACC)0 : pf * exp_ce(a[i] - l) - off - (j == t ? hit : (ACC)0);
+            }
+            store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+        }
+#endif
+        __syncthreads();  // row_lse and red are reused by the next row
+    }
+}

@@ -1,0 +1,111 @@
+//! Cross-entropy on CUDA: variant selection and launches (math in `kernels/xent.cu`).
+
+use super::jit::{function, Defines, Kernel};
+use super::rows::{flag, knob};
+use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::ops::xent::{Mode, Plan};
+use crate::tensor::Exec;
+use cudarc::driver::{CudaFunction, PushKernelArg};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+pub static KERNEL: Kernel = Kernel { name: "xent", source: include_str!("../../kernels/xent.cu") };
+
+/// Threads per row (METALCORE_XENT_BLOCK).
+fn block() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_XENT_BLOCK", 1024).next_power_of_two().clamp(32, 1024)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    ordinal: usize,
+    dtype: DType,
+    vec: usize,
+    block: usize,
+    mode: Mode,
+    smooth: bool,
+}
+
+fn defines(k: &Key) -> Defines {
+    let mode = match k.mode {
+        Mode::Fwd => 0,
+        Mode::FwdGrad => 1,
+        Mode::Bwd => 2,
+    };
+    vec![
+        ("T_X", ctype(k.dtype).to_string()),
+        ("ACC", ctype(k.dtype.compute()).to_string()),
+        ("VEC", k.vec.to_string()),
+        ("BLOCK", k.block.to_string()),
+        ("MODE", mode.to_string()),
+        ("SMOOTH", flag(k.smooth)),
+        ("FAST", flag(k.dtype.size() == 2)),
+    ]
+}
+
+fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
+    static C: OnceLock<Mutex<HashMap<Key, CudaFunction>>> = OnceLock::new();
+    let cache = C.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(f) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(f.clone());
+    }
+    let f = function(dev, &KERNEL, &defines(&key), "xent_kernel")?;
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
+    Ok(f)
+}
+
+pub fn run(p: &Plan, ordinal: usize, exec: Exec) -> Result<()> {
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let size = p.x.dtype.size();
+    let mut ops = vec![(p.x.ptr, p.x.row_stride, size)];
+    if let Some(g) = &p.grad {
+        ops.push((g.ptr, g.row_stride, size));
+    }
+    let vec = vector_width(p.x.dtype, p.cols, &ops);
+    let block = block();
+    let key = Key { ordinal, dtype: p.x.dtype, vec, block, mode: p.mode, smooth: p.smoothing > 0.0 };
+    let f = kernel(key, &dev)?;
+    let grid = p.rows.min(dev.sm_count * (2048 / block).max(1));
+    let (xp, xs) = (p.x.ptr as u64, p.x.row_stride as i64);
+    let (gp, gs) = p.grad.map_or((0u64, 0i64), |g| (g.ptr as u64, g.row_stride as i64));
+    let (tp, ts) = (p.target.0 as u64, p.target.1);
+    let (lp, ls) = (p.loss.0 as u64, p.loss.1);
+    let (ep, es) = (p.lse.0 as u64, p.lse.1);
+    let (sp, ss) = (p.scale.0 as u64, p.scale.1);
+    let (rows, cols, ignore) = (p.rows as i64, p.cols as i32, p.ignore_index);
+    let stream = borrowed_stream(&dev, exec.stream);
+    let mut b = stream.launch_builder(&f);
+    b.arg(&xp).arg(&xs).arg(&gp).arg(&gs).arg(&tp).arg(&ts).arg(&lp).arg(&ls).arg(&ep).arg(&es).arg(&sp).arg(&ss);
+    b.arg(&rows).arg(&cols).arg(&ignore);
+    let (eps32, z32) = (p.smoothing as f32, p.z as f32);
+    if p.x.dtype == DType::F64 {
+        b.arg(&p.smoothing).arg(&p.z);
+    } else {
+        b.arg(&eps32).arg(&z32);
+    }
+    // SAFETY: every pointer is a live tensor validated by the plan (logits and gradient as
+    // `rows × cols` row views of one dtype, the per-row vectors in the accumulation dtype, the
+    // scale with one value or one per row); targets outside [0, cols) are never dereferenced; the
+    // argument list matches the kernel's signature (ACC-typed eps and z); the launch goes on the
+    // caller's stream.
+    unsafe { b.launch(cfg(grid as u32, (block as u32, 1), 0)) }.map_err(driver_err("launching xent"))?;
+    Ok(())
+}
+
+/// The variants CI compiles: every dtype and mode, with and without smoothing, wide and scalar loads.
+pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+        for (mode, smooth, vec) in
+            [(Mode::Fwd, false, 16 / dtype.size()), (Mode::FwdGrad, true, 16 / dtype.size()), (Mode::Bwd, true, 1)]
+        {
+            let key = Key { ordinal: 0, dtype, vec, block: 1024, mode, smooth };
+            out.push((&KERNEL, defines(&key)));
+        }
+    }
+    out
+}
