@@ -77,7 +77,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
             } else if (bad) {
                 out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
             } else {
-                out = l - ((ACC)1 - eps) * to_acc(xr[t]) - eps / (ACC)cols * bsx + z * l * l;
+                // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first.
+                out = ((ACC)1 - eps) * (l - to_acc(xr[t])) + eps * (l - bsx / (ACC)cols) + z * l * l;
             }
             loss[row * l_st] = out;
             lse_io[row * lse_st] = l;

@@ -49,7 +49,8 @@ unsafe fn row<A: Real>(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]) {
             A::from_f64(f64::NAN)
         } else {
             let sx = if p.smoothing > 0.0 { sum(buf) } else { A::ZERO };
-            lse - (A::ONE - eps) * buf[t as usize] - eps / A::from_usize(v) * sx + z * lse * lse
+            // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first (exact 0 for V = 1).
+            (A::ONE - eps) * (lse - buf[t as usize]) + eps * (lse - sx / A::from_usize(v)) + z * lse * lse
         };
         *acc_at::<A>(p.loss.0, p.loss.1, r) = loss;
         *acc_at::<A>(p.lse.0, p.lse.1, r) = lse;

@@ -3,7 +3,7 @@
 //! For a row `x` of `V` logits with target `t`, label smoothing `ε` and z-loss weight `z`
 //! (computed in float32, float64 for float64 logits; per-row loss, lse and scale in that dtype):
 //!   `lse = log Σ_j e^(x_j)`,
-//!   `loss = lse − (1 − ε)·x_t − (ε/V)·Σ_j x_j + z·lse²` (torch's smoothed cross-entropy plus the
+//!   `loss = (1 − ε)·(lse − x_t) + ε·(lse − Σ_j x_j / V) + z·lse²` (torch's smoothed cross-entropy plus the
 //!   PaLM z-loss), and 0 for a row whose target is `ignore_index`;
 //!   `∂loss/∂x_j = p_j·(1 + 2z·lse) − ε/V − (1 − ε)·[j = t]` with `p_j = e^(x_j − lse)`.
 //! The gradient written is `g_row · ∂loss/∂x` with `g_row = scale[row]` (one value broadcast when
