@@ -21,7 +21,7 @@ from .activations import (
     swiglu,
     swiglu_bwd,
 )
-from .cross_entropy import (
+from .loss import (
     CrossEntropyFunction,
     MetalCrossEntropyLoss,
     MetalFusedLinearCrossEntropyLoss,

@@ -10,18 +10,25 @@
 // (each element is read by the thread that writes it, before it writes it).
 //
 // FAST (16-bit logits) uses the hardware exp2 (__expf); float32/float64 use expf/exp.
-// Compile-time parameters (-D): T_X ACC VEC BLOCK MODE (0 fwd, 1 fwd + grad, 2 grad) SMOOTH FAST.
+// Compile-time parameters (-D): T_X ACC VEC UNROLL BLOCK MODE (0 fwd, 1 fwd + grad, 2 grad) SMOOTH FAST.
 
 typedef long long i64;
 
-__device__ __forceinline__ float exp_ce(float v) {
+// e^(a − r). FAST evaluates it as 2^((a − r)·log2e) with ex2.approx (exact 1 at a = r, so a row
+// of one class has loss exactly 0).
 #if FAST
-    return __expf(v);
-#else
-    return expf(v);
-#endif
+__device__ __forceinline__ float exp_from(float a, float r) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"((a - r) * 1.4426950408889634f));
+    return y;
 }
-__device__ __forceinline__ double exp_ce(double v) { return exp(v); }
+#else
+__device__ __forceinline__ float exp_from(float a, float r) { return expf(a - r); }
+#endif
+__device__ __forceinline__ double exp_from(double a, double r) { return exp(a - r); }
+// Plain max (a NaN is carried by the sum of exponentials instead: any NaN logit makes it NaN).
+__device__ __forceinline__ float max_ce(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_ce(double a, double b) { return fmax(a, b); }
 __device__ __forceinline__ float log_ce(float v) { return logf(v); }
 __device__ __forceinline__ double log_ce(double v) { return log(v); }
 
@@ -40,29 +47,49 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         const bool bad = !ignored && (t < 0 || t >= cols);
 #if MODE != 2
         ACC m = NEG_INF_ACC, s = 0, sx = 0;
-        for (int c = threadIdx.x; c < nvec; c += BLOCK) {
-            ACC a[VEC];
-            load_vec<T_X, VEC>(xr + (i64)c * VEC, a);
-            ACC lm = a[0];
+        for (int c0 = threadIdx.x; c0 < nvec; c0 += BLOCK * UNROLL) {
+            // UNROLL vectors in flight per thread before any math (one 16-byte load per thread
+            // at a time is far too little to cover HBM latency).
+            Vec<T_X, VEC> raw[UNROLL];
 #pragma unroll
-            for (int i = 1; i < VEC; ++i) lm = MaxOp{}(lm, a[i]);
-            const ACC nm = MaxOp{}(m, lm);
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * BLOCK;
+                if (c < nvec) raw[u] = load_raw<T_X, VEC>(xr + (i64)c * VEC);
+            }
+            ACC lm = NEG_INF_ACC;
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                if (c0 + u * BLOCK < nvec) {
+                    ACC a[VEC];
+                    unpack<T_X, VEC>(raw[u], a);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) lm = max_ce(lm, a[i]);
+                }
+            }
+            const ACC nm = max_ce(m, lm);
             // Rescale the running sum to the new max (nothing to rescale while it is -inf), and
             // take exponentials against a finite reference so a row of -inf does not make NaN.
             const ACC ref = nm == NEG_INF_ACC ? (ACC)0 : nm;
-            if (m != nm) s *= exp_ce(m - ref);
+            if (m != nm) s *= exp_from(m, ref);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                s += exp_ce(a[i] - ref);
+            for (int u = 0; u < UNROLL; ++u) {
+                if (c0 + u * BLOCK < nvec) {
+                    ACC a[VEC];
+                    unpack<T_X, VEC>(raw[u], a);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) {
+                        s += exp_from(a[i], ref);
 #if SMOOTH
-                sx += a[i];
+                        sx += a[i];
 #endif
+                    }
+                }
             }
             m = nm;
         }
         const ACC bm = group_max<BLOCK>(m, red);
         const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
-        if (m != bm) s *= exp_ce(m - bref);
+        if (m != bm) s *= exp_from(m, bref);
         const ACC bs = group_sum<BLOCK>(s, red);
 #if SMOOTH
         const ACC bsx = group_sum<BLOCK>(sx, red);
@@ -70,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         const ACC bsx = 0;
 #endif
         if (threadIdx.x == 0) {
-            const ACC l = bref + log_ce(bs);  // NaN for a NaN anywhere (bm NaN), -inf for a row of -inf
+            const ACC l = bref + log_ce(bs);  // NaN for a NaN anywhere (via the sum), -inf for a row of -inf
             ACC out;
             if (ignored) {
                 out = 0;
@@ -97,15 +124,29 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         const ACC pf = g * ((ACC)1 + (ACC)2 * z * l);
         const ACC off = g * eps / (ACC)cols;
         const ACC hit = g * ((ACC)1 - eps);
-        for (int c = threadIdx.x; c < nvec; c += BLOCK) {
-            ACC a[VEC];
-            load_vec<T_X, VEC>(xr + (i64)c * VEC, a);
+        for (int c0 = threadIdx.x; c0 < nvec; c0 += BLOCK * UNROLL) {
+            Vec<T_X, VEC> raw[UNROLL];
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const int j = c * VEC + i;
-                a[i] = zero ? (ACC)0 : pf * exp_ce(a[i] - l) - off - (j == t ? hit : (ACC)0);
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * BLOCK;
+                if (c < nvec) raw[u] = load_raw<T_X, VEC>(xr + (i64)c * VEC);
             }
-            store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int c = c0 + u * BLOCK;
+                if (c >= nvec) continue;
+                ACC a[VEC];
+                unpack<T_X, VEC>(raw[u], a);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_from(a[i], l) - off;
+                const int k = t - c * VEC;  // the target's place in this vector, if it is here
+                if (!zero && k >= 0 && k < VEC) {
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i)
+                        if (i == k) a[i] -= hit;
+                }
+                store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+            }
         }
 #endif
         __syncthreads();  // row_lse and red are reused by the next row

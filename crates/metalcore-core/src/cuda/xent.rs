@@ -13,10 +13,29 @@ use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "xent", source: include_str!("../../kernels/xent.cu") };
 
-/// Threads per row (METALCORE_XENT_BLOCK).
+/// Threads per row (METALCORE_XENT_BLOCK). Default from a sweep on an H200 (2026-11-26,
+/// 8192×128256 bf16, bench/results/xent-tuning-nvidia-h200.md): 256 threads, 4 vectors in flight.
 fn block() -> usize {
     static C: OnceLock<usize> = OnceLock::new();
-    knob(&C, "METALCORE_XENT_BLOCK", 1024).next_power_of_two().clamp(32, 1024)
+    knob(&C, "METALCORE_XENT_BLOCK", 256).next_power_of_two().clamp(32, 1024)
+}
+
+/// The fused forward + gradient re-reads each row right after its first pass; the re-read can hit
+/// L2 only while the rows in flight fit there, so it runs wide blocks, few per SM
+/// (METALCORE_XENT_FUSED_BLOCK threads, METALCORE_XENT_FUSED_BPS blocks per SM). On the H200
+/// sweep 1024 × 2 was best (1.48 ms for 8192×128256 bf16) but still close to a forward plus a
+/// separate gradient pass (0.48 + 1.11 ms): the re-read mostly misses L2.
+fn fused_geometry() -> (usize, usize) {
+    static B: OnceLock<usize> = OnceLock::new();
+    static N: OnceLock<usize> = OnceLock::new();
+    let block = knob(&B, "METALCORE_XENT_FUSED_BLOCK", 1024).next_power_of_two().clamp(32, 1024);
+    (block, knob(&N, "METALCORE_XENT_FUSED_BPS", 2))
+}
+
+/// Vectors each thread loads before computing (METALCORE_XENT_UNROLL).
+fn unroll() -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    knob(&C, "METALCORE_XENT_UNROLL", 4)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,6 +43,7 @@ struct Key {
     ordinal: usize,
     dtype: DType,
     vec: usize,
+    unroll: usize,
     block: usize,
     mode: Mode,
     smooth: bool,
@@ -39,6 +59,7 @@ fn defines(k: &Key) -> Defines {
         ("T_X", ctype(k.dtype).to_string()),
         ("ACC", ctype(k.dtype.compute()).to_string()),
         ("VEC", k.vec.to_string()),
+        ("UNROLL", k.unroll.to_string()),
         ("BLOCK", k.block.to_string()),
         ("MODE", mode.to_string()),
         ("SMOOTH", flag(k.smooth)),
@@ -66,10 +87,10 @@ pub fn run(p: &Plan, ordinal: usize, exec: Exec) -> Result<()> {
         ops.push((g.ptr, g.row_stride, size));
     }
     let vec = vector_width(p.x.dtype, p.cols, &ops);
-    let block = block();
-    let key = Key { ordinal, dtype: p.x.dtype, vec, block, mode: p.mode, smooth: p.smoothing > 0.0 };
+    let (block, per_sm) = if p.mode == Mode::FwdGrad { fused_geometry() } else { (block(), 2048 / block()) };
+    let key = Key { ordinal, dtype: p.x.dtype, vec, unroll: unroll(), block, mode: p.mode, smooth: p.smoothing > 0.0 };
     let f = kernel(key, &dev)?;
-    let grid = p.rows.min(dev.sm_count * (2048 / block).max(1));
+    let grid = p.rows.min(dev.sm_count * per_sm.max(1));
     let (xp, xs) = (p.x.ptr as u64, p.x.row_stride as i64);
     let (gp, gs) = p.grad.map_or((0u64, 0i64), |g| (g.ptr as u64, g.row_stride as i64));
     let (tp, ts) = (p.target.0 as u64, p.target.1);
@@ -103,7 +124,7 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
         for (mode, smooth, vec) in
             [(Mode::Fwd, false, 16 / dtype.size()), (Mode::FwdGrad, true, 16 / dtype.size()), (Mode::Bwd, true, 1)]
         {
-            let key = Key { ordinal: 0, dtype, vec, block: 1024, mode, smooth };
+            let key = Key { ordinal: 0, dtype, vec, unroll: 4, block: 1024, mode, smooth };
             out.push((&KERNEL, defines(&key)));
         }
     }

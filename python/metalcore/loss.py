@@ -96,11 +96,13 @@ def _reduce(per_row: Tensor, n_valid: Tensor, reduction: str, shape, dtype: torc
 
 
 class CrossEntropyFunction(torch.autograd.Function):
-    """``CrossEntropyFunction.apply(logits, target, ignore_index, label_smoothing, reduction, z_loss)``
-    → ``(loss, z_loss_value)`` (the second output is for logging and not differentiable)."""
+    """``CrossEntropyFunction.apply(logits, target, ignore_index, label_smoothing, reduction, z_loss,
+    grad_mode)`` → ``(loss, z_loss_value)`` (the second output is for logging and not
+    differentiable). ``grad_mode`` is ``torch.is_grad_enabled()`` of the caller: the gradient is
+    written during the forward only when a backward can follow."""
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, z_loss):  # type: ignore[override]
+    def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, z_loss, grad_mode=True):  # type: ignore[override]
         V = logits.shape[-1]
         x2 = rows(logits, V)
         t = _targets(target, V, ignore_index)
@@ -108,7 +110,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         n = x2.shape[0]
         loss_rows, lse = empty((n,), acc, logits.device), empty((n,), acc, logits.device)
         n_valid = (t != ignore_index).sum().to(acc)
-        fused = ctx.needs_input_grad[0] and reduction != "none"
+        fused = grad_mode and ctx.needs_input_grad[0] and reduction != "none"
         grad = scale = None
         if fused:
             scale = (1.0 / n_valid if reduction == "mean" else torch.ones((), dtype=acc, device=logits.device)).reshape(1)
@@ -128,7 +130,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         ignore_index, label_smoothing, reduction, z_loss, shape = ctx.args
         acc = lse.dtype
         if grad is not None and not _capturing(g) and bool(g == 1):
-            return grad.view(shape), None, None, None, None, None
+            return grad.view(shape), None, None, None, None, None, None
         if reduction == "none":
             scale = g.reshape(-1).to(acc).contiguous()
         elif reduction == "mean":
@@ -138,7 +140,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         out = grad if grad is not None else empty(x2.shape, x2.dtype, x2.device)
         scratch = torch.empty_like(lse)
         _launch(x2, t, scratch, lse, out, scale, True, ignore_index, label_smoothing, z_loss)
-        return out.view(shape), None, None, None, None, None
+        return out.view(shape), None, None, None, None, None, None
 
 
 _apply = fast_apply(CrossEntropyFunction)
@@ -232,7 +234,7 @@ def cross_entropy(
         loss = _reduce(rows_loss, n, reduction, target.shape, logits.dtype)
         zl = _reduce(torch.where(valid, z_loss * lse.detach() ** 2, torch.zeros_like(lse)), n, reduction, target.shape, logits.dtype)
     else:
-        loss, zl = _apply(logits, target, int(ignore_index), float(label_smoothing), reduction, float(z_loss))
+        loss, zl = _apply(logits, target, int(ignore_index), float(label_smoothing), reduction, float(z_loss), torch.is_grad_enabled())
     return (loss, zl) if return_z_loss else loss
 
 
