@@ -50,6 +50,7 @@ from .linalg import (
     trsm,
     trsm_batched,
 )
+from .optim import MetalAdamW
 from .rope import RoPEFunction, RotaryEmbedding, apply_rotary_pos_emb, apply_rotary_pos_emb_single, rope_forward
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
@@ -99,6 +100,7 @@ __all__ = [
     "MetalCrossEntropyLoss",
     "fused_linear_cross_entropy",
     "MetalFusedLinearCrossEntropyLoss",
+    "MetalAdamW",
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_single",
     "rope_forward",

@@ -26,7 +26,7 @@ _DTYPE_NAMES = {
     torch.float64: "float64",
 }
 # Dtypes a descriptor may carry: the floating ones, and int32 for integer outputs such as `info`.
-_DESC_NAMES = {**_DTYPE_NAMES, torch.int32: "int32"}
+_DESC_NAMES = {**_DTYPE_NAMES, torch.int32: "int32", torch.int64: "int64"}
 
 Desc = Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str, int]
 

@@ -69,3 +69,20 @@ def cross_entropy_into(
     z_loss: float,
     stream: int,
 ) -> None: ...
+def adamw_step(
+    params: List[Desc],
+    grads: List[Desc],
+    exp_avgs: List[Desc],
+    exp_avg_sqs: List[Desc],
+    max_exp_avg_sqs: Optional[List[Desc]],
+    masters: Optional[List[Desc]],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: float,
+    maximize: bool,
+    seed: Optional[int],
+    stream: int,
+) -> None: ...

@@ -11,6 +11,8 @@ pub enum DType {
     F64,
     /// Integer outputs only (e.g. per-matrix `info` of a factorization).
     I32,
+    /// Integer workspaces only (e.g. the device pointer table of a multi-tensor op).
+    I64,
 }
 
 impl DType {
@@ -19,7 +21,7 @@ impl DType {
         match self {
             DType::F16 | DType::BF16 => 2,
             DType::F32 | DType::I32 => 4,
-            DType::F64 => 8,
+            DType::F64 | DType::I64 => 8,
         }
     }
 
@@ -31,6 +33,7 @@ impl DType {
             DType::F32 => "float32",
             DType::F64 => "float64",
             DType::I32 => "int32",
+            DType::I64 => "int64",
         }
     }
 
@@ -43,6 +46,7 @@ impl DType {
             "float32" | "float" => DType::F32,
             "float64" | "double" => DType::F64,
             "int32" | "int" => DType::I32,
+            "int64" | "long" => DType::I64,
             other => {
                 return Err(Error::dtype(
                     arg,
@@ -54,7 +58,7 @@ impl DType {
 
     /// True for the floating dtypes.
     pub const fn is_float(self) -> bool {
-        !matches!(self, DType::I32)
+        !matches!(self, DType::I32 | DType::I64)
     }
 
     /// The dtype in which an op on this storage dtype accumulates: float32, or float64 for float64 data.

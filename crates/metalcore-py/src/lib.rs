@@ -3,6 +3,7 @@
 //! and maps core errors to Python exception classes. No torch dependency on the Rust side.
 
 mod act;
+mod adamw;
 mod bridge;
 mod linalg;
 mod norm;
@@ -43,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     act::register(m)?;
+    adamw::register(m)?;
     norm::register(m)?;
     rope::register(m)?;
     softmax::register(m)?;

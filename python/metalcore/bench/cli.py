@@ -457,6 +457,40 @@ def bench_xent(device: str, rows: int, vocab: int, dtype: torch.dtype, quick: bo
     return bench_peers("cross_entropy", case, device, peers, sets, [t], set_bytes, quick)
 
 
+def bench_adamw(device: str, n_params: int, numel: int, dtype: torch.dtype, quick: bool) -> str:
+    """One optimizer step over n_params tensors of numel elements: ours vs torch's AdamW variants."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def params():
+        ps = [torch.nn.Parameter(torch.randn(numel, generator=g).to(dtype).to(device)) for _ in range(n_params)]
+        for p in ps:
+            p.grad = (1e-3 * torch.randn(numel, generator=g)).to(dtype).to(device)
+        return ps
+
+    peers = {"metalcore": lambda ps: metalcore.MetalAdamW(ps, lr=1e-4),
+             "torch fused": lambda ps: torch.optim.AdamW(ps, lr=1e-4, fused=True),
+             "torch foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-4, foreach=True)}
+    reps = 5 if quick else 30
+    lines = []
+    times = {}
+    for name, make in peers.items():
+        ps = params()
+        opt = make(ps)
+        opt.step()
+        t = time_ms(lambda i: opt.step(), device, reps=reps, batch=5 if device == "cuda" else 1, min_time=0.0, warmup=3)
+        gt = graph_ms(lambda i: opt.step(), 1) if device == "cuda" and name == "metalcore" else float("nan")
+        times[name] = t
+        del opt, ps
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        lines.append((name, t, gt))
+    base = times["torch fused"]
+    out = ["| case | impl | step ms | vs torch fused | graph step ms |", "|---|---|---|---|---|"]
+    for name, t, gt in lines:
+        out.append(f"| {n_params} x {numel} {str(dtype).replace('torch.', '')} | {name} | {t:.3f} | {base / t:.2f}x | {gt:.3f} |")
+    return "\n".join(out)
+
+
 LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
 
 
@@ -551,9 +585,13 @@ writes the gradient during the forward and checks the output gradient is 1 in th
 host sync); under CUDA-graph capture that check is impossible, so the graph fwd+bwd column
 recomputes the gradient in the backward (one more pass over the logits)."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "linalg")
+ADAMW_LEGEND = """Milliseconds per `optimizer.step()` (median, wall clock between CUDA events on GPU, including the
+Python work of each optimizer), fp32 parameters with fp32 gradients already in place. `graph step ms`:
+our step replayed from a CUDA graph (device time alone; our step has no host sync)."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "adamw", "linalg")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
-          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy",
+          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "adamw": "AdamW step",
           "linalg": "Batched Cholesky and solves"}
 
 
@@ -585,7 +623,10 @@ def main(argv: Optional[List[str]] = None) -> None:
               + ("; CPU allocator: glibc with mmap and trimming off (see `steady_cpu_allocator`)" if steady else ""))
     print(header)
     for op in OPS if args.op == "all" else (args.op,):
-        if op == "linalg":
+        if op == "adamw":
+            shapes = [(100, 1 << 20, torch.float32)] if device == "cuda" else [(20, 1 << 20, torch.float32), (100, 10000, torch.float32)]
+            table = "\n\n".join(bench_adamw(device, n, m, dt, args.quick) for n, m, dt in shapes)
+        elif op == "linalg":
             if device != "cpu":
                 print("\n## Batched Cholesky: no metalcore CUDA kernel yet (CUDA tensors use torch.linalg); skipped")
                 continue
@@ -624,7 +665,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND, 'adamw': ADAMW_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

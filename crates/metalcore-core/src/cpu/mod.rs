@@ -43,6 +43,7 @@ macro_rules! pick {
 }
 
 pub mod act;
+pub mod adamw;
 pub mod linalg;
 pub mod norm;
 pub mod rope;
@@ -158,6 +159,7 @@ macro_rules! impl_real {
                         DType::F16 => (*(src as *const f16).add(i)).to_f32() as $t,
                         DType::BF16 => (*(src as *const bf16).add(i)).to_f32() as $t,
                         DType::I32 => *(src as *const i32).add(i) as $t,
+                        DType::I64 => *(src as *const i64).add(i) as $t,
                     }
                 }
             }
@@ -171,6 +173,7 @@ macro_rules! impl_real {
                         DType::F16 => *(dst as *mut f16).add(i) = f16::from_f64(self as f64),
                         DType::BF16 => *(dst as *mut bf16).add(i) = bf16::from_f64(self as f64),
                         DType::I32 => *(dst as *mut i32).add(i) = self as i32,
+                        DType::I64 => *(dst as *mut i64).add(i) = self as i64,
                     }
                 }
             }
@@ -245,6 +248,7 @@ pub(crate) unsafe fn load_row<A: Real>(dtype: DType, src: *const u8, out: &mut [
         }
         DType::F64 => go!(f64, |v: f64| v),
         DType::I32 => go!(i32, |v: i32| v as f64),
+        DType::I64 => go!(i64, |v: i64| v as f64),
         DType::F16 => go!(f16, |v: f16| v.to_f32() as f64),
         DType::BF16 => {
             let s = std::slice::from_raw_parts(src as *const u16, out.len());

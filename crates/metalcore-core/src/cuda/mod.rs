@@ -4,6 +4,7 @@
 //! and never synchronizes the host, so ops are safe under CUDA graph capture.
 
 pub mod act;
+pub mod adamw;
 pub mod jit;
 pub mod norm;
 pub mod rope;
@@ -118,6 +119,7 @@ pub(crate) fn ctype(d: crate::dtype::DType) -> &'static str {
         F32 => "float",
         F64 => "double",
         I32 => "int",
+        I64 => "long long",
     }
 }
 

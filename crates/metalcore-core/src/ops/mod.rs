@@ -2,6 +2,7 @@
 //! One file per op family.
 
 pub mod act;
+pub mod adamw;
 pub mod linalg;
 pub mod norm;
 pub mod rope;

@@ -1,0 +1,226 @@
+"""``MetalAdamW``: a drop-in for ``torch.optim.AdamW`` whose step updates every parameter of a
+(device, dtype) group with one multi-tensor kernel launch per 48 tensors (CUDA) or one parallel
+pass (CPU).
+
+Same hyperparameters, decoupled weight decay, ``amsgrad`` and ``maximize``, and the same update
+in the same order as torch's AdamW, so fp32 trajectories agree to rounding. The state
+(``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and param-group keys are torch's, so a
+state dict saved by one loads in the other. Differences, all opt-in or for 16-bit parameters:
+
+- bfloat16/float16 parameters keep their moments in float32 (torch keeps them in the parameter's
+  dtype); a torch AdamW loading such a state dict casts them down, as it does for any state.
+- ``master_weights=True`` keeps a float32 copy of each 16-bit parameter (state key
+  ``master_param``): the update is applied to it and the parameter is its rounding.
+- ``stochastic_rounding=True`` rounds bfloat16 parameters (without a master copy) stochastically,
+  so small updates are not lost on average.
+
+Gradients that are ``None`` are skipped (their parameter's step does not advance, as in torch);
+sparse gradients raise ``RuntimeError``. Parameters that are not contiguous, or on a device with
+no metalcore backend, are updated with the same formula in PyTorch ops (explicit fallback, with a
+one-time warning for the device case). ``capturable`` and ``differentiable`` are not supported.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._backend import desc, has_backend, stream_of, warn_fallback
+
+__all__ = ["MetalAdamW"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in _HALF else dtype
+
+
+class MetalAdamW(torch.optim.Optimizer):
+    """AdamW (Loshchilov & Hutter) with torch's semantics; see the module docstring."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: Optional[bool] = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: Optional[bool] = None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor):
+            lr = float(lr)
+        if not 0.0 <= lr:
+            raise ValueError(f"lr: expected a non-negative learning rate, got {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"eps: expected a non-negative value, got {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"betas: expected two values in [0, 1), got {betas}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"weight_decay: expected a non-negative value, got {weight_decay}")
+        if capturable or differentiable:
+            raise NotImplementedError("MetalAdamW: capturable and differentiable are not supported")
+        if master_weights and stochastic_rounding:
+            raise ValueError("stochastic_rounding: not used with master_weights (the master copy keeps the low bits)")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+                        foreach=foreach, capturable=False, differentiable=False, fused=fused, decoupled_weight_decay=True,
+                        master_weights=master_weights, stochastic_rounding=stochastic_rounding)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in (("amsgrad", False), ("maximize", False), ("master_weights", False), ("stochastic_rounding", False)):
+                group.setdefault(k, v)
+
+    @staticmethod
+    def _process_value_according_to_param_policy(param, value, param_id, param_groups, key=None):  # type: ignore[override]
+        """Loading a state dict: moments of 16-bit parameters stay (or become) float32, the master
+        copy float32; everything else as torch does."""
+        if key == "step":
+            return value
+        if param.is_floating_point() and isinstance(value, Tensor) and value.is_floating_point():
+            want = torch.float32 if key == "master_param" else _state_dtype(param.dtype)
+            return value.to(dtype=want, device=param.device)
+        return value.to(device=param.device) if isinstance(value, Tensor) else value
+
+    def _init_state(self, p: Tensor, group: Dict[str, Any]) -> Dict[str, Any]:
+        state = self.state[p]
+        sd = _state_dtype(p.dtype)
+        if len(state) == 0:
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=sd, memory_format=torch.preserve_format)
+        if group["master_weights"] and p.dtype in _HALF and "master_param" not in state:
+            state["master_param"] = p.detach().float().clone()
+        for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):  # e.g. bfloat16 moments from torch's AdamW
+            if k in state and state[k].dtype != sd:
+                state[k] = state[k].to(sd)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step (``closure`` re-evaluates the loss, as in torch)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            buckets: Dict[Any, List[Tensor]] = defaultdict(list)
+            live = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("MetalAdamW does not support sparse gradients")
+                if torch.is_complex(p):
+                    raise NotImplementedError("MetalAdamW: complex parameters are not supported")
+                self._init_state(p, group)
+                live.append(p)
+            if not live:
+                continue
+            steps = [self.state[p]["step"] for p in live]
+            torch._foreach_add_(steps, 1.0)  # one call for every step counter, as torch's foreach AdamW
+            for p, st in zip(live, steps):
+                buckets[(p.device, p.dtype, st.item())].append(p)
+            for (device, dtype, step), ps in buckets.items():
+                native = [p for p in ps if has_backend(device) and p.is_contiguous()]
+                other = [p for p in ps if not (has_backend(device) and p.is_contiguous())]
+                if native:
+                    self._native_step(native, group, step)
+                if other:
+                    if not has_backend(device):
+                        warn_fallback("MetalAdamW.step", device)
+                    for p in other:
+                        self._torch_step(p, group, step)
+        return loss
+
+    def _desc(self, t: Tensor, arg: str):
+        """`desc(t)`, cached per tensor object while its storage address and shape stay the same
+        (building a descriptor costs ~2.5 µs; a step passes four or more per parameter)."""
+        cache = self.__dict__.setdefault("_descs", {})
+        key = id(t)
+        hit = cache.get(key)
+        if hit is not None and hit[0]() is t and hit[1] == t.data_ptr() and hit[2] == t.shape:
+            return hit[3]
+        dsc = desc(t, arg)
+        if len(cache) > 4 * 65536:  # entries of freed tensors (e.g. last step's gradients)
+            cache.clear()
+        cache[key] = (weakref.ref(t), t.data_ptr(), t.shape, dsc)  # weak: never keeps a gradient alive
+        return dsc
+
+    def load_state_dict(self, state_dict) -> None:
+        self.__dict__.pop("_plans", None)  # cached descriptors of the replaced states
+        super().load_state_dict(state_dict)
+
+    def _fixed_descs(self, ps: List[Tensor], group: Dict[str, Any], master: bool):
+        """Descriptors of the parameters and their states, cached per list of parameters; valid
+        while every tensor is the same object at the same address (state tensors are replaced only
+        by load_state_dict, which drops the cache)."""
+        plans = self.__dict__.setdefault("_plans", {})
+        key = (tuple(map(id, ps)), bool(group["amsgrad"]), master)
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []) + (["master_param"] if master else [])
+        tensors = [[self.state[p][k] for p in ps] for k in names]
+        ptrs = [p.data_ptr() for p in ps]
+        hit = plans.get(key)
+        if hit is not None and hit[0] == ptrs and all(a is b for new, old in zip(tensors, hit[1]) for a, b in zip(new, old)):
+            return hit[2]
+        descs = [[desc(p, "param") for p in ps]] + [[desc(t, k) for t in ts] for k, ts in zip(names, tensors)]
+        if len(plans) > 64:
+            plans.clear()
+        plans[key] = (ptrs, tensors, descs)
+        return descs
+
+    def _native_step(self, ps: List[Tensor], group: Dict[str, Any], step: float) -> None:
+        beta1, beta2 = group["betas"]
+        master = group["master_weights"] and ps[0].dtype in _HALF
+        sr = group["stochastic_rounding"] and ps[0].dtype == torch.bfloat16 and not master
+        seed = int(torch.randint(0, 2**62, (1,))) if sr else None
+        descs = self._fixed_descs(ps, group, master)
+        it = iter(descs[3:])
+        vmax = next(it) if group["amsgrad"] else None
+        masters = next(it) if master else None
+        grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in ps]
+        _native.adamw_step(
+            descs[0], [self._desc(g, "grad") for g in grads], descs[1], descs[2], vmax, masters,
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
+            step, bool(group["maximize"]), seed, stream_of(ps[0]),
+        )
+
+    def _torch_step(self, p: Tensor, group: Dict[str, Any], step: float) -> None:
+        """The same update in PyTorch ops (non-contiguous parameters, devices without a backend)."""
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        sd = _state_dtype(p.dtype)
+        g = p.grad.to(sd)
+        if group["maximize"]:
+            g = -g
+        master = state.get("master_param") if group["master_weights"] else None
+        x = master if master is not None else p.detach().to(sd)
+        x.mul_(1 - group["lr"] * group["weight_decay"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        vhat = v
+        if group["amsgrad"]:
+            torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            vhat = state["max_exp_avg_sq"]
+        denom = (vhat.sqrt() / ((1 - beta2**step) ** 0.5)).add_(group["eps"])
+        x.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**step))
+        if x is not p:
+            p.copy_(x)
