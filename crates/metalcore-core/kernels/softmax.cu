@@ -9,10 +9,24 @@
 // then keeps a running (max, sum) per thread, rescaling the sum when the max grows ("online
 // softmax", Milakov & Gimelshein 2018), and reads the row twice in all.
 //
-// Compile-time parameters (-D): T_X T_Y ACC VEC TPR BLOCK CHUNKS.
+// SMEM (forward, CHUNKS == 0, one row per block): the row is kept in dynamic shared memory after
+// the first read, so it is read from memory once.
+//
+// Compile-time parameters (-D): T_X T_Y ACC VEC TPR BLOCK CHUNKS SMEM FAST.
 
 typedef long long i64;
 constexpr int RPB = BLOCK / TPR;
+
+// FAST (16-bit data): the hardware exp2 (__expf), whose few-ulp float error vanishes in the output's
+// rounding to 8 or 11 bits; float32/float64 data keep the accurate expf/exp.
+__device__ __forceinline__ float exp_sm(float v) {
+#if FAST
+    return __expf(v);
+#else
+    return expf(v);
+#endif
+}
+__device__ __forceinline__ double exp_sm(double v) { return exp(v); }
 
 // Pairwise sum of N values (N need not be a power of two).
 template <int N> __device__ __forceinline__ ACC tree_sum(ACC (&v)[N]) {
@@ -60,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m);
+                for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m);
                 cs[k] = tree_sum<VEC>(a);
             }
         }
@@ -74,10 +88,56 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
+                for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
                 store_vec<T_Y, VEC>(yr + c * VEC, a);
             }
         }
+#elif SMEM
+        // The row stays in shared memory (one row per block): read once from memory, 4 vectors in
+        // flight per thread; each thread re-reads exactly the vectors it stored, so no barrier.
+        extern __shared__ __align__(16) unsigned char smem_raw[];
+        Vec<T_X, VEC>* rowbuf = reinterpret_cast<Vec<T_X, VEC>*>(smem_raw);
+        ACC m = NEG_INF_ACC, s = 0;
+        for (int c0 = lane; valid && c0 < nvec; c0 += TPR * 4) {
+            Vec<T_X, VEC> raw[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int c = c0 + u * TPR;
+                if (c < nvec) raw[u] = load_raw<T_X, VEC>(xr + c * VEC);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const int c = c0 + u * TPR;
+                if (c >= nvec) continue;
+                rowbuf[c] = raw[u];
+                ACC a[VEC];
+                unpack<T_X, VEC>(raw[u], a);
+                ACC cm = a[0];
+#pragma unroll
+                for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
+                const ACC nm = MaxOp{}(m, cm);
+                s = (nm == m) ? s : s * exp_sm(m - nm);
+                m = nm;
+                if (m != NEG_INF_ACC) {
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
+                }
+            }
+        }
+        const ACC gm = group_max<TPR>(m, red);
+        s = (m == gm) ? s : s * exp_sm(m - gm);
+        s = group_sum<TPR>(s, red);
+        m = gm;
+        if (!valid) continue;
+        const ACC inv = (ACC)1 / s;
+        for (int c = lane; c < nvec; c += TPR) {
+            ACC a[VEC];
+            unpack<T_X, VEC>(rowbuf[c], a);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
+            store_vec<T_Y, VEC>(yr + c * VEC, a);
+        }
+        __syncthreads();  // the next row overwrites rowbuf
 #else
         ACC m = NEG_INF_ACC, s = 0;
         for (int c = lane; valid && c < nvec; c += TPR) {
@@ -88,16 +148,16 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
             for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
             const ACC nm = MaxOp{}(m, cm);
             // Rescale the running sum to the new max (no-op when it did not grow; 0 from -inf).
-            s = (nm == m) ? s : s * exp_acc(m - nm);
+            s = (nm == m) ? s : s * exp_sm(m - nm);
             m = nm;
             // While every value seen is -inf they add nothing (exp(-inf - -inf) would be NaN).
             if (m != NEG_INF_ACC) {
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) s += exp_acc(a[i] - m);
+                for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
             }
         }
         const ACC gm = group_max<TPR>(m, red);
-        s = (m == gm) ? s : s * exp_acc(m - gm);
+        s = (m == gm) ? s : s * exp_sm(m - gm);
         s = group_sum<TPR>(s, red);
         m = gm;
         if (!valid) continue;
@@ -106,7 +166,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
             ACC a[VEC];
             load_vec<T_X, VEC>(xr + c * VEC, a);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) a[i] = exp_acc(a[i] - m) * inv;
+            for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
             store_vec<T_Y, VEC>(yr + c * VEC, a);
         }
 #endif

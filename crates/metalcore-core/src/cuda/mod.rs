@@ -54,6 +54,8 @@ pub(crate) struct DeviceState {
     pub ctx: Arc<CudaContext>,
     pub sm_count: usize,
     pub arch: String,
+    /// Dynamic shared memory a block may opt in to (bytes).
+    pub smem_optin: usize,
 }
 
 fn devices() -> &'static Mutex<Vec<Option<Arc<DeviceState>>>> {
@@ -75,7 +77,10 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<DeviceState>> {
     let sm_count = ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map_err(driver_err("reading the multiprocessor count"))? as usize;
-    let state = Arc::new(DeviceState { ctx, sm_count, arch: arch_name(major, minor) });
+    let smem_optin = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .map_err(driver_err("reading the shared memory limit"))? as usize;
+    let state = Arc::new(DeviceState { ctx, sm_count, arch: arch_name(major, minor), smem_optin });
     if devs.len() <= ordinal {
         devs.resize(ordinal + 1, None);
     }

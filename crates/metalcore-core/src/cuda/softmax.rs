@@ -1,7 +1,7 @@
 //! Softmax on CUDA: variant selection and launches (math in `kernels/softmax.cu`).
 
 use super::jit::{function, Defines, Kernel};
-use super::rows::{base_defines, geometry, knob, Geometry};
+use super::rows::{base_defines, flag, geometry, knob, Geometry};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -12,6 +12,24 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("../../kernels/softmax.cu") };
+
+/// Most dynamic shared memory the forward's shared-memory path asks for (the rest of the SM's
+/// 228 KiB stays for the reduction scratch and the L1).
+const SMEM_RESERVE: usize = 200 * 1024;
+
+/// Rows of at least this many elements take the forward's shared-memory path even when they would
+/// fit the register path (METALCORE_SOFTMAX_SMEM_COLS). Default from an H200 run (2026-11-26):
+/// for float32 rows of 32768 the shared-memory path took 0.327 ms against 0.401 ms in registers;
+/// for bfloat16 rows of 16384 it was slower (0.318 against 0.202), so 16-bit rows use it only
+/// when they are too long for registers.
+fn smem_cols(dtype: DType) -> usize {
+    static C: OnceLock<usize> = OnceLock::new();
+    let default = if dtype.size() >= 4 { 16384 } else { usize::MAX };
+    match std::env::var("METALCORE_SOFTMAX_SMEM_COLS") {
+        Ok(_) => knob(&C, "METALCORE_SOFTMAX_SMEM_COLS", default),
+        Err(_) => default,
+    }
+}
 
 /// Elements per thread the register path aims for (METALCORE_SOFTMAX_ELEMS).
 fn target_elems() -> usize {
@@ -25,11 +43,13 @@ struct Key {
     backward: bool,
     dtype: DType,
     geometry: Geometry,
+    smem: bool,
 }
 
-fn defines(dtype: DType, g: &Geometry) -> Defines {
+fn defines(dtype: DType, g: &Geometry, smem: bool) -> Defines {
     let mut d = base_defines(g, dtype.compute());
-    d.extend([("T_X", ctype(dtype).to_string()), ("T_Y", ctype(dtype).to_string())]);
+    d.extend([("T_X", ctype(dtype).to_string()), ("T_Y", ctype(dtype).to_string()), ("SMEM", flag(smem))]);
+    d.push(("FAST", flag(dtype.size() == 2)));
     d
 }
 
@@ -41,7 +61,12 @@ fn kernel(key: Key, dev: &super::DeviceState) -> Result<CudaFunction> {
         return Ok(f.clone());
     }
     let name = if key.backward { "softmax_bwd" } else { "softmax_fwd" };
-    let f = function(dev, &KERNEL, &defines(key.dtype, &key.geometry), name)?;
+    let f = function(dev, &KERNEL, &defines(key.dtype, &key.geometry, key.smem), name)?;
+    if key.smem {
+        use cudarc::driver::sys::CUfunction_attribute_enum as A;
+        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_RESERVE.min(dev.smem_optin) as i32)
+            .map_err(driver_err("allowing dynamic shared memory"))?;
+    }
     cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
     Ok(f)
 }
@@ -58,9 +83,22 @@ fn launch(
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
     let with_size: Vec<(usize, usize, usize)> = ops.iter().map(|&(p, s)| (p, s, dtype.size())).collect();
-    let g = geometry(cols, vector_width(dtype, cols, &with_size), target_elems());
-    let f = kernel(Key { ordinal, backward, dtype, geometry: g }, &dev)?;
-    let grid = rows.div_ceil(g.block / g.tpr).min(dev.sm_count * 64) as u32;
+    let mut g = geometry(cols, vector_width(dtype, cols, &with_size), target_elems());
+    // Rows too long for registers (or at least METALCORE_SOFTMAX_SMEM_COLS long): the forward
+    // keeps the row in shared memory when it fits.
+    let bytes = (cols * dtype.size()).next_multiple_of(16);
+    let wants = g.chunks == 0 || cols >= smem_cols(dtype);
+    let smem = !backward && wants && bytes <= SMEM_RESERVE.min(dev.smem_optin);
+    if smem {
+        g = Geometry { tpr: 1024, block: 1024, chunks: 0, ..g };
+    }
+    let f = kernel(Key { ordinal, backward, dtype, geometry: g, smem }, &dev)?;
+    let (grid, smem_bytes) = if smem {
+        let per_sm = (dev.smem_optin / bytes).clamp(1, 2048 / g.block);
+        (rows.min(dev.sm_count * per_sm) as u32, bytes as u32)
+    } else {
+        (rows.div_ceil(g.block / g.tpr).min(dev.sm_count * 64) as u32, 0)
+    };
     let stream = borrowed_stream(&dev, exec.stream);
     let args: Vec<(u64, i64)> = ops.iter().map(|&(p, s)| (p as u64, s as i64)).collect();
     let (rows, cols) = (rows as i64, cols as i32);
@@ -72,7 +110,7 @@ fn launch(
     // SAFETY: every pointer is a live tensor validated for `rows × cols` (row strides in elements)
     // by the op's plan; the argument list matches the kernel's signature (pointer, row stride per
     // operand, then rows and cols); the launch goes on the caller's stream.
-    unsafe { b.launch(cfg(grid, (g.block as u32, 1), 0)) }.map_err(driver_err("launching softmax"))?;
+    unsafe { b.launch(cfg(grid, (g.block as u32, 1), smem_bytes)) }.map_err(driver_err("launching softmax"))?;
     Ok(())
 }
 
@@ -91,8 +129,10 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut out = Vec::new();
     for dt in [DType::F32, DType::F16, DType::BF16, DType::F64] {
         for &(vec, chunks, tpr) in &[(16 / dt.size(), 4usize, 256usize), (1, 0, 1024), (2, 1, 32)] {
-            out.push((&KERNEL, defines(dt, &Geometry { vec, tpr, block: tpr.max(128), chunks })));
+            out.push((&KERNEL, defines(dt, &Geometry { vec, tpr, block: tpr.max(128), chunks }, false)));
         }
+        let g = Geometry { vec: 16 / dt.size(), tpr: 1024, block: 1024, chunks: 0 };
+        out.push((&KERNEL, defines(dt, &g, true)));
     }
     out
 }
