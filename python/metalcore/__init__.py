@@ -28,6 +28,7 @@ from .loss import (
     cross_entropy,
     fused_linear_cross_entropy,
 )
+from .embedding import EmbeddingBagFunction, MetalEmbeddingBag, embedding_bag
 from .layernorm import (
     FusedAddLayerNorm,
     FusedAddLayerNormFunction,
@@ -101,6 +102,9 @@ __all__ = [
     "fused_linear_cross_entropy",
     "MetalFusedLinearCrossEntropyLoss",
     "MetalAdamW",
+    "embedding_bag",
+    "EmbeddingBagFunction",
+    "MetalEmbeddingBag",
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_single",
     "rope_forward",

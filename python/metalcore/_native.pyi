@@ -86,3 +86,11 @@ def adamw_step(
     seed: Optional[int],
     stream: int,
 ) -> None: ...
+def embag_fwd_into(
+    mode: int, weight: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
+    out: Desc, argmax: Optional[Desc], stream: int,
+) -> None: ...
+def embag_bwd_into(
+    mode: int, grad_out: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
+    sorted: Desc, argmax: Optional[Desc], grad_weight: Desc, stream: int,
+) -> None: ...

@@ -5,6 +5,7 @@
 mod act;
 mod adamw;
 mod bridge;
+mod embag;
 mod linalg;
 mod norm;
 mod rope;
@@ -45,6 +46,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     act::register(m)?;
     adamw::register(m)?;
+    embag::register(m)?;
     norm::register(m)?;
     rope::register(m)?;
     softmax::register(m)?;

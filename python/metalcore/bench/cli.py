@@ -491,6 +491,20 @@ def bench_adamw(device: str, n_params: int, numel: int, dtype: torch.dtype, quic
     return "\n".join(out)
 
 
+def bench_embag(device: str, num: int, dim: int, n_bags: int, bag: int, quick: bool) -> List[Dict]:
+    """EmbeddingBag (sum) forward and forward+backward to the weight: ours vs F.embedding_bag."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    w = torch.randn(num, dim, generator=g).to(device)
+    idx = torch.randint(0, num, (n_bags * bag,), generator=g).to(device)
+    off = torch.arange(0, n_bags * bag, bag).to(device)
+    set_bytes = (n_bags * bag + n_bags) * dim * 4
+    sets = [([w], [torch.randn(n_bags, dim, generator=g).to(device)]) for _ in range(2)]
+    peers: Dict[str, Callable] = {"metalcore": lambda w_, i, o: metalcore.embedding_bag(w_, i, o, "sum"),
+                                  "torch": lambda w_, i, o: torch.nn.functional.embedding_bag(i, w_, o, mode="sum")}
+    case = f"sum {num}x{dim}, {n_bags} bags of {bag} float32"
+    return bench_peers("embedding_bag", case, device, peers, sets, [idx, off], set_bytes, quick)
+
+
 LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
 
 
@@ -589,9 +603,14 @@ ADAMW_LEGEND = """Milliseconds per `optimizer.step()` (median, wall clock betwee
 Python work of each optimizer), fp32 parameters with fp32 gradients already in place. `graph step ms`:
 our step replayed from a CUDA graph (device time alone; our step has no host sync)."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "adamw", "linalg")
+EMBAG_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts the rows read (one per index) and the
+bags written. `err` is the relative error of the output (fwd) and of the weight's gradient (bwd)
+against float64. torch = `F.embedding_bag`. Our eager forward checks the indices and offsets (one
+host sync); the graph columns skip that check (it is impossible under capture)."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "embag", "adamw", "linalg")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
-          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "adamw": "AdamW step",
+          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "embag": "EmbeddingBag", "adamw": "AdamW step",
           "linalg": "Batched Cholesky and solves"}
 
 
@@ -649,13 +668,18 @@ def main(argv: Optional[List[str]] = None) -> None:
                 for r_, v_, dt in shapes:
                     rows += bench_xent(device, r_, v_, dt, args.quick)
                 op_cases = []
+            if op == "embag":
+                shapes = [(131072, 1024, 16384, 32)] if device == "cuda" else [(32768, 256, 4096, 32)]
+                for num_, dim_, nb_, bl_ in shapes:
+                    rows += bench_embag(device, num_, dim_, nb_, bl_, args.quick)
+                op_cases = []
             if op == "act":
                 if not args.case:
                     op_cases = [(8192, 14336, torch.bfloat16)] if device == "cuda" else cases
                 for r, c, dt in op_cases:
                     for kind in ACT_KINDS:
                         rows += bench_act(kind, device, r, c, dt, args.quick)
-            for r, c, dt in op_cases if op not in ("act", "rope", "xent") else ():
+            for r, c, dt in op_cases if op not in ("act", "rope", "xent", "embag") else ():
                 rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
             table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
@@ -665,7 +689,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND, 'adamw': ADAMW_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND, 'embag': EMBAG_LEGEND, 'adamw': ADAMW_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

@@ -174,6 +174,7 @@ pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut v = Vec::new();
     v.extend(super::act::ci_variants());
     v.extend(super::adamw::ci_variants());
+    v.extend(super::embag::ci_variants());
     v.extend(super::norm::ci_variants());
     v.extend(super::rope::ci_variants());
     v.extend(super::softmax::ci_variants());

@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod adamw;
+pub mod embag;
 pub mod jit;
 pub mod norm;
 pub mod rope;

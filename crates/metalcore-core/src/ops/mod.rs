@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod adamw;
+pub mod embag;
 pub mod linalg;
 pub mod norm;
 pub mod rope;

@@ -1,0 +1,197 @@
+"""EmbeddingBag: sums, means or maxima of bags of embedding rows, with a deterministic dense
+backward to the weight.
+
+Semantics of ``F.embedding_bag`` (``mode`` ``"sum"``, ``"mean"`` or ``"max"``; ``offsets`` with or
+without ``include_last_offset``, or 2-D ``indices`` of equal-size bags; ``per_sample_weights`` with
+``"sum"``; ``padding_idx`` entries skipped, and not counted by ``"mean"``; an empty bag gives
+zeros). Accumulation in float32 (float64 for float64 weights), in bag order. The weight's
+gradient is dense and deterministic: the positions are sorted by index (stably) and each index's
+run is summed in that order by one worker, never with atomics. ``per_sample_weights`` get their
+gradient from PyTorch ops (``Σ_d w[i, d]·grad_out[bag, d]``). Indices outside the table and
+malformed offsets raise (one host-device sync to check them).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._backend import check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+
+__all__ = ["embedding_bag", "EmbeddingBagFunction", "MetalEmbeddingBag"]
+
+_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def _capturing(t: Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: str, per_sample_weights: Optional[Tensor],
+             padding_idx: Optional[int], include_last_offset: bool):
+    """Validates the arguments and returns (flat int32 indices, int32 offsets of bags + 1,
+    flat per-sample weights or None, padding index or -1)."""
+    if not isinstance(weight, Tensor) or not isinstance(indices, Tensor):
+        raise TypeError("weight, indices: expected torch.Tensors")
+    check_float("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight: expected a 2-D (num_embeddings, embedding_dim) tensor, got shape {tuple(weight.shape)}")
+    if mode not in _MODES:
+        raise ValueError(f"mode: expected 'sum', 'mean' or 'max', got {mode!r}")
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise TypeError(f"indices: expected an integer tensor, got {indices.dtype}")
+    check_same_device("weight", weight, indices=indices, offsets=offsets, per_sample_weights=per_sample_weights)
+    num = weight.shape[0]
+    if indices.dim() == 2:
+        if offsets is not None:
+            raise ValueError("offsets: must be None when indices is 2-D (each row is a bag)")
+        bags, length = indices.shape
+        off = torch.arange(0, bags * length + 1, max(length, 1), device=indices.device, dtype=torch.int32)[: bags + 1]
+        if length == 0:
+            off = torch.zeros(bags + 1, dtype=torch.int32, device=indices.device)
+    elif indices.dim() == 1:
+        if offsets is None:
+            raise ValueError("offsets: required when indices is 1-D")
+        if offsets.is_floating_point() or offsets.dim() != 1:
+            raise TypeError("offsets: expected a 1-D integer tensor")
+        off = offsets.to(torch.int32)
+        if not include_last_offset:
+            off = torch.cat((off, off.new_tensor([indices.numel()])))
+        if off.numel() == 0:
+            raise ValueError("offsets: with include_last_offset=True, expected at least one offset")
+    else:
+        raise ValueError(f"indices: expected a 1-D or 2-D tensor, got shape {tuple(indices.shape)}")
+    idx = indices.reshape(-1).to(torch.int32).contiguous()
+    n = idx.numel()
+    psw = None
+    if per_sample_weights is not None:
+        if mode != "sum":
+            raise ValueError(f"per_sample_weights: only supported with mode='sum', got mode={mode!r}")
+        if per_sample_weights.shape != indices.shape:
+            raise ValueError(f"per_sample_weights: expected the shape of indices {tuple(indices.shape)}, got {tuple(per_sample_weights.shape)}")
+        if per_sample_weights.dtype != weight.dtype:
+            raise TypeError(f"per_sample_weights: expected dtype {weight.dtype} (the dtype of weight), got {per_sample_weights.dtype}")
+        psw = per_sample_weights.reshape(-1).contiguous()
+    pad = -1
+    if padding_idx is not None:
+        if not -num <= padding_idx < num:
+            raise ValueError(f"padding_idx: expected a value in [{-num}, {num}), got {padding_idx}")
+        pad = padding_idx % num
+    if idx.device.type != "meta" and not _capturing(idx) and not torch.compiler.is_compiling():
+        if n and bool(((idx < 0) | (idx >= num)).any()):
+            bad = idx[(idx < 0) | (idx >= num)][0].item()
+            raise IndexError(f"indices: index {bad} is out of range for an embedding table of {num} rows")
+        if off.numel() and (bool((off[1:] < off[:-1]).any()) or int(off[0]) != 0 or int(off[-1]) > n):
+            raise ValueError(f"offsets: expected non-decreasing offsets starting at 0 and at most {n} (the number of indices)")
+    return idx, off.contiguous(), psw, pad
+
+
+def _forward(weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], code: int, pad: int):
+    bags, dim = off.numel() - 1, weight.shape[1]
+    out = empty((bags, dim), weight.dtype, weight.device)
+    argmax = empty((bags, dim), torch.int32, weight.device) if code == 2 else None
+    if bags and dim:
+        w = weight if weight.stride(-1) == 1 else weight.contiguous()
+        _native.embag_fwd_into(code, desc(w, "weight"), desc(idx, "indices"), desc(off, "offsets"), opt_desc(psw, "per_sample_weights"),
+                               pad, desc(out, "out"), opt_desc(argmax, "argmax"), stream_of(weight))
+    return out, argmax
+
+
+class EmbeddingBagFunction(torch.autograd.Function):
+    """``EmbeddingBagFunction.apply(weight, indices, offsets, per_sample_weights, mode_code, padding)``
+    with int32 flat indices and offsets of bags + 1 (see :func:`embedding_bag`)."""
+
+    @staticmethod
+    def forward(ctx, weight, idx, off, psw, code, pad):  # type: ignore[override]
+        out, argmax = _forward(weight, idx, off, psw, code, pad)
+        ctx.save_for_backward(weight, idx, off, psw, argmax)
+        ctx.args = (code, pad)
+        if argmax is not None:
+            ctx.mark_non_differentiable(argmax)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        weight, idx, off, psw, argmax = ctx.saved_tensors
+        code, pad = ctx.args
+        g = g.to(weight.dtype).contiguous()
+        gw = None
+        if ctx.needs_input_grad[0]:
+            gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+            if idx.numel() and weight.shape[1]:
+                order = torch.sort(idx, stable=True).indices.to(torch.int32)
+                _native.embag_bwd_into(code, desc(g, "grad_out"), desc(idx, "indices"), desc(off, "offsets"),
+                                       opt_desc(psw, "per_sample_weights"), pad, desc(order, "sorted"), opt_desc(argmax, "argmax"),
+                                       desc(gw, "grad_weight"), stream_of(weight))
+        gpsw = None
+        if psw is not None and ctx.needs_input_grad[3]:
+            counts = (off[1:] - off[:-1]).long()
+            bag = torch.repeat_interleave(torch.arange(counts.numel(), device=idx.device), counts)
+            rows = weight[idx.long()]
+            gpsw = torch.where(idx == pad, torch.zeros((), dtype=weight.dtype, device=weight.device), (rows * g[bag]).sum(-1))
+        return gw, None, None, gpsw, None, None
+
+
+_apply = fast_apply(EmbeddingBagFunction)
+
+
+def embedding_bag(
+    weight: Tensor,
+    indices: Tensor,
+    offsets: Optional[Tensor] = None,
+    mode: str = "mean",
+    per_sample_weights: Optional[Tensor] = None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = False,
+) -> Tensor:
+    """``F.embedding_bag(indices, weight, offsets, mode=mode, ...)`` with the weight first (the
+    original API's order). Returns ``(bags, embedding_dim)`` in the weight's dtype."""
+    idx, off, psw, pad = _prepare(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
+    if not has_backend(weight.device):
+        warn_fallback("embedding_bag", weight.device)
+        return torch.nn.functional.embedding_bag(idx.long(), weight, off[:-1].long(), mode=mode, per_sample_weights=psw,
+                                                 padding_idx=None if pad < 0 else pad)
+    return _apply(weight, idx, off, psw, _MODES[mode], pad)
+
+
+class MetalEmbeddingBag(torch.nn.Module):
+    """Drop-in for ``torch.nn.EmbeddingBag`` (``max_norm``, ``scale_grad_by_freq`` and ``sparse``
+    are not supported): ``forward(input, offsets=None, per_sample_weights=None)``."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, mode: str = "mean", padding_idx: Optional[int] = None,
+                 include_last_offset: bool = False, _weight: Optional[Tensor] = None, device=None, dtype=None) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode: expected 'sum', 'mean' or 'max', got {mode!r}")
+        self.num_embeddings, self.embedding_dim, self.mode = num_embeddings, embedding_dim, mode
+        self.include_last_offset = include_last_offset
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx: expected a value in [{-num_embeddings}, {num_embeddings}), got {padding_idx}")
+            padding_idx %= num_embeddings
+        self.padding_idx = padding_idx
+        if _weight is None:
+            w = torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
+            torch.nn.init.normal_(w)
+            if padding_idx is not None:
+                with torch.no_grad():
+                    w[padding_idx].fill_(0)
+        else:
+            w = _weight
+        self.weight = torch.nn.Parameter(w)
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True, mode: str = "mean", padding_idx: Optional[int] = None,
+                        include_last_offset: bool = False) -> "MetalEmbeddingBag":
+        m = cls(embeddings.shape[0], embeddings.shape[1], mode, padding_idx, include_last_offset, _weight=embeddings)
+        m.weight.requires_grad_(not freeze)
+        return m
+
+    def forward(self, input: Tensor, offsets: Optional[Tensor] = None, per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        return embedding_bag(self.weight, input, offsets, self.mode, per_sample_weights, self.padding_idx, self.include_last_offset)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}" + ("" if self.padding_idx is None else f", padding_idx={self.padding_idx}")
