@@ -38,8 +38,11 @@ def test_forward_and_weight_gradient(device, dtype, mode, dim, padding_idx):
     assert_close_to_ref(out, theirs, ref, what="forward", floor=2e-7)
     g = make(out.shape, dtype, device)
     (gw,) = torch.autograd.grad(out, (w,), g)
-    (gw_t,) = torch.autograd.grad(theirs, (w,), g)
     (gw64,) = torch.autograd.grad(ref, (w64,), g.double())
+    try:
+        (gw_t,) = torch.autograd.grad(theirs, (w,), g)
+    except NotImplementedError:  # torch has no bfloat16 max backward on CUDA: bar = the rounding of the exact result
+        gw_t = gw64.to(dtype)
     assert_close_to_ref(gw, gw_t, gw64, what="grad weight", floor=2e-7)
 
 

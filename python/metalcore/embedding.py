@@ -59,7 +59,7 @@ def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: s
             raise TypeError("offsets: expected a 1-D integer tensor")
         off = offsets.to(torch.int32)
         if not include_last_offset:
-            off = torch.cat((off, off.new_tensor([indices.numel()])))
+            off = torch.cat((off, torch.full((1,), indices.numel(), dtype=torch.int32, device=off.device)))  # no host copy: capturable
         if off.numel() == 0:
             raise ValueError("offsets: with include_last_offset=True, expected at least one offset")
     else:
