@@ -1,7 +1,7 @@
 //! AdamW on CUDA: tables of up to MAXT tensors per launch, passed as kernel parameters (math in
 //! `kernels/adamw.cu`).
 
-use super::jit::{function, Defines, Kernel};
+use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::flag;
 use super::{borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
@@ -9,8 +9,6 @@ use crate::error::Result;
 use crate::ops::adamw::{Plan, CHUNK};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, DeviceRepr, PushKernelArg};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "adamw", source: include_str!("../../kernels/adamw.cu") };
 
@@ -62,15 +60,10 @@ fn defines(k: &Key) -> Defines {
     ]
 }
 
+/// The loaded kernel for `key`.
 fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
-    static C: OnceLock<Mutex<HashMap<Key, CudaFunction>>> = OnceLock::new();
-    let cache = C.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(f) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(f.clone());
-    }
-    let f = function(dev, &KERNEL, &defines(&key), "adamw_kernel")?;
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
-    Ok(f)
+    static C: Variants<Key> = Variants::new();
+    C.get(key, || function(dev, &KERNEL, &defines(&key), "adamw_kernel"))
 }
 
 fn launch_as<A: DeviceRepr + Copy>(

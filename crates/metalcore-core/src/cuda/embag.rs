@@ -1,6 +1,6 @@
 //! EmbeddingBag on CUDA: variant selection and launches (math in `kernels/embag.cu`).
 
-use super::jit::{function, Defines, Kernel};
+use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::flag;
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
 use crate::dtype::DType;
@@ -8,8 +8,6 @@ use crate::error::Result;
 use crate::ops::embag::{Mode, Plan};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, PushKernelArg};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "embag", source: include_str!("../../kernels/embag.cu") };
 
@@ -41,15 +39,10 @@ fn defines(k: &Key) -> Defines {
     ]
 }
 
+/// The loaded kernel for `key`.
 fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
-    static C: OnceLock<Mutex<HashMap<Key, CudaFunction>>> = OnceLock::new();
-    let cache = C.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(f) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(f.clone());
-    }
-    let f = function(dev, &KERNEL, &defines(&key), "embag_kernel")?;
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
-    Ok(f)
+    static C: Variants<Key> = Variants::new();
+    C.get(key, || function(dev, &KERNEL, &defines(&key), "embag_kernel"))
 }
 
 pub fn run(p: &Plan, ordinal: usize, exec: Exec) -> Result<()> {

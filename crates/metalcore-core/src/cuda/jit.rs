@@ -169,6 +169,27 @@ pub(crate) fn function(
     Ok(f)
 }
 
+/// Loaded kernels of one launcher, keyed by its own small `Copy` key (device, dtype, flags, ...),
+/// so a call finds its function without building a `-D` list.
+pub(crate) struct Variants<K>(OnceLock<Mutex<HashMap<K, CudaFunction>>>);
+
+impl<K: std::hash::Hash + Eq + Copy> Variants<K> {
+    pub(crate) const fn new() -> Self {
+        Variants(OnceLock::new())
+    }
+
+    /// The function for `key`, made by `load` the first time.
+    pub(crate) fn get(&self, key: K, load: impl FnOnce() -> Result<CudaFunction>) -> Result<CudaFunction> {
+        let map = self.0.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(f) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(f.clone());
+        }
+        let f = load()?;
+        map.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
+        Ok(f)
+    }
+}
+
 /// Every embedded kernel with the variants CI compiles: each code path of each kernel at least once.
 pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut v = Vec::new();

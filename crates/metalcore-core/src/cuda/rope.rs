@@ -1,6 +1,6 @@
 //! RoPE on CUDA: variant selection and launches (math in `kernels/rope.cu`).
 
-use super::jit::{function, Defines, Kernel};
+use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::flag;
 use super::{borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
@@ -8,8 +8,6 @@ use crate::error::{Error, Result};
 use crate::ops::rope::{Plan, Side};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, DeviceRepr, PushKernelArg};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 pub static KERNEL: Kernel = Kernel { name: "rope", source: include_str!("../../kernels/rope.cu") };
 
@@ -69,15 +67,10 @@ fn defines(k: &Key) -> Defines {
     ]
 }
 
+/// The loaded kernel for `key`.
 fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
-    static C: OnceLock<Mutex<HashMap<Key, CudaFunction>>> = OnceLock::new();
-    let cache = C.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(f) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(f.clone());
-    }
-    let f = function(dev, &KERNEL, &defines(&key), "rope_kernel")?;
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
-    Ok(f)
+    static C: Variants<Key> = Variants::new();
+    C.get(key, || function(dev, &KERNEL, &defines(&key), "rope_kernel"))
 }
 
 /// Largest power of two `w ≤ max` with every pointer aligned to `w` elements of `size` bytes and

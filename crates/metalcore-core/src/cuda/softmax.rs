@@ -1,6 +1,6 @@
 //! Softmax on CUDA: variant selection and launches (math in `kernels/softmax.cu`).
 
-use super::jit::{function, Defines, Kernel};
+use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::{base_defines, flag, geometry, knob, Geometry};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard};
 use crate::dtype::DType;
@@ -8,8 +8,7 @@ use crate::error::Result;
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, PushKernelArg};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 pub static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("../../kernels/softmax.cu") };
 
@@ -55,20 +54,20 @@ fn defines(dtype: DType, g: &Geometry, smem: bool) -> Defines {
 
 /// The loaded kernel for `key` (cached per variant, so a call builds no `-D` list).
 fn kernel(key: Key, dev: &super::DeviceState) -> Result<CudaFunction> {
-    static C: OnceLock<Mutex<HashMap<Key, CudaFunction>>> = OnceLock::new();
-    let cache = C.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(f) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(f.clone());
-    }
-    let name = if key.backward { "softmax_bwd" } else { "softmax_fwd" };
-    let f = function(dev, &KERNEL, &defines(key.dtype, &key.geometry, key.smem), name)?;
-    if key.smem {
-        use cudarc::driver::sys::CUfunction_attribute_enum as A;
-        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, SMEM_RESERVE.min(dev.smem_optin) as i32)
+    static C: Variants<Key> = Variants::new();
+    C.get(key, || {
+        let name = if key.backward { "softmax_bwd" } else { "softmax_fwd" };
+        let f = function(dev, &KERNEL, &defines(key.dtype, &key.geometry, key.smem), name)?;
+        if key.smem {
+            use cudarc::driver::sys::CUfunction_attribute_enum as A;
+            f.set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_RESERVE.min(dev.smem_optin) as i32,
+            )
             .map_err(driver_err("allowing dynamic shared memory"))?;
-    }
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, f.clone());
-    Ok(f)
+        }
+        Ok(f)
+    })
 }
 
 fn launch(
