@@ -38,6 +38,30 @@ template <int N> __device__ __forceinline__ ACC tree_sum(ACC (&v)[N]) {
     return v[0];
 }
 
+// Online softmax: folds VEC values into the running max m and sum s = Σ e^(x − m), rescaling s
+// when the max grows (nothing to rescale from -inf; while every value seen is -inf they add
+// nothing, as exp(-inf - -inf) would be NaN).
+__device__ __forceinline__ void online_update(const ACC (&a)[VEC], ACC& m, ACC& s) {
+    ACC cm = a[0];
+#pragma unroll
+    for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
+    const ACC nm = MaxOp{}(m, cm);
+    s = (nm == m) ? s : s * exp_sm(m - nm);
+    m = nm;
+    if (m != NEG_INF_ACC) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
+    }
+}
+
+// Merges the threads' (m, s) of a row: the row max, and the sum rescaled to it.
+__device__ __forceinline__ void merge_row(ACC& m, ACC& s, ACC* red) {
+    const ACC gm = group_max<TPR>(m, red);
+    s = (m == gm) ? s : s * exp_sm(m - gm);
+    s = group_sum<TPR>(s, red);
+    m = gm;
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __restrict__ x, i64 x_rs,
                                                                 T_Y* __restrict__ y, i64 y_rs, i64 rows, int cols) {
     __shared__ ACC red[BLOCK / 32];
@@ -112,22 +136,10 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 rowbuf[c] = raw[u];
                 ACC a[VEC];
                 unpack<T_X, VEC>(raw[u], a);
-                ACC cm = a[0];
-#pragma unroll
-                for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
-                const ACC nm = MaxOp{}(m, cm);
-                s = (nm == m) ? s : s * exp_sm(m - nm);
-                m = nm;
-                if (m != NEG_INF_ACC) {
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
-                }
+                online_update(a, m, s);
             }
         }
-        const ACC gm = group_max<TPR>(m, red);
-        s = (m == gm) ? s : s * exp_sm(m - gm);
-        s = group_sum<TPR>(s, red);
-        m = gm;
+        merge_row(m, s, red);
         if (!valid) continue;
         const ACC inv = (ACC)1 / s;
         for (int c = lane; c < nvec; c += TPR) {
@@ -143,23 +155,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
         for (int c = lane; valid && c < nvec; c += TPR) {
             ACC a[VEC];
             load_vec<T_X, VEC>(xr + c * VEC, a);
-            ACC cm = a[0];
-#pragma unroll
-            for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
-            const ACC nm = MaxOp{}(m, cm);
-            // Rescale the running sum to the new max (no-op when it did not grow; 0 from -inf).
-            s = (nm == m) ? s : s * exp_sm(m - nm);
-            m = nm;
-            // While every value seen is -inf they add nothing (exp(-inf - -inf) would be NaN).
-            if (m != NEG_INF_ACC) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
-            }
+            online_update(a, m, s);
         }
-        const ACC gm = group_max<TPR>(m, red);
-        s = (m == gm) ? s : s * exp_sm(m - gm);
-        s = group_sum<TPR>(s, red);
-        m = gm;
+        merge_row(m, s, red);
         if (!valid) continue;
         const ACC inv = (ACC)1 / s;
         for (int c = lane; c < nvec; c += TPR) {

@@ -81,9 +81,33 @@ pub struct Plan {
     pub argmax: Option<usize>,
 }
 
+/// The validated operands shared by both directions (see [`common`]).
+type Parts = (Mat, Mat, usize, usize, usize, Option<usize>, Option<usize>, usize, usize, usize);
+
 impl Plan {
     pub fn acc(&self) -> DType {
         self.table.dtype.compute()
+    }
+
+    /// A forward plan, or with `sorted` a backward one.
+    fn assemble(mode: Mode, parts: Parts, padding_idx: i32, sorted: Option<usize>) -> Plan {
+        let (table, bag_rows, num, dim, bags, psw, argmax, n, indices, offsets) = parts;
+        Plan {
+            mode,
+            backward: sorted.is_some(),
+            num,
+            dim,
+            bags,
+            n,
+            table,
+            bag_rows,
+            indices,
+            offsets,
+            psw,
+            padding_idx,
+            sorted: sorted.unwrap_or(0),
+            argmax,
+        }
     }
 }
 
@@ -108,7 +132,7 @@ fn common(
     offsets: &TensorRef,
     psw: Option<&TensorRef>,
     argmax: Option<&TensorRef>,
-) -> Result<(Mat, Mat, usize, usize, usize, Option<usize>, Option<usize>, usize, usize, usize)> {
+) -> Result<Parts> {
     expect_float(table_arg, table)?;
     if table.ndim() != 2 {
         return Err(Error::value(
@@ -185,23 +209,8 @@ impl EmbagFwd<'_> {
             self.per_sample_weights,
             self.argmax,
         )?;
-        let plan = Plan {
-            mode: self.mode,
-            backward: false,
-            num,
-            dim,
-            bags,
-            n,
-            table,
-            bag_rows,
-            indices,
-            offsets,
-            psw,
-            padding_idx: self.padding_idx,
-            sorted: 0,
-            argmax,
-        };
-        Ok((device, plan))
+        let parts = (table, bag_rows, num, dim, bags, psw, argmax, n, indices, offsets);
+        Ok((device, Plan::assemble(self.mode, parts, self.padding_idx, None)))
     }
 }
 
@@ -228,23 +237,8 @@ impl EmbagBwd<'_> {
             self.argmax,
         )?;
         let sorted = int_vec("sorted", self.sorted, n)?;
-        let plan = Plan {
-            mode: self.mode,
-            backward: true,
-            num,
-            dim,
-            bags,
-            n,
-            table,
-            bag_rows,
-            indices,
-            offsets,
-            psw,
-            padding_idx: self.padding_idx,
-            sorted,
-            argmax,
-        };
-        Ok((device, plan))
+        let parts = (table, bag_rows, num, dim, bags, psw, argmax, n, indices, offsets);
+        Ok((device, Plan::assemble(self.mode, parts, self.padding_idx, Some(sorted))))
     }
 }
 
