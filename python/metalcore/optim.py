@@ -123,14 +123,18 @@ class MetalAdamW(torch.optim.Optimizer):
         for group in self.param_groups:
             buckets: Dict[Any, List[Tensor]] = defaultdict(list)
             live = []
+            ready = self.__dict__.setdefault("_ready", set())  # ids of parameters whose state is set up
+            flags = (group["amsgrad"], group["master_weights"])
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("MetalAdamW does not support sparse gradients")
-                if torch.is_complex(p):
-                    raise NotImplementedError("MetalAdamW: complex parameters are not supported")
-                self._init_state(p, group)
+                if (id(p), flags) not in ready or p not in self.state:
+                    if torch.is_complex(p):
+                        raise NotImplementedError("MetalAdamW: complex parameters are not supported")
+                    self._init_state(p, group)
+                    ready.add((id(p), flags))
                 live.append(p)
             if not live:
                 continue
@@ -139,8 +143,9 @@ class MetalAdamW(torch.optim.Optimizer):
             for p, st in zip(live, steps):
                 buckets[(p.device, p.dtype, st.item())].append(p)
             for (device, dtype, step), ps in buckets.items():
-                native = [p for p in ps if has_backend(device) and p.is_contiguous()]
-                other = [p for p in ps if not (has_backend(device) and p.is_contiguous())]
+                backend = has_backend(device)
+                native = [p for p in ps if backend and p.is_contiguous()]
+                other = [p for p in ps if not (backend and p.is_contiguous())]
                 if native:
                     self._native_step(native, group, step)
                 if other:
@@ -166,6 +171,7 @@ class MetalAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         self.__dict__.pop("_plans", None)  # cached descriptors of the replaced states
+        self.__dict__.pop("_ready", None)  # states to check again (dtypes, missing keys)
         super().load_state_dict(state_dict)
 
     def _fixed_descs(self, ps: List[Tensor], group: Dict[str, Any], master: bool):
