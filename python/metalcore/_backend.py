@@ -14,7 +14,7 @@ import torch
 
 from . import _native
 
-__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "set_poison", "fast_apply", "SUPPORTED_DEVICE_TYPES"]
+__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "set_poison", "fast_apply", "capturing", "SUPPORTED_DEVICE_TYPES"]
 
 #: Device types with a metalcore backend. Everything else falls back to PyTorch (with a warning).
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
@@ -158,6 +158,11 @@ def fast_apply(cls):
         return public(*args) if active() else raw(*args)
 
     return apply
+
+
+def capturing(t: torch.Tensor) -> bool:
+    """True while `t`'s CUDA stream is being captured into a CUDA graph (no host sync allowed)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def cuda_available() -> bool:

@@ -19,15 +19,12 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+from ._backend import capturing, check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
 
 __all__ = ["embedding_bag", "EmbeddingBagFunction", "MetalEmbeddingBag"]
 
 _MODES = {"sum": 0, "mean": 1, "max": 2}
 
-
-def _capturing(t: Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: str, per_sample_weights: Optional[Tensor],
@@ -80,7 +77,7 @@ def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: s
         if not -num <= padding_idx < num:
             raise ValueError(f"padding_idx: expected a value in [{-num}, {num}), got {padding_idx}")
         pad = padding_idx % num
-    if idx.device.type != "meta" and not _capturing(idx) and not torch.compiler.is_compiling():
+    if idx.device.type != "meta" and not capturing(idx) and not torch.compiler.is_compiling():
         if n and bool(((idx < 0) | (idx >= num)).any()):
             bad = idx[(idx < 0) | (idx >= num)][0].item()
             raise IndexError(f"indices: index {bad} is out of range for an embedding table of {num} rows")

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+from ._backend import capturing, check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
 from ._norm import rows
 
 __all__ = ["cross_entropy", "CrossEntropyFunction", "MetalCrossEntropyLoss", "fused_linear_cross_entropy", "MetalFusedLinearCrossEntropyLoss"]
@@ -64,14 +64,11 @@ def _check(logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: f
         raise ValueError(f"ignore_index: expected a 32-bit integer, got {ignore_index}")
 
 
-def _capturing(t: Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
-
 
 def _targets(target: Tensor, classes: int, ignore_index: int) -> Tensor:
     """Flat int32 targets; out-of-range ones raise (when the values may be read)."""
     t = target.reshape(-1)
-    if t.numel() and not _capturing(t) and not torch.compiler.is_compiling():
+    if t.numel() and not capturing(t) and not torch.compiler.is_compiling():
         bad = ((t < 0) | (t >= classes)) & (t != ignore_index)
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0, 0])
@@ -129,7 +126,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         x2, t, lse, n_valid, grad = ctx.saved_tensors
         ignore_index, label_smoothing, reduction, z_loss, shape = ctx.args
         acc = lse.dtype
-        if grad is not None and not _capturing(g) and bool(g == 1):
+        if grad is not None and not capturing(g) and bool(g == 1):
             return grad.view(shape), None, None, None, None, None, None
         if reduction == "none":
             scale = g.reshape(-1).to(acc).contiguous()
@@ -302,7 +299,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         grad_x, grad_w, grad_b = ctx.saved_tensors
         x_shape, w_dtype, b_dtype = ctx.shapes
-        one = _capturing(g) is False and bool(g == 1)
+        one = not capturing(g) and bool(g == 1)
         outs = []
         for t, dtype in ((grad_x, None), (grad_w, w_dtype), (grad_b, b_dtype)):
             if t is None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+from ._backend import capturing, check_float, check_same_device, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
 
 __all__ = ["apply_rotary_pos_emb", "apply_rotary_pos_emb_single", "rope_forward", "RoPEFunction", "RotaryEmbedding"]
 
@@ -83,7 +83,7 @@ def _tables(q: Tensor, cos: Tensor, sin: Tensor, position_ids: Optional[Tensor],
             pos = None
         if pos is None:
             raise ValueError(f"position_ids: expected shape ({batch}, {seq}) or one that broadcasts to it, got {tuple(position_ids.shape)}")
-        if pos.numel() and not _capturing(pos):
+        if pos.numel() and not capturing(pos):
             lo, hi = int(pos.min()), int(pos.max())
             if lo < 0 or hi >= cos.shape[0]:
                 raise IndexError(f"position_ids: values must be in [0, {cos.shape[0]}) (the rows of cos), got [{lo}, {hi}]")
@@ -101,9 +101,6 @@ def _tables(q: Tensor, cos: Tensor, sin: Tensor, position_ids: Optional[Tensor],
         c, s = c.contiguous(), s.contiguous()
     return c.expand(batch, seq, rot), s.expand(batch, seq, rot), None
 
-
-def _capturing(t: Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _unit_last(t: Tensor) -> Tensor:

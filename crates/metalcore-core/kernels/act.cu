@@ -19,14 +19,6 @@ typedef long long i64;
 
 #define NIN (MODE == 0 ? 1 : MODE == 3 ? 3 : 2)
 
-__device__ __forceinline__ float exp_act(float v) {
-#if FAST
-    return __expf(v);
-#else
-    return expf(v);
-#endif
-}
-__device__ __forceinline__ double exp_act(double v) { return exp(v); }
 __device__ __forceinline__ float recip_act(float v) {
 #if FAST
     return __fdividef(1.0f, v);
@@ -63,7 +55,7 @@ __device__ __forceinline__ double norm_cdf_act(double v) { return normcdf(v); }
 // s = σ(v) and c = 1 − σ(v), the latter as e·σ(v) with e = e^(−v) (no cancellation near σ = 1);
 // where e overflows (σ = 0, e·σ NaN) c is 1. A NaN v gives a NaN s.
 __device__ __forceinline__ void sigmoid_act(ACC v, ACC& s, ACC& c) {
-    const ACC e = exp_act(-v);
+    const ACC e = exp_io(-v);
     s = recip_act((ACC)1 + e);
     c = e * s;
     c = c == c ? c : (ACC)1;
@@ -79,7 +71,7 @@ __device__ __forceinline__ void act(ACC x, ACC& f, ACC& d) {
 #elif ACT == 1
     const ACC p = norm_cdf_act(x);
     f = x * p;
-    d = p + x * exp_act((ACC)-0.5 * x * x) * (ACC)0.3989422804014327;
+    d = p + x * exp_io((ACC)-0.5 * x * x) * (ACC)0.3989422804014327;
 #else
     const ACC k = (ACC)(2.0 * 0.7978845608028654), x2 = x * x;
     ACC s, c;

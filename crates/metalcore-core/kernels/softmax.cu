@@ -17,17 +17,6 @@
 typedef long long i64;
 constexpr int RPB = BLOCK / TPR;
 
-// FAST (16-bit data): the hardware exp2 (__expf), whose few-ulp float error vanishes in the output's
-// rounding to 8 or 11 bits; float32/float64 data keep the accurate expf/exp.
-__device__ __forceinline__ float exp_sm(float v) {
-#if FAST
-    return __expf(v);
-#else
-    return expf(v);
-#endif
-}
-__device__ __forceinline__ double exp_sm(double v) { return exp(v); }
-
 // Pairwise sum of N values (N need not be a power of two).
 template <int N> __device__ __forceinline__ ACC tree_sum(ACC (&v)[N]) {
 #pragma unroll
@@ -46,18 +35,18 @@ __device__ __forceinline__ void online_update(const ACC (&a)[VEC], ACC& m, ACC& 
 #pragma unroll
     for (int i = 1; i < VEC; ++i) cm = MaxOp{}(cm, a[i]);
     const ACC nm = MaxOp{}(m, cm);
-    s = (nm == m) ? s : s * exp_sm(m - nm);
+    s = (nm == m) ? s : s * exp_io(m - nm);
     m = nm;
     if (m != NEG_INF_ACC) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) s += exp_sm(a[i] - m);
+        for (int i = 0; i < VEC; ++i) s += exp_io(a[i] - m);
     }
 }
 
 // Merges the threads' (m, s) of a row: the row max, and the sum rescaled to it.
 __device__ __forceinline__ void merge_row(ACC& m, ACC& s, ACC* red) {
     const ACC gm = group_max<TPR>(m, red);
-    s = (m == gm) ? s : s * exp_sm(m - gm);
+    s = (m == gm) ? s : s * exp_io(m - gm);
     s = group_sum<TPR>(s, red);
     m = gm;
 }
@@ -98,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m);
+                for (int i = 0; i < VEC; ++i) a[i] = exp_io(a[i] - m);
                 cs[k] = tree_sum<VEC>(a);
             }
         }
@@ -112,7 +101,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
                 ACC a[VEC];
                 unpack<T_X, VEC>(v[k], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
+                for (int i = 0; i < VEC; ++i) a[i] = exp_io(a[i] - m) * inv;
                 store_vec<T_Y, VEC>(yr + c * VEC, a);
             }
         }
@@ -146,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
             ACC a[VEC];
             unpack<T_X, VEC>(rowbuf[c], a);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
+            for (int i = 0; i < VEC; ++i) a[i] = exp_io(a[i] - m) * inv;
             store_vec<T_Y, VEC>(yr + c * VEC, a);
         }
         __syncthreads();  // the next row overwrites rowbuf
@@ -164,7 +153,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) softmax_fwd(const T_X* __res
             ACC a[VEC];
             load_vec<T_X, VEC>(xr + c * VEC, a);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) a[i] = exp_sm(a[i] - m) * inv;
+            for (int i = 0; i < VEC; ++i) a[i] = exp_io(a[i] - m) * inv;
             store_vec<T_Y, VEC>(yr + c * VEC, a);
         }
 #endif

@@ -14,18 +14,6 @@
 
 typedef long long i64;
 
-// e^(a − r). FAST evaluates it as 2^((a − r)·log2e) with ex2.approx (exact 1 at a = r, so a row
-// of one class has loss exactly 0).
-#if FAST
-__device__ __forceinline__ float exp_from(float a, float r) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"((a - r) * 1.4426950408889634f));
-    return y;
-}
-#else
-__device__ __forceinline__ float exp_from(float a, float r) { return expf(a - r); }
-#endif
-__device__ __forceinline__ double exp_from(double a, double r) { return exp(a - r); }
 // Plain max (a NaN is carried by the sum of exponentials instead: any NaN logit makes it NaN).
 __device__ __forceinline__ float max_ce(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_ce(double a, double b) { return fmax(a, b); }
@@ -70,7 +58,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
             // Rescale the running sum to the new max (nothing to rescale while it is -inf), and
             // take exponentials against a finite reference so a row of -inf does not make NaN.
             const ACC ref = nm == NEG_INF_ACC ? (ACC)0 : nm;
-            if (m != nm) s *= exp_from(m, ref);
+            if (m != nm) s *= exp_io(m - ref);
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 if (c0 + u * BLOCK < nvec) {
@@ -78,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
                     unpack<T_X, VEC>(raw[u], a);
 #pragma unroll
                     for (int i = 0; i < VEC; ++i) {
-                        s += exp_from(a[i], ref);
+                        s += exp_io(a[i] - ref);
 #if SMOOTH
                         sx += a[i];
 #endif
@@ -89,7 +77,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         }
         const ACC bm = group_max<BLOCK>(m, red);
         const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
-        if (m != bm) s *= exp_from(m, bref);
+        if (m != bm) s *= exp_io(m - bref);
         const ACC bs = group_sum<BLOCK>(s, red);
 #if SMOOTH
         const ACC bsx = group_sum<BLOCK>(sx, red);
@@ -138,7 +126,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
                 ACC a[VEC];
                 unpack<T_X, VEC>(raw[u], a);
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_from(a[i], l) - off;
+                for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_io(a[i] - l) - off;
                 const int k = t - c * VEC;  // the target's place in this vector, if it is here
                 if (!zero && k >= 0 && k < VEC) {
 #pragma unroll

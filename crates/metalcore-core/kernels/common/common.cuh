@@ -102,6 +102,17 @@ __device__ __forceinline__ double rsqrt_acc(double v) { return rsqrt(v); }
 #define NEG_INF_ACC (-(ACC)__int_as_float(0x7f800000))
 __device__ __forceinline__ float exp_acc(float v) { return expf(v); }
 __device__ __forceinline__ double exp_acc(double v) { return exp(v); }
+// exp in kernels compiled with -DFAST=1 (16-bit data): the hardware exp2 (__expf), whose few-ulp
+// float error vanishes in the output's rounding to 8 or 11 bits (and is exact at 0: e^0 = 1);
+// otherwise the accurate expf/exp.
+__device__ __forceinline__ float exp_io(float v) {
+#if defined(FAST) && FAST
+    return __expf(v);
+#else
+    return expf(v);
+#endif
+}
+__device__ __forceinline__ double exp_io(double v) { return exp(v); }
 
 struct SumOp {
     __device__ __forceinline__ ACC operator()(ACC a, ACC b) const { return a + b; }

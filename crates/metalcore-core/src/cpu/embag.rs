@@ -1,7 +1,7 @@
 //! EmbeddingBag on the CPU (math in `ops::embag`): bags in parallel (forward), runs of equal
 //! indices in parallel (backward).
 
-use super::{for_each_row, load_row, row_ptr, store_row, Real};
+use super::{for_each_row, row_ptr, store_row, view_or_load, Real};
 use crate::ops::embag::{Mode, Plan};
 
 /// # Safety
@@ -9,20 +9,6 @@ use crate::ops::embag::{Mode, Plan};
 #[inline(always)]
 unsafe fn int_at(ptr: usize, i: usize) -> i32 {
     *(ptr as *const i32).add(i)
-}
-
-/// The `scratch.len()` elements at `src` as `A`: the memory itself when it holds `A`, else
-/// converted into `scratch`.
-///
-/// # Safety
-/// `src` points to `scratch.len()` readable elements of `dtype`.
-#[inline(always)]
-unsafe fn view_or_load<'a, A: Real>(dtype: crate::dtype::DType, src: *const u8, scratch: &'a mut [A]) -> &'a [A] {
-    if dtype.size() == std::mem::size_of::<A>() && dtype.is_float() {
-        return std::slice::from_raw_parts(src as *const A, scratch.len());
-    }
-    load_row(dtype, src, scratch);
-    scratch
 }
 
 /// Hints the cache lines of `[ptr, ptr + bytes)` into the caches (x86-64; a no-op elsewhere).

@@ -266,6 +266,26 @@ pub(crate) unsafe fn load_row<A: Real>(dtype: DType, src: *const u8, out: &mut [
     }
 }
 
+/// True when elements of `dtype` are stored as `A` itself.
+#[inline(always)]
+pub(crate) fn same_type<A: Real>(dtype: DType) -> bool {
+    matches!((dtype, std::mem::size_of::<A>()), (DType::F32, 4) | (DType::F64, 8))
+}
+
+/// The `scratch.len()` elements at `src` as a slice of `A`: the memory itself when it holds `A`,
+/// else converted into `scratch`.
+///
+/// # Safety
+/// `src` points to `scratch.len()` readable elements of `dtype`, not written while the slice lives.
+#[inline(always)]
+pub(crate) unsafe fn view_or_load<'a, A: Real>(dtype: DType, src: *const u8, scratch: &'a mut [A]) -> &'a [A] {
+    if same_type::<A>(dtype) {
+        return std::slice::from_raw_parts(src as *const A, scratch.len());
+    }
+    load_row(dtype, src, scratch);
+    scratch
+}
+
 /// Stores `vals` into `dst` as `dtype` (round to nearest even).
 ///
 /// # Safety

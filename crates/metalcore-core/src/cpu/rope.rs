@@ -1,6 +1,6 @@
 //! RoPE on the CPU (math in `ops::rope`): tasks of (batch, head, run of tokens) in parallel.
 
-use super::{for_each_row, load_row, store_row, Real};
+use super::{for_each_row, same_type, store_row, view_or_load, Real};
 use crate::dtype::DType;
 use crate::ops::rope::Plan;
 
@@ -12,26 +12,6 @@ type Scratch<A> = (Vec<A>, Vec<A>, Vec<A>, Vec<A>);
 #[inline(always)]
 unsafe fn at(ptr: usize, off: i64, dtype: DType) -> *mut u8 {
     (ptr as *mut u8).offset(off as isize * dtype.size() as isize)
-}
-
-/// True when elements of `dtype` are stored as `A` itself.
-#[inline(always)]
-fn same_type<A: Real>(dtype: DType) -> bool {
-    matches!((dtype, std::mem::size_of::<A>()), (DType::F32, 4) | (DType::F64, 8))
-}
-
-/// The `scratch.len()` elements at `src` as a slice of `A`: the memory itself when it holds `A`,
-/// else converted into `scratch`.
-///
-/// # Safety
-/// `src` points to `scratch.len()` readable elements of `dtype`, not written while the slice lives.
-#[inline(always)]
-unsafe fn view_or_load<'a, A: Real>(dtype: DType, src: *const u8, scratch: &'a mut [A]) -> &'a [A] {
-    if same_type::<A>(dtype) {
-        return std::slice::from_raw_parts(src as *const A, scratch.len());
-    }
-    load_row(dtype, src, scratch);
-    scratch
 }
 
 /// Tokens per task: about 64 KiB of one head's rows.
