@@ -1,6 +1,7 @@
-"""Batched Cholesky factorization and solves against float64 torch.linalg, on every test device
-(CUDA tensors take the documented torch.linalg fallback for now). The fallback itself also runs on
-the CPU ("cpu-torch": metalcore's wrapper around torch.linalg's kernels), so CI covers it without a GPU."""
+"""Batched Cholesky, LU and QR factorizations and their solves against float64 torch.linalg, on
+every test device. The documented torch.linalg fallback (devices with no backend, CUDA matrices too
+large for one block) also runs on the CPU ("cpu-torch": metalcore's wrapper around torch.linalg's
+kernels), so CI covers it without a GPU."""
 
 import warnings
 
@@ -15,7 +16,7 @@ from conftest import DEVICES, rel_err
 @pytest.fixture(params=DEVICES + ["cpu-torch"])
 def device(request, monkeypatch):
     if request.param == "cpu-torch":
-        monkeypatch.setattr(mlinalg, "_native_device", lambda t: False)
+        monkeypatch.setattr(mlinalg, "has_backend", lambda d: False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             yield "cpu"
@@ -166,16 +167,22 @@ def test_bad_input(device):
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
-def test_cuda_uses_the_documented_torch_fallback():
+def test_cuda_kernel_and_the_documented_fallback_for_large_matrices():
     import metalcore._backend as bk
 
     bk._warned.discard(("cholesky", "cuda"))
-    A = spd((2,), 4, torch.float32, "cuda")
+    A = spd((2,), 40, torch.float32, "cuda")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         L = cholesky(A)
     assert recon_err(A, L) < 1e-5
-    assert any("no CUDA kernel" in str(r.message) for r in rec)
+    assert not rec, "a matrix that fits one block is factored by metalcore's kernel, silently"
+    A = spd((2,), 600, torch.float64, "cuda")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        L = cholesky(A)
+    assert recon_err(A, L) < 1e-12
+    assert any("shared memory" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,3 +375,189 @@ def test_batched_helpers_grad_and_errors(device):
         trace_batched(torch.ones(2, 3, 4, device=device))
     with pytest.raises(ValueError, match="A: expected a batch of matrices"):
         syrk_batched(torch.ones(3, device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# QR, qr_solve, lstsq, LU factors, Householder helpers
+
+from metalcore import apply_householder, householder_vector, lstsq, lu_batched, qr, qr_solve  # noqa: E402
+
+
+def qr_errs(A, Q, R):
+    """(‖QR − A‖/‖A‖, ‖QᵀQ − I‖_max) over the batch, in float64."""
+    A64, Q64, R64 = A.double().cpu(), Q.double().cpu(), R.double().cpu()
+    if A64.numel() == 0:
+        return 0.0, 0.0
+    rec = ((Q64 @ R64 - A64).flatten(-2).norm(dim=-1) / A64.flatten(-2).norm(dim=-1).clamp_min(1e-300)).max().item()
+    eye = torch.eye(Q64.shape[-1], dtype=torch.float64)
+    orth = (Q64.mT @ Q64 - eye).abs().max().item() if Q64.numel() else 0.0
+    return rec, orth
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (40, 9), (128, 64), (9, 40), (3, 1), (1, 5)])
+@pytest.mark.parametrize("mode", ["reduced", "complete", "r"])
+def test_qr_matches_reference(device, dtype, mn, mode):
+    m, n = mn
+    A = torch.randn(5, m, n, dtype=dtype, device=device)
+    Q, R = qr(A, mode=mode)
+    k = min(m, n)
+    kq, kr = (m, m) if mode == "complete" else (k, k)
+    assert R.shape == (5, kr, n) and R.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.equal(R.tril(-1), torch.zeros_like(R)), "R is exactly upper triangular"
+    Rt = torch.linalg.qr(A.double().cpu(), mode=mode).R
+    # Same reflectors as LAPACK: R matches torch's, sign convention included.
+    assert rel_err(R, Rt) <= tol * max(1, m) ** 0.5 * 4
+    if mode == "r":
+        assert Q.numel() == 0
+        return
+    assert Q.shape == (5, m, kq)
+    rec, orth = qr_errs(A, Q, R)
+    assert rec <= tol and orth <= tol
+
+
+@pytest.mark.parametrize("batch", [(), (0,), (1,), (2, 3)])
+def test_qr_batch_shapes_and_non_contiguous(device, batch):
+    A = torch.randn(batch + (12, 8), device=device)
+    Q, R = qr(A)
+    assert Q.shape == batch + (12, 8) and R.shape == batch + (8, 8)
+    assert qr_errs(A, Q, R)[0] <= 1e-5
+    B = torch.randn(3, 8, 12, device=device).mT  # non-contiguous (3, 12, 8)
+    Q, R = qr(B)
+    assert max(qr_errs(B, Q, R)) <= 1e-5
+    E = torch.randn(4, 0, 3, device=device)
+    Q, R = qr(E, mode="complete")
+    assert Q.shape == (4, 0, 0) and R.shape == (4, 0, 3)
+    E = torch.randn(2, 3, 0, device=device)
+    Q, R = qr(E, mode="complete")
+    assert torch.equal(Q.cpu(), torch.eye(3).expand(2, 3, 3)) and R.shape == (2, 3, 0)
+
+
+def test_qr_ill_conditioned_rank_deficient_and_special(device):
+    g = torch.randn(4, 48, 48, dtype=torch.float64)
+    u, _ = torch.linalg.qr(g)
+    v, _ = torch.linalg.qr(torch.randn(4, 48, 48, dtype=torch.float64))
+    s = torch.logspace(0, -6, 48, dtype=torch.float64)
+    A = (u @ torch.diag_embed(s.expand(4, 48)) @ v.mT).float().to(device)  # cond 1e6
+    assert max(qr_errs(A, *qr(A))) <= 1e-5
+    A[:, :, 5] = A[:, :, 2]  # rank deficient
+    assert max(qr_errs(A, *qr(A))) <= 1e-5
+    Z = torch.zeros(2, 6, 4, device=device)
+    Q, R = qr(Z)
+    assert torch.equal(R, torch.zeros_like(R)) and max(qr_errs(Z, Q, R)) == 0.0
+    N = torch.randn(3, 6, 4, device=device)
+    N[1, 2, 1] = float("nan")
+    Q, R = qr(N)
+    assert torch.isnan(R[1]).any() and torch.isnan(Q[1]).any(), "NaN propagates"
+    assert torch.isfinite(R[0]).all() and torch.isfinite(Q[2]).all(), "only into its own matrix"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_qr_half_inputs(device, dtype):
+    A = torch.randn(3, 10, 6, device=device).to(dtype)
+    Q, R = qr(A)
+    assert Q.dtype == dtype and R.dtype == dtype
+    Q32, R32 = qr(A.float())
+    assert torch.equal(Q, Q32.to(dtype)) and torch.equal(R, R32.to(dtype))
+
+
+@pytest.mark.parametrize("mn", [(6, 4), (5, 5), (3, 6)])
+def test_qr_gradients(device, mn):
+    A = torch.randn((2,) + mn, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: qr(a), (A,))
+    # Against torch's own backward, with both outputs used.
+    A2 = A.detach().clone().requires_grad_(True)
+    gq, gr = torch.randn_like(qr(A2).Q), torch.randn_like(qr(A2).R)
+    Q, R = qr(A2)
+    ((Q * gq).sum() + (R * gr).sum()).backward()
+    A3 = A.detach().clone().requires_grad_(True)
+    Qt, Rt = torch.linalg.qr(A3)
+    ((Qt * gq).sum() + (Rt * gr).sum()).backward()
+    assert torch.allclose(A2.grad, A3.grad, atol=1e-10)
+    with pytest.raises(RuntimeError, match="mode='r'"):
+        qr(A, mode="r")
+
+
+def test_qr_bad_input(device):
+    with pytest.raises(TypeError, match="A: expected a torch.Tensor"):
+        qr([[1.0]])
+    with pytest.raises(TypeError, match="A: expected a floating dtype"):
+        qr(torch.ones(3, 3, dtype=torch.int64, device=device))
+    with pytest.raises(ValueError, match=r"A: expected a batch of matrices"):
+        qr(torch.ones(3, device=device))
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        qr(torch.ones(3, 3, device=device), mode="full")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mn", [(8, 8), (30, 7), (64, 33), (5, 9)])
+def test_lstsq_and_qr_solve(device, dtype, mn):
+    m, n = mn
+    A = torch.randn(4, m, n, dtype=dtype, device=device)
+    B = torch.randn(4, m, 3, dtype=dtype, device=device)
+    res = lstsq(A, B)
+    ref = torch.linalg.lstsq(A.double().cpu(), B.double().cpu(), driver="gelsd")
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert rel_err(res.solution, ref.solution) <= tol
+    if m > n:
+        r64 = (A.double().cpu() @ ref.solution - B.double().cpu()).pow(2).sum(-2)
+        assert rel_err(res.residuals, r64) <= tol
+    else:
+        assert res.residuals.numel() == 0
+    assert res.rank.numel() == 0 and res.singular_values.numel() == 0
+    x = qr_solve(A, B[..., 0])
+    assert x.shape == (4, n) and rel_err(x, ref.solution[..., 0]) <= tol
+
+
+def test_lstsq_broadcasting_gradients_and_errors(device):
+    A = torch.randn(3, 7, 4, dtype=torch.float64, device=device, requires_grad=True)
+    B = torch.randn(7, 2, dtype=torch.float64, device=device, requires_grad=True)
+    X = lstsq(A, B).solution
+    assert X.shape == (3, 4, 2)
+    assert torch.autograd.gradcheck(lambda a, b: lstsq(a, b).solution, (A, B))
+    Aw = torch.randn(2, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    Bw = torch.randn(2, 3, dtype=torch.float64, device=device)
+    assert torch.autograd.gradcheck(lambda a: qr_solve(a, Bw), (Aw,))
+    with pytest.raises(ValueError, match=r"B: expected shape \(\*, 7, k\)"):
+        lstsq(A, torch.ones(6, 2, dtype=torch.float64, device=device))
+    with pytest.raises(TypeError, match="B: expected dtype"):
+        lstsq(A, torch.ones(7, 2, device=device))
+    with pytest.raises(ValueError, match="driver"):
+        lstsq(A, B, driver="gelsd")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 5, 16, 33, 64])
+def test_lu_batched_matches_lu_factor(device, dtype, n):
+    A = torch.randn(6, n, n, dtype=dtype, device=device)
+    LU, piv, info = lu_batched(A)
+    assert LU.shape == A.shape and piv.shape == (6, n) and piv.dtype == torch.int32 and info.shape == (6,)
+    P, L, U = torch.lu_unpack(LU.double().cpu(), piv.cpu())
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert rel_err(P @ L @ U, A.double().cpu()) <= tol
+    ref = torch.linalg.lu_factor_ex(A.double().cpu())
+    assert torch.equal(piv.cpu(), ref.pivots.to(torch.int32)), "same pivots as LAPACK on random input"
+    assert torch.equal(info.cpu(), torch.zeros(6, dtype=torch.int32))
+    S = A.clone()
+    S[2, :, 0] = 0  # singular: a zero column
+    assert lu_batched(S).info.cpu().tolist() == [0, 0, 1, 0, 0, 0]
+
+
+def test_householder_helpers(device):
+    x = torch.randn(4, 9, dtype=torch.float64, device=device)
+    x[3, 1:] = 0
+    v, tau, beta = householder_vector(x)
+    assert torch.equal(v[..., 0], torch.ones(4, dtype=torch.float64, device=device)) and tau[3] == 0
+    y = apply_householder(x[..., None], v, tau)[..., 0]
+    assert torch.allclose(y[:, 0], beta) and y[:, 1:].abs().max() < 1e-14
+    assert torch.allclose(beta.abs(), x.norm(dim=-1))
+    # The first reflector of qr: R[0, 0] = beta.
+    A = torch.randn(3, 9, 4, dtype=torch.float64, device=device)
+    _, _, b0 = householder_vector(A[..., 0])
+    assert torch.allclose(qr(A).R[:, 0, 0], b0)
+    M = torch.randn(4, 9, 3, dtype=torch.float64, device=device)
+    H = torch.eye(9, dtype=torch.float64, device=device) - tau[:, None, None] * v[:, :, None] * v[:, None, :]
+    assert torch.allclose(apply_householder(M, v, tau), H @ M)
+    with pytest.raises(ValueError, match="v: expected shape"):
+        apply_householder(M, v[:, :5], tau)

@@ -1,4 +1,5 @@
-"""Batched linear algebra: Cholesky factorization and solves, LU (partial pivoting) solves.
+"""Batched linear algebra: Cholesky, LU (partial pivoting) and Householder QR factorizations, the
+solves built on them (``cholesky_solve``, ``solve``, ``trsm``, ``qr_solve``, ``lstsq``).
 
 Semantics of ``torch.linalg.cholesky`` / ``cholesky_ex`` and ``torch.cholesky_solve``: any batch
 shape ``(*, n, n)``; only the lower triangle of ``A`` is read; float32 and float64 (float16 and
@@ -7,26 +8,34 @@ positive definite (NaN included) is reported per batch element: ``cholesky_ex`` 
 ``info`` (0, or the order of the first leading minor that is not positive definite) and
 ``cholesky`` raises ``torch.linalg.LinAlgError`` naming the first failing batch index.
 
-Backends: the CPU one is metalcore's (rayon over the batch, one cache-resident kernel per
-matrix). CUDA has no metalcore kernel yet: on CUDA tensors — as on any other device — the
-factorizations and solves themselves are torch.linalg's (``cholesky_ex``, ``cholesky_solve``,
-``solve_ex``, ``solve_triangular``), with a one-time ``RuntimeWarning`` saying so; everything around
-them is metalcore's and the same on every device: 16-bit inputs computed in float32, ``info``
-(a NaN pivot counts as a failure, as LAPACK reports it), the error messages, and the gradients.
+Backends: CPU (rayon over the batch, one cache-resident kernel per matrix) and CUDA (one launch
+for the whole batch, each matrix factored by one warp or one block in shared memory). A CUDA
+matrix too large for one block's shared memory (float32: n above about 230 for Cholesky/LU, QR
+from about 160×160) is handed to torch.linalg's own kernel (``cholesky_ex``, ``solve_ex``,
+``solve_triangular``, ``qr``), with a one-time ``RuntimeWarning`` saying so; so is every call on a
+device with no metalcore backend. Everything around the factorization is metalcore's and the same
+on every path: 16-bit inputs computed in float32, ``info`` (a NaN pivot counts as a failure, as
+LAPACK reports it), the error messages, and the gradients.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, desc, empty, fast_apply, warn_fallback
+from ._backend import check_float, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
 
-__all__ = ["cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched", "syrk_batched", "frobenius_norm_batched", "trace_batched"]
+__all__ = [
+    "cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched",
+    "lu_batched", "LUResult", "qr", "QRResult", "qr_solve", "lstsq", "LstsqResult", "householder_vector",
+    "apply_householder", "syrk_batched", "frobenius_norm_batched", "trace_batched",
+]
+
+R_ = TypeVar("R_")
 
 
 class CholeskyEx(NamedTuple):
@@ -36,16 +45,18 @@ class CholeskyEx(NamedTuple):
     info: Tensor
 
 
-def _native_device(t: Tensor) -> bool:
-    """True when metalcore computes linear algebra on `t`'s device (the CPU, for now)."""
-    return t.device.type == "cpu"
-
-
-def _fallback(op: str, t: Tensor) -> None:
-    why = None
-    if t.device.type == "cuda":
-        why = "metalcore has no CUDA kernel for this op yet"
-    warn_fallback(op, t.device, why)
+def _on_backend(op: str, t: Tensor, run: Callable[[], R_]) -> Optional[R_]:
+    """`run()` on metalcore's backend for `t`'s device, or None — after a one-time warning — when
+    there is none or it refuses the size (a CUDA matrix that does not fit one block's shared
+    memory): the caller then computes with torch.linalg."""
+    if not has_backend(t.device):
+        warn_fallback(op, t.device)
+        return None
+    try:
+        return run()
+    except NotImplementedError as e:
+        warn_fallback(op, t.device, str(e))
+        return None
 
 
 def _check_square(name: str, a: Tensor) -> int:
@@ -86,23 +97,26 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     """(factor in a's dtype, int32 info)."""
     n, batch = a.shape[-1], a.shape[:-2]
-    if not _native_device(a):
-        _fallback("cholesky", a)
-        f, info = torch.linalg.cholesky_ex(a.to(_acc(a.dtype)), upper=upper)
-        # cuSOLVER lets a NaN pivot through (info 0); LAPACK, and metalcore, report it.
-        if n:
-            finite = torch.isfinite(f.diagonal(dim1=-2, dim2=-1))
-            first_bad = torch.where(finite.all(-1), 0, (~finite).int().argmax(-1) + 1)
-            info = torch.where(info == 0, first_bad, info)
-        info = info.to(torch.int32)
-        return f.to(a.dtype), info
-    nb = math.prod(batch)
-    work = empty((nb, n, n), _acc(a.dtype), a.device)
-    if work.numel():
-        work.copy_(a.reshape(nb, n, n))
-    info = empty((nb,), torch.int32, a.device)
-    _native.cholesky_inplace(desc(work, "A"), desc(info, "info"), upper)
-    return work.view(a.shape).to(a.dtype), info.view(batch)
+
+    def run() -> Tuple[Tensor, Tensor]:
+        nb = math.prod(batch)
+        work = empty((nb, n, n), _acc(a.dtype), a.device)
+        if work.numel():
+            work.copy_(a.reshape(nb, n, n))
+        info = empty((nb,), torch.int32, a.device)
+        _native.cholesky_inplace(desc(work, "A"), desc(info, "info"), upper, stream_of(a))
+        return work.view(a.shape).to(a.dtype), info.view(batch)
+
+    done = _on_backend("cholesky", a, run)
+    if done is not None:
+        return done
+    f, info = torch.linalg.cholesky_ex(a.to(_acc(a.dtype)), upper=upper)
+    # cuSOLVER lets a NaN pivot through (info 0); LAPACK, and metalcore, report it.
+    if n:
+        finite = torch.isfinite(f.diagonal(dim1=-2, dim2=-1))
+        first_bad = torch.where(finite.all(-1), 0, (~finite).int().argmax(-1) + 1)
+        info = torch.where(info == 0, first_bad, info)
+    return f.to(a.dtype), info.to(torch.int32)
 
 
 def _first_failure(info: Tensor):
@@ -225,14 +239,17 @@ def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Siz
 
 
 def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
-    if not _native_device(l):
-        _fallback("cholesky_solve", l)
-        acc = _acc(b.dtype)
-        t = l.to(acc)
-        return torch.cholesky_solve(b.to(acc), t.triu() if upper else t.tril(), upper=upper).to(b.dtype)
-    xb, l, flipped, batch = _tri_operands(b, l)
-    _native.cholesky_solve_inplace(desc(xb, "B"), desc(l, "L"), upper != flipped)
-    return xb.view(batch + xb.shape[1:]).to(b.dtype)
+    def run() -> Tensor:
+        xb, t, flipped, batch = _tri_operands(b, l)
+        _native.cholesky_solve_inplace(desc(xb, "B"), desc(t, "L"), upper != flipped, stream_of(b))
+        return xb.view(batch + xb.shape[1:]).to(b.dtype)
+
+    done = _on_backend("cholesky_solve", l, run)
+    if done is not None:
+        return done
+    acc = _acc(b.dtype)
+    t = l.to(acc)
+    return torch.cholesky_solve(b.to(acc), t.triu() if upper else t.tril(), upper=upper).to(b.dtype)
 
 
 _solve_apply = fast_apply(CholeskySolveFunction)
@@ -276,26 +293,29 @@ def _solve_shapes(A: Tensor, B: Tensor):
 def _lu_solve(A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
     """(X, info) (no autograd)."""
     vector, batch = _solve_shapes(A, B)
-    if not _native_device(A):
-        _fallback("solve", A)
-        acc = _acc(A.dtype)
-        X, info = torch.linalg.solve_ex(A.to(acc), B.to(acc))
-        return X.to(B.dtype), info.to(torch.int32)
     n = A.shape[-1]
     Bm = B.unsqueeze(-1) if vector else B
     k = Bm.shape[-1]
-    nb = math.prod(batch)
     acc = _acc(A.dtype)
-    a = empty((nb, n, n), acc, A.device)
-    x = empty((nb, n, k), acc, A.device)
-    if a.numel():
-        a.copy_(A.expand(batch + (n, n)).reshape(nb, n, n))
-    if x.numel():
-        x.copy_(Bm.expand(batch + (n, k)).reshape(nb, n, k))
-    info = empty((nb,), torch.int32, A.device)
-    _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"))
-    X = x.view(batch + (n, k)).to(B.dtype)
-    return (X.squeeze(-1) if vector else X), info.view(batch)
+
+    def run() -> Tuple[Tensor, Tensor]:
+        nb = math.prod(batch)
+        a = empty((nb, n, n), acc, A.device)
+        x = empty((nb, n, k), acc, A.device)
+        if a.numel():
+            a.copy_(A.expand(batch + (n, n)).reshape(nb, n, n))
+        if x.numel():
+            x.copy_(Bm.expand(batch + (n, k)).reshape(nb, n, k))
+        info = empty((nb,), torch.int32, A.device)
+        _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"), None, stream_of(A))
+        return x.view(batch + (n, k)), info.view(batch)
+
+    done = _on_backend("solve", A, run)
+    if done is None:
+        X, info = torch.linalg.solve_ex(A.to(acc), Bm.to(acc))
+        done = X, info.to(torch.int32)
+    X = done[0].to(B.dtype)
+    return (X.squeeze(-1) if vector else X), done[1]
 
 
 def _raise_singular(info: Tensor) -> None:
@@ -366,16 +386,19 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 
 
 def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
-    if not _native_device(a):
-        _fallback("trsm", a)
-        acc = _acc(b.dtype)
-        M = a.to(acc)
-        M = M.mT if transpose else M
-        return torch.linalg.solve_triangular(M, b.to(acc), upper=(lower == transpose), unitriangular=unit).to(b.dtype)
-    xb, t, flipped, batch = _tri_operands(b, a)
-    # Aᵀ in memory: the other triangle, solved the other way round.
-    _native.trsm_inplace(desc(t, "A"), desc(xb, "B"), lower != flipped, transpose != flipped, unit)
-    return xb.view(batch + xb.shape[1:]).to(b.dtype)
+    def run() -> Tensor:
+        xb, t, flipped, batch = _tri_operands(b, a)
+        # Aᵀ in memory: the other triangle, solved the other way round.
+        _native.trsm_inplace(desc(t, "A"), desc(xb, "B"), lower != flipped, transpose != flipped, unit, stream_of(b))
+        return xb.view(batch + xb.shape[1:]).to(b.dtype)
+
+    done = _on_backend("trsm", a, run)
+    if done is not None:
+        return done
+    acc = _acc(b.dtype)
+    M = a.to(acc)
+    M = M.mT if transpose else M
+    return torch.linalg.solve_triangular(M, b.to(acc), upper=(lower == transpose), unitriangular=unit).to(b.dtype)
 
 
 class TrsmFunction(torch.autograd.Function):
@@ -428,8 +451,8 @@ def _batched(kind: str, a: Tensor) -> Tensor:
     batch = a.shape[:-2]
     nb = math.prod(batch)
     acc = _acc(a.dtype)
-    if not _native_device(a):
-        _fallback(f"{kind}_batched", a)
+    if a.device.type != "cpu":
+        warn_fallback(f"{kind}_batched", a.device, "metalcore computes the batched helpers on the CPU only")
         x = a.to(acc)
         if kind == "syrk":
             y = x.mT @ x
@@ -496,3 +519,257 @@ def frobenius_norm_batched(A: Tensor) -> Tensor:
 def trace_batched(A: Tensor) -> Tensor:
     """Trace of each square matrix of ``A`` (``*, n, n`` → ``*``). Differentiable."""
     return _helper("trace", A)
+
+
+class LUResult(NamedTuple):
+    """``(LU, pivots, info)`` as ``torch.linalg.lu_factor_ex`` returns them."""
+
+    LU: Tensor
+    pivots: Tensor
+    info: Tensor
+
+
+def lu_batched(A: Tensor) -> LUResult:
+    """LU factorization with partial pivoting of each matrix of ``A`` (``*, n, n``), like
+    ``torch.linalg.lu_factor_ex``: ``LU`` packs the unit-lower ``L`` (below the diagonal) and ``U``;
+    ``pivots`` (int32, 1-based) are the row interchanges in LAPACK's convention, so
+    ``torch.lu_unpack(LU, pivots)`` rebuilds ``P, L, U``; ``info[b] = j > 0`` when ``U[j-1, j-1]``
+    is exactly zero (singular; the factorization is still completed). Not differentiable."""
+    n = _check_square("A", A)
+    batch = A.shape[:-2]
+    acc = _acc(A.dtype)
+
+    def run() -> Tuple[Tensor, Tensor, Tensor]:
+        nb = math.prod(batch)
+        a = empty((nb, n, n), acc, A.device)
+        if a.numel():
+            a.copy_(A.reshape(nb, n, n))
+        x = empty((nb, n, 0), acc, A.device)
+        piv = empty((nb, n), torch.int32, A.device)
+        info = empty((nb,), torch.int32, A.device)
+        _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"), desc(piv, "pivots"), stream_of(A))
+        return a.view(A.shape), piv.view(batch + (n,)), info.view(batch)
+
+    with torch.no_grad():
+        done = _on_backend("lu_batched", A, run)
+        if done is None:
+            lu, piv, info = torch.linalg.lu_factor_ex(A.to(acc))
+            done = lu, piv.to(torch.int32), info.to(torch.int32)
+    return LUResult(done[0].to(A.dtype), done[1], done[2])
+
+
+class QRResult(NamedTuple):
+    """``(Q, R)`` as ``torch.linalg.qr`` returns them."""
+
+    Q: Tensor
+    R: Tensor
+
+
+_QR_MODES = ("reduced", "complete", "r")
+
+
+def _qr(a: Tensor, mode: str) -> Tuple[Tensor, Tensor]:
+    m, n = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    k = min(m, n)
+    kq = 0 if mode == "r" else (m if mode == "complete" else k)
+    kr = m if mode == "complete" else k
+    acc = _acc(a.dtype)
+
+    def run() -> Tuple[Tensor, Tensor]:
+        nb = math.prod(batch)
+        x = a.reshape(nb, m, n).to(acc).contiguous()
+        q = empty((nb, m, kq), acc, a.device)
+        r = empty((nb, kr, n), acc, a.device)
+        if nb:
+            _native.qr_into(desc(x, "A"), desc(q, "Q") if q.numel() else None, desc(r, "R"), stream_of(a))
+        return q.view(batch + (m, kq)), r.view(batch + (kr, n))
+
+    done = _on_backend("qr", a, run)
+    if done is None:
+        done = tuple(torch.linalg.qr(a.to(acc), mode=mode))  # type: ignore[assignment]
+    q, r = done
+    Q = torch.empty(0, dtype=a.dtype, device=a.device) if mode == "r" else q.to(a.dtype)
+    return Q, r.to(a.dtype)
+
+
+def _r_inv_t(x: Tensor, r: Tensor) -> Tensor:
+    """``x R⁻ᵀ`` for upper-triangular square ``R``."""
+    return torch.linalg.solve_triangular(r.mH, x, upper=False, left=False)
+
+
+def _qr_backward_tall(q: Tensor, r: Tensor, gq: Tensor, gr: Tensor) -> Tensor:
+    """Gradient of ``A = QR`` (m ≥ n, reduced): ``Q (gR + tril(QᵀgQ − gQᵀQ + R gRᵀ − gR Rᵀ) R⁻ᵀ)
+    + (gQ − Q QᵀgQ) R⁻ᵀ`` (the usual formula, as in TensorFlow's QrGrad and torch's backward)."""
+    qdq = q.mH @ gq
+    rdr = r @ gr.mH
+    m = (qdq - qdq.mH + rdr - rdr.mH).tril()
+    return q @ (gr + _r_inv_t(m, r)) + _r_inv_t(gq - q @ qdq, r)
+
+
+class QRFunction(torch.autograd.Function):
+    """``QRFunction.apply(A, mode)`` → ``(Q, R)``, differentiable for ``mode='reduced'`` (and
+    ``'complete'`` when m ≤ n, where it is the same factorization), as torch's ``linalg.qr``."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, mode: str):  # type: ignore[override]
+        q, r = _qr(a, mode)
+        ctx.save_for_backward(q, r)
+        return q, r
+
+    @staticmethod
+    def backward(ctx, gq: Optional[Tensor], gr: Optional[Tensor]):  # type: ignore[override]
+        q, r = ctx.saved_tensors
+        gq = torch.zeros_like(q) if gq is None else gq
+        gr = torch.zeros_like(r) if gr is None else gr
+        m, n = q.shape[-2], r.shape[-1]
+        if m >= n:
+            return _qr_backward_tall(q, r, gq, gr), None
+        # Wide: A = [X | Y] with X = Q U square; Y = Q V enters through gQ.
+        u, gu, gv = r[..., :m], gr[..., :m], gr[..., m:]
+        y = q @ r[..., m:]
+        gx = _qr_backward_tall(q, u, gq + y @ gv.mH, gu)
+        return torch.cat([gx, q @ gv], dim=-1), None
+
+
+_qr_apply = fast_apply(QRFunction)
+
+
+def qr(A: Tensor, mode: str = "reduced") -> QRResult:
+    """Householder QR of each matrix of ``A`` (``*, m, n``; tall, square or wide), like
+    ``torch.linalg.qr``: ``mode='reduced'`` gives ``Q`` (``*, m, k``) and ``R`` (``*, k, n``),
+    ``k = min(m, n)``; ``'complete'`` gives ``Q`` (``*, m, m``) and ``R`` (``*, m, n``); ``'r'``
+    gives only ``R`` (``Q`` is an empty tensor). ``R``'s diagonal may be negative (LAPACK's sign
+    convention, the one torch returns). float32/float64; 16-bit inputs are computed in float32.
+    Differentiable for ``'reduced'`` (and ``'complete'`` when m ≤ n)."""
+    if not isinstance(A, Tensor):
+        raise TypeError(f"A: expected a torch.Tensor, got {type(A).__name__}")
+    check_float("A", A)
+    if A.dim() < 2:
+        raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
+    if mode not in _QR_MODES:
+        raise ValueError(f"mode: expected one of {_QR_MODES}, got {mode!r}")
+    if torch.is_grad_enabled() and A.requires_grad:
+        if mode == "r":
+            raise RuntimeError("qr: the derivative depends on Q, which is not computed with mode='r'; use mode='reduced'")
+        if mode == "complete" and A.shape[-2] > A.shape[-1]:
+            raise RuntimeError("qr: mode='complete' is not differentiable when m > n; use mode='reduced'")
+        return QRResult(*_qr_apply(A, mode))
+    return QRResult(*_qr(A, mode))
+
+
+def _rhs(A: Tensor, B: Tensor) -> Tuple[bool, Tensor]:
+    """lstsq's right-hand side rules: (vector case, B as (*, m, k)); batch dimensions broadcast."""
+    if not isinstance(B, Tensor):
+        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
+    _check_rhs(B, "A", A)
+    m = A.shape[-2]
+    vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape[:-1] == A.shape[:-2])
+    rows = B.shape[-1] if vector else (B.shape[-2] if B.dim() >= 2 else -1)
+    if rows != m:
+        want = f"(*, {m})" if vector else f"(*, {m}, k)"
+        raise ValueError(f"B: expected shape {want} to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
+    Bm = B.unsqueeze(-1) if vector else B
+    try:
+        torch.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
+    except RuntimeError as e:
+        raise ValueError(f"B: batch shape {tuple(Bm.shape[:-2])} does not broadcast with A's {tuple(A.shape[:-2])}") from e
+    return vector, Bm
+
+
+def _check_matrix(A: Tensor) -> None:
+    if not isinstance(A, Tensor):
+        raise TypeError(f"A: expected a torch.Tensor, got {type(A).__name__}")
+    check_float("A", A)
+    if A.dim() < 2:
+        raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
+
+
+def _qr_least_squares(A: Tensor, Bm: Tensor) -> Tensor:
+    """The least-squares (m ≥ n) or minimum-norm (m < n) solution of A X = B by QR, from
+    differentiable pieces (QR, triangular solves, products)."""
+    m, n = A.shape[-2], A.shape[-1]
+    if m >= n:
+        q, r = qr(A)
+        return trsm(r, q.mH @ Bm, lower=False)
+    # A = (Q R)ᴴ = Rᴴ Qᴴ: X = Q R⁻ᴴ B is the solution of least norm.
+    q, r = qr(A.mH)
+    return q @ trsm(r, Bm, lower=False, transpose=True)
+
+
+def qr_solve(A: Tensor, B: Tensor) -> Tensor:
+    """Solves ``A X = B`` through the QR factorization of ``A`` (``*, m, n``): the least-squares
+    solution for ``m ≥ n`` (full column rank), the least-norm one for ``m < n`` (full row rank).
+    ``B`` is ``(*, m)`` or ``(*, m, k)``; batch dimensions broadcast. Differentiable."""
+    _check_matrix(A)
+    vector, Bm = _rhs(A, B)
+    X = _qr_least_squares(A, Bm)
+    return X.squeeze(-1) if vector else X
+
+
+class LstsqResult(NamedTuple):
+    """``(solution, residuals, rank, singular_values)`` as ``torch.linalg.lstsq`` returns them."""
+
+    solution: Tensor
+    residuals: Tensor
+    rank: Tensor
+    singular_values: Tensor
+
+
+def lstsq(A: Tensor, B: Tensor, rcond: Optional[float] = None, *, driver: Optional[str] = None) -> LstsqResult:
+    """Least-squares solution of ``A X = B`` by Householder QR, like ``torch.linalg.lstsq`` with
+    its QR driver (``'gels'``): ``A`` (``*, m, n``) has full rank; ``B`` is ``(*, m, k)`` (or
+    ``(*, m)``); batch dimensions broadcast. For ``m < n`` the solution is the one of least norm.
+    ``residuals`` holds the squared residual norm of each column when ``m > n`` (else it is empty);
+    ``rank`` and ``singular_values`` are empty, as with ``'gels'``. ``rcond`` is accepted for
+    signature compatibility and unused (QR does not estimate rank). Differentiable."""
+    _check_matrix(A)
+    if driver not in (None, "gels"):
+        raise ValueError(f"driver: metalcore's lstsq is QR-based ('gels'); got {driver!r}")
+    vector, Bm = _rhs(A, B)
+    X = _qr_least_squares(A, Bm)
+    m, n = A.shape[-2], A.shape[-1]
+    if m > n:
+        res = (A @ X - Bm).abs().pow(2).sum(-2)
+        res = res.squeeze(-1) if vector else res
+    else:
+        res = torch.empty(0, dtype=A.dtype, device=A.device)
+    none = torch.empty(0, dtype=torch.int64, device=A.device)
+    return LstsqResult(X.squeeze(-1) if vector else X, res, none, torch.empty(0, dtype=A.dtype, device=A.device))
+
+
+def householder_vector(x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The Householder reflector of each vector ``x`` (``*, m``), LAPACK's ``larfg``: returns
+    ``(v, tau, beta)`` with ``v[..., 0] = 1`` so that ``(I − tau v vᵀ) x = beta e₁``, ``beta =
+    −sign(x₀) ‖x‖`` (sign(0) = +1) and ``tau = 0`` (the identity) when ``x[1:]`` is zero — the
+    reflectors :func:`qr` uses. Computed with torch operations on any device; differentiable."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    check_float("x", x)
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x: expected a batch of non-empty vectors (*, m), got shape {tuple(x.shape)}")
+    alpha, rest = x[..., 0], x[..., 1:]
+    ss = (rest * rest).sum(-1)
+    norm = torch.sqrt(alpha * alpha + ss)
+    beta_r = torch.where(alpha >= 0, -norm, norm)
+    live = ss > 0
+    safe_beta = torch.where(live, beta_r, torch.ones_like(beta_r))
+    tau = torch.where(live, (beta_r - alpha) / safe_beta, torch.zeros_like(alpha))
+    scale = torch.where(live, 1.0 / torch.where(live, alpha - beta_r, torch.ones_like(alpha)), torch.zeros_like(alpha))
+    v = torch.cat([torch.ones_like(alpha)[..., None], rest * scale[..., None]], dim=-1)
+    beta = torch.where(live, beta_r, alpha)
+    return v, tau, beta
+
+
+def apply_householder(A: Tensor, v: Tensor, tau: Tensor) -> Tensor:
+    """``(I − tau v vᵀ) A`` for each matrix ``A`` (``*, m, n``), reflector ``v`` (``*, m``) and
+    scalar ``tau`` (``*``), without forming the m×m reflector: ``A − tau v (vᵀ A)``. Torch
+    operations on any device; differentiable."""
+    for name, t in (("A", A), ("v", v), ("tau", tau)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        check_float(name, t)
+    if A.dim() < 2 or v.dim() < 1 or v.shape[-1] != A.shape[-2]:
+        raise ValueError(f"v: expected shape (*, {A.shape[-2] if A.dim() >= 2 else 'm'}) to match A of shape {tuple(A.shape)}, got {tuple(v.shape)}")
+    w = (v[..., None, :] @ A)  # (*, 1, n)
+    return A - tau[..., None, None] * v[..., :, None] * w

@@ -2,42 +2,55 @@
 
 use crate::bridge::{to_py, Desc};
 use metalcore_core::ops::linalg::{
-    batched, cholesky, cholesky_solve, lu_solve, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve, Trsm,
+    batched, cholesky, cholesky_solve, lu_solve, qr, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve, Qr,
+    Trsm,
 };
+use metalcore_core::tensor::Exec;
 use pyo3::prelude::*;
 
 /// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
 /// status into the int32 `info`.
 #[pyfunction]
-#[pyo3(signature = (a, info, upper))]
-fn cholesky_inplace(py: Python<'_>, a: Desc, info: Desc, upper: bool) -> PyResult<()> {
+#[pyo3(signature = (a, info, upper, stream))]
+fn cholesky_inplace(py: Python<'_>, a: Desc, info: Desc, upper: bool, stream: usize) -> PyResult<()> {
     let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
-    py.detach(|| cholesky(&Cholesky { a: &a, info: &info, upper })).map_err(to_py)
+    py.detach(|| cholesky(&Cholesky { a: &a, info: &info, upper }, Exec { stream })).map_err(to_py)
 }
 
 /// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X.
 #[pyfunction]
-#[pyo3(signature = (b, l, upper))]
-fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool) -> PyResult<()> {
+#[pyo3(signature = (b, l, upper, stream))]
+fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream: usize) -> PyResult<()> {
     let (b, l) = (b.to_ref("B")?, l.to_ref("L")?);
-    py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper })).map_err(to_py)
+    py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper }, Exec { stream })).map_err(to_py)
 }
 
 /// In-place batched LU solve with partial pivoting: `a` becomes its LU factors, `b` the solution,
-/// `info` the per-matrix status.
+/// `info` the per-matrix status, `pivots` (optional) the 1-based row interchanges.
 #[pyfunction]
-#[pyo3(signature = (a, b, info))]
-fn lu_solve_inplace(py: Python<'_>, a: Desc, b: Desc, info: Desc) -> PyResult<()> {
+#[pyo3(signature = (a, b, info, pivots, stream))]
+fn lu_solve_inplace(py: Python<'_>, a: Desc, b: Desc, info: Desc, pivots: Option<Desc>, stream: usize) -> PyResult<()> {
     let (a, b, info) = (a.to_ref("A")?, b.to_ref("B")?, info.to_ref("info")?);
-    py.detach(|| lu_solve(&LuSolve { a: &a, b: &b, info: &info })).map_err(to_py)
+    let pivots = pivots.map(|p| p.to_ref("pivots")).transpose()?;
+    py.detach(|| lu_solve(&LuSolve { a: &a, b: &b, info: &info, pivots: pivots.as_ref() }, Exec { stream }))
+        .map_err(to_py)
 }
 
 /// In-place batched triangular solve op(A) X = B; `b` becomes X.
 #[pyfunction]
-#[pyo3(signature = (a, b, lower, trans, unit))]
-fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit: bool) -> PyResult<()> {
+#[pyo3(signature = (a, b, lower, trans, unit, stream))]
+fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit: bool, stream: usize) -> PyResult<()> {
     let (t, b) = (a.to_ref("A")?, b.to_ref("B")?);
-    py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit })).map_err(to_py)
+    py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit }, Exec { stream })).map_err(to_py)
+}
+
+/// Batched Householder QR of the contiguous (batch, m, n) `a` into `r` and, when given, `q`.
+#[pyfunction]
+#[pyo3(signature = (a, q, r, stream))]
+fn qr_into(py: Python<'_>, a: Desc, q: Option<Desc>, r: Desc, stream: usize) -> PyResult<()> {
+    let (a, r) = (a.to_ref("A")?, r.to_ref("R")?);
+    let q = q.map(|q| q.to_ref("Q")).transpose()?;
+    py.detach(|| qr(&Qr { a: &a, q: q.as_ref(), r: &r }, Exec { stream })).map_err(to_py)
 }
 
 /// Per-matrix helper (`kind`: "syrk", "frobenius" or "trace") of a contiguous batch into `out`.
@@ -61,6 +74,7 @@ fn batched_into(py: Python<'_>, kind: &str, a: Desc, out: Desc) -> PyResult<()> 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batched_into, m)?)?;
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
+    m.add_function(wrap_pyfunction!(qr_into, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;

@@ -505,39 +505,63 @@ def bench_embag(device: str, num: int, dim: int, n_bags: int, bag: int, quick: b
     return bench_peers("embedding_bag", case, device, peers, sets, [idx, off], set_bytes, quick)
 
 
-LINALG_CASES = [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
+# (op, batch, m, n, k): k right-hand sides for the solves. The CUDA cases are the issue's table.
+LINALG_CASES = {
+    "cpu": [(op, b, n, n, 1) for b, n in [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
+            for op in ("cholesky", "cholesky_solve", "solve (LU)", "qr")],
+    "cuda": [("qr", 500, 16, 16, 0), ("qr", 1000, 32, 32, 0), ("qr", 100, 64, 64, 0), ("qr", 100, 128, 64, 0),
+             ("qr", 1, 4096, 4096, 0), ("cholesky", 500, 16, 16, 0), ("cholesky", 100, 64, 64, 0),
+             ("cholesky", 1000, 128, 128, 0), ("cholesky", 1, 4096, 4096, 0), ("cholesky_solve", 1000, 32, 32, 1),
+             ("solve (LU)", 1000, 32, 32, 1), ("solve (LU)", 10000, 16, 16, 1), ("solve (LU)", 100, 128, 128, 16),
+             ("solve (LU)", 1, 4096, 4096, 1)],
+}
 
 
 def bench_linalg(device: str, quick: bool) -> str:
-    """Batched Cholesky, Cholesky solve and LU solve (k=1), float32, ours vs torch: a markdown table."""
+    """Batched factorizations and solves, float32, ours vs torch.linalg: a markdown table."""
     lines = ["| case | op | metalcore ms | torch ms | speed-up | our error | torch error |", "|---|---|---|---|---|---|---|"]
     reps = 10 if quick else 50
     g = torch.Generator(device="cpu").manual_seed(0)
-    for b, n in LINALG_CASES:
-        m = torch.randn(b, n, n, generator=g, dtype=torch.float64)
-        a64 = m @ m.mT + n * torch.eye(n, dtype=torch.float64)
-        a = a64.float().to(device)
-        rhs = torch.randn(b, n, 1, generator=g).to(device)
-        l_t = torch.linalg.cholesky(a)
+    for op, b, m_, n, k in LINALG_CASES[device]:
+        big = m_ * n * b > (1 << 24)
+        if op == "qr":
+            a64 = torch.randn(b, m_, n, generator=g, dtype=torch.float64)
+            a = a64.float().to(device)
 
-        def recon(l):
-            l = l.double().cpu()
-            return ((l @ l.mT - a64).flatten(-2).norm(dim=-1) / a64.flatten(-2).norm(dim=-1)).max().item()
+            def err(qr_):
+                q, r = (t.double().cpu() for t in qr_)
+                rec = ((q @ r - a64).flatten(-2).norm(dim=-1) / a64.flatten(-2).norm(dim=-1)).max().item()
+                orth = (q.mT @ q - torch.eye(q.shape[-1], dtype=torch.float64)).abs().max().item()
+                return max(rec, orth)
 
-        def resid(x):
-            x = x.double().cpu()
-            r = (a64 @ x - rhs.double().cpu()).flatten(-2).norm(dim=-1)
-            return (r / (a64.flatten(-2).norm(dim=-1) * x.flatten(-2).norm(dim=-1))).max().item()
+            ours, theirs = (lambda: metalcore.qr(a)), (lambda: torch.linalg.qr(a))
+        else:
+            m = torch.randn(b, n, n, generator=g, dtype=torch.float64)
+            a64 = m @ m.mT + n * torch.eye(n, dtype=torch.float64)
+            a = a64.float().to(device)
+            rhs = torch.randn(b, n, max(k, 1), generator=g).to(device)
+            l_t = torch.linalg.cholesky(a)
 
-        for op, ours, theirs, err in (
-            ("cholesky", lambda: metalcore.cholesky(a), lambda: torch.linalg.cholesky(a), recon),
-            ("cholesky_solve", lambda: metalcore.cholesky_solve(rhs, l_t), lambda: torch.cholesky_solve(rhs, l_t), resid),
-            ("solve (LU)", lambda: metalcore.solve(a, rhs), lambda: torch.linalg.solve(a, rhs), resid),
-        ):
-            t_o = time_ms(lambda i: ours(), device, reps=reps, batch=1)
-            t_t = time_ms(lambda i: theirs(), device, reps=reps, batch=1)
-            lines.append(f"| {b}x{n}x{n} float32 | {op} | {t_o:.3f} | {t_t:.3f} | {t_t / t_o:.2f}x | "
-                         f"{err(ours()):.1e} | {err(theirs()):.1e} |")
+            def recon(l):
+                l = l.double().cpu()
+                return ((l @ l.mT - a64).flatten(-2).norm(dim=-1) / a64.flatten(-2).norm(dim=-1)).max().item()
+
+            def resid(x):
+                x = x.double().cpu()
+                r = (a64 @ x - rhs.double().cpu()).flatten(-2).norm(dim=-1)
+                return (r / (a64.flatten(-2).norm(dim=-1) * x.flatten(-2).norm(dim=-1))).max().item()
+
+            ours, theirs, err = {
+                "cholesky": (lambda: metalcore.cholesky(a), lambda: torch.linalg.cholesky(a), recon),
+                "cholesky_solve": (lambda: metalcore.cholesky_solve(rhs, l_t), lambda: torch.cholesky_solve(rhs, l_t), resid),
+                "solve (LU)": (lambda: metalcore.solve(a, rhs), lambda: torch.linalg.solve(a, rhs), resid),
+            }[op]
+        r_ = 5 if big or (device == "cpu" and op == "qr" and n >= 64) else reps
+        t_o = time_ms(lambda i: ours(), device, reps=r_, batch=1 if big or device == "cpu" else 10)
+        t_t = time_ms(lambda i: theirs(), device, reps=r_, batch=1 if big or device == "cpu" else 10)
+        shape = f"{b}x{m_}x{n}" + (f" k={k}" if k > 1 else "")
+        lines.append(f"| {shape} float32 | {op} | {t_o:.3f} | {t_t:.3f} | {t_t / t_o:.2f}x | "
+                     f"{err(ours()):.1e} | {err(theirs()):.1e} |")
     return "\n".join(lines)
 
 
@@ -574,10 +598,14 @@ time per call while the GPU is kept busy. GB/s counts one read of x and one writ
 is torch's time over ours (above 1 means we are faster), for fwd+bwd. torch = `F.rms_norm` /
 `F.layer_norm`; HF eager = the LlamaRMSNorm formula in plain torch ops."""
 
-LINALG_LEGEND = """Median milliseconds per call (wall clock), float32 symmetric positive-definite batches.
-`error`: the largest per-matrix ||L Lᵀ − A|| / ||A|| (cholesky) or ||A x − b|| / (||A|| ||x||)
-(the solves, one right-hand side) against the float64 matrices. The matrices are symmetric positive
-definite for all three ops."""
+LINALG_LEGEND = """Median milliseconds per call, float32 (on CUDA: between CUDA events, 10 back-to-back calls
+per sample for the batched cases; each call includes its host work: copies, allocation, and for
+`cholesky`/`solve` the error check that reads `info` back, as torch's own functions do).
+`error`: the largest per-matrix ||L Lᵀ − A|| / ||A|| (cholesky), ||A x − b|| / (||A|| ||x||) (the
+solves) or max(||QR − A|| / ||A||, max|QᵀQ − I|) (qr) against the float64 matrices. Cholesky and
+solve inputs are symmetric positive definite; QR inputs are Gaussian. Matrices too large for one
+CUDA block's shared memory (the 4096² cases) go to torch.linalg's own kernel, with a warning: those
+rows show the fallback's cost, not a metalcore kernel."""
 
 ACT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of each input (x, or gate and up) and one
 write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the worst gradient).
@@ -611,7 +639,7 @@ host sync); the graph columns skip that check (it is impossible under capture)."
 OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "embag", "adamw", "linalg")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
           "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "embag": "EmbeddingBag", "adamw": "AdamW step",
-          "linalg": "Batched Cholesky and solves"}
+          "linalg": "Batched factorizations and solves"}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -646,9 +674,6 @@ def main(argv: Optional[List[str]] = None) -> None:
             shapes = [(100, 1 << 20, torch.float32)] if device == "cuda" else [(20, 1 << 20, torch.float32), (100, 10000, torch.float32)]
             table = "\n\n".join(bench_adamw(device, n, m, dt, args.quick) for n, m, dt in shapes)
         elif op == "linalg":
-            if device != "cpu":
-                print("\n## Batched Cholesky: no metalcore CUDA kernel yet (CUDA tensors use torch.linalg); skipped")
-                continue
             table = bench_linalg(device, args.quick)
         else:
             rows: List[Dict] = []

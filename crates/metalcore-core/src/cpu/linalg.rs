@@ -2,7 +2,7 @@
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
 use super::{dot, Real};
-use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, TrsmPlan};
+use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, TrsmPlan};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -239,9 +239,10 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
 by_acc!(cholesky_solve(CholeskySolvePlan) => cholesky_solve_impl, b.dtype);
 
 /// Gaussian elimination with partial pivoting on one row-major n×n `a` and n×k `b`, then back
-/// substitution: `b` becomes A⁻¹B. Returns LAPACK's `info` (first exactly-zero pivot, 1-based).
+/// substitution: `b` becomes A⁻¹B, `a` its packed LU factors, `piv` (when not empty) the 1-based
+/// row interchanges. Returns LAPACK's `info` (first exactly-zero pivot, 1-based).
 #[inline(always)]
-fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
+fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize, piv: &mut [i32]) -> i32 {
     let mut info = 0;
     for j in 0..n {
         // Pivot: the largest |a[i][j]| for i >= j (a NaN is taken at once, so it propagates).
@@ -256,6 +257,9 @@ fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
                     break;
                 }
             }
+        }
+        if let Some(slot) = piv.get_mut(j) {
+            *slot = p as i32 + 1;
         }
         if p != j {
             for c in 0..n {
@@ -302,11 +306,11 @@ fn lu_solve_one<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize) -> i32 {
 /// # Safety
 /// `a` is n×n, `b` n×k.
 #[inline(always)]
-unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32) {
-    *info = lu_solve_one(a, b, n, k);
+unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32, piv: &mut [i32]) {
+    *info = lu_solve_one(a, b, n, k, piv);
 }
 
-isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32));
+isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32, piv: &mut [i32]));
 
 /// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`): each lane pivots
 /// on its own rows (scalar swaps), the elimination and substitution run across the lanes. Writes
@@ -415,16 +419,34 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     } else {
         (unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) }, blen)
     };
-    if n > LANES_MAX_N || p.a.batch < W {
+    if n > LANES_MAX_N || p.a.batch < W || p.pivots.is_some() {
         // Lanes pay a scalar pivot search and row swap per lane: past small n (or with lanes left
-        // empty) one system per task is faster.
-        let f = pick!(lu_solve_matrix_avx2, lu_solve_matrix, A, unsafe fn(&mut [A], &mut [A], usize, usize, &mut i32));
+        // empty) one system per task is faster. The lanes do not keep the factors: a call that
+        // wants them (with pivots) takes this path too.
+        let f = pick!(
+            lu_solve_matrix_avx2,
+            lu_solve_matrix,
+            A,
+            unsafe fn(&mut [A], &mut [A], usize, usize, &mut i32, &mut [i32])
+        );
+        let mut nopiv: Vec<i32> = Vec::new();
+        let (psl, pstep): (&mut [i32], usize) = match p.pivots {
+            // SAFETY: validated contiguous int32 (batch, n) output.
+            Some(ptr) => (unsafe { std::slice::from_raw_parts_mut(ptr as *mut i32, p.a.batch * n) }, n),
+            None => {
+                nopiv.resize(p.a.batch, 0);
+                (&mut nopiv[..], 1)
+            }
+        };
+        let plen = if p.pivots.is_some() { n } else { 0 };
         asl.par_chunks_mut(alen)
             .zip(bsl.par_chunks_mut(bstep))
+            .zip(psl.par_chunks_mut(pstep))
             .zip(info.par_iter_mut())
             .with_min_len((8192 / (alen + blen)).max(1))
-            // SAFETY: the chunks are one n×n matrix and one n×k right-hand side (or the scratch).
-            .for_each(|((a, b), inf)| unsafe { f(a, &mut b[..blen], n, k, inf) });
+            // SAFETY: the chunks are one n×n matrix, one n×k right-hand side (or the scratch) and
+            // its n pivots (or a scratch slot, passed as an empty slice).
+            .for_each(|(((a, b), pv), inf)| unsafe { f(a, &mut b[..blen], n, k, inf, &mut pv[..plen]) });
         return;
     }
     let f = pick!(
@@ -535,3 +557,130 @@ fn batched_impl<A: Real>(p: &BatchedPlan) {
 }
 
 by_acc!(batched(BatchedPlan) => batched_impl, a.dtype);
+
+/// `(tau, beta, scale)` of the Householder reflector that maps `(alpha, x)` (`ss` = ‖x‖²) onto
+/// `(beta, 0)`: LAPACK's dlarfg, `beta = -sign(alpha) ‖(alpha, x)‖` (sign(0) = +1), `v = x·scale`
+/// below its implicit leading 1. NaN in the column gives a NaN reflector, so it reaches Q and R.
+#[inline(always)]
+pub(crate) fn reflector<A: Real>(alpha: A, ss: A) -> (A, A, A) {
+    if ss > A::ZERO {
+        let r = (alpha * alpha + ss).sqrt();
+        let beta = if alpha >= A::ZERO { A::ZERO - r } else { r };
+        ((beta - alpha) / beta, beta, A::ONE / (alpha - beta))
+    } else if ss != ss || alpha != alpha {
+        let nan = A::from_f64(f64::NAN);
+        (nan, nan, A::ZERO)
+    } else {
+        (A::ZERO, alpha, A::ZERO)
+    }
+}
+
+/// `x[k.., j0..] = (I - tau v vᵀ) x[k.., j0..]` on a row-major matrix of `cols` columns (`rows`
+/// rows), `v_k = 1` and `v[i]` below; `w` is scratch of `cols - j0` elements. Row operations only
+/// (contiguous, vectorizable): `w = vᵀ X`, then `X -= v (tau w)ᵀ`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn reflect_rows<A: Real>(x: &mut [A], cols: usize, rows: usize, j0: usize, v: &[A], k: usize, tau: A, w: &mut [A]) {
+    if tau == A::ZERO || j0 >= cols {
+        return;
+    }
+    let w = &mut w[..cols - j0];
+    w.copy_from_slice(&x[k * cols + j0..(k + 1) * cols]);
+    for i in k + 1..rows {
+        axpy(w, A::ZERO - v[i], &x[i * cols + j0..(i + 1) * cols]);
+    }
+    w.iter_mut().for_each(|e| *e = *e * tau);
+    axpy(&mut x[k * cols + j0..(k + 1) * cols], A::ONE, w);
+    for i in k + 1..rows {
+        axpy(&mut x[i * cols + j0..(i + 1) * cols], v[i], w);
+    }
+}
+
+/// Householder QR of one row-major m×n matrix (`a`, overwritten by R on and above the diagonal and
+/// the reflectors below); `q` (m×kq row-major, kq = 0 for none) gets Q; `r` (kr×n) gets R.
+///
+/// # Safety
+/// The slices have the stated sizes; `tau` holds min(m, n), `v` m and `w` max(n, kq) elements.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qr_matrix<A: Real>(
+    a: &mut [A],
+    m: usize,
+    n: usize,
+    q: &mut [A],
+    kq: usize,
+    r: &mut [A],
+    kr: usize,
+    tau: &mut [A],
+    v: &mut [A],
+    w: &mut [A],
+) {
+    let kmax = m.min(n);
+    for k in 0..kmax {
+        let mut ss = A::ZERO;
+        for i in k + 1..m {
+            let x = a[i * n + k];
+            ss += x * x;
+        }
+        let (t, beta, scale) = reflector(a[k * n + k], ss);
+        if ss > A::ZERO {
+            for i in k + 1..m {
+                a[i * n + k] = a[i * n + k] * scale;
+            }
+        }
+        tau[k] = t;
+        for i in k + 1..m {
+            v[i] = a[i * n + k];
+        }
+        reflect_rows(a, n, m, k + 1, v, k, t, w);
+        a[k * n + k] = beta;
+    }
+    for i in 0..kr {
+        for j in 0..n {
+            r[i * n + j] = if j >= i { a[i * n + j] } else { A::ZERO };
+        }
+    }
+    if kq == 0 {
+        return;
+    }
+    for i in 0..m {
+        for j in 0..kq {
+            q[i * kq + j] = if i == j { A::ONE } else { A::ZERO };
+        }
+    }
+    for k in (0..kmax).rev() {
+        for i in k + 1..m {
+            v[i] = a[i * n + k];
+        }
+        reflect_rows(q, kq, m, k, v, k, tau[k], w);
+    }
+}
+
+isa_copies!(qr_matrix_avx2 = qr_matrix(a: &mut [A], m: usize, n: usize, q: &mut [A], kq: usize, r: &mut [A], kr: usize, tau: &mut [A], v: &mut [A], w: &mut [A]));
+
+fn qr_impl<A: Real>(p: &QrPlan) {
+    let (m, n, kq, kr) = (p.a.rows, p.a.cols, p.kq, p.kr);
+    let f = pick!(
+        qr_matrix_avx2,
+        qr_matrix,
+        A,
+        unsafe fn(&mut [A], usize, usize, &mut [A], usize, &mut [A], usize, &mut [A], &mut [A], &mut [A])
+    );
+    let (src, qp, rp) = (p.a.ptr, p.q, p.r);
+    (0..p.a.batch).into_par_iter().with_min_len((4096 / (m * n).max(1)).max(1)).for_each_init(
+        || (vec![A::ZERO; m * n], vec![A::ZERO; m.min(n)], vec![A::ZERO; m], vec![A::ZERO; n.max(kq)]),
+        |(a, tau, v, w), b| {
+            // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, m, kq) Q and
+            // (batch, kr, n) R of this dtype; task b reads matrix b of A and writes only matrix b
+            // of Q and R.
+            unsafe {
+                a.copy_from_slice(std::slice::from_raw_parts((src as *const A).add(b * m * n), m * n));
+                let q = std::slice::from_raw_parts_mut((qp as *mut A).add(b * m * kq), m * kq);
+                let r = std::slice::from_raw_parts_mut((rp as *mut A).add(b * kr * n), kr * n);
+                f(a, m, n, q, kq, r, kr, tau, v, w);
+            }
+        },
+    );
+}
+
+by_acc!(qr(QrPlan) => qr_impl, a.dtype);

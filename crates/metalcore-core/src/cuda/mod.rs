@@ -7,6 +7,7 @@ pub mod act;
 pub mod adamw;
 pub mod embag;
 pub mod jit;
+pub mod linalg;
 pub mod norm;
 pub mod rope;
 pub(crate) mod rows;

@@ -9,7 +9,7 @@
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::expect_dtype;
-use crate::tensor::{common_device, Device, TensorRef};
+use crate::tensor::{common_device, Device, Exec, TensorRef};
 
 /// A validated contiguous batch of `rows × cols` matrices.
 #[derive(Clone, Copy, Debug)]
@@ -74,13 +74,11 @@ impl Cholesky<'_> {
 }
 
 /// Runs the factorization on the tensors' device.
-pub fn cholesky(args: &Cholesky<'_>) -> Result<()> {
+pub fn cholesky(args: &Cholesky<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     match device {
         Device::Cpu => crate::cpu::linalg::cholesky(&plan),
-        Device::Cuda(_) => {
-            Err(Error::Unsupported("cholesky: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
-        }
+        Device::Cuda(ordinal) => crate::cuda::linalg::cholesky(&plan, ordinal, exec),
     }
 }
 
@@ -124,13 +122,11 @@ impl CholeskySolve<'_> {
 }
 
 /// Runs the solve on the tensors' device.
-pub fn cholesky_solve(args: &CholeskySolve<'_>) -> Result<()> {
+pub fn cholesky_solve(args: &CholeskySolve<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     match device {
         Device::Cpu => crate::cpu::linalg::cholesky_solve(&plan),
-        Device::Cuda(_) => Err(Error::Unsupported(
-            "cholesky_solve: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into(),
-        )),
+        Device::Cuda(ordinal) => crate::cuda::linalg::cholesky_solve(&plan, ordinal, exec),
     }
 }
 
@@ -141,6 +137,9 @@ pub struct LuSolve<'a> {
     pub a: &'a TensorRef,
     pub b: &'a TensorRef,
     pub info: &'a TensorRef,
+    /// Optional `(batch, n)` int32 output: the 1-based row interchanges, as LAPACK's getrf
+    /// (and `torch.linalg.lu_factor`) report them. `a` then holds the packed LU factors.
+    pub pivots: Option<&'a TensorRef>,
 }
 
 /// A validated LU solve.
@@ -149,6 +148,7 @@ pub struct LuSolvePlan {
     pub a: Batch,
     pub b: Batch,
     pub info: usize,
+    pub pivots: Option<usize>,
 }
 
 impl LuSolve<'_> {
@@ -171,18 +171,30 @@ impl LuSolve<'_> {
             return Err(Error::dtype("B", format!("expected dtype {} (the dtype of A), got {}", a.dtype, b.dtype)));
         }
         let info = info_of(self.info, a.batch)?;
-        Ok((device, LuSolvePlan { a, b, info }))
+        let pivots = match self.pivots {
+            None => None,
+            Some(p) => {
+                common_device(&[("A", Some(self.a)), ("pivots", Some(p))])?;
+                expect_dtype("pivots", p, DType::I32)?;
+                if p.numel() != a.batch * a.rows || !p.is_contiguous() {
+                    return Err(Error::value(
+                        "pivots",
+                        format!("expected a contiguous int32 tensor of {} elements, got shape {:?}", a.batch * a.rows, p.shape),
+                    ));
+                }
+                Some(p.ptr)
+            }
+        };
+        Ok((device, LuSolvePlan { a, b, info, pivots }))
     }
 }
 
 /// Runs the solve on the tensors' device.
-pub fn lu_solve(args: &LuSolve<'_>) -> Result<()> {
+pub fn lu_solve(args: &LuSolve<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     match device {
         Device::Cpu => crate::cpu::linalg::lu_solve(&plan),
-        Device::Cuda(_) => {
-            Err(Error::Unsupported("solve: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
-        }
+        Device::Cuda(ordinal) => crate::cuda::linalg::lu_solve(&plan, ordinal, exec),
     }
 }
 
@@ -230,13 +242,85 @@ impl Trsm<'_> {
 }
 
 /// Runs the triangular solve on the tensors' device.
-pub fn trsm(args: &Trsm<'_>) -> Result<()> {
+pub fn trsm(args: &Trsm<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
     match device {
         Device::Cpu => crate::cpu::linalg::trsm(&plan),
-        Device::Cuda(_) => {
-            Err(Error::Unsupported("trsm: no CUDA kernel yet (the Python layer uses torch.linalg on CUDA)".into()))
-        }
+        Device::Cuda(ordinal) => crate::cuda::linalg::trsm(&plan, ordinal, exec),
+    }
+}
+
+/// Householder QR of each `(m, n)` matrix of `a` (read only): `r` gets the `(kr, n)` upper
+/// trapezoidal factor (`kr` = min(m, n), or m for the complete form, whose extra rows are zero) and
+/// `q`, when given, the `(m, kq)` orthonormal factor (`kq` = min(m, n), or m for the complete
+/// form), so that `A = Q R`. LAPACK's reflector convention (`R` may have negative diagonal entries,
+/// as `torch.linalg.qr` returns them).
+pub struct Qr<'a> {
+    pub a: &'a TensorRef,
+    pub q: Option<&'a TensorRef>,
+    pub r: &'a TensorRef,
+}
+
+/// A validated QR call (`kq` = 0 without Q).
+#[derive(Clone, Copy, Debug)]
+pub struct QrPlan {
+    pub a: Batch,
+    pub q: usize,
+    pub kq: usize,
+    pub r: usize,
+    pub kr: usize,
+}
+
+impl Qr<'_> {
+    pub fn plan(&self) -> Result<(Device, QrPlan)> {
+        let device = common_device(&[("A", Some(self.a)), ("Q", self.q), ("R", Some(self.r))])?;
+        let a = batch_of("A", self.a)?;
+        let (m, n) = (a.rows, a.cols);
+        let k = m.min(n);
+        let factor = |arg: &'static str, t: &TensorRef, rows: Option<usize>, cols: Option<usize>| -> Result<Batch> {
+            let f = batch_of(arg, t)?;
+            let ok = f.dtype == a.dtype
+                && f.batch == a.batch
+                && rows.map_or(f.rows == k || f.rows == m, |r| f.rows == r)
+                && cols.map_or(f.cols == k || f.cols == m, |c| f.cols == c);
+            if !ok {
+                return Err(Error::value(
+                    arg,
+                    format!(
+                        "expected a {} tensor of shape ({}, {}, {}) for A of shape ({}, {m}, {n}), got {} {:?}",
+                        a.dtype,
+                        a.batch,
+                        rows.map_or(format!("{k} or {m}"), |r| r.to_string()),
+                        cols.map_or(format!("{k} or {m}"), |c| c.to_string()),
+                        a.batch,
+                        f.dtype,
+                        t.shape
+                    ),
+                ));
+            }
+            Ok(f)
+        };
+        let r = factor("R", self.r, None, Some(n))?;
+        let (q, kq) = match self.q {
+            Some(t) => {
+                let q = factor("Q", t, Some(m), None)?;
+                (q.ptr, q.cols)
+            }
+            None => (0, 0),
+        };
+        Ok((device, QrPlan { a, q, kq, r: r.ptr, kr: r.rows }))
+    }
+}
+
+/// Runs the factorization on the tensors' device.
+pub fn qr(args: &Qr<'_>, exec: Exec) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    if plan.a.batch == 0 {
+        return Ok(());
+    }
+    match device {
+        Device::Cpu => crate::cpu::linalg::qr(&plan),
+        Device::Cuda(ordinal) => crate::cuda::linalg::qr(&plan, ordinal, exec),
     }
 }
 

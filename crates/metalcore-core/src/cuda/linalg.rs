@@ -1,0 +1,206 @@
+//! Batched small factorizations on CUDA: variant selection and launches (math in
+//! `kernels/linalg.cu`). One team of threads per matrix, the matrix in shared memory: a matrix
+//! that does not fit one block's shared memory is refused with `Error::Unsupported` (the Python
+//! layer then hands it to torch.linalg, saying so).
+
+use super::jit::{function, Defines, Kernel, Variants};
+use super::rows::knob;
+use super::{borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::linalg::{Batch, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, TrsmPlan};
+use crate::tensor::Exec;
+use cudarc::driver::{CudaFunction, PushKernelArg};
+use std::sync::OnceLock;
+
+pub static KERNEL: Kernel = Kernel { name: "linalg", source: include_str!("../../kernels/linalg.cu") };
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Entry {
+    Qr,
+    Cholesky,
+    Lu,
+    Trsm,
+}
+
+impl Entry {
+    fn name(self) -> &'static str {
+        match self {
+            Entry::Qr => "qr_kernel",
+            Entry::Cholesky => "cholesky_kernel",
+            Entry::Lu => "lu_kernel",
+            Entry::Trsm => "trsm_kernel",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct Key {
+    ordinal: usize,
+    entry: Entry,
+    dtype: DType,
+    /// Warps per matrix.
+    w: usize,
+    /// Matrices per block (w == 1 only).
+    mpb: usize,
+}
+
+fn defines(k: &Key) -> Defines {
+    let t = ctype(k.dtype).to_string();
+    vec![("T_X", t.clone()), ("ACC", t), ("WARPS", k.w.to_string()), ("MPB", k.mpb.to_string())]
+}
+
+fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
+    static C: Variants<Key> = Variants::new();
+    C.get(key, || {
+        let f = function(dev, &KERNEL, &defines(&key), key.entry.name())?;
+        use cudarc::driver::sys::CUfunction_attribute_enum as A;
+        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dev.smem_optin as i32)
+            .map_err(driver_err("allowing dynamic shared memory"))?;
+        Ok(f)
+    })
+}
+
+/// Team shape for a matrix whose largest dimension is `dim`: one warp (several matrices per
+/// block) up to 32, else `METALCORE_LINALG_WARPS` warps (default 4 up to 64, 8 beyond).
+fn team(dim: usize) -> (usize, usize) {
+    static WARPS: OnceLock<usize> = OnceLock::new();
+    static MPB: OnceLock<usize> = OnceLock::new();
+    if dim <= 32 {
+        return (1, knob(&MPB, "METALCORE_LINALG_MPB", 4).min(32));
+    }
+    let default = if dim <= 64 { 4 } else { 8 };
+    (knob(&WARPS, "METALCORE_LINALG_WARPS", default).clamp(2, 32), 1)
+}
+
+/// A kernel argument (pointers travel as `P`).
+enum Arg {
+    P(usize),
+    L(i64),
+    I(i32),
+}
+
+/// Launches `entry` over `batch` matrices needing `per(warps)` shared-memory elements each.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    ordinal: usize,
+    exec: Exec,
+    entry: Entry,
+    dtype: DType,
+    dim: usize,
+    batch: usize,
+    per: impl Fn(usize) -> usize,
+    args: &[Arg],
+) -> Result<()> {
+    let dev = device(ordinal)?;
+    let (w, mut mpb) = team(dim);
+    let bytes = |w: usize, mpb: usize| per(w) * dtype.size() * mpb;
+    while mpb > 1 && bytes(w, mpb) > dev.smem_optin {
+        mpb /= 2;
+    }
+    let smem = bytes(w, mpb);
+    if smem > dev.smem_optin {
+        return Err(Error::Unsupported(format!(
+            "{}: a {dim}-sized {dtype} matrix needs {smem} bytes of shared memory, more than the {} a block may use",
+            entry.name().trim_end_matches("_kernel"),
+            dev.smem_optin
+        )));
+    }
+    let _ctx = ContextGuard::enter(&dev)?;
+    let f = kernel(Key { ordinal, entry, dtype, w, mpb }, &dev)?;
+    let stream = borrowed_stream(&dev, exec.stream);
+    let mut b = stream.launch_builder(&f);
+    let ptrs: Vec<u64> = args.iter().map(|a| if let Arg::P(p) = a { *p as u64 } else { 0 }).collect();
+    for (a, p) in args.iter().zip(&ptrs) {
+        match a {
+            Arg::P(_) => b.arg(p),
+            Arg::L(v) => b.arg(v),
+            Arg::I(v) => b.arg(v),
+        };
+    }
+    let grid = batch.div_ceil(mpb);
+    // SAFETY: the callers pass the plan's validated contiguous buffers and sizes in the order of
+    // the kernel's signature; each team reads and writes only its own matrix (index < batch), and
+    // the shared memory requested is exactly what the kernel carves for `mpb` teams.
+    unsafe { b.launch(cfg(grid as u32, ((32 * w * mpb) as u32, 1), smem as u32)) }
+        .map_err(driver_err("launching a batched factorization"))?;
+    Ok(())
+}
+
+pub fn qr(p: &QrPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let (m, n, kq, kr) = (p.a.rows as i32, p.a.cols as i32, p.kq as i32, p.kr as i32);
+    if p.a.batch == 0 || (p.a.rows == 0 && p.a.cols == 0) {
+        return Ok(());
+    }
+    let k = p.a.rows.min(p.a.cols);
+    let (mu, nu, kqu) = (p.a.rows, p.a.cols, p.kq);
+    let per = |w: usize| mu * (nu + 1) + if kqu > 0 { mu * (kqu + 1) } else { 0 } + w * nu.max(kqu) + k + 2 * w;
+    let args = [Arg::P(p.a.ptr), Arg::P(p.q), Arg::P(p.r), Arg::L(p.a.batch as i64), Arg::I(m), Arg::I(n), Arg::I(kq), Arg::I(kr)];
+    launch(ordinal, exec, Entry::Qr, p.a.dtype, mu.max(nu), p.a.batch, per, &args)
+}
+
+pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    if p.a.batch == 0 {
+        return Ok(());
+    }
+    let n = p.a.rows;
+    let per = |_w: usize| n * (n + 1);
+    let args = [Arg::P(p.a.ptr), Arg::P(p.info), Arg::L(p.a.batch as i64), Arg::I(n as i32), Arg::I(p.upper as i32)];
+    launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
+}
+
+pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
+    if p.a.batch == 0 {
+        return Ok(());
+    }
+    let (n, k) = (p.a.rows, p.b.cols);
+    let per = |w: usize| n * (n + 1) + n * (k + 1) + 4 * w;
+    let args = [
+        Arg::P(p.a.ptr),
+        Arg::P(p.b.ptr),
+        Arg::P(p.pivots.unwrap_or(0)),
+        Arg::P(p.info),
+        Arg::L(p.a.batch as i64),
+        Arg::I(n as i32),
+        Arg::I(k as i32),
+    ];
+    launch(ordinal, exec, Entry::Lu, p.a.dtype, n, p.a.batch, per, &args)
+}
+
+/// Flag bits of `trsm_kernel`: lower, transpose, unit diagonal.
+fn flags(lower: bool, trans: bool, unit: bool) -> i32 {
+    lower as i32 | (trans as i32) << 1 | (unit as i32) << 2
+}
+
+fn trsm_launch(ordinal: usize, exec: Exec, t: usize, b: &Batch, passes: [Option<i32>; 2]) -> Result<()> {
+    let (n, k) = (b.rows, b.cols);
+    if b.batch == 0 || n == 0 || k == 0 {
+        return Ok(());
+    }
+    let per = |_w: usize| n * (n + 1) + n * (k + 1);
+    let (f1, two, f2) = (passes[0].unwrap_or(0), passes[1].is_some() as i32, passes[1].unwrap_or(0));
+    let args =
+        [Arg::P(t), Arg::P(b.ptr), Arg::L(b.batch as i64), Arg::I(n as i32), Arg::I(k as i32), Arg::I(f1), Arg::I(two), Arg::I(f2)];
+    launch(ordinal, exec, Entry::Trsm, b.dtype, n, b.batch, per, &args)
+}
+
+pub fn trsm(p: &TrsmPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    trsm_launch(ordinal, exec, p.t.ptr, &p.b, [Some(flags(p.lower, p.trans, p.unit)), None])
+}
+
+/// `A X = B` from the factor: L then Lᵀ (or Uᵀ then U).
+pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let lower = !p.upper;
+    trsm_launch(ordinal, exec, p.l.ptr, &p.b, [Some(flags(lower, p.upper, false)), Some(flags(lower, lower, false))])
+}
+
+/// The variants CI compiles: every entry point, both dtypes, warp teams and block teams.
+pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::F64] {
+        for (w, mpb) in [(1, 4), (4, 1)] {
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::Qr, dtype, w, mpb })));
+        }
+    }
+    out
+}
