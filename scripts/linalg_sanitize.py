@@ -23,5 +23,13 @@ for n in (5, 16, 48, 100):
     assert torch.allclose(L.mT @ x, b, atol=1e-8)
     lu = mc.lu_batched(a)
     assert int(lu.info.abs().sum()) == 0
+for m, n in [(16, 16), (9, 5), (33, 33), (70, 40)]:
+    A = torch.randn(3, m, n, device="cuda")
+    U, S, V = mc.svd(A)
+    assert ((U * S.unsqueeze(-2)) @ V.mT - A).norm() / A.norm() < 1e-5
+for n in (5, 16, 33, 64):
+    B = torch.randn(3, n, n, device="cuda")
+    L, V = mc.eigh(B + B.mT)
+    assert torch.isfinite(L).all()
 torch.cuda.synchronize()
 print("linalg sanitize script: ok")

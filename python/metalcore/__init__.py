@@ -62,6 +62,7 @@ from .linalg import (
     trsm_batched,
 )
 from .optim import MetalAdamW
+from .spectral import DEFAULT_MAX_SWEEPS, EighFunction, EighResult, SVDFunction, SVDResult, eigh, eigvalsh, pinv, svd, svd_lowrank, svdvals
 from .rope import RoPEFunction, RotaryEmbedding, apply_rotary_pos_emb, apply_rotary_pos_emb_single, rope_forward
 from .softmax import MetalSoftmax, SoftmaxFunction, fused_softmax
 from .rmsnorm import (
@@ -142,4 +143,15 @@ __all__ = [
     "LUResult",
     "householder_vector",
     "apply_householder",
+    "eigh",
+    "eigvalsh",
+    "EighResult",
+    "EighFunction",
+    "svd",
+    "svdvals",
+    "SVDResult",
+    "SVDFunction",
+    "pinv",
+    "svd_lowrank",
+    "DEFAULT_MAX_SWEEPS",
 ]

@@ -84,17 +84,49 @@ __device__ __forceinline__ void team_argmax(T& v, int& i, T* red, int* redi, int
 #endif
 }
 
+// y[i*ldy] -= x[i*ldx] * s for the rows i = i0, i0 + WARPS, ... < end: a warp's row stripe of one
+// column. Four rows in flight (all loads before the stores: the compiler cannot prove that y and
+// x, two columns of one matrix, do not alias, and would otherwise serialize every row).
+__device__ __forceinline__ void col_axpy(T* y, int ldy, const T* x, int ldx, T s, int i0, int end) {
+    int i = i0;
+    for (; i + 3 * WARPS < end; i += 4 * WARPS) {
+        const T x0 = x[i * ldx], x1 = x[(i + WARPS) * ldx], x2 = x[(i + 2 * WARPS) * ldx], x3 = x[(i + 3 * WARPS) * ldx];
+        const T y0 = y[i * ldy], y1 = y[(i + WARPS) * ldy], y2 = y[(i + 2 * WARPS) * ldy], y3 = y[(i + 3 * WARPS) * ldy];
+        y[i * ldy] = y0 - x0 * s;
+        y[(i + WARPS) * ldy] = y1 - x1 * s;
+        y[(i + 2 * WARPS) * ldy] = y2 - x2 * s;
+        y[(i + 3 * WARPS) * ldy] = y3 - x3 * s;
+    }
+    for (; i < end; i += WARPS) y[i * ldy] -= x[i * ldx] * s;
+}
+
+// Σ y[i*ldy] x[i*ldx] over the same row stripe, four rows in flight.
+__device__ __forceinline__ T col_dot(const T* y, int ldy, const T* x, int ldx, int i0, int end) {
+    T s0 = T(0), s1 = T(0);
+    int i = i0;
+    for (; i + 3 * WARPS < end; i += 4 * WARPS) {
+        s0 += y[i * ldy] * x[i * ldx] + y[(i + 2 * WARPS) * ldy] * x[(i + 2 * WARPS) * ldx];
+        s1 += y[(i + WARPS) * ldy] * x[(i + WARPS) * ldx] + y[(i + 3 * WARPS) * ldy] * x[(i + 3 * WARPS) * ldx];
+    }
+    for (; i < end; i += WARPS) s0 += y[i * ldy] * x[i * ldx];
+    return s0 + s1;
+}
+
 // x[k:m, j0:ncols] = (I - tau v vᵀ) x[k:m, j0:ncols], v_k = 1 and v_i = a[i*lda + k] below.
+// Warp w owns rows k + w, k + w + WARPS, ...; warp 0's first row is row k itself (v_k = 1).
 // `part` holds WARPS*ncols partial dot products. Ends with a team barrier.
 __device__ void reflect(T* x, int ldx, int j0, int ncols, const T* a, int lda, int k, int m, T tau,
                         T* part, const Team& tm) {
     if (tau == T(0)) return;  // uniform: every thread computed the same tau
+    const int i0 = tm.w == 0 ? k + WARPS : k + tm.w;
+    const T* v = a + k;
     for (int j = j0 + tm.lane; j < ncols; j += 32) {
-        T s = T(0);
-        for (int i = k + tm.w; i < m; i += WARPS) s += (i == k ? T(1) : a[i * lda + k]) * x[i * ldx + j];
+        T s = col_dot(x + j, ldx, v, lda, i0, m);
+        if (tm.w == 0) s += x[k * ldx + j];
 #if WARPS == 1
         s *= tau;
-        for (int i = k; i < m; ++i) x[i * ldx + j] -= (i == k ? T(1) : a[i * lda + k]) * s;
+        x[k * ldx + j] -= s;
+        col_axpy(x + j, ldx, v, lda, s, i0, m);
 #else
         part[tm.w * ncols + j] = s;
 #endif
@@ -105,7 +137,8 @@ __device__ void reflect(T* x, int ldx, int j0, int ncols, const T* a, int lda, i
         T s = T(0);
         for (int q = 0; q < WARPS; ++q) s += part[q * ncols + j];
         s *= tau;
-        for (int i = k + tm.w; i < m; i += WARPS) x[i * ldx + j] -= (i == k ? T(1) : a[i * lda + k]) * s;
+        if (tm.w == 0) x[k * ldx + j] -= s;
+        col_axpy(x + j, ldx, v, lda, s, i0, m);
     }
 #endif
     TEAM_SYNC();
@@ -198,10 +231,9 @@ extern "C" __global__ void cholesky_kernel(T* __restrict__ A, int* __restrict__ 
         TEAM_SYNC();
         if (tm.t == 0) a[k * ld + k] = s;
         for (int j = k + 1 + tm.lane; j < n; j += 32) {
-            const T ljk = a[j * ld + k];
             int i = k + 1 + tm.w;
             if (i < j) i += ((j - i + WARPS - 1) / WARPS) * WARPS;
-            for (; i < n; i += WARPS) a[i * ld + j] -= a[i * ld + k] * ljk;
+            col_axpy(a + j, ld, a + k, ld, a[j * ld + k], i, n);
         }
         TEAM_SYNC();
     }
@@ -290,8 +322,7 @@ extern "C" __global__ void lu_kernel(T* __restrict__ A, T* __restrict__ B, int* 
         for (int j = k + 1 + tm.lane; j < n + nrhs; j += 32) {
             T* col = j < n ? a + j : x + (j - n);
             const int ld = j < n ? lda : ldb;
-            const T ukj = col[k * ld];
-            for (int i = k + 1 + tm.w; i < n; i += WARPS) col[i * ld] -= a[i * lda + k] * ukj;
+            col_axpy(col, ld, a + k, lda, col[k * ld], k + 1 + tm.w, n);
         }
         TEAM_SYNC();
     }
@@ -318,4 +349,321 @@ extern "C" __global__ void trsm_kernel(const T* __restrict__ Tm, T* __restrict__
     substitute(t, ldt, flags1 & 1, flags1 & 2, flags1 & 4, x, ldb, n, nrhs, tm);
     if (two) substitute(t, ldt, flags2 & 1, flags2 & 2, flags2 & 4, x, ldb, n, nrhs, tm);
     store(gb, x, ldb, n, nrhs, tm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jacobi SVD (one-sided, Hestenes) and symmetric eigendecomposition (two-sided, parallel order).
+//
+// Both sweep over all pairs of indices in round-robin ("circle") order: n rounded up to even, n - 1
+// rounds per sweep, the n/2 pairs of a round disjoint, so a round is one parallel step ending with
+// one barrier (two for eigh). A sweep that rotates no pair ends the iteration (converged); after
+// `max_sweeps` sweeps info = 1. The rotation angle: zeta = (β - α)/(2γ), t = sign(zeta)/(|zeta| +
+// sqrt(1 + zeta²)), c = 1/sqrt(1 + t²), s = c t; x ← c x - s y, y ← s x + c y, applied in
+// Rutishauser's form (see `rotate_cols`).
+//
+// SVD (A m×n, m >= n, column-major in shared memory): α, β, γ = a_p·a_p, a_q·a_q, a_p·a_q; a pair is
+// rotated when |γ| > tol ‖a_p‖‖a_q‖ (tol = sqrt(m) eps); σ_j = ‖a_j‖, U = A V Σ⁻¹. Each warp
+// rotates its own pairs' columns (of A and of V) with no barrier inside a round.
+// eigh (A n×n symmetric; its lower triangle is read): α, β, γ = a_pp, a_qq, a_pq; rotated when
+// |a_pq| > tol sqrt(|a_pp a_qq|) (tol = sqrt(n) eps); A ← Jᵀ A J on every 2×2 block of the pair
+// partition at once (the pair's own block becomes diag(a_pp - t a_pq, a_qq + t a_pq), its
+// off-diagonal exactly zero), V ← V J; eigenvalues = the diagonal. Odd n is padded with a zero
+// row and column, which no rotation ever touches.
+//
+// Outputs sorted (singular values descending, eigenvalues ascending; NaN first / last), with the
+// sign convention: the entry of largest magnitude of each column of U (SVD; V's where σ = 0) or of
+// each eigenvector is positive (the first such entry on ties). A U column whose σ is zero is
+// written as zeros (the Python layer completes U to an orthonormal basis).
+
+__device__ __forceinline__ void round_pair(int r, int k, int np, int& p, int& q) {
+    const int L = np - 1;
+    if (k == 0) {
+        p = 0;
+        q = 1 + r % L;
+    } else {
+        p = 1 + (r + k) % L;
+        q = 1 + (r + L - k) % L;
+    }
+}
+
+// (c, s, t) of the rotation for (α, β, γ), γ != 0.
+__device__ __forceinline__ void rotation(T al, T be, T ga, T& c, T& s, T& t) {
+    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T zeta = (be - al) / (T(2) * ga);
+    const T az = fabs(zeta);
+    t = (az > T(1) / eps ? T(0.5) / az : T(1) / (az + sqrt(T(1) + zeta * zeta))) * (zeta < T(0) ? T(-1) : T(1));
+    c = T(1) / sqrt(T(1) + t * t);
+    s = c * t;
+}
+
+// x ← c x − s y, y ← s x + c y over a warp, in Rutishauser's form x ← x − s (y + τ x),
+// y ← y + s (x − τ y), τ = s/(1 + c): the rounding error scales with the angle, which is small
+// near convergence, so V stays orthogonal to a few ulps over thousands of rotations.
+__device__ __forceinline__ void rotate_cols(T* x, T* y, int len, T s, T tau, int lane) {
+    for (int i = lane; i < len; i += 32) {
+        const T a = x[i], b = y[i];
+        x[i] = a - s * (b + tau * a);
+        y[i] = b + s * (a - tau * b);
+    }
+}
+
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Descending total order with NaN first (or ascending with NaN last): x goes before y.
+__device__ __forceinline__ bool before(T x, T y, bool desc) {
+    const bool nx = x != x, ny = y != y;
+    if (nx != ny) return desc ? nx : ny;
+    return desc ? x > y : x < y;
+}
+
+// Sorts the n values `sv` into S (batch row b) and writes the matching columns: U[:, rank] =
+// sign · a_j / σ_j (when U; `a` column-major, stride lda, m rows) and V[:, rank] = sign · v_j
+// (when V; stride ldv). `rank` is n ints of scratch. Starts and ends with a team barrier.
+__device__ void emit(const T* a, int lda, int m, const T* v, int ldv, int n, const T* sv, int* rank, bool desc,
+                     bool use_u, T* S, T* U, T* V, long long b, const Team& tm) {
+    TEAM_SYNC();
+    for (int j = tm.t; j < n; j += TEAM) {
+        int rk = 0;
+        const T x = sv[j];
+        for (int i = 0; i < n; ++i) {
+            const T y = sv[i];
+            rk += before(y, x, desc) || (i < j && !before(x, y, desc));
+        }
+        rank[j] = rk;
+        S[b * n + rk] = x;
+    }
+    TEAM_SYNC();
+    for (int j = tm.w; j < n; j += WARPS) {
+        const int rk = rank[j];
+        const T sj = sv[j];
+        const bool has_u = use_u && !(sj <= T(0));  // NaN included: its column comes out NaN
+        const T* col = has_u ? a + j * lda : v + j * ldv;
+        const int len = has_u ? m : n;
+        T best = T(-1);
+        int at = len;
+        if (V || has_u) {
+            for (int i = tm.lane; i < len; i += 32) better(best, at, fabs(col[i]), i);
+            for (int o = 16; o; o >>= 1) {
+                const T ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, at, o);
+                better(best, at, ob, oi);
+            }
+        }
+        const T sign = (at < len && col[at] < T(0)) ? T(-1) : T(1);
+        if (U) {
+            const T inv = has_u ? T(1) / sj : T(0);
+            T* ud = U + b * m * n;
+            for (int i = tm.lane; i < m; i += 32) ud[i * n + rk] = has_u ? sign * a[j * lda + i] * inv : T(0);
+        }
+        if (V) {
+            T* vd = V + b * n * n;
+            for (int i = tm.lane; i < n; i += 32) vd[i * n + rk] = sign * v[j * ldv + i];
+        }
+    }
+}
+
+__device__ __forceinline__ T nan_t() { return T(__longlong_as_double(0x7ff8000000000000ULL)); }
+
+__device__ __forceinline__ void fill_nan(T* x, int count, const Team& tm) {
+    for (int e = tm.t; e < count; e += TEAM) x[e] = nan_t();
+}
+
+__device__ __forceinline__ int team_any(int x) {
+#if WARPS > 1
+    return __syncthreads_or(x);
+#else
+    return __any_sync(0xffffffffu, x);
+#endif
+}
+
+__device__ __forceinline__ size_t jacobi_smem(int m, int n, int want_v) {
+    return (size_t)n * (m + 1) + (want_v ? (size_t)n * (n + 1) : 0) + 3 * (size_t)n;
+}
+
+// nrm[j] = ‖a_j‖² (column-major, stride lda), a warp per column.
+__device__ __forceinline__ void col_norms(const T* a, int lda, int m, int n, T* nrm, const Team& tm) {
+    for (int j = tm.w; j < n; j += WARPS) {
+        T s2 = T(0);
+        for (int i = tm.lane; i < m; i += 32) {
+            const T x = a[j * lda + i];
+            s2 += x * x;
+        }
+        s2 = warp_sum(s2);
+        if (tm.lane == 0) nrm[j] = s2;
+    }
+}
+
+// One-sided Jacobi SVD. A: (batch, m, n) row-major, m >= n. S: (batch, n). U: (batch, m, n) or
+// null. V: (batch, n, n) or null. info: (batch,) 0 or 1 (no convergence).
+extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict__ S, T* __restrict__ U,
+                                         T* __restrict__ V, int* __restrict__ info, long long batch, int m, int n,
+                                         int max_sweeps) {
+    const Team tm = team_of();
+    const int lda = m + 1, ldv = n + 1;
+    const bool want_v = V != nullptr;
+    T* a;
+    const long long b = team_matrix(&a, jacobi_smem(m, n, want_v));
+    if (b >= batch) return;
+    T* v = a + (size_t)n * lda;
+    T* sv = v + (want_v ? (size_t)n * ldv : 0);
+    int* rank = reinterpret_cast<int*>(sv + n);  // n ints fit in n elements of T
+    T* nrm = sv + 2 * n;  // ‖a_j‖², exact at the start of a sweep, then updated by each rotation
+
+    const T* src = A + b * m * n;
+    int bad = 0;  // a NaN or Inf anywhere: every output of the matrix is NaN
+    for (int e = tm.t; e < m * n; e += TEAM) {
+        const T x = src[e];
+        bad |= !(x - x == T(0));
+        a[(e % n) * lda + e / n] = x;
+    }
+    if (want_v)
+        for (int e = tm.t; e < n * n; e += TEAM) v[(e / n) * ldv + e % n] = (e / n == e % n) ? T(1) : T(0);
+    bad = team_any(bad);
+
+    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T tol = sqrt(T(m)) * eps;
+    const int np = n + (n & 1);
+    int converged = n <= 1 || bad;
+    for (int sweep = 0; sweep < max_sweeps && !converged; ++sweep) {
+        int rotated = 0;
+        col_norms(a, lda, m, n, nrm, tm);
+        TEAM_SYNC();
+        for (int r = 0; r < np - 1; ++r) {
+            for (int k = tm.w; k < np / 2; k += WARPS) {
+                int p, q;
+                round_pair(r, k, np, p, q);
+                if (p >= n || q >= n) continue;  // the phantom column of odd n
+                T* ap = a + p * lda;
+                T* aq = a + q * lda;
+                T ga = T(0);
+                for (int i = tm.lane; i < m; i += 32) ga += ap[i] * aq[i];
+                ga = warp_sum(ga);
+                const T al = nrm[p], be = nrm[q];
+                if (!(fabs(ga) > tol * sqrt(al) * sqrt(be))) continue;  // orthogonal enough (or NaN)
+                rotated = 1;
+                T c, s, t;
+                rotation(al, be, ga, c, s, t);
+                const T tau = s / (T(1) + c);
+                rotate_cols(ap, aq, m, s, tau, tm.lane);
+                if (want_v) rotate_cols(v + p * ldv, v + q * ldv, n, s, tau, tm.lane);
+                if (tm.lane == 0) {
+                    nrm[p] = al - t * ga;
+                    nrm[q] = be + t * ga;
+                }
+            }
+            __syncwarp();
+            TEAM_SYNC();
+        }
+        converged = !team_any(rotated);
+    }
+    col_norms(a, lda, m, n, nrm, tm);
+    __syncwarp();
+    for (int j = tm.w; j < n; j += WARPS)
+        if (tm.lane == 0) sv[j] = bad ? nan_t() : sqrt(nrm[j]);
+    if (bad) fill_nan(v, want_v ? n * ldv : 0, tm);
+    emit(a, lda, m, v, ldv, n, sv, rank, true, true, S, U, V, b, tm);
+    if (tm.t == 0) info[b] = converged ? 0 : 1;
+}
+
+__device__ __forceinline__ size_t eigh_smem(int n) {
+    const int np = n + (n & 1);
+    return 2 * (size_t)np * (np + 1) + 4 * (size_t)np;
+}
+
+// Two-sided Jacobi eigendecomposition. A: (batch, n, n) row-major (lower triangle read). L:
+// (batch, n) ascending. V: (batch, n, n) eigenvectors (columns). info as for jacobi_kernel.
+extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ L, T* __restrict__ V,
+                                       int* __restrict__ info, long long batch, int n, int max_sweeps) {
+    const Team tm = team_of();
+    const int np = n + (n & 1), half = np / 2, ld = np + 1;
+    T* a;
+    const long long b = team_matrix(&a, eigh_smem(n));
+    if (b >= batch) return;
+    T* v = a + (size_t)np * ld;
+    T* sv = v + (size_t)np * ld;
+    int* rank = reinterpret_cast<int*>(sv + np);
+    T* cs = sv + 2 * np;  // c_k, s_k of this round's pairs
+    T* sn = cs + half;
+    int* pk = reinterpret_cast<int*>(sn + half);  // p_k, q_k of this round's pairs
+    int* qk = pk + half;
+
+    const T* src = A + b * n * n;
+    int bad = 0;  // a NaN or Inf in the lower triangle: every output of the matrix is NaN
+    for (int e = tm.t; e < np * np; e += TEAM) {
+        const int i = e / np, j = e % np;
+        const bool real = i < n && j < n;
+        // column-major storage; the lower triangle mirrored.
+        const T x = real ? (j > i ? src[j * n + i] : src[i * n + j]) : T(0);
+        bad |= !(x - x == T(0));
+        a[j * ld + i] = x;
+        v[j * ld + i] = i == j ? T(1) : T(0);
+    }
+    bad = team_any(bad);
+    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T tol = sqrt(T(n)) * eps;
+    int converged = n <= 1 || bad;
+    for (int sweep = 0; sweep < max_sweeps && !converged; ++sweep) {
+        int rotated = 0;
+        for (int r = 0; r < np - 1; ++r) {
+            for (int k = tm.t; k < half; k += TEAM) {
+                int p, q;
+                round_pair(r, k, np, p, q);
+                const T app = a[p * ld + p], aqq = a[q * ld + q], apq = a[q * ld + p];
+                T c = T(1), s = T(0), t = T(0);
+                if (fabs(apq) > tol * sqrt(fabs(app)) * sqrt(fabs(aqq))) {
+                    rotation(app, aqq, apq, c, s, t);
+                    rotated = 1;
+                }
+                cs[k] = c;
+                sn[k] = s;
+                pk[k] = p;
+                qk[k] = q;
+            }
+            TEAM_SYNC();
+            // Every 2×2 block (pair k1's rows, pair k2's columns): X ← J1ᵀ X J2. Warps own row
+            // pairs, lanes column pairs.
+            for (int k1 = tm.w; k1 < half; k1 += WARPS) {
+                const int p1 = pk[k1], q1 = qk[k1];
+                const T c1 = cs[k1], s1 = sn[k1];
+                for (int k2 = tm.lane; k2 < half; k2 += 32) {
+                    const T c2 = cs[k2], s2 = sn[k2];
+                    if (s1 == T(0) && s2 == T(0)) continue;
+                    const int p2 = pk[k2], q2 = qk[k2];
+                    T* x11 = a + p2 * ld + p1;
+                    T* x12 = a + q2 * ld + p1;
+                    T* x21 = a + p2 * ld + q1;
+                    T* x22 = a + q2 * ld + q1;
+                    if (k1 == k2) {
+                        // The pair's own block: diagonalized exactly.
+                        const T apq = *x12, tt = s1 / c1;
+                        *x11 = *x11 - tt * apq;
+                        *x22 = *x22 + tt * apq;
+                        *x12 = T(0);
+                        *x21 = T(0);
+                        continue;
+                    }
+                    const T a11 = *x11, a12 = *x12, a21 = *x21, a22 = *x22;
+                    // X J2 (columns), then J1ᵀ (rows).
+                    const T b11 = c2 * a11 - s2 * a12, b12 = s2 * a11 + c2 * a12;
+                    const T b21 = c2 * a21 - s2 * a22, b22 = s2 * a21 + c2 * a22;
+                    *x11 = c1 * b11 - s1 * b21;
+                    *x21 = s1 * b11 + c1 * b21;
+                    *x12 = c1 * b12 - s1 * b22;
+                    *x22 = s1 * b12 + c1 * b22;
+                }
+                // V ← V J for the row pair's rotation (V's columns p1, q1), lanes over rows.
+                if (s1 != T(0)) rotate_cols(v + p1 * ld, v + q1 * ld, np, s1, s1 / (T(1) + c1), tm.lane);
+            }
+            TEAM_SYNC();
+        }
+        converged = !team_any(rotated);
+    }
+    // The padding row/column (index n when n is odd) was never rotated: drop it.
+    for (int j = tm.t; j < n; j += TEAM) sv[j] = bad ? nan_t() : a[j * ld + j];
+    if (bad) fill_nan(v, np * ld, tm);
+    emit(a, ld, n, v, ld, n, sv, rank, false, false, L, nullptr, V, b, tm);
+    if (tm.t == 0) info[b] = converged ? 0 : 1;
 }

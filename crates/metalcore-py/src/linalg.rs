@@ -2,8 +2,8 @@
 
 use crate::bridge::{to_py, Desc};
 use metalcore_core::ops::linalg::{
-    batched, cholesky, cholesky_solve, lu_solve, qr, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve, Qr,
-    Trsm,
+    batched, cholesky, cholesky_solve, lu_solve, qr, svd, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve,
+    Qr, Svd, Trsm,
 };
 use metalcore_core::tensor::Exec;
 use pyo3::prelude::*;
@@ -71,7 +71,31 @@ fn batched_into(py: Python<'_>, kind: &str, a: Desc, out: Desc) -> PyResult<()> 
     py.detach(|| batched(&Batched { kind, a: &a, out: &out })).map_err(to_py)
 }
 
+/// Batched one-sided Jacobi SVD (or, with `eigh`, symmetric eigendecomposition) of the contiguous
+/// (batch, m, n) `a` (m >= n) into `s`, optional `u`/`v`, and the per-matrix convergence `info`.
+#[pyfunction]
+#[pyo3(signature = (a, s, u, v, info, eigh, max_sweeps, stream))]
+#[allow(clippy::too_many_arguments)]
+fn jacobi_into(
+    py: Python<'_>,
+    a: Desc,
+    s: Desc,
+    u: Option<Desc>,
+    v: Option<Desc>,
+    info: Desc,
+    eigh: bool,
+    max_sweeps: usize,
+    stream: usize,
+) -> PyResult<()> {
+    let (a, s, info) = (a.to_ref("A")?, s.to_ref("S")?, info.to_ref("info")?);
+    let u = u.map(|t| t.to_ref("U")).transpose()?;
+    let v = v.map(|t| t.to_ref("V")).transpose()?;
+    let args = Svd { a: &a, s: &s, u: u.as_ref(), v: v.as_ref(), info: &info, eigh, max_sweeps };
+    py.detach(|| svd(&args, Exec { stream })).map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(jacobi_into, m)?)?;
     m.add_function(wrap_pyfunction!(batched_into, m)?)?;
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(qr_into, m)?)?;

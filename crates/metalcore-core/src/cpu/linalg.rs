@@ -2,7 +2,7 @@
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
 use super::{dot, Real};
-use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, TrsmPlan};
+use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -684,3 +684,240 @@ fn qr_impl<A: Real>(p: &QrPlan) {
 }
 
 by_acc!(qr(QrPlan) => qr_impl, a.dtype);
+
+/// Rotates columns `x`, `y` by (c, s): x ← c x − s y, y ← s x + c y, in Rutishauser's form
+/// x ← x − s (y + τ x), y ← y + s (x − τ y) with τ = s/(1 + c): the rounding error scales with
+/// the (small, near convergence) angle instead of with the columns, so thousands of rotations
+/// keep V orthogonal to a few ulps.
+#[inline(always)]
+fn rotate<A: Real>(x: &mut [A], y: &mut [A], tau: A, s: A) {
+    for (x, y) in x.iter_mut().zip(y.iter_mut()) {
+        let (a, b) = (*x, *y);
+        *x = a - s * (b + tau * a);
+        *y = b + s * (a - tau * b);
+    }
+}
+
+/// Two distinct columns of a column-major matrix with `ld` rows, mutably.
+#[inline(always)]
+fn two_cols<A>(a: &mut [A], ld: usize, p: usize, q: usize) -> (&mut [A], &mut [A]) {
+    debug_assert!(p < q);
+    let (lo, hi) = a.split_at_mut(q * ld);
+    (&mut lo[p * ld..(p + 1) * ld], &mut hi[..ld])
+}
+
+/// One-sided Jacobi on the column-major m×n `a` (semantics in `kernels/linalg.cu`, here with the
+/// cyclic-by-rows order): rotates column pairs until no pair is rotated in a sweep; `v`
+/// (column-major n×n, or empty) accumulates the rotations. Returns whether it converged.
+///
+/// # Safety
+/// `a` holds m*n and `v` n*n (or 0) elements.
+#[inline(always)]
+unsafe fn jacobi_matrix<A: Real>(a: &mut [A], m: usize, n: usize, v: &mut [A], max_sweeps: usize) -> bool {
+    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let tol = A::from_f64((m as f64).sqrt() * eps);
+    let big = A::from_f64(1.0 / eps);
+    let (one, two, half) = (A::ONE, A::from_f64(2.0), A::from_f64(0.5));
+    for _ in 0..max_sweeps {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (x, y) = two_cols(a, m, p, q);
+                let (mut al, mut be, mut ga) = (A::ZERO, A::ZERO, A::ZERO);
+                for (x, y) in x.iter().zip(y.iter()) {
+                    al += *x * *x;
+                    be += *y * *y;
+                    ga += *x * *y;
+                }
+                if !(ga.abs() > tol * al.sqrt() * be.sqrt()) {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (be - al) / (two * ga);
+                let az = zeta.abs();
+                let t = if az > big { half / az } else { one / (az + (one + zeta * zeta).sqrt()) };
+                let t = if zeta < A::ZERO { A::ZERO - t } else { t };
+                let c = one / (one + t * t).sqrt();
+                let s = c * t;
+                let tau = s / (one + c);
+                rotate(x, y, tau, s);
+                if !v.is_empty() {
+                    let (vp, vq) = two_cols(v, n, p, q);
+                    rotate(vp, vq, tau, s);
+                }
+            }
+        }
+        if !rotated {
+            return true;
+        }
+    }
+    n <= 1
+}
+
+isa_copies!(jacobi_matrix_avx2 = jacobi_matrix(a: &mut [A], m: usize, n: usize, v: &mut [A], max_sweeps: usize) -> bool);
+
+/// `x` goes before `y`: descending (NaN first) or ascending (NaN last).
+#[inline(always)]
+fn before<A: Real>(x: A, y: A, desc: bool) -> bool {
+    let (nx, ny) = (x != x, y != y);
+    if nx != ny {
+        return if desc { nx } else { ny };
+    }
+    if desc {
+        x > y
+    } else {
+        x < y
+    }
+}
+
+/// The index of the first entry of largest magnitude (NaN counts as largest).
+fn argmax_abs<A: Real>(x: &[A]) -> usize {
+    let mut at = 0;
+    for i in 1..x.len() {
+        let (b, c) = (x[at].abs(), x[i].abs());
+        if c > b || (c != c && b == b) {
+            at = i;
+        }
+    }
+    at
+}
+
+/// Two-sided cyclic Jacobi on the symmetric column-major n×n `a` (semantics in
+/// `kernels/linalg.cu`): each pair (p, q) with |a_pq| > tol sqrt(|a_pp a_qq|) is rotated away
+/// (columns, then rows; a_pq set to exactly 0), `v` accumulates the rotations. Returns whether a
+/// sweep rotated nothing within `max_sweeps`.
+///
+/// # Safety
+/// `a` and `v` hold n*n elements.
+#[inline(always)]
+unsafe fn eigh_matrix<A: Real>(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool {
+    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let tol = A::from_f64((n as f64).sqrt() * eps);
+    let big = A::from_f64(1.0 / eps);
+    let (one, two, half) = (A::ONE, A::from_f64(2.0), A::from_f64(0.5));
+    for _ in 0..max_sweeps {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (app, aqq, apq) = (a[p * n + p], a[q * n + q], a[q * n + p]);
+                if !(apq.abs() > tol * app.abs().sqrt() * aqq.abs().sqrt()) {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (aqq - app) / (two * apq);
+                let az = zeta.abs();
+                let t = if az > big { half / az } else { one / (az + (one + zeta * zeta).sqrt()) };
+                let t = if zeta < A::ZERO { A::ZERO - t } else { t };
+                let c = one / (one + t * t).sqrt();
+                let s = c * t;
+                let tau = s / (one + c);
+                let (x, y) = two_cols(a, n, p, q);
+                rotate(x, y, tau, s);
+                for j in 0..n {
+                    let (u, w) = (a[j * n + p], a[j * n + q]);
+                    a[j * n + p] = u - s * (w + tau * u);
+                    a[j * n + q] = w + s * (u - tau * w);
+                }
+                a[p * n + p] = app - t * apq;
+                a[q * n + q] = aqq + t * apq;
+                a[q * n + p] = A::ZERO;
+                a[p * n + q] = A::ZERO;
+                let (vp, vq) = two_cols(v, n, p, q);
+                rotate(vp, vq, tau, s);
+            }
+        }
+        if !rotated {
+            return true;
+        }
+    }
+    n <= 1
+}
+
+isa_copies!(eigh_matrix_avx2 = eigh_matrix(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool);
+
+fn svd_impl<A: Real>(p: &SvdPlan) {
+    let (m, n) = (p.a.rows, p.a.cols);
+    let want_v = p.v != 0;
+    let f = pick!(jacobi_matrix_avx2, jacobi_matrix, A, unsafe fn(&mut [A], usize, usize, &mut [A], usize) -> bool);
+    let g = pick!(eigh_matrix_avx2, eigh_matrix, A, unsafe fn(&mut [A], usize, &mut [A], usize) -> bool);
+    let (src, sp, up, vp, ip) = (p.a.ptr, p.s, p.u, p.v, p.info);
+    (0..p.a.batch).into_par_iter().with_min_len((2048 / (m * n * n).max(1)).max(1)).for_each_init(
+        || (vec![A::ZERO; m * n], vec![A::ZERO; if want_v { n * n } else { 0 }], vec![A::ZERO; n], vec![0usize; n]),
+        |(a, v, vals, order), b| {
+            // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n) U,
+            // (batch, n, n) V (each optional but S) and (batch,) int32 info of this dtype; task b
+            // reads matrix b and writes only matrix b of each output.
+            unsafe {
+                let am = std::slice::from_raw_parts((src as *const A).add(b * m * n), m * n);
+                for i in 0..m {
+                    for j in 0..n {
+                        // eigh reads the lower triangle only, mirrored.
+                        a[j * m + i] = if p.eigh && j > i { am[j * n + i] } else { am[i * n + j] };
+                    }
+                }
+                for (e, x) in v.iter_mut().enumerate() {
+                    *x = if e / n == e % n { A::ONE } else { A::ZERO };
+                }
+                // A NaN or Inf anywhere (in the read triangle): every output of the matrix is NaN.
+                let bad = a.iter().any(|x| !(*x - *x == A::ZERO));
+                let nan = A::from_f64(f64::NAN);
+                let ok = bad || if p.eigh { g(a, n, v, p.max_sweeps) } else { f(a, m, n, v, p.max_sweeps) };
+                *(ip as *mut i32).add(b) = if ok { 0 } else { 1 };
+                if bad {
+                    v.fill(nan);
+                }
+                for j in 0..n {
+                    let col = &a[j * m..(j + 1) * m];
+                    vals[j] = if bad {
+                        nan
+                    } else if p.eigh {
+                        col[j]
+                    } else {
+                        dot(col, col).sqrt()
+                    };
+                }
+                for (j, o) in order.iter_mut().enumerate() {
+                    *o = j;
+                }
+                let desc = !p.eigh;
+                order.sort_by(|&x, &y| {
+                    if before(vals[x], vals[y], desc) {
+                        std::cmp::Ordering::Less
+                    } else if before(vals[y], vals[x], desc) {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        x.cmp(&y)
+                    }
+                });
+                let s_out = (sp as *mut A).add(b * n);
+                for (rk, &j) in order.iter().enumerate() {
+                    let sj = vals[j];
+                    *s_out.add(rk) = sj;
+                    let has_u = !p.eigh && !(sj <= A::ZERO); // NaN included: its column comes out NaN
+                    let (col, vcol) = (&a[j * m..(j + 1) * m], if want_v { &v[j * n..(j + 1) * n] } else { &v[..0] });
+                    let signed_by = if has_u { col } else { vcol };
+                    let sign = if !signed_by.is_empty() && signed_by[argmax_abs(signed_by)] < A::ZERO {
+                        A::ZERO - A::ONE
+                    } else {
+                        A::ONE
+                    };
+                    if up != 0 {
+                        let u_out = (up as *mut A).add(b * m * n);
+                        let inv = if has_u { A::ONE / sj } else { A::ZERO };
+                        for i in 0..m {
+                            *u_out.add(i * n + rk) = if has_u { sign * col[i] * inv } else { A::ZERO };
+                        }
+                    }
+                    if want_v {
+                        let v_out = (vp as *mut A).add(b * n * n);
+                        for i in 0..n {
+                            *v_out.add(i * n + rk) = sign * vcol[i];
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+by_acc!(svd(SvdPlan) => svd_impl, a.dtype);

@@ -7,10 +7,10 @@
 /// Declares `$fast`, a copy of the `#[inline(always)]` function `$base` compiled for AVX2 + FMA
 /// (x86-64 only): its loops vectorize 8 floats wide instead of the baseline's 4 (SSE2).
 macro_rules! isa_copies {
-    ($fast:ident = $base:ident($($arg:ident: $ty:ty),*)) => {
+    ($fast:ident = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn $fast<A: Real>($($arg: $ty),*) {
+        unsafe fn $fast<A: Real>($($arg: $ty),*) $(-> $ret)? {
             $base::<A>($($arg),*)
         }
     };

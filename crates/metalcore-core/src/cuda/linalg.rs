@@ -8,7 +8,7 @@ use super::rows::knob;
 use super::{borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::linalg::{Batch, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, TrsmPlan};
+use crate::ops::linalg::{Batch, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, PushKernelArg};
 use std::sync::OnceLock;
@@ -21,6 +21,8 @@ enum Entry {
     Cholesky,
     Lu,
     Trsm,
+    Jacobi,
+    Eigh,
 }
 
 impl Entry {
@@ -30,6 +32,8 @@ impl Entry {
             Entry::Cholesky => "cholesky_kernel",
             Entry::Lu => "lu_kernel",
             Entry::Trsm => "trsm_kernel",
+            Entry::Jacobi => "jacobi_kernel",
+            Entry::Eigh => "eigh_kernel",
         }
     }
 }
@@ -92,8 +96,24 @@ fn launch(
     per: impl Fn(usize) -> usize,
     args: &[Arg],
 ) -> Result<()> {
+    launch_team(ordinal, exec, entry, dtype, team(dim), dim, batch, per, args)
+}
+
+/// [`launch`] with the team shape `(warps, matrices per block)` given.
+#[allow(clippy::too_many_arguments)]
+fn launch_team(
+    ordinal: usize,
+    exec: Exec,
+    entry: Entry,
+    dtype: DType,
+    shape: (usize, usize),
+    dim: usize,
+    batch: usize,
+    per: impl Fn(usize) -> usize,
+    args: &[Arg],
+) -> Result<()> {
     let dev = device(ordinal)?;
-    let (w, mut mpb) = team(dim);
+    let (w, mut mpb) = shape;
     let bytes = |w: usize, mpb: usize| per(w) * dtype.size() * mpb;
     while mpb > 1 && bytes(w, mpb) > dev.smem_optin {
         mpb /= 2;
@@ -194,11 +214,53 @@ pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Resu
     trsm_launch(ordinal, exec, p.l.ptr, &p.b, [Some(flags(lower, p.upper, false)), Some(flags(lower, lower, false))])
 }
 
+/// Warps per matrix for the Jacobi rotations: one per pair of columns, at most 16.
+fn jacobi_warps(n: usize) -> usize {
+    static WARPS: OnceLock<usize> = OnceLock::new();
+    knob(&WARPS, "METALCORE_JACOBI_WARPS", n.div_ceil(2).clamp(1, 16)).clamp(1, 32)
+}
+
+pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let (m, n) = (p.a.rows, p.a.cols);
+    if n == 0 {
+        return Ok(());
+    }
+    let w = jacobi_warps(n);
+    if p.eigh {
+        let np = n + (n & 1);
+        let per = move |_: usize| 2 * np * (np + 1) + 4 * np;
+        let args = [
+            Arg::P(p.a.ptr),
+            Arg::P(p.s),
+            Arg::P(p.v),
+            Arg::P(p.info),
+            Arg::L(p.a.batch as i64),
+            Arg::I(n as i32),
+            Arg::I(p.max_sweeps as i32),
+        ];
+        return launch_team(ordinal, exec, Entry::Eigh, p.a.dtype, (w, 1), n, p.a.batch, per, &args);
+    }
+    let want_v = p.v != 0;
+    let per = move |_: usize| n * (m + 1) + if want_v { n * (n + 1) } else { 0 } + 3 * n;
+    let args = [
+        Arg::P(p.a.ptr),
+        Arg::P(p.s),
+        Arg::P(p.u),
+        Arg::P(p.v),
+        Arg::P(p.info),
+        Arg::L(p.a.batch as i64),
+        Arg::I(m as i32),
+        Arg::I(n as i32),
+        Arg::I(p.max_sweeps as i32),
+    ];
+    launch_team(ordinal, exec, Entry::Jacobi, p.a.dtype, (w, 1), m.max(n), p.a.batch, per, &args)
+}
+
 /// The variants CI compiles: every entry point, both dtypes, warp teams and block teams.
 pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F64] {
-        for (w, mpb) in [(1, 4), (4, 1)] {
+        for (w, mpb) in [(1, 4), (4, 1), (16, 1)] {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::Qr, dtype, w, mpb })));
         }
     }

@@ -324,6 +324,90 @@ pub fn qr(args: &Qr<'_>, exec: Exec) -> Result<()> {
     }
 }
 
+/// One-sided Jacobi SVD of each `(m, n)` matrix of `a` (m >= n, read only): `s` (`(batch, n)`)
+/// gets the singular values in descending order, `u` (`(batch, m, n)`) and `v` (`(batch, n, n)`)
+/// the singular vectors (A = U diag(s) Vᵀ), each column signed so that its entry of largest
+/// magnitude is positive (U's, or V's where σ = 0); a U column whose σ is 0 comes out zero. With
+/// `eigh` (square symmetric `a`, `v` required) `s` gets the eigenvalues in ascending order and `v`
+/// the eigenvectors (same sign rule). `info[b]` is 0, or 1 when matrix b did not converge within
+/// `max_sweeps` sweeps.
+pub struct Svd<'a> {
+    pub a: &'a TensorRef,
+    pub s: &'a TensorRef,
+    pub u: Option<&'a TensorRef>,
+    pub v: Option<&'a TensorRef>,
+    pub info: &'a TensorRef,
+    pub eigh: bool,
+    pub max_sweeps: usize,
+}
+
+/// A validated Jacobi call (`u`/`v` 0 when absent).
+#[derive(Clone, Copy, Debug)]
+pub struct SvdPlan {
+    pub a: Batch,
+    pub s: usize,
+    pub u: usize,
+    pub v: usize,
+    pub info: usize,
+    pub eigh: bool,
+    pub max_sweeps: usize,
+}
+
+impl Svd<'_> {
+    pub fn plan(&self) -> Result<(Device, SvdPlan)> {
+        let device = common_device(&[
+            ("A", Some(self.a)),
+            ("S", Some(self.s)),
+            ("U", self.u),
+            ("V", self.v),
+            ("info", Some(self.info)),
+        ])?;
+        let a = batch_of("A", self.a)?;
+        let (m, n) = (a.rows, a.cols);
+        if m < n || (self.eigh && m != n) {
+            let want = if self.eigh { "square" } else { "tall (m >= n)" };
+            return Err(Error::value("A", format!("expected {want} matrices, got {m} x {n}")));
+        }
+        let out = |arg: &'static str, t: &TensorRef, numel: usize, shape: &str| -> Result<usize> {
+            expect_dtype(arg, t, a.dtype)?;
+            if t.numel() != numel || !t.is_contiguous() {
+                return Err(Error::value(
+                    arg,
+                    format!("expected a contiguous {shape} tensor ({numel} elements), got shape {:?}", t.shape),
+                ));
+            }
+            Ok(t.ptr)
+        };
+        let s = out("S", self.s, a.batch * n, &format!("({}, {n})", a.batch))?;
+        let u = match self.u {
+            Some(t) => out("U", t, a.batch * m * n, &format!("({}, {m}, {n})", a.batch))?,
+            None => 0,
+        };
+        let v = match self.v {
+            Some(t) => out("V", t, a.batch * n * n, &format!("({}, {n}, {n})", a.batch))?,
+            None if self.eigh => return Err(Error::value("V", "the eigenvectors' output is required with eigh")),
+            None => 0,
+        };
+        let info = info_of(self.info, a.batch)?;
+        if self.max_sweeps == 0 {
+            return Err(Error::value("max_sweeps", "expected at least 1"));
+        }
+        Ok((device, SvdPlan { a, s, u, v, info, eigh: self.eigh, max_sweeps: self.max_sweeps }))
+    }
+}
+
+/// Runs the decomposition on the tensors' device.
+pub fn svd(args: &Svd<'_>, exec: Exec) -> Result<()> {
+    let (device, plan) = args.plan()?;
+    if plan.a.batch == 0 {
+        return Ok(());
+    }
+    match device {
+        Device::Cpu => crate::cpu::linalg::svd(&plan),
+        Device::Cuda(ordinal) => crate::cuda::linalg::svd(&plan, ordinal, exec),
+    }
+}
+
 /// Per-matrix reductions of a batch (`(batch, m, n)` contiguous, float32/float64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchedKind {

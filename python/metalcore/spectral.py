@@ -1,0 +1,352 @@
+"""Spectral decompositions: symmetric eigendecomposition (``eigh``, ``eigvalsh``), SVD (``svd``,
+``svdvals``), the pseudo-inverse (``pinv``) and a randomized truncated SVD (``svd_lowrank``).
+
+Algorithms: Jacobi rotations, batched — on CUDA one block per matrix, the matrix in shared
+memory, one launch for the whole batch, the n/2 disjoint pairs of a round-robin round rotated in
+parallel; on the CPU one matrix per rayon task, cyclic order. SVD: one-sided (Hestenes) Jacobi on
+the columns. eigh: two-sided Jacobi (each rotation zeroes one off-diagonal pair exactly). Sweeps
+stop after a sweep that rotates no pair (off-diagonal below ``sqrt(n)·eps`` relative), or fail
+after ``max_sweeps`` (reported: ``LinAlgError`` naming the batch element). Rotations are applied
+in Rutishauser's form, so the accumulated vectors stay orthogonal to a few ulps.
+
+Conventions: singular values descending, eigenvalues ascending (as torch). Signs are fixed, so
+results are deterministic: the entry of largest magnitude of each left singular vector (of the
+taller side's left vectors for wide inputs; of the right one where σ = 0) and of each eigenvector
+is positive. ``svd`` returns ``(U, S, V)`` with ``A = U diag(S) Vᵀ`` — ``V``, not ``Vᴴ`` (the
+original metalcore API, like ``torch.svd``). Left singular vectors of zero singular values are
+completed to an orthonormal basis (Householder QR of ``U``), as is ``U`` for ``full_matrices``.
+
+Backends and limits: float32/float64 (16-bit inputs computed in float32). A CUDA matrix whose
+Jacobi state does not fit one block's shared memory (float32: n up to about 128 for square
+matrices; float64 about 90) — and every call on a device with no backend — goes to
+``torch.linalg.svd``/``eigh`` with a one-time warning, with metalcore's conventions applied to the
+result. Gradients use torch's formulas (so they are equally undefined at repeated values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _native
+from ._backend import check_float, desc, empty, fast_apply, stream_of
+from .linalg import _acc, _first_failure, _on_backend, qr
+
+__all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
+
+#: Sweeps before a matrix counts as not converged (float32 converges in about 6-10).
+DEFAULT_MAX_SWEEPS = 60
+
+
+class SVDResult(NamedTuple):
+    """``(U, S, V)`` with ``A = U diag(S) Vᵀ``."""
+
+    U: Tensor
+    S: Tensor
+    V: Tensor
+
+
+class EighResult(NamedTuple):
+    """``(eigenvalues, eigenvectors)`` as ``torch.linalg.eigh`` returns them."""
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+def _check(name: str, a: Tensor, square: bool) -> None:
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(a).__name__}")
+    check_float(name, a)
+    if a.dim() < 2 or (square and a.shape[-1] != a.shape[-2]):
+        want = "square matrices (*, n, n)" if square else "matrices (*, m, n)"
+        raise ValueError(f"{name}: expected a batch of {want}, got shape {tuple(a.shape)}")
+
+
+def _signs(x: Tensor) -> Tensor:
+    """+1/-1 per column of `x` (``*, r, c``): the sign of the column's first entry of largest magnitude."""
+    if x.shape[-2] == 0:
+        return torch.ones(x.shape[:-2] + x.shape[-1:], dtype=x.dtype, device=x.device)
+    at = x.abs().argmax(dim=-2, keepdim=True)
+    s = torch.gather(x, -2, at).squeeze(-2)
+    return torch.where(s < 0, -1.0, 1.0).to(x.dtype)
+
+
+def _raise_unconverged(info: Tensor, op: str) -> None:
+    bad = _first_failure(info)
+    if bad is not None:
+        idx, _ = bad
+        where = f" (batch element {idx})" if info.dim() else ""
+        raise torch.linalg.LinAlgError(f"{op}: the Jacobi iteration did not converge{where}; the input may contain Inf")
+
+
+def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor]:
+    """(S, U, V, info) of the tall (m >= n) batch `a` in the compute dtype; U is None for eigh or
+    without vectors, V None without vectors (SVD only)."""
+    m, n = a.shape[-2], a.shape[-1]
+    batch = a.shape[:-2]
+    acc = _acc(a.dtype)
+
+    def run():
+        nb = math.prod(batch)
+        x = a.reshape(nb, m, n).to(acc).contiguous()
+        s = empty((nb, n), acc, a.device)
+        u = empty((nb, m, n), acc, a.device) if vectors and not eigh_ else None
+        v = empty((nb, n, n), acc, a.device) if vectors or eigh_ else None
+        info = empty((nb,), torch.int32, a.device)
+        if nb:
+            _native.jacobi_into(desc(x, "A"), desc(s, "S"), desc(u, "U") if u is not None else None,
+                                desc(v, "V") if v is not None else None, desc(info, "info"), eigh_, max_sweeps,
+                                stream_of(a))
+        shape = lambda t, *d: None if t is None else t.view(batch + d)  # noqa: E731
+        return s.view(batch + (n,)), shape(u, m, n), shape(v, n, n), info.view(batch)
+
+    done = _on_backend("eigh" if eigh_ else "svd", a, run)
+    if done is not None:
+        return done
+    x = a.to(acc)
+    info = torch.zeros(batch, dtype=torch.int32, device=a.device)
+    # Same semantics as the kernels: a matrix with a NaN or Inf (in the triangle read) gives NaN
+    # outputs, not an error.
+    bad = ~torch.isfinite(x.tril() if eigh_ else x).flatten(-2).all(-1)
+    x = torch.where(bad[..., None, None], 0.0, x)
+    nan = lambda t: torch.where(bad.view(bad.shape + (1,) * (t.dim() - bad.dim())), float("nan"), t)  # noqa: E731
+    if eigh_:
+        L, V = torch.linalg.eigh(x)
+        return nan(L), None, nan(V * _signs(V).unsqueeze(-2)), info
+    if not vectors:
+        return nan(torch.linalg.svdvals(x)), None, None, info
+    U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+    sg = torch.where(S > 0, _signs(U), _signs(Vh.mT)).unsqueeze(-2)
+    return nan(S), nan(U * sg), nan(Vh.mT * sg), info
+
+
+def _complete(U: Tensor, S: Tensor, cols: int) -> Tensor:
+    """U (``*, m, k``, orthonormal columns except zero columns where S == 0) completed to
+    orthonormal ``cols`` columns: Householder QR keeps a zero column's reflector the identity, so
+    Q's column there continues the basis; the others keep U's columns (R's diagonal is ±1 there)."""
+    m, k = U.shape[-2], U.shape[-1]
+    pad = torch.cat([U, U.new_zeros(U.shape[:-1] + (cols - k,))], dim=-1) if cols > k else U
+    Q, R = qr(pad)
+    d = R.diagonal(dim1=-2, dim2=-1)
+    keep = torch.cat([S > 0, S.new_zeros(S.shape[:-1] + (cols - k,), dtype=torch.bool)], dim=-1) if cols > k else S > 0
+    sign = torch.where(keep, torch.where(d < 0, -1.0, 1.0).to(Q.dtype), _signs(Q))
+    return Q * sign.unsqueeze(-2)
+
+
+def _svd(a: Tensor, full: bool, vectors: bool, max_sweeps: int):
+    m, n = a.shape[-2], a.shape[-1]
+    wide = m < n
+    x = a.mT if wide else a
+    S, U, V, info = _jacobi(x, False, vectors, max_sweeps)
+    _raise_unconverged(info, "svd")
+    if not vectors:
+        return S.to(a.dtype), None, None
+    big = max(m, n)
+    if full and big > min(m, n):
+        U = _complete(U, S, big)
+    elif x.shape[-1] and bool((S == 0).any()):
+        U = _complete(U, S, x.shape[-1])
+    if wide:
+        U, V = V, U
+    return S.to(a.dtype), U.to(a.dtype), V.to(a.dtype)
+
+
+def _skew(x: Tensor) -> Tensor:
+    return x - x.mT
+
+
+class SVDFunction(torch.autograd.Function):
+    """``SVDFunction.apply(A, max_sweeps)`` → ``(U, S, V)`` (reduced), with torch's SVD backward:
+    ``gA = U [skew(UᵀgU)/E S + S skew(VᵀgV)/E + diag(gS)] Vᵀ + (I − UUᵀ) gU S⁻¹ Vᵀ + U S⁻¹ gVᵀ (I − VVᵀ)``,
+    ``E_jk = S_k² − S_j²`` (1 on the diagonal)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, max_sweeps: int):  # type: ignore[override]
+        S, U, V = _svd(a, False, True, max_sweeps)
+        ctx.save_for_backward(U, S, V)
+        return U, S, V
+
+    @staticmethod
+    def backward(ctx, gU: Optional[Tensor], gS: Optional[Tensor], gV: Optional[Tensor]):  # type: ignore[override]
+        U, S, V = ctx.saved_tensors
+        m, n = U.shape[-2], V.shape[-2]
+        Sd = S.unsqueeze(-2)  # broadcast along rows: X * Sd scales columns
+        if gU is None and gV is None:
+            gA = (U * (gS if gS is not None else torch.zeros_like(S)).unsqueeze(-2)) @ V.mT
+            return gA, None
+        S2 = S * S
+        E = S2.unsqueeze(-2) - S2.unsqueeze(-1)
+        E.diagonal(dim1=-2, dim2=-1).fill_(1)
+        inner = torch.zeros_like(E)
+        if gU is not None:
+            inner = inner + (_skew(U.mT @ gU) / E) * Sd
+        if gV is not None:
+            inner = inner + S.unsqueeze(-1) * (_skew(V.mT @ gV) / E)
+        if gS is not None:
+            inner = inner + torch.diag_embed(gS)
+        gA = U @ inner @ V.mT
+        k = S.shape[-1]
+        if gU is not None and m > k:
+            gA = gA + ((gU - U @ (U.mT @ gU)) / Sd) @ V.mT
+        if gV is not None and n > k:
+            gA = gA + U @ ((gV - V @ (V.mT @ gV)) / Sd).mT
+        return gA, None
+
+
+_svd_apply = fast_apply(SVDFunction)
+
+
+def svd(A: Tensor, full_matrices: bool = False, compute_uv: bool = True, strategy: str = "auto",
+        max_sweeps: int = DEFAULT_MAX_SWEEPS) -> SVDResult:
+    """Singular value decomposition of each matrix of ``A`` (``*, m, n``): ``(U, S, V)`` with
+    ``A = U diag(S) Vᵀ``, ``S`` descending (``*, k``, ``k = min(m, n)``), ``U`` (``*, m, k``, or
+    ``*, m, m`` with ``full_matrices``), ``V`` (``*, n, k``, or ``*, n, n``). Signs: see the module
+    docstring. ``compute_uv=False`` returns empty ``U`` and ``V``. ``strategy`` is accepted for the
+    original API (``'auto'``/``'jacobi'``: one-sided Jacobi is the only algorithm here).
+    Differentiable (reduced form, with vectors). Raises ``LinAlgError`` if a matrix does not
+    converge within ``max_sweeps`` sweeps."""
+    _check("A", A, False)
+    if strategy not in ("auto", "jacobi"):
+        raise ValueError(f"strategy: expected 'auto' or 'jacobi', got {strategy!r}")
+    if compute_uv and torch.is_grad_enabled() and A.requires_grad:
+        if full_matrices and A.shape[-1] != A.shape[-2]:
+            raise RuntimeError("svd: full_matrices=True is not differentiable for non-square input; use full_matrices=False")
+        return SVDResult(*_svd_apply(A, max_sweeps))
+    if not compute_uv:
+        if torch.is_grad_enabled() and A.requires_grad:
+            return SVDResult(A.new_empty(0), svdvals(A, max_sweeps), A.new_empty(0))
+        S, _, _ = _svd(A, False, False, max_sweeps)
+        return SVDResult(A.new_empty(0), S, A.new_empty(0))
+    S, U, V = _svd(A, full_matrices, True, max_sweeps)
+    return SVDResult(U, S, V)
+
+
+def svdvals(A: Tensor, max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Tensor:
+    """Singular values of each matrix of ``A`` (``*, m, n``), descending. Differentiable (the
+    backward needs the vectors: with gradients enabled they are computed too)."""
+    _check("A", A, False)
+    if torch.is_grad_enabled() and A.requires_grad:
+        return _svd_apply(A, max_sweeps)[1]
+    return _svd(A, False, False, max_sweeps)[0]
+
+
+class EighFunction(torch.autograd.Function):
+    """``EighFunction.apply(A, max_sweeps)`` → ``(L, V)`` with torch's backward:
+    ``gA = V (diag(gL) + ½ skew(VᵀgV) / E) Vᵀ``, ``E_ij = L_j − L_i`` (1 on the diagonal)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, max_sweeps: int):  # type: ignore[override]
+        L, V = _eigh(a, max_sweeps)
+        ctx.save_for_backward(L, V)
+        return L, V
+
+    @staticmethod
+    def backward(ctx, gL: Optional[Tensor], gV: Optional[Tensor]):  # type: ignore[override]
+        L, V = ctx.saved_tensors
+        if gV is not None:
+            E = L.unsqueeze(-2) - L.unsqueeze(-1)
+            E.diagonal(dim1=-2, dim2=-1).fill_(1)
+            inner = 0.5 * _skew(V.mT @ gV) / E
+            inner.diagonal(dim1=-2, dim2=-1).copy_(gL if gL is not None else torch.zeros_like(L))
+        else:
+            inner = torch.diag_embed(gL)
+        return V @ inner @ V.mT, None
+
+
+_eigh_apply = fast_apply(EighFunction)
+
+
+def _eigh(a: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor]:
+    L, _, V, info = _jacobi(a, True, True, max_sweeps)
+    _raise_unconverged(info, "eigh")
+    return L.to(a.dtype), V.to(a.dtype)
+
+
+def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> EighResult:
+    """Eigenvalues (ascending) and eigenvectors of each symmetric matrix of ``A`` (``*, n, n``),
+    like ``torch.linalg.eigh``: only the lower triangle is read (``UPLO='U'``: the upper one).
+    Eigenvector signs: see the module docstring. Differentiable (torch's formula)."""
+    _check("A", A, True)
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
+    a = A.mT if UPLO == "U" else A
+    if torch.is_grad_enabled() and A.requires_grad:
+        return EighResult(*_eigh_apply(a, max_sweeps))
+    return EighResult(*_eigh(a, max_sweeps))
+
+
+def eigvalsh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Tensor:
+    """Eigenvalues (ascending) of each symmetric matrix of ``A``, like ``torch.linalg.eigvalsh``."""
+    return eigh(A, UPLO, max_sweeps).eigenvalues
+
+
+def pinv(A: Tensor, rcond: Optional[float] = None, hermitian: bool = False, *, atol: Optional[float] = None,
+         rtol: Optional[float] = None) -> Tensor:
+    """Moore–Penrose pseudo-inverse of each matrix of ``A`` (``*, m, n`` → ``*, n, m``), like
+    ``torch.linalg.pinv``: singular values (``hermitian``: |eigenvalues|) at or below
+    ``max(atol, rtol·σ_max)`` are treated as zero; ``rcond`` is the older name of ``rtol``; with
+    neither tolerance given ``rtol = eps·max(m, n)``. Through :func:`svd` (or :func:`eigh`).
+    Differentiable."""
+    _check("A", A, hermitian)
+    if rcond is not None:
+        if rtol is not None:
+            raise ValueError("rcond: give rcond or rtol, not both")
+        rtol = rcond
+    m, n = A.shape[-2], A.shape[-1]
+    if rtol is None:
+        rtol = torch.finfo(_acc(A.dtype)).eps * max(m, n) if atol is None else 0.0
+    atol_ = 0.0 if atol is None else atol
+    if hermitian:
+        L, V = eigh(A)
+        mag = L.abs()
+        cut = torch.clamp(rtol * mag.amax(-1, keepdim=True), min=atol_) if L.shape[-1] else mag
+        inv = torch.where(mag > cut, 1.0 / torch.where(mag > cut, L, torch.ones_like(L)), torch.zeros_like(L))
+        return (V * inv.unsqueeze(-2)) @ V.mT
+    U, S, V = svd(A)
+    cut = torch.clamp(rtol * S[..., :1], min=atol_) if S.shape[-1] else S
+    inv = torch.where(S > cut, 1.0 / torch.where(S > cut, S, torch.ones_like(S)), torch.zeros_like(S))
+    return (V * inv.unsqueeze(-2)) @ U.mT
+
+
+def _orth(Y: Tensor) -> Tensor:
+    """Orthonormal basis of the columns of the tall ``Y`` (``*, m, q``): Cholesky QR twice, the
+    q×q Gram matrix in float64 with a tiny shift (robust to a rank-deficient ``Y``)."""
+    for _ in range(2):
+        G = Y.mT.double() @ Y.double()
+        G = G + torch.diag_embed(G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).expand(G.shape[:-1]) * 1e-14 + 1e-300)
+        from .linalg import cholesky
+
+        R = cholesky(G, upper=True).to(Y.dtype)
+        Y = torch.linalg.solve_triangular(R, Y, upper=True, left=False)
+    return Y
+
+
+def svd_lowrank(A: Tensor, q: int = 6, niter: int = 2, M: Optional[Tensor] = None,
+                generator: Optional[torch.Generator] = None) -> SVDResult:
+    """Randomized truncated SVD of ``A`` (``*, m, n``; e.g. an LLM weight matrix), like
+    ``torch.svd_lowrank``: ``(U, S, V)`` of rank ``q`` approximating ``A − M`` (Halko, Martinsson
+    and Tropp, 2011: a Gaussian sketch, ``niter`` power iterations with re-orthonormalization).
+    The GEMMs and the tall-skinny triangular solves are torch's; the small q×q Cholesky and SVD are
+    metalcore's. Pass ``generator`` for a reproducible sketch. Differentiable through its parts."""
+    _check("A", A, False)
+    m, n = A.shape[-2], A.shape[-1]
+    if not (isinstance(q, int) and 1 <= q <= min(m, n)):
+        raise ValueError(f"q: expected an int in [1, min(m, n) = {min(m, n)}], got {q!r}")
+    if niter < 0:
+        raise ValueError(f"niter: expected >= 0, got {niter}")
+    x = A if M is None else A - M
+    dt = _acc(A.dtype)
+    x = x.to(dt)
+    omega = torch.randn(x.shape[:-2] + (n, q), dtype=dt, device=A.device, generator=generator)
+    Q = _orth(x @ omega)
+    for _ in range(niter):
+        Q = _orth(x @ _orth(x.mT @ Q))
+    B = Q.mT @ x  # (q, n)
+    # B = Rᵀ Q2ᵀ with Bᵀ = Q2 R; the q×q core's SVD: Rᵀ = Ur S Vrᵀ.
+    Q2 = _orth(B.mT)
+    Rt = B @ Q2  # = Rᵀ (q×q)
+    Ur, S, Vr = svd(Rt)
+    return SVDResult((Q @ Ur).to(A.dtype), S.to(A.dtype), (Q2 @ Vr).to(A.dtype))

@@ -1,0 +1,263 @@
+"""eigh / eigvalsh / svd / svdvals / pinv / svd_lowrank against float64 torch.linalg, on every
+test device, plus the documented torch fallback ("cpu-torch": metalcore's wrapper around
+torch.linalg's kernels, so CI covers it without a GPU)."""
+
+import warnings
+
+import pytest
+import torch
+
+import metalcore.linalg as mlinalg
+from metalcore import eigh, eigvalsh, pinv, svd, svd_lowrank, svdvals
+from conftest import DEVICES
+
+
+@pytest.fixture(params=DEVICES + ["cpu-torch"])
+def device(request, monkeypatch):
+    if request.param == "cpu-torch":
+        monkeypatch.setattr(mlinalg, "has_backend", lambda d: False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield "cpu"
+        return
+    yield request.param
+
+
+def tol(dtype):
+    return 1e-5 if dtype == torch.float32 else 1e-12
+
+
+def svd_errs(A, U, S, V):
+    """(reconstruction, max orthogonality error of U and V, singular values) in float64."""
+    A64, U64, S64, V64 = (t.double().cpu() for t in (A, U, S, V))
+    norm = A64.flatten(-2).norm(dim=-1)
+    rec = ((U64 * S64.unsqueeze(-2)) @ V64.mT - A64).flatten(-2).norm(dim=-1)
+    rec = (rec / norm.clamp_min(1e-300)).max().item() if rec.numel() else 0.0
+    eye = lambda k: torch.eye(k, dtype=torch.float64)  # noqa: E731
+    orth = max((U64.mT @ U64 - eye(U64.shape[-1])).abs().max().item() if U64.numel() else 0.0,
+               (V64.mT @ V64 - eye(V64.shape[-1])).abs().max().item() if V64.numel() else 0.0)
+    ref = torch.linalg.svdvals(A64)
+    sv = ((S64 - ref).abs().amax(-1) / norm.clamp_min(1e-300)).max().item() if ref.numel() else 0.0
+    return rec, orth, sv
+
+
+def sym(batch, n, dtype, device, spectrum=None):
+    g = torch.randn(batch + (n, n), dtype=torch.float64)
+    if spectrum is None:
+        a = g + g.mT
+    else:
+        q, _ = torch.linalg.qr(g)
+        a = q @ torch.diag_embed(spectrum.expand(batch + (n,))) @ q.mT
+        a = 0.5 * (a + a.mT)
+    return a.to(dtype).to(device)
+
+
+def eigh_errs(A, L, V):
+    A64, L64, V64 = (t.double().cpu() for t in (A, L, V))
+    norm = A64.flatten(-2).norm(dim=-1).clamp_min(1e-300)
+    rec = (((V64 * L64.unsqueeze(-2)) @ V64.mT - A64).flatten(-2).norm(dim=-1) / norm).max().item()
+    orth = (V64.mT @ V64 - torch.eye(V64.shape[-1], dtype=torch.float64)).abs().max().item()
+    ref = torch.linalg.eigvalsh(A64)
+    ev = ((L64 - ref).abs().amax(-1) / norm).max().item()
+    return rec, orth, ev
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (128, 128), (40, 9), (9, 40), (128, 64)])
+def test_svd_random(device, dtype, mn):
+    A = torch.randn((3,) + mn, dtype=dtype, device=device)
+    U, S, V = svd(A)
+    k = min(mn)
+    assert U.shape == (3, mn[0], k) and S.shape == (3, k) and V.shape == (3, mn[1], k)
+    assert U.dtype == S.dtype == V.dtype == dtype
+    rec, orth, sv = svd_errs(A, U, S, V)
+    assert rec <= tol(dtype) and orth <= tol(dtype) and sv <= tol(dtype)
+    assert bool((S[..., :-1] >= S[..., 1:]).all()), "descending"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 33, 64, 127, 128])
+def test_eigh_random(device, dtype, n):
+    A = sym((3,), n, dtype, device)
+    L, V = eigh(A)
+    assert L.shape == (3, n) and V.shape == (3, n, n) and L.dtype == V.dtype == dtype
+    assert max(eigh_errs(A, L, V)) <= tol(dtype)
+    assert bool((L[..., :-1] <= L[..., 1:]).all()), "ascending"
+    assert torch.equal(eigvalsh(A), L)
+
+
+def test_ill_conditioned_rank_deficient_repeated(device):
+    n = 48
+    s = torch.logspace(0, -6, n, dtype=torch.float64)
+    u, _ = torch.linalg.qr(torch.randn(4, n, n, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(4, n, n, dtype=torch.float64))
+    A = (u * s.unsqueeze(-2)) @ v.mT
+    A = A.float().to(device)
+    assert max(svd_errs(A, *svd(A))) <= 1e-5
+    R = (torch.randn(3, 30, 5, dtype=torch.float64) @ torch.randn(3, 5, 20, dtype=torch.float64)).float().to(device)
+    U, S, V = svd(R)  # rank 5 of 20: U completed to an orthonormal basis
+    assert max(svd_errs(R, U, S, V)) <= 1e-5
+    B = sym((3,), 40, torch.float32, device, torch.logspace(0, -6, 40, dtype=torch.float64) * torch.tensor([1.0, -1.0]).repeat(20))
+    assert max(eigh_errs(B, *eigh(B))) <= 1e-5
+    rep = torch.tensor([2.0] * 10 + [-1.0] * 10 + [0.5] * 12, dtype=torch.float64)
+    C = sym((2,), 32, torch.float32, device, rep)
+    assert max(eigh_errs(C, *eigh(C))) <= 1e-5
+    I = torch.eye(9, device=device).expand(2, 9, 9)
+    L, V = eigh(I)
+    assert torch.equal(L, torch.ones_like(L)) and torch.equal(V, I)
+    U, S, V = svd(I)
+    assert torch.equal(S, torch.ones_like(S)) and torch.equal(U, I) and torch.equal(V, I)
+
+
+def test_zero_matrix_n1_empty_and_non_contiguous(device):
+    Z = torch.zeros(2, 6, 4, device=device)
+    U, S, V = svd(Z)
+    assert torch.equal(S, torch.zeros_like(S)) and max(svd_errs(Z, U, S, V)) <= 1e-6
+    L, V = eigh(torch.zeros(2, 5, 5, device=device))
+    assert torch.equal(L, torch.zeros_like(L)) and max(eigh_errs(torch.zeros(2, 5, 5), L, V)) == 0.0
+    a = torch.tensor([[[-3.0]]], device=device)
+    assert svd(a).S.item() == 3.0 and eigh(a).eigenvalues.item() == -3.0
+    E = torch.randn(0, 5, 5, device=device)
+    assert svd(E).U.shape == (0, 5, 5) and eigh(E).eigenvectors.shape == (0, 5, 5)
+    X = torch.randn(3, 12, 20, device=device).mT  # (3, 20, 12), non-contiguous
+    assert max(svd_errs(X, *svd(X))) <= 1e-5
+    Y = sym((3,), 12, torch.float32, device).mT[..., ::1]
+    assert max(eigh_errs(Y, *eigh(Y))) <= 1e-5
+
+
+def test_full_matrices_compute_uv_svdvals_and_half(device):
+    A = torch.randn(2, 10, 4, device=device)
+    U, S, V = svd(A, full_matrices=True)
+    assert U.shape == (2, 10, 10) and V.shape == (2, 4, 4)
+    eye = torch.eye(10, dtype=torch.float64)
+    assert (U.double().cpu().mT @ U.double().cpu() - eye).abs().max() <= 1e-5
+    assert max(svd_errs(A, U[..., :4], S, V)) <= 1e-5
+    W = torch.randn(2, 4, 10, device=device)
+    U, S, V = svd(W, full_matrices=True)
+    assert U.shape == (2, 4, 4) and V.shape == (2, 10, 10)
+    r = svd(A, compute_uv=False)
+    assert r.U.numel() == 0 and r.V.numel() == 0 and torch.allclose(r.S, svd(A).S, atol=1e-6)
+    assert torch.allclose(svdvals(A), svd(A).S, atol=1e-6)
+    H = A.to(torch.bfloat16)
+    U, S, V = svd(H)
+    assert S.dtype == torch.bfloat16
+    ref = torch.linalg.svdvals(H.double().cpu())
+    assert (S.double().cpu() - ref).abs().max() <= 2 * (ref.to(torch.bfloat16).double() - ref).abs().max() + 1e-6
+
+
+def test_sign_convention_is_deterministic(device):
+    A = torch.randn(4, 20, 12, device=device)
+    U, S, V = svd(A)
+    at = U.abs().argmax(dim=-2, keepdim=True)
+    assert bool((torch.gather(U, -2, at) > 0).all())
+    U2, S2, V2 = svd(-A)  # the same convention: U is unchanged, V flips
+    assert torch.allclose(U2, U, atol=1e-5) and torch.allclose(V2, -V, atol=1e-5)
+    B = sym((3,), 10, torch.float32, device)
+    L, V = eigh(B)
+    at = V.abs().argmax(dim=-2, keepdim=True)
+    assert bool((torch.gather(V, -2, at) > 0).all())
+    assert torch.equal(eigh(B).eigenvectors, V), "bitwise reproducible"
+
+
+def test_nan_input_gives_nan_not_a_hang(device):
+    A = torch.randn(3, 8, 8, device=device)
+    A[1, 2, 3] = float("nan")
+    U, S, V = svd(A)
+    assert torch.isnan(S[1]).any() and torch.isfinite(S[0]).all() and torch.isfinite(S[2]).all()
+    B = A + A.mT
+    L, V = eigh(B)
+    assert torch.isnan(L[1]).any() and torch.isfinite(L[0]).all()
+
+
+def test_non_convergence_is_reported(device):
+    if not mlinalg.has_backend(torch.device(device)):
+        pytest.skip("torch.linalg's fallback has no sweep limit to exceed")
+    A = torch.randn(2, 24, 24, device=device)
+    with pytest.raises(torch.linalg.LinAlgError, match="did not converge"):
+        svd(A, max_sweeps=1)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"eigh: the Jacobi iteration did not converge \(batch element \(0,\)\)"):
+        eigh(A + A.mT, max_sweeps=1)
+
+
+def test_uplo_reads_one_triangle(device):
+    A = sym((2,), 7, torch.float64, device)
+    junk = A.clone()
+    junk.triu_(1).add_(100.0)
+    Lo = A.tril() + junk.triu(1)
+    assert torch.allclose(eigh(Lo).eigenvalues, eigh(A).eigenvalues, atol=1e-12)
+    Up = A.triu() + (A.tril(-1) + 100.0).tril(-1)
+    assert torch.allclose(eigh(Up, UPLO="U").eigenvalues, eigh(A).eigenvalues, atol=1e-12)
+
+
+@pytest.mark.parametrize("mn", [(6, 4), (5, 5), (3, 6)])
+def test_svd_gradients(device, mn):
+    A = torch.randn((2,) + mn, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: svd(a), (A,))
+    assert torch.autograd.gradcheck(lambda a: svdvals(a), (A,))
+    # Same as torch's backward for a loss invariant to the vectors' signs.
+    wU, wS, wV = torch.randn(mn[0], min(mn)), torch.randn(min(mn)), torch.randn(mn[1], min(mn))
+    wU, wS, wV = (t.double().to(device) for t in (wU, wS, wV))
+
+    def loss(U, S, V):
+        return (U * U * wU).sum() + (S * wS).sum() + (V * V * wV).sum()
+
+    g_ours = torch.autograd.grad(loss(*svd(A)), A)[0]
+    Ut, St, Vht = torch.linalg.svd(A, full_matrices=False)
+    g_torch = torch.autograd.grad(loss(Ut, St, Vht.mT), A)[0]
+    assert torch.allclose(g_ours, g_torch, atol=1e-9)
+
+
+def test_eigh_gradients(device):
+    X = torch.randn(2, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: eigh(x + x.mT), (X,))
+    w = torch.randn(5, 5, dtype=torch.float64, device=device)
+
+    def loss(L, V):
+        return (L * torch.arange(5, device=device)).sum() + (V * V * w).sum()
+
+    A = X + X.mT
+    g_ours = torch.autograd.grad(loss(*eigh(A)), X)[0]
+    g_torch = torch.autograd.grad(loss(*torch.linalg.eigh(A)), X)[0]
+    assert torch.allclose(g_ours, g_torch, atol=1e-9)
+
+
+@pytest.mark.parametrize("mn", [(7, 4), (4, 7), (6, 6)])
+def test_pinv(device, mn):
+    A = torch.randn((3,) + mn, dtype=torch.float64, device=device)
+    assert torch.allclose(pinv(A), torch.linalg.pinv(A), atol=1e-10)
+    R = torch.randn(3, mn[0], 2, dtype=torch.float64, device=device) @ torch.randn(3, 2, mn[1], dtype=torch.float64, device=device)
+    assert torch.allclose(pinv(R), torch.linalg.pinv(R), atol=1e-8)
+    assert torch.allclose(pinv(R, rcond=1e-3), torch.linalg.pinv(R, rtol=1e-3), atol=1e-8)
+    H = sym((2,), 6, torch.float64, device)
+    assert torch.allclose(pinv(H, hermitian=True), torch.linalg.pinv(H, hermitian=True), atol=1e-10)
+    A.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: pinv(a), (A,))
+
+
+def test_svd_lowrank(device):
+    g = torch.Generator().manual_seed(0)
+    L = torch.randn(300, 12, generator=g) @ torch.randn(12, 200, generator=g)
+    W = L.to(device)
+    U, S, V = svd_lowrank(W, q=12, niter=2)
+    assert U.shape == (300, 12) and S.shape == (12,) and V.shape == (200, 12)
+    assert ((U * S) @ V.mT - W).norm() / W.norm() <= 1e-5
+    ref = torch.linalg.svdvals(L.double())[:12]
+    assert ((S.double().cpu() - ref).abs().max() / ref[0]) <= 1e-5
+    Wn = W + 1e-3 * torch.randn(300, 200, generator=g).to(device)
+    U, S, V = svd_lowrank(Wn, q=16, niter=3)
+    assert ((U * S) @ V.mT - Wn).norm() / Wn.norm() <= 2e-3
+
+
+def test_bad_input(device):
+    with pytest.raises(TypeError, match="A: expected a torch.Tensor"):
+        svd([[1.0]])
+    with pytest.raises(TypeError, match="A: expected a floating dtype"):
+        svd(torch.ones(3, 3, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match=r"A: expected a batch of square matrices"):
+        eigh(torch.ones(3, 4, device=device))
+    with pytest.raises(ValueError, match="UPLO"):
+        eigh(torch.ones(3, 3, device=device), UPLO="X")
+    with pytest.raises(ValueError, match="strategy"):
+        svd(torch.ones(3, 3, device=device), strategy="qr")
+    with pytest.raises(ValueError, match="q: expected"):
+        svd_lowrank(torch.ones(5, 4, device=device), q=9)
