@@ -27,8 +27,8 @@ for m, n in [(16, 16), (9, 5), (33, 33), (70, 40)]:
     A = torch.randn(3, m, n, device="cuda")
     U, S, V = mc.svd(A)
     assert ((U * S.unsqueeze(-2)) @ V.mT - A).norm() / A.norm() < 1e-5
-for n in (5, 16, 33, 64):
-    B = torch.randn(3, n, n, device="cuda")
+for n, batch in ((5, 3), (16, 3), (33, 3), (64, 3), (7, 300), (32, 300)):
+    B = torch.randn(batch, n, n, device="cuda")
     L, V = mc.eigh(B + B.mT)
     assert torch.isfinite(L).all()
 torch.cuda.synchronize()

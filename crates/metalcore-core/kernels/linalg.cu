@@ -244,6 +244,90 @@ extern "C" __global__ void cholesky_kernel(T* __restrict__ A, int* __restrict__ 
     if (tm.t == 0) info[b] = fail;
 }
 
+#ifdef R_TILE
+// Register-tiled Cholesky for 32 < n <= 16·R_TILE: a 16×16 thread grid, thread (ty, tx) owning
+// the elements (ty + 16a, tx + 16b), a, b < R_TILE, of the matrix padded to NP = 16·R_TILE with
+// the identity (whose factor is the identity). Right-looking: per column k the diagonal's owner
+// publishes a_kk, the column's owners scale it and publish it, and every thread updates its own
+// trailing elements from the published column — registers, not shared memory, hold the matrix, so
+// an update costs one FMA. Two barriers per column. Same contract as cholesky_kernel.
+extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restrict__ A, int* __restrict__ info,
+                                                                      long long batch, int n, int upper) {
+    constexpr int R = R_TILE, NP = 16 * R_TILE;
+    __shared__ T col[NP];
+    __shared__ T dsh;
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    const long long b = blockIdx.x;
+    T* g = A + b * n * n;
+    T x[R][R];
+#pragma unroll
+    for (int a = 0; a < R; ++a)
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+            const int i = ty + 16 * a, j = tx + 16 * c;
+            x[a][c] = (i < n && j < n) ? (j <= i ? g[i * n + j] : T(0)) : (i == j ? T(1) : T(0));
+        }
+    int fail = 0;
+#pragma unroll
+    for (int kb = 0; kb < R; ++kb) {
+        for (int kk = 0; kk < 16; ++kk) {
+            const int k = 16 * kb + kk;
+            if (tx == kk && ty == kk) dsh = x[kb][kb];
+            __syncthreads();
+            const T d = dsh;
+            if (!(d > T(0))) {  // uniform: every thread read the same d
+                fail = k + 1;
+                break;
+            }
+            const T sd = sqrt(d);
+            if (tx == kk) {
+#pragma unroll
+                for (int a = 0; a < R; ++a) {
+                    const int i = ty + 16 * a;
+                    if (i > k) {
+                        const T l = x[a][kb] / sd;
+                        x[a][kb] = l;
+                        col[i] = l;
+                    } else if (i == k) {
+                        x[a][kb] = sd;
+                    }
+                }
+            }
+            __syncthreads();
+            T ci[R], cj[R];
+#pragma unroll
+            for (int a = 0; a < R; ++a) {
+                ci[a] = col[ty + 16 * a];
+                cj[a] = col[tx + 16 * a];
+            }
+#pragma unroll
+            for (int a = 0; a < R; ++a)
+#pragma unroll
+                for (int c = 0; c < R; ++c) {
+                    const int i = ty + 16 * a, j = tx + 16 * c;
+                    if (j > k && i >= j) x[a][c] -= ci[a] * cj[c];
+                }
+        }
+        if (fail) break;
+    }
+#pragma unroll
+    for (int a = 0; a < R; ++a)
+#pragma unroll
+        for (int c = 0; c < R; ++c) {
+            const int i = ty + 16 * a, j = tx + 16 * c;
+            if (i < n && j < n) {
+                const T v = j <= i ? x[a][c] : T(0);
+                if (upper) {
+                    g[j * n + i] = v;
+                } else {
+                    g[i * n + j] = v;
+                }
+            }
+        }
+    if (threadIdx.x == 0) info[b] = fail;
+}
+#endif
+
 // Solves op(t) x = b in place on b (n × nrhs, stride ldb) for the n×n triangular t (stride ldt):
 // op(t) = t, or tᵀ with `trans`; the `lower` (else upper) triangle of t is used, its diagonal taken
 // as ones with `unit`. Two barriers per row. Ends with a team barrier.
@@ -375,25 +459,37 @@ extern "C" __global__ void trsm_kernel(const T* __restrict__ Tm, T* __restrict__
 // each eigenvector is positive (the first such entry on ties). A U column whose σ is zero is
 // written as zeros (the Python layer completes U to an orthonormal basis).
 
+// Pair k of round r (0 <= r < np - 1, 0 <= k < np/2): player 0 stays, players 1..np-1 turn.
+// r + k and r + L - k lie in [0, 2L), so one conditional subtraction replaces the modulo.
 __device__ __forceinline__ void round_pair(int r, int k, int np, int& p, int& q) {
     const int L = np - 1;
-    if (k == 0) {
-        p = 0;
-        q = 1 + r % L;
-    } else {
-        p = 1 + (r + k) % L;
-        q = 1 + (r + L - k) % L;
-    }
+    int x = r + k, y = r + L - k;
+    x -= x >= L ? L : 0;
+    y -= y >= L ? L : 0;
+    p = k == 0 ? 0 : 1 + x;
+    q = 1 + y;
 }
 
-// (c, s, t) of the rotation for (α, β, γ), γ != 0.
-__device__ __forceinline__ void rotation(T al, T be, T ga, T& c, T& s, T& t) {
+// Fast reciprocal and square root: a rotation's angle need not be correctly rounded (a slightly
+// different angle only costs convergence, not orthogonality: see `rotation`).
+__device__ __forceinline__ float fast_rcp(float x) { return __fdividef(1.0f, x); }
+__device__ __forceinline__ double fast_rcp(double x) { return 1.0 / x; }
+__device__ __forceinline__ float fast_rsqrt(float x) { return rsqrtf(x); }
+__device__ __forceinline__ double fast_rsqrt(double x) { return rsqrt(x); }
+
+// (s, τ, t) of the rotation for (α, β, γ), γ != 0: t = tan θ, s = sin θ, and τ = s/(1 + c) as
+// Rutishauser's update uses it. τ comes from s itself (c = sqrt(1 - s²) = 1/sqrt(1 + t²)), so
+// the applied transform [[1 - sτ, -s], [s, 1 - sτ]] is orthogonal to rounding even though t and s
+// are computed with approximate reciprocals.
+__device__ __forceinline__ void rotation(T al, T be, T ga, T& s, T& tau, T& t) {
     const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
-    const T zeta = (be - al) / (T(2) * ga);
+    const T zeta = (be - al) * (T(0.5) * fast_rcp(ga));
     const T az = fabs(zeta);
-    t = (az > T(1) / eps ? T(0.5) / az : T(1) / (az + sqrt(T(1) + zeta * zeta))) * (zeta < T(0) ? T(-1) : T(1));
-    c = T(1) / sqrt(T(1) + t * t);
+    t = (az > T(1) / eps ? T(0.5) * fast_rcp(az) : fast_rcp(az + sqrt(T(1) + zeta * zeta))) *
+        (zeta < T(0) ? T(-1) : T(1));
+    const T c = fast_rsqrt(T(1) + t * t);
     s = c * t;
+    tau = s * fast_rcp(T(1) + c);
 }
 
 // x ← c x − s y, y ← s x + c y over a warp, in Rutishauser's form x ← x − s (y + τ x),
@@ -542,11 +638,11 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
                 for (int i = tm.lane; i < m; i += 32) ga += ap[i] * aq[i];
                 ga = warp_sum(ga);
                 const T al = nrm[p], be = nrm[q];
-                if (!(fabs(ga) > tol * sqrt(al) * sqrt(be))) continue;  // orthogonal enough (or NaN)
+                // |γ| > tol ‖a_p‖‖a_q‖ (false for NaN, and for a zero column: 0·inf is NaN).
+                if (!(fabs(ga) * fast_rsqrt(al) * fast_rsqrt(be) > tol)) continue;
                 rotated = 1;
-                T c, s, t;
-                rotation(al, be, ga, c, s, t);
-                const T tau = s / (T(1) + c);
+                T s, tau, t;
+                rotation(al, be, ga, s, tau, t);
                 rotate_cols(ap, aq, m, s, tau, tm.lane);
                 if (want_v) rotate_cols(v + p * ldv, v + q * ldv, n, s, tau, tm.lane);
                 if (tm.lane == 0) {
@@ -585,7 +681,7 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
     T* v = a + (size_t)np * ld;
     T* sv = v + (size_t)np * ld;
     int* rank = reinterpret_cast<int*>(sv + np);
-    T* cs = sv + 2 * np;  // c_k, s_k of this round's pairs
+    T* cs = sv + 2 * np;  // τ_k, s_k of this round's pairs (c = 1 - sτ)
     T* sn = cs + half;
     int* pk = reinterpret_cast<int*>(sn + half);  // p_k, q_k of this round's pairs
     int* qk = pk + half;
@@ -612,50 +708,60 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
                 int p, q;
                 round_pair(r, k, np, p, q);
                 const T app = a[p * ld + p], aqq = a[q * ld + q], apq = a[q * ld + p];
-                T c = T(1), s = T(0), t = T(0);
+                T s = T(0), tau = T(0), t = T(0);
                 if (fabs(apq) > tol * sqrt(fabs(app)) * sqrt(fabs(aqq))) {
-                    rotation(app, aqq, apq, c, s, t);
+                    rotation(app, aqq, apq, s, tau, t);
                     rotated = 1;
                 }
-                cs[k] = c;
+                cs[k] = tau;
                 sn[k] = s;
                 pk[k] = p;
                 qk[k] = q;
             }
             TEAM_SYNC();
             // Every 2×2 block (pair k1's rows, pair k2's columns): X ← J1ᵀ X J2. Warps own row
-            // pairs, lanes column pairs.
-            for (int k1 = tm.w; k1 < half; k1 += WARPS) {
-                const int p1 = pk[k1], q1 = qk[k1];
-                const T c1 = cs[k1], s1 = sn[k1];
-                for (int k2 = tm.lane; k2 < half; k2 += 32) {
-                    const T c2 = cs[k2], s2 = sn[k2];
-                    if (s1 == T(0) && s2 == T(0)) continue;
-                    const int p2 = pk[k2], q2 = qk[k2];
-                    T* x11 = a + p2 * ld + p1;
-                    T* x12 = a + q2 * ld + p1;
-                    T* x21 = a + p2 * ld + q1;
-                    T* x22 = a + q2 * ld + q1;
-                    if (k1 == k2) {
-                        // The pair's own block: diagonalized exactly.
-                        const T apq = *x12, tt = s1 / c1;
-                        *x11 = *x11 - tt * apq;
-                        *x22 = *x22 + tt * apq;
-                        *x12 = T(0);
-                        *x21 = T(0);
-                        continue;
+            // pairs, lanes column pairs; with fewer than 32 column pairs a warp takes several row
+            // pairs at once (`lpr` lanes each, a power of two), so no lane idles.
+            const int lpr = half >= 32 ? 32 : (half > 16 ? 32 : half > 8 ? 16 : half > 4 ? 8 : half > 2 ? 4 : half > 1 ? 2 : 1);
+            const int rpi = 32 / lpr, sub = tm.lane / lpr, l2 = tm.lane & (lpr - 1);
+            for (int k1b = tm.w * rpi; k1b < half; k1b += WARPS * rpi) {
+                const int k1 = k1b + sub;
+                if (k1 < half) {
+                    const int p1 = pk[k1], q1 = qk[k1];
+                    const T s1 = sn[k1], c1 = T(1) - s1 * cs[k1];
+                    for (int k2 = l2; k2 < half; k2 += lpr) {
+                        const T s2 = sn[k2], c2 = T(1) - s2 * cs[k2];
+                        if (s1 == T(0) && s2 == T(0)) continue;
+                        const int p2 = pk[k2], q2 = qk[k2];
+                        T* x11 = a + p2 * ld + p1;
+                        T* x12 = a + q2 * ld + p1;
+                        T* x21 = a + p2 * ld + q1;
+                        T* x22 = a + q2 * ld + q1;
+                        if (k1 == k2) {
+                            // The pair's own block: diagonalized exactly.
+                            const T apq = *x12, tt = s1 / c1;
+                            *x11 = *x11 - tt * apq;
+                            *x22 = *x22 + tt * apq;
+                            *x12 = T(0);
+                            *x21 = T(0);
+                            continue;
+                        }
+                        const T a11 = *x11, a12 = *x12, a21 = *x21, a22 = *x22;
+                        // X J2 (columns), then J1ᵀ (rows).
+                        const T b11 = c2 * a11 - s2 * a12, b12 = s2 * a11 + c2 * a12;
+                        const T b21 = c2 * a21 - s2 * a22, b22 = s2 * a21 + c2 * a22;
+                        *x11 = c1 * b11 - s1 * b21;
+                        *x21 = s1 * b11 + c1 * b21;
+                        *x12 = c1 * b12 - s1 * b22;
+                        *x22 = s1 * b12 + c1 * b22;
                     }
-                    const T a11 = *x11, a12 = *x12, a21 = *x21, a22 = *x22;
-                    // X J2 (columns), then J1ᵀ (rows).
-                    const T b11 = c2 * a11 - s2 * a12, b12 = s2 * a11 + c2 * a12;
-                    const T b21 = c2 * a21 - s2 * a22, b22 = s2 * a21 + c2 * a22;
-                    *x11 = c1 * b11 - s1 * b21;
-                    *x21 = s1 * b11 + c1 * b21;
-                    *x12 = c1 * b12 - s1 * b22;
-                    *x22 = s1 * b12 + c1 * b22;
                 }
-                // V ← V J for the row pair's rotation (V's columns p1, q1), lanes over rows.
-                if (s1 != T(0)) rotate_cols(v + p1 * ld, v + q1 * ld, np, s1, s1 / (T(1) + c1), tm.lane);
+                // V ← V J for these row pairs' rotations (V's columns p, q), lanes over rows.
+                for (int j = 0; j < rpi && k1b + j < half; ++j) {
+                    const int k = k1b + j;
+                    const T sk = sn[k];
+                    if (sk != T(0)) rotate_cols(v + pk[k] * ld, v + qk[k] * ld, np, sk, cs[k], tm.lane);
+                }
             }
             TEAM_SYNC();
         }
