@@ -1,5 +1,11 @@
 // index.cu — gather, scatter-add and sorted index-add over (outer, n, inner) views (math in
 // src/ops/index.rs): rows (O, J, I), table (O, N, I), index (O, J, I), any strides.
+//   gather:      rows[o, j, i] = table[o, index[o, j, i], i]
+//   scatter-add: table[o, index[o, j, i], i] += rows[o, j, i]
+//   sorted add:  table[o, n, i] += sum_{k0 <= k < k1} rows[o, perm[k], i] for each run [k0, k1) of
+//                sorted keys equal to n (key[k] = index[0, k, 0])
+// The semantics of torch.gather, torch.scatter_add and torch.index_select/index_add
+// (https://pytorch.org/docs/stable/generated/torch.gather.html and .../torch.Tensor.scatter_add_.html).
 //
 // MODE 0 (gather) and 1 (scatter-add): one thread per VEC consecutive elements of rows,
 // grid-stride, position e -> (o, j, c) by two divisions in POS arithmetic (32-bit unless the launch
