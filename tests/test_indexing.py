@@ -334,6 +334,8 @@ def test_custom_ops_and_compile(device):
         torch.library.opcheck(torch.ops.metalcore.scatter_add, (x, 1, index, src, det))
         torch.library.opcheck(torch.ops.metalcore.gather_backward, (src, 1, index, [5, 7], det))
     torch.library.opcheck(torch.ops.metalcore.index_select, (x, 0, sel))
+    torch.library.opcheck(torch.ops.metalcore.index_select, (x, -1, sel % 7))
+    assert torch.equal(torch.ops.metalcore.gather(x, -1, index), torch.gather(x, -1, index))
     torch.library.opcheck(torch.ops.metalcore.index_select_backward, (g, 0, sel, [5, 7]))
 
     def block(a, s):

@@ -109,6 +109,7 @@ def _flat_keys(index: Tensor, dim: int, out: Tensor) -> Tensor:
 
 
 def _gather_fwd(input: Tensor, dim: int, index: Tensor) -> Tensor:
+    dim %= max(input.dim(), 1)
     out = empty(index.shape, input.dtype, input.device)
     if out.numel():
         _launch(GATHER, (index, input.shape[dim], dim), _view3(_narrow(input, index.shape, dim), dim), _view3(out, dim, True), _view3(index, dim))
@@ -116,6 +117,7 @@ def _gather_fwd(input: Tensor, dim: int, index: Tensor) -> Tensor:
 
 
 def _index_select_fwd(input: Tensor, dim: int, index: Tensor) -> Tensor:
+    dim %= max(input.dim(), 1)
     shape = list(input.shape)
     shape[dim] = index.numel()
     out = empty(shape, input.dtype, input.device)
@@ -128,6 +130,7 @@ def _index_select_fwd(input: Tensor, dim: int, index: Tensor) -> Tensor:
 
 def _scatter_add_fwd(input: Optional[Tensor], shape, dtype: torch.dtype, dim: int, index: Tensor, src: Tensor, deterministic: bool) -> Tensor:
     """`input` (zeros of `shape` and `dtype` when None) plus the scatter-add of `src` along `dim`."""
+    dim %= max(len(shape), 1)
     dev, k, check = src.device, index.numel(), (index, shape[dim], dim)
     if deterministic and src.is_cuda:
         out = torch.zeros(shape, dtype=dtype, device=dev) if input is None else input.clone(memory_format=torch.contiguous_format)
@@ -152,6 +155,7 @@ def _scatter_add_fwd(input: Optional[Tensor], shape, dtype: torch.dtype, dim: in
 
 def _index_add_fwd(shape, dtype: torch.dtype, dim: int, index: Tensor, src: Tensor) -> Tensor:
     """Zeros of `shape` with the slices of `src` added at `index` along `dim`, deterministically."""
+    dim %= max(len(shape), 1)
     out = torch.zeros(shape, dtype=dtype, device=src.device)
     if index.numel() and out.numel():
         keys, perm = torch.sort(index, stable=True)
