@@ -29,6 +29,7 @@ from .loss import (
     fused_linear_cross_entropy,
 )
 from .embedding import EmbeddingBagFunction, MetalEmbeddingBag, embedding_bag
+from .indexing import GatherFunction, IndexSelectFunction, ScatterAddFunction, gather, index_select, scatter_add
 from .layernorm import (
     FusedAddLayerNorm,
     FusedAddLayerNormFunction,
@@ -116,6 +117,12 @@ __all__ = [
     "embedding_bag",
     "EmbeddingBagFunction",
     "MetalEmbeddingBag",
+    "gather",
+    "scatter_add",
+    "index_select",
+    "GatherFunction",
+    "ScatterAddFunction",
+    "IndexSelectFunction",
     "apply_rotary_pos_emb",
     "apply_rotary_pos_emb_single",
     "rope_forward",

@@ -96,3 +96,7 @@ def embag_bwd_into(
     mode: int, grad_out: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
     sorted: Desc, argmax: Optional[Desc], grad_weight: Desc, stream: int,
 ) -> None: ...
+# Gather / scatter-add / sorted index-add over 3-D (outer, n, inner) views: kind 0 gather (table -> rows),
+# 1 scatter-add (rows -> float32/64 table), 2 sorted add (rows -> table, index sorted, perm int64).
+# True when the CPU kernel met an index out of range (CUDA: always False).
+def index_into(kind: int, table: Desc, rows: Desc, index: Desc, perm: Optional[Desc], stream: int) -> bool: ...

@@ -1,6 +1,7 @@
 """Plain, slow PyTorch formulas that the fused ops are tested against, and that the explicit
-fallback for devices without a metalcore backend uses. Each follows the HF transformers module it
-names (https://github.com/huggingface/transformers, models/llama and models/gemma)."""
+fallback for devices without a metalcore backend uses. The norms follow the HF transformers module
+they name (https://github.com/huggingface/transformers, models/llama and models/gemma); the
+indexing ops are PyTorch's own, with int32 indices widened where torch takes int64 only."""
 
 from __future__ import annotations
 
@@ -46,3 +47,18 @@ def fused_add_rms_norm(
     """``s = x + residual``; returns ``(rms_norm(s), s)``."""
     s = x + residual
     return rms_norm(s, weight, eps, offset, casting), s
+
+
+def gather(input: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``torch.gather``."""
+    return torch.gather(input, dim, index.long())
+
+
+def scatter_add(input: torch.Tensor, dim: int, index: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Out-of-place ``torch.scatter_add``."""
+    return torch.scatter_add(input, dim, index.long(), src)
+
+
+def index_select(input: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``torch.index_select``."""
+    return torch.index_select(input, dim, index)

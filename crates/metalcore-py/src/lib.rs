@@ -6,6 +6,7 @@ mod act;
 mod adamw;
 mod bridge;
 mod embag;
+mod index;
 mod linalg;
 mod norm;
 mod rope;
@@ -47,6 +48,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     act::register(m)?;
     adamw::register(m)?;
     embag::register(m)?;
+    index::register(m)?;
     norm::register(m)?;
     rope::register(m)?;
     softmax::register(m)?;

@@ -505,6 +505,59 @@ def bench_embag(device: str, num: int, dim: int, n_bags: int, bag: int, quick: b
     return bench_peers("embedding_bag", case, device, peers, sets, [idx, off], set_bytes, quick)
 
 
+def _torch_deterministic(f: Callable) -> Callable:
+    """`f` called under ``torch.use_deterministic_algorithms(True)`` (its forward; the backward of
+    scatter_add is a gather, deterministic anyway)."""
+
+    def run(*args):
+        prev = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return f(*args)
+        finally:
+            torch.use_deterministic_algorithms(prev)
+
+    return run
+
+
+def _torch_scatter_add(x, s, i):
+    return torch.scatter_add(x, 1, i, s)
+
+
+def bench_index(device: str, rows: int, cols: int, num: int, dim: int, n_sel: int, quick: bool) -> List[Dict]:
+    """gather and scatter_add (atomic and deterministic) along dim 1 of (rows, cols) with a full
+    (rows, cols) index, float32 and bfloat16; index_select of n_sel rows of a (num, dim) float32
+    table: forward and forward+backward, ours vs torch."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    idx = torch.randint(0, cols, (rows, cols), generator=g).to(device)
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        elem, dt = torch.tensor([], dtype=dtype).element_size(), str(dtype).replace("torch.", "")
+
+        def draw():
+            return torch.randn(rows, cols, generator=g).to(dtype).to(device)
+
+        set_bytes = rows * cols * (8 + 2 * elem)  # the index, one read of the input, one write
+        sets = [([draw()], [draw()]) for _ in range(_nsets(device, set_bytes))]
+        peers: Dict[str, Callable] = {"metalcore": lambda x, i: metalcore.gather(x, 1, i), "torch": lambda x, i: torch.gather(x, 1, i)}
+        out += bench_peers("gather", f"gather {rows}x{cols} {dt}, dim 1", device, peers, sets, [idx], set_bytes, quick)
+        set_bytes = rows * cols * (8 + 3 * elem)  # the index, src and input read, the output written
+        sets = [([draw(), draw()], [draw()]) for _ in range(_nsets(device, set_bytes))]
+        for det in (False, True):
+            theirs = _torch_scatter_add if not det else _torch_deterministic(_torch_scatter_add)
+            peers = {"metalcore": lambda x, s, i, det=det: metalcore.scatter_add(x, 1, i, s, deterministic=det), "torch": theirs}
+            case = f"scatter_add{' det' if det else ''} {rows}x{cols} {dt}, dim 1"
+            out += bench_peers("scatter_add", case, device, peers, sets, [idx], set_bytes, quick)
+    sel = torch.randint(0, num, (n_sel,), generator=g).to(device)
+    set_bytes = 2 * n_sel * dim * 4 + n_sel * 8
+    sets = [([torch.randn(num, dim, generator=g).to(device)], [torch.randn(n_sel, dim, generator=g).to(device)])
+            for _ in range(_nsets(device, num * dim * 4))]
+    peers = {"metalcore": lambda t, i: metalcore.index_select(t, 0, i), "torch": lambda t, i: torch.index_select(t, 0, i)}
+    out += bench_peers("index_select", f"index_select {n_sel} of {num}x{dim} float32", device, peers, sets, [sel], set_bytes, quick)
+    return out
+
+
+
 # (op, batch, m, n, k): k right-hand sides for the solves. The CUDA cases are the issue's table.
 LINALG_CASES = {
     "cpu": [(op, b, n, n, 1) for b, n in [(1000, 16), (1000, 32), (10000, 16), (100, 64), (100, 128), (2, 512)]
@@ -690,9 +743,20 @@ bags written. `err` is the relative error of the output (fwd) and of the weight'
 against float64. torch = `F.embedding_bag`. Our eager forward checks the indices and offsets (one
 host sync); the graph columns skip that check (it is impossible under capture)."""
 
-OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "embag", "adamw", "linalg", "spectral")
+INDEX_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts the index (8 bytes an element) and one
+read and one write of each element moved (gather: input and output; scatter_add: input, src and
+output; index_select: the selected rows and the output). `err` is ||out - ref|| / ||ref|| against
+float64 (bwd: the worst gradient). torch = `torch.gather` / `torch.scatter_add` /
+`torch.index_select`; for `scatter_add det` torch runs under `torch.use_deterministic_algorithms(True)`
+and we with `deterministic=True` (sorted runs, no float atomics; on the CPU both settings run the
+same deterministic code). On CUDA our eager forward checks the index range first (one host sync;
+the CPU kernels check every index as they read it); the graph columns skip that check. Backward: gather → scatter-add into zeros (ours: atomics into float32 on
+CUDA), scatter_add → gather, index_select → index_add into zeros (ours deterministic, sorted)."""
+
+OPS = ("rmsnorm", "layernorm", "softmax", "act", "rope", "xent", "embag", "index", "adamw", "linalg", "spectral")
 TITLES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm", "softmax": "Softmax (last dim)",
-          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "embag": "EmbeddingBag", "adamw": "AdamW step",
+          "act": "Activations and SwiGLU", "rope": "RoPE (q and k)", "xent": "Cross-entropy", "embag": "EmbeddingBag",
+          "index": "gather, scatter_add, index_select", "adamw": "AdamW step",
           "linalg": "Batched factorizations and solves", "spectral": "Batched SVD and eigh"}
 
 
@@ -754,13 +818,17 @@ def main(argv: Optional[List[str]] = None) -> None:
                 for num_, dim_, nb_, bl_ in shapes:
                     rows += bench_embag(device, num_, dim_, nb_, bl_, args.quick)
                 op_cases = []
+            if op == "index":
+                sizes = (8192, 4096, 131072, 1024, 16384) if device == "cuda" else (2048, 4096, 32768, 1024, 16384)
+                rows += bench_index(device, *sizes, args.quick)
+                op_cases = []
             if op == "act":
                 if not args.case:
                     op_cases = [(8192, 14336, torch.bfloat16)] if device == "cuda" else cases
                 for r, c, dt in op_cases:
                     for kind in ACT_KINDS:
                         rows += bench_act(kind, device, r, c, dt, args.quick)
-            for r, c, dt in op_cases if op not in ("act", "rope", "xent", "embag") else ():
+            for r, c, dt in op_cases if op not in ("act", "rope", "xent", "embag", "index") else ():
                 rows += bench_softmax(device, r, c, dt, args.quick) if op == "softmax" else bench_norm(op, device, r, c, dt, args.quick)
             table = _table(rows, device)
         print(f"\n## {TITLES[op]}\n{table}")
@@ -770,7 +838,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = os.path.join(args.out, f"{op}-{device}-{slug}.md")
             with open(path, "w") as f:
                 f.write(f"# {TITLES[op]} benchmark\n\n{header}\n\nCommand: `python -m metalcore.bench --device {device} --op {op}`\n\n"
-                        f"{ {'linalg': LINALG_LEGEND, 'spectral': SPECTRAL_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND, 'embag': EMBAG_LEGEND, 'adamw': ADAMW_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
+                        f"{ {'linalg': LINALG_LEGEND, 'spectral': SPECTRAL_LEGEND, 'act': ACT_LEGEND, 'rope': ROPE_LEGEND, 'xent': XENT_LEGEND, 'embag': EMBAG_LEGEND, 'index': INDEX_LEGEND, 'adamw': ADAMW_LEGEND}.get(op, LEGEND)}\n\n{table}\n")
             print(f"written: {path}")
 
 

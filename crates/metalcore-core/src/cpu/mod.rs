@@ -45,6 +45,7 @@ macro_rules! pick {
 pub mod act;
 pub mod adamw;
 pub mod embag;
+pub mod index;
 pub mod linalg;
 pub mod norm;
 pub mod rope;

@@ -196,6 +196,7 @@ pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     v.extend(super::act::ci_variants());
     v.extend(super::adamw::ci_variants());
     v.extend(super::embag::ci_variants());
+    v.extend(super::index::ci_variants());
     v.extend(super::linalg::ci_variants());
     v.extend(super::norm::ci_variants());
     v.extend(super::rope::ci_variants());

@@ -6,6 +6,7 @@
 pub mod act;
 pub mod adamw;
 pub mod embag;
+pub mod index;
 pub mod jit;
 pub mod linalg;
 pub mod norm;

@@ -4,6 +4,7 @@
 pub mod act;
 pub mod adamw;
 pub mod embag;
+pub mod index;
 pub mod linalg;
 pub mod norm;
 pub mod rope;
