@@ -18,6 +18,24 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(params=DEVICES + ["cpu-torch"])
+def linalg_device(request, monkeypatch):
+    """The test devices plus "cpu-torch": CPU tensors sent down the linear algebra's documented
+    torch.linalg fallback (the path of devices with no backend and of CUDA matrices too large for
+    one block), so CI covers it without a GPU."""
+    if request.param == "cpu-torch":
+        import warnings
+
+        import metalcore.linalg as mlinalg
+
+        monkeypatch.setattr(mlinalg, "has_backend", lambda d: False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield "cpu"
+        return
+    yield request.param
+
+
 @pytest.fixture(autouse=True)
 def poison_outputs():
     """Every output metalcore allocates starts as NaN, so unwritten elements fail the checks."""

@@ -13,15 +13,9 @@ from metalcore import cholesky, cholesky_ex, cholesky_solve
 from conftest import DEVICES, rel_err
 
 
-@pytest.fixture(params=DEVICES + ["cpu-torch"])
-def device(request, monkeypatch):
-    if request.param == "cpu-torch":
-        monkeypatch.setattr(mlinalg, "has_backend", lambda d: False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            yield "cpu"
-        return
-    yield request.param
+@pytest.fixture
+def device(linalg_device):
+    return linalg_device
 
 
 def spd(batch, n, dtype, device, cond=None):
@@ -398,13 +392,14 @@ def qr_errs(A, Q, R):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (40, 9), (128, 64), (9, 40), (3, 1), (1, 5)])
 @pytest.mark.parametrize("mode", ["reduced", "complete", "r"])
-def test_qr_matches_reference(device, dtype, mn, mode):
+@pytest.mark.parametrize("batch", [5, 11])  # the CPU's per-matrix path, and its 8-lane groups (with a partial one)
+def test_qr_matches_reference(device, dtype, mn, mode, batch):
     m, n = mn
-    A = torch.randn(5, m, n, dtype=dtype, device=device)
+    A = torch.randn(batch, m, n, dtype=dtype, device=device)
     Q, R = qr(A, mode=mode)
     k = min(m, n)
     kq, kr = (m, m) if mode == "complete" else (k, k)
-    assert R.shape == (5, kr, n) and R.dtype == dtype
+    assert R.shape == (batch, kr, n) and R.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.equal(R.tril(-1), torch.zeros_like(R)), "R is exactly upper triangular"
     Rt = torch.linalg.qr(A.double().cpu(), mode=mode).R
@@ -413,7 +408,7 @@ def test_qr_matches_reference(device, dtype, mn, mode):
     if mode == "r":
         assert Q.numel() == 0
         return
-    assert Q.shape == (5, m, kq)
+    assert Q.shape == (batch, m, kq)
     rec, orth = qr_errs(A, Q, R)
     assert rec <= tol and orth <= tol
 
@@ -447,11 +442,17 @@ def test_qr_ill_conditioned_rank_deficient_and_special(device):
     Z = torch.zeros(2, 6, 4, device=device)
     Q, R = qr(Z)
     assert torch.equal(R, torch.zeros_like(R)) and max(qr_errs(Z, Q, R)) == 0.0
-    N = torch.randn(3, 6, 4, device=device)
-    N[1, 2, 1] = float("nan")
-    Q, R = qr(N)
-    assert torch.isnan(R[1]).any() and torch.isnan(Q[1]).any(), "NaN propagates"
-    assert torch.isfinite(R[0]).all() and torch.isfinite(Q[2]).all(), "only into its own matrix"
+    for batch in (3, 11):
+        N = torch.randn(batch, 6, 4, device=device)
+        N[1, 2, 1] = float("nan")
+        Q, R = qr(N)
+        assert torch.isnan(R[1]).any() and torch.isnan(Q[1]).any(), "NaN propagates"
+        others = torch.cat([torch.arange(1), torch.arange(2, batch)])
+        assert torch.isfinite(R[others]).all() and torch.isfinite(Q[others]).all(), "only into its own matrix"
+    Z = torch.zeros(9, 5, 5, device=device)
+    Z[3] = torch.randn(5, 5)
+    Q, R = qr(Z)
+    assert max(qr_errs(Z, Q, R)) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

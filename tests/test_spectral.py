@@ -2,25 +2,16 @@
 test device, plus the documented torch fallback ("cpu-torch": metalcore's wrapper around
 torch.linalg's kernels, so CI covers it without a GPU)."""
 
-import warnings
-
 import pytest
 import torch
 
 import metalcore.linalg as mlinalg
 from metalcore import eigh, eigvalsh, pinv, svd, svd_lowrank, svdvals
-from conftest import DEVICES
 
 
-@pytest.fixture(params=DEVICES + ["cpu-torch"])
-def device(request, monkeypatch):
-    if request.param == "cpu-torch":
-        monkeypatch.setattr(mlinalg, "has_backend", lambda d: False)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            yield "cpu"
-        return
-    yield request.param
+@pytest.fixture
+def device(linalg_device):
+    return linalg_device
 
 
 def tol(dtype):

@@ -60,11 +60,7 @@ def _on_backend(op: str, t: Tensor, run: Callable[[], R_]) -> Optional[R_]:
 
 
 def _check_square(name: str, a: Tensor) -> int:
-    if not isinstance(a, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(a).__name__}")
-    check_float(name, a)
-    if a.dim() < 2 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"{name}: expected a batch of square matrices (*, n, n), got shape {tuple(a.shape)}")
+    _check_matrix(a, name, square=True)
     return a.shape[-1]
 
 
@@ -642,11 +638,7 @@ def qr(A: Tensor, mode: str = "reduced") -> QRResult:
     gives only ``R`` (``Q`` is an empty tensor). ``R``'s diagonal may be negative (LAPACK's sign
     convention, the one torch returns). float32/float64; 16-bit inputs are computed in float32.
     Differentiable for ``'reduced'`` (and ``'complete'`` when m ≤ n)."""
-    if not isinstance(A, Tensor):
-        raise TypeError(f"A: expected a torch.Tensor, got {type(A).__name__}")
-    check_float("A", A)
-    if A.dim() < 2:
-        raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
+    _check_matrix(A)
     if mode not in _QR_MODES:
         raise ValueError(f"mode: expected one of {_QR_MODES}, got {mode!r}")
     if torch.is_grad_enabled() and A.requires_grad:
@@ -677,12 +669,14 @@ def _rhs(A: Tensor, B: Tensor) -> Tuple[bool, Tensor]:
     return vector, Bm
 
 
-def _check_matrix(A: Tensor) -> None:
+def _check_matrix(A: Tensor, name: str = "A", square: bool = False) -> None:
+    """`A` is a floating tensor of (square, with `square`) matrices ``(*, m, n)``."""
     if not isinstance(A, Tensor):
-        raise TypeError(f"A: expected a torch.Tensor, got {type(A).__name__}")
-    check_float("A", A)
-    if A.dim() < 2:
-        raise ValueError(f"A: expected a batch of matrices (*, m, n), got shape {tuple(A.shape)}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(A).__name__}")
+    check_float(name, A)
+    if A.dim() < 2 or (square and A.shape[-1] != A.shape[-2]):
+        want = "square matrices (*, n, n)" if square else "matrices (*, m, n)"
+        raise ValueError(f"{name}: expected a batch of {want}, got shape {tuple(A.shape)}")
 
 
 def _qr_least_squares(A: Tensor, Bm: Tensor) -> Tensor:

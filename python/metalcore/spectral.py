@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, desc, empty, fast_apply, stream_of
-from .linalg import _acc, _first_failure, _on_backend, qr
+from ._backend import desc, empty, fast_apply, stream_of
+from .linalg import _acc, _check_matrix, _first_failure, _on_backend, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
 
@@ -54,15 +54,6 @@ class EighResult(NamedTuple):
 
     eigenvalues: Tensor
     eigenvectors: Tensor
-
-
-def _check(name: str, a: Tensor, square: bool) -> None:
-    if not isinstance(a, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(a).__name__}")
-    check_float(name, a)
-    if a.dim() < 2 or (square and a.shape[-1] != a.shape[-2]):
-        want = "square matrices (*, n, n)" if square else "matrices (*, m, n)"
-        raise ValueError(f"{name}: expected a batch of {want}, got shape {tuple(a.shape)}")
 
 
 def _signs(x: Tensor) -> Tensor:
@@ -208,7 +199,7 @@ def svd(A: Tensor, full_matrices: bool = False, compute_uv: bool = True, strateg
     original API (``'auto'``/``'jacobi'``: one-sided Jacobi is the only algorithm here).
     Differentiable (reduced form, with vectors). Raises ``LinAlgError`` if a matrix does not
     converge within ``max_sweeps`` sweeps."""
-    _check("A", A, False)
+    _check_matrix(A)
     if strategy not in ("auto", "jacobi"):
         raise ValueError(f"strategy: expected 'auto' or 'jacobi', got {strategy!r}")
     if compute_uv and torch.is_grad_enabled() and A.requires_grad:
@@ -227,7 +218,7 @@ def svd(A: Tensor, full_matrices: bool = False, compute_uv: bool = True, strateg
 def svdvals(A: Tensor, max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Tensor:
     """Singular values of each matrix of ``A`` (``*, m, n``), descending. Differentiable (the
     backward needs the vectors: with gradients enabled they are computed too)."""
-    _check("A", A, False)
+    _check_matrix(A)
     if torch.is_grad_enabled() and A.requires_grad:
         return _svd_apply(A, max_sweeps)[1]
     return _svd(A, False, False, max_sweeps)[0]
@@ -269,7 +260,7 @@ def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Ei
     """Eigenvalues (ascending) and eigenvectors of each symmetric matrix of ``A`` (``*, n, n``),
     like ``torch.linalg.eigh``: only the lower triangle is read (``UPLO='U'``: the upper one).
     Eigenvector signs: see the module docstring. Differentiable (torch's formula)."""
-    _check("A", A, True)
+    _check_matrix(A, square=True)
     if UPLO not in ("L", "U"):
         raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
     a = A.mT if UPLO == "U" else A
@@ -290,7 +281,7 @@ def pinv(A: Tensor, rcond: Optional[float] = None, hermitian: bool = False, *, a
     ``max(atol, rtol·σ_max)`` are treated as zero; ``rcond`` is the older name of ``rtol``; with
     neither tolerance given ``rtol = eps·max(m, n)``. Through :func:`svd` (or :func:`eigh`).
     Differentiable."""
-    _check("A", A, hermitian)
+    _check_matrix(A, square=hermitian)
     if rcond is not None:
         if rtol is not None:
             raise ValueError("rcond: give rcond or rtol, not both")
@@ -331,7 +322,7 @@ def svd_lowrank(A: Tensor, q: int = 6, niter: int = 2, M: Optional[Tensor] = Non
     and Tropp, 2011: a Gaussian sketch, ``niter`` power iterations with re-orthonormalization).
     The GEMMs and the tall-skinny triangular solves are torch's; the small q×q Cholesky and SVD are
     metalcore's. Pass ``generator`` for a reproducible sketch. Differentiable through its parts."""
-    _check("A", A, False)
+    _check_matrix(A)
     m, n = A.shape[-2], A.shape[-1]
     if not (isinstance(q, int) and 1 <= q <= min(m, n)):
         raise ValueError(f"q: expected an int in [1, min(m, n) = {min(m, n)}], got {q!r}")

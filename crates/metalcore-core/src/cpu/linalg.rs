@@ -658,15 +658,157 @@ unsafe fn qr_matrix<A: Real>(
 
 isa_copies!(qr_matrix_avx2 = qr_matrix(a: &mut [A], m: usize, n: usize, q: &mut [A], kq: usize, r: &mut [A], kr: usize, tau: &mut [A], v: &mut [A], w: &mut [A]));
 
+/// `x[k.., j0..] = (I - tau v vᵀ) x[k.., j0..]` on W interleaved row-major matrices of `cols`
+/// columns (`rows` rows), per lane: [`reflect_rows`] across the lanes (a lane with tau = 0 is left
+/// as it is, up to adding zeros).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn reflect_lanes<A: Real>(x: &mut [[A; W]], cols: usize, rows: usize, j0: usize, v: &[[A; W]], k: usize, tau: [A; W], w: &mut [[A; W]]) {
+    if j0 >= cols {
+        return;
+    }
+    let w = &mut w[..cols - j0];
+    w.copy_from_slice(&x[k * cols + j0..(k + 1) * cols]);
+    for i in k + 1..rows {
+        let vi = v[i];
+        for (wj, xj) in w.iter_mut().zip(&x[i * cols + j0..(i + 1) * cols]) {
+            for l in 0..W {
+                wj[l] += vi[l] * xj[l];
+            }
+        }
+    }
+    for wj in w.iter_mut() {
+        for l in 0..W {
+            wj[l] = wj[l] * tau[l];
+        }
+    }
+    for (xj, wj) in x[k * cols + j0..(k + 1) * cols].iter_mut().zip(w.iter()) {
+        for l in 0..W {
+            xj[l] = xj[l] - wj[l];
+        }
+    }
+    for i in k + 1..rows {
+        let vi = v[i];
+        for (xj, wj) in x[i * cols + j0..(i + 1) * cols].iter_mut().zip(w.iter()) {
+            for l in 0..W {
+                xj[l] = xj[l] - vi[l] * wj[l];
+            }
+        }
+    }
+}
+
+/// [`qr_matrix`] on W interleaved matrices (`a[i*n + j][lane]`), every operation across the
+/// lanes, so the loops vectorize even for tiny matrices. `q` (m×kq, kq = 0 for none) and `r`
+/// (kr×n) are interleaved too.
+///
+/// # Safety
+/// The slices have the stated sizes; `v` holds m and `w` max(n, kq) lane vectors.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qr_lanes<A: Real>(
+    a: &mut [[A; W]],
+    m: usize,
+    n: usize,
+    q: &mut [[A; W]],
+    kq: usize,
+    r: &mut [[A; W]],
+    kr: usize,
+    tau: &mut [[A; W]],
+    v: &mut [[A; W]],
+    w: &mut [[A; W]],
+) {
+    let kmax = m.min(n);
+    for k in 0..kmax {
+        let mut ss = [A::ZERO; W];
+        for i in k + 1..m {
+            let x = a[i * n + k];
+            for l in 0..W {
+                ss[l] += x[l] * x[l];
+            }
+        }
+        let (mut t, mut beta, mut scale) = ([A::ZERO; W], [A::ZERO; W], [A::ZERO; W]);
+        for l in 0..W {
+            (t[l], beta[l], scale[l]) = reflector(a[k * n + k][l], ss[l]);
+        }
+        for i in k + 1..m {
+            for l in 0..W {
+                // A lane with ss = 0 gets scale 0: its tau is 0 too, so v is never used.
+                v[i][l] = a[i * n + k][l] * scale[l];
+            }
+            a[i * n + k] = v[i];
+        }
+        tau[k] = t;
+        reflect_lanes(a, n, m, k + 1, v, k, t, w);
+        a[k * n + k] = beta;
+    }
+    for i in 0..kr {
+        for j in 0..n {
+            r[i * n + j] = if j >= i { a[i * n + j] } else { [A::ZERO; W] };
+        }
+    }
+    if kq == 0 {
+        return;
+    }
+    for i in 0..m {
+        for j in 0..kq {
+            q[i * kq + j] = [if i == j { A::ONE } else { A::ZERO }; W];
+        }
+    }
+    for k in (0..kmax).rev() {
+        for i in k + 1..m {
+            v[i] = a[i * n + k];
+        }
+        reflect_lanes(q, kq, m, k, v, k, tau[k], w);
+    }
+}
+
+isa_copies!(qr_lanes_avx2 = qr_lanes(a: &mut [[A; W]], m: usize, n: usize, q: &mut [[A; W]], kq: usize, r: &mut [[A; W]], kr: usize, tau: &mut [[A; W]], v: &mut [[A; W]], w: &mut [[A; W]]));
+
+/// Largest m·n the lane-interleaved QR takes (its working set, W matrices with Q, stays in L2).
+const QR_LANES_MAX: usize = 64 * 64;
+
 fn qr_impl<A: Real>(p: &QrPlan) {
     let (m, n, kq, kr) = (p.a.rows, p.a.cols, p.kq, p.kr);
+    let (src, qp, rp) = (p.a.ptr, p.q, p.r);
+    if m * n <= QR_LANES_MAX && p.a.batch >= W {
+        let f = pick!(
+            qr_lanes_avx2,
+            qr_lanes,
+            A,
+            unsafe fn(&mut [[A; W]], usize, usize, &mut [[A; W]], usize, &mut [[A; W]], usize, &mut [[A; W]], &mut [[A; W]], &mut [[A; W]])
+        );
+        let groups = p.a.batch.div_ceil(W);
+        let z = [A::ZERO; W];
+        (0..groups).into_par_iter().with_min_len((1024 / (m * n * W).max(1)).max(1)).for_each_init(
+            || (vec![z; m * n], vec![z; m * kq], vec![z; kr * n], vec![z; m.min(n)], vec![z; m], vec![z; n.max(kq)]),
+            |(a, q, r, tau, v, w), g| {
+                let first = g * W;
+                let count = W.min(p.a.batch - first);
+                // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, m, kq) Q and
+                // (batch, kr, n) R of this dtype; group g reads matrices first..first+count of A
+                // and writes only those of Q and R.
+                unsafe {
+                    let am = std::slice::from_raw_parts((src as *const A).add(first * m * n), count * m * n);
+                    // Missing lanes of the last group: the identity-like [I; 0] (factors cleanly).
+                    interleave(am, count, m * n, a, |e| if e / n == e % n { A::ONE } else { A::ZERO });
+                    f(a, m, n, q, kq, r, kr, tau, v, w);
+                    let rm = std::slice::from_raw_parts_mut((rp as *mut A).add(first * kr * n), count * kr * n);
+                    deinterleave(r, count, kr * n, rm);
+                    if kq > 0 {
+                        let qm = std::slice::from_raw_parts_mut((qp as *mut A).add(first * m * kq), count * m * kq);
+                        deinterleave(q, count, m * kq, qm);
+                    }
+                }
+            },
+        );
+        return;
+    }
     let f = pick!(
         qr_matrix_avx2,
         qr_matrix,
         A,
         unsafe fn(&mut [A], usize, usize, &mut [A], usize, &mut [A], usize, &mut [A], &mut [A], &mut [A])
     );
-    let (src, qp, rp) = (p.a.ptr, p.q, p.r);
     (0..p.a.batch).into_par_iter().with_min_len((4096 / (m * n).max(1)).max(1)).for_each_init(
         || (vec![A::ZERO; m * n], vec![A::ZERO; m.min(n)], vec![A::ZERO; m], vec![A::ZERO; n.max(kq)]),
         |(a, tau, v, w), b| {
@@ -698,6 +840,22 @@ fn rotate<A: Real>(x: &mut [A], y: &mut [A], tau: A, s: A) {
     }
 }
 
+/// `(t, s, τ)` of the Jacobi rotation for `(α, β, γ)` (γ ≠ 0; semantics in `kernels/linalg.cu`):
+/// zeta = (β − α)/(2γ), t = sign(zeta)/(|zeta| + sqrt(1 + zeta²)), c = 1/sqrt(1 + t²), s = c t,
+/// τ = s/(1 + c).
+#[inline(always)]
+fn jacobi_angle<A: Real>(al: A, be: A, ga: A) -> (A, A, A) {
+    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let one = A::ONE;
+    let zeta = (be - al) / (A::from_f64(2.0) * ga);
+    let az = zeta.abs();
+    let t = if az > A::from_f64(1.0 / eps) { A::from_f64(0.5) / az } else { one / (az + (one + zeta * zeta).sqrt()) };
+    let t = if zeta < A::ZERO { A::ZERO - t } else { t };
+    let c = one / (one + t * t).sqrt();
+    let s = c * t;
+    (t, s, s / (one + c))
+}
+
 /// Two distinct columns of a column-major matrix with `ld` rows, mutably.
 #[inline(always)]
 fn two_cols<A>(a: &mut [A], ld: usize, p: usize, q: usize) -> (&mut [A], &mut [A]) {
@@ -716,8 +874,6 @@ fn two_cols<A>(a: &mut [A], ld: usize, p: usize, q: usize) -> (&mut [A], &mut [A
 unsafe fn jacobi_matrix<A: Real>(a: &mut [A], m: usize, n: usize, v: &mut [A], max_sweeps: usize) -> bool {
     let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
     let tol = A::from_f64((m as f64).sqrt() * eps);
-    let big = A::from_f64(1.0 / eps);
-    let (one, two, half) = (A::ONE, A::from_f64(2.0), A::from_f64(0.5));
     for _ in 0..max_sweeps {
         let mut rotated = false;
         for p in 0..n {
@@ -733,13 +889,7 @@ unsafe fn jacobi_matrix<A: Real>(a: &mut [A], m: usize, n: usize, v: &mut [A], m
                     continue;
                 }
                 rotated = true;
-                let zeta = (be - al) / (two * ga);
-                let az = zeta.abs();
-                let t = if az > big { half / az } else { one / (az + (one + zeta * zeta).sqrt()) };
-                let t = if zeta < A::ZERO { A::ZERO - t } else { t };
-                let c = one / (one + t * t).sqrt();
-                let s = c * t;
-                let tau = s / (one + c);
+                let (_, s, tau) = jacobi_angle(al, be, ga);
                 rotate(x, y, tau, s);
                 if !v.is_empty() {
                     let (vp, vq) = two_cols(v, n, p, q);
@@ -793,8 +943,6 @@ fn argmax_abs<A: Real>(x: &[A]) -> usize {
 unsafe fn eigh_matrix<A: Real>(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool {
     let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
     let tol = A::from_f64((n as f64).sqrt() * eps);
-    let big = A::from_f64(1.0 / eps);
-    let (one, two, half) = (A::ONE, A::from_f64(2.0), A::from_f64(0.5));
     for _ in 0..max_sweeps {
         let mut rotated = false;
         for p in 0..n {
@@ -804,13 +952,7 @@ unsafe fn eigh_matrix<A: Real>(a: &mut [A], n: usize, v: &mut [A], max_sweeps: u
                     continue;
                 }
                 rotated = true;
-                let zeta = (aqq - app) / (two * apq);
-                let az = zeta.abs();
-                let t = if az > big { half / az } else { one / (az + (one + zeta * zeta).sqrt()) };
-                let t = if zeta < A::ZERO { A::ZERO - t } else { t };
-                let c = one / (one + t * t).sqrt();
-                let s = c * t;
-                let tau = s / (one + c);
+                let (t, s, tau) = jacobi_angle(app, aqq, apq);
                 let (x, y) = two_cols(a, n, p, q);
                 rotate(x, y, tau, s);
                 for j in 0..n {
