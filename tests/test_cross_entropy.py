@@ -211,3 +211,26 @@ def test_fallback_on_device_without_backend():
         y = metalcore.cross_entropy(x, t, reduction="none")
     assert y.shape == (4,)
     assert any("falls back to PyTorch" in str(m.message) for m in w)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_linear_custom_op_and_compile(device, with_bias):
+    x = make((3, 5, 16), torch.float32, device)
+    w = make((40, 16), torch.float32, device, scale=0.3)
+    b = make((40,), torch.float32, device) if with_bias else None
+    t = targets((3, 5), 40, device)
+    torch.library.opcheck(torch.ops.metalcore.fused_linear_cross_entropy, (x, w, b, t, -100, 0.1, "mean", 1e-3, 4, True, True, with_bias))
+    torch.library.opcheck(torch.ops.metalcore.fused_linear_cross_entropy, (x, w, b, t, -100, 0.0, "sum", 0.0, 6, False, True, False))
+
+    def f(a, ww, bb):
+        return fused_linear_cross_entropy(a, ww, t, bb, chunk_size=4, label_smoothing=0.1, z_loss=1e-3)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    ins = [x.clone().requires_grad_(), w.clone().requires_grad_()] + ([b.clone().requires_grad_()] if with_bias else [])
+    args = ins + ([] if with_bias else [None])
+    out_c = compiled(*args)
+    out_e = f(*args)
+    assert torch.equal(out_c, out_e)
+    gc = torch.autograd.grad(out_c * 3, ins)
+    ge = torch.autograd.grad(out_e * 3, ins)
+    assert all(torch.equal(p, q) for p, q in zip(gc, ge))

@@ -110,3 +110,31 @@ def test_fallback_on_device_without_backend():
         y = metalcore.embedding_bag(w, torch.zeros(6, dtype=torch.long, device="meta").reshape(2, 3), mode="sum")
     assert y.shape == (2, 4)
     assert any("falls back to PyTorch" in str(m.message) for m in rec)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_custom_op_and_compile(device, mode):
+    num, dim = 40, 24
+    w = make((num, dim), torch.float32, device)
+    idx, off = bags(num, 12, device)
+    idx32 = idx.to(torch.int32)
+    off32 = torch.cat((off, torch.tensor([idx.numel()], device=device))).to(torch.int32)
+    code = {"sum": 0, "mean": 1, "max": 2}[mode]
+    psw = make(idx.shape, torch.float32, device) if mode == "sum" else None
+    torch.library.opcheck(torch.ops.metalcore.embedding_bag, (w, idx32, off32, psw, code, -1))
+    torch.library.opcheck(torch.ops.metalcore.embedding_bag, (w, idx32, off32, None, code, 3))
+
+    def f(weight, p):
+        return embedding_bag(weight, idx, off, mode, per_sample_weights=p, padding_idx=3)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    a = w.clone().requires_grad_()
+    p = None if psw is None else psw.clone().requires_grad_()
+    out_c = compiled(a, p)
+    out_e = f(a, p)
+    assert torch.equal(out_c, out_e)
+    g = make(out_e.shape, torch.float32, device)
+    inputs = (a,) if p is None else (a, p)
+    gc = torch.autograd.grad(out_c, inputs, g)
+    ge = torch.autograd.grad(out_e, inputs, g)
+    assert all(torch.equal(x, y) for x, y in zip(gc, ge)), "the same deterministic kernels, bit for bit"

@@ -13,7 +13,7 @@ malformed offsets raise (one host-device sync to check them).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -97,6 +97,27 @@ def _forward(weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], co
     return out, argmax
 
 
+def _grad_weight(g: Tensor, weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], argmax: Optional[Tensor],
+                 code: int, pad: int) -> Tensor:
+    """The dense, deterministic gradient of the weight (positions sorted by index, each index's run
+    summed in order by one worker)."""
+    gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    if idx.numel() and weight.shape[1]:
+        order = torch.sort(idx, stable=True).indices.to(torch.int32)
+        _native.embag_bwd_into(code, desc(g, "grad_out"), desc(idx, "indices"), desc(off, "offsets"),
+                               opt_desc(psw, "per_sample_weights"), pad, desc(order, "sorted"), opt_desc(argmax, "argmax"),
+                               desc(gw, "grad_weight"), stream_of(weight))
+    return gw
+
+
+def _grad_psw(g: Tensor, weight: Tensor, idx: Tensor, off: Tensor, pad: int) -> Tensor:
+    """``Σ_d w[i, d]·grad_out[bag(i), d]`` per position (0 at padding_idx), with torch ops."""
+    counts = (off[1:] - off[:-1]).long()
+    bag = torch.repeat_interleave(torch.arange(counts.numel(), device=idx.device), counts, output_size=idx.numel())
+    rows = weight[idx.long()]
+    return torch.where(idx == pad, torch.zeros((), dtype=weight.dtype, device=weight.device), (rows * g[bag]).sum(-1))
+
+
 class EmbeddingBagFunction(torch.autograd.Function):
     """``EmbeddingBagFunction.apply(weight, indices, offsets, per_sample_weights, mode_code, padding)``
     with int32 flat indices and offsets of bags + 1 (see :func:`embedding_bag`)."""
@@ -115,24 +136,56 @@ class EmbeddingBagFunction(torch.autograd.Function):
         weight, idx, off, psw, argmax = ctx.saved_tensors
         code, pad = ctx.args
         g = g.to(weight.dtype).contiguous()
-        gw = None
-        if ctx.needs_input_grad[0]:
-            gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
-            if idx.numel() and weight.shape[1]:
-                order = torch.sort(idx, stable=True).indices.to(torch.int32)
-                _native.embag_bwd_into(code, desc(g, "grad_out"), desc(idx, "indices"), desc(off, "offsets"),
-                                       opt_desc(psw, "per_sample_weights"), pad, desc(order, "sorted"), opt_desc(argmax, "argmax"),
-                                       desc(gw, "grad_weight"), stream_of(weight))
-        gpsw = None
-        if psw is not None and ctx.needs_input_grad[3]:
-            counts = (off[1:] - off[:-1]).long()
-            bag = torch.repeat_interleave(torch.arange(counts.numel(), device=idx.device), counts)
-            rows = weight[idx.long()]
-            gpsw = torch.where(idx == pad, torch.zeros((), dtype=weight.dtype, device=weight.device), (rows * g[bag]).sum(-1))
+        gw = _grad_weight(g, weight, idx, off, psw, argmax, code, pad) if ctx.needs_input_grad[0] else None
+        gpsw = _grad_psw(g, weight, idx, off, pad) if psw is not None and ctx.needs_input_grad[3] else None
         return gw, None, None, gpsw, None, None
 
 
 _apply = fast_apply(EmbeddingBagFunction)
+
+
+# The compiled path: the same kernels as opaque custom ops (argmax is an empty tensor unless
+# mode is "max").
+@torch.library.custom_op("metalcore::embedding_bag", mutates_args=(), device_types=("cpu", "cuda"))
+def _op_embag(weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], code: int, pad: int) -> Tuple[Tensor, Tensor]:
+    out, argmax = _forward(weight, idx, off, psw, code, pad)
+    return out, argmax if argmax is not None else torch.empty(0, dtype=torch.int32, device=weight.device)
+
+
+@_op_embag.register_fake
+def _(weight, idx, off, psw, code, pad):
+    shape = (off.shape[0] - 1, weight.shape[1])
+    return weight.new_empty(shape), weight.new_empty(shape if code == 2 else (0,), dtype=torch.int32)
+
+
+@torch.library.custom_op("metalcore::embedding_bag_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _op_embag_bwd(g: Tensor, weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], argmax: Tensor, code: int,
+                  pad: int) -> Tensor:
+    return _grad_weight(g.contiguous(), weight, idx, off, psw, argmax if code == 2 else None, code, pad)
+
+
+@_op_embag_bwd.register_fake
+def _(g, weight, idx, off, psw, argmax, code, pad):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _embag_setup(ctx, inputs, output):
+    weight, idx, off, psw, code, pad = inputs
+    ctx.save_for_backward(weight, idx, off, psw, output[1])
+    ctx.args = (code, pad)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _embag_backward(ctx, g, _g_argmax):
+    weight, idx, off, psw, argmax = ctx.saved_tensors
+    code, pad = ctx.args
+    g = g.to(weight.dtype)
+    gw = torch.ops.metalcore.embedding_bag_backward(g, weight, idx, off, psw, argmax, code, pad) if ctx.needs_input_grad[0] else None
+    gpsw = _grad_psw(g, weight, idx, off, pad) if psw is not None and ctx.needs_input_grad[3] else None
+    return gw, None, None, gpsw, None, None
+
+
+torch.library.register_autograd("metalcore::embedding_bag", _embag_backward, setup_context=_embag_setup)
 
 
 def embedding_bag(
@@ -151,6 +204,8 @@ def embedding_bag(
         warn_fallback("embedding_bag", weight.device)
         return torch.nn.functional.embedding_bag(idx.long(), weight, off[:-1].long(), mode=mode, per_sample_weights=psw,
                                                  padding_idx=None if pad < 0 else pad)
+    if torch.compiler.is_compiling():
+        return torch.ops.metalcore.embedding_bag(weight, idx, off, psw, _MODES[mode], pad)[0]
     return _apply(weight, idx, off, psw, _MODES[mode], pad)
 
 

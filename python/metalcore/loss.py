@@ -252,63 +252,107 @@ class MetalCrossEntropyLoss(torch.nn.Module):
         return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, z_loss={self.z_loss}"
 
 
+def _flce(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, ignore_index: int, label_smoothing: float,
+          reduction: str, z_loss: float, chunk: int, need_x: bool, need_w: bool, need_b: bool):
+    """(loss, grad_x or None, grad_weight or None (float32, float64 for float64), grad_bias or None):
+    ``chunk`` tokens at a time; each chunk's logits buffer is overwritten by its gradient, then
+    multiplied into grad_x and accumulated into grad_weight, so at most one chunk of logits exists."""
+    H, V = x.shape[-1], weight.shape[0]
+    x2 = x.reshape(-1, H)
+    n = x2.shape[0]
+    t = _targets(target, V, ignore_index)
+    acc = _acc(x.dtype)
+    n_valid = (t != ignore_index).sum().to(acc)
+    scale = (1.0 / n_valid if reduction == "mean" else torch.ones((), dtype=acc, device=x.device)).reshape(1)
+    need = need_x or need_w or need_b
+    gdt = torch.float32 if weight.dtype != torch.float64 else weight.dtype
+    grad_x = empty(x2.shape, x.dtype, x.device) if need_x else None
+    grad_w = torch.zeros(weight.shape, dtype=gdt, device=x.device) if need_w else None
+    grad_b = torch.zeros((V,), dtype=gdt, device=x.device) if need_b else None
+    loss_rows = empty((n,), acc, x.device)
+    lse = empty((n,), acc, x.device)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xc = x2[s:e]
+        logits = xc @ weight.T
+        if bias is not None:
+            logits = logits + bias
+        _launch(logits, t[s:e], loss_rows[s:e], lse[s:e], logits if need else None, scale if need else None, False,
+                ignore_index, label_smoothing, z_loss)
+        if need_x:
+            torch.mm(logits, weight, out=grad_x[s:e])
+        if need_w:
+            grad_w += (logits.T @ xc).to(grad_w.dtype)
+        if need_b:
+            grad_b += logits.sum(0, dtype=grad_b.dtype)
+    loss = _reduce(loss_rows, n_valid, reduction, (), x.dtype)
+    return loss, (None if grad_x is None else grad_x.view(x.shape)), grad_w, grad_b
+
+
+def _scaled_grads(g: Tensor, grads, dtypes, one: bool):
+    """The forward's gradients times the loss's gradient `g` (skipped when `one`), in `dtypes`."""
+    outs = []
+    for t, dtype in zip(grads, dtypes):
+        if t is None:
+            outs.append(None)
+            continue
+        t = t if one else t * g.to(t.dtype)
+        outs.append(t if dtype is None else t.to(dtype))
+    return outs
+
+
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     """``apply(x, weight, bias, target, ignore_index, label_smoothing, reduction, z_loss, chunk)``:
-    ``cross_entropy(x @ weight.T + bias, target)`` computed ``chunk`` tokens at a time; the forward
-    also computes every gradient (the chunk's logits buffer is overwritten by its gradient, then
-    multiplied into grad_x and accumulated into grad_weight in float32), so at most one chunk of
-    logits exists at a time."""
+    ``cross_entropy(x @ weight.T + bias, target)`` computed ``chunk`` tokens at a time (see
+    :func:`_flce`); the forward also computes every gradient, the backward scales them."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, ignore_index, label_smoothing, reduction, z_loss, chunk):  # type: ignore[override]
-        H, V = x.shape[-1], weight.shape[0]
-        x2 = x.reshape(-1, H)
-        n = x2.shape[0]
-        t = _targets(target, V, ignore_index)
-        acc = _acc(x.dtype)
-        n_valid = (t != ignore_index).sum().to(acc)
-        scale = (1.0 / n_valid if reduction == "mean" else torch.ones((), dtype=acc, device=x.device)).reshape(1)
-        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        need = need_x or need_w or need_b
-        grad_x = empty(x2.shape, x.dtype, x.device) if need_x else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32 if weight.dtype != torch.float64 else weight.dtype, device=x.device) if need_w else None
-        grad_b = torch.zeros((V,), dtype=grad_w.dtype if grad_w is not None else torch.float32, device=x.device) if need_b else None
-        loss_rows = empty((n,), acc, x.device)
-        lse = empty((n,), acc, x.device)
-        for s in range(0, n, chunk):
-            e = min(n, s + chunk)
-            xc = x2[s:e]
-            logits = xc @ weight.T
-            if bias is not None:
-                logits = logits + bias
-            _launch(logits, t[s:e], loss_rows[s:e], lse[s:e], logits if need else None, scale if need else None, False,
-                    ignore_index, label_smoothing, z_loss)
-            if need_x:
-                torch.mm(logits, weight, out=grad_x[s:e])
-            if need_w:
-                grad_w += (logits.T @ xc).to(grad_w.dtype)
-            if need_b:
-                grad_b += logits.sum(0, dtype=grad_b.dtype)
-        loss = _reduce(loss_rows, n_valid, reduction, (), x.dtype)
+        loss, grad_x, grad_w, grad_b = _flce(x, weight, bias, target, ignore_index, label_smoothing, reduction, z_loss, chunk,
+                                             ctx.needs_input_grad[0], ctx.needs_input_grad[1], need_b)
         ctx.save_for_backward(grad_x, grad_w, grad_b)
-        ctx.shapes = (x.shape, weight.dtype, None if bias is None else bias.dtype)
+        ctx.dtypes = (None, weight.dtype, None if bias is None else bias.dtype)
         return loss
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        grad_x, grad_w, grad_b = ctx.saved_tensors
-        x_shape, w_dtype, b_dtype = ctx.shapes
         one = not capturing(g) and bool(g == 1)
-        outs = []
-        for t, dtype in ((grad_x, None), (grad_w, w_dtype), (grad_b, b_dtype)):
-            if t is None:
-                outs.append(None)
-                continue
-            t = t if one else t * g.to(t.dtype)
-            outs.append(t if dtype is None else t.to(dtype))
-        gx, gw, gb = outs
-        return (None if gx is None else gx.view(x_shape)), gw, gb, None, None, None, None, None, None
+        gx, gw, gb = _scaled_grads(g, ctx.saved_tensors, ctx.dtypes, one)
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+# The compiled path: the whole chunked loop as one opaque custom op returning the loss and the
+# gradients it computed (empty tensors for those not wanted).
+@torch.library.custom_op("metalcore::fused_linear_cross_entropy", mutates_args=(), device_types=("cpu", "cuda"))
+def _op_flce(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, ignore_index: int, label_smoothing: float,
+             reduction: str, z_loss: float, chunk: int, need_x: bool, need_w: bool, need_b: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    loss, gx, gw, gb = _flce(x, weight, bias, target, ignore_index, label_smoothing, reduction, z_loss, chunk, need_x, need_w, need_b)
+    return tuple(x.new_empty(0) if t is None else t for t in (loss, gx, gw, gb))  # type: ignore[return-value]
+
+
+@_op_flce.register_fake
+def _(x, weight, bias, target, ignore_index, label_smoothing, reduction, z_loss, chunk, need_x, need_w, need_b):
+    gdt = torch.float32 if weight.dtype != torch.float64 else weight.dtype
+    return (x.new_empty(()), x.new_empty(x.shape if need_x else (0,)),
+            weight.new_empty(weight.shape if need_w else (0,), dtype=gdt), weight.new_empty((weight.shape[0],) if need_b else (0,), dtype=gdt))
+
+
+def _flce_setup(ctx, inputs, output):
+    x, weight, bias, *_rest, need_x, need_w, need_b = inputs
+    ctx.save_for_backward(*output[1:])
+    ctx.needs = (need_x, need_w, need_b)
+    ctx.dtypes = (None, weight.dtype, None if bias is None else bias.dtype)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _flce_backward(ctx, g, *_g_grads):
+    grads = [t if need else None for t, need in zip(ctx.saved_tensors, ctx.needs)]
+    gx, gw, gb = _scaled_grads(g, grads, ctx.dtypes, False)
+    return gx, gw, gb, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("metalcore::fused_linear_cross_entropy", _flce_backward, setup_context=_flce_setup)
 
 
 def fused_linear_cross_entropy(
@@ -354,6 +398,11 @@ def fused_linear_cross_entropy(
         warn_fallback("fused_linear_cross_entropy", x.device)
         logits = torch.nn.functional.linear(x, weight, bias)
         return cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction, z_loss=z_loss)  # type: ignore[return-value]
+    if torch.compiler.is_compiling():
+        grad = torch.is_grad_enabled()
+        need = [grad and t is not None and t.requires_grad for t in (x, weight, bias)]
+        return torch.ops.metalcore.fused_linear_cross_entropy(x, weight, bias, target, int(ignore_index), float(label_smoothing),
+                                                              reduction, float(z_loss), chunk, *need)[0]
     return FusedLinearCrossEntropyFunction.apply(x, weight, bias, target, int(ignore_index), float(label_smoothing), reduction, float(z_loss), chunk)
 
 
