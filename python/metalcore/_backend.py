@@ -161,8 +161,10 @@ def fast_apply(cls):
 
 
 def capturing(t: torch.Tensor) -> bool:
-    """True while `t`'s CUDA stream is being captured into a CUDA graph (no host sync allowed)."""
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+    """True where no host sync is allowed: while torch.compile traces, or while `t`'s CUDA stream
+    is being captured into a CUDA graph (checked in that order: the capture query itself would
+    break a compiled graph)."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 def cuda_available() -> bool:
