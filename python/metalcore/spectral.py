@@ -17,8 +17,8 @@ original metalcore API, like ``torch.svd``). Left singular vectors of zero singu
 completed to an orthonormal basis (Householder QR of ``U``), as is ``U`` for ``full_matrices``.
 
 Backends and limits: float32/float64 (16-bit inputs computed in float32). A CUDA matrix whose
-Jacobi state does not fit one block's shared memory (float32: n up to about 128 for square
-matrices; float64 about 90) — and every call on a device with no backend — goes to
+Jacobi state does not fit one block's shared memory (square matrices up to about 168 in float32,
+118 in float64 fit) — and every call on a device with no backend — goes to
 ``torch.linalg.svd``/``eigh`` with a one-time warning, with metalcore's conventions applied to the
 result. Gradients use torch's formulas (so they are equally undefined at repeated values).
 """
