@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+from ._backend import batch_desc, check_float, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
 
 __all__ = [
     "cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched",
@@ -59,6 +59,11 @@ def _on_backend(op: str, t: Tensor, run: Callable[[], R_]) -> Optional[R_]:
         return None
 
 
+def _bcast(s1: torch.Size, s2: torch.Size) -> torch.Size:
+    """torch.broadcast_shapes, without its cost (tens of microseconds) when the shapes are equal."""
+    return s1 if s1 == s2 else torch.broadcast_shapes(s1, s2)
+
+
 def _check_square(name: str, a: Tensor) -> int:
     _check_matrix(a, name, square=True)
     return a.shape[-1]
@@ -81,7 +86,7 @@ def _check_matrix_rhs(B: Tensor, a_name: str, A: Tensor, n: int) -> None:
     if B.dim() < 2 or B.shape[-2] != n:
         raise ValueError(f"B: expected shape (*, {n}, k) to match {a_name} of shape {tuple(A.shape)}, got {tuple(B.shape)}")
     try:
-        torch.broadcast_shapes(B.shape[:-2], A.shape[:-2])
+        _bcast(B.shape[:-2], A.shape[:-2])
     except RuntimeError as e:
         raise ValueError(f"B: batch shape {tuple(B.shape[:-2])} does not broadcast with {a_name}'s {tuple(A.shape[:-2])}") from e
 
@@ -95,13 +100,12 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     n, batch = a.shape[-1], a.shape[:-2]
 
     def run() -> Tuple[Tensor, Tensor]:
-        nb = math.prod(batch)
-        work = empty((nb, n, n), _acc(a.dtype), a.device)
+        work = empty(a.shape, _acc(a.dtype), a.device)
         if work.numel():
-            work.copy_(a.reshape(nb, n, n))
-        info = empty((nb,), torch.int32, a.device)
-        _native.cholesky_inplace(desc(work, "A"), desc(info, "info"), upper, stream_of(a))
-        return work.view(a.shape).to(a.dtype), info.view(batch)
+            work.copy_(a)
+        info = empty(batch, torch.int32, a.device)
+        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a))
+        return (work if work.dtype == a.dtype else work.to(a.dtype)), info
 
     done = _on_backend("cholesky", a, run)
     if done is not None:
@@ -280,37 +284,36 @@ def _solve_shapes(A: Tensor, B: Tensor):
         raise ValueError(f"B: expected shape {want} to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
     bb = B.shape[:-1] if vector else B.shape[:-2]
     try:
-        batch = torch.broadcast_shapes(A.shape[:-2], bb)
+        batch = _bcast(A.shape[:-2], bb)
     except RuntimeError as e:
         raise ValueError(f"B: batch shape {tuple(bb)} does not broadcast with A's {tuple(A.shape[:-2])}") from e
     return vector, batch
 
 
-def _lu_solve(A: Tensor, B: Tensor) -> Tuple[Tensor, Tensor]:
+def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
     """(X, info) (no autograd)."""
-    vector, batch = _solve_shapes(A, B)
+    vector, batch = shapes or _solve_shapes(A, B)
     n = A.shape[-1]
     Bm = B.unsqueeze(-1) if vector else B
     k = Bm.shape[-1]
     acc = _acc(A.dtype)
 
     def run() -> Tuple[Tensor, Tensor]:
-        nb = math.prod(batch)
-        a = empty((nb, n, n), acc, A.device)
-        x = empty((nb, n, k), acc, A.device)
+        a = empty(batch + (n, n), acc, A.device)
+        x = empty(batch + (n, k), acc, A.device)
         if a.numel():
-            a.copy_(A.expand(batch + (n, n)).reshape(nb, n, n))
+            a.copy_(A)  # broadcasts over the batch
         if x.numel():
-            x.copy_(Bm.expand(batch + (n, k)).reshape(nb, n, k))
-        info = empty((nb,), torch.int32, A.device)
-        _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"), None, stream_of(A))
-        return x.view(batch + (n, k)), info.view(batch)
+            x.copy_(Bm)
+        info = empty(batch, torch.int32, A.device)
+        _native.lu_solve_inplace(batch_desc(a, "A", n, n), batch_desc(x, "B", n, k), desc(info, "info"), None, stream_of(A))
+        return x, info
 
     done = _on_backend("solve", A, run)
     if done is None:
         X, info = torch.linalg.solve_ex(A.to(acc), Bm.to(acc))
         done = X, info.to(torch.int32)
-    X = done[0].to(B.dtype)
+    X = done[0] if done[0].dtype == B.dtype else done[0].to(B.dtype)
     return (X.squeeze(-1) if vector else X), done[1]
 
 
@@ -360,9 +363,9 @@ def solve_ex(A: Tensor, B: Tensor, fast: bool = False) -> SolveEx:
     ``(result, info)``; ``info[b] = j > 0`` marks matrix ``b`` as singular (``U[j-1, j-1] == 0``),
     its result then being undefined. ``fast`` is accepted for the original API (there is no check
     to skip here). Not differentiable (use :func:`solve`)."""
-    _solve_shapes(A, B)
+    shapes = _solve_shapes(A, B)
     with torch.no_grad():
-        return SolveEx(*_lu_solve(A, B))
+        return SolveEx(*_lu_solve(A, B, shapes))
 
 
 def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
@@ -372,10 +375,10 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 
     Raises ``torch.linalg.LinAlgError`` naming the first singular batch element, unless ``fast``:
     then singular matrices give undefined (Inf/NaN) results instead of an error. Differentiable."""
-    _solve_shapes(A, B)
+    shapes = _solve_shapes(A, B)
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return _lu_apply(A, B)
-    x, info = _lu_solve(A, B)
+    x, info = _lu_solve(A, B, shapes)
     if not fast:
         _raise_singular(info)
     return x
@@ -573,20 +576,21 @@ def _qr(a: Tensor, mode: str) -> Tuple[Tensor, Tensor]:
     acc = _acc(a.dtype)
 
     def run() -> Tuple[Tensor, Tensor]:
-        nb = math.prod(batch)
-        x = a.reshape(nb, m, n).to(acc).contiguous()
-        q = empty((nb, m, kq), acc, a.device)
-        r = empty((nb, kr, n), acc, a.device)
-        if nb:
-            _native.qr_into(desc(x, "A"), desc(q, "Q") if q.numel() else None, desc(r, "R"), stream_of(a))
-        return q.view(batch + (m, kq)), r.view(batch + (kr, n))
+        x = a if a.dtype == acc and a.is_contiguous() else a.to(acc).contiguous()
+        q = empty(batch + (m, kq), acc, a.device)
+        r = empty(batch + (kr, n), acc, a.device)
+        if r.numel() or q.numel():
+            _native.qr_into(batch_desc(x, "A", m, n), batch_desc(q, "Q", m, kq) if q.numel() else None,
+                            batch_desc(r, "R", kr, n), stream_of(a))
+        return q, r
 
     done = _on_backend("qr", a, run)
     if done is None:
         done = tuple(torch.linalg.qr(a.to(acc), mode=mode))  # type: ignore[assignment]
     q, r = done
-    Q = torch.empty(0, dtype=a.dtype, device=a.device) if mode == "r" else q.to(a.dtype)
-    return Q, r.to(a.dtype)
+    same = a.dtype == acc
+    Q = torch.empty(0, dtype=a.dtype, device=a.device) if mode == "r" else (q if same else q.to(a.dtype))
+    return Q, (r if same else r.to(a.dtype))
 
 
 def _r_inv_t(x: Tensor, r: Tensor) -> Tensor:
@@ -663,7 +667,7 @@ def _rhs(A: Tensor, B: Tensor) -> Tuple[bool, Tensor]:
         raise ValueError(f"B: expected shape {want} to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
     Bm = B.unsqueeze(-1) if vector else B
     try:
-        torch.broadcast_shapes(A.shape[:-2], Bm.shape[:-2])
+        _bcast(A.shape[:-2], Bm.shape[:-2])
     except RuntimeError as e:
         raise ValueError(f"B: batch shape {tuple(Bm.shape[:-2])} does not broadcast with A's {tuple(A.shape[:-2])}") from e
     return vector, Bm

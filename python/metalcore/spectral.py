@@ -25,14 +25,13 @@ result. Gradients use torch's formulas (so they are equally undefined at repeate
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import desc, empty, fast_apply, stream_of
+from ._backend import batch_desc, desc, empty, fast_apply, stream_of
 from .linalg import _acc, _check_matrix, _first_failure, _on_backend, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
@@ -81,18 +80,16 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
     acc = _acc(a.dtype)
 
     def run():
-        nb = math.prod(batch)
-        x = a.reshape(nb, m, n).to(acc).contiguous()
-        s = empty((nb, n), acc, a.device)
-        u = empty((nb, m, n), acc, a.device) if vectors and not eigh_ else None
-        v = empty((nb, n, n), acc, a.device) if vectors or eigh_ else None
-        info = empty((nb,), torch.int32, a.device)
-        if nb:
-            _native.jacobi_into(desc(x, "A"), desc(s, "S"), desc(u, "U") if u is not None else None,
-                                desc(v, "V") if v is not None else None, desc(info, "info"), eigh_, max_sweeps,
+        x = a if a.dtype == acc and a.is_contiguous() else a.to(acc).contiguous()
+        s = empty(batch + (n,), acc, a.device)
+        u = empty(batch + (m, n), acc, a.device) if vectors and not eigh_ else None
+        v = empty(batch + (n, n), acc, a.device) if vectors or eigh_ else None
+        info = empty(batch, torch.int32, a.device)
+        if info.numel():
+            _native.jacobi_into(batch_desc(x, "A", m, n), batch_desc(s, "S", 1, n), None if u is None else batch_desc(u, "U", m, n),
+                                None if v is None else batch_desc(v, "V", n, n), desc(info, "info"), eigh_, max_sweeps,
                                 stream_of(a))
-        shape = lambda t, *d: None if t is None else t.view(batch + d)  # noqa: E731
-        return s.view(batch + (n,)), shape(u, m, n), shape(v, n, n), info.view(batch)
+        return s, u, v, info
 
     done = _on_backend("eigh" if eigh_ else "svd", a, run)
     if done is not None:
