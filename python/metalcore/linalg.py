@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import batch_desc, check_float, desc, empty, fast_apply, has_backend, opt_desc, stream_of, warn_fallback
+from ._backend import Desc, batch_desc, check_float, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
 
 __all__ = [
     "cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched",
@@ -227,7 +227,7 @@ def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Siz
     through its transpose, which holds the other triangle in row-major order."""
     n, k = t.shape[-1], b.shape[-1]
     same = b.shape[:-2] == t.shape[:-2]
-    batch = b.shape[:-2] if same else torch.broadcast_shapes(b.shape[:-2], t.shape[:-2])
+    batch = _bcast(b.shape[:-2], t.shape[:-2])
     nb = math.prod(batch)
     acc = _acc(b.dtype)
     xb = empty((nb, n, k), acc, b.device)
@@ -238,13 +238,22 @@ def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Siz
     return xb, (t.mT if flipped else t.contiguous()), flipped, batch
 
 
-def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
+def _tri_native(op: str, b: Tensor, t: Tensor, t_name: str, launch: Callable[[Desc, Desc, bool], None]) -> Optional[Tensor]:
+    """A triangular solve against `t` (named `t_name`) on metalcore's backend (None: see `_on_backend`):
+    `launch(B, T, flipped)` runs the kernel in place on B, `flipped` when T is `t` transposed
+    in memory (see `_tri_operands`)."""
+
     def run() -> Tensor:
-        xb, t, flipped, batch = _tri_operands(b, l)
-        _native.cholesky_solve_inplace(desc(xb, "B"), desc(t, "L"), upper != flipped, stream_of(b))
+        xb, tt, flipped, batch = _tri_operands(b, t)
+        launch(desc(xb, "B"), desc(tt, t_name), flipped)
         return xb.view(batch + xb.shape[1:]).to(b.dtype)
 
-    done = _on_backend("cholesky_solve", l, run)
+    return _on_backend(op, t, run)
+
+
+def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
+    done = _tri_native("cholesky_solve", b, l, "L",
+                       lambda xb, t, flipped: _native.cholesky_solve_inplace(xb, t, upper != flipped, stream_of(b)))
     if done is not None:
         return done
     acc = _acc(b.dtype)
@@ -293,28 +302,33 @@ def _solve_shapes(A: Tensor, B: Tensor):
 def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
     """(X, info) (no autograd)."""
     vector, batch = shapes or _solve_shapes(A, B)
-    n = A.shape[-1]
     Bm = B.unsqueeze(-1) if vector else B
-    k = Bm.shape[-1]
-    acc = _acc(A.dtype)
-
-    def run() -> Tuple[Tensor, Tensor]:
-        a = empty(batch + (n, n), acc, A.device)
-        x = empty(batch + (n, k), acc, A.device)
-        if a.numel():
-            a.copy_(A)  # broadcasts over the batch
-        if x.numel():
-            x.copy_(Bm)
-        info = empty(batch, torch.int32, A.device)
-        _native.lu_solve_inplace(batch_desc(a, "A", n, n), batch_desc(x, "B", n, k), desc(info, "info"), None, stream_of(A))
-        return x, info
-
-    done = _on_backend("solve", A, run)
+    done = _on_backend("solve", A, lambda: _lu(A, Bm, batch, False))
     if done is None:
+        acc = _acc(A.dtype)
         X, info = torch.linalg.solve_ex(A.to(acc), Bm.to(acc))
-        done = X, info.to(torch.int32)
-    X = done[0] if done[0].dtype == B.dtype else done[0].to(B.dtype)
-    return (X.squeeze(-1) if vector else X), done[1]
+    else:
+        _, X, _, info = done
+    X = X if X.dtype == B.dtype else X.to(B.dtype)
+    return (X.squeeze(-1) if vector else X), info.to(torch.int32)
+
+
+def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool):
+    """metalcore's LU with partial pivoting of A (broadcast to `batch`), applied to the right-hand
+    sides Bm (``*, n, k``; k may be 0): (LU factors, X, pivots or None, info), in the compute dtype."""
+    n, k = A.shape[-1], Bm.shape[-1]
+    acc = _acc(A.dtype)
+    a = empty(batch + (n, n), acc, A.device)
+    x = empty(batch + (n, k), acc, A.device)
+    if a.numel():
+        a.copy_(A)  # broadcasts over the batch
+    if x.numel():
+        x.copy_(Bm)
+    piv = empty(batch + (n,), torch.int32, A.device) if pivots else None
+    info = empty(batch, torch.int32, A.device)
+    _native.lu_solve_inplace(batch_desc(a, "A", n, n), batch_desc(x, "B", n, k), desc(info, "info"),
+                             None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A))
+    return a, x, piv, info
 
 
 def _raise_singular(info: Tensor) -> None:
@@ -385,13 +399,9 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 
 
 def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
-    def run() -> Tensor:
-        xb, t, flipped, batch = _tri_operands(b, a)
-        # Aᵀ in memory: the other triangle, solved the other way round.
-        _native.trsm_inplace(desc(t, "A"), desc(xb, "B"), lower != flipped, transpose != flipped, unit, stream_of(b))
-        return xb.view(batch + xb.shape[1:]).to(b.dtype)
-
-    done = _on_backend("trsm", a, run)
+    # Aᵀ in memory: the other triangle, solved the other way round.
+    done = _tri_native("trsm", b, a, "A",
+                       lambda xb, t, flipped: _native.trsm_inplace(t, xb, lower != flipped, transpose != flipped, unit, stream_of(b)))
     if done is not None:
         return done
     acc = _acc(b.dtype)
@@ -535,26 +545,13 @@ def lu_batched(A: Tensor) -> LUResult:
     ``torch.lu_unpack(LU, pivots)`` rebuilds ``P, L, U``; ``info[b] = j > 0`` when ``U[j-1, j-1]``
     is exactly zero (singular; the factorization is still completed). Not differentiable."""
     n = _check_square("A", A)
-    batch = A.shape[:-2]
-    acc = _acc(A.dtype)
-
-    def run() -> Tuple[Tensor, Tensor, Tensor]:
-        nb = math.prod(batch)
-        a = empty((nb, n, n), acc, A.device)
-        if a.numel():
-            a.copy_(A.reshape(nb, n, n))
-        x = empty((nb, n, 0), acc, A.device)
-        piv = empty((nb, n), torch.int32, A.device)
-        info = empty((nb,), torch.int32, A.device)
-        _native.lu_solve_inplace(desc(a, "A"), desc(x, "B"), desc(info, "info"), desc(piv, "pivots"), stream_of(A))
-        return a.view(A.shape), piv.view(batch + (n,)), info.view(batch)
-
     with torch.no_grad():
-        done = _on_backend("lu_batched", A, run)
+        done = _on_backend("lu_batched", A, lambda: _lu(A, A.new_empty(A.shape[:-1] + (0,)), A.shape[:-2], True))
         if done is None:
-            lu, piv, info = torch.linalg.lu_factor_ex(A.to(acc))
-            done = lu, piv.to(torch.int32), info.to(torch.int32)
-    return LUResult(done[0].to(A.dtype), done[1], done[2])
+            lu, piv, info = torch.linalg.lu_factor_ex(A.to(_acc(A.dtype)))
+        else:
+            lu, _, piv, info = done
+    return LUResult(lu.to(A.dtype), piv.to(torch.int32), info.to(torch.int32))
 
 
 class QRResult(NamedTuple):

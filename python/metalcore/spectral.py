@@ -32,7 +32,7 @@ from torch import Tensor
 
 from . import _native
 from ._backend import batch_desc, desc, empty, fast_apply, stream_of
-from .linalg import _acc, _check_matrix, _first_failure, _on_backend, qr
+from .linalg import _acc, _check_matrix, _first_failure, _on_backend, cholesky, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
 
@@ -287,16 +287,19 @@ def pinv(A: Tensor, rcond: Optional[float] = None, hermitian: bool = False, *, a
     if rtol is None:
         rtol = torch.finfo(_acc(A.dtype)).eps * max(m, n) if atol is None else 0.0
     atol_ = 0.0 if atol is None else atol
+
+    def inverted(vals: Tensor) -> Tensor:
+        """1/v where |v| > max(atol, rtol·max|v|), else 0."""
+        mag = vals.abs()
+        cut = torch.clamp(rtol * mag.amax(-1, keepdim=True), min=atol_) if vals.shape[-1] else mag
+        keep = mag > cut
+        return torch.where(keep, 1.0 / torch.where(keep, vals, torch.ones_like(vals)), torch.zeros_like(vals))
+
     if hermitian:
         L, V = eigh(A)
-        mag = L.abs()
-        cut = torch.clamp(rtol * mag.amax(-1, keepdim=True), min=atol_) if L.shape[-1] else mag
-        inv = torch.where(mag > cut, 1.0 / torch.where(mag > cut, L, torch.ones_like(L)), torch.zeros_like(L))
-        return (V * inv.unsqueeze(-2)) @ V.mT
+        return (V * inverted(L).unsqueeze(-2)) @ V.mT
     U, S, V = svd(A)
-    cut = torch.clamp(rtol * S[..., :1], min=atol_) if S.shape[-1] else S
-    inv = torch.where(S > cut, 1.0 / torch.where(S > cut, S, torch.ones_like(S)), torch.zeros_like(S))
-    return (V * inv.unsqueeze(-2)) @ U.mT
+    return (V * inverted(S).unsqueeze(-2)) @ U.mT
 
 
 def _orth(Y: Tensor) -> Tensor:
@@ -305,8 +308,6 @@ def _orth(Y: Tensor) -> Tensor:
     for _ in range(2):
         G = Y.mT.double() @ Y.double()
         G = G + torch.diag_embed(G.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True).expand(G.shape[:-1]) * 1e-14 + 1e-300)
-        from .linalg import cholesky
-
         R = cholesky(G, upper=True).to(Y.dtype)
         Y = torch.linalg.solve_triangular(R, Y, upper=True, left=False)
     return Y

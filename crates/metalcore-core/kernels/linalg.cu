@@ -27,6 +27,8 @@ typedef T_X T;
 #endif
 #define TEAM (32 * WARPS)
 
+__device__ __forceinline__ T nan_t() { return T(__longlong_as_double(0x7ff8000000000000ULL)); }
+
 struct Team {
     int t;     // thread index in the team
     int lane;  // lane in the warp
@@ -179,7 +181,7 @@ extern "C" __global__ void qr_kernel(const T* __restrict__ A, T* __restrict__ Q,
             tau = (beta - alpha) / beta;
             scale = T(1) / (alpha - beta);
         } else if (ss != ss || alpha != alpha) {
-            tau = beta = T(__longlong_as_double(0x7ff8000000000000ULL));  // NaN in the column: make it reach Q and R
+            tau = beta = nan_t();  // NaN in the column: make it reach Q and R
         }
         if (ss > T(0))
             for (int i = k + 1 + tm.t; i < m; i += TEAM) a[i * lda + k] *= scale;
@@ -459,6 +461,9 @@ extern "C" __global__ void trsm_kernel(const T* __restrict__ Tm, T* __restrict__
 // each eigenvector is positive (the first such entry on ties). A U column whose σ is zero is
 // written as zeros (the Python layer completes U to an orthonormal basis).
 
+// The machine epsilon of T (float or double).
+__device__ __forceinline__ T eps_t() { return sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16); }
+
 // Pair k of round r (0 <= r < np - 1, 0 <= k < np/2): player 0 stays, players 1..np-1 turn.
 // r + k and r + L - k lie in [0, 2L), so one conditional subtraction replaces the modulo.
 __device__ __forceinline__ void round_pair(int r, int k, int np, int& p, int& q) {
@@ -482,7 +487,7 @@ __device__ __forceinline__ double fast_rsqrt(double x) { return rsqrt(x); }
 // the applied transform [[1 - sτ, -s], [s, 1 - sτ]] is orthogonal to rounding even though t and s
 // are computed with approximate reciprocals.
 __device__ __forceinline__ void rotation(T al, T be, T ga, T& s, T& tau, T& t) {
-    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T eps = eps_t();
     const T zeta = (be - al) * (T(0.5) * fast_rcp(ga));
     const T az = fabs(zeta);
     t = (az > T(1) / eps ? T(0.5) * fast_rcp(az) : fast_rcp(az + sqrt(T(1) + zeta * zeta))) *
@@ -561,8 +566,6 @@ __device__ void emit(const T* a, int lda, int m, const T* v, int ldv, int n, con
     }
 }
 
-__device__ __forceinline__ T nan_t() { return T(__longlong_as_double(0x7ff8000000000000ULL)); }
-
 __device__ __forceinline__ void fill_nan(T* x, int count, const Team& tm) {
     for (int e = tm.t; e < count; e += TEAM) x[e] = nan_t();
 }
@@ -619,7 +622,7 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
         for (int e = tm.t; e < n * n; e += TEAM) v[(e / n) * ldv + e % n] = (e / n == e % n) ? T(1) : T(0);
     bad = team_any(bad);
 
-    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T eps = eps_t();
     const T tol = sqrt(T(m)) * eps;
     const int np = n + (n & 1);
     int converged = n <= 1 || bad;
@@ -698,7 +701,7 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
         v[j * ld + i] = i == j ? T(1) : T(0);
     }
     bad = team_any(bad);
-    const T eps = sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16);
+    const T eps = eps_t();
     const T tol = sqrt(T(n)) * eps;
     int converged = n <= 1 || bad;
     for (int sweep = 0; sweep < max_sweeps && !converged; ++sweep) {

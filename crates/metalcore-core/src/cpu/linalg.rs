@@ -841,12 +841,22 @@ fn rotate<A: Real>(x: &mut [A], y: &mut [A], tau: A, s: A) {
     }
 }
 
+/// The machine epsilon of `A` (float32 or float64).
+#[inline(always)]
+fn eps_of<A: Real>() -> f64 {
+    if std::mem::size_of::<A>() == 4 {
+        f32::EPSILON as f64
+    } else {
+        f64::EPSILON
+    }
+}
+
 /// `(t, s, τ)` of the Jacobi rotation for `(α, β, γ)` (γ ≠ 0; semantics in `kernels/linalg.cu`):
 /// zeta = (β − α)/(2γ), t = sign(zeta)/(|zeta| + sqrt(1 + zeta²)), c = 1/sqrt(1 + t²), s = c t,
 /// τ = s/(1 + c).
 #[inline(always)]
 fn jacobi_angle<A: Real>(al: A, be: A, ga: A) -> (A, A, A) {
-    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let eps = eps_of::<A>();
     let one = A::ONE;
     let zeta = (be - al) / (A::from_f64(2.0) * ga);
     let az = zeta.abs();
@@ -873,7 +883,7 @@ fn two_cols<A>(a: &mut [A], ld: usize, p: usize, q: usize) -> (&mut [A], &mut [A
 /// `a` holds m*n and `v` n*n (or 0) elements.
 #[inline(always)]
 unsafe fn jacobi_matrix<A: Real>(a: &mut [A], m: usize, n: usize, v: &mut [A], max_sweeps: usize) -> bool {
-    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let eps = eps_of::<A>();
     let tol = A::from_f64((m as f64).sqrt() * eps);
     for _ in 0..max_sweeps {
         let mut rotated = false;
@@ -942,7 +952,7 @@ fn argmax_abs<A: Real>(x: &[A]) -> usize {
 /// `a` and `v` hold n*n elements.
 #[inline(always)]
 unsafe fn eigh_matrix<A: Real>(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool {
-    let eps = if std::mem::size_of::<A>() == 4 { f32::EPSILON as f64 } else { f64::EPSILON };
+    let eps = eps_of::<A>();
     let tol = A::from_f64((n as f64).sqrt() * eps);
     for _ in 0..max_sweeps {
         let mut rotated = false;

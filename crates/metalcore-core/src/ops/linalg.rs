@@ -34,6 +34,34 @@ fn batch_of(arg: &'static str, t: &TensorRef) -> Result<Batch> {
     Ok(Batch { ptr: t.ptr, dtype: t.dtype, batch: t.shape[0], rows: t.shape[1], cols: t.shape[2] })
 }
 
+/// [`batch_of`] for a batch of square matrices.
+fn square_of(arg: &'static str, t: &TensorRef) -> Result<Batch> {
+    let m = batch_of(arg, t)?;
+    if m.rows != m.cols {
+        return Err(Error::value(arg, format!("expected square matrices, got {} x {}", m.rows, m.cols)));
+    }
+    Ok(m)
+}
+
+/// The right-hand sides `B` of a solve against the square batch `m` (named `m_arg`): a
+/// `(batch, n, k)` batch of `m`'s dtype.
+fn rhs_of(m_arg: &'static str, m: &Batch, t: &TensorRef) -> Result<Batch> {
+    let b = batch_of("B", t)?;
+    if b.batch != m.batch || b.rows != m.rows {
+        return Err(Error::value(
+            "B",
+            format!(
+                "expected (batch={}, {}, k) to match {m_arg}, got ({}, {}, {})",
+                m.batch, m.rows, b.batch, b.rows, b.cols
+            ),
+        ));
+    }
+    if b.dtype != m.dtype {
+        return Err(Error::dtype("B", format!("expected dtype {} (the dtype of {m_arg}), got {}", m.dtype, b.dtype)));
+    }
+    Ok(b)
+}
+
 fn info_of(t: &TensorRef, batch: usize) -> Result<usize> {
     expect_dtype("info", t, DType::I32)?;
     if t.numel() != batch || !t.is_contiguous() {
@@ -64,10 +92,7 @@ pub struct CholeskyPlan {
 impl Cholesky<'_> {
     pub fn plan(&self) -> Result<(Device, CholeskyPlan)> {
         let device = common_device(&[("A", Some(self.a)), ("info", Some(self.info))])?;
-        let a = batch_of("A", self.a)?;
-        if a.rows != a.cols {
-            return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
-        }
+        let a = square_of("A", self.a)?;
         let info = info_of(self.info, a.batch)?;
         Ok((device, CholeskyPlan { a, info, upper: self.upper }))
     }
@@ -101,22 +126,8 @@ pub struct CholeskySolvePlan {
 impl CholeskySolve<'_> {
     pub fn plan(&self) -> Result<(Device, CholeskySolvePlan)> {
         let device = common_device(&[("B", Some(self.b)), ("L", Some(self.l))])?;
-        let (b, l) = (batch_of("B", self.b)?, batch_of("L", self.l)?);
-        if l.rows != l.cols {
-            return Err(Error::value("L", format!("expected square matrices, got {} x {}", l.rows, l.cols)));
-        }
-        if b.batch != l.batch || b.rows != l.rows {
-            return Err(Error::value(
-                "B",
-                format!(
-                    "expected (batch={}, {}, k) to match L, got ({}, {}, {})",
-                    l.batch, l.rows, b.batch, b.rows, b.cols
-                ),
-            ));
-        }
-        if b.dtype != l.dtype {
-            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of L), got {}", l.dtype, b.dtype)));
-        }
+        let l = square_of("L", self.l)?;
+        let b = rhs_of("L", &l, self.b)?;
         Ok((device, CholeskySolvePlan { b, l, upper: self.upper }))
     }
 }
@@ -154,22 +165,8 @@ pub struct LuSolvePlan {
 impl LuSolve<'_> {
     pub fn plan(&self) -> Result<(Device, LuSolvePlan)> {
         let device = common_device(&[("A", Some(self.a)), ("B", Some(self.b)), ("info", Some(self.info))])?;
-        let (a, b) = (batch_of("A", self.a)?, batch_of("B", self.b)?);
-        if a.rows != a.cols {
-            return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
-        }
-        if b.batch != a.batch || b.rows != a.rows {
-            return Err(Error::value(
-                "B",
-                format!(
-                    "expected (batch={}, {}, k) to match A, got ({}, {}, {})",
-                    a.batch, a.rows, b.batch, b.rows, b.cols
-                ),
-            ));
-        }
-        if b.dtype != a.dtype {
-            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of A), got {}", a.dtype, b.dtype)));
-        }
+        let a = square_of("A", self.a)?;
+        let b = rhs_of("A", &a, self.b)?;
         let info = info_of(self.info, a.batch)?;
         let pivots = match self.pivots {
             None => None,
@@ -221,22 +218,8 @@ pub struct TrsmPlan {
 impl Trsm<'_> {
     pub fn plan(&self) -> Result<(Device, TrsmPlan)> {
         let device = common_device(&[("A", Some(self.t)), ("B", Some(self.b))])?;
-        let (t, b) = (batch_of("A", self.t)?, batch_of("B", self.b)?);
-        if t.rows != t.cols {
-            return Err(Error::value("A", format!("expected square matrices, got {} x {}", t.rows, t.cols)));
-        }
-        if b.batch != t.batch || b.rows != t.rows {
-            return Err(Error::value(
-                "B",
-                format!(
-                    "expected (batch={}, {}, k) to match A, got ({}, {}, {})",
-                    t.batch, t.rows, b.batch, b.rows, b.cols
-                ),
-            ));
-        }
-        if b.dtype != t.dtype {
-            return Err(Error::dtype("B", format!("expected dtype {} (the dtype of A), got {}", t.dtype, b.dtype)));
-        }
+        let t = square_of("A", self.t)?;
+        let b = rhs_of("A", &t, self.b)?;
         Ok((device, TrsmPlan { t, b, lower: self.lower, trans: self.trans, unit: self.unit }))
     }
 }
@@ -437,17 +420,11 @@ pub struct BatchedPlan {
 impl Batched<'_> {
     pub fn plan(&self) -> Result<(Device, BatchedPlan)> {
         let device = common_device(&[("A", Some(self.a)), ("out", Some(self.out))])?;
-        let a = batch_of("A", self.a)?;
+        let a = if self.kind == BatchedKind::Trace { square_of("A", self.a)? } else { batch_of("A", self.a)? };
         expect_dtype("out", self.out, a.dtype)?;
         let want = match self.kind {
             BatchedKind::Syrk => a.batch * a.cols * a.cols,
-            BatchedKind::Frobenius => a.batch,
-            BatchedKind::Trace => {
-                if a.rows != a.cols {
-                    return Err(Error::value("A", format!("expected square matrices, got {} x {}", a.rows, a.cols)));
-                }
-                a.batch
-            }
+            BatchedKind::Frobenius | BatchedKind::Trace => a.batch,
         };
         if self.out.numel() != want || !self.out.is_contiguous() {
             return Err(Error::value(
