@@ -533,6 +533,11 @@ def test_lstsq_broadcasting_gradients_and_errors(device):
         lstsq(A, torch.ones(7, 2, device=device))
     with pytest.raises(ValueError, match="driver"):
         lstsq(A, B, driver="gelsd")
+    # torch's rule for B: a (4, 5) B against a (4, 4, 4) A is one matrix broadcast over the batch.
+    Ab = torch.randn(4, 4, 4, dtype=torch.float64, device=device)
+    Bb = torch.randn(4, 5, dtype=torch.float64, device=device)
+    ref = torch.linalg.lstsq(Ab.cpu(), Bb.cpu()).solution
+    assert rel_err(lstsq(Ab, Bb).solution, ref) < 1e-10 and rel_err(qr_solve(Ab, Bb), ref) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

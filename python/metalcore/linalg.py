@@ -282,10 +282,17 @@ class SolveEx(NamedTuple):
 
 
 def _solve_shapes(A: Tensor, B: Tensor):
-    """torch.linalg.solve's rules: B is a batch of vectors when it is 1-D or has A's shape minus
-    the last dimension; batch dimensions broadcast. Returns (vector_case, batch shape)."""
-    n = _check_square("A", A)
+    """`_rhs_shapes` for a batch of square A."""
+    _check_square("A", A)
+    return _rhs_shapes(A, B)
+
+
+def _rhs_shapes(A: Tensor, B: Tensor):
+    """torch.linalg.solve's (and lstsq's) rules for B against A (``*, m, n``): B is a batch of
+    vectors ``(*, m)`` when it is 1-D or has A's shape minus the last dimension, else of matrices
+    ``(*, m, k)``; batch dimensions broadcast. Returns (vector_case, batch shape)."""
     _check_rhs(B, "A", A)
+    n = A.shape[-2]
     vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape == A.shape[:-1])
     rows = B.shape[-1] if vector else (B.shape[-2] if B.dim() >= 2 else -1)
     if rows != n:
@@ -651,25 +658,6 @@ def qr(A: Tensor, mode: str = "reduced") -> QRResult:
     return QRResult(*_qr(A, mode))
 
 
-def _rhs(A: Tensor, B: Tensor) -> Tuple[bool, Tensor]:
-    """lstsq's right-hand side rules: (vector case, B as (*, m, k)); batch dimensions broadcast."""
-    if not isinstance(B, Tensor):
-        raise TypeError(f"B: expected a torch.Tensor, got {type(B).__name__}")
-    _check_rhs(B, "A", A)
-    m = A.shape[-2]
-    vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape[:-1] == A.shape[:-2])
-    rows = B.shape[-1] if vector else (B.shape[-2] if B.dim() >= 2 else -1)
-    if rows != m:
-        want = f"(*, {m})" if vector else f"(*, {m}, k)"
-        raise ValueError(f"B: expected shape {want} to match A of shape {tuple(A.shape)}, got {tuple(B.shape)}")
-    Bm = B.unsqueeze(-1) if vector else B
-    try:
-        _bcast(A.shape[:-2], Bm.shape[:-2])
-    except RuntimeError as e:
-        raise ValueError(f"B: batch shape {tuple(Bm.shape[:-2])} does not broadcast with A's {tuple(A.shape[:-2])}") from e
-    return vector, Bm
-
-
 def _check_matrix(A: Tensor, name: str = "A", square: bool = False) -> None:
     """`A` is a floating tensor of (square, with `square`) matrices ``(*, m, n)``."""
     if not isinstance(A, Tensor):
@@ -697,8 +685,8 @@ def qr_solve(A: Tensor, B: Tensor) -> Tensor:
     solution for ``m ≥ n`` (full column rank), the least-norm one for ``m < n`` (full row rank).
     ``B`` is ``(*, m)`` or ``(*, m, k)``; batch dimensions broadcast. Differentiable."""
     _check_matrix(A)
-    vector, Bm = _rhs(A, B)
-    X = _qr_least_squares(A, Bm)
+    vector, _ = _rhs_shapes(A, B)
+    X = _qr_least_squares(A, B.unsqueeze(-1) if vector else B)
     return X.squeeze(-1) if vector else X
 
 
@@ -721,7 +709,8 @@ def lstsq(A: Tensor, B: Tensor, rcond: Optional[float] = None, *, driver: Option
     _check_matrix(A)
     if driver not in (None, "gels"):
         raise ValueError(f"driver: metalcore's lstsq is QR-based ('gels'); got {driver!r}")
-    vector, Bm = _rhs(A, B)
+    vector, _ = _rhs_shapes(A, B)
+    Bm = B.unsqueeze(-1) if vector else B
     X = _qr_least_squares(A, Bm)
     m, n = A.shape[-2], A.shape[-1]
     if m > n:
