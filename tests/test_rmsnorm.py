@@ -42,6 +42,17 @@ def ref64(x, weight, eps, offset, casting, residual=None):
     return h if weight is None else h * (weight.double() + offset)
 
 
+def llama_dw_floor(s, dy, eps, truth_dw):
+    """Error floor for a low-precision Llama dw: the error, against the unrounded `truth_dw`, of
+    the correctly rounded exact gradient of the function HF specifies (``dw = Σ dy · x̂`` with x̂
+    computed in float32 and cast to the input dtype before the weight multiply). Our dw is that
+    value rounded once; torch's differs by its own rounding of each product, which on a tiny
+    reduction (5 rows) sometimes cancels the cast's error by luck (about 1 draw in 100)."""
+    s32 = s.detach().float()
+    xh = (s32 * torch.rsqrt(s32.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype).double()
+    exact = (dy.double() * xh).reshape(-1, s.shape[-1]).sum(0)
+    return 2 * rel_err(exact.to(s.dtype), truth_dw)
+
 
 SHAPES = [(3, 1), (5, 7), (4, 64), (3, 4097), (2, 8192), (2, 3, 96)]
 
@@ -92,7 +103,8 @@ def test_backward_matches_float64(device, dtype, shape, casting):
     truth = grads_of(lambda a, b: ref64(a, b, 1e-6, offset, casting), (x64, w64), dy.double())
     for name, o, t, r in zip(("dx", "dw"), ours, torch_own, truth):
         assert o.dtype == t.dtype and o.shape == t.shape
-        assert_close_to_ref(o, t, r, what=name, floor=2e-6)
+        floor = 2e-6 + (llama_dw_floor(x, dy, 1e-6, r) if name == "dw" and casting == "llama" else 0.0)
+        assert_close_to_ref(o, t, r, what=name, floor=floor)
 
 
 @pytest.mark.parametrize("dtype", LOWP)
@@ -112,7 +124,8 @@ def test_fused_add_forward_and_backward(device, dtype, shape):
     xs = [t.detach().double().requires_grad_() for t in (x, r, w)]
     truth = grads_of(lambda a, b, c: (ref64(a, c, 1e-6, 0.0, "llama", residual=b), a + b), xs, (dy.double(), ds.double()))
     for name, o, t, tr in zip(("dx", "dresidual", "dw"), ours, torch_own, truth):
-        assert_close_to_ref(o, t, tr, what=name, floor=2e-6)
+        floor = 2e-6 + (llama_dw_floor(s, dy, 1e-6, tr) if name == "dw" else 0.0)
+        assert_close_to_ref(o, t, tr, what=name, floor=floor)
 
 
 def test_fused_add_with_only_one_output_used(device):
