@@ -10,7 +10,7 @@ for m, n in [(16, 16), (7, 3), (3, 7), (40, 20), (64, 64), (20, 40)]:
     A = torch.randn(5, m, n, device="cuda")
     q, r = mc.qr(A, mode="complete")
     assert ((q @ r - A).norm() / A.norm()) < 1e-5
-for n in (5, 16, 48, 100):
+for n in (5, 16, 30, 48, 100):
     g = torch.randn(3, n, n, device="cuda", dtype=torch.float64)
     a = g @ g.mT + n * torch.eye(n, device="cuda", dtype=torch.float64)
     L = mc.cholesky(a)

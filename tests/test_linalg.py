@@ -541,7 +541,7 @@ def test_lstsq_broadcasting_gradients_and_errors(device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1, 5, 16, 33, 64])
+@pytest.mark.parametrize("n", [1, 5, 8, 9, 16, 17, 32, 33, 64])
 def test_lu_batched_matches_lu_factor(device, dtype, n):
     A = torch.randn(6, n, n, dtype=dtype, device=device)
     LU, piv, info = lu_batched(A)
@@ -555,6 +555,23 @@ def test_lu_batched_matches_lu_factor(device, dtype, n):
     S = A.clone()
     S[2, :, 0] = 0  # singular: a zero column
     assert lu_batched(S).info.cpu().tolist() == [0, 0, 1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("n", [3, 8, 13, 16, 29, 32, 40])
+def test_lu_pivots_on_ties_match_lapack(device, n):
+    # Entries in {-1, 0, 1}: nearly every pivot search has ties, which LAPACK breaks by taking the
+    # first row in its interchanged order; 7 matrices leave the last group of a warp partly empty.
+    g = torch.Generator().manual_seed(n)
+    A = torch.randint(-1, 2, (7, n, n), generator=g).double()
+    A += 4 * torch.eye(n, dtype=torch.float64)  # nonsingular, yet ties below the diagonal remain
+    A[1] = torch.randint(-1, 2, (n, n), generator=g).double()  # may be singular: info as LAPACK's
+    ref = torch.linalg.lu_factor_ex(A)
+    for dtype in (torch.float32, torch.float64):
+        LU, piv, info = lu_batched(A.to(device=device, dtype=dtype))
+        assert torch.equal(piv.cpu(), ref.pivots.to(torch.int32))
+        assert torch.equal(info.cpu(), ref.info.to(torch.int32))
+        ok = ref.info == 0
+        assert rel_err(LU.cpu().double()[ok], ref.LU[ok]) <= (1e-6 if dtype == torch.float32 else 1e-14)
 
 
 def test_householder_helpers(device):

@@ -101,10 +101,12 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
 
     def run() -> Tuple[Tensor, Tensor]:
         work = empty(a.shape, _acc(a.dtype), a.device)
-        if work.numel():
+        # A contiguous input of the compute dtype is read in place (no copy).
+        src = batch_desc(a, "A", n, n) if (a.dtype == work.dtype and a.is_contiguous()) else None
+        if src is None and work.numel():
             work.copy_(a)
         info = empty(batch, torch.int32, a.device)
-        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a))
+        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a), src)
         return (work if work.dtype == a.dtype else work.to(a.dtype)), info
 
     done = _on_backend("cholesky", a, run)
@@ -121,9 +123,11 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
 
 def _first_failure(info: Tensor):
     """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
-    if not bool(info.any()):
-        return None
     flat = info.reshape(-1)
+    if flat.is_cuda and flat.numel() <= 16384:
+        flat = flat.cpu()  # one small copy, no reduction kernel: the check costs one sync either way
+    if not bool(flat.any()):
+        return None
     i = int(torch.nonzero(flat)[0, 0])
     return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape)), int(flat[i])
 

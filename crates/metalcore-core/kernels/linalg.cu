@@ -207,21 +207,22 @@ extern "C" __global__ void qr_kernel(const T* __restrict__ A, T* __restrict__ Q,
     for (int e = tm.t; e < m * kq; e += TEAM) qdst[e] = q[(e / kq) * ldq + e % kq];
 }
 
-// In place on A (batch, n, n): the lower triangle is read; the factor is written lower (or, with
-// `upper`, transposed into the upper triangle) with the other triangle zeroed. info[b] = 0, or
+// S (batch, n, n) into A (S may be A: in place): the lower triangle of S is read; the factor is
+// written to A lower (or, with `upper`, transposed into the upper triangle) with the other triangle zeroed. info[b] = 0, or
 // the order of the first leading minor that is not positive definite (NaN included); the factor
 // is then partial.
-extern "C" __global__ void cholesky_kernel(T* __restrict__ A, int* __restrict__ info, long long batch, int n,
+extern "C" __global__ void cholesky_kernel(const T* S, T* A, int* __restrict__ info, long long batch, int n,
                                            int upper) {
     const Team tm = team_of();
     const int ld = n + 1;
     T* a;
     const long long b = team_matrix(&a, (size_t)n * ld);
     if (b >= batch) return;
+    const T* src = S + b * n * n;
     T* g = A + b * n * n;
     for (int e = tm.t; e < n * n; e += TEAM) {
         const int i = e / n, j = e % n;
-        if (j <= i) a[i * ld + j] = g[e];
+        if (j <= i) a[i * ld + j] = src[e];
     }
     TEAM_SYNC();
     int fail = 0;
@@ -253,13 +254,14 @@ extern "C" __global__ void cholesky_kernel(T* __restrict__ A, int* __restrict__ 
 // publishes a_kk, the column's owners scale it and publish it, and every thread updates its own
 // trailing elements from the published column — registers, not shared memory, hold the matrix, so
 // an update costs one FMA. Two barriers per column. Same contract as cholesky_kernel.
-extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restrict__ A, int* __restrict__ info,
+extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S, T* A, int* __restrict__ info,
                                                                       long long batch, int n, int upper) {
     constexpr int R = R_TILE, NP = 16 * R_TILE;
     __shared__ T col[NP];
     __shared__ T dsh;
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     const long long b = blockIdx.x;
+    const T* src = S + b * n * n;
     T* g = A + b * n * n;
     T x[R][R];
 #pragma unroll
@@ -267,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restr
 #pragma unroll
         for (int c = 0; c < R; ++c) {
             const int i = ty + 16 * a, j = tx + 16 * c;
-            x[a][c] = (i < n && j < n) ? (j <= i ? g[i * n + j] : T(0)) : (i == j ? T(1) : T(0));
+            x[a][c] = (i < n && j < n) ? (j <= i ? src[i * n + j] : T(0)) : (i == j ? T(1) : T(0));
         }
     int fail = 0;
 #pragma unroll
@@ -282,10 +284,13 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restr
                 break;
             }
             const T sd = sqrt(d);
+            // Rows and columns past k lie in tiles kb.. (uniform tests, so a finished tile costs
+            // no instructions), and only tiles c <= a hold lower-triangle elements.
             if (tx == kk) {
 #pragma unroll
                 for (int a = 0; a < R; ++a) {
                     const int i = ty + 16 * a;
+                    if (a < kb) continue;
                     if (i > k) {
                         const T l = x[a][kb] / sd;
                         x[a][kb] = l;
@@ -299,6 +304,7 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restr
             T ci[R], cj[R];
 #pragma unroll
             for (int a = 0; a < R; ++a) {
+                if (a < kb) continue;
                 ci[a] = col[ty + 16 * a];
                 cj[a] = col[tx + 16 * a];
             }
@@ -306,6 +312,7 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(T* __restr
             for (int a = 0; a < R; ++a)
 #pragma unroll
                 for (int c = 0; c < R; ++c) {
+                    if (c < kb || c > a) continue;
                     const int i = ty + 16 * a, j = tx + 16 * c;
                     if (j > k && i >= j) x[a][c] -= ci[a] * cj[c];
                 }
@@ -417,6 +424,98 @@ extern "C" __global__ void lu_kernel(T* __restrict__ A, T* __restrict__ B, int* 
     store(gb, x, ldb, n, nrhs, tm);
     if (tm.t == 0) info[b] = fail;
 }
+
+#ifdef LU_NP
+// lu_kernel for n <= LU_NP (8, 16 or 32) with the rows in registers: LU_NP lanes per matrix
+// (32 / LU_NP matrices per warp), lane i holding row i of A, and no shared memory. Rows never
+// move: each lane tracks `pos`, its row's place in LAPACK's interchanged order, so the pivot is
+// LAPACK's (the first largest |a_ik| in that order; NaN counts as largest) and so are the reported
+// interchanges. The pivot row reaches the other lanes by shuffles, one per trailing column. Same
+// contract as lu_kernel.
+extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(T* __restrict__ A, T* __restrict__ B,
+                                                                int* __restrict__ piv, int* __restrict__ info,
+                                                                long long batch, int n, int nrhs) {
+    constexpr int NP = LU_NP;
+    constexpr unsigned FULL = 0xffffffffu;
+    const int lane = threadIdx.x & 31;
+    const int r = lane % NP;
+    const unsigned seg = NP == 32 ? FULL : (((1u << NP) - 1u) << (lane - r));
+    const long long gm = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / NP;
+    if (((long long)blockIdx.x * blockDim.x + (threadIdx.x & ~31)) / NP >= batch) return;  // the whole warp is idle
+    const bool live = gm < batch;
+    const long long b = live ? gm : batch - 1;  // a lane past the batch shadows the last matrix, storing nothing
+    const bool row = r < n;
+    T* ga = A + b * n * n;
+    T a[NP];
+#pragma unroll
+    for (int j = 0; j < NP; ++j) a[j] = (row && j < n) ? ga[r * n + j] : T(0);
+    int pos = r;
+    bool cand = row;  // not yet a pivot row
+    int fail = 0;
+    int pl[NP];  // the lane whose row was the pivot at each step
+#pragma unroll
+    for (int k = 0; k < NP; ++k) {
+        if (k >= n) break;  // uniform
+        T v = cand ? fabs(a[k]) : T(-1);
+        int ip = cand ? pos : 1 << 30;
+#pragma unroll
+        for (int o = NP / 2; o; o >>= 1) {
+            const T ov = __shfl_xor_sync(FULL, v, o);
+            const int oi = __shfl_xor_sync(FULL, ip, o);
+            better(v, ip, ov, oi);
+        }
+        const int src = __ffs(__ballot_sync(FULL, cand && pos == ip) & seg) - 1;
+        pl[k] = src;
+        if (piv && live && r == 0) piv[b * n + k] = ip + 1;
+        const T pkk = __shfl_sync(FULL, a[k], src);
+        if (lane == src) {
+            cand = false;
+            pos = k;
+        } else if (cand && pos == k) {
+            pos = ip;
+        }
+        T l = T(0);
+        if (pkk == T(0)) {
+            if (!fail) fail = k + 1;
+        } else if (cand) {
+            l = a[k] / pkk;
+            a[k] = l;
+        }
+#pragma unroll
+        for (int j = k + 1; j < NP; ++j) {
+            const T u = __shfl_sync(FULL, a[j], src);
+            if (cand) a[j] -= l * u;
+        }
+    }
+    if (live && row) {
+#pragma unroll
+        for (int j = 0; j < NP; ++j)
+            if (j < n) ga[pos * n + j] = a[j];
+        if (r == 0) info[b] = fail;
+    }
+    T* gb = B + b * n * nrhs;
+    for (int c = 0; c < nrhs; ++c) {
+        T x = row ? gb[r * nrhs + c] : T(0);
+        // L y = P b in step order, then U x = y backwards; the lane of step k holds row k.
+#pragma unroll
+        for (int k = 0; k < NP; ++k) {
+            if (k >= n) break;
+            const T yk = __shfl_sync(FULL, x, pl[k]);
+            if (row && pos > k) x -= a[k] * yk;
+        }
+#pragma unroll
+        for (int k = NP - 1; k >= 0; --k) {
+            if (k < n) {
+                if (row && pos == k) x /= a[k];
+                const T xk = __shfl_sync(FULL, x, pl[k]);
+                if (row && pos < k) x -= a[k] * xk;
+            }
+        }
+        __syncwarp();  // every lane has read column c before any lane overwrites it
+        if (live && row) gb[pos * nrhs + c] = x;
+    }
+}
+#endif
 
 // B (batch, n, nrhs) in place: X = op1(T)⁻¹ B, then, with `two`, X = op2(T)⁻¹ X (a Cholesky solve
 // is the pair L, Lᵀ). Flags: bit 0 lower, bit 1 transpose, bit 2 unit diagonal.
@@ -648,6 +747,7 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
                 rotation(al, be, ga, s, tau, t);
                 rotate_cols(ap, aq, m, s, tau, tm.lane);
                 if (want_v) rotate_cols(v + p * ldv, v + q * ldv, n, s, tau, tm.lane);
+                __syncwarp();  // every lane has read nrm[p], nrm[q] before lane 0 replaces them
                 if (tm.lane == 0) {
                     nrm[p] = al - t * ga;
                     nrm[q] = be + t * ga;

@@ -8,13 +8,21 @@ use metalcore_core::ops::linalg::{
 use metalcore_core::tensor::Exec;
 use pyo3::prelude::*;
 
-/// In-place batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor; per-matrix
-/// status into the int32 `info`.
+/// Batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor, in place, or from `src`
+/// (same shape and dtype) into `a`; per-matrix status into the int32 `info`.
 #[pyfunction]
-#[pyo3(signature = (a, info, upper, stream))]
-fn cholesky_inplace(py: Python<'_>, a: Desc, info: Desc, upper: bool, stream: usize) -> PyResult<()> {
+#[pyo3(signature = (a, info, upper, stream, src=None))]
+fn cholesky_inplace(
+    py: Python<'_>,
+    a: Desc,
+    info: Desc,
+    upper: bool,
+    stream: usize,
+    src: Option<Desc>,
+) -> PyResult<()> {
     let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
-    py.detach(|| cholesky(&Cholesky { a: &a, info: &info, upper }, Exec { stream })).map_err(to_py)
+    let src = src.map(|s| s.to_ref("src")).transpose()?;
+    py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream })).map_err(to_py)
 }
 
 /// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X.

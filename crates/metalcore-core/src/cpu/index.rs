@@ -87,7 +87,15 @@ fn nan_of<T: Copy>(dtype: DType) -> T {
 /// # Safety
 /// `o < outer`, `j0 <= j1 <= J`; those rows are written by no one else.
 #[inline(always)]
-unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(p: &Plan, keys: Keys<K>, bad: &AtomicBool, nan: T, o: usize, j0: usize, j1: usize) {
+unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(
+    p: &Plan,
+    keys: Keys<K>,
+    bad: &AtomicBool,
+    nan: T,
+    o: usize,
+    j0: usize,
+    j1: usize,
+) {
     let (t, inner) = (p.table, p.inner);
     let (ts1, ts2) = (t.strides[1], t.strides[2]);
     let src = (t.ptr as *const T).add(o * t.strides[0]);
@@ -132,12 +140,17 @@ fn gather<T: Copy + Send + Sync>(p: &Plan, bad: &AtomicBool) {
     let nan = nan_of::<T>(p.rows.dtype);
     let per = (ELEMS / p.inner).max(1);
     let blocks = p.j.div_ceil(per);
-    for_each_row(p.outer * blocks, per * p.inner, || (), |_, task| {
-        let (o, b) = (task / blocks, task % blocks);
-        let (j0, j1) = (b * per, ((b + 1) * per).min(p.j));
-        // SAFETY: tasks write disjoint (o, row block) slices of the output.
-        unsafe { with_keys!(p, keys => gather_rows(p, keys, bad, nan, o, j0, j1)) }
-    });
+    for_each_row(
+        p.outer * blocks,
+        per * p.inner,
+        || (),
+        |_, task| {
+            let (o, b) = (task / blocks, task % blocks);
+            let (j0, j1) = (b * per, ((b + 1) * per).min(p.j));
+            // SAFETY: tasks write disjoint (o, row block) slices of the output.
+            unsafe { with_keys!(p, keys => gather_rows(p, keys, bad, nan, o, j0, j1)) }
+        },
+    );
 }
 
 /// The `len` elements of `s` from offset `off`, `stride` apart, as `A`: the memory itself when it
@@ -159,7 +172,15 @@ unsafe fn terms<'a, A: Real>(s: &Strided, off: usize, len: usize, stride: usize,
 
 /// [`scatter_block`] with the index type known.
 #[inline(always)]
-unsafe fn scatter_keys<A: Real, K: Copy + Into<i64>>(p: &Plan, keys: Keys<K>, bad: &AtomicBool, o: usize, c0: usize, c1: usize, buf: &mut [A]) {
+unsafe fn scatter_keys<A: Real, K: Copy + Into<i64>>(
+    p: &Plan,
+    keys: Keys<K>,
+    bad: &AtomicBool,
+    o: usize,
+    c0: usize,
+    c1: usize,
+    buf: &mut [A],
+) {
     let (r, t) = (p.rows, p.table);
     let (ts1, inner) = (t.strides[1], p.inner);
     let table = (t.ptr as *mut A).add(o * t.strides[0]);
@@ -207,12 +228,17 @@ fn scatter<A: Real>(p: &Plan, bad: &AtomicBool) {
     let width = COLS.min(p.inner);
     let blocks = p.inner.div_ceil(width);
     let buf = if p.inner == 1 { ELEMS.min(p.j) } else { width };
-    for_each_row(p.outer * blocks, p.j * width, || vec![A::ZERO; buf], |buf, task| {
-        let (o, b) = (task / blocks, task % blocks);
-        // SAFETY: tasks own disjoint (o, column block) slices of the table (whose elements do not
-        // overlap, validated); `buf` as required.
-        unsafe { f(p, bad, o, b * width, ((b + 1) * width).min(p.inner), buf) }
-    });
+    for_each_row(
+        p.outer * blocks,
+        p.j * width,
+        || vec![A::ZERO; buf],
+        |buf, task| {
+            let (o, b) = (task / blocks, task % blocks);
+            // SAFETY: tasks own disjoint (o, column block) slices of the table (whose elements do not
+            // overlap, validated); `buf` as required.
+            unsafe { f(p, bad, o, b * width, ((b + 1) * width).min(p.inner), buf) }
+        },
+    );
 }
 
 /// Adds the run `[k0, k1)` of equal keys into its table row, for every `o`.
@@ -243,15 +269,21 @@ isa_copies!(sorted_run_avx2 = sorted_run(p: &Plan, bad: &AtomicBool, k0: usize, 
 fn sorted_add<A: Real>(p: &Plan, bad: &AtomicBool) {
     // Runs of equal keys, found sequentially (O(J)), then summed in parallel.
     // SAFETY: k < J positions of the (0, s, 0)-strided index.
-    let starts: Vec<usize> =
-        unsafe { with_keys!(p, keys => (0..p.j).filter(|&k| k == 0 || keys.raw(0, k, 0) != keys.raw(0, k - 1, 0)).collect()) };
+    let starts: Vec<usize> = unsafe {
+        with_keys!(p, keys => (0..p.j).filter(|&k| k == 0 || keys.raw(0, k, 0) != keys.raw(0, k - 1, 0)).collect())
+    };
     let f = pick!(sorted_run_avx2, sorted_run, A, unsafe fn(&Plan, &AtomicBool, usize, usize, &mut [A], &mut [A]));
     let per_run = p.outer * p.inner * (p.j / starts.len().max(1));
-    for_each_row(starts.len(), per_run, || (vec![A::ZERO; p.inner], vec![A::ZERO; p.inner]), |(acc, buf), s| {
-        let end = starts.get(s + 1).copied().unwrap_or(p.j);
-        // SAFETY: runs have distinct keys, so each owns its table row.
-        unsafe { f(p, bad, starts[s], end, acc, buf) }
-    });
+    for_each_row(
+        starts.len(),
+        per_run,
+        || (vec![A::ZERO; p.inner], vec![A::ZERO; p.inner]),
+        |(acc, buf), s| {
+            let end = starts.get(s + 1).copied().unwrap_or(p.j);
+            // SAFETY: runs have distinct keys, so each owns its table row.
+            unsafe { f(p, bad, starts[s], end, acc, buf) }
+        },
+    );
 }
 
 /// One op of the family; true when an index outside the table was met (its element is NaN, or its

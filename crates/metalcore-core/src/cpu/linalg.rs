@@ -2,7 +2,9 @@
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
 use super::{dot, Real};
-use crate::ops::linalg::{BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan};
+use crate::ops::linalg::{
+    BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
+};
 use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
@@ -76,6 +78,12 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         return;
     }
     let all = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * len) };
+    if p.src != p.a.ptr {
+        // SAFETY: the plan validated `src` as a contiguous buffer of A's size and dtype; it may
+        // not overlap A (distinct torch tensors).
+        let src = unsafe { std::slice::from_raw_parts(p.src as *const A, p.a.batch * len) };
+        all.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+    }
     let f = pick!(factor_lanes_avx2, factor_lanes, A, unsafe fn(&mut [[A; W]], usize, &mut [i32; W]));
     all.par_chunks_mut(W * len).zip(info.par_chunks_mut(W)).with_min_len((4096 / (len * W)).max(1)).for_each_init(
         || vec![[A::ZERO; W]; len],
@@ -663,7 +671,16 @@ isa_copies!(qr_matrix_avx2 = qr_matrix(a: &mut [A], m: usize, n: usize, q: &mut 
 /// as it is, up to adding zeros).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn reflect_lanes<A: Real>(x: &mut [[A; W]], cols: usize, rows: usize, j0: usize, v: &[[A; W]], k: usize, tau: [A; W], w: &mut [[A; W]]) {
+fn reflect_lanes<A: Real>(
+    x: &mut [[A; W]],
+    cols: usize,
+    rows: usize,
+    j0: usize,
+    v: &[[A; W]],
+    k: usize,
+    tau: [A; W],
+    w: &mut [[A; W]],
+) {
     if j0 >= cols {
         return;
     }
@@ -776,7 +793,18 @@ fn qr_impl<A: Real>(p: &QrPlan) {
             qr_lanes_avx2,
             qr_lanes,
             A,
-            unsafe fn(&mut [[A; W]], usize, usize, &mut [[A; W]], usize, &mut [[A; W]], usize, &mut [[A; W]], &mut [[A; W]], &mut [[A; W]])
+            unsafe fn(
+                &mut [[A; W]],
+                usize,
+                usize,
+                &mut [[A; W]],
+                usize,
+                &mut [[A; W]],
+                usize,
+                &mut [[A; W]],
+                &mut [[A; W]],
+                &mut [[A; W]],
+            )
         );
         let groups = p.a.batch.div_ceil(W);
         let z = [A::ZERO; W];

@@ -90,7 +90,8 @@ pub fn run(p: &Plan, ordinal: usize, exec: Exec) -> Result<()> {
     let iv = p.inner / vec;
     // Sorted add: a group of lanes per key, as many as there are (o, column vector) items.
     let lanes = if p.kind == Kind::SortedAdd { (p.outer * iv).next_power_of_two().min(BLOCK) } else { 1 };
-    let blocks = if p.kind == Kind::SortedAdd { p.j.div_ceil(BLOCK / lanes) } else { (p.outer * p.j * iv).div_ceil(BLOCK) };
+    let blocks =
+        if p.kind == Kind::SortedAdd { p.j.div_ceil(BLOCK / lanes) } else { (p.outer * p.j * iv).div_ceil(BLOCK) };
     let grid = blocks.min(dev.sm_count * (2048 / BLOCK) * 4);
     // 32-bit positions unless a position (plus one grid stride) could pass 2^32.
     let wide = p.outer * p.j * iv + grid * BLOCK >= u32::MAX as usize;

@@ -24,6 +24,7 @@ enum Entry {
     Jacobi,
     Eigh,
     CholeskyReg,
+    LuReg,
 }
 
 impl Entry {
@@ -36,6 +37,7 @@ impl Entry {
             Entry::Jacobi => "jacobi_kernel",
             Entry::Eigh => "eigh_kernel",
             Entry::CholeskyReg => "cholesky_reg_kernel",
+            Entry::LuReg => "lu_reg_kernel",
         }
     }
 }
@@ -49,15 +51,18 @@ struct Key {
     w: usize,
     /// Matrices per block (w == 1 only).
     mpb: usize,
-    /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, else 0.
+    /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`LU_NP`) of
+    /// `lu_reg_kernel`, else 0.
     tile: usize,
 }
 
 fn defines(k: &Key) -> Defines {
     let t = ctype(k.dtype).to_string();
     let mut d = vec![("T_X", t.clone()), ("ACC", t), ("WARPS", k.w.to_string()), ("MPB", k.mpb.to_string())];
-    if k.tile > 0 {
-        d.push(("R_TILE", k.tile.to_string()));
+    match k.entry {
+        Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
+        Entry::LuReg => d.push(("LU_NP", k.tile.to_string())),
+        _ => {}
     }
     d
 }
@@ -68,7 +73,9 @@ fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
         let f = function(dev, &KERNEL, &defines(&key), key.entry.name())?;
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
         // All of the opt-in shared memory the static part leaves.
-        let fixed = f.get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).map_err(driver_err("reading static shared memory"))?;
+        let fixed = f
+            .get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            .map_err(driver_err("reading static shared memory"))?;
         f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dev.smem_optin as i32 - fixed)
             .map_err(driver_err("allowing dynamic shared memory"))?;
         Ok(f)
@@ -155,8 +162,28 @@ fn launch_team(
             mpb = (max_threads / 32).clamp(1, mpb - 1);
         }
     };
-    let stream = borrowed_stream(&dev, exec.stream);
-    let mut b = stream.launch_builder(&f);
+    // SAFETY (of the launch): the shared memory requested is exactly what the kernel carves for
+    // `mpb` teams; see `launch_args`.
+    unsafe { launch_args(&dev, exec, &f, batch.div_ceil(mpb), 32 * w * mpb, smem, args) }
+}
+
+/// Launches `f` with `args` on the caller's stream.
+///
+/// # Safety
+/// `args` are the plan's validated contiguous buffers and sizes in the order of the kernel's
+/// signature, each team reading and writing only its own matrix (index < batch); `smem` is what
+/// the kernel needs for a block of `threads`.
+unsafe fn launch_args(
+    dev: &DeviceState,
+    exec: Exec,
+    f: &CudaFunction,
+    grid: usize,
+    threads: usize,
+    smem: usize,
+    args: &[Arg],
+) -> Result<()> {
+    let stream = borrowed_stream(dev, exec.stream);
+    let mut b = stream.launch_builder(f);
     let ptrs: Vec<u64> = args.iter().map(|a| if let Arg::P(p) = a { *p as u64 } else { 0 }).collect();
     for (a, p) in args.iter().zip(&ptrs) {
         match a {
@@ -165,11 +192,8 @@ fn launch_team(
             Arg::I(v) => b.arg(v),
         };
     }
-    let grid = batch.div_ceil(mpb);
-    // SAFETY: the callers pass the plan's validated contiguous buffers and sizes in the order of
-    // the kernel's signature; each team reads and writes only its own matrix (index < batch), and
-    // the shared memory requested is exactly what the kernel carves for `mpb` teams.
-    unsafe { b.launch(cfg(grid as u32, ((32 * w * mpb) as u32, 1), smem as u32)) }
+    // SAFETY: per this function's contract.
+    unsafe { b.launch(cfg(grid as u32, (threads as u32, 1), smem as u32)) }
         .map_err(driver_err("launching a batched factorization"))?;
     Ok(())
 }
@@ -182,7 +206,16 @@ pub fn qr(p: &QrPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let k = p.a.rows.min(p.a.cols);
     let (mu, nu, kqu) = (p.a.rows, p.a.cols, p.kq);
     let per = |w: usize| mu * (nu + 1) + if kqu > 0 { mu * (kqu + 1) } else { 0 } + w * nu.max(kqu) + k + 2 * w;
-    let args = [Arg::P(p.a.ptr), Arg::P(p.q), Arg::P(p.r), Arg::L(p.a.batch as i64), Arg::I(m), Arg::I(n), Arg::I(kq), Arg::I(kr)];
+    let args = [
+        Arg::P(p.a.ptr),
+        Arg::P(p.q),
+        Arg::P(p.r),
+        Arg::L(p.a.batch as i64),
+        Arg::I(m),
+        Arg::I(n),
+        Arg::I(kq),
+        Arg::I(kr),
+    ];
     launch(ordinal, exec, Entry::Qr, p.a.dtype, mu.max(nu), p.a.batch, per, &args)
 }
 
@@ -191,7 +224,14 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
         return Ok(());
     }
     let n = p.a.rows;
-    let args = [Arg::P(p.a.ptr), Arg::P(p.info), Arg::L(p.a.batch as i64), Arg::I(n as i32), Arg::I(p.upper as i32)];
+    let args = [
+        Arg::P(p.src),
+        Arg::P(p.a.ptr),
+        Arg::P(p.info),
+        Arg::L(p.a.batch as i64),
+        Arg::I(n as i32),
+        Arg::I(p.upper as i32),
+    ];
     // 32 < n <= 128: the matrix in registers of a 16×16 thread grid (float64 up to 64, past which
     // its tile would spill).
     let reg_max = if p.a.dtype == DType::F64 { 64 } else { 128 };
@@ -217,6 +257,22 @@ pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
         Arg::I(n as i32),
         Arg::I(k as i32),
     ];
+    if n <= 32 && n > 0 {
+        // Rows in registers, 8/16/32 lanes per matrix, 128-thread blocks.
+        let np = if n <= 8 {
+            8
+        } else if n <= 16 {
+            16
+        } else {
+            32
+        };
+        let dev = device(ordinal)?;
+        let _ctx = ContextGuard::enter(&dev)?;
+        let f = kernel(Key { ordinal, entry: Entry::LuReg, dtype: p.a.dtype, w: 1, mpb: 1, tile: np }, &dev)?;
+        let grid = (p.a.batch * np).div_ceil(128);
+        // SAFETY: the kernel's signature is lu_kernel's; it uses no shared memory.
+        return unsafe { launch_args(&dev, exec, &f, grid, 128, 0, &args) };
+    }
     launch(ordinal, exec, Entry::Lu, p.a.dtype, n, p.a.batch, per, &args)
 }
 
@@ -232,8 +288,16 @@ fn trsm_launch(ordinal: usize, exec: Exec, t: usize, b: &Batch, passes: [Option<
     }
     let per = |_w: usize| n * (n + 1) + n * (k + 1);
     let (f1, two, f2) = (passes[0].unwrap_or(0), passes[1].is_some() as i32, passes[1].unwrap_or(0));
-    let args =
-        [Arg::P(t), Arg::P(b.ptr), Arg::L(b.batch as i64), Arg::I(n as i32), Arg::I(k as i32), Arg::I(f1), Arg::I(two), Arg::I(f2)];
+    let args = [
+        Arg::P(t),
+        Arg::P(b.ptr),
+        Arg::L(b.batch as i64),
+        Arg::I(n as i32),
+        Arg::I(k as i32),
+        Arg::I(f1),
+        Arg::I(two),
+        Arg::I(f2),
+    ];
     launch(ordinal, exec, Entry::Trsm, b.dtype, n, b.batch, per, &args)
 }
 
@@ -302,6 +366,9 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
         }
         for tile in [3, 8] {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile })));
+        }
+        for tile in [8, 16, 32] {
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::LuReg, dtype, w: 1, mpb: 1, tile })));
         }
     }
     out

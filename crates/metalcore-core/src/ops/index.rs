@@ -40,7 +40,9 @@ impl Kind {
             0 => Ok(Kind::Gather),
             1 => Ok(Kind::ScatterAdd),
             2 => Ok(Kind::SortedAdd),
-            _ => Err(Error::value("kind", format!("expected 0 (gather), 1 (scatter-add) or 2 (sorted add), got {code}"))),
+            _ => {
+                Err(Error::value("kind", format!("expected 0 (gather), 1 (scatter-add) or 2 (sorted add), got {code}")))
+            }
         }
     }
 }
@@ -101,7 +103,8 @@ fn view3(arg: &'static str, t: &TensorRef) -> Result<Strided> {
 /// The written operand: unit stride along `inner`, and no two elements at one address (each
 /// outer dimension, taken by increasing stride, steps past everything the smaller ones span).
 fn check_written(arg: &'static str, s: &Strided, shape: &[usize]) -> Result<()> {
-    let bad = |why: &str| Err(Error::value(arg, format!("{why} (it is written; shape {shape:?}, strides {:?})", s.strides)));
+    let bad =
+        |why: &str| Err(Error::value(arg, format!("{why} (it is written; shape {shape:?}, strides {:?})", s.strides)));
     if shape[2] > 1 && s.strides[2] != 1 {
         return bad("expected unit stride in the last dimension");
     }
@@ -125,14 +128,18 @@ impl IndexArgs<'_> {
             ("index", Some(self.index)),
             ("perm", self.perm),
         ])?;
-        let (table, rows, index) = (view3("table", self.table)?, view3("rows", self.rows)?, view3("index", self.index)?);
+        let (table, rows, index) =
+            (view3("table", self.table)?, view3("rows", self.rows)?, view3("index", self.index)?);
         expect_float("rows", self.rows)?;
         if !matches!(index.dtype, DType::I32 | DType::I64) {
             return Err(Error::dtype("index", format!("expected int32 or int64, got {}", index.dtype)));
         }
         let (o, j, i) = (self.rows.shape[0], self.rows.shape[1], self.rows.shape[2]);
         if self.index.shape != self.rows.shape {
-            return Err(Error::value("index", format!("expected the shape of rows {:?}, got {:?}", self.rows.shape, self.index.shape)));
+            return Err(Error::value(
+                "index",
+                format!("expected the shape of rows {:?}, got {:?}", self.rows.shape, self.index.shape),
+            ));
         }
         if self.table.shape[0] != o || self.table.shape[2] != i {
             return Err(Error::value(

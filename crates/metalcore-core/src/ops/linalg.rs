@@ -77,6 +77,9 @@ fn info_of(t: &TensorRef, batch: usize) -> Result<usize> {
 /// only the lower triangle of the input is read. The other triangle of the result is zeroed.
 pub struct Cholesky<'a> {
     pub a: &'a TensorRef,
+    /// The matrices to factor when they are not `a` itself (`a` is then only written): same
+    /// shape, dtype and device as `a`.
+    pub src: Option<&'a TensorRef>,
     pub info: &'a TensorRef,
     pub upper: bool,
 }
@@ -85,6 +88,8 @@ pub struct Cholesky<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct CholeskyPlan {
     pub a: Batch,
+    /// Where the input matrices are read (`a.ptr` in place).
+    pub src: usize,
     pub info: usize,
     pub upper: bool,
 }
@@ -94,7 +99,24 @@ impl Cholesky<'_> {
         let device = common_device(&[("A", Some(self.a)), ("info", Some(self.info))])?;
         let a = square_of("A", self.a)?;
         let info = info_of(self.info, a.batch)?;
-        Ok((device, CholeskyPlan { a, info, upper: self.upper }))
+        let src = match self.src {
+            None => a.ptr,
+            Some(t) => {
+                common_device(&[("A", Some(self.a)), ("src", Some(t))])?;
+                let s = square_of("src", t)?;
+                if (s.batch, s.rows, s.dtype) != (a.batch, a.rows, a.dtype) {
+                    return Err(Error::value(
+                        "src",
+                        format!(
+                            "expected ({}, {}, {}) {} like A, got ({}, {}, {}) {}",
+                            a.batch, a.rows, a.rows, a.dtype, s.batch, s.rows, s.rows, s.dtype
+                        ),
+                    ));
+                }
+                s.ptr
+            }
+        };
+        Ok((device, CholeskyPlan { a, src, info, upper: self.upper }))
     }
 }
 
@@ -176,7 +198,11 @@ impl LuSolve<'_> {
                 if p.numel() != a.batch * a.rows || !p.is_contiguous() {
                     return Err(Error::value(
                         "pivots",
-                        format!("expected a contiguous int32 tensor of {} elements, got shape {:?}", a.batch * a.rows, p.shape),
+                        format!(
+                            "expected a contiguous int32 tensor of {} elements, got shape {:?}",
+                            a.batch * a.rows,
+                            p.shape
+                        ),
                     ));
                 }
                 Some(p.ptr)
