@@ -40,12 +40,14 @@ def recon_err(A, L, upper=False):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1, 2, 7, 16, 33, 64, 127])
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 16, 31, 32, 33, 64, 127])
 @pytest.mark.parametrize("batch", [(), (1,), (5,), (2, 3)])
 @pytest.mark.parametrize("upper", [False, True])
 def test_cholesky_reconstructs(device, dtype, n, batch, upper):
     A = spd(batch, n, dtype, device)
+    A0 = A.clone()
     L = cholesky(A, upper=upper)
+    assert torch.equal(A, A0), "the input is read in place, never written"
     assert L.shape == A.shape and L.dtype == A.dtype
     tri = L.triu(1) if not upper else L.tril(-1)
     assert torch.equal(tri, torch.zeros_like(tri)), "the other triangle is exactly zero"
@@ -77,7 +79,8 @@ def test_only_the_lower_triangle_is_read(device):
     assert torch.equal(cholesky(junk), cholesky(A))
 
 
-@pytest.mark.parametrize("n, dtype", [(6, torch.float64), (50, torch.float64), (50, torch.float32), (100, torch.float32)])
+@pytest.mark.parametrize("n, dtype", [(6, torch.float64), (13, torch.float32), (32, torch.float64), (50, torch.float64),
+                                      (50, torch.float32), (100, torch.float32)])
 def test_failures_are_reported_per_batch_element(device, n, dtype):
     A = spd((4,), n, dtype, device)
     A[1, 3, 3] = -50.0 * n  # indefinite
@@ -203,7 +206,9 @@ def residual(A, X, B):
 def test_solve_residual(device, dtype, n, k, batch):
     A = torch.randn(batch, n, n, dtype=dtype, device=device)
     B = torch.randn((batch, n) if k is None else (batch, n, k), dtype=dtype, device=device)
+    A0, B0 = A.clone(), B.clone()
     X = solve(A, B)
+    assert torch.equal(A, A0) and torch.equal(B, B0), "the inputs are read in place, never written"
     assert X.shape == B.shape and X.dtype == dtype
     assert residual(A, X, B) <= (1e-5 if dtype == torch.float32 else 1e-13)
 

@@ -123,7 +123,7 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
 
 def _first_failure(info: Tensor):
     """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
-    flat = info.reshape(-1)
+    flat = info if info.dim() == 1 else info.reshape(-1)
     if flat.is_cuda and flat.numel() <= 16384:
         flat = flat.cpu()  # one small copy, no reduction kernel: the check costs one sync either way
     if not bool(flat.any()):
@@ -314,7 +314,7 @@ def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
     """(X, info) (no autograd)."""
     vector, batch = shapes or _solve_shapes(A, B)
     Bm = B.unsqueeze(-1) if vector else B
-    done = _on_backend("solve", A, lambda: _lu(A, Bm, batch, False))
+    done = _on_backend("solve", A, lambda: _lu(A, Bm, batch, False, False))
     if done is None:
         acc = _acc(A.dtype)
         X, info = torch.linalg.solve_ex(A.to(acc), Bm.to(acc))
@@ -324,22 +324,30 @@ def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
     return (X.squeeze(-1) if vector else X), info.to(torch.int32)
 
 
-def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool):
+def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     """metalcore's LU with partial pivoting of A (broadcast to `batch`), applied to the right-hand
-    sides Bm (``*, n, k``; k may be 0): (LU factors, X, pivots or None, info), in the compute dtype."""
+    sides Bm (``*, n, k``; k may be 0): (LU factors or None, X, pivots or None, info), in the
+    compute dtype. Inputs already contiguous in the compute dtype and batch are read in place."""
     n, k = A.shape[-1], Bm.shape[-1]
     acc = _acc(A.dtype)
-    a = empty(batch + (n, n), acc, A.device)
+    a = A if (A.dtype == acc and A.shape[:-2] == batch and A.is_contiguous()) else None
+    if a is None:
+        a = empty(batch + (n, n), acc, A.device)
+        if a.numel():
+            a.copy_(A)  # broadcasts over the batch
+    b = Bm if (Bm.dtype == acc and Bm.shape[:-2] == batch and Bm.is_contiguous()) else None
     x = empty(batch + (n, k), acc, A.device)
-    if a.numel():
-        a.copy_(A)  # broadcasts over the batch
-    if x.numel():
-        x.copy_(Bm)
+    if b is None:
+        b = x
+        if x.numel():
+            x.copy_(Bm)
+    lu = empty(a.shape, acc, A.device) if factors else None
     piv = empty(batch + (n,), torch.int32, A.device) if pivots else None
     info = empty(batch, torch.int32, A.device)
-    _native.lu_solve_inplace(batch_desc(a, "A", n, n), batch_desc(x, "B", n, k), desc(info, "info"),
-                             None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A))
-    return a, x, piv, info
+    _native.lu_solve_into(batch_desc(a, "A", n, n), None if lu is None else batch_desc(lu, "LU", n, n),
+                          batch_desc(b, "B", n, k), batch_desc(x, "X", n, k), desc(info, "info"),
+                          None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A))
+    return lu, x, piv, info
 
 
 def _raise_singular(info: Tensor) -> None:
@@ -557,7 +565,7 @@ def lu_batched(A: Tensor) -> LUResult:
     is exactly zero (singular; the factorization is still completed). Not differentiable."""
     n = _check_square("A", A)
     with torch.no_grad():
-        done = _on_backend("lu_batched", A, lambda: _lu(A, A.new_empty(A.shape[:-1] + (0,)), A.shape[:-2], True))
+        done = _on_backend("lu_batched", A, lambda: _lu(A, A.new_empty(A.shape[:-1] + (0,)), A.shape[:-2], True, True))
         if done is None:
             lu, piv, info = torch.linalg.lu_factor_ex(A.to(_acc(A.dtype)))
         else:

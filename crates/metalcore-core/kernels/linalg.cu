@@ -369,11 +369,12 @@ __device__ __forceinline__ void store(T* g, const T* s, int ld, int r, int c, co
     for (int e = tm.t; e < r * c; e += TEAM) g[e] = s[(e / c) * ld + e % c];
 }
 
-// A (batch, n, n) becomes its LU factors (unit-lower L below the diagonal, U on and above), B
-// (batch, n, nrhs; nrhs may be 0) the solution of A X = B, piv (batch, n; may be null) the 1-based
-// row interchanges as LAPACK's getrf reports them, info[b] = 0 or j > 0 when U[j-1][j-1] == 0
-// (the first such; the elimination goes on, as in getrf, and X is then undefined).
-extern "C" __global__ void lu_kernel(T* __restrict__ A, T* __restrict__ B, int* __restrict__ piv,
+// Reads A (batch, n, n) and B (batch, n, nrhs; nrhs may be 0); writes LU (may be null, or A) the
+// LU factors (unit-lower L below the diagonal, U on and above), X (may be B) the solution of
+// A X = B, piv (batch, n; may be null) the 1-based row interchanges as LAPACK's getrf reports them,
+// info[b] = 0 or j > 0 when U[j-1][j-1] == 0 (the first such; the elimination goes on, as in
+// getrf, and X is then undefined).
+extern "C" __global__ void lu_kernel(const T* A, T* LU, const T* B, T* X, int* __restrict__ piv,
                                      int* __restrict__ info, long long batch, int n, int nrhs) {
     const Team tm = team_of();
     const int lda = n + 1, ldb = nrhs + 1;
@@ -383,10 +384,8 @@ extern "C" __global__ void lu_kernel(T* __restrict__ A, T* __restrict__ B, int* 
     T* x = a + (size_t)n * lda;
     T* red = x + (size_t)n * ldb;
     int* redi = reinterpret_cast<int*>(red + 2 * WARPS);  // 2*WARPS ints fit in 2*WARPS elements of T
-    T* ga = A + b * n * n;
-    T* gb = B + b * n * nrhs;
-    load(a, lda, ga, n, n, tm);
-    load(x, ldb, gb, n, nrhs, tm);
+    load(a, lda, A + b * n * n, n, n, tm);
+    load(x, ldb, B + b * n * nrhs, n, nrhs, tm);
     TEAM_SYNC();
     int fail = 0;
     for (int k = 0; k < n; ++k) {
@@ -420,22 +419,22 @@ extern "C" __global__ void lu_kernel(T* __restrict__ A, T* __restrict__ B, int* 
         TEAM_SYNC();
     }
     substitute(a, lda, false, false, false, x, ldb, n, nrhs, tm);
-    store(ga, a, lda, n, n, tm);
-    store(gb, x, ldb, n, nrhs, tm);
+    if (LU) store(LU + b * n * n, a, lda, n, n, tm);
+    store(X + b * n * nrhs, x, ldb, n, nrhs, tm);
     if (tm.t == 0) info[b] = fail;
 }
 
-#ifdef LU_NP
-// lu_kernel for n <= LU_NP (8, 16 or 32) with the rows in registers: LU_NP lanes per matrix
-// (32 / LU_NP matrices per warp), lane i holding row i of A, and no shared memory. Rows never
+#ifdef ROW_NP
+// lu_kernel for n <= ROW_NP (8, 16 or 32) with the rows in registers: ROW_NP lanes per matrix
+// (32 / ROW_NP matrices per warp), lane i holding row i of A, and no shared memory. Rows never
 // move: each lane tracks `pos`, its row's place in LAPACK's interchanged order, so the pivot is
 // LAPACK's (the first largest |a_ik| in that order; NaN counts as largest) and so are the reported
 // interchanges. The pivot row reaches the other lanes by shuffles, one per trailing column. Same
 // contract as lu_kernel.
-extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(T* __restrict__ A, T* __restrict__ B,
+extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(const T* A, T* LU, const T* B, T* X,
                                                                 int* __restrict__ piv, int* __restrict__ info,
                                                                 long long batch, int n, int nrhs) {
-    constexpr int NP = LU_NP;
+    constexpr int NP = ROW_NP;
     constexpr unsigned FULL = 0xffffffffu;
     const int lane = threadIdx.x & 31;
     const int r = lane % NP;
@@ -445,7 +444,7 @@ extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(T* __restrict__ 
     const bool live = gm < batch;
     const long long b = live ? gm : batch - 1;  // a lane past the batch shadows the last matrix, storing nothing
     const bool row = r < n;
-    T* ga = A + b * n * n;
+    const T* ga = A + b * n * n;
     T a[NP];
 #pragma unroll
     for (int j = 0; j < NP; ++j) a[j] = (row && j < n) ? ga[r * n + j] : T(0);
@@ -488,12 +487,16 @@ extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(T* __restrict__ 
         }
     }
     if (live && row) {
+        if (LU) {
+            T* gl = LU + b * n * n;
 #pragma unroll
-        for (int j = 0; j < NP; ++j)
-            if (j < n) ga[pos * n + j] = a[j];
+            for (int j = 0; j < NP; ++j)
+                if (j < n) gl[pos * n + j] = a[j];
+        }
         if (r == 0) info[b] = fail;
     }
-    T* gb = B + b * n * nrhs;
+    const T* gb = B + b * n * nrhs;
+    T* gx = X + b * n * nrhs;
     for (int c = 0; c < nrhs; ++c) {
         T x = row ? gb[r * nrhs + c] : T(0);
         // L y = P b in step order, then U x = y backwards; the lane of step k holds row k.
@@ -511,9 +514,61 @@ extern "C" __global__ void __launch_bounds__(128) lu_reg_kernel(T* __restrict__ 
                 if (row && pos < k) x -= a[k] * xk;
             }
         }
-        __syncwarp();  // every lane has read column c before any lane overwrites it
-        if (live && row) gb[pos * nrhs + c] = x;
+        __syncwarp();  // every lane has read column c before any lane overwrites it (X may be B)
+        if (live && row) gx[pos * nrhs + c] = x;
     }
+}
+
+// cholesky_kernel for n <= ROW_NP with the rows in registers (lanes as in lu_reg_kernel): per
+// column k the diagonal and then each trailing row's multiplier reach the other lanes by shuffles.
+// After a failure the lanes keep stepping (shuffles need the whole warp) but change nothing, so
+// the factor is partial as in cholesky_kernel. Same contract as cholesky_kernel.
+extern "C" __global__ void __launch_bounds__(128) cholesky_row_kernel(const T* S, T* A, int* __restrict__ info,
+                                                                      long long batch, int n, int upper) {
+    constexpr int NP = ROW_NP;
+    constexpr unsigned FULL = 0xffffffffu;
+    const int lane = threadIdx.x & 31;
+    const int r = lane % NP, base = lane - r;
+    const long long gm = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / NP;
+    if (((long long)blockIdx.x * blockDim.x + (threadIdx.x & ~31)) / NP >= batch) return;  // the whole warp is idle
+    const bool live = gm < batch;
+    const long long b = live ? gm : batch - 1;
+    const bool row = r < n;
+    const T* src = S + b * n * n;
+    T a[NP];
+#pragma unroll
+    for (int j = 0; j < NP; ++j) a[j] = (row && j <= r) ? src[r * n + j] : T(0);
+    int fail = 0;
+#pragma unroll
+    for (int k = 0; k < NP; ++k) {
+        if (k >= n) break;  // uniform
+        const T d = __shfl_sync(FULL, a[k], base + k);
+        if (!fail && !(d > T(0))) fail = k + 1;
+        const bool go = !fail;
+        if (go && r >= k) {
+            const T sd = sqrt(d);
+            a[k] = r == k ? sd : a[k] / sd;
+        }
+#pragma unroll
+        for (int j = k + 1; j < NP; ++j) {
+            const T lj = __shfl_sync(FULL, a[k], base + j);
+            if (go && r >= j) a[j] -= a[k] * lj;
+        }
+    }
+    if (!(live && row)) return;
+    T* g = A + b * n * n;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+        if (j < n) {
+            const T v = j <= r ? a[j] : T(0);
+            if (upper) {
+                g[j * n + r] = v;
+            } else {
+                g[r * n + j] = v;
+            }
+        }
+    }
+    if (r == 0) info[b] = fail;
 }
 #endif
 

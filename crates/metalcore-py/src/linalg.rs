@@ -33,15 +33,27 @@ fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream:
     py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper }, Exec { stream })).map_err(to_py)
 }
 
-/// In-place batched LU solve with partial pivoting: `a` becomes its LU factors, `b` the solution,
-/// `info` the per-matrix status, `pivots` (optional) the 1-based row interchanges.
+/// Batched LU solve: reads `a` and `b`, writes X into `x` (which may be `b`), the packed factors
+/// into `lu` when given (which may be `a`), the per-matrix status into `info` and, when given, the
+/// 1-based row interchanges into `pivots`.
 #[pyfunction]
-#[pyo3(signature = (a, b, info, pivots, stream))]
-fn lu_solve_inplace(py: Python<'_>, a: Desc, b: Desc, info: Desc, pivots: Option<Desc>, stream: usize) -> PyResult<()> {
-    let (a, b, info) = (a.to_ref("A")?, b.to_ref("B")?, info.to_ref("info")?);
+#[pyo3(signature = (a, lu, b, x, info, pivots, stream))]
+#[allow(clippy::too_many_arguments)]
+fn lu_solve_into(
+    py: Python<'_>,
+    a: Desc,
+    lu: Option<Desc>,
+    b: Desc,
+    x: Desc,
+    info: Desc,
+    pivots: Option<Desc>,
+    stream: usize,
+) -> PyResult<()> {
+    let (a, b, x, info) = (a.to_ref("A")?, b.to_ref("B")?, x.to_ref("X")?, info.to_ref("info")?);
+    let lu = lu.map(|t| t.to_ref("LU")).transpose()?;
     let pivots = pivots.map(|p| p.to_ref("pivots")).transpose()?;
-    py.detach(|| lu_solve(&LuSolve { a: &a, b: &b, info: &info, pivots: pivots.as_ref() }, Exec { stream }))
-        .map_err(to_py)
+    let args = LuSolve { a: &a, lu: lu.as_ref(), b: &b, x: &x, info: &info, pivots: pivots.as_ref() };
+    py.detach(|| lu_solve(&args, Exec { stream })).map_err(to_py)
 }
 
 /// In-place batched triangular solve op(A) X = B; `b` becomes X.
@@ -107,7 +119,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batched_into, m)?)?;
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(qr_into, m)?)?;
-    m.add_function(wrap_pyfunction!(lu_solve_inplace, m)?)?;
+    m.add_function(wrap_pyfunction!(lu_solve_into, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;
     Ok(())

@@ -417,7 +417,36 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
         info.fill(0);
         return;
     }
-    let asl = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * alen) };
+    // Lanes pay a scalar pivot search and row swap per lane: past small n (or with lanes left
+    // empty) one system per task is faster. The lanes do not keep the factors (they only read A):
+    // a call that wants them (with pivots) takes the per-matrix path.
+    let per_matrix = n > LANES_MAX_N || p.a.batch < W || p.pivots.is_some();
+    // Both paths work in place: on the factor output (A copied there), on a scratch copy of A when
+    // the factors are not wanted (the lanes read A itself), and on X (B copied there).
+    // SAFETY: the plan validated contiguous buffers of these sizes; outputs are distinct tensors
+    // from the inputs unless they are the same memory (in place).
+    let ain = unsafe { std::slice::from_raw_parts(p.a.ptr as *const A, p.a.batch * alen) };
+    let mut scratch: Vec<A> = Vec::new();
+    let work = match p.lu {
+        Some(ptr) => {
+            if ptr != p.a.ptr {
+                let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut A, p.a.batch * alen) };
+                out.par_chunks_mut(1 << 16).zip(ain.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+            }
+            ptr as *mut A
+        }
+        None if !per_matrix => p.a.ptr as *mut A,
+        None => {
+            scratch.extend_from_slice(ain);
+            scratch.as_mut_ptr()
+        }
+    };
+    let asl = unsafe { std::slice::from_raw_parts_mut(work, p.a.batch * alen) };
+    if blen > 0 && p.x != p.b.ptr {
+        let bin = unsafe { std::slice::from_raw_parts(p.b.ptr as *const A, p.b.batch * blen) };
+        let out = unsafe { std::slice::from_raw_parts_mut(p.x as *mut A, p.b.batch * blen) };
+        out.par_chunks_mut(1 << 16).zip(bin.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+    }
     // With no right-hand side there is nothing to read in `b`: a scratch of one element per
     // matrix stands for it (so the chunking below stays uniform).
     let mut none: Vec<A> = Vec::new();
@@ -425,12 +454,9 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
         none.resize(p.a.batch, A::ZERO);
         (&mut none[..], 1)
     } else {
-        (unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) }, blen)
+        (unsafe { std::slice::from_raw_parts_mut(p.x as *mut A, p.b.batch * blen) }, blen)
     };
-    if n > LANES_MAX_N || p.a.batch < W || p.pivots.is_some() {
-        // Lanes pay a scalar pivot search and row swap per lane: past small n (or with lanes left
-        // empty) one system per task is faster. The lanes do not keep the factors: a call that
-        // wants them (with pivots) takes this path too.
+    if per_matrix {
         let f = pick!(
             lu_solve_matrix_avx2,
             lu_solve_matrix,

@@ -25,6 +25,7 @@ enum Entry {
     Eigh,
     CholeskyReg,
     LuReg,
+    CholeskyRow,
 }
 
 impl Entry {
@@ -38,6 +39,7 @@ impl Entry {
             Entry::Eigh => "eigh_kernel",
             Entry::CholeskyReg => "cholesky_reg_kernel",
             Entry::LuReg => "lu_reg_kernel",
+            Entry::CholeskyRow => "cholesky_row_kernel",
         }
     }
 }
@@ -51,8 +53,8 @@ struct Key {
     w: usize,
     /// Matrices per block (w == 1 only).
     mpb: usize,
-    /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`LU_NP`) of
-    /// `lu_reg_kernel`, else 0.
+    /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`ROW_NP`) of the
+    /// row-per-lane kernels, else 0.
     tile: usize,
 }
 
@@ -61,7 +63,7 @@ fn defines(k: &Key) -> Defines {
     let mut d = vec![("T_X", t.clone()), ("ACC", t), ("WARPS", k.w.to_string()), ("MPB", k.mpb.to_string())];
     match k.entry {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
-        Entry::LuReg => d.push(("LU_NP", k.tile.to_string())),
+        Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
         _ => {}
     }
     d
@@ -234,6 +236,9 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     ];
     // 32 < n <= 128: the matrix in registers of a 16×16 thread grid (float64 up to 64, past which
     // its tile would spill).
+    if n > 0 && n <= 32 {
+        return launch_rows(ordinal, exec, Entry::CholeskyRow, p.a.dtype, n, p.a.batch, &args);
+    }
     let reg_max = if p.a.dtype == DType::F64 { 64 } else { 128 };
     if n > 32 && n <= reg_max {
         return launch_team(ordinal, exec, Entry::CholeskyReg, p.a.dtype, (8, 1), n, p.a.batch, |_| 0, &args);
@@ -250,7 +255,9 @@ pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
     let per = |w: usize| n * (n + 1) + n * (k + 1) + 4 * w;
     let args = [
         Arg::P(p.a.ptr),
+        Arg::P(p.lu.unwrap_or(0)),
         Arg::P(p.b.ptr),
+        Arg::P(p.x),
         Arg::P(p.pivots.unwrap_or(0)),
         Arg::P(p.info),
         Arg::L(p.a.batch as i64),
@@ -258,22 +265,29 @@ pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
         Arg::I(k as i32),
     ];
     if n <= 32 && n > 0 {
-        // Rows in registers, 8/16/32 lanes per matrix, 128-thread blocks.
-        let np = if n <= 8 {
-            8
-        } else if n <= 16 {
-            16
-        } else {
-            32
-        };
-        let dev = device(ordinal)?;
-        let _ctx = ContextGuard::enter(&dev)?;
-        let f = kernel(Key { ordinal, entry: Entry::LuReg, dtype: p.a.dtype, w: 1, mpb: 1, tile: np }, &dev)?;
-        let grid = (p.a.batch * np).div_ceil(128);
-        // SAFETY: the kernel's signature is lu_kernel's; it uses no shared memory.
-        return unsafe { launch_args(&dev, exec, &f, grid, 128, 0, &args) };
+        return launch_rows(ordinal, exec, Entry::LuReg, p.a.dtype, n, p.a.batch, &args);
     }
     launch(ordinal, exec, Entry::Lu, p.a.dtype, n, p.a.batch, per, &args)
+}
+
+/// Launches a row-per-lane kernel (`n` <= 32: 8, 16 or 32 lanes per matrix, 128-thread blocks,
+/// no shared memory) whose signature is that of `entry`'s shared-memory counterpart.
+fn launch_rows(
+    ordinal: usize,
+    exec: Exec,
+    entry: Entry,
+    dtype: DType,
+    n: usize,
+    batch: usize,
+    args: &[Arg],
+) -> Result<()> {
+    let np = n.next_power_of_two().max(8);
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let f = kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: np }, &dev)?;
+    // SAFETY: `args` follow the counterpart's signature, which the row kernels share; they use no
+    // shared memory and each lane group touches only its own matrix.
+    unsafe { launch_args(&dev, exec, &f, (batch * np).div_ceil(128), 128, 0, args) }
 }
 
 /// Flag bits of `trsm_kernel`: lower, transpose, unit diagonal.
@@ -368,7 +382,9 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile })));
         }
         for tile in [8, 16, 32] {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::LuReg, dtype, w: 1, mpb: 1, tile })));
+            for entry in [Entry::LuReg, Entry::CholeskyRow] {
+                out.push((&KERNEL, defines(&Key { ordinal: 0, entry, dtype, w: 1, mpb: 1, tile })));
+            }
         }
     }
     out

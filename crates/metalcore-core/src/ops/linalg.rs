@@ -163,32 +163,61 @@ pub fn cholesky_solve(args: &CholeskySolve<'_>, exec: Exec) -> Result<()> {
     }
 }
 
-/// In-place solve of `A X = B` for each batch element by LU with partial pivoting (Gaussian
-/// elimination with row interchanges): `a` is overwritten by its LU factors, `b` by `X`, and
-/// `info[i]` is 0, or `j > 0` when `U[j-1][j-1]` is exactly zero (singular: `X` is then undefined).
+/// Solve of `A X = B` for each batch element by LU with partial pivoting (Gaussian elimination
+/// with row interchanges): `x` receives `X` (it may be `b` itself), `lu` (when given; it may be `a`
+/// itself) the packed LU factors, and `info[i]` is 0, or `j > 0` when `U[j-1][j-1]` is exactly
+/// zero (singular: `X` is then undefined). `a` and `b` are only read unless they are the outputs.
 pub struct LuSolve<'a> {
     pub a: &'a TensorRef,
+    pub lu: Option<&'a TensorRef>,
     pub b: &'a TensorRef,
+    pub x: &'a TensorRef,
     pub info: &'a TensorRef,
     /// Optional `(batch, n)` int32 output: the 1-based row interchanges, as LAPACK's getrf
-    /// (and `torch.linalg.lu_factor`) report them. `a` then holds the packed LU factors.
+    /// (and `torch.linalg.lu_factor`) report them.
     pub pivots: Option<&'a TensorRef>,
 }
 
-/// A validated LU solve.
+/// A validated LU solve: reads `a` and `b`, writes `x`, and `lu` (a pointer to a buffer like `a`)
+/// when given.
 #[derive(Clone, Copy, Debug)]
 pub struct LuSolvePlan {
     pub a: Batch,
+    pub lu: Option<usize>,
     pub b: Batch,
+    pub x: usize,
     pub info: usize,
     pub pivots: Option<usize>,
 }
 
+/// `out` (named `arg`) is a batch of `like`'s shape and dtype; returns its pointer.
+fn same_batch(arg: &'static str, like_arg: &str, like: &Batch, out: &TensorRef) -> Result<usize> {
+    let o = batch_of(arg, out)?;
+    if (o.batch, o.rows, o.cols, o.dtype) != (like.batch, like.rows, like.cols, like.dtype) {
+        return Err(Error::value(
+            arg,
+            format!(
+                "expected ({}, {}, {}) {} like {like_arg}, got ({}, {}, {}) {}",
+                like.batch, like.rows, like.cols, like.dtype, o.batch, o.rows, o.cols, o.dtype
+            ),
+        ));
+    }
+    Ok(o.ptr)
+}
+
 impl LuSolve<'_> {
     pub fn plan(&self) -> Result<(Device, LuSolvePlan)> {
-        let device = common_device(&[("A", Some(self.a)), ("B", Some(self.b)), ("info", Some(self.info))])?;
+        let device = common_device(&[
+            ("A", Some(self.a)),
+            ("B", Some(self.b)),
+            ("X", Some(self.x)),
+            ("LU", self.lu),
+            ("info", Some(self.info)),
+        ])?;
         let a = square_of("A", self.a)?;
         let b = rhs_of("A", &a, self.b)?;
+        let x = same_batch("X", "B", &b, self.x)?;
+        let lu = self.lu.map(|t| same_batch("LU", "A", &a, t)).transpose()?;
         let info = info_of(self.info, a.batch)?;
         let pivots = match self.pivots {
             None => None,
@@ -208,7 +237,7 @@ impl LuSolve<'_> {
                 Some(p.ptr)
             }
         };
-        Ok((device, LuSolvePlan { a, b, info, pivots }))
+        Ok((device, LuSolvePlan { a, lu, b, x, info, pivots }))
     }
 }
 
