@@ -33,6 +33,27 @@ def ref_loss(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="
     return loss.sum() / valid.sum() if reduction == "mean" else loss.sum()
 
 
+@pytest.mark.parametrize("dtype, V", [(torch.bfloat16, 100_000), (torch.float32, 40_000), (torch.float16, 131_072)])
+@pytest.mark.parametrize("g_out", [1.0, 0.3])
+def test_long_rows(device, dtype, V, g_out):
+    # Vocabulary-sized rows: on CUDA the fused pass holds each row on chip (registers, then shared
+    # memory past 8 vectors a thread); with g_out = 1 the backward keeps the fused gradient
+    # (decided on the device), otherwise it recomputes it with the new scale.
+    x = make((5, V), dtype, device, scale=3.0, requires_grad=True)
+    t = torch.tensor([0, V - 1, -100, 7, V // 2], device=device)
+    x64 = x.detach().double().requires_grad_()
+    loss = cross_entropy(x, t, label_smoothing=0.05)
+    loss_t = F.cross_entropy(x, t, label_smoothing=0.05)
+    loss64 = ref_loss(x64, t, label_smoothing=0.05)
+    assert_close_to_ref(loss, loss_t, loss64, what="loss", floor=2e-7)
+    g = torch.tensor(g_out, dtype=dtype, device=device)
+    (gx,) = torch.autograd.grad(loss, (x,), g)
+    (g_t,) = torch.autograd.grad(loss_t, (x,), g)
+    (g64,) = torch.autograd.grad(loss64, (x64,), g.double())
+    assert_close_to_ref(gx, g_t, g64, what="grad", floor=2e-7)
+    assert torch.equal(gx[2], torch.zeros_like(gx[2])), "an ignored row has a zero gradient"
+
+
 @pytest.mark.parametrize("dtype", LOWP)
 @pytest.mark.parametrize("shape", [(64, 13), (4, 8, 4097), (33, 1000), (1, 1)], ids=["64x13", "4x8x4097", "33x1000", "1x1"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

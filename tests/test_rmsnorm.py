@@ -203,6 +203,26 @@ def test_non_contiguous_3d_inputs_mixed_with_contiguous(device):
     assert rel_err(y3, ref64(x, w, 1e-6, 0.0, "llama")) < 1e-6
 
 
+def test_repeated_signatures_reuse_plans_safely(device):
+    # Calls of one signature are launched from a cached plan by data pointers: fresh tensors,
+    # a misaligned view (vector loads must not be assumed) and gradients stay right, and a
+    # different weight shape is still refused.
+    w = torch.randn(40, device=device)
+    for _ in range(3):
+        base = torch.randn(6 * 40 + 1, device=device, requires_grad=True)
+        for x in (base[:-1].view(6, 40), base[1:].view(6, 40)):  # aligned, then off by one element
+            wr = w.clone().requires_grad_()
+            y = rms_norm(x, wr)
+            dy = torch.randn_like(y)
+            gx, gw = torch.autograd.grad(y, (x, wr), dy)
+            x64, w64 = x.detach().double().requires_grad_(), w.double().requires_grad_()
+            y64 = ref64(x64, w64, 1e-6, 0.0, "llama")
+            g64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+            assert rel_err(y, y64) < 1e-6 and rel_err(gx, g64[0]) < 1e-5 and rel_err(gw, g64[1]) < 1e-5
+    with pytest.raises(ValueError, match="weight"):
+        rms_norm(torch.randn(6, 40, device=device), torch.randn(39, device=device))
+
+
 @pytest.mark.parametrize("shape", [(0, 8), (2, 0, 8), (4, 0), (0,)])
 def test_empty_tensors(device, shape):
     x = torch.randn(shape, device=device, requires_grad=True)

@@ -14,7 +14,7 @@ import torch
 
 from . import _native
 
-__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "set_poison", "fast_apply", "capturing", "SUPPORTED_DEVICE_TYPES"]
+__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "empty_like", "set_poison", "fast_apply", "capturing", "SUPPORTED_DEVICE_TYPES"]
 
 #: Device types with a metalcore backend. Everything else falls back to PyTorch (with a warning).
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
@@ -72,6 +72,15 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if _poison:
         t.fill_(float("nan") if t.is_floating_point() else -(2**31) + 7)
     return t
+
+
+def empty_like(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A contiguous output of `t`'s shape and device (`empty`'s poisoning applies); a third of the
+    host time of ``torch.empty(t.shape, ...)``."""
+    o = torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
+    if _poison:
+        o.fill_(float("nan") if o.is_floating_point() else -(2**31) + 7)
+    return o
 
 
 def _preload_nvrtc() -> None:

@@ -7,29 +7,21 @@ def cuda_driver_present() -> bool: ...
 def nvrtc_present() -> bool: ...
 def nvrtc_version() -> Tuple[int, int]: ...
 def compile_all_kernels(arch: str) -> List[str]: ...
-def norm_fwd_into(
-    kind: str,
-    x: Desc,
-    residual: Optional[Desc],
-    weight: Optional[Desc],
-    bias: Optional[Desc],
-    out: Desc,
-    residual_out: Optional[Desc],
-    mean: Optional[Desc],
-    rstd: Optional[Desc],
-    eps: float,
-    offset: float,
-    cast_before_weight: bool,
-    stream: int,
-) -> None: ...
-
-# (kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x, grad_weight, grad_bias)
-BwdDescs = Tuple[str, Desc, Desc, Optional[Desc], Optional[Desc], Desc, Optional[Desc], Desc, Optional[Desc], Optional[Desc]]
-
 def norm_bwd_workspace(tensors: BwdDescs, offset: float, cast_before_weight: bool) -> int: ...
-def norm_bwd_into(
-    tensors: BwdDescs, workspace: Optional[Desc], offset: float, cast_before_weight: bool, stream: int
-) -> None: ...
+class NormFwdPlan:
+    def launch(self, x: int, residual: int, weight: int, bias: int, out: int, residual_out: int, mean: int, rstd: int,
+               stream: int) -> None: ...
+
+class NormBwdPlan:
+    def launch(self, grad_out: int, x: int, weight: int, mean: int, rstd: int, grad_residual_out: int, grad_x: int,
+               grad_weight: int, grad_bias: int, workspace: Tuple[int, int], stream: int) -> None: ...
+
+def norm_fwd_plan(
+    kind: str, x: Desc, residual: Optional[Desc], weight: Optional[Desc], bias: Optional[Desc], out: Desc,
+    residual_out: Optional[Desc], mean: Optional[Desc], rstd: Optional[Desc], eps: float, offset: float,
+    cast_before_weight: bool,
+) -> NormFwdPlan: ...
+def norm_bwd_plan(tensors: BwdDescs, workspace: Optional[Desc], offset: float, cast_before_weight: bool) -> NormBwdPlan: ...
 def softmax_fwd_into(x: Desc, out: Desc, stream: int) -> None: ...
 def softmax_bwd_into(y: Desc, grad_out: Desc, grad_x: Desc, stream: int) -> None: ...
 def cholesky_inplace(a: Desc, info: Desc, upper: bool, stream: int, src: Optional[Desc] = None) -> None: ...
@@ -65,6 +57,7 @@ def cross_entropy_into(
     lse: Desc,
     grad: Optional[Desc],
     scale: Optional[Desc],
+    skip_if_scale: Optional[Desc],
     backward: bool,
     ignore_index: int,
     label_smoothing: float,

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, check_same_device, desc, empty, opt_desc, stream_of
+from ._backend import check_float, check_same_device, desc, empty, empty_like, opt_desc, stream_of
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -50,6 +50,36 @@ def check_inputs(x: Tensor, residual: Optional[Tensor], n: int, **params: Option
             raise TypeError(f"residual: expected dtype {x.dtype} (the dtype of x), got {residual.dtype}")
 
 
+# Validated launch plans by call signature: a signature of contiguous tensors (shapes, dtypes,
+# devices and flags) that passed the core's validation once is launched again by data pointers
+# alone, which saves the descriptors, their parsing and the checks (tens of microseconds of host
+# time per call on a path that is otherwise host-bound on the GPU).
+_FWD_PLANS: dict = {}
+_BWD_PLANS: dict = {}
+_PLANS_MAX = 512
+
+
+def _sig(t: Optional[Tensor]):
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
+def _contiguous(*ts: Optional[Tensor]) -> bool:
+    for t in ts:
+        if t is not None and not t.is_contiguous():
+            return False
+    return True
+
+
+def _remember(cache: dict, key, value) -> None:
+    if len(cache) >= _PLANS_MAX:
+        cache.clear()  # many distinct signatures: start over rather than grow without bound
+    cache[key] = value
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
 def fwd_impl(
     kind: str,
     x: Tensor,
@@ -63,11 +93,16 @@ def fwd_impl(
     out_dtype: torch.dtype,
     want_stats: bool,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Normalizes `x` over rows of `n` trailing elements. Returns (y, residual_out or None,
-    mean or None (LayerNorm only), rstd or None)."""
+    """Normalizes `x` over rows of `n` trailing elements (arguments already checked by
+    `check_inputs`). Returns (y, residual_out or None, mean or None (LayerNorm only), rstd or None)."""
+    key = plan = None
+    if _contiguous(x, residual, weight, bias):
+        key = (kind, n, x.shape, x.dtype, x.device, _sig(residual), _sig(weight), _sig(bias), eps, offset,
+               cast_before_weight, out_dtype, want_stats)
+        plan = _FWD_PLANS.get(key)
     nrows = x.numel() // n if n else 0
-    y = empty(x.shape, out_dtype, x.device)
-    res_out = empty(x.shape, x.dtype, x.device) if residual is not None else None
+    y = empty_like(x, out_dtype)
+    res_out = empty_like(x) if residual is not None else None
     acc = acc_dtype(x.dtype)
     rstd = empty((nrows,), acc, x.device) if want_stats else None
     mean = empty((nrows,), acc, x.device) if (want_stats and kind == "layer") else None
@@ -77,31 +112,31 @@ def fwd_impl(
                 s.fill_(float("nan"))  # statistics of an empty row, as torch computes them
         return y, res_out, mean, rstd
     # Keep every view/copy in a local: the core only borrows their memory during the call.
-    w = weight.contiguous() if weight is not None else None
-    b = bias.contiguous() if bias is not None else None
-    x2 = rows(x, n)
-    r2 = rows(residual, n) if residual is not None else None
-    _native.norm_fwd_into(
-        kind,
-        desc(x2, "x"),
-        opt_desc(r2, "residual"),
-        opt_desc(w, "weight"),
-        opt_desc(b, "bias"),
-        desc(y.view(-1, n), "out"),
-        opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
-        opt_desc(mean, "mean"),
-        opt_desc(rstd, "rstd"),
-        float(eps),
-        float(offset),
-        cast_before_weight,
-        stream_of(x),
-    )
+    x2, r2, w, b = x, residual, weight, bias
+    if plan is None:
+        w = weight.contiguous() if weight is not None else None
+        b = bias.contiguous() if bias is not None else None
+        x2 = rows(x, n)
+        r2 = rows(residual, n) if residual is not None else None
+        plan = _native.norm_fwd_plan(
+            kind,
+            desc(x2, "x"),
+            opt_desc(r2, "residual"),
+            opt_desc(w, "weight"),
+            opt_desc(b, "bias"),
+            desc(y.view(-1, n), "out"),
+            opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
+            opt_desc(mean, "mean"),
+            opt_desc(rstd, "rstd"),
+            float(eps),
+            float(offset),
+            cast_before_weight,
+        )
+        if key is not None:
+            _remember(_FWD_PLANS, key, plan)
+    plan.launch(x2.data_ptr(), _ptr(r2), _ptr(w), _ptr(b), y.data_ptr(), _ptr(res_out), _ptr(mean), _ptr(rstd),
+                stream_of(x))
     return y, res_out, mean, rstd
-
-
-# Workspace sizes by call signature: the size depends only on the device, shapes, dtypes and flags,
-# and asking the core costs a planning pass.
-_WORKSPACE: dict = {}
 
 
 def bwd_impl(
@@ -121,7 +156,7 @@ def bwd_impl(
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Returns (dx, dw or None, db or None); `x` is the tensor that was normalized. dw needs a
     weight; db (LayerNorm) takes the weight's dtype, or `param_dtype` without a weight."""
-    dx = empty(x.shape, x.dtype, x.device)
+    dx = empty_like(x)
     pdt = weight.dtype if weight is not None else (param_dtype or x.dtype)
     dw = empty((n,), pdt, x.device) if (need_dw and weight is not None) else None
     db = empty((n,), pdt, x.device) if need_db else None
@@ -134,29 +169,37 @@ def bwd_impl(
             if g is not None:
                 g.zero_()
         return dx, dw, db
+    key = entry = None
+    if _contiguous(dy, x, weight, mean, rstd, d_res_out):
+        key = (kind, n, x.shape, x.dtype, x.device, _sig(dy), _sig(weight), _sig(mean), _sig(rstd), _sig(d_res_out),
+               dw is not None, db is not None, pdt, offset, cast_before_weight)
+        entry = _BWD_PLANS.get(key)
     # Keep every view/copy in a local: the core only borrows their memory during the call.
-    w = weight.contiguous() if weight is not None else None
-    dy2, x2 = rows(dy, n), rows(x, n)
-    dr2 = rows(d_res_out, n) if d_res_out is not None else None
-    tensors = (
-        kind,
-        desc(dy2, "grad_out"),
-        desc(x2, "x"),
-        opt_desc(w, "weight"),
-        opt_desc(mean, "mean"),
-        desc(rstd, "rstd"),
-        opt_desc(dr2, "grad_residual_out"),
-        desc(dx.view(-1, n), "grad_x"),
-        opt_desc(dw, "grad_weight"),
-        opt_desc(db, "grad_bias"),
-    )
-    workspace = None
-    if x.device.type == "cuda" and (dw is not None or db is not None):
-        key = (kind, x.device.index, x2.shape, x2.stride(), dy2.stride(), x.dtype, dy.dtype, pdt,
-               dr2 is not None, dw is not None, db is not None, offset, cast_before_weight)
-        ws_len = _WORKSPACE.get(key)
-        if ws_len is None:
-            ws_len = _WORKSPACE[key] = _native.norm_bwd_workspace(tensors, float(offset), cast_before_weight)
-        workspace = empty((ws_len,), acc_dtype(x.dtype), x.device)
-    _native.norm_bwd_into(tensors, opt_desc(workspace, "workspace"), float(offset), cast_before_weight, stream_of(x))
+    dy2, x2, w, dr2 = dy, x, weight, d_res_out
+    if entry is None:
+        w = weight.contiguous() if weight is not None else None
+        dy2, x2 = rows(dy, n), rows(x, n)
+        dr2 = rows(d_res_out, n) if d_res_out is not None else None
+        tensors = (
+            kind,
+            desc(dy2, "grad_out"),
+            desc(x2, "x"),
+            opt_desc(w, "weight"),
+            opt_desc(mean, "mean"),
+            desc(rstd, "rstd"),
+            opt_desc(dr2, "grad_residual_out"),
+            desc(dx.view(-1, n), "grad_x"),
+            opt_desc(dw, "grad_weight"),
+            opt_desc(db, "grad_bias"),
+        )
+        plan = _native.norm_bwd_plan(tensors, None, float(offset), cast_before_weight)
+        need_ws = x.device.type == "cuda" and (dw is not None or db is not None)
+        ws_len = _native.norm_bwd_workspace(tensors, float(offset), cast_before_weight) if need_ws else 0
+        entry = (plan, ws_len)
+        if key is not None:
+            _remember(_BWD_PLANS, key, entry)
+    plan, ws_len = entry
+    ws = empty((ws_len,), acc_dtype(x.dtype), x.device) if ws_len else None
+    plan.launch(dy2.data_ptr(), x2.data_ptr(), _ptr(w), _ptr(mean), rstd.data_ptr(), _ptr(dr2), dx.data_ptr(),
+                _ptr(dw), _ptr(db), (_ptr(ws), ws_len), stream_of(x))
     return dx, dw, db

@@ -65,23 +65,33 @@ def _check(logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: f
 
 
 
-def _targets(target: Tensor, classes: int, ignore_index: int) -> Tensor:
-    """Flat int32 targets; out-of-range ones raise (when the values may be read)."""
+def _check_targets(target: Tensor, classes: int, ignore_index: int) -> None:
+    """Out-of-range targets raise (when the values may be read: this synchronizes with the GPU).
+    The kernels never dereference such a target (its row's loss is NaN)."""
     t = target.reshape(-1)
     if t.numel() and not capturing(t) and not torch.compiler.is_compiling():
-        bad = ((t < 0) | (t >= classes)) & (t != ignore_index)
-        if bool(bad.any()):
+        # Few kernels and one small copy: the smallest and largest target that is not ignored.
+        lo, hi = torch.stack(torch.aminmax(t.masked_fill(t == ignore_index, 0))).tolist()
+        if lo < 0 or hi >= classes:
+            bad = ((t < 0) | (t >= classes)) & (t != ignore_index)
             i = int(torch.nonzero(bad)[0, 0])
             raise IndexError(f"target: class index {int(t[i])} at flat position {i} is out of range [0, {classes}) and is not ignore_index ({ignore_index})")
-    return t.to(torch.int32).contiguous()
+
+
+def _targets(target: Tensor, classes: int, ignore_index: int, check: bool = True) -> Tensor:
+    """Flat int32 targets, checked first unless `check` is False (see `_check_targets`)."""
+    if check:
+        _check_targets(target, classes, ignore_index)
+    return target.reshape(-1).to(torch.int32).contiguous()
 
 
 def _launch(x2: Tensor, t: Tensor, loss: Tensor, lse: Tensor, grad: Optional[Tensor], scale: Optional[Tensor], backward: bool,
-            ignore_index: int, label_smoothing: float, z_loss: float) -> None:
+            ignore_index: int, label_smoothing: float, z_loss: float, skip_if_scale: Optional[Tensor] = None) -> None:
     if x2.shape[0]:
         _native.cross_entropy_into(
             desc(x2, "logits"), desc(t, "target"), desc(loss, "loss"), desc(lse, "lse"), opt_desc(grad, "grad"),
-            opt_desc(scale, "scale"), backward, int(ignore_index), float(label_smoothing), float(z_loss), stream_of(x2),
+            opt_desc(scale, "scale"), opt_desc(skip_if_scale, "skip_if_scale"), backward, int(ignore_index),
+            float(label_smoothing), float(z_loss), stream_of(x2),
         )
 
 
@@ -102,7 +112,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, z_loss, grad_mode=True):  # type: ignore[override]
         V = logits.shape[-1]
         x2 = rows(logits, V)
-        t = _targets(target, V, ignore_index)
+        t = _targets(target, V, ignore_index, check=False)
         acc = _acc(logits.dtype)
         n = x2.shape[0]
         loss_rows, lse = empty((n,), acc, logits.device), empty((n,), acc, logits.device)
@@ -110,24 +120,27 @@ class CrossEntropyFunction(torch.autograd.Function):
         fused = grad_mode and ctx.needs_input_grad[0] and reduction != "none"
         grad = scale = None
         if fused:
-            scale = (1.0 / n_valid if reduction == "mean" else torch.ones((), dtype=acc, device=logits.device)).reshape(1)
+            one = torch.ones((), dtype=acc, device=logits.device)
+            # The backward's own formula with g = 1, so that its device-side comparison is exact.
+            scale = (one / n_valid if reduction == "mean" else one).reshape(1)
             grad = empty(x2.shape, logits.dtype, logits.device)
+        # The check synchronizes: everything the launch needs is queued first, so the GPU waits
+        # only for the launch call itself after it.
+        _check_targets(target, V, ignore_index)
         _launch(x2, t, loss_rows, lse, grad, scale, False, ignore_index, label_smoothing, z_loss)
         loss = _reduce(loss_rows, n_valid, reduction, target.shape, logits.dtype)
         zl = torch.where(t != ignore_index, z_loss * lse * lse, torch.zeros_like(lse))
         zval = _reduce(zl, n_valid, reduction, target.shape, logits.dtype)
         ctx.mark_non_differentiable(zval)
-        ctx.save_for_backward(x2, t, lse, n_valid, grad)
+        ctx.save_for_backward(x2, t, lse, n_valid, grad, scale)
         ctx.args = (ignore_index, label_smoothing, reduction, z_loss, logits.shape)
         return loss, zval
 
     @staticmethod
     def backward(ctx, g, _gz):  # type: ignore[override]
-        x2, t, lse, n_valid, grad = ctx.saved_tensors
+        x2, t, lse, n_valid, grad, fused_scale = ctx.saved_tensors
         ignore_index, label_smoothing, reduction, z_loss, shape = ctx.args
         acc = lse.dtype
-        if grad is not None and not capturing(g) and bool(g == 1):
-            return grad.view(shape), None, None, None, None, None, None
         if reduction == "none":
             scale = g.reshape(-1).to(acc).contiguous()
         elif reduction == "mean":
@@ -136,7 +149,10 @@ class CrossEntropyFunction(torch.autograd.Function):
             scale = g.to(acc).reshape(1)
         out = grad if grad is not None else empty(x2.shape, x2.dtype, x2.device)
         scratch = torch.empty_like(lse)
-        _launch(x2, t, scratch, lse, out, scale, True, ignore_index, label_smoothing, z_loss)
+        # After a fused forward the kernel itself skips the work (on the device, no host sync) when
+        # the incoming gradient leaves the scale unchanged (the usual loss.backward()).
+        _launch(x2, t, scratch, lse, out, scale, True, ignore_index, label_smoothing, z_loss,
+                skip_if_scale=fused_scale if grad is not None else None)
         return out.view(shape), None, None, None, None, None, None
 
 

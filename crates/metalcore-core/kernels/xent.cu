@@ -23,10 +23,14 @@ __device__ __forceinline__ double log_ce(double v) { return log(v); }
 extern "C" __global__ void __launch_bounds__(BLOCK)
     xent_kernel(const T_X* x, i64 x_rs, T_X* grad, i64 g_rs, const int* __restrict__ target, i64 t_st,
                 ACC* __restrict__ loss, i64 l_st, ACC* __restrict__ lse_io, i64 lse_st, const ACC* __restrict__ scale,
-                i64 s_st, i64 rows, int cols, int ignore_index, ACC eps, ACC z) {
+                i64 s_st, const ACC* __restrict__ skip, i64 rows, int cols, int ignore_index, ACC eps, ACC z) {
     __shared__ ACC red[BLOCK / 32];
     __shared__ ACC row_lse;
     const int nvec = cols / VEC;
+#if MODE == 2
+    // The fused forward already wrote this gradient with this (broadcast) scale.
+    if (skip != nullptr && *skip == scale[0]) return;
+#endif
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         // `x` and `grad` may alias (in-place gradient): no __restrict__ on them together.
         const T_X* xr = x + row * x_rs;
@@ -140,3 +144,129 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
         __syncthreads();  // row_lse and red are reused by the next row
     }
 }
+
+#ifdef ONCHIP_R
+// MODE 1 (loss, lse and gradient) with the whole row held on chip, so HBM sees one read and one
+// write per element whatever L2 keeps: each thread holds ONCHIP_R of its vectors in registers and
+// the rest in its own slots of dynamic shared memory, filled by asynchronous copies (cp.async)
+// that are in flight while the register part loads. One row per block (BLOCK threads, one block
+// per SM); the host picks this kernel only when a row fits (16-byte vectors). Each thread reads
+// back only the slots it filled, so no block barrier guards them. The gradient may overwrite the
+// logits (the whole row is on chip before any store).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src));
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK, 1)
+    xent_onchip_kernel(const T_X* x, i64 x_rs, T_X* grad, i64 g_rs, const int* __restrict__ target, i64 t_st,
+                       ACC* __restrict__ loss, i64 l_st, ACC* __restrict__ lse_io, i64 lse_st,
+                       const ACC* __restrict__ scale, i64 s_st, const ACC* __restrict__ skip, i64 rows, int cols,
+                       int ignore_index, ACC eps, ACC z) {
+    constexpr int R = ONCHIP_R;
+    typedef Vec<T_X, VEC> V;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    V* slots = reinterpret_cast<V*>(smem_raw);
+    __shared__ ACC red[BLOCK / 32];
+    __shared__ ACC row_lse;
+    const int nvec = cols / VEC;
+    const int K = (nvec + BLOCK - 1) / BLOCK;  // vectors per thread: R in registers, K - R in slots
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const T_X* xr = x + row * x_rs;
+        const int t = target[row * t_st];
+        const bool ignored = t == ignore_index;
+        const bool bad = !ignored && (t < 0 || t >= cols);
+        for (int k = R; k < K; ++k) {
+            const int c = threadIdx.x + k * BLOCK;
+            if (c < nvec) cp_async16(&slots[(k - R) * BLOCK + threadIdx.x], xr + (i64)c * VEC);
+        }
+        asm volatile("cp.async.commit_group;");
+        V reg[R];
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int c = threadIdx.x + k * BLOCK;
+            if (c < nvec) reg[k] = load_raw<T_X, VEC>(xr + (i64)c * VEC);
+        }
+        // Online max and sum of exponentials (as in xent_kernel), registers first, then the slots.
+        ACC m = NEG_INF_ACC, s = 0, sx = 0;
+        auto take = [&](const V& raw) {
+            ACC a[VEC];
+            unpack<T_X, VEC>(raw, a);
+            ACC lm = NEG_INF_ACC;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) lm = max_ce(lm, a[i]);
+            const ACC nm = max_ce(m, lm);
+            const ACC ref = nm == NEG_INF_ACC ? (ACC)0 : nm;  // finite: a row of -inf gives no NaN
+            if (m != nm) s *= exp_io(m - ref);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                s += exp_io(a[i] - ref);
+#if SMOOTH
+                sx += a[i];
+#endif
+            }
+            m = nm;
+        };
+#pragma unroll
+        for (int k = 0; k < R; ++k)
+            if (threadIdx.x + k * BLOCK < nvec) take(reg[k]);
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        for (int k = R; k < K; ++k)
+            if (threadIdx.x + k * BLOCK < nvec) take(slots[(k - R) * BLOCK + threadIdx.x]);
+        const ACC bm = group_max<BLOCK>(m, red);
+        const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
+        if (m != bm) s *= exp_io(m - bref);
+        const ACC bs = group_sum<BLOCK>(s, red);
+#if SMOOTH
+        const ACC bsx = group_sum<BLOCK>(sx, red);
+#else
+        const ACC bsx = 0;
+#endif
+        if (threadIdx.x == 0) {
+            const ACC l = bref + log_ce(bs);
+            ACC out;
+            if (ignored) {
+                out = 0;
+            } else if (bad) {
+                out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
+            } else {
+                out = ((ACC)1 - eps) * (l - to_acc(xr[t])) + eps * (l - bsx / (ACC)cols) + z * l * l;
+            }
+            loss[row * l_st] = out;
+            lse_io[row * lse_st] = l;
+            row_lse = l;
+        }
+        __syncthreads();
+        const ACC l = row_lse;
+        T_X* gr = grad + row * g_rs;
+        const bool zero = ignored || bad;
+        const ACC g = zero ? (ACC)0 : scale[row * s_st];
+        const ACC pf = g * ((ACC)1 + (ACC)2 * z * l);
+        const ACC off = g * eps / (ACC)cols;
+        const ACC hit = g * ((ACC)1 - eps);
+        auto emit = [&](const V& raw, int c) {
+            ACC a[VEC];
+            unpack<T_X, VEC>(raw, a);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_io(a[i] - l) - off;
+            const int kt = t - c * VEC;  // the target's place in this vector, if it is here
+            if (!zero && kt >= 0 && kt < VEC) {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i)
+                    if (i == kt) a[i] -= hit;
+            }
+            store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+        };
+#pragma unroll
+        for (int k = 0; k < R; ++k) {
+            const int c = threadIdx.x + k * BLOCK;
+            if (c < nvec) emit(reg[k], c);
+        }
+        for (int k = R; k < K; ++k) {
+            const int c = threadIdx.x + k * BLOCK;
+            if (c < nvec) emit(slots[(k - R) * BLOCK + threadIdx.x], c);
+        }
+        __syncthreads();  // row_lse and red are reused by the next row
+    }
+}
+#endif

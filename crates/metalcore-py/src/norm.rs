@@ -1,8 +1,10 @@
 //! Bindings of the row normalizations (RMSNorm, LayerNorm).
 
 use crate::bridge::{opt, to_py, Desc};
-use metalcore_core::ops::norm::{norm_bwd, norm_bwd_workspace_len, norm_fwd, NormBwd, NormFwd, NormKind};
-use metalcore_core::{Exec, TensorRef};
+use metalcore_core::ops::norm::{
+    norm_bwd_workspace_len, run_bwd, run_fwd, BwdPlan, BwdPtrs, FwdPlan, FwdPtrs, NormBwd, NormFwd, NormKind,
+};
+use metalcore_core::{Device, Exec, TensorRef};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -14,12 +16,44 @@ fn parse_kind(kind: &str) -> PyResult<NormKind> {
     }
 }
 
-/// Forward pass (optionally fused with a residual add) into caller-allocated outputs.
+/// A forward call validated once (`norm_fwd_plan`), launched on new tensors of the same shapes,
+/// strides, dtypes and device by their data pointers alone.
+#[pyclass(frozen)]
+struct NormFwdPlan {
+    device: Device,
+    plan: FwdPlan,
+}
+
+#[pymethods]
+impl NormFwdPlan {
+    /// Launches on these data pointers (0 for an absent tensor), in `norm_fwd_plan`'s order. The
+    /// caller vouches that they belong to tensors like the ones the plan was made from.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        py: Python<'_>,
+        x: usize,
+        residual: usize,
+        weight: usize,
+        bias: usize,
+        out: usize,
+        residual_out: usize,
+        mean: usize,
+        rstd: usize,
+        stream: usize,
+    ) -> PyResult<()> {
+        let ptrs = FwdPtrs { x, residual, weight, bias, y: out, residual_out, mean, rstd };
+        let plan = self.plan.rebind(&ptrs).map_err(to_py)?;
+        py.detach(|| run_fwd(self.device, &plan, Exec { stream })).map_err(to_py)
+    }
+}
+
+/// Validates a forward pass (optionally fused with a residual add) into caller-allocated outputs,
+/// as a reusable plan (`NormFwdPlan.launch` runs it).
 #[pyfunction]
-#[pyo3(signature = (kind, x, residual, weight, bias, out, residual_out, mean, rstd, eps, offset, cast_before_weight, stream))]
+#[pyo3(signature = (kind, x, residual, weight, bias, out, residual_out, mean, rstd, eps, offset, cast_before_weight))]
 #[allow(clippy::too_many_arguments)]
-fn norm_fwd_into(
-    py: Python<'_>,
+fn norm_fwd_plan(
     kind: &str,
     x: Desc,
     residual: Option<Desc>,
@@ -32,8 +66,7 @@ fn norm_fwd_into(
     eps: f64,
     offset: f64,
     cast_before_weight: bool,
-    stream: usize,
-) -> PyResult<()> {
+) -> PyResult<NormFwdPlan> {
     let kind = parse_kind(kind)?;
     let (x, y) = (x.to_ref("x")?, out.to_ref("out")?);
     let (residual, weight, bias) = (opt("residual", &residual)?, opt("weight", &weight)?, opt("bias", &bias)?);
@@ -53,7 +86,8 @@ fn norm_fwd_into(
         offset,
         cast_before_weight,
     };
-    py.detach(|| norm_fwd(&args, Exec { stream })).map_err(to_py)
+    let (device, plan) = args.plan().map_err(to_py)?;
+    Ok(NormFwdPlan { device, plan })
 }
 
 /// The backward's tensors, converted once.
@@ -109,7 +143,7 @@ fn bwd_refs(d: BwdDescs) -> PyResult<BwdRefs> {
     })
 }
 
-/// Workspace elements (of the accumulation dtype) that `norm_bwd_into` needs for these tensors,
+/// Workspace elements (of the accumulation dtype) that a backward plan needs for these tensors,
 /// given as the tuple `(kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x,
 /// grad_weight, grad_bias)`.
 #[pyfunction]
@@ -120,26 +154,72 @@ fn norm_bwd_workspace(py: Python<'_>, tensors: BwdDescs, offset: f64, cast_befor
     py.detach(|| norm_bwd_workspace_len(&args)).map_err(to_py)
 }
 
-/// Backward pass into caller-allocated gradients (`tensors` as for `norm_bwd_workspace`).
+/// A backward call validated once (`norm_bwd_plan`), launched by data pointers alone.
+#[pyclass(frozen)]
+struct NormBwdPlan {
+    device: Device,
+    plan: BwdPlan,
+}
+
+#[pymethods]
+impl NormBwdPlan {
+    /// Launches on these data pointers (0 for an absent tensor), in the order of `norm_bwd_plan`'s
+    /// tensors, with the workspace as (pointer, elements). The caller vouches that they belong to
+    /// tensors like the ones the plan was made from.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        py: Python<'_>,
+        grad_out: usize,
+        x: usize,
+        weight: usize,
+        mean: usize,
+        rstd: usize,
+        grad_residual_out: usize,
+        grad_x: usize,
+        grad_weight: usize,
+        grad_bias: usize,
+        workspace: (usize, usize),
+        stream: usize,
+    ) -> PyResult<()> {
+        let ptrs = BwdPtrs {
+            dy: grad_out,
+            x,
+            weight,
+            mean,
+            rstd,
+            d_residual_out: grad_residual_out,
+            dx: grad_x,
+            dw: grad_weight,
+            db: grad_bias,
+            workspace,
+        };
+        let plan = self.plan.rebind(&ptrs).map_err(to_py)?;
+        py.detach(|| run_bwd(self.device, &plan, Exec { stream })).map_err(to_py)
+    }
+}
+
+/// Validates a backward pass into caller-allocated gradients (`tensors` as for
+/// `norm_bwd_workspace`), as a reusable plan (`NormBwdPlan.launch` runs it).
 #[pyfunction]
-#[pyo3(signature = (tensors, workspace, offset, cast_before_weight, stream))]
-fn norm_bwd_into(
-    py: Python<'_>,
+#[pyo3(signature = (tensors, workspace, offset, cast_before_weight))]
+fn norm_bwd_plan(
     tensors: BwdDescs,
     workspace: Option<Desc>,
     offset: f64,
     cast_before_weight: bool,
-    stream: usize,
-) -> PyResult<()> {
+) -> PyResult<NormBwdPlan> {
     let r = bwd_refs(tensors)?;
     let ws = opt("workspace", &workspace)?;
-    let args = r.args(ws.as_ref(), offset, cast_before_weight);
-    py.detach(|| norm_bwd(&args, Exec { stream })).map_err(to_py)
+    let (device, plan) = r.args(ws.as_ref(), offset, cast_before_weight).plan().map_err(to_py)?;
+    Ok(NormBwdPlan { device, plan })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(norm_fwd_into, m)?)?;
     m.add_function(wrap_pyfunction!(norm_bwd_workspace, m)?)?;
-    m.add_function(wrap_pyfunction!(norm_bwd_into, m)?)?;
+    m.add_function(wrap_pyfunction!(norm_fwd_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(norm_bwd_plan, m)?)?;
+    m.add_class::<NormFwdPlan>()?;
+    m.add_class::<NormBwdPlan>()?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 /// Per-row loss and lse (forward), and/or the gradient `scale · ∂loss/∂logits` (into `grad`,
 /// which may be the logits themselves); `backward` computes the gradient alone from `lse`.
 #[pyfunction]
-#[pyo3(signature = (logits, target, loss, lse, grad, scale, backward, ignore_index, label_smoothing, z_loss, stream))]
+#[pyo3(signature = (logits, target, loss, lse, grad, scale, skip_if_scale, backward, ignore_index, label_smoothing, z_loss, stream))]
 #[allow(clippy::too_many_arguments)]
 fn cross_entropy_into(
     py: Python<'_>,
@@ -18,6 +18,7 @@ fn cross_entropy_into(
     lse: Desc,
     grad: Option<Desc>,
     scale: Option<Desc>,
+    skip_if_scale: Option<Desc>,
     backward: bool,
     ignore_index: i32,
     label_smoothing: f64,
@@ -27,6 +28,7 @@ fn cross_entropy_into(
     let (x, t) = (logits.to_ref("logits")?, target.to_ref("target")?);
     let (l, e) = (loss.to_ref("loss")?, lse.to_ref("lse")?);
     let (g, s) = (opt("grad", &grad)?, opt("scale", &scale)?);
+    let skip = opt("skip_if_scale", &skip_if_scale)?;
     let args = CrossEntropy {
         logits: &x,
         target: &t,
@@ -34,6 +36,7 @@ fn cross_entropy_into(
         lse: &e,
         grad: g.as_ref(),
         scale: s.as_ref(),
+        skip_if_scale: skip.as_ref(),
         backward,
         ignore_index,
         label_smoothing,

@@ -321,24 +321,127 @@ impl NormBwd<'_> {
     }
 }
 
+/// The pointer of an optional operand that a plan has (`Some`) or lacks (`None`): `ptr` must be
+/// non-zero exactly when the operand is present.
+fn rebind_opt<T: Copy>(
+    arg: &'static str,
+    had: Option<T>,
+    ptr: usize,
+    set: impl FnOnce(T, usize) -> T,
+) -> Result<Option<T>> {
+    match (had, ptr) {
+        (None, 0) => Ok(None),
+        (Some(m), p) if p != 0 => Ok(Some(set(m, p))),
+        (None, _) => Err(Error::value(arg, "given, but the plan was made without it")),
+        (Some(_), _) => Err(Error::value(arg, "missing, but the plan was made with it")),
+    }
+}
+
+fn with_ptr(m: Mat, ptr: usize) -> Mat {
+    Mat { ptr, ..m }
+}
+
+/// Pointers of a forward call, in [`NormFwd`]'s order (0 for an absent tensor).
+#[derive(Clone, Copy, Debug)]
+pub struct FwdPtrs {
+    pub x: usize,
+    pub residual: usize,
+    pub weight: usize,
+    pub bias: usize,
+    pub y: usize,
+    pub residual_out: usize,
+    pub mean: usize,
+    pub rstd: usize,
+}
+
+impl FwdPlan {
+    /// The same call on other tensors of identical shapes, strides, dtypes and device (the caller
+    /// vouches for that; `ptrs` must give exactly the operands the plan has). Lets a caller validate
+    /// a call signature once and then launch with new pointers only.
+    pub fn rebind(&self, p: &FwdPtrs) -> Result<FwdPlan> {
+        if p.x == 0 || p.y == 0 {
+            return Err(Error::value("x", "null data pointer"));
+        }
+        Ok(FwdPlan {
+            x: with_ptr(self.x, p.x),
+            residual: rebind_opt("residual", self.residual, p.residual, with_ptr)?,
+            weight: rebind_opt("weight", self.weight, p.weight, with_ptr)?,
+            bias: rebind_opt("bias", self.bias, p.bias, with_ptr)?,
+            y: with_ptr(self.y, p.y),
+            residual_out: rebind_opt("residual_out", self.residual_out, p.residual_out, with_ptr)?,
+            mean: rebind_opt("mean", self.mean, p.mean, |_, q| q)?,
+            rstd: rebind_opt("rstd", self.rstd, p.rstd, |_, q| q)?,
+            ..*self
+        })
+    }
+}
+
+/// Pointers of a backward call, in [`NormBwd`]'s order (0 for an absent tensor); the workspace
+/// as (pointer, elements).
+#[derive(Clone, Copy, Debug)]
+pub struct BwdPtrs {
+    pub dy: usize,
+    pub x: usize,
+    pub weight: usize,
+    pub mean: usize,
+    pub rstd: usize,
+    pub d_residual_out: usize,
+    pub dx: usize,
+    pub dw: usize,
+    pub db: usize,
+    pub workspace: (usize, usize),
+}
+
+impl BwdPlan {
+    /// As [`FwdPlan::rebind`]. The workspace may be absent only when the plan had none.
+    pub fn rebind(&self, p: &BwdPtrs) -> Result<BwdPlan> {
+        if p.dy == 0 || p.x == 0 || p.dx == 0 || p.rstd == 0 {
+            return Err(Error::value("x", "null data pointer"));
+        }
+        Ok(BwdPlan {
+            dy: with_ptr(self.dy, p.dy),
+            x: with_ptr(self.x, p.x),
+            weight: rebind_opt("weight", self.weight, p.weight, with_ptr)?,
+            mean: rebind_opt("mean", self.mean, p.mean, |_, q| q)?,
+            rstd: p.rstd,
+            d_residual_out: rebind_opt("grad_residual_out", self.d_residual_out, p.d_residual_out, with_ptr)?,
+            dx: with_ptr(self.dx, p.dx),
+            dw: rebind_opt("grad_weight", self.dw, p.dw, with_ptr)?,
+            db: rebind_opt("grad_bias", self.db, p.db, with_ptr)?,
+            workspace: if p.workspace.0 == 0 { None } else { Some(p.workspace) },
+            ..*self
+        })
+    }
+}
+
 /// Runs the forward pass on the tensors' device.
 pub fn norm_fwd(args: &NormFwd<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
+    run_fwd(device, &plan, exec)
+}
+
+/// Runs a validated forward plan.
+pub fn run_fwd(device: Device, plan: &FwdPlan, exec: Exec) -> Result<()> {
     if plan.rows == 0 {
         return Ok(());
     }
     match device {
-        Device::Cpu => crate::cpu::norm::fwd(&plan),
-        Device::Cuda(ordinal) => crate::cuda::norm::fwd(&plan, ordinal, exec),
+        Device::Cpu => crate::cpu::norm::fwd(plan),
+        Device::Cuda(ordinal) => crate::cuda::norm::fwd(plan, ordinal, exec),
     }
 }
 
 /// Runs the backward pass on the tensors' device.
 pub fn norm_bwd(args: &NormBwd<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
+    run_bwd(device, &plan, exec)
+}
+
+/// Runs a validated backward plan.
+pub fn run_bwd(device: Device, plan: &BwdPlan, exec: Exec) -> Result<()> {
     match device {
-        Device::Cpu => crate::cpu::norm::bwd(&plan),
-        Device::Cuda(ordinal) => crate::cuda::norm::bwd(&plan, ordinal, exec),
+        Device::Cpu => crate::cpu::norm::bwd(plan),
+        Device::Cuda(ordinal) => crate::cuda::norm::bwd(plan, ordinal, exec),
     }
 }
 

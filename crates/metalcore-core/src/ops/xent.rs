@@ -33,6 +33,10 @@ pub struct CrossEntropy<'a> {
     pub grad: Option<&'a TensorRef>,
     /// Gradient scale in the accumulation dtype: 1 element (broadcast) or one per row.
     pub scale: Option<&'a TensorRef>,
+    /// Backward only, with a broadcast scale: a 1-element tensor (accumulation dtype); when it
+    /// equals the scale, the gradient is already in `grad` (written by the fused forward with
+    /// that scale) and nothing is done. Read on the device: no host synchronization.
+    pub skip_if_scale: Option<&'a TensorRef>,
     pub backward: bool,
     pub ignore_index: i32,
     pub label_smoothing: f64,
@@ -58,6 +62,8 @@ pub struct Plan {
     pub lse: (usize, i64),
     /// Pointer and stride (0: one value for every row).
     pub scale: (usize, i64),
+    /// See [`CrossEntropy::skip_if_scale`] (0: absent).
+    pub skip: usize,
     pub ignore_index: i32,
     pub smoothing: f64,
     pub z: f64,
@@ -87,6 +93,7 @@ impl CrossEntropy<'_> {
             ("lse", Some(self.lse)),
             ("grad", self.grad),
             ("scale", self.scale),
+            ("skip_if_scale", self.skip_if_scale),
         ])?;
         expect_float("logits", self.logits)?;
         if self.logits.ndim() != 2 {
@@ -139,6 +146,18 @@ impl CrossEntropy<'_> {
         if mode != Mode::Fwd && self.scale.is_none() {
             return Err(Error::value("scale", "a gradient needs a scale"));
         }
+        let skip = match self.skip_if_scale {
+            None => 0,
+            Some(t) => {
+                if mode != Mode::Bwd || scale.1 != 0 || self.scale.is_some_and(|s| s.numel() != 1) {
+                    return Err(Error::value(
+                        "skip_if_scale",
+                        "only for a backward with a broadcast (1-element) scale",
+                    ));
+                }
+                vec_of("skip_if_scale", t, 1, acc)?.0
+            }
+        };
         let plan = Plan {
             mode,
             rows: r.rows,
@@ -149,6 +168,7 @@ impl CrossEntropy<'_> {
             loss,
             lse,
             scale,
+            skip,
             ignore_index: self.ignore_index,
             smoothing: self.label_smoothing,
             z: self.z_loss,
