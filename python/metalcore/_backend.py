@@ -67,8 +67,9 @@ def set_poison(on: bool) -> bool:
 
 
 def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocates an op's output through torch (poisoned with NaN under `set_poison(True)`)."""
-    t = torch.empty(shape, dtype=dtype, device=device)
+    """Allocates an op's output through torch (poisoned with NaN under `set_poison(True)`). The
+    sizes go in as separate ints: half the host time of a torch.Size argument."""
+    t = torch.empty(*shape, dtype=dtype, device=device) if len(shape) else torch.empty((), dtype=dtype, device=device)
     if _poison:
         t.fill_(float("nan") if t.is_floating_point() else -(2**31) + 7)
     return t
