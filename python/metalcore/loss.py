@@ -10,9 +10,10 @@ target is ignored, as torch). The loss has the logits' dtype; the per-row math i
 rows in their own dtype.
 
 Speed: when the logits require grad and the reduction is ``mean`` or ``sum``, the forward writes
-the gradient as well (one launch; each row is read from memory once and again from L2), assuming
-an output gradient of 1; the backward returns it as it is when the output gradient is 1 (one
-host-device sync to check, skipped under CUDA graph capture) and recomputes it scaled otherwise.
+the gradient as well (one launch; on CUDA a row that fits is held on chip, so the logits are read
+from memory once), assuming an output gradient of 1; the backward's kernel compares the scale
+on the device and does nothing when the output gradient is 1 (no host sync, also under CUDA graph
+capture), and recomputes the gradient scaled otherwise.
 ``reduction="none"`` computes the gradient in the backward from the saved log-sum-exp.
 
 Targets outside ``[0, V)`` other than ``ignore_index`` raise ``IndexError`` (one host-device sync;

@@ -5,7 +5,7 @@
 
 use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::knob;
-use super::{borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
+use super::{allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::linalg::{Batch, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan};
@@ -73,13 +73,7 @@ fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
     static C: Variants<Key> = Variants::new();
     C.get(key, || {
         let f = function(dev, &KERNEL, &defines(&key), key.entry.name())?;
-        use cudarc::driver::sys::CUfunction_attribute_enum as A;
-        // All of the opt-in shared memory the static part leaves.
-        let fixed = f
-            .get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-            .map_err(driver_err("reading static shared memory"))?;
-        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dev.smem_optin as i32 - fixed)
-            .map_err(driver_err("allowing dynamic shared memory"))?;
+        allow_dynamic_smem(&f, dev)?;
         Ok(f)
     })
 }

@@ -109,6 +109,16 @@ pub(crate) fn borrowed_stream(dev: &DeviceState, raw: usize) -> Arc<CudaStream> 
     unsafe { dev.ctx.wrap_borrowed_stream(raw as sys::CUstream) }
 }
 
+/// Lets `f` use, as dynamic shared memory, all of the block's opt-in shared memory that its
+/// static shared memory leaves.
+pub(crate) fn allow_dynamic_smem(f: &cudarc::driver::CudaFunction, dev: &DeviceState) -> Result<()> {
+    use cudarc::driver::sys::CUfunction_attribute_enum as A;
+    let fixed =
+        f.get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES).map_err(driver_err("reading static shared memory"))?;
+    f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dev.smem_optin as i32 - fixed)
+        .map_err(driver_err("allowing dynamic shared memory"))
+}
+
 /// Grid/block of one launch.
 pub(crate) fn cfg(grid: u32, block: (u32, u32), smem: u32) -> cudarc::driver::LaunchConfig {
     cudarc::driver::LaunchConfig {

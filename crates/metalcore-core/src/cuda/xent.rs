@@ -2,7 +2,9 @@
 
 use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::{flag, knob};
-use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
+use super::{
+    allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState,
+};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::xent::{Mode, Plan};
@@ -91,12 +93,7 @@ fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
             return function(dev, &KERNEL, &defines(&key), "xent_kernel");
         }
         let f = function(dev, &KERNEL, &defines(&key), "xent_onchip_kernel")?;
-        use cudarc::driver::sys::CUfunction_attribute_enum as A;
-        let fixed = f
-            .get_attribute(A::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-            .map_err(driver_err("reading static shared memory"))?;
-        f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dev.smem_optin as i32 - fixed)
-            .map_err(driver_err("allowing dynamic shared memory"))?;
+        allow_dynamic_smem(&f, dev)?;
         Ok(f)
     })
 }
