@@ -40,7 +40,7 @@ def recon_err(A, L, upper=False):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 16, 31, 32, 33, 64, 127])
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 16, 31, 32, 33, 64, 127, 150])
 @pytest.mark.parametrize("batch", [(), (1,), (5,), (2, 3)])
 @pytest.mark.parametrize("upper", [False, True])
 def test_cholesky_reconstructs(device, dtype, n, batch, upper):
@@ -80,7 +80,7 @@ def test_only_the_lower_triangle_is_read(device):
 
 
 @pytest.mark.parametrize("n, dtype", [(6, torch.float64), (13, torch.float32), (32, torch.float64), (50, torch.float64),
-                                      (50, torch.float32), (100, torch.float32)])
+                                      (50, torch.float32), (100, torch.float32), (200, torch.float64)])
 def test_failures_are_reported_per_batch_element(device, n, dtype):
     A = spd((4,), n, dtype, device)
     A[1, 3, 3] = -50.0 * n  # indefinite
