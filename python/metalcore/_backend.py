@@ -70,18 +70,18 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Allocates an op's output through torch (poisoned with NaN under `set_poison(True)`). The
     sizes go in as separate ints: half the host time of a torch.Size argument."""
     t = torch.empty(*shape, dtype=dtype, device=device) if len(shape) else torch.empty((), dtype=dtype, device=device)
-    if _poison:
-        t.fill_(float("nan") if t.is_floating_point() else -(2**31) + 7)
-    return t
+    return _poisoned(t) if _poison else t
 
 
 def empty_like(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """A contiguous output of `t`'s shape and device (`empty`'s poisoning applies); a third of the
     host time of ``torch.empty(t.shape, ...)``."""
     o = torch.empty_like(t, dtype=dtype, memory_format=torch.contiguous_format)
-    if _poison:
-        o.fill_(float("nan") if o.is_floating_point() else -(2**31) + 7)
-    return o
+    return _poisoned(o) if _poison else o
+
+
+def _poisoned(t: torch.Tensor) -> torch.Tensor:
+    return t.fill_(float("nan") if t.is_floating_point() else -(2**31) + 7)
 
 
 def _preload_nvrtc() -> None:

@@ -169,14 +169,14 @@ def bwd_impl(
             if g is not None:
                 g.zero_()
         return dx, dw, db
-    key = entry = None
+    key = plan = None
     if _contiguous(dy, x, weight, mean, rstd, d_res_out):
         key = (kind, n, x.shape, x.dtype, x.device, _sig(dy), _sig(weight), _sig(mean), _sig(rstd), _sig(d_res_out),
                dw is not None, db is not None, pdt, offset, cast_before_weight)
-        entry = _BWD_PLANS.get(key)
+        plan = _BWD_PLANS.get(key)
     # Keep every view/copy in a local: the core only borrows their memory during the call.
     dy2, x2, w, dr2 = dy, x, weight, d_res_out
-    if entry is None:
+    if plan is None:
         w = weight.contiguous() if weight is not None else None
         dy2, x2 = rows(dy, n), rows(x, n)
         dr2 = rows(d_res_out, n) if d_res_out is not None else None
@@ -192,13 +192,10 @@ def bwd_impl(
             opt_desc(dw, "grad_weight"),
             opt_desc(db, "grad_bias"),
         )
-        plan = _native.norm_bwd_plan(tensors, None, float(offset), cast_before_weight)
-        need_ws = x.device.type == "cuda" and (dw is not None or db is not None)
-        ws_len = _native.norm_bwd_workspace(tensors, float(offset), cast_before_weight) if need_ws else 0
-        entry = (plan, ws_len)
+        plan = _native.norm_bwd_plan(tensors, float(offset), cast_before_weight)
         if key is not None:
-            _remember(_BWD_PLANS, key, entry)
-    plan, ws_len = entry
+            _remember(_BWD_PLANS, key, plan)
+    ws_len = plan.workspace_len
     ws = empty((ws_len,), acc_dtype(x.dtype), x.device) if ws_len else None
     plan.launch(dy2.data_ptr(), x2.data_ptr(), _ptr(w), _ptr(mean), rstd.data_ptr(), _ptr(dr2), dx.data_ptr(),
                 _ptr(dw), _ptr(db), (_ptr(ws), ws_len), stream_of(x))

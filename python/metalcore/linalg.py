@@ -95,6 +95,11 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
+    """The core can read `t` where it is: the compute dtype, the whole batch, contiguous."""
+    return t.dtype == acc and t.shape[:-2] == batch and t.is_contiguous()
+
+
 def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     """(factor in a's dtype, int32 info)."""
     n, batch = a.shape[-1], a.shape[:-2]
@@ -102,7 +107,7 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     def run() -> Tuple[Tensor, Tensor]:
         work = empty(a.shape, _acc(a.dtype), a.device)
         # A contiguous input of the compute dtype is read in place (no copy).
-        src = batch_desc(a, "A", n, n) if (a.dtype == work.dtype and a.is_contiguous()) else None
+        src = batch_desc(a, "A", n, n) if _in_place(a, batch, work.dtype) else None
         if src is None and work.numel():
             work.copy_(a)
         info = empty(batch, torch.int32, a.device)
@@ -330,12 +335,12 @@ def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     compute dtype. Inputs already contiguous in the compute dtype and batch are read in place."""
     n, k = A.shape[-1], Bm.shape[-1]
     acc = _acc(A.dtype)
-    a = A if (A.dtype == acc and A.shape[:-2] == batch and A.is_contiguous()) else None
+    a = A if _in_place(A, batch, acc) else None
     if a is None:
         a = empty(batch + (n, n), acc, A.device)
         if a.numel():
             a.copy_(A)  # broadcasts over the batch
-    b = Bm if (Bm.dtype == acc and Bm.shape[:-2] == batch and Bm.is_contiguous()) else None
+    b = Bm if _in_place(Bm, batch, acc) else None
     x = empty(batch + (n, k), acc, A.device)
     if b is None:
         b = x

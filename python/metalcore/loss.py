@@ -79,10 +79,8 @@ def _check_targets(target: Tensor, classes: int, ignore_index: int) -> None:
             raise IndexError(f"target: class index {int(t[i])} at flat position {i} is out of range [0, {classes}) and is not ignore_index ({ignore_index})")
 
 
-def _targets(target: Tensor, classes: int, ignore_index: int, check: bool = True) -> Tensor:
-    """Flat int32 targets, checked first unless `check` is False (see `_check_targets`)."""
-    if check:
-        _check_targets(target, classes, ignore_index)
+def _targets(target: Tensor) -> Tensor:
+    """Flat int32 targets (unchecked: see `_check_targets`)."""
     return target.reshape(-1).to(torch.int32).contiguous()
 
 
@@ -113,7 +111,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, ignore_index, label_smoothing, reduction, z_loss, grad_mode=True):  # type: ignore[override]
         V = logits.shape[-1]
         x2 = rows(logits, V)
-        t = _targets(target, V, ignore_index, check=False)
+        t = _targets(target)
         acc = _acc(logits.dtype)
         n = x2.shape[0]
         loss_rows, lse = empty((n,), acc, logits.device), empty((n,), acc, logits.device)
@@ -277,7 +275,8 @@ def _flce(x: Tensor, weight: Tensor, bias: Optional[Tensor], target: Tensor, ign
     H, V = x.shape[-1], weight.shape[0]
     x2 = x.reshape(-1, H)
     n = x2.shape[0]
-    t = _targets(target, V, ignore_index)
+    _check_targets(target, V, ignore_index)
+    t = _targets(target)
     acc = _acc(x.dtype)
     n_valid = (t != ignore_index).sum().to(acc)
     scale = (1.0 / n_valid if reduction == "mean" else torch.ones((), dtype=acc, device=x.device)).reshape(1)

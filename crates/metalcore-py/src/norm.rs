@@ -2,7 +2,7 @@
 
 use crate::bridge::{opt, to_py, Desc};
 use metalcore_core::ops::norm::{
-    norm_bwd_workspace_len, run_bwd, run_fwd, BwdPlan, BwdPtrs, FwdPlan, FwdPtrs, NormBwd, NormFwd, NormKind,
+    bwd_workspace_len, run_bwd, run_fwd, BwdPlan, BwdPtrs, FwdPlan, FwdPtrs, NormBwd, NormFwd, NormKind,
 };
 use metalcore_core::{Device, Exec, TensorRef};
 use pyo3::exceptions::PyValueError;
@@ -143,22 +143,14 @@ fn bwd_refs(d: BwdDescs) -> PyResult<BwdRefs> {
     })
 }
 
-/// Workspace elements (of the accumulation dtype) that a backward plan needs for these tensors,
-/// given as the tuple `(kind, grad_out, x, weight, mean, rstd, grad_residual_out, grad_x,
-/// grad_weight, grad_bias)`.
-#[pyfunction]
-#[pyo3(signature = (tensors, offset, cast_before_weight))]
-fn norm_bwd_workspace(py: Python<'_>, tensors: BwdDescs, offset: f64, cast_before_weight: bool) -> PyResult<usize> {
-    let r = bwd_refs(tensors)?;
-    let args = r.args(None, offset, cast_before_weight);
-    py.detach(|| norm_bwd_workspace_len(&args)).map_err(to_py)
-}
-
 /// A backward call validated once (`norm_bwd_plan`), launched by data pointers alone.
 #[pyclass(frozen)]
 struct NormBwdPlan {
     device: Device,
     plan: BwdPlan,
+    /// Workspace elements (of the accumulation dtype) that `launch` needs (0: none).
+    #[pyo3(get)]
+    workspace_len: usize,
 }
 
 #[pymethods]
@@ -199,24 +191,19 @@ impl NormBwdPlan {
     }
 }
 
-/// Validates a backward pass into caller-allocated gradients (`tensors` as for
-/// `norm_bwd_workspace`), as a reusable plan (`NormBwdPlan.launch` runs it).
+/// Validates a backward pass into caller-allocated gradients, given as the tuple `(kind, grad_out,
+/// x, weight, mean, rstd, grad_residual_out, grad_x, grad_weight, grad_bias)`, as a reusable plan
+/// (`NormBwdPlan.launch` runs it with a workspace of `workspace_len` elements).
 #[pyfunction]
-#[pyo3(signature = (tensors, workspace, offset, cast_before_weight))]
-fn norm_bwd_plan(
-    tensors: BwdDescs,
-    workspace: Option<Desc>,
-    offset: f64,
-    cast_before_weight: bool,
-) -> PyResult<NormBwdPlan> {
+#[pyo3(signature = (tensors, offset, cast_before_weight))]
+fn norm_bwd_plan(py: Python<'_>, tensors: BwdDescs, offset: f64, cast_before_weight: bool) -> PyResult<NormBwdPlan> {
     let r = bwd_refs(tensors)?;
-    let ws = opt("workspace", &workspace)?;
-    let (device, plan) = r.args(ws.as_ref(), offset, cast_before_weight).plan().map_err(to_py)?;
-    Ok(NormBwdPlan { device, plan })
+    let (device, plan) = r.args(None, offset, cast_before_weight).plan().map_err(to_py)?;
+    let workspace_len = py.detach(|| bwd_workspace_len(device, &plan)).map_err(to_py)?;
+    Ok(NormBwdPlan { device, plan, workspace_len })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(norm_bwd_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(norm_fwd_plan, m)?)?;
     m.add_function(wrap_pyfunction!(norm_bwd_plan, m)?)?;
     m.add_class::<NormFwdPlan>()?;

@@ -21,6 +21,11 @@ fn finish<A: Real>(a: &mut [A], n: usize, upper: bool) {
     }
 }
 
+/// `dst = src` (equal lengths), in parallel chunks.
+fn par_copy<A: Real>(dst: &mut [A], src: &[A]) {
+    dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
 /// Matrices factored together, one per SIMD lane (8 float32 fill an AVX2 register).
 const W: usize = 8;
 
@@ -110,7 +115,7 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         // SAFETY: the plan validated `src` as a contiguous buffer of A's size and dtype; it may
         // not overlap A (distinct torch tensors).
         let src = unsafe { std::slice::from_raw_parts(p.src as *const A, p.a.batch * len) };
-        all.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+        par_copy(all, src);
     }
     if n > CHOL_LANES_MAX_N {
         let f = pick!(factor_matrix_avx2, factor_matrix, A, unsafe fn(&mut [A], usize) -> i32);
@@ -468,7 +473,7 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
         Some(ptr) => {
             if ptr != p.a.ptr {
                 let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut A, p.a.batch * alen) };
-                out.par_chunks_mut(1 << 16).zip(ain.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+                par_copy(out, ain);
             }
             ptr as *mut A
         }
@@ -482,7 +487,7 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     if blen > 0 && p.x != p.b.ptr {
         let bin = unsafe { std::slice::from_raw_parts(p.b.ptr as *const A, p.b.batch * blen) };
         let out = unsafe { std::slice::from_raw_parts_mut(p.x as *mut A, p.b.batch * blen) };
-        out.par_chunks_mut(1 << 16).zip(bin.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+        par_copy(out, bin);
     }
     // With no right-hand side there is nothing to read in `b`: a scratch of one element per
     // matrix stands for it (so the chunking below stays uniform).

@@ -103,17 +103,7 @@ impl Cholesky<'_> {
             None => a.ptr,
             Some(t) => {
                 common_device(&[("A", Some(self.a)), ("src", Some(t))])?;
-                let s = square_of("src", t)?;
-                if (s.batch, s.rows, s.dtype) != (a.batch, a.rows, a.dtype) {
-                    return Err(Error::value(
-                        "src",
-                        format!(
-                            "expected ({}, {}, {}) {} like A, got ({}, {}, {}) {}",
-                            a.batch, a.rows, a.rows, a.dtype, s.batch, s.rows, s.rows, s.dtype
-                        ),
-                    ));
-                }
-                s.ptr
+                same_batch("src", "A", &a, t)?
             }
         };
         Ok((device, CholeskyPlan { a, src, info, upper: self.upper }))
@@ -190,9 +180,9 @@ pub struct LuSolvePlan {
     pub pivots: Option<usize>,
 }
 
-/// `out` (named `arg`) is a batch of `like`'s shape and dtype; returns its pointer.
-fn same_batch(arg: &'static str, like_arg: &str, like: &Batch, out: &TensorRef) -> Result<usize> {
-    let o = batch_of(arg, out)?;
+/// `t` (named `arg`) is a contiguous batch of `like`'s shape and dtype; returns its pointer.
+fn same_batch(arg: &'static str, like_arg: &str, like: &Batch, t: &TensorRef) -> Result<usize> {
+    let o = batch_of(arg, t)?;
     if (o.batch, o.rows, o.cols, o.dtype) != (like.batch, like.rows, like.cols, like.dtype) {
         return Err(Error::value(
             arg,

@@ -445,12 +445,11 @@ pub fn run_bwd(device: Device, plan: &BwdPlan, exec: Exec) -> Result<()> {
     }
 }
 
-/// Number of workspace elements (of the accumulation dtype) that [`norm_bwd`] needs for these
-/// arguments (their `workspace` is ignored).
-pub fn norm_bwd_workspace_len(args: &NormBwd<'_>) -> Result<usize> {
-    let (device, plan) = args.plan()?;
+/// Number of workspace elements (of the accumulation dtype) that a validated backward plan needs
+/// (its own `workspace` is ignored).
+pub fn bwd_workspace_len(device: Device, plan: &BwdPlan) -> Result<usize> {
     match device {
         Device::Cpu => Ok(0),
-        Device::Cuda(ordinal) => crate::cuda::norm::bwd_workspace_len(&plan, ordinal),
+        Device::Cuda(ordinal) => crate::cuda::norm::bwd_workspace_len(plan, ordinal),
     }
 }
