@@ -164,23 +164,107 @@ def test_bad_input(device):
         cholesky_solve(torch.ones(2, 3, 2, device=device), L.expand(3, 3, 3))
 
 
+@pytest.fixture
+def blocked_cholesky(monkeypatch):
+    monkeypatch.setattr(mlinalg, "BLOCKED_CHOLESKY", True)
+
+
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
-def test_cuda_kernel_and_the_documented_fallback_for_large_matrices():
+def test_cuda_kernel_and_the_documented_fallback_for_large_matrices(monkeypatch):
     import metalcore._backend as bk
 
-    bk._warned.discard(("cholesky", "cuda"))
     A = spd((2,), 40, torch.float32, "cuda")
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        L = cholesky(A)
-    assert recon_err(A, L) < 1e-5
-    assert not rec, "a matrix that fits one block is factored by metalcore's kernel, silently"
-    A = spd((2,), 600, torch.float64, "cuda")
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        L = cholesky(A)
-    assert recon_err(A, L) < 1e-12
-    assert any("shared memory" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+    big = spd((2,), 600, torch.float64, "cuda")
+    B = torch.randn(2, 600, 1, dtype=torch.float64, device="cuda")
+    for blocked in (False, True):
+        monkeypatch.setattr(mlinalg, "BLOCKED_CHOLESKY", blocked)
+        for op in ("cholesky", "solve"):
+            bk._warned.discard((op, "cuda"))
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            L = cholesky(A)
+            Lbig = cholesky(big)
+        assert recon_err(A, L) < 1e-5 and recon_err(big, Lbig) < 1e-12
+        msgs = [str(r.message) for r in rec]
+        if blocked:
+            assert not msgs, "metalcore's kernels factor both, silently"
+        else:
+            assert len(msgs) == 1 and "shared memory" in msgs[0] and "falls back to PyTorch" in msgs[0]
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            X = solve(big, B)
+        assert residual(big, X, B) < 1e-12
+        assert any("shared memory" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+
+
+# Sizes that do not fit one block's shared memory on Hopper (float32 from 241, float64 from 170):
+# the blocked path (diagonal blocks of 128 / 64 by metalcore's kernel, TRSM and SYRK by cuBLAS).
+BLOCKED = [(241, torch.float32), (256, torch.float32), (300, torch.float32), (513, torch.float32),
+           (170, torch.float64), (300, torch.float64)]
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", BLOCKED)
+@pytest.mark.parametrize("upper", [False, True])
+def test_cuda_blocked_cholesky(blocked_cholesky, n, dtype, upper):
+    A = spd((2,), n, dtype, "cuda")
+    A0 = A.clone()
+    out = torch.full_like(A, float("nan"))
+    L, info = cholesky_ex(A, upper=upper)
+    assert torch.equal(A, A0), "the input is never written"
+    assert (info == 0).all()
+    tri = L.triu(1) if not upper else L.tril(-1)
+    assert torch.equal(tri, torch.zeros_like(tri)), "the other triangle is exactly zero"
+    assert recon_err(A, L, upper) <= (1e-5 if dtype == torch.float32 else 1e-12)
+    ref = torch.linalg.cholesky(A.double(), upper=upper)
+    assert rel_err(L, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+    # A non-contiguous input (copied first).
+    out.copy_(cholesky(A.mT.contiguous().mT, upper=upper))
+    assert rel_err(out, L) < (1e-6 if dtype == torch.float32 else 1e-14)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", [(300, torch.float32), (600, torch.float64)])
+def test_cuda_blocked_cholesky_failures_and_conditioning(blocked_cholesky, n, dtype):
+    A = spd((5,), n, dtype, "cuda")
+    late = n - 37  # in the last diagonal block
+    A[1, late, late] = -50.0 * n
+    A[2] = 0.0
+    A[3, 200, 200] = float("nan")  # in a middle block
+    A[4, 129, 129] = -50.0 * n  # past the first block
+    L, info = cholesky_ex(A)
+    expect = torch.linalg.cholesky_ex(A.cpu()).info.to(torch.int32)
+    assert expect.tolist() == [0, late + 1, 1, 201, 130]
+    assert torch.equal(info.cpu(), expect)
+    assert recon_err(A[0], L[0]) < (1e-12 if dtype == torch.float64 else 1e-5)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch element \(1,\)"):
+        cholesky(A)
+    C = spd((1,), 512, torch.float32, "cuda", cond=1e6)
+    assert recon_err(C, cholesky(C)) <= 1e-5
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_blocked_cholesky_on_a_side_stream_and_in_a_graph(blocked_cholesky):
+    A = spd((1,), 400, torch.float32, "cuda")
+    ref = cholesky(A)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        L = cholesky(A, upper=True)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(L, ref.mT)
+    static = A.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s):  # warm-up outside capture, as torch asks
+        cholesky_ex(static)
+    torch.cuda.current_stream().wait_stream(s)
+    with torch.cuda.graph(g):
+        Lg, info = cholesky_ex(static)
+    static.copy_(spd((1,), 400, torch.float32, "cuda"))
+    Lg.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    assert info.item() == 0 and recon_err(static, Lg) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,6 +398,40 @@ def test_trsm_matches_solve_triangular(device, dtype, n, lower, transpose, unit)
     M = A.double().mT if transpose else A.double()
     ref = torch.linalg.solve_triangular(M, B.double(), upper=(lower == transpose), unitriangular=unit)
     assert X.shape == B.shape and rel_err(X, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", [(300, torch.float32), (700, torch.float32), (300, torch.float64)])
+def test_cuda_large_triangular_solves_use_cublas(n, dtype):
+    # Operands past one block's shared memory: cuBLAS TRSM per matrix, no fallback warning.
+    import metalcore._backend as bk
+
+    for op in ("trsm", "cholesky_solve"):
+        bk._warned.discard((op, "cuda"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for lower in (True, False):
+            A = tri((2,), n, torch.float64, "cpu", lower)
+            off = A - torch.diag_embed(A.diagonal(dim1=-2, dim2=-1))
+            A = (A - off + off / n ** 0.5).to(dtype).cuda()  # well conditioned at any n
+            junk = A + (torch.randn_like(A).triu(1) if lower else torch.randn_like(A).tril(-1))
+            B = torch.randn(2, n, 3, dtype=dtype, device="cuda")
+            for transpose in (False, True):
+                for unit in (False, True):
+                    for rhs in (B, B[..., :1]):
+                        X = trsm(junk, rhs, lower=lower, transpose=transpose, unit_diagonal=unit)
+                        M = A.double().mT if transpose else A.double()
+                        ref = torch.linalg.solve_triangular(M, rhs.double(), upper=(lower == transpose),
+                                                            unitriangular=unit)
+                        assert rel_err(X, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
+            S = spd((2, 1), n, dtype, "cuda")
+            F = torch.linalg.cholesky(S, upper=not lower)  # (metalcore's is off by default at these sizes)
+            for k in (1, 2):
+                Bs = torch.randn(3, n, k, dtype=dtype, device="cuda")
+                Xs = cholesky_solve(Bs, F, upper=not lower)
+                assert Xs.shape == (2, 3, n, k) and residual(S.expand(2, 3, n, n), Xs, Bs.expand(2, 3, n, k)) < (
+                    1e-5 if dtype == torch.float32 else 1e-12)
+    assert not rec, [str(r.message) for r in rec]
 
 
 def test_trsm_layouts_broadcasting_and_grad(device):

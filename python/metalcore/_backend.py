@@ -134,6 +134,18 @@ def stream_of(t: torch.Tensor) -> int:
     return _raw_stream_public(index)
 
 
+def blas_handle(t: torch.Tensor) -> int:
+    """torch's cuBLAS handle for its current stream on `t`'s device (0 for CPU tensors), for the
+    core's cuBLAS-built large-matrix paths: torch binds it to that stream, with a workspace from
+    its own allocator, so those paths allocate nothing and are captured by CUDA graphs."""
+    if t.device.type != "cuda":
+        return 0
+    if t.device.index is None or t.device.index == torch.cuda.current_device():
+        return torch.cuda.current_blas_handle()
+    with torch.cuda.device(t.device):
+        return torch.cuda.current_blas_handle()
+
+
 def has_backend(device: torch.device) -> bool:
     return device.type in SUPPORTED_DEVICE_TYPES
 

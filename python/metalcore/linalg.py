@@ -11,9 +11,11 @@ positive definite (NaN included) is reported per batch element: ``cholesky_ex`` 
 Backends: CPU (rayon over the batch, one cache-resident kernel per matrix) and CUDA (one launch
 for the whole batch, each matrix factored by one warp or one block in shared memory). A CUDA
 matrix too large for one block's shared memory (float32: n above about 230 for Cholesky/LU, QR
-from about 160×160) is handed to torch.linalg's own kernel (``cholesky_ex``, ``solve_ex``,
-``solve_triangular``, ``qr``), with a one-time ``RuntimeWarning`` saying so; so is every call on a
-device with no metalcore backend. Everything around the factorization is metalcore's and the same
+from about 160×160) is handed to torch.linalg's own kernel (``cholesky_ex``, ``solve_ex``, ``qr``),
+with a one-time ``RuntimeWarning`` saying so; so is every call on a device with no metalcore
+backend. Exceptions: the triangular solves (``trsm``, ``cholesky_solve``) of such matrices run on
+cuBLAS TRSM through torch's own handle, and Cholesky has a blocked path, off by default
+(``BLOCKED_CHOLESKY``). Everything around the factorization is metalcore's and the same
 on every path: 16-bit inputs computed in float32, ``info`` (a NaN pivot counts as a failure, as
 LAPACK reports it), the error messages, and the gradients.
 """
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import Desc, batch_desc, check_float, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
+from ._backend import Desc, batch_desc, blas_handle, check_float, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
 
 __all__ = [
     "cholesky", "cholesky_ex", "cholesky_solve", "CholeskyEx", "solve", "solve_ex", "SolveEx", "trsm", "trsm_batched",
@@ -48,7 +50,7 @@ class CholeskyEx(NamedTuple):
 def _on_backend(op: str, t: Tensor, run: Callable[[], R_]) -> Optional[R_]:
     """`run()` on metalcore's backend for `t`'s device, or None — after a one-time warning — when
     there is none or it refuses the size (a CUDA matrix that does not fit one block's shared
-    memory): the caller then computes with torch.linalg."""
+    memory, for the ops with no blocked path yet): the caller then computes with torch.linalg."""
     if not has_backend(t.device):
         warn_fallback(op, t.device)
         return None
@@ -100,6 +102,15 @@ def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
     return t.dtype == acc and t.shape[:-2] == batch and t.is_contiguous()
 
 
+#: CUDA Cholesky of matrices too large for one block's shared memory (float32 from n = 241,
+#: float64 from 170): False (the default) hands them to torch.linalg (cuSOLVER), with the one-time
+#: warning; True runs metalcore's blocked path (recursive: ``chol_diag_kernel`` leaves of 128
+#: columns, cuBLAS TRSM and SYRK between them, through torch's cuBLAS handle). The blocked path
+#: is correct and graph-capturable but, measured on an H100, 0.3–0.7× the speed of torch's —
+#: hence off by default (README, "Large matrices").
+BLOCKED_CHOLESKY = False
+
+
 def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     """(factor in a's dtype, int32 info)."""
     n, batch = a.shape[-1], a.shape[:-2]
@@ -111,7 +122,9 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
         if src is None and work.numel():
             work.copy_(a)
         info = empty(batch, torch.int32, a.device)
-        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a), src)
+        # A CUDA matrix too large for one block takes the blocked path only when asked for.
+        blas = blas_handle(a) if n > 128 and BLOCKED_CHOLESKY else 0
+        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a), src, blas)
         return (work if work.dtype == a.dtype else work.to(a.dtype)), info
 
     done = _on_backend("cholesky", a, run)
@@ -247,14 +260,15 @@ def _tri_operands(b: Tensor, t: Tensor) -> Tuple[Tensor, Tensor, bool, torch.Siz
     return xb, (t.mT if flipped else t.contiguous()), flipped, batch
 
 
-def _tri_native(op: str, b: Tensor, t: Tensor, t_name: str, launch: Callable[[Desc, Desc, bool], None]) -> Optional[Tensor]:
+def _tri_native(op: str, b: Tensor, t: Tensor, t_name: str, launch: Callable[[Desc, Desc, bool, int], None]) -> Optional[Tensor]:
     """A triangular solve against `t` (named `t_name`) on metalcore's backend (None: see `_on_backend`):
-    `launch(B, T, flipped)` runs the kernel in place on B, `flipped` when T is `t` transposed
-    in memory (see `_tri_operands`)."""
+    `launch(B, T, flipped, blas)` runs the kernel in place on B, `flipped` when T is `t` transposed
+    in memory (see `_tri_operands`); `blas` is torch's cuBLAS handle for CUDA matrices that may be
+    too large for one block (0 otherwise)."""
 
     def run() -> Tensor:
         xb, tt, flipped, batch = _tri_operands(b, t)
-        launch(desc(xb, "B"), desc(tt, t_name), flipped)
+        launch(desc(xb, "B"), desc(tt, t_name), flipped, blas_handle(b) if t.shape[-1] > 128 else 0)
         return xb.view(batch + xb.shape[1:]).to(b.dtype)
 
     return _on_backend(op, t, run)
@@ -262,7 +276,7 @@ def _tri_native(op: str, b: Tensor, t: Tensor, t_name: str, launch: Callable[[De
 
 def _solve(b: Tensor, l: Tensor, upper: bool) -> Tensor:
     done = _tri_native("cholesky_solve", b, l, "L",
-                       lambda xb, t, flipped: _native.cholesky_solve_inplace(xb, t, upper != flipped, stream_of(b)))
+                       lambda xb, t, flipped, blas: _native.cholesky_solve_inplace(xb, t, upper != flipped, stream_of(b), blas))
     if done is not None:
         return done
     acc = _acc(b.dtype)
@@ -425,7 +439,8 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
 def _trsm(a: Tensor, b: Tensor, lower: bool, transpose: bool, unit: bool) -> Tensor:
     # Aᵀ in memory: the other triangle, solved the other way round.
     done = _tri_native("trsm", b, a, "A",
-                       lambda xb, t, flipped: _native.trsm_inplace(t, xb, lower != flipped, transpose != flipped, unit, stream_of(b)))
+                       lambda xb, t, flipped, blas: _native.trsm_inplace(t, xb, lower != flipped, transpose != flipped, unit,
+                                                                          stream_of(b), blas))
     if done is not None:
         return done
     acc = _acc(b.dtype)

@@ -337,6 +337,142 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S
 }
 #endif
 
+#ifdef DIAG_NB
+// One diagonal block (n <= DIAG_NB) of the blocked Cholesky (cuda/linalg.rs), in place at A (rows
+// `ld` apart; the lower triangle read and written), 512 threads, the block in shared memory
+// (DIAG_NB × (DIAG_NB + 1) elements, dynamic). Blocked by 32 columns so that the serial steps are
+// warp-synchronous: warp 0 factors the 32×32 diagonal tile in registers (row per lane, shuffles),
+// then each warp solves rows of the panel below against it (row per warp, lane per column), then
+// every thread updates a 4×4 tile of the trailing lower triangle (rank 32, from shared memory).
+// `info`: the matrix's status — nonzero from an earlier block: nothing is done; a failure here is
+// written as its order in the whole matrix, `k0` + its order in this block.
+extern "C" __global__ void __launch_bounds__(512) chol_diag_kernel(T* A, long long ld, int n, int* __restrict__ info,
+                                                                   int k0) {
+    constexpr int LDS = DIAG_NB + 1, NW = 16;
+    constexpr unsigned FULL = 0xffffffffu;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sm = reinterpret_cast<T*>(smem_raw);
+    __shared__ T dinv[DIAG_NB];
+    __shared__ int fail_sh;
+    if (info[0] != 0) return;  // uniform
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+#pragma unroll 4
+    for (int i = warp; i < n; i += NW)
+        for (int j = lane; j <= i; j += 32) sm[i * LDS + j] = A[i * ld + j];
+    if (tid == 0) fail_sh = 0;
+    __syncthreads();
+    for (int c0 = 0; c0 < n; c0 += 32) {
+        const int w = min(32, n - c0);
+        if (warp == 0) {
+            T a[32];
+            const bool row = lane < w;
+#pragma unroll
+            for (int j = 0; j < 32; ++j) a[j] = (row && j <= lane) ? sm[(c0 + lane) * LDS + c0 + j] : T(0);
+            int fail = 0;
+#pragma unroll
+            for (int k = 0; k < 32; ++k) {
+                if (k < w) {  // uniform
+                    const T d = __shfl_sync(FULL, a[k], k);
+                    if (!fail && !(d > T(0))) fail = k + 1;
+                    const T sd = sqrt(d), inv = T(1) / sd;
+                    if (lane == k) {
+                        a[k] = sd;
+                        dinv[c0 + k] = inv;
+                    } else if (lane > k) {
+                        a[k] *= inv;
+                    }
+#pragma unroll
+                    for (int j = k + 1; j < 32; ++j) {
+                        const T lj = __shfl_sync(FULL, a[k], j);
+                        if (lane >= j) a[j] -= a[k] * lj;
+                    }
+                }
+            }
+            if (row) {
+#pragma unroll
+                for (int j = 0; j < 32; ++j)
+                    if (j <= lane) sm[(c0 + lane) * LDS + c0 + j] = a[j];
+            }
+            if (lane == 0) fail_sh = fail ? c0 + fail : 0;
+        }
+        __syncthreads();
+        if (fail_sh) break;  // uniform
+        // The panel: row r solves x L_Dᵀ = a_r, lane j holding x_j (final once step j has run).
+        for (int r = c0 + w + warp; r < n; r += NW) {
+            T x = lane < w ? sm[r * LDS + c0 + lane] : T(0);
+#pragma unroll
+            for (int j = 0; j < 32; ++j) {
+                if (j < w) {  // uniform
+                    const T xj = __shfl_sync(FULL, x, j) * dinv[c0 + j];
+                    if (lane == j) x = xj;
+                    else if (lane > j && lane < w) x -= xj * sm[(c0 + lane) * LDS + c0 + j];
+                }
+            }
+            if (lane < w) sm[r * LDS + c0 + lane] = x;
+        }
+        __syncthreads();
+        // The trailing lower triangle, rows and columns from t0: 4×4 tiles (ti >= tl), one per thread.
+        const int t0 = c0 + w, m = n - t0, mt = (m + 3) >> 2;
+        for (int t = tid; t < mt * (mt + 1) / 2; t += blockDim.x) {
+            int ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
+            while (ti * (ti + 1) / 2 > t) --ti;
+            while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
+            const int tl = t - ti * (ti + 1) / 2;
+            const int i0 = t0 + 4 * ti, l0 = t0 + 4 * tl;
+            T acc[4][4];
+#pragma unroll
+            for (int p = 0; p < 4; ++p)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[p][q] = T(0);
+            for (int k = 0; k < w; ++k) {
+                T li[4], ll[4];
+#pragma unroll
+                for (int p = 0; p < 4; ++p) {
+                    li[p] = i0 + p < n ? sm[(i0 + p) * LDS + c0 + k] : T(0);
+                    ll[p] = l0 + p < n ? sm[(l0 + p) * LDS + c0 + k] : T(0);
+                }
+#pragma unroll
+                for (int p = 0; p < 4; ++p)
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) acc[p][q] += li[p] * ll[q];
+            }
+#pragma unroll
+            for (int p = 0; p < 4; ++p)
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    if (i0 + p < n && l0 + q <= i0 + p) sm[(i0 + p) * LDS + l0 + q] -= acc[p][q];
+        }
+        __syncthreads();
+    }
+    for (int i = warp; i < n; i += NW)
+        for (int j = lane; j <= i; j += 32) A[i * ld + j] = sm[i * LDS + j];
+    if (tid == 0 && fail_sh) info[0] = k0 + fail_sh;
+}
+#endif
+
+// The last step of the blocked Cholesky of one n×n matrix whose lower triangle holds the factor:
+// zeroes the strict upper triangle, or with `upper` transposes the factor into it and zeroes the
+// strict lower one. Block (bx, by), by >= bx, owns the 32×32 tile (by, bx) and its mirror (bx, by),
+// read whole before either is written; 256 threads.
+extern "C" __global__ void __launch_bounds__(256) tri_finish_kernel(T* A, int n, int upper) {
+    const int bx = blockIdx.x, by = blockIdx.y;
+    if (bx > by) return;
+    __shared__ T tile[32][33];
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    const long long r0 = 32LL * by, c0 = 32LL * bx;
+    for (int y = ty; y < 32; y += 8) {
+        const long long i = r0 + y, j = c0 + tx;
+        tile[y][tx] = (i < n && j < n) ? A[i * n + j] : T(0);
+    }
+    __syncthreads();
+    for (int y = ty; y < 32; y += 8) {
+        const long long i = c0 + y, j = r0 + tx;  // the mirror: strictly upper where j > i
+        if (i < n && j < n && j > i) A[i * n + j] = upper ? tile[tx][y] : T(0);
+        const long long li = r0 + y, lj = c0 + tx;  // the tile itself: strictly lower where li > lj
+        if (upper && li < n && lj < n && li > lj) A[li * n + lj] = T(0);
+    }
+}
+
 // Solves op(t) x = b in place on b (n × nrhs, stride ldb) for the n×n triangular t (stride ldt):
 // op(t) = t, or tᵀ with `trans`; the `lower` (else upper) triangle of t is used, its diagonal taken
 // as ones with `unit`. Two barriers per row. Ends with a team barrier.
@@ -750,7 +886,8 @@ __device__ __forceinline__ void col_norms(const T* a, int lda, int m, int n, T* 
 }
 
 // One-sided Jacobi SVD. A: (batch, m, n) row-major, m >= n. S: (batch, n). U: (batch, m, n) or
-// null. V: (batch, n, n) or null. info: (batch,) 0 or 1 (no convergence).
+// null. V: (batch, n, n) or null. info: (batch,) flags, 1: no convergence, 2: some σ is zero (its
+// U column is left zero).
 extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict__ S, T* __restrict__ U,
                                          T* __restrict__ V, int* __restrict__ info, long long batch, int m, int n,
                                          int max_sweeps) {
@@ -819,7 +956,11 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
         if (tm.lane == 0) sv[j] = bad ? nan_t() : sqrt(nrm[j]);
     if (bad) fill_nan(v, want_v ? n * ldv : 0, tm);
     emit(a, lda, m, v, ldv, n, sv, rank, true, true, S, U, V, b, tm);
-    if (tm.t == 0) info[b] = converged ? 0 : 1;
+    if (tm.t == 0) {
+        int zero = 0;  // a σ = 0, whose U column emit left zero
+        for (int j = 0; j < n; ++j) zero |= sv[j] <= T(0);
+        info[b] = (converged ? 0 : 1) | (zero ? 2 : 0);
+    }
 }
 
 __device__ __forceinline__ size_t eigh_smem(int n) {
@@ -931,3 +1072,140 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
     emit(a, ld, n, v, ld, n, sv, rank, false, false, L, nullptr, V, b, tm);
     if (tm.t == 0) info[b] = converged ? 0 : 1;
 }
+
+#ifdef LANE_NP
+// One-sided Jacobi SVD — and, with `eig`, the symmetric eigendecomposition — of small matrices
+// in registers: LANE_NP lanes per matrix (8, 16 or 32; 32 / LANE_NP matrices per warp), lane c
+// holding column c of A (m <= LANE_MR rows) and of V. Same contract as jacobi_kernel (eig: as
+// eigh_kernel, with S the eigenvalues and U unused), for n <= LANE_NP.
+//
+// Round r (1 <= r < LANE_NP) pairs lane c with lane c ^ r: for a power-of-two count these rounds
+// are a round-robin schedule (every pair meets once per sweep). The partner's column arrives by
+// shuffles; both lanes compute α, β, γ over the same values in the same order, hence the same
+// rotation, and each updates its own column (of A and of V). Padding columns (c >= n) are zero
+// and never rotate. Sweeps end when one rotates no pair of the matrix.
+//
+// eig: the lower triangle, symmetrized, is shifted to B = A + ‖A‖_F I, which is positive
+// semidefinite with A's eigenvectors, so B's right singular vectors are eigenvectors and
+// λ = σ − ‖A‖_F (B's columns' norms); the absolute error of λ is a few ulps of ‖A‖_F.
+extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __restrict__ A, T* __restrict__ S,
+                                                                     T* __restrict__ U, T* __restrict__ V,
+                                                                     int* __restrict__ info, long long batch, int m,
+                                                                     int n, int max_sweeps, int eig) {
+    constexpr int NP = LANE_NP, MR = LANE_MR;
+    constexpr unsigned FULL = 0xffffffffu;
+    const int lane = threadIdx.x & 31, c = lane % NP, base = lane - c;
+    const long long first = ((long long)blockIdx.x * blockDim.x + (threadIdx.x & ~31)) / NP;
+    if (first >= batch) return;  // the whole warp is idle
+    const long long gm = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / NP;
+    const bool live = gm < batch;
+    const long long b = live ? gm : batch - 1;
+    const bool col = c < n;
+    const unsigned group = NP == 32 ? FULL : (((1u << NP) - 1u) << base);
+    const T* src = A + b * m * n;
+    T a[MR], y[MR], v[NP];
+    int bad = 0;
+#pragma unroll
+    for (int i = 0; i < MR; ++i) {
+        T x = T(0);
+        if (col && i < m) x = eig ? (i >= c ? src[i * n + c] : src[c * n + i]) : src[i * n + c];
+        bad |= !(x - x == T(0));
+        a[i] = x;
+    }
+#pragma unroll
+    for (int j = 0; j < NP; ++j) v[j] = j == c ? T(1) : T(0);
+    bad = (__ballot_sync(FULL, bad) & group) != 0;
+    T shift = T(0);
+    if (eig) {
+        T s2 = T(0);
+#pragma unroll
+        for (int i = 0; i < MR; ++i) s2 += a[i] * a[i];
+        for (int o = NP / 2; o; o >>= 1) s2 += __shfl_xor_sync(FULL, s2, o);
+        shift = sqrt(s2);
+#pragma unroll
+        for (int i = 0; i < MR; ++i)
+            if (i == c && col) a[i] += shift;
+    }
+    const T tol = sqrt(T(m)) * eps_t();
+    int conv = n <= 1 || bad;
+    for (int sweep = 0; sweep < max_sweeps; ++sweep) {
+        if (__all_sync(FULL, conv)) break;
+        int rot = 0;
+        for (int r = 1; r < NP; ++r) {
+            T own2 = T(0), oth2 = T(0), g = T(0);
+#pragma unroll
+            for (int i = 0; i < MR; ++i) {
+                y[i] = __shfl_xor_sync(FULL, a[i], r);
+                own2 += a[i] * a[i];
+                oth2 += y[i] * y[i];
+                g += a[i] * y[i];
+            }
+            const int pc = c ^ r;
+            const bool lo = c < pc;
+            const T al = lo ? own2 : oth2, be = lo ? oth2 : own2;
+            // |γ| > tol ‖a_p‖‖a_q‖ (false for a zero column: 0·inf is NaN).
+            const bool go = !conv && col && pc < n && fabs(g) * fast_rsqrt(al) * fast_rsqrt(be) > tol;
+            T s = T(0), tau = T(0);
+            if (go) {
+                T t;
+                rotation(al, be, g, s, tau, t);
+                rot = 1;
+            }
+            // Rutishauser's form: x ← x − s (y + τ x) for the lower index of the pair, y ← y + s (x − τ y)
+            // for the upper one.
+            const T sg = lo ? -s : s, st = s * tau;
+#pragma unroll
+            for (int i = 0; i < MR; ++i) a[i] = a[i] - st * a[i] + sg * y[i];
+#pragma unroll
+            for (int j = 0; j < NP; ++j) {
+                const T o = __shfl_xor_sync(FULL, v[j], r);
+                v[j] = v[j] - st * v[j] + sg * o;
+            }
+        }
+        const unsigned rotated = __ballot_sync(FULL, rot) & group;  // one ballot for every lane
+        if (!conv && rotated == 0) conv = 1;
+    }
+    T s2 = T(0);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) s2 += a[i] * a[i];
+    const T sig = bad ? nan_t() : sqrt(s2);
+    const T key = eig ? sig - shift : sig;
+    // Rank in the sorted order (descending singular values, ascending eigenvalues; NaN first / last).
+    int rk = 0;
+    for (int j = 0; j < NP; ++j) {
+        const T kj = __shfl_sync(FULL, key, base + j);
+        if (j < n && j != c) rk += before(kj, key, !eig) || (j < c && !before(key, kj, !eig));
+    }
+    const int zero = (__ballot_sync(FULL, col && !eig && sig <= T(0)) & group) != 0;
+    if (!(live && col)) return;
+    // The sign: the entry of largest magnitude (the first on ties) of U's column, or of V's where
+    // there is no U column (eig, or σ = 0), is positive.
+    const bool has_u = !eig && !(sig <= T(0));  // NaN included: its column comes out NaN
+    T best = T(-1), at_val = T(0);
+    if (has_u) {
+#pragma unroll
+        for (int i = 0; i < MR; ++i)
+            if (i < m && fabs(a[i]) > best) { best = fabs(a[i]); at_val = a[i]; }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NP; ++i)
+            if (i < n && fabs(v[i]) > best) { best = fabs(v[i]); at_val = v[i]; }
+    }
+    const T sign = at_val < T(0) ? T(-1) : T(1);
+    S[b * n + rk] = key;
+    if (U && !eig) {
+        const T inv = has_u ? T(1) / sig : T(0);
+        T* ud = U + b * m * n;
+#pragma unroll
+        for (int i = 0; i < MR; ++i)
+            if (i < m) ud[i * n + rk] = has_u ? sign * a[i] * inv : T(0);
+    }
+    if (V) {
+        T* vd = V + b * n * n;
+#pragma unroll
+        for (int i = 0; i < NP; ++i)
+            if (i < n) vd[i * n + rk] = bad ? nan_t() : sign * v[i];
+    }
+    if (c == 0) info[b] = (conv ? 0 : 1) | (zero ? 2 : 0);
+}
+#endif

@@ -128,6 +128,16 @@ impl TensorRef {
 pub struct Exec {
     /// Raw `CUstream` handle; 0 is the legacy default stream. Ignored by the CPU backend.
     pub stream: usize,
+    /// PyTorch's `cublasHandle_t` for this stream (`torch.cuda.current_blas_handle()`), for the
+    /// ops whose large-matrix paths are built on cuBLAS; 0 when not given. Ignored by the CPU.
+    pub blas: usize,
+}
+
+impl Exec {
+    /// A call on `stream` with no cuBLAS handle.
+    pub fn on(stream: usize) -> Exec {
+        Exec { stream, blas: 0 }
+    }
 }
 
 /// Checks that all present tensors live on the device of the first one, and returns it.

@@ -15,7 +15,7 @@ fn act_of(code: u32) -> PyResult<Act> {
 fn act_fwd_into(py: Python<'_>, act: u32, x: Desc, bias: Option<Desc>, out: Desc, stream: usize) -> PyResult<()> {
     let act = act_of(act)?;
     let (x, bias, y) = (x.to_ref("x")?, opt("bias", &bias)?, out.to_ref("out")?);
-    py.detach(|| act_fwd(&ActFwd { act, x: &x, bias: bias.as_ref(), y: &y }, Exec { stream })).map_err(to_py)
+    py.detach(|| act_fwd(&ActFwd { act, x: &x, bias: bias.as_ref(), y: &y }, Exec::on(stream))).map_err(to_py)
 }
 
 /// `grad_x = grad_out · f'(x + bias)`.
@@ -34,7 +34,7 @@ fn act_bwd_into(
     let (x, bias) = (x.to_ref("x")?, opt("bias", &bias)?);
     let (dy, dx) = (grad_out.to_ref("grad_out")?, grad_x.to_ref("grad_x")?);
     let args = ActBwd { act, x: &x, bias: bias.as_ref(), dy: &dy, dx: &dx };
-    py.detach(|| act_bwd(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| act_bwd(&args, Exec::on(stream))).map_err(to_py)
 }
 
 /// `out = f(gate) · up`.
@@ -43,7 +43,7 @@ fn act_bwd_into(
 fn glu_fwd_into(py: Python<'_>, act: u32, gate: Desc, up: Desc, out: Desc, stream: usize) -> PyResult<()> {
     let act = act_of(act)?;
     let (g, u, h) = (gate.to_ref("gate")?, up.to_ref("up")?, out.to_ref("out")?);
-    py.detach(|| glu_fwd(&GluFwd { act, gate: &g, up: &u, h: &h }, Exec { stream })).map_err(to_py)
+    py.detach(|| glu_fwd(&GluFwd { act, gate: &g, up: &u, h: &h }, Exec::on(stream))).map_err(to_py)
 }
 
 /// `grad_gate = grad_out · up · f'(gate)`, `grad_up = grad_out · f(gate)`.
@@ -64,7 +64,7 @@ fn glu_bwd_into(
     let (g, u, dh) = (gate.to_ref("gate")?, up.to_ref("up")?, grad_out.to_ref("grad_out")?);
     let (dg, du) = (grad_gate.to_ref("grad_gate")?, grad_up.to_ref("grad_up")?);
     let args = GluBwd { act, gate: &g, up: &u, dh: &dh, d_gate: &dg, d_up: &du };
-    py.detach(|| glu_bwd(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| glu_bwd(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -55,7 +55,7 @@ fn adamw_step(
         .collect();
     let hyper = Hyper { lr, beta1, beta2, eps, weight_decay, step, maximize, seed };
     let args = AdamW { tensors, hyper };
-    py.detach(|| adamw(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| adamw(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

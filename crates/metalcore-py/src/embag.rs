@@ -34,7 +34,7 @@ fn embag_fwd_into(
         out: &y,
         argmax: a.as_ref(),
     };
-    py.detach(|| embag_fwd(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| embag_fwd(&args, Exec::on(stream))).map_err(to_py)
 }
 
 /// Backward into a zero-filled `grad_weight`, summing each index's run of `sorted` positions.
@@ -70,7 +70,7 @@ fn embag_bwd_into(
         argmax: a.as_ref(),
         grad_weight: &gw,
     };
-    py.detach(|| embag_bwd(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| embag_bwd(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

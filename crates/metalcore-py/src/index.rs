@@ -22,7 +22,7 @@ fn index_into(
     let kind = Kind::from_code(kind).map_err(to_py)?;
     let (t, r, x, p) = (table.to_ref("table")?, rows.to_ref("rows")?, index.to_ref("index")?, opt("perm", &perm)?);
     let args = IndexArgs { kind, table: &t, rows: &r, index: &x, perm: p.as_ref() };
-    py.detach(|| index_op(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| index_op(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -9,9 +9,11 @@ use metalcore_core::tensor::Exec;
 use pyo3::prelude::*;
 
 /// Batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor, in place, or from `src`
-/// (same shape and dtype) into `a`; per-matrix status into the int32 `info`.
+/// (same shape and dtype) into `a`; per-matrix status into the int32 `info`. `blas`: torch's
+/// cuBLAS handle for `stream` (`torch.cuda.current_blas_handle()`), which CUDA matrices too large
+/// for one block need (0: such matrices are refused with NotImplementedError).
 #[pyfunction]
-#[pyo3(signature = (a, info, upper, stream, src=None))]
+#[pyo3(signature = (a, info, upper, stream, src=None, blas=0))]
 fn cholesky_inplace(
     py: Python<'_>,
     a: Desc,
@@ -19,18 +21,20 @@ fn cholesky_inplace(
     upper: bool,
     stream: usize,
     src: Option<Desc>,
+    blas: usize,
 ) -> PyResult<()> {
     let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
     let src = src.map(|s| s.to_ref("src")).transpose()?;
-    py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream })).map_err(to_py)
+    py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream, blas })).map_err(to_py)
 }
 
-/// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X.
+/// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X. `blas` as for
+/// `cholesky_inplace`.
 #[pyfunction]
-#[pyo3(signature = (b, l, upper, stream))]
-fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream: usize) -> PyResult<()> {
+#[pyo3(signature = (b, l, upper, stream, blas=0))]
+fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream: usize, blas: usize) -> PyResult<()> {
     let (b, l) = (b.to_ref("B")?, l.to_ref("L")?);
-    py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper }, Exec { stream })).map_err(to_py)
+    py.detach(|| cholesky_solve(&CholeskySolve { b: &b, l: &l, upper }, Exec { stream, blas })).map_err(to_py)
 }
 
 /// Batched LU solve: reads `a` and `b`, writes X into `x` (which may be `b`), the packed factors
@@ -53,15 +57,25 @@ fn lu_solve_into(
     let lu = lu.map(|t| t.to_ref("LU")).transpose()?;
     let pivots = pivots.map(|p| p.to_ref("pivots")).transpose()?;
     let args = LuSolve { a: &a, lu: lu.as_ref(), b: &b, x: &x, info: &info, pivots: pivots.as_ref() };
-    py.detach(|| lu_solve(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| lu_solve(&args, Exec::on(stream))).map_err(to_py)
 }
 
-/// In-place batched triangular solve op(A) X = B; `b` becomes X.
+/// In-place batched triangular solve op(A) X = B; `b` becomes X. `blas` as for `cholesky_inplace`.
 #[pyfunction]
-#[pyo3(signature = (a, b, lower, trans, unit, stream))]
-fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit: bool, stream: usize) -> PyResult<()> {
+#[pyo3(signature = (a, b, lower, trans, unit, stream, blas=0))]
+#[allow(clippy::too_many_arguments)]
+fn trsm_inplace(
+    py: Python<'_>,
+    a: Desc,
+    b: Desc,
+    lower: bool,
+    trans: bool,
+    unit: bool,
+    stream: usize,
+    blas: usize,
+) -> PyResult<()> {
     let (t, b) = (a.to_ref("A")?, b.to_ref("B")?);
-    py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit }, Exec { stream })).map_err(to_py)
+    py.detach(|| trsm(&Trsm { t: &t, b: &b, lower, trans, unit }, Exec { stream, blas })).map_err(to_py)
 }
 
 /// Batched Householder QR of the contiguous (batch, m, n) `a` into `r` and, when given, `q`.
@@ -70,7 +84,7 @@ fn trsm_inplace(py: Python<'_>, a: Desc, b: Desc, lower: bool, trans: bool, unit
 fn qr_into(py: Python<'_>, a: Desc, q: Option<Desc>, r: Desc, stream: usize) -> PyResult<()> {
     let (a, r) = (a.to_ref("A")?, r.to_ref("R")?);
     let q = q.map(|q| q.to_ref("Q")).transpose()?;
-    py.detach(|| qr(&Qr { a: &a, q: q.as_ref(), r: &r }, Exec { stream })).map_err(to_py)
+    py.detach(|| qr(&Qr { a: &a, q: q.as_ref(), r: &r }, Exec::on(stream))).map_err(to_py)
 }
 
 /// Per-matrix helper (`kind`: "syrk", "frobenius" or "trace") of a contiguous batch into `out`.
@@ -111,7 +125,7 @@ fn jacobi_into(
     let u = u.map(|t| t.to_ref("U")).transpose()?;
     let v = v.map(|t| t.to_ref("V")).transpose()?;
     let args = Svd { a: &a, s: &s, u: u.as_ref(), v: v.as_ref(), info: &info, eigh, max_sweeps };
-    py.detach(|| svd(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| svd(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

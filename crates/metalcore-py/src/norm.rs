@@ -44,7 +44,7 @@ impl NormFwdPlan {
     ) -> PyResult<()> {
         let ptrs = FwdPtrs { x, residual, weight, bias, y: out, residual_out, mean, rstd };
         let plan = self.plan.rebind(&ptrs).map_err(to_py)?;
-        py.detach(|| run_fwd(self.device, &plan, Exec { stream })).map_err(to_py)
+        py.detach(|| run_fwd(self.device, &plan, Exec::on(stream))).map_err(to_py)
     }
 }
 
@@ -187,7 +187,7 @@ impl NormBwdPlan {
             workspace,
         };
         let plan = self.plan.rebind(&ptrs).map_err(to_py)?;
-        py.detach(|| run_bwd(self.device, &plan, Exec { stream })).map_err(to_py)
+        py.detach(|| run_bwd(self.device, &plan, Exec::on(stream))).map_err(to_py)
     }
 }
 

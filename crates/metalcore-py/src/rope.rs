@@ -41,7 +41,7 @@ fn rope_into(
         interleaved,
         backward,
     };
-    py.detach(|| rope(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| rope(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

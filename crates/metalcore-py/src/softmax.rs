@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 #[pyo3(signature = (x, out, stream))]
 fn softmax_fwd_into(py: Python<'_>, x: Desc, out: Desc, stream: usize) -> PyResult<()> {
     let (x, y) = (x.to_ref("x")?, out.to_ref("out")?);
-    py.detach(|| softmax_fwd(&SoftmaxFwd { x: &x, y: &y }, Exec { stream })).map_err(to_py)
+    py.detach(|| softmax_fwd(&SoftmaxFwd { x: &x, y: &y }, Exec::on(stream))).map_err(to_py)
 }
 
 /// Softmax backward from the forward's output `y`.
@@ -18,7 +18,7 @@ fn softmax_fwd_into(py: Python<'_>, x: Desc, out: Desc, stream: usize) -> PyResu
 #[pyo3(signature = (y, grad_out, grad_x, stream))]
 fn softmax_bwd_into(py: Python<'_>, y: Desc, grad_out: Desc, grad_x: Desc, stream: usize) -> PyResult<()> {
     let (y, dy, dx) = (y.to_ref("y")?, grad_out.to_ref("grad_out")?, grad_x.to_ref("grad_x")?);
-    py.detach(|| softmax_bwd(&SoftmaxBwd { y: &y, dy: &dy, dx: &dx }, Exec { stream })).map_err(to_py)
+    py.detach(|| softmax_bwd(&SoftmaxBwd { y: &y, dy: &dy, dx: &dx }, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

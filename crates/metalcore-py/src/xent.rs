@@ -42,7 +42,7 @@ fn cross_entropy_into(
         label_smoothing,
         z_loss,
     };
-    py.detach(|| cross_entropy(&args, Exec { stream })).map_err(to_py)
+    py.detach(|| cross_entropy(&args, Exec::on(stream))).map_err(to_py)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

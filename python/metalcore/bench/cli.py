@@ -564,10 +564,22 @@ LINALG_CASES = {
             for op in ("cholesky", "cholesky_solve", "solve (LU)", "qr")],
     "cuda": [("qr", 500, 16, 16, 0), ("qr", 1000, 32, 32, 0), ("qr", 100, 64, 64, 0), ("qr", 100, 128, 64, 0),
              ("qr", 1, 4096, 4096, 0), ("cholesky", 500, 16, 16, 0), ("cholesky", 100, 64, 64, 0),
-             ("cholesky", 1000, 128, 128, 0), ("cholesky", 1, 4096, 4096, 0), ("cholesky_solve", 1000, 32, 32, 1),
+             ("cholesky", 1000, 128, 128, 0), ("cholesky", 1, 4096, 4096, 0), ("cholesky (blocked)", 1, 4096, 4096, 0),
+             ("cholesky_solve", 1000, 32, 32, 1), ("cholesky_solve", 1, 4096, 4096, 1),
              ("solve (LU)", 1000, 32, 32, 1), ("solve (LU)", 10000, 16, 16, 1), ("solve (LU)", 100, 128, 128, 16),
              ("solve (LU)", 1, 4096, 4096, 1)],
 }
+
+
+def _blocked_cholesky(a: torch.Tensor) -> torch.Tensor:
+    """metalcore.cholesky with the blocked large-matrix path switched on (it is off by default)."""
+    import metalcore.linalg as ml
+
+    old, ml.BLOCKED_CHOLESKY = ml.BLOCKED_CHOLESKY, True
+    try:
+        return metalcore.cholesky(a)
+    finally:
+        ml.BLOCKED_CHOLESKY = old
 
 
 def bench_linalg(device: str, quick: bool) -> str:
@@ -606,6 +618,7 @@ def bench_linalg(device: str, quick: bool) -> str:
 
             ours, theirs, err = {
                 "cholesky": (lambda: metalcore.cholesky(a), lambda: torch.linalg.cholesky(a), recon),
+                "cholesky (blocked)": (lambda: _blocked_cholesky(a), lambda: torch.linalg.cholesky(a), recon),
                 "cholesky_solve": (lambda: metalcore.cholesky_solve(rhs, l_t), lambda: torch.cholesky_solve(rhs, l_t), resid),
                 "solve (LU)": (lambda: metalcore.solve(a, rhs), lambda: torch.linalg.solve(a, rhs), resid),
             }[op]
@@ -667,9 +680,10 @@ def bench_spectral(device: str, quick: bool) -> str:
 SPECTRAL_LEGEND = """Milliseconds per call (median; CUDA events around each call, which includes its host work),
 float32. `error`: max over the batch of ||U diag(S) Vᵀ − A|| / ||A|| (eigh: ||V diag(L) Vᵀ − A|| / ||A||) and
 of max|UᵀU − I|, |VᵀV − I|, against the float64 matrices. Inputs are Gaussian (eigh: A + Aᵀ).
-metalcore: batched Jacobi (one-sided for svd, two-sided for eigh), one CUDA block per matrix; the 1024²
-rows do not fit one block's shared memory and go to torch.linalg (with a warning): they show the
-fallback, not a metalcore kernel."""
+metalcore: batched Jacobi — up to 32×32 (float64 16×16) one-sided in registers, 8–32 lanes per
+matrix, eigh on the shifted A + ‖A‖_F I; larger, one CUDA block per matrix (one-sided for svd,
+two-sided for eigh). The 1024² rows do not fit one block's shared memory and go to torch.linalg
+(with a warning): they show the fallback, not a metalcore kernel."""
 
 
 def _table(rows: List[Dict], device: str) -> str:
@@ -712,7 +726,9 @@ per sample for the batched cases; each call includes its host work: copies, allo
 solves) or max(||QR − A|| / ||A||, max|QᵀQ − I|) (qr) against the float64 matrices. Cholesky and
 solve inputs are symmetric positive definite; QR inputs are Gaussian. Matrices too large for one
 CUDA block's shared memory (the 4096² cases) go to torch.linalg's own kernel, with a warning: those
-rows show the fallback's cost, not a metalcore kernel."""
+rows show the fallback's cost, not a metalcore kernel — except `cholesky (blocked)` (metalcore's
+blocked path, off by default: `metalcore.linalg.BLOCKED_CHOLESKY`) and `cholesky_solve`, whose
+large triangular solves run on cuBLAS TRSM through torch's handle."""
 
 ACT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of each input (x, or gate and up) and one
 write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the worst gradient).

@@ -1111,7 +1111,6 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                 let bad = a.iter().any(|x| !(*x - *x == A::ZERO));
                 let nan = A::from_f64(f64::NAN);
                 let ok = bad || if p.eigh { g(a, n, v, p.max_sweeps) } else { f(a, m, n, v, p.max_sweeps) };
-                *(ip as *mut i32).add(b) = if ok { 0 } else { 1 };
                 if bad {
                     v.fill(nan);
                 }
@@ -1125,6 +1124,8 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                         dot(col, col).sqrt()
                     };
                 }
+                let zero = !p.eigh && vals.iter().any(|s| *s <= A::ZERO);
+                *(ip as *mut i32).add(b) = if ok { 0 } else { 1 } | if zero { 2 } else { 0 };
                 for (j, o) in order.iter_mut().enumerate() {
                     *o = j;
                 }

@@ -1,10 +1,13 @@
 //! Batched small factorizations on CUDA: variant selection and launches (math in
-//! `kernels/linalg.cu`). One team of threads per matrix, the matrix in shared memory: a matrix
-//! that does not fit one block's shared memory is refused with `Error::Unsupported` (the Python
-//! layer then hands it to torch.linalg, saying so).
+//! `kernels/linalg.cu`). One team of threads per matrix, the matrix in shared memory. Past what
+//! one block's shared memory holds, the triangular solves run on cuBLAS TRSM through torch's
+//! handle (see [`super::blas`]) and Cholesky, when the caller passes that handle, is blocked (our
+//! diagonal-block kernel plus cuBLAS TRSM/SYRK); otherwise such a matrix is refused with
+//! `Error::Unsupported` (the Python layer then hands it to torch.linalg, saying so).
 
 use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::knob;
+use super::blas::{Blas, Fill, Op, Real, Side};
 use super::{allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -26,6 +29,9 @@ enum Entry {
     CholeskyReg,
     LuReg,
     CholeskyRow,
+    TriFinish,
+    CholDiag,
+    JacobiLane,
 }
 
 impl Entry {
@@ -40,6 +46,9 @@ impl Entry {
             Entry::CholeskyReg => "cholesky_reg_kernel",
             Entry::LuReg => "lu_reg_kernel",
             Entry::CholeskyRow => "cholesky_row_kernel",
+            Entry::TriFinish => "tri_finish_kernel",
+            Entry::CholDiag => "chol_diag_kernel",
+            Entry::JacobiLane => "jacobi_lane_kernel",
         }
     }
 }
@@ -54,8 +63,11 @@ struct Key {
     /// Matrices per block (w == 1 only).
     mpb: usize,
     /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`ROW_NP`) of the
-    /// row-per-lane kernels, else 0.
+    /// row-per-lane kernels and `LANE_NP` of `jacobi_lane_kernel`, the block size (`DIAG_NB`) of
+    /// `chol_diag_kernel`, else 0.
     tile: usize,
+    /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`, else 0.
+    rows: usize,
 }
 
 fn defines(k: &Key) -> Defines {
@@ -64,6 +76,11 @@ fn defines(k: &Key) -> Defines {
     match k.entry {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
+        Entry::CholDiag => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::JacobiLane => {
+            d.push(("LANE_NP", k.tile.to_string()));
+            d.push(("LANE_MR", k.rows.to_string()));
+        }
         _ => {}
     }
     d
@@ -142,7 +159,7 @@ fn launch_team(
             )));
         }
         let tile = if entry == Entry::CholeskyReg { dim.div_ceil(16) } else { 0 };
-        let f = kernel(Key { ordinal, entry, dtype, w, mpb, tile }, &dev)?;
+        let f = kernel(Key { ordinal, entry, dtype, w, mpb, tile, rows: 0 }, &dev)?;
         // A variant whose registers do not fit a block of this size: fewer warps per matrix (the
         // kernels take any team size).
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
@@ -238,7 +255,88 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
         return launch_team(ordinal, exec, Entry::CholeskyReg, p.a.dtype, (8, 1), n, p.a.batch, |_| 0, &args);
     }
     let per = |_w: usize| n * (n + 1);
-    launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
+    let dev = device(ordinal)?;
+    if per(0) * p.a.dtype.size() > dev.smem_optin && exec.blas != 0 {
+        return match p.a.dtype {
+            DType::F32 => cholesky_blocked::<f32>(p, &dev, ordinal, exec),
+            _ => cholesky_blocked::<f64>(p, &dev, ordinal, exec),
+        };
+    }
+    launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args[..6])
+}
+
+/// Blocked Cholesky of matrices too large for one block, one matrix after another, in place on
+/// the lower triangle. Recursive (split at a multiple of NB = 128, or METALCORE_CHOL_NB = 64):
+/// L11 = chol(A11); L21 = A21 L11⁻ᵀ (TRSM); A22 -= L21 L21ᵀ (SYRK, or with METALCORE_CHOL_GEMM=1
+/// a GEMM over the whole square); L22 = chol(A22) — so most flops are in large cuBLAS calls. The
+/// leaves (NB or fewer columns) are `chol_diag_kernel`; `tri_finish_kernel` then zeroes (or, for
+/// `upper`, fills by transposition) the other triangle. After a failing leaf the later ones do
+/// nothing, so `info` keeps the first failure, as in the batched kernels; the factor is then partial.
+fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
+    let _ctx = ContextGuard::enter(dev)?;
+    let blas = Blas::bind(exec.blas, exec.stream)?;
+    let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
+    static NB: OnceLock<usize> = OnceLock::new();
+    static GEMM: OnceLock<usize> = OnceLock::new();
+    let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
+    let gemm = knob(&GEMM, "METALCORE_CHOL_GEMM", 2) == 1;
+    let diag = kernel(Key { ordinal, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile: nb, rows: 0 }, dev)?;
+    let finish = kernel(Key { ordinal, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev)?;
+    let stream = borrowed_stream(dev, exec.stream);
+    let raw = exec.stream as cudarc::driver::sys::CUstream;
+    // SAFETY: `info` holds `batch` int32 entries (validated by the plan).
+    unsafe { cudarc::driver::result::memset_d8_async(p.info as u64, 0, 4 * p.a.batch, raw) }
+        .map_err(driver_err("clearing info"))?;
+    let tiles = n.div_ceil(32) as u32;
+    for b in 0..p.a.batch {
+        let a = p.a.ptr + b * n * n * es;
+        let src = p.src + b * n * n * es;
+        let info = p.info + 4 * b;
+        if src != a {
+            // SAFETY: both are n×n matrices of the plan's validated, distinct batches.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(a as u64, src as u64, n * n * es, raw) }
+                .map_err(driver_err("copying the input"))?;
+        }
+        let at = |i: usize, j: usize| a + (i * n + j) * es;
+        // Explicit stack of (first row/column, size) of the diagonal blocks still to factor, and
+        // the updates between them; `Some(s1)` marks a node whose first s1 columns are done.
+        let mut stack: Vec<(usize, usize, Option<usize>)> = vec![(0, n, None)];
+        while let Some((k, s, done)) = stack.pop() {
+            if let Some(s1) = done {
+                let s2 = s - s1;
+                // Column-major, the row-major lower L11 is upper (U = L11ᵀ) and the panel A21 is
+                // A21ᵀ (s1×s2): L21ᵀ = U⁻ᵀ A21ᵀ, then A22 -= L21 L21ᵀ, i.e. (column-major)
+                // C -= Zᵀ Z with Z = L21ᵀ, on C's upper triangle — A22's lower one.
+                // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
+                unsafe {
+                    blas.trsm::<T>(Side::Left, Fill::Upper, Op::T, false, (s1, s2), T::ONE, (at(k, k), n), (at(k + s1, k), n))?;
+                    let z = (at(k + s1, k), n);
+                    if gemm {
+                        blas.gemm::<T>(Op::T, Op::N, (s2, s2, s1), T::MINUS_ONE, z, z, T::ONE, (at(k + s1, k + s1), n))?;
+                    } else {
+                        blas.syrk::<T>(Fill::Upper, Op::T, s2, s1, T::MINUS_ONE, z.0, n, T::ONE, at(k + s1, k + s1), n)?;
+                    }
+                }
+                stack.push((k + s1, s2, None));
+            } else if s <= nb {
+                let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(s as i32), Arg::P(info), Arg::I(k as i32)];
+                // SAFETY: one block factors the s×s diagonal block at (k, k), rows n apart, in place,
+                // with the shared memory its NB needs.
+                unsafe { launch_args(dev, exec, &diag, 1, 512, nb * (nb + 1) * es, &args)? };
+            } else {
+                let s1 = nb * (s.div_ceil(nb) / 2);
+                stack.push((k, s, Some(s1)));
+                stack.push((k, s1, None));
+            }
+        }
+        let mut lb = stream.launch_builder(&finish);
+        let (ptr, ni, up) = (a as u64, n as i32, p.upper as i32);
+        lb.arg(&ptr).arg(&ni).arg(&up);
+        let cfg = cudarc::driver::LaunchConfig { grid_dim: (tiles, tiles, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: one n×n matrix; each block touches only its tile and that tile's mirror.
+        unsafe { lb.launch(cfg) }.map_err(driver_err("launching tri_finish_kernel"))?;
+    }
+    Ok(())
 }
 
 pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
@@ -278,7 +376,7 @@ fn launch_rows(
     let np = n.next_power_of_two().max(8);
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
-    let f = kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: np }, &dev)?;
+    let f = kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: np, rows: 0 }, &dev)?;
     // SAFETY: `args` follow the counterpart's signature, which the row kernels share; they use no
     // shared memory and each lane group touches only its own matrix.
     unsafe { launch_args(&dev, exec, &f, (batch * np).div_ceil(128), 128, 0, args) }
@@ -295,6 +393,14 @@ fn trsm_launch(ordinal: usize, exec: Exec, t: usize, b: &Batch, passes: [Option<
         return Ok(());
     }
     let per = |_w: usize| n * (n + 1) + n * (k + 1);
+    let dev = device(ordinal)?;
+    if per(0) * b.dtype.size() > dev.smem_optin {
+        let passes: Vec<i32> = passes.iter().flatten().copied().collect();
+        return match b.dtype {
+            DType::F32 => trsm_blas::<f32>(&dev, exec, t, b, &passes),
+            _ => trsm_blas::<f64>(&dev, exec, t, b, &passes),
+        };
+    }
     let (f1, two, f2) = (passes[0].unwrap_or(0), passes[1].is_some() as i32, passes[1].unwrap_or(0));
     let args = [
         Arg::P(t),
@@ -307,6 +413,35 @@ fn trsm_launch(ordinal: usize, exec: Exec, t: usize, b: &Batch, passes: [Option<
         Arg::I(f2),
     ];
     launch(ordinal, exec, Entry::Trsm, b.dtype, n, b.batch, per, &args)
+}
+
+/// [`trsm_launch`] for operands too large for one block: cuBLAS TRSM, one matrix after another.
+/// Row-major, op(T) X = B is (column-major) X' op(T)ᵀ = B' with X' = Xᵀ, B' = Bᵀ (k×n) and T
+/// seen as Tᵀ: a right-side solve against the other triangle, transposed as op is. A single
+/// right-hand side is its own transpose (an n×1 column), solved left-side — cuBLAS's right-side
+/// TRSM with one row is several times slower.
+fn trsm_blas<T: Real>(dev: &DeviceState, exec: Exec, t: usize, b: &Batch, passes: &[i32]) -> Result<()> {
+    let _ctx = ContextGuard::enter(dev)?;
+    let blas = Blas::bind(exec.blas, exec.stream)?;
+    let (n, k, es) = (b.rows, b.cols, b.dtype.size());
+    for i in 0..b.batch {
+        let (tp, bp) = (t + i * n * n * es, b.ptr + i * n * k * es);
+        for &f in passes {
+            let (lower, trans, unit) = (f & 1 != 0, f & 2 != 0, f & 4 != 0);
+            let fill = if lower { Fill::Upper } else { Fill::Lower };
+            let op = if trans { Op::T } else { Op::N };
+            // SAFETY: T is n×n and B n×k, row-major, inside the plan's validated batches.
+            unsafe {
+                if k == 1 {
+                    let op = if trans { Op::N } else { Op::T };
+                    blas.trsm::<T>(Side::Left, fill, op, unit, (n, 1), T::ONE, (tp, n), (bp, n))?;
+                } else {
+                    blas.trsm::<T>(Side::Right, fill, op, unit, (k, n), T::ONE, (tp, n), (bp, k))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn trsm(p: &TrsmPlan, ordinal: usize, exec: Exec) -> Result<()> {
@@ -331,6 +466,13 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
+    // Up to 32 rows and columns (float64: 16), the register kernel (METALCORE_JACOBI_LANE_MAX
+    // lowers that bound, for comparisons).
+    static LANE_MAX: OnceLock<usize> = OnceLock::new();
+    let lane_max = knob(&LANE_MAX, "METALCORE_JACOBI_LANE_MAX", 32).min(if p.a.dtype == DType::F64 { 16 } else { 32 });
+    if m <= lane_max && n <= lane_max {
+        return jacobi_lane(p, ordinal, exec);
+    }
     let w = jacobi_warps(n);
     if p.eigh {
         // A warp per pair of the round (one warp per matrix measured slower on H200 even for
@@ -351,18 +493,38 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     }
     let want_v = p.v != 0;
     let per = move |_: usize| n * (m + 1) + if want_v { n * (n + 1) } else { 0 } + 3 * n;
-    let args = [
+    launch_team(ordinal, exec, Entry::Jacobi, p.a.dtype, (w, 1), m.max(n), p.a.batch, per, &jacobi_args(p, p.u))
+}
+
+/// The leading arguments of `jacobi_kernel` and `jacobi_lane_kernel`: A, S, U (`u`), V, info,
+/// batch, m, n, max_sweeps.
+fn jacobi_args(p: &SvdPlan, u: usize) -> Vec<Arg> {
+    vec![
         Arg::P(p.a.ptr),
         Arg::P(p.s),
-        Arg::P(p.u),
+        Arg::P(u),
         Arg::P(p.v),
         Arg::P(p.info),
         Arg::L(p.a.batch as i64),
-        Arg::I(m as i32),
-        Arg::I(n as i32),
+        Arg::I(p.a.rows as i32),
+        Arg::I(p.a.cols as i32),
         Arg::I(p.max_sweeps as i32),
-    ];
-    launch_team(ordinal, exec, Entry::Jacobi, p.a.dtype, (w, 1), m.max(n), p.a.batch, per, &args)
+    ]
+}
+
+/// `jacobi_lane_kernel`: 8, 16 or 32 lanes per matrix (a column each), rows in registers.
+fn jacobi_lane(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
+    let (m, n) = (p.a.rows, p.a.cols);
+    let np = n.next_power_of_two().clamp(8, 32);
+    let mr = m.next_power_of_two().clamp(np, 32);
+    let dev = device(ordinal)?;
+    let _ctx = ContextGuard::enter(&dev)?;
+    let f = kernel(Key { ordinal, entry: Entry::JacobiLane, dtype: p.a.dtype, w: 1, mpb: 1, tile: np, rows: mr }, &dev)?;
+    let mut args = jacobi_args(p, if p.eigh { 0 } else { p.u });
+    args.push(Arg::I(p.eigh as i32));
+    // SAFETY: the arguments follow the kernel's signature; it uses no shared memory and each lane
+    // group touches only its own matrix.
+    unsafe { launch_args(&dev, exec, &f, (p.a.batch * np).div_ceil(128), 128, 0, &args) }
 }
 
 /// The variants CI compiles: every entry point, both dtypes, warp teams and block teams.
@@ -370,14 +532,21 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F64] {
         for (w, mpb) in [(1, 4), (4, 1), (16, 1)] {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::Qr, dtype, w, mpb, tile: 0 })));
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::Qr, dtype, w, mpb, tile: 0, rows: 0 })));
         }
         for tile in [3, 8] {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile })));
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile, rows: 0 })));
+        }
+        out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 })));
+        for tile in [64, 128] {
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 })));
+        }
+        for (tile, rows) in [(8, 8), (8, 32), (16, 16), (32, 32)] {
+            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::JacobiLane, dtype, w: 1, mpb: 1, tile, rows })));
         }
         for tile in [8, 16, 32] {
             for entry in [Entry::LuReg, Entry::CholeskyRow] {
-                out.push((&KERNEL, defines(&Key { ordinal: 0, entry, dtype, w: 1, mpb: 1, tile })));
+                out.push((&KERNEL, defines(&Key { ordinal: 0, entry, dtype, w: 1, mpb: 1, tile, rows: 0 })));
             }
         }
     }

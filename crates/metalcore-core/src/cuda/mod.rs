@@ -5,6 +5,7 @@
 
 pub mod act;
 pub mod adamw;
+pub(crate) mod blas;
 pub mod embag;
 pub mod index;
 pub mod jit;

@@ -357,8 +357,9 @@ pub fn qr(args: &Qr<'_>, exec: Exec) -> Result<()> {
 /// the singular vectors (A = U diag(s) Vᵀ), each column signed so that its entry of largest
 /// magnitude is positive (U's, or V's where σ = 0); a U column whose σ is 0 comes out zero. With
 /// `eigh` (square symmetric `a`, `v` required) `s` gets the eigenvalues in ascending order and `v`
-/// the eigenvectors (same sign rule). `info[b]` is 0, or 1 when matrix b did not converge within
-/// `max_sweeps` sweeps.
+/// the eigenvectors (same sign rule). `info[b]` holds flags: 1 when matrix b did not converge
+/// within `max_sweeps` sweeps, 2 (SVD only) when some σ of it is zero (its U column left zero, for
+/// the caller to complete); 0 otherwise.
 pub struct Svd<'a> {
     pub a: &'a TensorRef,
     pub s: &'a TensorRef,
