@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call for the batched SVD/eigh kernels: their CUDA tests, memcheck of the register
-# (lane-per-column) kernel, device times and sweeps against torch with and without it
-# (METALCORE_JACOBI_LANE_MAX=1 keeps only n = 1 on it), and the spectral benchmark table. Run from
+# (lane-per-column) kernel, device times and sweeps against torch (with COMPARE=1 also without
+# it: METALCORE_JACOBI_LANE_MAX=1 keeps only n = 1 on it), and the spectral benchmark table. Run from
 # the repository root on the GPU machine after ./dev.sh wheel here; output under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -18,7 +18,9 @@ for m, n in ((16, 16), (32, 32), (20, 7), (5, 5)):
 torch.cuda.synchronize(); print('memcheck run done')
 " 2>&1 | tail -2
 timeout 120 python3 scripts/profile_linalg.py svd eigh 2>&1 | tee "$OUT/profile-spectral.txt"
-echo "--- METALCORE_JACOBI_LANE_MAX=1 (the previous kernels)"
-METALCORE_JACOBI_LANE_MAX=1 timeout 150 python3 scripts/profile_linalg.py svd eigh 2>&1 | grep -E "^(svd|eigh)" | head -8
+if [ "${COMPARE:-0}" = 1 ]; then
+  echo "--- METALCORE_JACOBI_LANE_MAX=1 (the shared-memory kernels only)"
+  METALCORE_JACOBI_LANE_MAX=1 timeout 150 python3 scripts/profile_linalg.py svd eigh 2>&1 | grep -E "^(svd|eigh)" | head -8
+fi
 timeout 150 python3 -m metalcore.bench --device cuda --op spectral --out "$OUT" > "$OUT/bench-spectral.log" 2>&1
 grep "^| " "$OUT"/spectral-cuda-*.md | cut -c1-120

@@ -1131,26 +1131,30 @@ extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __
     for (int sweep = 0; sweep < max_sweeps; ++sweep) {
         if (__all_sync(FULL, conv)) break;
         int rot = 0;
+        // ‖own column‖²: exact at the start of a sweep, then updated by each rotation (Rutishauser:
+        // α − tγ, β + tγ), the partner's by a shuffle.
+        T own2 = T(0);
+#pragma unroll
+        for (int i = 0; i < MR; ++i) own2 += a[i] * a[i];
         for (int r = 1; r < NP; ++r) {
-            T own2 = T(0), oth2 = T(0), g = T(0);
+            T g = T(0);
 #pragma unroll
             for (int i = 0; i < MR; ++i) {
                 y[i] = __shfl_xor_sync(FULL, a[i], r);
-                own2 += a[i] * a[i];
-                oth2 += y[i] * y[i];
                 g += a[i] * y[i];
             }
+            const T oth2 = __shfl_xor_sync(FULL, own2, r);
             const int pc = c ^ r;
             const bool lo = c < pc;
             const T al = lo ? own2 : oth2, be = lo ? oth2 : own2;
             // |γ| > tol ‖a_p‖‖a_q‖ (false for a zero column: 0·inf is NaN).
             const bool go = !conv && col && pc < n && fabs(g) * fast_rsqrt(al) * fast_rsqrt(be) > tol;
-            T s = T(0), tau = T(0);
+            T s = T(0), tau = T(0), t = T(0);
             if (go) {
-                T t;
                 rotation(al, be, g, s, tau, t);
                 rot = 1;
             }
+            own2 = lo ? al - t * g : be + t * g;  // unchanged without a rotation (t = 0)
             // Rutishauser's form: x ← x − s (y + τ x) for the lower index of the pair, y ← y + s (x − τ y)
             // for the upper one.
             const T sg = lo ? -s : s, st = s * tau;
