@@ -144,7 +144,7 @@ def _first_failure(info: Tensor):
     flat = info if info.dim() == 1 else info.reshape(-1)
     if flat.is_cuda and flat.numel() <= 16384:
         flat = flat.cpu()  # one small copy, no reduction kernel: the check costs one sync either way
-    if not bool(flat.any()):
+    if not flat.numel() or not int(flat.max()):  # info >= 0; max is cheaper than any
         return None
     i = int(torch.nonzero(flat)[0, 0])
     return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape)), int(flat[i])
