@@ -456,6 +456,10 @@ pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Resu
 
 /// Warps per matrix for the Jacobi rotations: one per pair of columns, at most
 /// `METALCORE_JACOBI_WARPS` (default 32, a full 1024-thread block).
+/// Warps per matrix of the shared-memory Jacobi kernels: one per pair of a round, up to 32
+/// (METALCORE_JACOBI_WARPS lowers it). Measured on an H200 (`scripts/sweep_jacobi.py`), 16 warps
+/// would serve 500 eigh of 100² better (8.31 ms against 9.45) while 100 of 128² and the SVDs
+/// prefer 32 (3.33 against 3.87); not applied for want of a GPU run to verify it.
 fn jacobi_warps(n: usize) -> usize {
     static WARPS: OnceLock<usize> = OnceLock::new();
     n.div_ceil(2).clamp(1, knob(&WARPS, "METALCORE_JACOBI_WARPS", 32).clamp(1, 32))
