@@ -106,8 +106,8 @@ def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
 #: float64 from 170): False (the default) hands them to torch.linalg (cuSOLVER), with the one-time
 #: warning; True runs metalcore's blocked path (recursive: ``chol_diag_kernel`` leaves of 128
 #: columns, cuBLAS TRSM and SYRK between them, through torch's cuBLAS handle). The blocked path
-#: is correct and graph-capturable but, measured on an H100, 0.3–0.7× the speed of torch's —
-#: hence off by default (README, "Large matrices").
+#: is correct and graph-capturable but, measured on an H100 and an H200, 0.33–0.6× the speed of
+#: torch's — hence off by default (README, "Large matrices").
 BLOCKED_CHOLESKY = False
 
 
@@ -139,15 +139,25 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
     return f.to(a.dtype), info.to(torch.int32)
 
 
-def _first_failure(info: Tensor):
-    """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
+def _host_info(info: Tensor) -> Tensor:
+    """`info` flattened; a small CUDA one copied to the host (one small copy, no reduction kernel:
+    the check costs one sync either way)."""
     flat = info if info.dim() == 1 else info.reshape(-1)
-    if flat.is_cuda and flat.numel() <= 16384:
-        flat = flat.cpu()  # one small copy, no reduction kernel: the check costs one sync either way
-    if not flat.numel() or not int(flat.max()):  # info >= 0; max is cheaper than any
+    return flat.cpu() if flat.is_cuda and flat.numel() <= 16384 else flat
+
+
+def _first_nonzero(flat: Tensor, shape: torch.Size):
+    """(batch index in `shape` as a tuple, value) of the first nonzero entry of the flattened,
+    nonnegative `flat`, or None."""
+    if not flat.numel() or not int(flat.max()):  # values >= 0; max is cheaper than any
         return None
     i = int(torch.nonzero(flat)[0, 0])
-    return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape)), int(flat[i])
+    return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape)), int(flat[i])
+
+
+def _first_failure(info: Tensor):
+    """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
+    return _first_nonzero(_host_info(info), info.shape)
 
 
 def _raise_first(info: Tensor, op: str) -> None:

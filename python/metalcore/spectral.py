@@ -37,7 +37,7 @@ from torch import Tensor
 
 from . import _native
 from ._backend import batch_desc, desc, empty, fast_apply, stream_of
-from .linalg import _acc, _check_matrix, _on_backend, cholesky, qr
+from .linalg import _acc, _check_matrix, _first_nonzero, _host_info, _on_backend, cholesky, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
 
@@ -72,16 +72,13 @@ def _signs(x: Tensor) -> Tensor:
 def _check_info(info: Tensor, op: str) -> bool:
     """Raises ``LinAlgError`` naming the first batch element that did not converge (flag 1 of the
     kernels' ``info``); returns whether some SVD has a zero singular value whose U column was left
-    zero (flag 2). One copy of a small ``info`` to the host, as ``_first_failure`` does."""
-    flat = info.reshape(-1)
-    if flat.is_cuda and flat.numel() <= 16384:
-        flat = flat.cpu()
+    zero (flag 2). One copy of a small ``info`` to the host."""
+    flat = _host_info(info)
     if not flat.numel() or not int(flat.max()):  # the common case: one reduction, no flag set
         return False
-    unconverged = flat & 1
-    if bool(unconverged.any()):
-        i = int(torch.nonzero(unconverged)[0, 0])
-        idx = tuple(int(v) for v in torch.unravel_index(torch.tensor(i), info.shape))
+    bad = _first_nonzero(flat & 1, info.shape)
+    if bad is not None:
+        idx, _ = bad
         where = f" (batch element {idx})" if info.dim() else ""
         raise torch.linalg.LinAlgError(f"{op}: the Jacobi iteration did not converge{where}; the input may contain Inf")
     return bool((flat & 2).any())

@@ -262,7 +262,7 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
             _ => cholesky_blocked::<f64>(p, &dev, ordinal, exec),
         };
     }
-    launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args[..6])
+    launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
 }
 
 /// Blocked Cholesky of matrices too large for one block, one matrix after another, in place on
@@ -454,10 +454,8 @@ pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Resu
     trsm_launch(ordinal, exec, p.l.ptr, &p.b, [Some(flags(lower, p.upper, false)), Some(flags(lower, lower, false))])
 }
 
-/// Warps per matrix for the Jacobi rotations: one per pair of columns, at most
-/// `METALCORE_JACOBI_WARPS` (default 32, a full 1024-thread block).
-/// Warps per matrix of the shared-memory Jacobi kernels: one per pair of a round, up to 32
-/// (METALCORE_JACOBI_WARPS lowers it). Measured on an H200 (`scripts/sweep_jacobi.py`), 16 warps
+/// Warps per matrix of the shared-memory Jacobi kernels: one per pair of a round, up to 32 (a
+/// full 1024-thread block; METALCORE_JACOBI_WARPS lowers it). Measured on an H200 (`scripts/sweep_jacobi.py`), 16 warps
 /// would serve 500 eigh of 100² better (8.31 ms against 9.45) while 100 of 128² and the SVDs
 /// prefer 32 (3.33 against 3.87); not applied for want of a GPU run to verify it.
 fn jacobi_warps(n: usize) -> usize {
@@ -547,7 +545,10 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
         for tile in [64, 128] {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 })));
         }
-        for (tile, rows) in [(8, 8), (8, 32), (16, 16), (32, 32)] {
+        // The lane kernel's reachable shapes: float32 up to 32 rows, float64 up to 16 (see `svd`).
+        let lanes: &[(usize, usize)] =
+            if dtype == DType::F64 { &[(8, 8), (8, 16), (16, 16)] } else { &[(8, 8), (8, 32), (16, 16), (32, 32)] };
+        for &(tile, rows) in lanes {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::JacobiLane, dtype, w: 1, mpb: 1, tile, rows })));
         }
         for tile in [8, 16, 32] {
