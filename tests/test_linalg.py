@@ -98,6 +98,44 @@ def test_failures_are_reported_per_batch_element(device, n, dtype):
         cholesky_ex(A, check_errors=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [5, 16, 32])
+def test_failures_stay_in_their_lane(device, dtype, n):
+    """Across several CPU lane groups (8 or 16 matrices side by side, the last one partial), each
+    failing matrix is reported on its own and leaves its neighbours' results untouched."""
+    batch = 37
+    A = spd((batch,), n, dtype, device)
+    A[1, 3, 3] = -50.0 * n  # indefinite, first group
+    A[17, n - 1, n - 1] = 0.0  # semi-definite at the last step, second group
+    A[20, 0, 0] = float("nan")
+    A[36] = 0.0  # the partial last group
+    bad = {1: 4, 17: n, 20: 1, 36: 1}
+    L, info = cholesky_ex(A)
+    want = torch.zeros(batch, dtype=torch.int32)
+    for i, v in bad.items():
+        want[i] = v
+    assert torch.equal(info.cpu(), want)
+    assert torch.equal(torch.linalg.cholesky_ex(A.cpu()).info.to(torch.int32), want)
+    ok = [i for i in range(batch) if i not in bad]
+    assert recon_err(A[ok], L[ok]) <= (1e-5 if dtype == torch.float32 else 1e-12)
+    # LU: exactly singular at 1 and 36, NaN at 20 (its solution is NaN, no info), others solved.
+    M = torch.randn(batch, n, n, dtype=dtype, device=device)
+    M[1, :, 2] = 0.0
+    M[36] = 0.0
+    M[20, n // 2, 0] = float("nan")
+    B = torch.randn(batch, n, 3, dtype=dtype, device=device)
+    X, info = solve_ex(M, B)
+    assert info[1] > 0 and info[36] == 1
+    ok = [i for i in range(batch) if i not in (1, 20, 36)]
+    assert (info[ok] == 0).all() and torch.isnan(X[20]).all()
+    assert residual(M[ok], X[ok], B[ok]) <= (1e-5 if dtype == torch.float32 else 1e-13)
+    Q, R = qr(M)
+    assert torch.isnan(R[20]).any()
+    ok = [i for i in range(batch) if i != 20]
+    rec, orth = qr_errs(M[ok], Q[ok], R[ok])
+    assert rec <= (1e-5 if dtype == torch.float32 else 1e-12) and orth <= (1e-5 if dtype == torch.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("shape", [(0, 4, 4), (3, 0, 0), (0, 0)])
 def test_empty(device, shape):
     A = torch.zeros(shape, device=device)
@@ -284,7 +322,7 @@ def residual(A, X, B):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [1, 2, 7, 16, 33, 64, 127])
 @pytest.mark.parametrize("k", [None, 1, 5])
-@pytest.mark.parametrize("batch", [3, 11])  # fewer than, and more than, the 8 SIMD lanes (with a partial group)
+@pytest.mark.parametrize("batch", [3, 37])  # the CPU's per-matrix path; its 16-lane groups (two full, one partial)
 def test_solve_residual(device, dtype, n, k, batch):
     A = torch.randn(batch, n, n, dtype=dtype, device=device)
     B = torch.randn((batch, n) if k is None else (batch, n, k), dtype=dtype, device=device)
@@ -513,7 +551,7 @@ def qr_errs(A, Q, R):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (40, 9), (128, 64), (9, 40), (3, 1), (1, 5)])
 @pytest.mark.parametrize("mode", ["reduced", "complete", "r"])
-@pytest.mark.parametrize("batch", [5, 11])  # the CPU's per-matrix path, and its 8-lane groups (with a partial one)
+@pytest.mark.parametrize("batch", [5, 37])  # the CPU's per-matrix path; its 16-lane groups (two full, one partial)
 def test_qr_matches_reference(device, dtype, mn, mode, batch):
     m, n = mn
     A = torch.randn(batch, m, n, dtype=dtype, device=device)

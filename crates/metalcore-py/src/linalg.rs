@@ -25,7 +25,8 @@ fn cholesky_inplace(
 ) -> PyResult<()> {
     let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
     let src = src.map(|s| s.to_ref("src")).transpose()?;
-    py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream, blas })).map_err(to_py)
+    py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream, blas }))
+        .map_err(to_py)
 }
 
 /// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X. `blas` as for

@@ -1,6 +1,7 @@
 //! Batched dense linear algebra on the CPU (semantics in `ops::linalg`): rayon over the batch, one
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
+use super::lanes::{self, W};
 use super::{dot, Real};
 use crate::ops::linalg::{
     BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
@@ -26,48 +27,103 @@ fn par_copy<A: Real>(dst: &mut [A], src: &[A]) {
     dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
-/// Matrices factored together, one per SIMD lane (8 float32 fill an AVX2 register).
-const W: usize = 8;
-
-/// Cholesky of W interleaved n×n matrices (`m[i*n + j][lane]`), in place on their lower
-/// triangles: the same arithmetic as [`factor`], but every operation runs across the W lanes, so
-/// the loops vectorize even for tiny n. A lane that fails records its minor in `info` and turns
-/// NaN from there on (its factor is then undefined, as LAPACK leaves it).
+/// Cholesky of L interleaved n×n matrices (`m[i*n + j][lane]`, see [`lanes`]), in place on
+/// their lower triangles, every operation across the L lanes. Left-looking by columns: column j
+/// below the diagonal is `(a[i][j] − Σ_k<j L[i][k] L[j][k]) / L[j][j]`, four rows at a time so
+/// four independent sums share each load of row j. A lane that fails records its minor in `info`
+/// and turns NaN from there on (its factor is then undefined, as LAPACK leaves it).
 #[inline(always)]
-unsafe fn factor_lanes<A: Real>(m: &mut [[A; W]], n: usize, info: &mut [i32; W]) {
-    for i in 0..n {
-        for j in 0..=i {
-            let mut s = m[i * n + j];
-            // SAFETY: k < j <= i < n, so both indices are inside the n*n lane vectors.
-            let (ri, rj) = (m.as_ptr().add(i * n), m.as_ptr().add(j * n));
+unsafe fn factor_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info: &mut [i32; L]) {
+    debug_assert!(m.len() >= n * n);
+    let p = m.as_mut_ptr();
+    for j in 0..n {
+        let rj = p.add(j * n);
+        let mut s = *rj.add(j);
+        for k in 0..j {
+            let a = *rj.add(k);
+            for l in 0..L {
+                s[l] = (A::ZERO - a[l]).mul_add(a[l], s[l]);
+            }
+        }
+        // Branch-free across the lanes (a per-lane branch here costs L scalar square roots):
+        // a pivot that is not positive (NaN included) becomes NaN, and only then is `info` set.
+        let (nan, mut inv, mut failed) = (A::from_f64(f64::NAN), [A::ZERO; L], false);
+        for l in 0..L {
+            s[l] = if s[l] > A::ZERO { s[l] } else { nan }.sqrt();
+            inv[l] = A::ONE / s[l];
+            failed |= s[l] != s[l];
+        }
+        if failed {
+            for l in 0..L {
+                if s[l] != s[l] && info[l] == 0 {
+                    info[l] = j as i32 + 1;
+                }
+            }
+        }
+        *rj.add(j) = s;
+        let mut i = j + 1;
+        while i + 4 <= n {
+            let r: [*mut [A; L]; 4] = std::array::from_fn(|t| p.add((i + t) * n));
+            let mut acc: [[A; L]; 4] = std::array::from_fn(|t| *r[t].add(j));
             for k in 0..j {
-                let (a, b) = (&*ri.add(k), &*rj.add(k));
-                for l in 0..W {
-                    s[l] = s[l] - a[l] * b[l];
-                }
-            }
-            if j == i {
-                for l in 0..W {
-                    if !(s[l] > A::ZERO) {
-                        if info[l] == 0 {
-                            info[l] = i as i32 + 1;
-                        }
-                        s[l] = A::from_f64(f64::NAN);
+                let b = *rj.add(k);
+                for t in 0..4 {
+                    let a = *r[t].add(k);
+                    for l in 0..L {
+                        acc[t][l] = (A::ZERO - a[l]).mul_add(b[l], acc[t][l]);
                     }
-                    s[l] = s[l].sqrt();
-                }
-            } else {
-                let d = m[j * n + j];
-                for l in 0..W {
-                    s[l] = s[l] / d[l];
                 }
             }
-            m[i * n + j] = s;
+            for t in 0..4 {
+                for l in 0..L {
+                    acc[t][l] = acc[t][l] * inv[l];
+                }
+                *r[t].add(j) = acc[t];
+            }
+            i += 4;
+        }
+        for i in i..n {
+            let ri = p.add(i * n);
+            let mut acc = *ri.add(j);
+            for k in 0..j {
+                let (a, b) = (*ri.add(k), *rj.add(k));
+                for l in 0..L {
+                    acc[l] = (A::ZERO - a[l]).mul_add(b[l], acc[l]);
+                }
+            }
+            for l in 0..L {
+                acc[l] = acc[l] * inv[l];
+            }
+            *ri.add(j) = acc;
         }
     }
 }
 
-isa_copies!(factor_lanes_avx2 = factor_lanes(m: &mut [[A; W]], n: usize, info: &mut [i32; W]));
+/// The lower triangle of the n×n lane matrices as the factor's output: the strict upper triangle
+/// zeroed, or (`upper`) the transpose, lower triangle zeroed.
+#[inline(always)]
+fn finish_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, upper: bool) {
+    for i in 0..n {
+        for j in i + 1..n {
+            if upper {
+                m[i * n + j] = m[j * n + i];
+                m[j * n + i] = [A::ZERO; L];
+            } else {
+                m[i * n + j] = [A::ZERO; L];
+            }
+        }
+    }
+}
+
+/// [`factor_lanes`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// As for [`factor_lanes`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn factor_lanes_avx2<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info: &mut [i32; L]) {
+    factor_lanes::<A, L>(m, n, info)
+}
 
 /// Cholesky of one row-major n×n matrix in place on its lower triangle, in the dot-product form:
 /// every entry is one contiguous dot product of two row prefixes that are already final. Returns
@@ -110,14 +166,14 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         info.fill(0);
         return;
     }
-    let all = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * len) };
-    if p.src != p.a.ptr {
-        // SAFETY: the plan validated `src` as a contiguous buffer of A's size and dtype; it may
-        // not overlap A (distinct torch tensors).
-        let src = unsafe { std::slice::from_raw_parts(p.src as *const A, p.a.batch * len) };
-        par_copy(all, src);
-    }
     if n > CHOL_LANES_MAX_N {
+        let all = unsafe { std::slice::from_raw_parts_mut(p.a.ptr as *mut A, p.a.batch * len) };
+        if p.src != p.a.ptr {
+            // SAFETY: the plan validated `src` as a contiguous buffer of A's size and dtype; it
+            // may not overlap A (distinct torch tensors).
+            let src = unsafe { std::slice::from_raw_parts(p.src as *const A, p.a.batch * len) };
+            par_copy(all, src);
+        }
         let f = pick!(factor_matrix_avx2, factor_matrix, A, unsafe fn(&mut [A], usize) -> i32);
         all.par_chunks_mut(len).zip(info.par_iter_mut()).with_min_len((4096 / len).max(1)).for_each(|(m, inf)| {
             // SAFETY: `m` is one n×n matrix.
@@ -126,20 +182,43 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
         });
         return;
     }
-    let f = pick!(factor_lanes_avx2, factor_lanes, A, unsafe fn(&mut [[A; W]], usize, &mut [i32; W]));
-    all.par_chunks_mut(W * len).zip(info.par_chunks_mut(W)).with_min_len((4096 / (len * W)).max(1)).for_each_init(
-        || vec![[A::ZERO; W]; len],
-        |lanes, (mats, inf)| {
-            let count = inf.len();
-            // Missing lanes of the last group get the identity (which factors cleanly).
-            interleave(mats, count, len, lanes, identity(n));
-            let mut status = [0i32; W];
-            // SAFETY: `lanes` holds n*n lane vectors.
-            unsafe { f(lanes, n, &mut status) };
-            deinterleave(lanes, count, len, mats);
-            for l in 0..count {
-                finish(&mut mats[l * len..(l + 1) * len], n, p.upper);
-                inf[l] = status[l];
+    // Up to 16×16, 16 matrices per group (fewer steps per matrix); beyond, 8 (16 lane matrices of
+    // 32×32 float32 overflow L1: 1000×32² took 0.56 ms against 0.45).
+    if n <= 16 {
+        cholesky_lanes::<A, 16>(p);
+    } else {
+        cholesky_lanes::<A, 8>(p);
+    }
+}
+
+/// [`cholesky_impl`] for n ≤ [`CHOL_LANES_MAX_N`] on groups of `L` matrices ([`factor_lanes`]),
+/// straight from the source into the output.
+fn cholesky_lanes<A: Real, const L: usize>(p: &CholeskyPlan) {
+    #[cfg(target_arch = "x86_64")]
+    let f: unsafe fn(&mut [[A; L]], usize, &mut [i32; L]) =
+        if super::has_avx2_fma() { factor_lanes_avx2::<A, L> } else { factor_lanes::<A, L> };
+    #[cfg(not(target_arch = "x86_64"))]
+    let f: unsafe fn(&mut [[A; L]], usize, &mut [i32; L]) = factor_lanes::<A, L>;
+    let n = p.a.rows;
+    let len = n * n;
+    let (batch, src, dst, info) = (p.a.batch, p.src as usize, p.a.ptr as usize, p.info as usize);
+    let pad: Vec<A> = (0..len).map(identity(n)).collect();
+    super::for_each_row(
+        batch.div_ceil(L),
+        len * L,
+        || (vec![[A::ZERO; L]; len], vec![A::ZERO; len]),
+        |(lanes, spill), g| {
+            // SAFETY: the plan validated contiguous (batch, n, n) buffers at `src` and `dst` (the
+            // same memory when in place) and `batch` info entries; group g reads and writes only
+            // its own matrices. Missing lanes of the last group factor the identity (cleanly).
+            unsafe {
+                lanes::pack(&lanes::sources(src as *const A, g, batch, len, pad.as_ptr()), lanes);
+                let mut status = [0i32; L];
+                f(lanes, n, &mut status);
+                finish_lanes(lanes, n, p.upper);
+                lanes::unpack(lanes, &lanes::sinks(dst as *mut A, g, batch, len, spill.as_mut_ptr()));
+                let first = g * L;
+                std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), L.min(batch - first));
             }
         },
     );
@@ -242,27 +321,6 @@ isa_copies!(trsm_matrix_avx2 = trsm_matrix(t: &[A], b: &mut [A], n: usize, k: us
 
 isa_copies!(solve_matrix_avx2 = solve_matrix(f: &[A], b: &mut [A], n: usize, k: usize, upper: bool, col: &mut [A]));
 
-/// Interleaves `count` matrices of `len` elements from `src` into lane vectors; missing lanes get
-/// `pad(e)`.
-#[inline(always)]
-fn interleave<A: Real>(src: &[A], count: usize, len: usize, dst: &mut [[A; W]], pad: impl Fn(usize) -> A) {
-    for e in 0..len {
-        for q in 0..W {
-            dst[e][q] = if q < count { src[q * len + e] } else { pad(e) };
-        }
-    }
-}
-
-/// The inverse of [`interleave`] for the first `count` lanes.
-#[inline(always)]
-fn deinterleave<A: Real>(src: &[[A; W]], count: usize, len: usize, dst: &mut [A]) {
-    for q in 0..count {
-        for e in 0..len {
-            dst[q * len + e] = src[e][q];
-        }
-    }
-}
-
 /// Padding for unused lanes: the n×n identity (it factors and solves cleanly).
 #[inline(always)]
 fn identity<A: Real>(n: usize) -> impl Fn(usize) -> A {
@@ -362,60 +420,89 @@ unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize,
 
 isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32, piv: &mut [i32]));
 
-/// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`): each lane pivots
-/// on its own rows (scalar swaps), the elimination and substitution run across the lanes. Writes
-/// each lane's LAPACK `info` (first exactly-zero pivot, 1-based).
+/// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`, see [`lanes`]),
+/// every step across the lanes: each lane's pivot search is a running compare-and-select down the
+/// column, and its row interchange a masked swap of the rows some lane pivots on (columns j.. of A
+/// only: the multipliers left of them are applied to B on the way and not kept). Writes each
+/// lane's LAPACK `info` (first exactly-zero pivot, 1-based).
 #[inline(always)]
 unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]) {
+    debug_assert!(a.len() >= n * n && b.len() >= n * k && n <= 64);
     let ap = a.as_mut_ptr();
     let bp = b.as_mut_ptr();
     for j in 0..n {
-        for q in 0..W {
-            // Pivot of lane q: the largest |a[i][j]| for i >= j (a NaN is taken at once).
-            let mut p = j;
-            let mut best = (*ap.add(j * n + j))[q].abs();
-            for i in j + 1..n {
-                let v = (*ap.add(i * n + j))[q].abs();
-                if v > best || v != v {
-                    p = i;
-                    best = v;
-                    if v != v {
-                        break;
-                    }
-                }
+        // Pivot of each lane: the first largest |a[i][j]| for i >= j; a NaN is taken at once and
+        // then kept (nothing compares greater than it, and a NaN `best` refuses later NaNs).
+        let mut best = *ap.add(j * n + j);
+        let mut piv = [A::from_usize(j); W];
+        for l in 0..W {
+            best[l] = best[l].abs();
+        }
+        for i in j + 1..n {
+            let v = *ap.add(i * n + j);
+            let fi = A::from_usize(i);
+            for l in 0..W {
+                let x = v[l].abs();
+                let take = (x > best[l]) | ((x != x) & (best[l] == best[l]));
+                best[l] = if take { x } else { best[l] };
+                piv[l] = if take { fi } else { piv[l] };
             }
-            if p != j {
-                for c in 0..n {
-                    let (x, y) = (&mut *ap.add(j * n + c), &mut *ap.add(p * n + c));
-                    std::mem::swap(&mut x[q], &mut y[q]);
-                }
-                for c in 0..k {
-                    let (x, y) = (&mut *bp.add(j * k + c), &mut *bp.add(p * k + c));
-                    std::mem::swap(&mut x[q], &mut y[q]);
-                }
-            }
-            if (*ap.add(j * n + j))[q] == A::ZERO && info[q] == 0 {
-                info[q] = j as i32 + 1;
+        }
+        // Each row some lane pivots on, once (`seen` bit i; n <= 64 on this path).
+        let mut seen = 1u64 << j;
+        for l in 0..W {
+            let i = piv[l].to_f64() as usize;
+            if seen & (1 << i) == 0 {
+                seen |= 1 << i;
+                let fi = A::from_usize(i);
+                lanes::swap_where(ap.add(j * n + j), ap.add(i * n + j), n - j, &piv, fi);
+                lanes::swap_where(bp.add(j * k), bp.add(i * k), k, &piv, fi);
             }
         }
         let d = *ap.add(j * n + j);
-        for i in j + 1..n {
-            let aij = &mut *ap.add(i * n + j);
-            let mut l = [A::ZERO; W];
-            for q in 0..W {
-                l[q] = aij[q] / d[q];
-                aij[q] = l[q];
+        let mut inv = [A::ZERO; W];
+        let mut zero = false;
+        for l in 0..W {
+            inv[l] = A::ONE / d[l];
+            zero |= d[l] == A::ZERO;
+        }
+        if zero {
+            for l in 0..W {
+                if d[l] == A::ZERO && info[l] == 0 {
+                    info[l] = j as i32 + 1;
+                }
             }
-            for c in j + 1..n {
-                let (x, y) = (&mut *ap.add(i * n + c), &*ap.add(j * n + c));
-                for q in 0..W {
-                    x[q] = x[q] - l[q] * y[q];
+        }
+        let (rj, bj) = (ap.add(j * n), bp.add(j * k));
+        for i in j + 1..n {
+            let (ri, bi) = (ap.add(i * n), bp.add(i * k));
+            let mut f = *ri.add(j);
+            for l in 0..W {
+                f[l] = f[l] * inv[l];
+            }
+            // Columns from j+1 on, in blocks of 4 from the multiple of 4 at or below j+1: the
+            // few columns left of j+1 that this also updates hold multipliers no later step reads
+            // (this path keeps no factors), and whole blocks keep the loop short and regular.
+            let mut c = (j + 1) & !3;
+            while c + 4 <= n {
+                for t in 0..4 {
+                    let (x, y) = (&mut *ri.add(c + t), &*rj.add(c + t));
+                    for l in 0..W {
+                        x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
+                    }
+                }
+                c += 4;
+            }
+            for c in c.max(j + 1)..n {
+                let (x, y) = (&mut *ri.add(c), &*rj.add(c));
+                for l in 0..W {
+                    x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
                 }
             }
             for c in 0..k {
-                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
-                for q in 0..W {
-                    x[q] = x[q] - l[q] * y[q];
+                let (x, y) = (&mut *bi.add(c), &*bj.add(c));
+                for l in 0..W {
+                    x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
                 }
             }
         }
@@ -426,16 +513,16 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
             let u = *ap.add(i * n + j);
             for c in 0..k {
                 let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
-                for q in 0..W {
-                    x[q] = x[q] - u[q] * y[q];
+                for l in 0..W {
+                    x[l] = (A::ZERO - u[l]).mul_add(y[l], x[l]);
                 }
             }
         }
         let d = *ap.add(i * n + i);
         for c in 0..k {
             let x = &mut *bp.add(i * k + c);
-            for q in 0..W {
-                x[q] = x[q] / d[q];
+            for l in 0..W {
+                x[l] = x[l] / d[l];
             }
         }
     }
@@ -463,8 +550,12 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     // empty) one system per task is faster. The lanes do not keep the factors (they only read A):
     // a call that wants them (with pivots) takes the per-matrix path.
     let per_matrix = n > LANES_MAX_N || p.a.batch < W || p.pivots.is_some();
-    // Both paths work in place: on the factor output (A copied there), on a scratch copy of A when
-    // the factors are not wanted (the lanes read A itself), and on X (B copied there).
+    if !per_matrix && p.lu.is_none() {
+        lu_solve_lanes_impl::<A>(p);
+        return;
+    }
+    // One system per task, in place: on the factor output (A copied there) or a scratch copy of A
+    // when the factors are not wanted, and on X (B copied there).
     // SAFETY: the plan validated contiguous buffers of these sizes; outputs are distinct tensors
     // from the inputs unless they are the same memory (in place).
     let ain = unsafe { std::slice::from_raw_parts(p.a.ptr as *const A, p.a.batch * alen) };
@@ -477,7 +568,6 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
             }
             ptr as *mut A
         }
-        None if !per_matrix => p.a.ptr as *mut A,
         None => {
             scratch.extend_from_slice(ain);
             scratch.as_mut_ptr()
@@ -498,7 +588,7 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     } else {
         (unsafe { std::slice::from_raw_parts_mut(p.x as *mut A, p.b.batch * blen) }, blen)
     };
-    if per_matrix {
+    {
         let f = pick!(
             lu_solve_matrix_avx2,
             lu_solve_matrix,
@@ -523,32 +613,41 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
             // SAFETY: the chunks are one n×n matrix, one n×k right-hand side (or the scratch) and
             // its n pivots (or a scratch slot, passed as an empty slice).
             .for_each(|(((a, b), pv), inf)| unsafe { f(a, &mut b[..blen], n, k, inf, &mut pv[..plen]) });
-        return;
     }
+}
+
+/// [`lu_solve_impl`] on groups of W systems ([`lu_solve_lanes`]), straight from A and B into X
+/// (A is only read).
+fn lu_solve_lanes_impl<A: Real>(p: &LuSolvePlan) {
     let f = pick!(
         lu_solve_lanes_avx2,
         lu_solve_lanes,
         A,
         unsafe fn(&mut [[A; W]], &mut [[A; W]], usize, usize, &mut [i32; W])
     );
-    asl.par_chunks_mut(W * alen)
-        .zip(bsl.par_chunks_mut(W * bstep))
-        .zip(info.par_chunks_mut(W))
-        .with_min_len((4096 / ((alen + blen) * W)).max(1))
-        .for_each_init(
-            || (vec![[A::ZERO; W]; alen], vec![[A::ZERO; W]; blen]),
-            |(av, bv), ((am, bm), inf)| {
-                let count = inf.len();
-                // Missing lanes get the identity and a zero right-hand side (they solve cleanly).
-                interleave(am, count, alen, av, identity(n));
-                interleave(bm, count, blen, bv, |_| A::ZERO);
+    let (n, k, batch) = (p.a.rows, p.b.cols, p.a.batch);
+    let (alen, blen) = (n * n, n * k);
+    let (a, b, x, info) = (p.a.ptr, p.b.ptr, p.x, p.info);
+    let (pad, zeros): (Vec<A>, Vec<A>) = ((0..alen).map(identity(n)).collect(), vec![A::ZERO; blen]);
+    super::for_each_row(
+        batch.div_ceil(W),
+        (alen + blen) * W,
+        || (vec![[A::ZERO; W]; alen], vec![[A::ZERO; W]; blen], vec![A::ZERO; blen]),
+        |(av, bv, spill), g| {
+            // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n, k) B and X (B and
+            // X the same memory when in place) and `batch` info entries; group g touches only its
+            // own systems. Missing lanes of the last group solve I·x = 0.
+            unsafe {
+                lanes::pack(&lanes::sources(a as *const A, g, batch, alen, pad.as_ptr()), av);
+                lanes::pack(&lanes::sources(b as *const A, g, batch, blen, zeros.as_ptr()), bv);
                 let mut status = [0i32; W];
-                // SAFETY: av holds n*n and bv n*k lane vectors.
-                unsafe { f(av, bv, n, k, &mut status) };
-                deinterleave(bv, count, blen, bm);
-                inf.copy_from_slice(&status[..count]);
-            },
-        );
+                f(av, bv, n, k, &mut status);
+                lanes::unpack(bv, &lanes::sinks(x as *mut A, g, batch, blen, spill.as_mut_ptr()));
+                let first = g * W;
+                std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), W.min(batch - first));
+            }
+        },
+    );
 }
 
 by_acc!(lu_solve(LuSolvePlan) => lu_solve_impl, a.dtype);
@@ -758,7 +857,7 @@ fn reflect_lanes<A: Real>(
         let vi = v[i];
         for (wj, xj) in w.iter_mut().zip(&x[i * cols + j0..(i + 1) * cols]) {
             for l in 0..W {
-                wj[l] += vi[l] * xj[l];
+                wj[l] = vi[l].mul_add(xj[l], wj[l]);
             }
         }
     }
@@ -776,7 +875,7 @@ fn reflect_lanes<A: Real>(
         let vi = v[i];
         for (xj, wj) in x[i * cols + j0..(i + 1) * cols].iter_mut().zip(w.iter()) {
             for l in 0..W {
-                xj[l] = xj[l] - vi[l] * wj[l];
+                xj[l] = (A::ZERO - vi[l]).mul_add(wj[l], xj[l]);
             }
         }
     }
@@ -808,7 +907,7 @@ unsafe fn qr_lanes<A: Real>(
         for i in k + 1..m {
             let x = a[i * n + k];
             for l in 0..W {
-                ss[l] += x[l] * x[l];
+                ss[l] = x[l].mul_add(x[l], ss[l]);
             }
         }
         let (mut t, mut beta, mut scale) = ([A::ZERO; W], [A::ZERO; W], [A::ZERO; W]);
@@ -874,26 +973,27 @@ fn qr_impl<A: Real>(p: &QrPlan) {
                 &mut [[A; W]],
             )
         );
-        let groups = p.a.batch.div_ceil(W);
+        let batch = p.a.batch;
         let z = [A::ZERO; W];
-        (0..groups).into_par_iter().with_min_len((1024 / (m * n * W).max(1)).max(1)).for_each_init(
-            || (vec![z; m * n], vec![z; m * kq], vec![z; kr * n], vec![z; m.min(n)], vec![z; m], vec![z; n.max(kq)]),
-            |(a, q, r, tau, v, w), g| {
-                let first = g * W;
-                let count = W.min(p.a.batch - first);
+        // Missing lanes of the last group: the identity-like [I; 0] (it factors cleanly).
+        let pad: Vec<A> = (0..m * n).map(|e| if e / n == e % n { A::ONE } else { A::ZERO }).collect();
+        super::for_each_row(
+            batch.div_ceil(W),
+            (2 * m * n + m * kq) * W,
+            || {
+                let scratch = (vec![z; m.min(n)], vec![z; m], vec![z; n.max(kq)]);
+                (vec![z; m * n], vec![z; m * kq], vec![z; kr * n], scratch, vec![A::ZERO; (kr * n).max(m * kq)])
+            },
+            |(a, q, r, (tau, v, w), spill), g| {
                 // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, m, kq) Q and
-                // (batch, kr, n) R of this dtype; group g reads matrices first..first+count of A
-                // and writes only those of Q and R.
+                // (batch, kr, n) R of this dtype; group g reads its matrices of A and writes only
+                // its matrices of Q and R.
                 unsafe {
-                    let am = std::slice::from_raw_parts((src as *const A).add(first * m * n), count * m * n);
-                    // Missing lanes of the last group: the identity-like [I; 0] (factors cleanly).
-                    interleave(am, count, m * n, a, |e| if e / n == e % n { A::ONE } else { A::ZERO });
+                    lanes::pack(&lanes::sources(src as *const A, g, batch, m * n, pad.as_ptr()), a);
                     f(a, m, n, q, kq, r, kr, tau, v, w);
-                    let rm = std::slice::from_raw_parts_mut((rp as *mut A).add(first * kr * n), count * kr * n);
-                    deinterleave(r, count, kr * n, rm);
+                    lanes::unpack(r, &lanes::sinks(rp as *mut A, g, batch, kr * n, spill.as_mut_ptr()));
                     if kq > 0 {
-                        let qm = std::slice::from_raw_parts_mut((qp as *mut A).add(first * m * kq), count * m * kq);
-                        deinterleave(q, count, m * kq, qm);
+                        lanes::unpack(q, &lanes::sinks(qp as *mut A, g, batch, m * kq, spill.as_mut_ptr()));
                     }
                 }
             },

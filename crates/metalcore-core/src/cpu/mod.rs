@@ -46,6 +46,7 @@ pub mod act;
 pub mod adamw;
 pub mod embag;
 pub mod index;
+pub(crate) mod lanes;
 pub mod linalg;
 pub mod norm;
 pub mod rope;
@@ -114,6 +115,9 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     fn from_usize(v: usize) -> Self;
     fn sqrt(self) -> Self;
+    /// `self · a + b` rounded once: one FMA instruction inside the AVX2 + FMA copies of a kernel
+    /// (a libm call in the baseline copies, so kept to the lane kernels' inner loops).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     fn exp(self) -> Self;
     fn abs(self) -> Self;
     fn to_f64(self) -> f64;
@@ -137,6 +141,10 @@ macro_rules! impl_real {
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
             #[inline(always)]
             fn abs(self) -> Self {

@@ -16,10 +16,33 @@ use std::sync::OnceLock;
 type Handle = *mut c_void;
 type Status = c_int;
 
-type TrsmFn<T> =
-    unsafe extern "C" fn(Handle, c_int, c_int, c_int, c_int, c_int, c_int, *const T, *const T, c_int, *mut T, c_int) -> Status;
-type SyrkFn<T> =
-    unsafe extern "C" fn(Handle, c_int, c_int, c_int, c_int, *const T, *const T, c_int, *const T, *mut T, c_int) -> Status;
+type TrsmFn<T> = unsafe extern "C" fn(
+    Handle,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    *const T,
+    *const T,
+    c_int,
+    *mut T,
+    c_int,
+) -> Status;
+type SyrkFn<T> = unsafe extern "C" fn(
+    Handle,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    *const T,
+    *const T,
+    c_int,
+    *const T,
+    *mut T,
+    c_int,
+) -> Status;
 type GemmFn<T> = unsafe extern "C" fn(
     Handle,
     c_int,
@@ -94,7 +117,9 @@ fn load() -> std::result::Result<Lib, String> {
 
 fn lib() -> Result<&'static Lib> {
     static LIB: OnceLock<std::result::Result<Lib, String>> = OnceLock::new();
-    LIB.get_or_init(load).as_ref().map_err(|e| Error::Unsupported(format!("the blocked large-matrix path needs cuBLAS: {e}")))
+    LIB.get_or_init(load)
+        .as_ref()
+        .map_err(|e| Error::Unsupported(format!("the blocked large-matrix path needs cuBLAS: {e}")))
 }
 
 /// A precision cuBLAS has entry points for.
@@ -199,7 +224,8 @@ impl Blas {
     ) -> Result<()> {
         let f = T::fns(self.lib).trsm;
         let (side, fill, op, diag) = (side as c_int, fill as c_int, op as c_int, unit as c_int);
-        let s = unsafe { f(self.h, side, fill, op, diag, dim(m)?, dim(n)?, &alpha, a as _, dim(lda)?, b as _, dim(ldb)?) };
+        let s =
+            unsafe { f(self.h, side, fill, op, diag, dim(m)?, dim(n)?, &alpha, a as _, dim(lda)?, b as _, dim(ldb)?) };
         check("trsm", s)
     }
 
@@ -246,7 +272,22 @@ impl Blas {
         let f = T::fns(self.lib).gemm;
         let (oa, ob) = (opa as c_int, opb as c_int);
         let s = unsafe {
-            f(self.h, oa, ob, dim(m)?, dim(n)?, dim(k)?, &alpha, a as _, dim(lda)?, b as _, dim(ldb)?, &beta, c as _, dim(ldc)?)
+            f(
+                self.h,
+                oa,
+                ob,
+                dim(m)?,
+                dim(n)?,
+                dim(k)?,
+                &alpha,
+                a as _,
+                dim(lda)?,
+                b as _,
+                dim(ldb)?,
+                &beta,
+                c as _,
+                dim(ldc)?,
+            )
         };
         check("gemm", s)
     }

@@ -5,9 +5,9 @@
 //! diagonal-block kernel plus cuBLAS TRSM/SYRK); otherwise such a matrix is refused with
 //! `Error::Unsupported` (the Python layer then hands it to torch.linalg, saying so).
 
+use super::blas::{Blas, Fill, Op, Real, Side};
 use super::jit::{function, Defines, Kernel, Variants};
 use super::rows::knob;
-use super::blas::{Blas, Fill, Op, Real, Side};
 use super::{allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -309,12 +309,41 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
                 // C -= Zᵀ Z with Z = L21ᵀ, on C's upper triangle — A22's lower one.
                 // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
                 unsafe {
-                    blas.trsm::<T>(Side::Left, Fill::Upper, Op::T, false, (s1, s2), T::ONE, (at(k, k), n), (at(k + s1, k), n))?;
+                    blas.trsm::<T>(
+                        Side::Left,
+                        Fill::Upper,
+                        Op::T,
+                        false,
+                        (s1, s2),
+                        T::ONE,
+                        (at(k, k), n),
+                        (at(k + s1, k), n),
+                    )?;
                     let z = (at(k + s1, k), n);
                     if gemm {
-                        blas.gemm::<T>(Op::T, Op::N, (s2, s2, s1), T::MINUS_ONE, z, z, T::ONE, (at(k + s1, k + s1), n))?;
+                        blas.gemm::<T>(
+                            Op::T,
+                            Op::N,
+                            (s2, s2, s1),
+                            T::MINUS_ONE,
+                            z,
+                            z,
+                            T::ONE,
+                            (at(k + s1, k + s1), n),
+                        )?;
                     } else {
-                        blas.syrk::<T>(Fill::Upper, Op::T, s2, s1, T::MINUS_ONE, z.0, n, T::ONE, at(k + s1, k + s1), n)?;
+                        blas.syrk::<T>(
+                            Fill::Upper,
+                            Op::T,
+                            s2,
+                            s1,
+                            T::MINUS_ONE,
+                            z.0,
+                            n,
+                            T::ONE,
+                            at(k + s1, k + s1),
+                            n,
+                        )?;
                     }
                 }
                 stack.push((k + s1, s2, None));
@@ -332,7 +361,8 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
         let mut lb = stream.launch_builder(&finish);
         let (ptr, ni, up) = (a as u64, n as i32, p.upper as i32);
         lb.arg(&ptr).arg(&ni).arg(&up);
-        let cfg = cudarc::driver::LaunchConfig { grid_dim: (tiles, tiles, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            cudarc::driver::LaunchConfig { grid_dim: (tiles, tiles, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: one n×n matrix; each block touches only its tile and that tile's mirror.
         unsafe { lb.launch(cfg) }.map_err(driver_err("launching tri_finish_kernel"))?;
     }
@@ -523,7 +553,8 @@ fn jacobi_lane(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let mr = m.next_power_of_two().clamp(np, 32);
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
-    let f = kernel(Key { ordinal, entry: Entry::JacobiLane, dtype: p.a.dtype, w: 1, mpb: 1, tile: np, rows: mr }, &dev)?;
+    let f =
+        kernel(Key { ordinal, entry: Entry::JacobiLane, dtype: p.a.dtype, w: 1, mpb: 1, tile: np, rows: mr }, &dev)?;
     let mut args = jacobi_args(p, if p.eigh { 0 } else { p.u });
     args.push(Arg::I(p.eigh as i32));
     // SAFETY: the arguments follow the kernel's signature; it uses no shared memory and each lane
@@ -539,17 +570,29 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::Qr, dtype, w, mpb, tile: 0, rows: 0 })));
         }
         for tile in [3, 8] {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile, rows: 0 })));
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::CholeskyReg, dtype, w: 8, mpb: 1, tile, rows: 0 }),
+            ));
         }
-        out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 })));
+        out.push((
+            &KERNEL,
+            defines(&Key { ordinal: 0, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }),
+        ));
         for tile in [64, 128] {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 })));
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 }),
+            ));
         }
         // The lane kernel's reachable shapes: float32 up to 32 rows, float64 up to 16 (see `svd`).
         let lanes: &[(usize, usize)] =
             if dtype == DType::F64 { &[(8, 8), (8, 16), (16, 16)] } else { &[(8, 8), (8, 32), (16, 16), (32, 32)] };
         for &(tile, rows) in lanes {
-            out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::JacobiLane, dtype, w: 1, mpb: 1, tile, rows })));
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::JacobiLane, dtype, w: 1, mpb: 1, tile, rows }),
+            ));
         }
         for tile in [8, 16, 32] {
             for entry in [Entry::LuReg, Entry::CholeskyRow] {

@@ -1,0 +1,240 @@
+//! Lane interleaving for the batched small-matrix kernels: [`W`] matrices side by side, element
+//! `e` of matrix `q` at `lanes[e][q]`, so each scalar step of one matrix becomes one SIMD
+//! operation over W matrices and the loops vectorize however small the matrix.
+//!
+//! Packing and unpacking move every element once; for float32 on AVX2 they go 8×8 blocks at a
+//! time through an in-register transpose (the scalar form, one strided element per lane, cost
+//! twice the factorization itself on 1000×16² Cholesky).
+
+use super::Real;
+
+/// Matrices processed together by default, one per lane: two AVX2 registers of float32 per lane
+/// vector (with one, the loop and pivoting overhead of each step fell on too few matrices:
+/// 1000×16² LU solve took twice as long). Every lane count `L` here is a multiple of 8 (the
+/// float32 paths work in 8×8 blocks).
+pub(crate) const W: usize = 16;
+
+/// `dst[e][q] = *srcs[q].add(e)` for every `e < dst.len()`.
+///
+/// # Safety
+/// Each `srcs[q]` points to `dst.len()` readable elements.
+#[inline(always)]
+pub(crate) unsafe fn pack<A: Real, const L: usize>(srcs: &[*const A; L], dst: &mut [[A; L]]) {
+    const { assert!(L % 8 == 0) };
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
+        // SAFETY: A is f32 here (the only 4-byte Real), so the casts only rename the type.
+        let srcs = &*(srcs as *const [*const A; L] as *const [*const f32; L]);
+        return pack_f32(srcs, dst.as_mut_ptr() as *mut [f32; L], dst.len());
+    }
+    for (e, d) in dst.iter_mut().enumerate() {
+        for q in 0..L {
+            d[q] = *srcs[q].add(e);
+        }
+    }
+}
+
+/// `*dsts[q].add(e) = src[e][q]` for every `e < src.len()`: the inverse of [`pack`].
+///
+/// # Safety
+/// Each `dsts[q]` points to `src.len()` writable elements no one else accesses (lanes whose
+/// results are discarded may share one scratch destination).
+#[inline(always)]
+pub(crate) unsafe fn unpack<A: Real, const L: usize>(src: &[[A; L]], dsts: &[*mut A; L]) {
+    const { assert!(L % 8 == 0) };
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
+        // SAFETY: as in `pack`.
+        let dsts = &*(dsts as *const [*mut A; L] as *const [*mut f32; L]);
+        return unpack_f32(src.as_ptr() as *const [f32; L], src.len(), dsts);
+    }
+    for (e, s) in src.iter().enumerate() {
+        for q in 0..L {
+            *dsts[q].add(e) = s[q];
+        }
+    }
+}
+
+/// Exchanges `x[c]` and `y[c]` (`c < len`) in the lanes where `sel[lane] == at`; the other lanes
+/// keep their values.
+///
+/// # Safety
+/// `x` and `y` point to `len` lane vectors each, not overlapping.
+#[inline(always)]
+pub(crate) unsafe fn swap_where<A: Real, const L: usize>(
+    x: *mut [A; L],
+    y: *mut [A; L],
+    len: usize,
+    sel: &[A; L],
+    at: A,
+) {
+    const { assert!(L % 8 == 0) };
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
+        // SAFETY: A is f32 here; see `pack`.
+        let sel = &*(sel as *const [A; L] as *const [f32; L]);
+        return swap_where_f32(x as *mut f32, y as *mut f32, len, sel, at.to_f64() as f32);
+    }
+    for c in 0..len {
+        let (u, v) = (&mut *x.add(c), &mut *y.add(c));
+        for l in 0..L {
+            if sel[l] == at {
+                std::mem::swap(&mut u[l], &mut v[l]);
+            }
+        }
+    }
+}
+
+/// [`swap_where`] for float32: whole-vector loads, blends and stores (conditional element stores
+/// compile to masked stores, which are microcoded on AMD and defeat store forwarding: they took
+/// 30% of a 1000×16² solve).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn swap_where_f32<const L: usize>(x: *mut f32, y: *mut f32, len: usize, sel: &[f32; L], at: f32) {
+    use std::arch::x86_64::*;
+    for h in (0..L).step_by(8) {
+        let m = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_loadu_ps(sel.as_ptr().add(h)), _mm256_set1_ps(at));
+        if _mm256_movemask_ps(m) == 0 {
+            continue;
+        }
+        for c in 0..len {
+            let (px, py) = (x.add(c * L + h), y.add(c * L + h));
+            let (u, v) = (_mm256_loadu_ps(px), _mm256_loadu_ps(py));
+            let (mut a, mut b) = (_mm256_blendv_ps(u, v, m), _mm256_blendv_ps(v, u, m));
+            // Opaque to the optimizer, which would otherwise turn "store a blend with the loaded
+            // value" back into a masked store.
+            std::arch::asm!("/* {0} {1} */", inout(ymm_reg) a, inout(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
+            _mm256_storeu_ps(px, a);
+            _mm256_storeu_ps(py, b);
+        }
+    }
+}
+
+/// The eight rows `r` of an 8×8 float32 block, transposed (three rounds of shuffles).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    // Round 1: interleave neighbouring rows element by element.
+    let a0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let a1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let a2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let a3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let a4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let a5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let a6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let a7 = _mm256_unpackhi_ps(r[6], r[7]);
+    // Round 2: pairs of pairs (0b01_00_01_00 takes the low pairs of both, 0b11_10_11_10 the high).
+    let b0 = _mm256_shuffle_ps::<0b0100_0100>(a0, a2);
+    let b1 = _mm256_shuffle_ps::<0b1110_1110>(a0, a2);
+    let b2 = _mm256_shuffle_ps::<0b0100_0100>(a1, a3);
+    let b3 = _mm256_shuffle_ps::<0b1110_1110>(a1, a3);
+    let b4 = _mm256_shuffle_ps::<0b0100_0100>(a4, a6);
+    let b5 = _mm256_shuffle_ps::<0b1110_1110>(a4, a6);
+    let b6 = _mm256_shuffle_ps::<0b0100_0100>(a5, a7);
+    let b7 = _mm256_shuffle_ps::<0b1110_1110>(a5, a7);
+    // Round 3: the 128-bit halves (0x20: both low halves, 0x31: both high halves).
+    [
+        _mm256_permute2f128_ps::<0x20>(b0, b4),
+        _mm256_permute2f128_ps::<0x20>(b1, b5),
+        _mm256_permute2f128_ps::<0x20>(b2, b6),
+        _mm256_permute2f128_ps::<0x20>(b3, b7),
+        _mm256_permute2f128_ps::<0x31>(b0, b4),
+        _mm256_permute2f128_ps::<0x31>(b1, b5),
+        _mm256_permute2f128_ps::<0x31>(b2, b6),
+        _mm256_permute2f128_ps::<0x31>(b3, b7),
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], len: usize) {
+    use std::arch::x86_64::*;
+    let mut e = 0;
+    while e + 8 <= len {
+        for h in (0..L).step_by(8) {
+            let rows = std::array::from_fn(|q| _mm256_loadu_ps(srcs[h + q].add(e)));
+            for (i, v) in transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps((dst.add(e + i) as *mut f32).add(h), v);
+            }
+        }
+        e += 8;
+    }
+    for e in e..len {
+        for q in 0..L {
+            (*dst.add(e))[q] = *srcs[q].add(e);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unpack_f32<const L: usize>(src: *const [f32; L], len: usize, dsts: &[*mut f32; L]) {
+    use std::arch::x86_64::*;
+    let mut e = 0;
+    while e + 8 <= len {
+        for h in (0..L).step_by(8) {
+            let rows = std::array::from_fn(|i| _mm256_loadu_ps((src.add(e + i) as *const f32).add(h)));
+            for (q, v) in transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps(dsts[h + q].add(e), v);
+            }
+        }
+        e += 8;
+    }
+    for e in e..len {
+        for q in 0..L {
+            *dsts[q].add(e) = (*src.add(e))[q];
+        }
+    }
+}
+
+/// Lane sources for group `g` of a contiguous batch of `batch` matrices of `len` elements at
+/// `base`: matrix `g·L + q`, or `pad` for the lanes past the batch's end.
+#[inline(always)]
+pub(crate) fn sources<A, const L: usize>(
+    base: *const A,
+    g: usize,
+    batch: usize,
+    len: usize,
+    pad: *const A,
+) -> [*const A; L] {
+    // wrapping_add: the pointer is only dereferenced (by `pack`) for lanes inside the batch.
+    std::array::from_fn(|q| if g * L + q < batch { base.wrapping_add((g * L + q) * len) } else { pad })
+}
+
+/// Lane destinations for group `g` (as [`sources`]): the lanes past the batch's end write to
+/// `spill` (scratch of `len` elements), each in turn.
+#[inline(always)]
+pub(crate) fn sinks<A, const L: usize>(base: *mut A, g: usize, batch: usize, len: usize, spill: *mut A) -> [*mut A; L] {
+    std::array::from_fn(|q| if g * L + q < batch { base.wrapping_add((g * L + q) * len) } else { spill })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<A: Real + PartialEq + std::fmt::Debug>(len: usize) {
+        let mats: Vec<Vec<A>> = (0..W).map(|q| (0..len).map(|e| A::from_usize(q * 1000 + e)).collect()).collect();
+        let srcs: [*const A; W] = std::array::from_fn(|q| mats[q].as_ptr());
+        let mut lanes = vec![[A::ZERO; W]; len];
+        unsafe { pack::<A, W>(&srcs, &mut lanes) };
+        for (e, l) in lanes.iter().enumerate() {
+            for q in 0..W {
+                assert_eq!(l[q], A::from_usize(q * 1000 + e), "len {len} e {e} q {q}");
+            }
+        }
+        let mut outs: Vec<Vec<A>> = vec![vec![A::ZERO; len]; W];
+        let dsts: [*mut A; W] = std::array::from_fn(|q| outs[q].as_mut_ptr());
+        unsafe { unpack::<A, W>(&lanes, &dsts) };
+        assert_eq!(outs, mats);
+    }
+
+    #[test]
+    fn pack_and_unpack_are_inverse_transposes() {
+        for len in [0, 1, 7, 8, 9, 16, 49, 256, 1023] {
+            round_trip::<f32>(len);
+            round_trip::<f64>(len);
+        }
+    }
+}
