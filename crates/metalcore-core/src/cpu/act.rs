@@ -1,13 +1,14 @@
 //! Activations and gated linear units on the CPU (math in `ops::act`): the operands are cut into
-//! segments of at most [`SEG`] elements of one row, processed in parallel; each segment is loaded
-//! into L1-resident scratch of the accumulation type, computed by loops that vectorize, and stored.
+//! segments of at most [`SEG`] elements of one row, processed in parallel by loops that vectorize;
+//! operands stored in the accumulation type are used in place, others are converted through
+//! L1-resident scratch.
 
-use super::{exp_f32, for_each_row, load_row, row_ptr, store_row, Real};
+use super::{exp_f32, for_each_row, load_row, row_ptr, same_type, store_row, Real};
 use crate::dtype::DType;
 use crate::ops::act::{Act, Mode, Plan};
 use crate::ops::Mat;
 
-/// Elements per segment (three f32 scratch rows of 4 KiB stay in L1).
+/// Elements per segment (the f32 scratch rows, 4 KiB each, stay in L1).
 const SEG: usize = 1024;
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -100,53 +101,93 @@ impl Kind for GeluTanh {
 /// `seg < p.rows * spr` with `spr = ceil(p.cols / SEG)`; the plan's operands are valid views;
 /// this segment of the outputs is written by no one else; every scratch row holds `SEG` values.
 #[inline(always)]
-unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut [Vec<A>; 3]) {
+unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut Scratch<A>) {
     let (row, c0) = (seg / spr, (seg % spr) * SEG);
     let len = SEG.min(p.cols - c0);
     let dt = p.dtype;
     let at = |m: &Mat| row_ptr(m, row).add(c0 * dt.size());
-    let [a, b, c] = scratch;
-    let (a, b, c) = (&mut a[..len], &mut b[..len], &mut c[..len]);
-    // Plain index loops: iterator adaptors with a large closure body are not always inlined into
-    // this function, and outside it they lose its AVX2 code generation.
-    load_row(dt, at(&p.ins[0]), a);
-    if let Some(bias) = &p.bias {
-        load_row(dt, (bias.ptr as *const u8).add(c0 * dt.size()), c);
-        for i in 0..len {
-            a[i] += c[i];
+    // Operands stored as A itself are read and written where they are, in one pass (a pass
+    // through scratch stalled on memory and on compute in turn: 2 threads ran SiLU barely faster
+    // than one); other dtypes are converted through the scratch rows.
+    let same = same_type::<A>(dt);
+    let [s0, s1, s2, s3, s4] = scratch;
+    let src = |m: *const u8, s: &'_ mut Vec<A>| -> *const A {
+        if same {
+            m as *const A
+        } else {
+            load_row(dt, m, &mut s[..len]);
+            s.as_ptr()
         }
+    };
+    let mut ins: [*const A; 3] = [std::ptr::null(); 3];
+    ins[0] = src(at(&p.ins[0]), s0);
+    if let Some(bias) = &p.bias {
+        let b = std::slice::from_raw_parts(src((bias.ptr as *const u8).add(c0 * dt.size()), s2), len);
+        let x = std::slice::from_raw_parts(ins[0], len);
+        for ((d, x), b) in s1[..len].iter_mut().zip(x).zip(b) {
+            *d = *x + *b;
+        }
+        ins[0] = s1.as_ptr();
     }
     match p.mode {
+        Mode::Fwd => {}
+        Mode::Bwd => ins[1] = src(at(&p.ins[1]), s2),
+        Mode::GluFwd => ins[1] = src(at(&p.ins[1]), s1),
+        Mode::GluBwd => (ins[1], ins[2]) = (src(at(&p.ins[1]), s1), src(at(&p.ins[2]), s2)),
+    }
+    // An output of A's type is written in place unless it overlaps an input (never the case
+    // from the Python layer, which allocates every output, but the core does not forbid it).
+    let bytes = len * std::mem::size_of::<A>();
+    let clear = |o: *mut A| {
+        ins.iter().all(|&i| i.is_null() || (o as usize) + bytes <= i as usize || (i as usize) + bytes <= o as usize)
+    };
+    let direct = |m: &Mat| same && clear(at(m) as *mut A);
+    let (d0, d1) = (direct(&p.outs[0]), p.outs.len() > 1 && direct(&p.outs[1]));
+    let out = |m: &Mat, d: bool, s: &'_ mut Vec<A>| -> *mut A {
+        if d {
+            at(m) as *mut A
+        } else {
+            s.as_mut_ptr()
+        }
+    };
+    let o0 = std::slice::from_raw_parts_mut(out(&p.outs[0], d0, s3), len);
+    let view = |i: usize| std::slice::from_raw_parts(ins[i], len);
+    // Zipped slices: the loops vectorize with no aliasing checks.
+    match p.mode {
         Mode::Fwd => {
-            for v in a.iter_mut() {
-                *v = K::val_der(*v).0;
+            for (o, x) in o0.iter_mut().zip(view(0)) {
+                *o = K::val_der(*x).0;
             }
         }
         Mode::Bwd => {
-            load_row(dt, at(&p.ins[1]), b);
-            for i in 0..len {
-                a[i] = b[i] * K::val_der(a[i]).1;
+            for ((o, x), g) in o0.iter_mut().zip(view(0)).zip(view(1)) {
+                *o = *g * K::val_der(*x).1;
             }
         }
         Mode::GluFwd => {
-            load_row(dt, at(&p.ins[1]), b);
-            for i in 0..len {
-                a[i] = K::val_der(a[i]).0 * b[i];
+            for ((o, x), u) in o0.iter_mut().zip(view(0)).zip(view(1)) {
+                *o = K::val_der(*x).0 * *u;
             }
         }
         Mode::GluBwd => {
-            load_row(dt, at(&p.ins[1]), b);
-            load_row(dt, at(&p.ins[2]), c);
-            for i in 0..len {
-                let (f, d) = K::val_der(a[i]);
-                a[i] = c[i] * b[i] * d;
-                b[i] = c[i] * f;
+            let o1 = std::slice::from_raw_parts_mut(out(&p.outs[1], d1, s4), len);
+            for ((((o, o1), x), u), g) in o0.iter_mut().zip(o1.iter_mut()).zip(view(0)).zip(view(1)).zip(view(2)) {
+                let (f, d) = K::val_der(*x);
+                *o = *g * *u * d;
+                *o1 = *g * f;
             }
-            store_row(b, dt, at(&p.outs[1]));
+            if !d1 {
+                store_row(&s4[..len], dt, at(&p.outs[1]));
+            }
         }
     }
-    store_row(a, dt, at(&p.outs[0]));
+    if !d0 {
+        store_row(&s3[..len], dt, at(&p.outs[0]));
+    }
 }
+
+/// Scratch rows of one task: up to three converted inputs (or the biased input) and two outputs.
+type Scratch<A> = [Vec<A>; 5];
 
 /// [`segment`] compiled for AVX2 + FMA.
 ///
@@ -154,11 +195,11 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
 /// As for [`segment`], on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn segment_avx2<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut [Vec<A>; 3]) {
+unsafe fn segment_avx2<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut Scratch<A>) {
     segment::<A, K>(p, seg, spr, scratch)
 }
 
-type SegFn<A> = unsafe fn(&Plan, usize, usize, &mut [Vec<A>; 3]);
+type SegFn<A> = unsafe fn(&Plan, usize, usize, &mut Scratch<A>);
 
 fn run_as<A: Math, K: Kind>(p: &Plan) {
     #[cfg(target_arch = "x86_64")]
@@ -170,7 +211,7 @@ fn run_as<A: Math, K: Kind>(p: &Plan) {
     for_each_row(
         p.rows * spr,
         cols,
-        || [vec![A::ZERO; cols], vec![A::ZERO; cols], vec![A::ZERO; cols]],
+        || std::array::from_fn(|_| vec![A::ZERO; cols]),
         // SAFETY: segments are disjoint and inside the validated views.
         |scratch, seg| unsafe { f(p, seg, spr, scratch) },
     );

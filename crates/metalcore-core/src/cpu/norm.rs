@@ -1,10 +1,12 @@
-//! RMSNorm and LayerNorm on the CPU (math in `ops::norm`). Rows run in parallel; each row is loaded
-//! once into a scratch buffer of the accumulation type, so every pass after the load stays in L1.
+//! RMSNorm and LayerNorm on the CPU (math in `ops::norm`). Rows run in parallel; a row stored in
+//! the accumulation type is read (and its result written) in place, others are converted through a
+//! scratch row, so every pass after the first read stays in L1.
 
-use super::{dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, store_row, sum, Real};
+use super::{dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum, Real};
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
 use rayon::prelude::*;
+use std::mem::size_of;
 
 by_acc!(fwd(FwdPlan) => fwd_impl, acc);
 
@@ -41,24 +43,32 @@ struct FwdCtx<'a, A> {
 #[inline(always)]
 unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]) {
     let p = c.p;
-    load_row(p.x.dtype, row_ptr(&p.x, row), buf);
-    if let (Some(res), Some(res_out)) = (p.residual, p.residual_out) {
-        load_row(res.dtype, row_ptr(&res, row), tmp);
-        buf.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += *b);
-        round_to(p.x.dtype, buf);
-        store_row(buf, res_out.dtype, row_ptr(&res_out, row));
-    }
+    let n = buf.len();
+    // x is read where it is when stored as A (and no residual is added), and y written there
+    // too: the row then streams through memory once each way, with no copies through scratch.
+    let xs: &[A] = if p.residual.is_none() && same_type::<A>(p.x.dtype) {
+        std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n)
+    } else {
+        load_row(p.x.dtype, row_ptr(&p.x, row), buf);
+        if let (Some(res), Some(res_out)) = (p.residual, p.residual_out) {
+            load_row(res.dtype, row_ptr(&res, row), tmp);
+            buf.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += *b);
+            round_to(p.x.dtype, buf);
+            store_row(buf, res_out.dtype, row_ptr(&res_out, row));
+        }
+        buf
+    };
     let (mu, ss) = if c.layer {
-        let mu = sum(buf) * c.inv_n;
+        let mu = sum(xs) * c.inv_n;
         (
             mu,
-            lane_sum(buf.len(), |i| {
-                let d = *buf.get_unchecked(i) - mu;
+            lane_sum(n, |i| {
+                let d = *xs.get_unchecked(i) - mu;
                 d * d
             }),
         )
     } else {
-        (A::ZERO, dot(buf, buf))
+        (A::ZERO, dot(xs, xs))
     };
     let r = A::ONE / (ss * c.inv_n + c.eps).sqrt();
     if let Some(rstd) = p.rstd {
@@ -67,14 +77,25 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     if let Some(mean) = p.mean {
         mu.store(p.acc, mean as *mut u8, row);
     }
+    let yp = row_ptr(&p.y, row);
+    let direct = same_type::<A>(p.y.dtype) && disjoint(xs.as_ptr() as usize, yp as usize, n * size_of::<A>());
+    let out: &mut [A] = if direct { std::slice::from_raw_parts_mut(yp as *mut A, n) } else { tmp };
     if p.cast_before_weight {
-        buf.iter_mut().for_each(|v| *v = (*v - mu) * r);
-        round_to(p.x.dtype, buf);
-        buf.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
+        out.iter_mut().zip(xs).for_each(|(o, v)| *o = (*v - mu) * r);
+        round_to(p.x.dtype, out);
+        out.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
     } else {
-        buf.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = (*v - mu) * r * *w + *b);
+        out.iter_mut().zip(xs).zip(c.w.iter().zip(&c.b)).for_each(|((o, v), (w, b))| *o = (*v - mu) * r * *w + *b);
     }
-    store_row(buf, p.y.dtype, row_ptr(&p.y, row));
+    if !direct {
+        store_row(out, p.y.dtype, yp);
+    }
+}
+
+/// True when `[a, a + bytes)` and `[b, b + bytes)` do not overlap.
+#[inline(always)]
+fn disjoint(a: usize, b: usize, bytes: usize) -> bool {
+    a + bytes <= b || b + bytes <= a
 }
 
 isa_copies!(fwd_row_avx2 = fwd_row(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]));
@@ -126,32 +147,64 @@ struct BwdScratch<A> {
 #[inline(always)]
 unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>) {
     let p = c.p;
-    load_row(p.x.dtype, row_ptr(&p.x, row), &mut s.xh);
-    load_row(p.dy.dtype, row_ptr(&p.dy, row), &mut s.dy);
+    let n = s.xh.len();
     let r = A::load(p.acc, p.rstd as *const u8, row);
     let mu = p.mean.map_or(A::ZERO, |m| A::load(p.acc, m as *const u8, row));
-    s.xh.iter_mut().for_each(|v| *v = (*v - mu) * r); // x̂
-    s.g.iter_mut().zip(s.dy.iter().zip(&c.w)).for_each(|(g, (d, w))| *g = *d * *w);
+    // Inputs stored as A are read where they are (as in `fwd_row`).
+    if same_type::<A>(p.x.dtype) {
+        let x = std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n);
+        s.xh.iter_mut().zip(x).for_each(|(v, x)| *v = (*x - mu) * r); // x̂
+    } else {
+        load_row(p.x.dtype, row_ptr(&p.x, row), &mut s.xh);
+        s.xh.iter_mut().for_each(|v| *v = (*v - mu) * r); // x̂
+    }
+    let dy: &[A] = if same_type::<A>(p.dy.dtype) {
+        std::slice::from_raw_parts(row_ptr(&p.dy, row) as *const A, n)
+    } else {
+        load_row(p.dy.dtype, row_ptr(&p.dy, row), &mut s.dy);
+        &s.dy
+    };
+    s.g.iter_mut().zip(dy.iter().zip(&c.w)).for_each(|(g, (d, w))| *g = *d * *w);
     let mean_gx = dot(&s.g, &s.xh) * c.inv_n;
     let mean_g = if c.layer { sum(&s.g) * c.inv_n } else { A::ZERO };
     if !s.db.is_empty() {
-        s.db.iter_mut().zip(s.dy.iter()).for_each(|(acc, d)| *acc += *d);
+        s.db.iter_mut().zip(dy.iter()).for_each(|(acc, d)| *acc += *d);
     }
     if !s.dw.is_empty() {
         if p.cast_before_weight {
             s.tmp.copy_from_slice(&s.xh);
             round_to(p.x.dtype, &mut s.tmp);
-            s.dw.iter_mut().zip(s.dy.iter().zip(s.tmp.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
+            s.dw.iter_mut().zip(dy.iter().zip(s.tmp.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
         } else {
-            s.dw.iter_mut().zip(s.dy.iter().zip(s.xh.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
+            s.dw.iter_mut().zip(dy.iter().zip(s.xh.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
         }
     }
-    s.g.iter_mut().zip(s.xh.iter()).for_each(|(g, xh)| *g = r * (*g - mean_g - *xh * mean_gx));
-    if let Some(dres) = p.d_residual_out {
-        load_row(dres.dtype, row_ptr(&dres, row), &mut s.tmp);
-        s.g.iter_mut().zip(s.tmp.iter()).for_each(|(g, d)| *g += *d);
+    let dres: Option<&[A]> = p.d_residual_out.map(|dres| {
+        if same_type::<A>(dres.dtype) {
+            std::slice::from_raw_parts(row_ptr(&dres, row) as *const A, n)
+        } else {
+            load_row(dres.dtype, row_ptr(&dres, row), &mut s.tmp);
+            &s.tmp[..]
+        }
+    });
+    let dxp = row_ptr(&p.dx, row);
+    let bytes = n * size_of::<A>();
+    let clear = |q: *const A| disjoint(q as usize, dxp as usize, bytes);
+    let direct = same_type::<A>(p.dx.dtype) && clear(dy.as_ptr()) && dres.is_none_or(|d| clear(d.as_ptr()));
+    let dx: &mut [A] = if direct {
+        let dx = std::slice::from_raw_parts_mut(dxp as *mut A, n);
+        dx.iter_mut().zip(s.g.iter().zip(&s.xh)).for_each(|(o, (g, xh))| *o = r * (*g - mean_g - *xh * mean_gx));
+        dx
+    } else {
+        s.g.iter_mut().zip(&s.xh).for_each(|(g, xh)| *g = r * (*g - mean_g - *xh * mean_gx));
+        &mut s.g
+    };
+    if let Some(d) = dres {
+        dx.iter_mut().zip(d).for_each(|(o, d)| *o += *d);
     }
-    store_row(&s.g, p.dx.dtype, row_ptr(&p.dx, row));
+    if !direct {
+        store_row(dx, p.dx.dtype, dxp);
+    }
 }
 
 isa_copies!(bwd_row_avx2 = bwd_row(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>));

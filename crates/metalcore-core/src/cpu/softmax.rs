@@ -1,7 +1,7 @@
-//! Softmax on the CPU (math in `ops::softmax`): rows in parallel, each loaded once into a scratch
-//! buffer of the accumulation type.
+//! Softmax on the CPU (math in `ops::softmax`): rows in parallel, read and written in place when
+//! stored in the accumulation type, else converted through a scratch row.
 
-use super::{dot, for_each_row, lane_sum, load_row, row_ptr, store_row, Real};
+use super::{dot, for_each_row, lane_sum, load_row, row_ptr, same_type, store_row, Real};
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
 by_acc!(fwd(FwdPlan) => fwd_impl, acc);
@@ -28,6 +28,20 @@ fn row_max<A: Real>(v: &[A]) -> A {
 /// `row < p.rows`; the plan's pointers are valid for its shapes; this row of `y` is written by no one else.
 #[inline(always)]
 unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
+    let n = buf.len();
+    if same_type::<A>(p.x.dtype) && same_type::<A>(p.y.dtype) && !overlap(&p.x, &p.y, row, n) {
+        // Read x where it is and build the result in y itself: one streaming pass over memory
+        // each way instead of a copy in, passes over scratch and a copy out.
+        let x = std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n);
+        let y = std::slice::from_raw_parts_mut(row_ptr(&p.y, row) as *mut A, n);
+        let m = row_max(x);
+        for (y, x) in y.iter_mut().zip(x) {
+            *y = (*x - m).exp();
+        }
+        let inv = A::ONE / lane_sum(n, |i| *y.get_unchecked(i));
+        y.iter_mut().for_each(|v| *v = *v * inv);
+        return;
+    }
     load_row(p.x.dtype, row_ptr(&p.x, row), buf);
     let m = row_max(buf);
     buf.iter_mut().for_each(|v| *v = (*v - m).exp());
@@ -36,10 +50,30 @@ unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
     store_row(buf, p.y.dtype, row_ptr(&p.y, row));
 }
 
+/// True when row `row` of `a` and of `b` (`n` elements of A each) share memory.
+#[inline(always)]
+fn overlap(a: &crate::ops::Mat, b: &crate::ops::Mat, row: usize, n: usize) -> bool {
+    let bytes = n * a.dtype.size();
+    let (x, y) = (row_ptr(a, row) as usize, row_ptr(b, row) as usize);
+    x < y + bytes && y < x + bytes
+}
+
 /// # Safety
 /// As for [`fwd_row`], for `dx`.
 #[inline(always)]
 unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) {
+    let n = yb.len();
+    let same = same_type::<A>(p.y.dtype) && same_type::<A>(p.dy.dtype) && same_type::<A>(p.dx.dtype);
+    if same && !overlap(&p.y, &p.dx, row, n) && !overlap(&p.dy, &p.dx, row, n) {
+        let y = std::slice::from_raw_parts(row_ptr(&p.y, row) as *const A, n);
+        let d = std::slice::from_raw_parts(row_ptr(&p.dy, row) as *const A, n);
+        let dx = std::slice::from_raw_parts_mut(row_ptr(&p.dx, row) as *mut A, n);
+        let s = dot(y, d);
+        for ((o, y), d) in dx.iter_mut().zip(y).zip(d) {
+            *o = *y * (*d - s);
+        }
+        return;
+    }
     load_row(p.y.dtype, row_ptr(&p.y, row), yb);
     load_row(p.dy.dtype, row_ptr(&p.dy, row), db);
     let s = dot(yb, db);
