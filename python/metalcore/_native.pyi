@@ -84,6 +84,7 @@ def adamw_step(
     seed: Optional[int],
     stream: int,
 ) -> None: ...
+def add_to_f32_scalars(ptrs: List[int], delta: float) -> List[float]: ...
 def embag_fwd_into(
     mode: int, weight: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
     out: Desc, argmax: Optional[Desc], stream: int,

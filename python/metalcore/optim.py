@@ -41,6 +41,19 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
+_F32 = torch.float32
+
+
+def _bump_steps(steps: List[Tensor]) -> List[float]:
+    """Adds 1 to every step counter and returns the new values. Counters as this optimizer makes
+    them (0-d float32 CPU tensors, not requiring grad) are bumped in one native call; any other
+    (e.g. loaded from a state dict saved elsewhere) through torch, as torch's AdamW does."""
+    if all(st.dtype is _F32 and st.device.type == "cpu" and st.dim() == 0 and not st.requires_grad for st in steps):
+        return _native.add_to_f32_scalars([st.data_ptr() for st in steps], 1.0)
+    torch._foreach_add_(steps, 1.0)
+    return [st.item() for st in steps]
+
+
 class MetalAdamW(torch.optim.Optimizer):
     """AdamW (Loshchilov & Hutter) with torch's semantics; see the module docstring."""
 
@@ -125,23 +138,27 @@ class MetalAdamW(torch.optim.Optimizer):
             live = []
             ready = self.__dict__.setdefault("_ready", set())  # ids of parameters whose state is set up
             flags = (group["amsgrad"], group["master_weights"])
+            steps = []
+            state = self.state
             for p in group["params"]:
-                if p.grad is None:
+                g = p.grad
+                if g is None:
                     continue
-                if p.grad.is_sparse:
+                if g.is_sparse:
                     raise RuntimeError("MetalAdamW does not support sparse gradients")
-                if (id(p), flags) not in ready or p not in self.state:
+                st = state.get(p)  # one lookup (hashing a tensor costs a Python call)
+                if not st or (id(p), flags) not in ready:
                     if torch.is_complex(p):
                         raise NotImplementedError("MetalAdamW: complex parameters are not supported")
-                    self._init_state(p, group)
+                    st = self._init_state(p, group)
                     ready.add((id(p), flags))
                 live.append(p)
+                steps.append(st["step"])
             if not live:
                 continue
-            steps = [self.state[p]["step"] for p in live]
-            torch._foreach_add_(steps, 1.0)  # one call for every step counter, as torch's foreach AdamW
-            for p, st in zip(live, steps):
-                buckets[(p.device, p.dtype, st.item())].append(p)
+            values = _bump_steps(steps)
+            for p, v in zip(live, values):
+                buckets[(p.device, p.dtype, v)].append(p)
             for (device, dtype, step), ps in buckets.items():
                 backend = has_backend(device)
                 native = [p for p in ps if backend and p.is_contiguous()]

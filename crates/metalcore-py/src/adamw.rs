@@ -58,7 +58,25 @@ fn adamw_step(
     py.detach(|| adamw(&args, Exec::on(stream))).map_err(to_py)
 }
 
+/// Adds `delta` to each float32 at the host addresses `ptrs` and returns the new values: the
+/// step counters of an AdamW step (0-d float32 CPU tensors, checked by the caller), in one call
+/// instead of torch's `_foreach_add_` (~2 µs per counter on the CPU).
+#[pyfunction]
+fn add_to_f32_scalars(ptrs: Vec<usize>, delta: f32) -> Vec<f64> {
+    ptrs.iter()
+        .map(|&a| {
+            // SAFETY: the caller passes the data pointers of live, distinct float32 CPU tensors.
+            unsafe {
+                let x = a as *mut f32;
+                *x += delta;
+                *x as f64
+            }
+        })
+        .collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(add_to_f32_scalars, m)?)?;
     Ok(())
 }

@@ -71,6 +71,7 @@ pub(crate) struct Lib {
     // Keeps the library's reference count up while the function pointers are in use.
     _lib: libloading::os::unix::Library,
     set_stream: unsafe extern "C" fn(Handle, *mut c_void) -> Status,
+    get_stream: unsafe extern "C" fn(Handle, *mut *mut c_void) -> Status,
     get_math_mode: unsafe extern "C" fn(Handle, *mut c_int) -> Status,
     set_math_mode: unsafe extern "C" fn(Handle, c_int) -> Status,
     get_pointer_mode: unsafe extern "C" fn(Handle, *mut c_int) -> Status,
@@ -105,6 +106,7 @@ fn load() -> std::result::Result<Lib, String> {
     }
     Ok(Lib {
         set_stream: sym!("cublasSetStream_v2"),
+        get_stream: sym!("cublasGetStream_v2"),
         get_math_mode: sym!("cublasGetMathMode"),
         set_math_mode: sym!("cublasSetMathMode"),
         get_pointer_mode: sym!("cublasGetPointerMode_v2"),
@@ -198,7 +200,14 @@ impl Blas {
         unsafe {
             check("cublasGetMathMode", (lib.get_math_mode)(h, &mut math))?;
             check("cublasGetPointerMode", (lib.get_pointer_mode)(h, &mut pointer))?;
-            check("cublasSetStream", (lib.set_stream)(h, stream as *mut c_void))?;
+            // torch bound its handle to its current stream, with a workspace from its allocator.
+            // cublasSetStream would drop that workspace for cuBLAS's own (allocated by cuBLAS,
+            // which breaks graph capture), so it is only called if the streams differ.
+            let mut bound: *mut c_void = std::ptr::null_mut();
+            check("cublasGetStream", (lib.get_stream)(h, &mut bound))?;
+            if bound as usize != stream {
+                check("cublasSetStream", (lib.set_stream)(h, stream as *mut c_void))?;
+            }
             check("cublasSetMathMode", (lib.set_math_mode)(h, DEFAULT_MATH))?;
             check("cublasSetPointerMode", (lib.set_pointer_mode)(h, POINTER_HOST))?;
         }
