@@ -666,7 +666,10 @@ def test_lstsq_and_qr_solve(device, dtype, mn):
     res = lstsq(A, B)
     ref = torch.linalg.lstsq(A.double().cpu(), B.double().cpu(), driver="gelsd")
     tol = 1e-4 if dtype == torch.float32 else 1e-10
-    assert rel_err(res.solution, ref.solution) <= tol
+    # The solution's error grows with A's condition number (a random 8×8 draw can reach 1e4):
+    # within twice LAPACK's own error in this dtype, or the fixed bound when that is larger.
+    own = rel_err(torch.linalg.lstsq(A.cpu(), B.cpu(), driver="gelsd").solution, ref.solution)
+    assert rel_err(res.solution, ref.solution) <= max(tol, 2 * own)
     if m > n:
         r64 = (A.double().cpu() @ ref.solution - B.double().cpu()).pow(2).sum(-2)
         assert rel_err(res.residuals, r64) <= tol
