@@ -3,7 +3,7 @@
 //! operands stored in the accumulation type are used in place, others are converted through
 //! L1-resident scratch.
 
-use super::{exp_f32, for_each_row, load_row, row_ptr, same_type, store_row, Real};
+use super::{exp_f32, f32_to_bf16_bits, for_each_row, load_row, row_ptr, same_type, store_row, Real};
 use crate::dtype::DType;
 use crate::ops::act::{Act, Mode, Plan};
 use crate::ops::Mat;
@@ -110,6 +110,17 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
     // through scratch stalled on memory and on compute in turn: 2 threads ran SiLU barely faster
     // than one); other dtypes are converted through the scratch rows.
     let same = same_type::<A>(dt);
+    if dt == DType::BF16 && std::mem::size_of::<A>() == 4 && p.bias.is_none() {
+        // bfloat16 converted in the same loop (a shift in, a rounding out): no scratch passes.
+        let io = |m: &Mat| at(m) as usize;
+        let ins: [usize; 3] = std::array::from_fn(|i| p.ins.get(i).map_or(0, io));
+        let outs: [usize; 2] = std::array::from_fn(|i| p.outs.get(i).map_or(0, io));
+        let bytes = 2 * len;
+        let apart = |a: usize, b: usize| a == 0 || b == 0 || a + bytes <= b || b + bytes <= a;
+        if outs.iter().all(|&o| ins.iter().all(|&i| apart(o, i))) && apart(outs[0], outs[1]) {
+            return loops::<f32, K, Bf16>(p.mode, ins.map(|a| a as *const u16), outs.map(|a| a as *mut u16), len);
+        }
+    }
     let [s0, s1, s2, s3, s4] = scratch;
     let src = |m: *const u8, s: &'_ mut Vec<A>| -> *const A {
         if same {
@@ -150,39 +161,91 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
             s.as_mut_ptr()
         }
     };
-    let o0 = std::slice::from_raw_parts_mut(out(&p.outs[0], d0, s3), len);
+    let o0 = out(&p.outs[0], d0, s3);
+    let o1 = if p.outs.len() > 1 { out(&p.outs[1], d1, s4) } else { std::ptr::null_mut() };
+    loops::<A, K, Same>(p.mode, ins, [o0, o1], len);
+    if p.mode == Mode::GluBwd && !d1 {
+        store_row(&s4[..len], dt, at(&p.outs[1]));
+    }
+    if !d0 {
+        store_row(&s3[..len], dt, at(&p.outs[0]));
+    }
+}
+
+/// How the element loops read and write a stored element, in the accumulation type `A`.
+trait Codec<A>: Copy {
+    type T: Copy;
+    fn get(v: Self::T) -> A;
+    fn put(v: A) -> Self::T;
+}
+
+/// Elements stored as `A` itself.
+#[derive(Clone, Copy)]
+struct Same;
+
+impl<A: Real> Codec<A> for Same {
+    type T = A;
+    #[inline(always)]
+    fn get(v: A) -> A {
+        v
+    }
+    #[inline(always)]
+    fn put(v: A) -> A {
+        v
+    }
+}
+
+/// bfloat16 elements computed in float32 (round to nearest even on the way out).
+#[derive(Clone, Copy)]
+struct Bf16;
+
+impl Codec<f32> for Bf16 {
+    type T = u16;
+    #[inline(always)]
+    fn get(v: u16) -> f32 {
+        f32::from_bits((v as u32) << 16)
+    }
+    #[inline(always)]
+    fn put(v: f32) -> u16 {
+        f32_to_bf16_bits(v)
+    }
+}
+
+/// The element loops of every mode over `len` elements: inputs (x, then up or the output
+/// gradient, then the output gradient of a GLU) and outputs (one, or two for `GluBwd`).
+///
+/// # Safety
+/// The pointers the mode uses address `len` elements; outputs overlap no input and each other.
+#[inline(always)]
+unsafe fn loops<A: Math, K: Kind, C: Codec<A>>(mode: Mode, ins: [*const C::T; 3], outs: [*mut C::T; 2], len: usize) {
     let view = |i: usize| std::slice::from_raw_parts(ins[i], len);
+    let o0 = std::slice::from_raw_parts_mut(outs[0], len);
     // Zipped slices: the loops vectorize with no aliasing checks.
-    match p.mode {
+    match mode {
         Mode::Fwd => {
             for (o, x) in o0.iter_mut().zip(view(0)) {
-                *o = K::val_der(*x).0;
+                *o = C::put(K::val_der(C::get(*x)).0);
             }
         }
         Mode::Bwd => {
             for ((o, x), g) in o0.iter_mut().zip(view(0)).zip(view(1)) {
-                *o = *g * K::val_der(*x).1;
+                *o = C::put(C::get(*g) * K::val_der(C::get(*x)).1);
             }
         }
         Mode::GluFwd => {
             for ((o, x), u) in o0.iter_mut().zip(view(0)).zip(view(1)) {
-                *o = K::val_der(*x).0 * *u;
+                *o = C::put(K::val_der(C::get(*x)).0 * C::get(*u));
             }
         }
         Mode::GluBwd => {
-            let o1 = std::slice::from_raw_parts_mut(out(&p.outs[1], d1, s4), len);
+            let o1 = std::slice::from_raw_parts_mut(outs[1], len);
             for ((((o, o1), x), u), g) in o0.iter_mut().zip(o1.iter_mut()).zip(view(0)).zip(view(1)).zip(view(2)) {
-                let (f, d) = K::val_der(*x);
-                *o = *g * *u * d;
-                *o1 = *g * f;
-            }
-            if !d1 {
-                store_row(&s4[..len], dt, at(&p.outs[1]));
+                let (f, d) = K::val_der(C::get(*x));
+                let (g, u) = (C::get(*g), C::get(*u));
+                *o = C::put(g * u * d);
+                *o1 = C::put(g * f);
             }
         }
-    }
-    if !d0 {
-        store_row(&s3[..len], dt, at(&p.outs[0]));
     }
 }
 

@@ -389,7 +389,7 @@ pub(crate) fn round_to<A: Real>(dtype: DType, vals: &mut [A]) {
 
 /// float32 -> bfloat16 bits, round to nearest even, NaN kept quiet.
 #[inline(always)]
-fn f32_to_bf16_bits(v: f32) -> u16 {
+pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
     let b = v.to_bits();
     if v.is_nan() {
         return ((b >> 16) | 0x40) as u16;
