@@ -1,6 +1,7 @@
 """Warps per matrix of the shared-memory Jacobi kernels (METALCORE_JACOBI_WARPS, read once per
 process): median ms per call of the issue's svd/eigh cases for each setting, one subprocess each.
-Run on the GPU machine: python3 scripts/sweep_jacobi.py [default 4 8 16 32] ("default": unset)."""
+Run on the GPU machine: python3 scripts/sweep_jacobi.py [default 4 8 16 32] ("default": unset).
+CASES="eigh:100:72 eigh:100:120" (op:batch:n, space-separated) replaces the issue's cases."""
 
 import os
 import subprocess
@@ -8,7 +9,10 @@ import sys
 
 CHILD = r"""
 import statistics, torch, metalcore as mc
+import os
 cases = [("svd", 100, 64), ("svd", 64, 128), ("eigh", 100, 64), ("eigh", 100, 128), ("eigh", 500, 100)]
+if os.environ.get("CASES"):
+    cases = [(op, int(b), int(n)) for op, b, n in (c.split(":") for c in os.environ["CASES"].split())]
 g = torch.Generator().manual_seed(0)
 out = []
 for op, b, n in cases:

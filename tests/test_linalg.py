@@ -170,6 +170,21 @@ def test_cholesky_solve_with_broadcasting(device, upper, dtype):
     assert (res / scale).max() <= (1e-5 if dtype == torch.float32 else 1e-13)
 
 
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 64])
+def test_cholesky_solve_batched(device, upper, dtype, n):
+    """37 systems: the CPU's 16-lane groups, two full and a partial one; our factor (row-major)
+    and torch's (column-major, read as the other triangle)."""
+    A = spd((37,), n, dtype, device)
+    for k in (1, 3):
+        B = torch.randn(37, n, k, dtype=dtype, device=device)
+        ref = torch.cholesky_solve(B.double(), torch.linalg.cholesky(A.double(), upper=upper), upper=upper)
+        for F in (cholesky(A, upper=upper), torch.linalg.cholesky(A, upper=upper)):
+            X = cholesky_solve(B, F, upper=upper)
+            assert X.shape == B.shape and rel_err(X, ref) <= (1e-5 if dtype == torch.float32 else 1e-12) * n
+
+
 def test_gradients(device):
     A = spd((2,), 5, torch.float64, device).requires_grad_()
     # Symmetric parametrisation (the factorization reads one triangle of a symmetric matrix).

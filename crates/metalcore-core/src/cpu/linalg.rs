@@ -327,12 +327,77 @@ fn identity<A: Real>(n: usize) -> impl Fn(usize) -> A {
     move |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO }
 }
 
+/// Cholesky solve of W interleaved systems (`g[i*n + j][lane]` the factor, `b[i*k + c][lane]`
+/// the right-hand sides, solved in place): with G the lower factor (L, or Uᵀ when `upper`),
+/// G y = b by rows, then Gᵀ x = y, every step across the lanes.
+#[inline(always)]
+unsafe fn chol_solve_lanes<A: Real>(g: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool) {
+    debug_assert!(g.len() >= n * n && b.len() >= n * k);
+    let at = |i: usize, j: usize| *g.get_unchecked(if upper { j * n + i } else { i * n + j });
+    for c in 0..k {
+        let x = |i: usize| i * k + c;
+        for i in 0..n {
+            let mut acc = *b.get_unchecked(x(i));
+            for j in 0..i {
+                let (t, y) = (at(i, j), *b.get_unchecked(x(j)));
+                for l in 0..W {
+                    acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
+                }
+            }
+            let d = at(i, i);
+            for l in 0..W {
+                acc[l] = acc[l] / d[l];
+            }
+            *b.get_unchecked_mut(x(i)) = acc;
+        }
+        for i in (0..n).rev() {
+            let mut acc = *b.get_unchecked(x(i));
+            for j in i + 1..n {
+                let (t, y) = (at(j, i), *b.get_unchecked(x(j)));
+                for l in 0..W {
+                    acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
+                }
+            }
+            let d = at(i, i);
+            for l in 0..W {
+                acc[l] = acc[l] / d[l];
+            }
+            *b.get_unchecked_mut(x(i)) = acc;
+        }
+    }
+}
+
+isa_copies!(chol_solve_lanes_avx2 = chol_solve_lanes(g: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool));
+
 fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     let (n, k) = (p.l.rows, p.b.cols);
     if p.b.batch == 0 || n == 0 || k == 0 {
         return;
     }
     let (llen, blen) = (n * n, n * k);
+    if n <= LANES_MAX_N && p.b.batch >= W && p.l.batch == p.b.batch {
+        let f =
+            pick!(chol_solve_lanes_avx2, chol_solve_lanes, A, unsafe fn(&[[A; W]], &mut [[A; W]], usize, usize, bool));
+        let (batch, lp, bp) = (p.b.batch, p.l.ptr, p.b.ptr);
+        let (pad, zeros): (Vec<A>, Vec<A>) = ((0..llen).map(identity(n)).collect(), vec![A::ZERO; blen]);
+        super::for_each_row(
+            batch.div_ceil(W),
+            (llen + blen) * W,
+            || (vec![[A::ZERO; W]; llen], vec![[A::ZERO; W]; blen], vec![A::ZERO; blen]),
+            |(lv, bv, spill), g| {
+                // SAFETY: validated contiguous (batch, n, n) factors and (batch, n, k) right-hand
+                // sides, solved in place; group g touches only its own systems. Missing lanes
+                // solve I·x = 0.
+                unsafe {
+                    lanes::pack(&lanes::sources(lp as *const A, g, batch, llen, pad.as_ptr()), lv);
+                    lanes::pack(&lanes::sources(bp as *const A, g, batch, blen, zeros.as_ptr()), bv);
+                    f(lv, bv, n, k, p.upper);
+                    lanes::unpack(bv, &lanes::sinks(bp as *mut A, g, batch, blen, spill.as_mut_ptr()));
+                }
+            },
+        );
+        return;
+    }
     // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own `b` matrix.
     let ls = unsafe { std::slice::from_raw_parts(p.l.ptr as *const A, p.l.batch * llen) };
     let bs = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
