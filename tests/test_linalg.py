@@ -373,12 +373,16 @@ def test_solve_broadcasting_and_vector_rules(device):
 def test_solve_half_non_contiguous_and_empty(device):
     A = torch.randn(4, 8, 8, device=device) + 4 * torch.eye(8, device=device)
     B = torch.randn(4, 8, 3, device=device)
-    Xh = solve(A.half(), B.half())
+    Ah, Bh = A.half(), B.half()
+    Xh = solve(Ah, Bh)
     assert Xh.dtype == torch.float16
-    ref = torch.linalg.solve(A.half().double(), B.half().double())  # exact for the 16-bit inputs
-    assert rel_err(Xh, ref) <= 2 * rel_err(ref.half(), ref) + 1e-6
+    ref = torch.linalg.solve(Ah.double(), Bh.double())  # exact for the 16-bit inputs
+    # Within twice the error of torch computing in float32 and rounding (the float32 part grows
+    # with the condition number, which a random draw can make large).
+    assert rel_err(Xh, ref) <= 2 * rel_err(torch.linalg.solve(Ah.float(), Bh.float()).half(), ref) + 1e-6
     At = A.mT.contiguous().mT
-    assert not At.is_contiguous() and rel_err(solve(At, B[..., ::2]), torch.linalg.solve(A, B[..., ::2])) < 1e-5
+    Bs = B[..., ::2]
+    assert not At.is_contiguous() and residual(A, solve(At, Bs), Bs) <= 1e-6
     assert solve(torch.zeros(0, 3, 3, device=device), torch.zeros(0, 3, device=device)).shape == (0, 3)
     assert solve(torch.zeros(2, 0, 0, device=device), torch.zeros(2, 0, 4, device=device)).shape == (2, 0, 4)
 
