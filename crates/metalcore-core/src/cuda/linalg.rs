@@ -485,12 +485,22 @@ pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Resu
 }
 
 /// Warps per matrix of the shared-memory Jacobi kernels: one per pair of a round, up to 32 (a
-/// full 1024-thread block; METALCORE_JACOBI_WARPS lowers it). Measured on an H200 (`scripts/sweep_jacobi.py`), 16 warps
-/// would serve 500 eigh of 100² better (8.31 ms against 9.45) while 100 of 128² and the SVDs
-/// prefer 32 (3.33 against 3.87); not applied for want of a GPU run to verify it.
-fn jacobi_warps(n: usize) -> usize {
+/// full 1024-thread block), or up to 16 for `eigh` over more matrices than two per SM
+/// (`crowded`); METALCORE_JACOBI_WARPS sets the cap instead. Measured on an H200
+/// (`scripts/sweep_jacobi.py`): 500 eigh of 100² take 8.29 ms with 16 warps against 9.43 with 32,
+/// 500 of 80² 4.44 against 5.84; with 100 matrices (fewer than the SMs) 32 warps win at every n
+/// from 64 to 128 (100² 2.41 against 3.16) and for the SVDs (64 of 128²: 3.51 against 4.33).
+fn jacobi_warps(n: usize, crowded: bool) -> usize {
     static WARPS: OnceLock<usize> = OnceLock::new();
-    n.div_ceil(2).clamp(1, knob(&WARPS, "METALCORE_JACOBI_WARPS", 32).clamp(1, 32))
+    let cap = knob(&WARPS, "METALCORE_JACOBI_WARPS", 0);
+    let cap = if cap > 0 {
+        cap.min(32)
+    } else if crowded {
+        16
+    } else {
+        32
+    };
+    n.div_ceil(2).clamp(1, cap)
 }
 
 pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
@@ -507,7 +517,8 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     if m <= lane_max && n <= lane_max {
         return jacobi_lane(p, ordinal, exec);
     }
-    let w = jacobi_warps(n);
+    let crowded = p.eigh && p.a.batch > 2 * device(ordinal)?.sm_count;
+    let w = jacobi_warps(n, crowded);
     if p.eigh {
         // A warp per pair of the round (one warp per matrix measured slower on H200 even for
         // 1000 32×32 matrices: 1.16 ms against 0.96).
