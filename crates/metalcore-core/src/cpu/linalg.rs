@@ -115,15 +115,7 @@ fn finish_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, upper: bool
     }
 }
 
-/// [`factor_lanes`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// As for [`factor_lanes`], on a CPU with AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn factor_lanes_avx2<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info: &mut [i32; L]) {
-    factor_lanes::<A, L>(m, n, info)
-}
+isa_copies!(factor_lanes_avx2<const L> = factor_lanes(m: &mut [[A; L]], n: usize, info: &mut [i32; L]));
 
 /// Cholesky of one row-major n×n matrix in place on its lower triangle, in the dot-product form:
 /// every entry is one contiguous dot product of two row prefixes that are already final. Returns
@@ -1025,27 +1017,7 @@ type QrLanesFn<A, const L: usize> = unsafe fn(
     &mut [[A; L]],
 );
 
-/// [`qr_lanes`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// As for [`qr_lanes`], on a CPU with AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn qr_lanes_avx2<A: Real, const L: usize>(
-    a: &mut [[A; L]],
-    m: usize,
-    n: usize,
-    q: &mut [[A; L]],
-    kq: usize,
-    r: &mut [[A; L]],
-    kr: usize,
-    tau: &mut [[A; L]],
-    v: &mut [[A; L]],
-    w: &mut [[A; L]],
-) {
-    qr_lanes::<A, L>(a, m, n, q, kq, r, kr, tau, v, w)
-}
+isa_copies!(qr_lanes_avx2<const L> = qr_lanes(a: &mut [[A; L]], m: usize, n: usize, q: &mut [[A; L]], kq: usize, r: &mut [[A; L]], kr: usize, tau: &mut [[A; L]], v: &mut [[A; L]], w: &mut [[A; L]]));
 
 /// Largest m·n the lane-interleaved QR takes (measured on the 2-core EPYC: lanes win up to 128²,
 /// 100×128² 20 ms against 25 ms one matrix per task, though 8 of them with Q overflow L2).

@@ -6,12 +6,21 @@
 
 /// Declares `$fast`, a copy of the `#[inline(always)]` function `$base` compiled for AVX2 + FMA
 /// (x86-64 only): its loops vectorize 8 floats wide instead of the baseline's 4 (SSE2).
+/// `$fast<const L>` declares the copy of a function generic over a lane count `L` as well.
 macro_rules! isa_copies {
     ($fast:ident = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $fast<A: Real>($($arg: $ty),*) $(-> $ret)? {
             $base::<A>($($arg),*)
+        }
+    };
+    ($fast:ident<const $l:ident> = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $fast<A: Real, const $l: usize>($($arg: $ty),*) $(-> $ret)? {
+            $base::<A, $l>($($arg),*)
         }
     };
 }
