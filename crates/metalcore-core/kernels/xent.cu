@@ -20,6 +20,63 @@ __device__ __forceinline__ double max_ce(double a, double b) { return fmax(a, b)
 __device__ __forceinline__ float log_ce(float v) { return logf(v); }
 __device__ __forceinline__ double log_ce(double v) { return log(v); }
 
+// The row's loss and log-sum-exp from every thread's running (max m, Σ exp(x − m), Σx): block
+// reductions, then thread 0 writes both and leaves the lse in `row_lse` (read after a barrier).
+__device__ __forceinline__ void finish_row(ACC m, ACC s, ACC sx, ACC* red, ACC* row_lse, const T_X* xr, int t,
+                                           bool ignored, bool bad, int cols, ACC eps, ACC z, ACC* loss, ACC* lse_io) {
+    const ACC bm = group_max<BLOCK>(m, red);
+    const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
+    if (m != bm) s *= exp_io(m - bref);
+    const ACC bs = group_sum<BLOCK>(s, red);
+#if SMOOTH
+    const ACC bsx = group_sum<BLOCK>(sx, red);
+#else
+    const ACC bsx = 0;
+    (void)sx;
+#endif
+    if (threadIdx.x == 0) {
+        const ACC l = bref + log_ce(bs);  // NaN for a NaN anywhere (via the sum), -inf for a row of -inf
+        ACC out;
+        if (ignored) {
+            out = 0;
+        } else if (bad) {
+            out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
+        } else {
+            // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first.
+            out = ((ACC)1 - eps) * (l - to_acc(xr[t])) + eps * (l - bsx / (ACC)cols) + z * l * l;
+        }
+        *loss = out;
+        *lse_io = l;
+        *row_lse = l;
+    }
+}
+
+// One row's gradient g·(p·(1 + 2z·lse) − ε/V − (1 − ε)[j = t]), zero for an ignored or bad row.
+struct GradRow {
+    ACC l, pf, off, hit;
+    bool zero;
+    int t;
+};
+
+__device__ __forceinline__ GradRow grad_row(ACC l, ACC g, bool zero, int t, int cols, ACC eps, ACC z) {
+    return GradRow{l, g * ((ACC)1 + (ACC)2 * z * l), g * eps / (ACC)cols, g * ((ACC)1 - eps), zero, t};
+}
+
+// The gradient of the VEC logits `raw` (vector c of the row) into `gr`.
+__device__ __forceinline__ void grad_vec(const Vec<T_X, VEC>& raw, int c, const GradRow& g, T_X* gr) {
+    ACC a[VEC];
+    unpack<T_X, VEC>(raw, a);
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) a[i] = g.zero ? (ACC)0 : g.pf * exp_io(a[i] - g.l) - g.off;
+    const int k = g.t - c * VEC;  // the target's place in this vector, if it is here
+    if (!g.zero && k >= 0 && k < VEC) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i)
+            if (i == k) a[i] -= g.hit;
+    }
+    store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK)
     xent_kernel(const T_X* x, i64 x_rs, T_X* grad, i64 g_rs, const int* __restrict__ target, i64 t_st,
                 ACC* __restrict__ loss, i64 l_st, ACC* __restrict__ lse_io, i64 lse_st, const ACC* __restrict__ scale,
@@ -79,43 +136,16 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
             }
             m = nm;
         }
-        const ACC bm = group_max<BLOCK>(m, red);
-        const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
-        if (m != bm) s *= exp_io(m - bref);
-        const ACC bs = group_sum<BLOCK>(s, red);
-#if SMOOTH
-        const ACC bsx = group_sum<BLOCK>(sx, red);
-#else
-        const ACC bsx = 0;
-#endif
-        if (threadIdx.x == 0) {
-            const ACC l = bref + log_ce(bs);  // NaN for a NaN anywhere (via the sum), -inf for a row of -inf
-            ACC out;
-            if (ignored) {
-                out = 0;
-            } else if (bad) {
-                out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
-            } else {
-                // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first.
-                out = ((ACC)1 - eps) * (l - to_acc(xr[t])) + eps * (l - bsx / (ACC)cols) + z * l * l;
-            }
-            loss[row * l_st] = out;
-            lse_io[row * lse_st] = l;
-            row_lse = l;
-        }
+        finish_row(m, s, sx, red, &row_lse, xr, t, ignored, bad, cols, eps, z, loss + row * l_st, lse_io + row * lse_st);
 #endif
 #if MODE != 0
 #if MODE == 2
         if (threadIdx.x == 0) row_lse = lse_io[row * lse_st];
 #endif
         __syncthreads();
-        const ACC l = row_lse;
-        T_X* gr = grad + row * g_rs;
         const bool zero = ignored || bad;
-        const ACC g = zero ? (ACC)0 : scale[row * s_st];
-        const ACC pf = g * ((ACC)1 + (ACC)2 * z * l);
-        const ACC off = g * eps / (ACC)cols;
-        const ACC hit = g * ((ACC)1 - eps);
+        const GradRow gw = grad_row(row_lse, zero ? (ACC)0 : scale[row * s_st], zero, t, cols, eps, z);
+        T_X* gr = grad + row * g_rs;
         for (int c0 = threadIdx.x; c0 < nvec; c0 += BLOCK * UNROLL) {
             Vec<T_X, VEC> raw[UNROLL];
 #pragma unroll
@@ -126,18 +156,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int c = c0 + u * BLOCK;
-                if (c >= nvec) continue;
-                ACC a[VEC];
-                unpack<T_X, VEC>(raw[u], a);
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_io(a[i] - l) - off;
-                const int k = t - c * VEC;  // the target's place in this vector, if it is here
-                if (!zero && k >= 0 && k < VEC) {
-#pragma unroll
-                    for (int i = 0; i < VEC; ++i)
-                        if (i == k) a[i] -= hit;
-                }
-                store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
+                if (c < nvec) grad_vec(raw[u], c, gw, gr);
             }
         }
 #endif
@@ -213,50 +232,12 @@ extern "C" __global__ void __launch_bounds__(BLOCK, 1)
         asm volatile("cp.async.wait_all;" ::: "memory");
         for (int k = R; k < K; ++k)
             if (threadIdx.x + k * BLOCK < nvec) take(slots[(k - R) * BLOCK + threadIdx.x]);
-        const ACC bm = group_max<BLOCK>(m, red);
-        const ACC bref = bm == NEG_INF_ACC ? (ACC)0 : bm;
-        if (m != bm) s *= exp_io(m - bref);
-        const ACC bs = group_sum<BLOCK>(s, red);
-#if SMOOTH
-        const ACC bsx = group_sum<BLOCK>(sx, red);
-#else
-        const ACC bsx = 0;
-#endif
-        if (threadIdx.x == 0) {
-            const ACC l = bref + log_ce(bs);
-            ACC out;
-            if (ignored) {
-                out = 0;
-            } else if (bad) {
-                out = NEG_INF_ACC - NEG_INF_ACC;  // NaN
-            } else {
-                out = ((ACC)1 - eps) * (l - to_acc(xr[t])) + eps * (l - bsx / (ACC)cols) + z * l * l;
-            }
-            loss[row * l_st] = out;
-            lse_io[row * lse_st] = l;
-            row_lse = l;
-        }
+        finish_row(m, s, sx, red, &row_lse, xr, t, ignored, bad, cols, eps, z, loss + row * l_st, lse_io + row * lse_st);
         __syncthreads();
-        const ACC l = row_lse;
-        T_X* gr = grad + row * g_rs;
         const bool zero = ignored || bad;
-        const ACC g = zero ? (ACC)0 : scale[row * s_st];
-        const ACC pf = g * ((ACC)1 + (ACC)2 * z * l);
-        const ACC off = g * eps / (ACC)cols;
-        const ACC hit = g * ((ACC)1 - eps);
-        auto emit = [&](const V& raw, int c) {
-            ACC a[VEC];
-            unpack<T_X, VEC>(raw, a);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) a[i] = zero ? (ACC)0 : pf * exp_io(a[i] - l) - off;
-            const int kt = t - c * VEC;  // the target's place in this vector, if it is here
-            if (!zero && kt >= 0 && kt < VEC) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i)
-                    if (i == kt) a[i] -= hit;
-            }
-            store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
-        };
+        const GradRow gw = grad_row(row_lse, zero ? (ACC)0 : scale[row * s_st], zero, t, cols, eps, z);
+        T_X* gr = grad + row * g_rs;
+        auto emit = [&](const V& raw, int c) { grad_vec(raw, c, gw, gr); };
 #pragma unroll
         for (int k = 0; k < R; ++k) {
             const int c = threadIdx.x + k * BLOCK;
