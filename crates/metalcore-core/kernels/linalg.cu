@@ -888,9 +888,11 @@ __device__ __forceinline__ void col_norms(const T* a, int lda, int m, int n, T* 
 // One-sided Jacobi SVD. A: (batch, m, n) row-major, m >= n. S: (batch, n). U: (batch, m, n) or
 // null. V: (batch, n, n) or null. info: (batch,) flags, 1: no convergence, 2: some σ is zero (its
 // U column is left zero).
+// `lpp` lanes per pair (32, or 16 when a round has more pairs than warps: two pairs side by side in
+// each warp instead of one after the other).
 extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict__ S, T* __restrict__ U,
                                          T* __restrict__ V, int* __restrict__ info, long long batch, int m, int n,
-                                         int max_sweeps) {
+                                         int max_sweeps, int lpp) {
     const Team tm = team_of();
     const int lda = m + 1, ldv = n + 1;
     const bool want_v = V != nullptr;
@@ -921,26 +923,49 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
         int rotated = 0;
         col_norms(a, lda, m, n, nrm, tm);
         TEAM_SYNC();
+        // Pairs per warp (32 / lpp) side by side: lane `pl` of part `part` of the warp. Every lane
+        // runs every shuffle and barrier (a part with no pair, or none to rotate, idles through them).
+        const int ppw = 32 / lpp, part = tm.lane / lpp, pl = tm.lane % lpp;
         for (int r = 0; r < np - 1; ++r) {
-            for (int k = tm.w; k < np / 2; k += WARPS) {
-                int p, q;
-                round_pair(r, k, np, p, q);
-                if (p >= n || q >= n) continue;  // the phantom column of odd n
+            for (int kb = tm.w * ppw; kb < np / 2; kb += WARPS * ppw) {
+                const int k = kb + part;
+                int p = 0, q = 0;
+                bool live = k < np / 2;
+                if (live) {
+                    round_pair(r, k, np, p, q);
+                    live = p < n && q < n;  // not the phantom column of odd n
+                }
                 T* ap = a + p * lda;
                 T* aq = a + q * lda;
                 T ga = T(0);
-                for (int i = tm.lane; i < m; i += 32) ga += ap[i] * aq[i];
-                ga = warp_sum(ga);
-                const T al = nrm[p], be = nrm[q];
+                if (live)
+                    for (int i = pl; i < m; i += lpp) ga += ap[i] * aq[i];
+                for (int o = lpp / 2; o; o >>= 1) ga += __shfl_xor_sync(0xffffffffu, ga, o);
+                T al = T(1), be = T(1);
+                if (live) al = nrm[p], be = nrm[q];
                 // |γ| > tol ‖a_p‖‖a_q‖ (false for NaN, and for a zero column: 0·inf is NaN).
-                if (!(fabs(ga) * fast_rsqrt(al) * fast_rsqrt(be) > tol)) continue;
-                rotated = 1;
-                T s, tau, t;
-                rotation(al, be, ga, s, tau, t);
-                rotate_cols(ap, aq, m, s, tau, tm.lane);
-                if (want_v) rotate_cols(v + p * ldv, v + q * ldv, n, s, tau, tm.lane);
-                __syncwarp();  // every lane has read nrm[p], nrm[q] before lane 0 replaces them
-                if (tm.lane == 0) {
+                const bool rot = live && fabs(ga) * fast_rsqrt(al) * fast_rsqrt(be) > tol;
+                T s = T(0), tau = T(0), t = T(0);
+                if (rot) {
+                    rotated = 1;
+                    rotation(al, be, ga, s, tau, t);
+                    for (int i = pl; i < m; i += lpp) {
+                        const T x = ap[i], y = aq[i];
+                        ap[i] = x - s * (y + tau * x);
+                        aq[i] = y + s * (x - tau * y);
+                    }
+                    if (want_v) {
+                        T* vp = v + p * ldv;
+                        T* vq = v + q * ldv;
+                        for (int i = pl; i < n; i += lpp) {
+                            const T x = vp[i], y = vq[i];
+                            vp[i] = x - s * (y + tau * x);
+                            vq[i] = y + s * (x - tau * y);
+                        }
+                    }
+                }
+                __syncwarp();  // every lane has read nrm[p], nrm[q] before its part's lane 0 replaces them
+                if (rot && pl == 0) {
                     nrm[p] = al - t * ga;
                     nrm[q] = be + t * ga;
                 }
