@@ -54,7 +54,7 @@ def eigh_errs(A, L, V):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (128, 128), (40, 9), (9, 40), (128, 64)])
+@pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (100, 100), (127, 127), (128, 128), (40, 9), (9, 40), (128, 64)])
 def test_svd_random(device, dtype, mn):
     A = torch.randn((3,) + mn, dtype=dtype, device=device)
     U, S, V = svd(A)
