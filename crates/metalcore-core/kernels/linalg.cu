@@ -885,14 +885,73 @@ __device__ __forceinline__ void col_norms(const T* a, int lda, int m, int n, T* 
     }
 }
 
+// Round r of one-sided Jacobi: each pair (p, q) of the round rotated by LPP lanes (32 / LPP
+// pairs side by side in a warp; LPP a compile-time constant, so the strides and the shuffle
+// count are too). Every lane runs every shuffle and barrier (a part with no pair, or none to
+// rotate, idles through them). Sets `rotated` where some pair rotated.
+template <int LPP>
+__device__ __forceinline__ void jacobi_round(T* a, int lda, T* v, int ldv, int m, int n, int np, int r, T* nrm, T tol,
+                                             bool want_v, const Team& tm, int& rotated) {
+    constexpr int PPW = 32 / LPP;
+    const int part = tm.lane / LPP, pl = tm.lane % LPP;
+    for (int kb = tm.w * PPW; kb < np / 2; kb += WARPS * PPW) {
+        const int k = kb + part;
+        int p = 0, q = 0;
+        bool live = k < np / 2;
+        if (live) {
+            round_pair(r, k, np, p, q);
+            live = p < n && q < n;  // not the phantom column of odd n
+        }
+        T* ap = a + p * lda;
+        T* aq = a + q * lda;
+        T ga = T(0);
+        if (live)
+            for (int i = pl; i < m; i += LPP) ga += ap[i] * aq[i];
+#pragma unroll
+        for (int o = LPP / 2; o; o >>= 1) ga += __shfl_xor_sync(0xffffffffu, ga, o);
+        T al = T(1), be = T(1);
+        if (live) al = nrm[p], be = nrm[q];
+        // |γ| > tol ‖a_p‖‖a_q‖ (false for NaN, and for a zero column: 0·inf is NaN).
+        const bool rot = live && fabs(ga) * fast_rsqrt(al) * fast_rsqrt(be) > tol;
+        T s = T(0), tau = T(0), t = T(0);
+        if (rot) {
+            rotated = 1;
+            rotation(al, be, ga, s, tau, t);
+            for (int i = pl; i < m; i += LPP) {
+                const T x = ap[i], y = aq[i];
+                ap[i] = x - s * (y + tau * x);
+                aq[i] = y + s * (x - tau * y);
+            }
+            if (want_v) {
+                T* vp = v + p * ldv;
+                T* vq = v + q * ldv;
+                for (int i = pl; i < n; i += LPP) {
+                    const T x = vp[i], y = vq[i];
+                    vp[i] = x - s * (y + tau * x);
+                    vq[i] = y + s * (x - tau * y);
+                }
+            }
+        }
+        if (LPP == 32 && !rot) continue;  // the whole warp's one pair: nothing to publish
+        __syncwarp();  // every lane has read nrm[p], nrm[q] before its part's lane 0 replaces them
+        if (rot && pl == 0) {
+            nrm[p] = al - t * ga;
+            nrm[q] = be + t * ga;
+        }
+    }
+}
+
 // One-sided Jacobi SVD. A: (batch, m, n) row-major, m >= n. S: (batch, n). U: (batch, m, n) or
 // null. V: (batch, n, n) or null. info: (batch,) flags, 1: no convergence, 2: some σ is zero (its
 // U column is left zero).
-// `lpp` lanes per pair (32, or 16 when a round has more pairs than warps: two pairs side by side in
-// each warp instead of one after the other).
+// PAIR_LANES lanes per pair (32, or 16: two pairs side by side in each warp instead of one after
+// the other; a compile-time choice, so the usual variant carries no code of the other).
+#ifndef PAIR_LANES
+#define PAIR_LANES 32
+#endif
 extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict__ S, T* __restrict__ U,
                                          T* __restrict__ V, int* __restrict__ info, long long batch, int m, int n,
-                                         int max_sweeps, int lpp) {
+                                         int max_sweeps) {
     const Team tm = team_of();
     const int lda = m + 1, ldv = n + 1;
     const bool want_v = V != nullptr;
@@ -923,53 +982,8 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
         int rotated = 0;
         col_norms(a, lda, m, n, nrm, tm);
         TEAM_SYNC();
-        // Pairs per warp (32 / lpp) side by side: lane `pl` of part `part` of the warp. Every lane
-        // runs every shuffle and barrier (a part with no pair, or none to rotate, idles through them).
-        const int ppw = 32 / lpp, part = tm.lane / lpp, pl = tm.lane % lpp;
         for (int r = 0; r < np - 1; ++r) {
-            for (int kb = tm.w * ppw; kb < np / 2; kb += WARPS * ppw) {
-                const int k = kb + part;
-                int p = 0, q = 0;
-                bool live = k < np / 2;
-                if (live) {
-                    round_pair(r, k, np, p, q);
-                    live = p < n && q < n;  // not the phantom column of odd n
-                }
-                T* ap = a + p * lda;
-                T* aq = a + q * lda;
-                T ga = T(0);
-                if (live)
-                    for (int i = pl; i < m; i += lpp) ga += ap[i] * aq[i];
-                for (int o = lpp / 2; o; o >>= 1) ga += __shfl_xor_sync(0xffffffffu, ga, o);
-                T al = T(1), be = T(1);
-                if (live) al = nrm[p], be = nrm[q];
-                // |γ| > tol ‖a_p‖‖a_q‖ (false for NaN, and for a zero column: 0·inf is NaN).
-                const bool rot = live && fabs(ga) * fast_rsqrt(al) * fast_rsqrt(be) > tol;
-                T s = T(0), tau = T(0), t = T(0);
-                if (rot) {
-                    rotated = 1;
-                    rotation(al, be, ga, s, tau, t);
-                    for (int i = pl; i < m; i += lpp) {
-                        const T x = ap[i], y = aq[i];
-                        ap[i] = x - s * (y + tau * x);
-                        aq[i] = y + s * (x - tau * y);
-                    }
-                    if (want_v) {
-                        T* vp = v + p * ldv;
-                        T* vq = v + q * ldv;
-                        for (int i = pl; i < n; i += lpp) {
-                            const T x = vp[i], y = vq[i];
-                            vp[i] = x - s * (y + tau * x);
-                            vq[i] = y + s * (x - tau * y);
-                        }
-                    }
-                }
-                __syncwarp();  // every lane has read nrm[p], nrm[q] before its part's lane 0 replaces them
-                if (rot && pl == 0) {
-                    nrm[p] = al - t * ga;
-                    nrm[q] = be + t * ga;
-                }
-            }
+            jacobi_round<PAIR_LANES>(a, lda, v, ldv, m, n, np, r, nrm, tol, want_v, tm, rotated);
             __syncwarp();
             TEAM_SYNC();
         }

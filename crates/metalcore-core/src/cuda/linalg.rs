@@ -77,6 +77,7 @@ fn defines(k: &Key) -> Defines {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
         Entry::CholDiag => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::Jacobi => d.push(("PAIR_LANES", k.tile.to_string())),
         Entry::JacobiLane => {
             d.push(("LANE_NP", k.tile.to_string()));
             d.push(("LANE_MR", k.rows.to_string()));
@@ -126,7 +127,7 @@ fn launch(
     per: impl Fn(usize) -> usize,
     args: &[Arg],
 ) -> Result<()> {
-    launch_team(ordinal, exec, entry, dtype, team(dim), dim, batch, per, args)
+    launch_team(ordinal, exec, entry, dtype, team(dim), dim, batch, per, args, 0)
 }
 
 /// [`launch`] with the team shape `(warps, matrices per block)` given.
@@ -141,6 +142,7 @@ fn launch_team(
     batch: usize,
     per: impl Fn(usize) -> usize,
     args: &[Arg],
+    tile: usize,
 ) -> Result<()> {
     let dev = device(ordinal)?;
     let _ctx = ContextGuard::enter(&dev)?;
@@ -158,7 +160,7 @@ fn launch_team(
                 dev.smem_optin
             )));
         }
-        let tile = if entry == Entry::CholeskyReg { dim.div_ceil(16) } else { 0 };
+        let tile = if entry == Entry::CholeskyReg { dim.div_ceil(16) } else { tile };
         let f = kernel(Key { ordinal, entry, dtype, w, mpb, tile, rows: 0 }, &dev)?;
         // A variant whose registers do not fit a block of this size: fewer warps per matrix (the
         // kernels take any team size).
@@ -252,7 +254,7 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     }
     let reg_max = if p.a.dtype == DType::F64 { 64 } else { 128 };
     if n > 32 && n <= reg_max {
-        return launch_team(ordinal, exec, Entry::CholeskyReg, p.a.dtype, (8, 1), n, p.a.batch, |_| 0, &args);
+        return launch_team(ordinal, exec, Entry::CholeskyReg, p.a.dtype, (8, 1), n, p.a.batch, |_| 0, &args, 0);
     }
     let per = |_w: usize| n * (n + 1);
     let dev = device(ordinal)?;
@@ -534,18 +536,21 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
             Arg::I(n as i32),
             Arg::I(p.max_sweeps as i32),
         ];
-        return launch_team(ordinal, exec, Entry::Eigh, p.a.dtype, shape, n, p.a.batch, per, &args);
+        return launch_team(ordinal, exec, Entry::Eigh, p.a.dtype, shape, n, p.a.batch, per, &args, 0);
     }
     let want_v = p.v != 0;
     let per = move |_: usize| n * (m + 1) + if want_v { n * (n + 1) } else { 0 } + 3 * n;
-    // Two pairs per warp (16 lanes each) when a round has more pairs than warps but fewer than
-    // twice as many (a full warp per pair would take two steps, some warps idle in the second).
-    // H100, 100 SVDs: 100² 3.05 -> 2.26 ms, 96² 1.98 -> 1.88; with exactly two pairs per warp
-    // (64 of 128²) the split measured 11% slower (3.49 against 3.87), so it keeps whole warps.
+    // Two pairs per warp (16 lanes each, PAIR_LANES) when a round has more pairs than warps but
+    // fewer than twice as many (with a warp per pair it takes two steps, some warps idle in the
+    // second), and the column stride m + 1 is not 1 mod 32 banks (the two halves' columns then
+    // tend to share banks). H100, 100 SVDs, three alternations against the previous kernel:
+    // 100² 2.87-3.05 -> 2.07-2.10 ms; 96² (whole warps) 1.80 -> 1.74-1.77, 64 of 128² (whole
+    // warps) 3.27-3.49 -> 3.16-3.18. The split measured slower where this rule excludes it (96²:
+    // 1.92-2.04; 128²: 3.87).
     let pairs = n.div_ceil(2);
-    let mut args = jacobi_args(p, p.u);
-    args.push(Arg::I(if pairs > w && pairs < 2 * w { 16 } else { 32 }));
-    launch_team(ordinal, exec, Entry::Jacobi, p.a.dtype, (w, 1), m.max(n), p.a.batch, per, &args)
+    let split = pairs > w && pairs < 2 * w && (m + 1) % 32 != 1;
+    let lanes = if split { 16 } else { 32 };
+    launch_team(ordinal, exec, Entry::Jacobi, p.a.dtype, (w, 1), m.max(n), p.a.batch, per, &jacobi_args(p, p.u), lanes)
 }
 
 /// The leading arguments of `jacobi_kernel` and `jacobi_lane_kernel`: A, S, U (`u`), V, info,
@@ -601,6 +606,12 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             out.push((
                 &KERNEL,
                 defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 }),
+            ));
+        }
+        for lanes in [16, 32] {
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::Jacobi, dtype, w: 32, mpb: 1, tile: lanes, rows: 0 }),
             ));
         }
         // The lane kernel's reachable shapes: float32 up to 32 rows, float64 up to 16 (see `svd`).
