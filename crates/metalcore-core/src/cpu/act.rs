@@ -3,7 +3,7 @@
 //! operands stored in the accumulation type are used in place, others are converted through
 //! L1-resident scratch.
 
-use super::{exp_f32, f32_to_bf16_bits, for_each_row, load_row, row_ptr, same_type, store_row, Real};
+use super::{disjoint, exp_f32, f32_to_bf16_bits, for_each_row, load_row, row_ptr, same_type, store_row, Real};
 use crate::dtype::DType;
 use crate::ops::act::{Act, Mode, Plan};
 use crate::ops::Mat;
@@ -116,7 +116,7 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
         let ins: [usize; 3] = std::array::from_fn(|i| p.ins.get(i).map_or(0, io));
         let outs: [usize; 2] = std::array::from_fn(|i| p.outs.get(i).map_or(0, io));
         let bytes = 2 * len;
-        let apart = |a: usize, b: usize| a == 0 || b == 0 || a + bytes <= b || b + bytes <= a;
+        let apart = |a: usize, b: usize| a == 0 || b == 0 || disjoint(a, b, bytes);
         if outs.iter().all(|&o| ins.iter().all(|&i| apart(o, i))) && apart(outs[0], outs[1]) {
             return loops::<f32, K, Bf16>(p.mode, ins.map(|a| a as *const u16), outs.map(|a| a as *mut u16), len);
         }
@@ -149,9 +149,7 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
     // An output of A's type is written in place unless it overlaps an input (never the case
     // from the Python layer, which allocates every output, but the core does not forbid it).
     let bytes = len * std::mem::size_of::<A>();
-    let clear = |o: *mut A| {
-        ins.iter().all(|&i| i.is_null() || (o as usize) + bytes <= i as usize || (i as usize) + bytes <= o as usize)
-    };
+    let clear = |o: *mut A| ins.iter().all(|&i| i.is_null() || disjoint(o as usize, i as usize, bytes));
     let direct = |m: &Mat| same && clear(at(m) as *mut A);
     let (d0, d1) = (direct(&p.outs[0]), p.outs.len() > 1 && direct(&p.outs[1]));
     let out = |m: &Mat, d: bool, s: &'_ mut Vec<A>| -> *mut A {

@@ -370,24 +370,13 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     if n <= LANES_MAX_N && p.b.batch >= W && p.l.batch == p.b.batch {
         let f =
             pick!(chol_solve_lanes_avx2, chol_solve_lanes, A, unsafe fn(&[[A; W]], &mut [[A; W]], usize, usize, bool));
-        let (batch, lp, bp) = (p.b.batch, p.l.ptr, p.b.ptr);
-        let (pad, zeros): (Vec<A>, Vec<A>) = ((0..llen).map(identity(n)).collect(), vec![A::ZERO; blen]);
-        super::for_each_row(
-            batch.div_ceil(W),
-            (llen + blen) * W,
-            || (vec![[A::ZERO; W]; llen], vec![[A::ZERO; W]; blen], vec![A::ZERO; blen]),
-            |(lv, bv, spill), g| {
-                // SAFETY: validated contiguous (batch, n, n) factors and (batch, n, k) right-hand
-                // sides, solved in place; group g touches only its own systems. Missing lanes
-                // solve I·x = 0.
-                unsafe {
-                    lanes::pack(&lanes::sources(lp as *const A, g, batch, llen, pad.as_ptr()), lv);
-                    lanes::pack(&lanes::sources(bp as *const A, g, batch, blen, zeros.as_ptr()), bv);
-                    f(lv, bv, n, k, p.upper);
-                    lanes::unpack(bv, &lanes::sinks(bp as *mut A, g, batch, blen, spill.as_mut_ptr()));
-                }
-            },
-        );
+        // SAFETY: validated contiguous (batch, n, n) factors and (batch, n, k) right-hand sides,
+        // solved in place.
+        unsafe {
+            solve_in_lanes::<A>(p.b.batch, n, k, (p.l.ptr, p.b.ptr, p.b.ptr), None, |lv, bv, _| {
+                f(lv, bv, n, k, p.upper)
+            })
+        };
         return;
     }
     // SAFETY: validated contiguous buffers; `l` is only read, each task writes its own `b` matrix.
@@ -682,26 +671,50 @@ fn lu_solve_lanes_impl<A: Real>(p: &LuSolvePlan) {
         A,
         unsafe fn(&mut [[A; W]], &mut [[A; W]], usize, usize, &mut [i32; W])
     );
-    let (n, k, batch) = (p.a.rows, p.b.cols, p.a.batch);
+    let (n, k) = (p.a.rows, p.b.cols);
+    // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n, k) B and X (B and X the
+    // same memory when in place) and `batch` info entries.
+    unsafe {
+        solve_in_lanes::<A>(p.a.batch, n, k, (p.a.ptr, p.b.ptr, p.x), Some(p.info), |av, bv, status| {
+            f(av, bv, n, k, status)
+        })
+    };
+}
+
+/// Solves `batch` systems in groups of W ([`lanes`]): each group's n×n matrices (from `a`; the
+/// identity for lanes past the batch) and n×k right-hand sides (from `b`; zeros) are packed,
+/// `solve(matrices, rhs, status)` runs across the lanes, the solutions are unpacked into `x` and,
+/// with `info`, each lane's status is stored there.
+///
+/// # Safety
+/// `a`, `b` and `x` address contiguous batches of those shapes (`x` may be `b`), `info` `batch`
+/// int32 entries; `solve` touches only the lane buffers it is given.
+unsafe fn solve_in_lanes<A: Real>(
+    batch: usize,
+    n: usize,
+    k: usize,
+    (a, b, x): (usize, usize, usize),
+    info: Option<usize>,
+    solve: impl Fn(&mut [[A; W]], &mut [[A; W]], &mut [i32; W]) + Sync,
+) {
     let (alen, blen) = (n * n, n * k);
-    let (a, b, x, info) = (p.a.ptr, p.b.ptr, p.x, p.info);
     let (pad, zeros): (Vec<A>, Vec<A>) = ((0..alen).map(identity(n)).collect(), vec![A::ZERO; blen]);
     super::for_each_row(
         batch.div_ceil(W),
         (alen + blen) * W,
         || (vec![[A::ZERO; W]; alen], vec![[A::ZERO; W]; blen], vec![A::ZERO; blen]),
         |(av, bv, spill), g| {
-            // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n, k) B and X (B and
-            // X the same memory when in place) and `batch` info entries; group g touches only its
-            // own systems. Missing lanes of the last group solve I·x = 0.
+            // SAFETY: group g reads and writes only its own systems (see the function's contract).
             unsafe {
                 lanes::pack(&lanes::sources(a as *const A, g, batch, alen, pad.as_ptr()), av);
                 lanes::pack(&lanes::sources(b as *const A, g, batch, blen, zeros.as_ptr()), bv);
                 let mut status = [0i32; W];
-                f(av, bv, n, k, &mut status);
+                solve(av, bv, &mut status);
                 lanes::unpack(bv, &lanes::sinks(x as *mut A, g, batch, blen, spill.as_mut_ptr()));
-                let first = g * W;
-                std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), W.min(batch - first));
+                if let Some(info) = info {
+                    let first = g * W;
+                    std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), W.min(batch - first));
+                }
             }
         },
     );

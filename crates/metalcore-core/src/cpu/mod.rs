@@ -86,6 +86,13 @@ pub(crate) fn for_each_row<S>(
     }
 }
 
+/// True when the byte ranges `[a, a + bytes)` and `[b, b + bytes)` do not overlap (a kernel may
+/// then read one and write the other in place).
+#[inline(always)]
+pub(crate) fn disjoint(a: usize, b: usize, bytes: usize) -> bool {
+    a + bytes <= b || b + bytes <= a
+}
+
 /// Address of row `row` of a validated row view.
 pub(crate) fn row_ptr(m: &crate::ops::Mat, row: usize) -> *mut u8 {
     SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)

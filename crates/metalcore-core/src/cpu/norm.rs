@@ -2,7 +2,9 @@
 //! the accumulation type is read (and its result written) in place, others are converted through a
 //! scratch row, so every pass after the first read stays in L1.
 
-use super::{dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum, Real};
+use super::{
+    disjoint, dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum, Real,
+};
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
 use rayon::prelude::*;
@@ -90,12 +92,6 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     if !direct {
         store_row(out, p.y.dtype, yp);
     }
-}
-
-/// True when `[a, a + bytes)` and `[b, b + bytes)` do not overlap.
-#[inline(always)]
-fn disjoint(a: usize, b: usize, bytes: usize) -> bool {
-    a + bytes <= b || b + bytes <= a
 }
 
 isa_copies!(fwd_row_avx2 = fwd_row(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]));

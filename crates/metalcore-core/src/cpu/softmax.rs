@@ -1,7 +1,7 @@
 //! Softmax on the CPU (math in `ops::softmax`): rows in parallel, read and written in place when
 //! stored in the accumulation type, else converted through a scratch row.
 
-use super::{dot, for_each_row, lane_sum, load_row, row_ptr, same_type, store_row, Real};
+use super::{disjoint, dot, for_each_row, lane_sum, load_row, row_ptr, same_type, store_row, Real};
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
 by_acc!(fwd(FwdPlan) => fwd_impl, acc);
@@ -50,12 +50,10 @@ unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
     store_row(buf, p.y.dtype, row_ptr(&p.y, row));
 }
 
-/// True when row `row` of `a` and of `b` (`n` elements of A each) share memory.
+/// True when row `row` of `a` and of `b` (`n` elements each) share memory.
 #[inline(always)]
 fn overlap(a: &crate::ops::Mat, b: &crate::ops::Mat, row: usize, n: usize) -> bool {
-    let bytes = n * a.dtype.size();
-    let (x, y) = (row_ptr(a, row) as usize, row_ptr(b, row) as usize);
-    x < y + bytes && y < x + bytes
+    !disjoint(row_ptr(a, row) as usize, row_ptr(b, row) as usize, n * a.dtype.size())
 }
 
 /// # Safety
