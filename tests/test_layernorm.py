@@ -97,6 +97,36 @@ def test_multi_dim_normalized_shape(device):
         assert g.shape == t.shape and rel_err(g, t) < 1e-5
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_repeated_signatures_with_every_gradient_layout(device, fused):
+    # An eager call signature seen before skips the argument checks and reuses its plans (the
+    # 2-D parameters are flattened by a view then): plain and expanded output gradients, with and
+    # without a residual-output gradient, stay right; a new bad shape is still refused.
+    from metalcore import _norm
+
+    w0, b0 = make((5, 6), torch.float32, device), make((5, 6), torch.float32, device)
+    for dy_kind in ("plain", "expanded", "plain", "expanded"):
+        for res_grad in ((False, True) if fused else (False,)):
+            x, r = (make((3, 4, 5, 6), torch.float32, device, requires_grad=True) for _ in range(2))
+            w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+            y, s = fused_add_layernorm(x, r, [5, 6], w, b) if fused else (layer_norm(x, [5, 6], w, b), None)
+            dy = torch.ones((), device=device).expand(y.shape) if dy_kind == "expanded" else make(y.shape, torch.float32, device)
+            grads = (dy, make(y.shape, torch.float32, device)) if res_grad else (dy,)
+            outs = (y, s) if res_grad else (y,)
+            leaves = (x, r, w, b) if fused else (x, w, b)
+            got = torch.autograd.grad(outs, leaves, grads)
+            l64 = [t.detach().double().requires_grad_() for t in leaves]
+            s64 = l64[0] + l64[1] if fused else l64[0]
+            y64 = F.layer_norm(s64, (5, 6), l64[-2], l64[-1], 1e-5)
+            want = torch.autograd.grad((y64, s64) if res_grad else (y64,), l64, tuple(g.double() for g in grads))
+            for a, t in zip(got, want):
+                assert a.shape == t.shape and rel_err(a, t) < 1e-5
+    cached = [e for k, e in _norm.EAGER.items() if k[0] == "layer" and k[1] == (3, 4, 5, 6) and (k[4] is not None) == fused]
+    assert cached and cached[0].fplan is not None and cached[0].bplans[int(fused)] is not None, "the cached path was taken"
+    with pytest.raises(ValueError, match="weight"):
+        layer_norm(make((3, 4, 5, 6), torch.float32, device), [5, 6], make((6, 5), torch.float32, device), b0)
+
+
 @pytest.mark.parametrize("dtype", LOWP)
 @pytest.mark.parametrize("shape", [(5, 7), (3, 4097), (4, 2048)])
 def test_fused_add_forward_and_backward(device, dtype, shape):

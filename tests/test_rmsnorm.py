@@ -221,6 +221,41 @@ def test_repeated_signatures_reuse_plans_safely(device):
             assert rel_err(y, y64) < 1e-6 and rel_err(gx, g64[0]) < 1e-5 and rel_err(gw, g64[1]) < 1e-5
     with pytest.raises(ValueError, match="weight"):
         rms_norm(torch.randn(6, 40, device=device), torch.randn(39, device=device))
+    with pytest.raises(ValueError, match="eps"):  # same tensors, a bad eps: refused every time
+        for _ in range(2):
+            rms_norm(torch.randn(6, 40, device=device), w, -1.0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_repeated_signatures_with_every_gradient_layout(device, fused):
+    # An eager call signature seen before skips the argument checks and reuses its forward and
+    # backward plans: the backward must still take a non-contiguous (expanded) gradient, a missing
+    # gradient of the residual output and a present one, in any order, on one cached signature.
+    w = make((40,), torch.float32, device)
+    for dy_kind in ("plain", "expanded", "plain", "expanded"):
+        for res_grad in ((False, True) if fused else (False,)):
+            x, r = (make((6, 40), torch.float32, device, requires_grad=True) for _ in range(2))
+            wr = w.clone().requires_grad_()
+            if fused:
+                y, s = fused_add_rmsnorm(x, r, wr)
+            else:
+                y, s = rms_norm(x, wr), None
+            dy = torch.ones((), device=device).expand(y.shape) if dy_kind == "expanded" else make(y.shape, torch.float32, device)
+            ds = make(y.shape, torch.float32, device) if res_grad else None
+            outs, grads = ((y, s), (dy, ds)) if res_grad else ((y,), (dy,))
+            leaves = (x, r, wr) if fused else (x, wr)
+            got = torch.autograd.grad(outs, leaves, grads)
+            l64 = [t.detach().double().requires_grad_() for t in leaves]
+            y64 = ref64(l64[0], l64[-1], 1e-6, 0.0, "llama", residual=l64[1] if fused else None)
+            outs64 = (y64, l64[0] + l64[1]) if res_grad else (y64,)
+            want = torch.autograd.grad(outs64, l64, tuple(g.double() for g in grads if g is not None))
+            for a, b in zip(got, want):
+                assert rel_err(a, b) < 1e-5
+    from metalcore import _norm
+
+    cached = [e for k, e in _norm.EAGER.items() if k[0] == "rms" and k[1] == (6, 40) and (k[4] is not None) == fused]
+    # (autograd hands the fused backward a zero gradient for an unused residual output)
+    assert cached and cached[0].fplan is not None and cached[0].bplans[int(fused)] is not None, "the cached path was taken"
 
 
 @pytest.mark.parametrize("shape", [(0, 8), (2, 0, 8), (4, 0), (0,)])

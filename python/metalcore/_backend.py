@@ -14,7 +14,7 @@ import torch
 
 from . import _native
 
-__all__ = ["desc", "opt_desc", "stream_of", "has_backend", "warn_fallback", "empty", "empty_like", "set_poison", "fast_apply", "capturing", "SUPPORTED_DEVICE_TYPES"]
+__all__ = ["desc", "opt_desc", "stream_of", "stream_getter", "has_backend", "warn_fallback", "empty", "empty_like", "set_poison", "fast_apply", "capturing", "SUPPORTED_DEVICE_TYPES"]
 
 #: Device types with a metalcore backend. Everything else falls back to PyTorch (with a warning).
 SUPPORTED_DEVICE_TYPES = ("cpu", "cuda")
@@ -132,6 +132,16 @@ def stream_of(t: torch.Tensor) -> int:
     if _raw_stream_private is not None:
         return _raw_stream_private(index)
     return _raw_stream_public(index)
+
+
+def stream_getter(device: torch.device):
+    """A no-argument function returning torch's current raw stream on `device` (0 on CPU): the
+    device's type and index resolved once, for paths that launch many times on one device."""
+    if device.type != "cuda":
+        return lambda: 0
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    get = _raw_stream_private if _raw_stream_private is not None else _raw_stream_public
+    return lambda: get(index)
 
 
 def blas_handle(t: torch.Tensor) -> int:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import check_float, check_same_device, desc, empty, empty_like, opt_desc, stream_of
+from ._backend import check_float, check_same_device, desc, empty, empty_like, opt_desc, stream_getter, stream_of
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -80,6 +80,41 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _fwd_plan(kind, x, residual, weight, bias, y, residual_out, mean, rstd, eps, offset, cast_before_weight):
+    """The core's validated forward plan for these (row-matrix) tensors."""
+    return _native.norm_fwd_plan(
+        kind,
+        desc(x, "x"),
+        opt_desc(residual, "residual"),
+        opt_desc(weight, "weight"),
+        opt_desc(bias, "bias"),
+        desc(y, "out"),
+        opt_desc(residual_out, "residual_out"),
+        opt_desc(mean, "mean"),
+        opt_desc(rstd, "rstd"),
+        float(eps),
+        float(offset),
+        cast_before_weight,
+    )
+
+
+def _bwd_plan(kind, dy, x, weight, mean, rstd, d_res_out, dx, dw, db, offset, cast_before_weight):
+    """The core's validated backward plan for these (row-matrix) tensors."""
+    tensors = (
+        kind,
+        desc(dy, "grad_out"),
+        desc(x, "x"),
+        opt_desc(weight, "weight"),
+        opt_desc(mean, "mean"),
+        desc(rstd, "rstd"),
+        opt_desc(d_res_out, "grad_residual_out"),
+        desc(dx, "grad_x"),
+        opt_desc(dw, "grad_weight"),
+        opt_desc(db, "grad_bias"),
+    )
+    return _native.norm_bwd_plan(tensors, float(offset), cast_before_weight)
+
+
 def fwd_impl(
     kind: str,
     x: Tensor,
@@ -118,20 +153,8 @@ def fwd_impl(
         b = bias.contiguous() if bias is not None else None
         x2 = rows(x, n)
         r2 = rows(residual, n) if residual is not None else None
-        plan = _native.norm_fwd_plan(
-            kind,
-            desc(x2, "x"),
-            opt_desc(r2, "residual"),
-            opt_desc(w, "weight"),
-            opt_desc(b, "bias"),
-            desc(y.view(-1, n), "out"),
-            opt_desc(res_out.view(-1, n) if res_out is not None else None, "residual_out"),
-            opt_desc(mean, "mean"),
-            opt_desc(rstd, "rstd"),
-            float(eps),
-            float(offset),
-            cast_before_weight,
-        )
+        plan = _fwd_plan(kind, x2, r2, w, b, y.view(-1, n), res_out.view(-1, n) if res_out is not None else None, mean, rstd,
+                         eps, offset, cast_before_weight)
         if key is not None:
             _remember(_FWD_PLANS, key, plan)
     plan.launch(x2.data_ptr(), _ptr(r2), _ptr(w), _ptr(b), y.data_ptr(), _ptr(res_out), _ptr(mean), _ptr(rstd),
@@ -180,19 +203,7 @@ def bwd_impl(
         w = weight.contiguous() if weight is not None else None
         dy2, x2 = rows(dy, n), rows(x, n)
         dr2 = rows(d_res_out, n) if d_res_out is not None else None
-        tensors = (
-            kind,
-            desc(dy2, "grad_out"),
-            desc(x2, "x"),
-            opt_desc(w, "weight"),
-            opt_desc(mean, "mean"),
-            desc(rstd, "rstd"),
-            opt_desc(dr2, "grad_residual_out"),
-            desc(dx.view(-1, n), "grad_x"),
-            opt_desc(dw, "grad_weight"),
-            opt_desc(db, "grad_bias"),
-        )
-        plan = _native.norm_bwd_plan(tensors, float(offset), cast_before_weight)
+        plan = _bwd_plan(kind, dy2, x2, w, mean, rstd, dr2, dx.view(-1, n), dw, db, offset, cast_before_weight)
         if key is not None:
             _remember(_BWD_PLANS, key, plan)
     ws_len = plan.workspace_len
@@ -200,3 +211,78 @@ def bwd_impl(
     plan.launch(dy2.data_ptr(), x2.data_ptr(), _ptr(w), _ptr(mean), rstd.data_ptr(), _ptr(dr2), dx.data_ptr(),
                 _ptr(dw), _ptr(db), (_ptr(ws), ws_len), stream_of(x))
     return dx, dw, db
+
+
+class EagerCall:
+    """Launch state of one eager call signature whose tensors are all contiguous and non-empty:
+    the forward's plan, and the backward's (made by its first call with a contiguous gradient, one
+    per presence of the residual-output gradient). The eager ``autograd.Function``s keep these by
+    a key holding everything their argument checks look at (types, shapes, dtypes, devices, flags),
+    so a repeated call skips the checks, the plan keys and the row views: its host time is the
+    allocations and the launch (the eager GPU path is otherwise host-bound on large tensors)."""
+
+    __slots__ = ("kind", "n", "nrows", "acc", "out_dtype", "want", "need_dw", "need_db", "pdt", "eps", "offset",
+                 "cast", "stream", "fplan", "bplans")
+
+    def __init__(self, kind: str, x: Tensor, n: int, weight: Optional[Tensor], eps: float, offset: float, cast: bool,
+                 out_dtype: torch.dtype, want: bool, need_dw: bool, need_db: bool, pdt: torch.dtype) -> None:
+        self.kind, self.n, self.nrows, self.acc, self.out_dtype = kind, n, x.numel() // n, acc_dtype(x.dtype), out_dtype
+        self.want, self.need_dw, self.need_db, self.pdt = want, need_dw and weight is not None, need_db, pdt
+        self.eps, self.offset, self.cast = eps, offset, cast
+        self.stream = stream_getter(x.device)
+        self.fplan = None
+        self.bplans = [None, None]
+
+    @staticmethod
+    def eligible(x: Tensor, *others: Optional[Tensor]) -> bool:
+        """Every tensor contiguous, and x non-empty with a non-empty last dimension."""
+        return x.is_contiguous() and x.numel() > 0 and _contiguous(*others)
+
+    def forward(self, x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor]):
+        """(y, residual_out or None, mean or None, rstd or None), as `fwd_impl`."""
+        y = empty_like(x, self.out_dtype)
+        res_out = empty_like(x) if residual is not None else None
+        rstd = mean = None
+        if self.want:
+            rstd = empty((self.nrows,), self.acc, x.device)
+            if self.kind == "layer":
+                mean = empty((self.nrows,), self.acc, x.device)
+        plan = self.fplan
+        if plan is None:
+            n = self.n
+            plan = self.fplan = _fwd_plan(self.kind, x.view(-1, n), None if residual is None else residual.view(-1, n),
+                                          weight, bias, y.view(-1, n), None if res_out is None else res_out.view(-1, n),
+                                          mean, rstd, self.eps, self.offset, self.cast)
+        plan.launch(x.data_ptr(), _ptr(residual), _ptr(weight), _ptr(bias), y.data_ptr(), _ptr(res_out), _ptr(mean),
+                    _ptr(rstd), self.stream())
+        return y, res_out, mean, rstd
+
+    def backward(self, dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Optional[Tensor], rstd: Tensor,
+                 d_res_out: Optional[Tensor]):
+        """(dx, dw or None, db or None), as `bwd_impl`; None when a gradient is not contiguous
+        (the caller then takes `bwd_impl`)."""
+        if not dy.is_contiguous() or (d_res_out is not None and not d_res_out.is_contiguous()):
+            return None
+        dx = empty_like(x)
+        dw = empty((self.n,), self.pdt, x.device) if self.need_dw else None
+        db = empty((self.n,), self.pdt, x.device) if self.need_db else None
+        i = d_res_out is not None
+        plan = self.bplans[i]
+        if plan is None:
+            n = self.n
+            plan = self.bplans[i] = _bwd_plan(self.kind, dy.view(-1, n), x.view(-1, n), weight, mean, rstd,
+                                              None if d_res_out is None else d_res_out.view(-1, n), dx.view(-1, n), dw, db,
+                                              self.offset, self.cast)
+        ws_len = plan.workspace_len
+        ws = empty((ws_len,), self.acc, x.device) if ws_len else None
+        plan.launch(dy.data_ptr(), x.data_ptr(), _ptr(weight), _ptr(mean), rstd.data_ptr(), _ptr(d_res_out),
+                    dx.data_ptr(), _ptr(dw), _ptr(db), (_ptr(ws), ws_len), self.stream())
+        return dx, dw, db
+
+
+#: EagerCall by call key (see the Functions in rmsnorm / layernorm).
+EAGER: dict = {}
+
+
+def remember_eager(key, e: EagerCall) -> None:
+    _remember(EAGER, key, e)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._backend import fast_apply, has_backend, warn_fallback
-from ._norm import acc_dtype, bwd_impl, check_inputs, fwd_impl
+from ._norm import EAGER, EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, fwd_impl, remember_eager
 
 __all__ = [
     "layer_norm",
@@ -76,27 +76,64 @@ def _unflatten(g: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
 # Eager path: autograd.Function.
 
 
+def _eager(ctx, x: Tensor, residual: Optional[Tensor], normalized_shape: _Shape, weight: Optional[Tensor],
+           bias: Optional[Tensor], eps: float, first_param: int):
+    """The eager forward: (y, residual_out or None); saves what the backward needs.
+    `first_param` is the weight's index among the Function's inputs."""
+    ng = ctx.needs_input_grad
+    want = any(ng[: first_param + 2])
+    e = None
+    if isinstance(x, Tensor) and all(isinstance(t, (Tensor, type(None))) for t in (residual, weight, bias)) \
+            and isinstance(normalized_shape, (int, tuple, list, torch.Size)) and EagerCall.eligible(x, residual, weight, bias):
+        ns = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        key = ("layer", x.shape, x.dtype, x.device, _sig(residual), ns, _sig(weight), _sig(bias), eps, ng)
+        e = EAGER.get(key)
+        new = e is None
+        if new:
+            n, w, b = _prepare(x, residual, normalized_shape, weight, bias)
+            pdt = w.dtype if w is not None else (b.dtype if b is not None else x.dtype)
+            e = EagerCall("layer", x, n, w, eps, 0.0, False, x.dtype, want, ng[first_param], ng[first_param + 1], pdt)
+        else:
+            n = e.n
+            w = weight if weight is None or weight.dim() == 1 else weight.view(n)
+            b = bias if bias is None or bias.dim() == 1 else bias.view(n)
+        y, s, mean, rstd = e.forward(x, residual, w, b)
+        if new:
+            remember_eager(key, e)  # once its plan passed the core's checks
+    else:
+        n, w, b = _prepare(x, residual, normalized_shape, weight, bias)
+        y, s, mean, rstd = fwd_impl("layer", x, n, residual, w, b, eps, 0.0, False, x.dtype, want)
+    if want:
+        ctx.save_for_backward(x if residual is None else s, w, mean, rstd)
+    ctx.n, ctx.weight, ctx.bias, ctx.e = n, weight, bias, e
+    ctx.param_dtype = (b.dtype if b is not None else None)
+    return y, s
+
+
+def _eager_bwd(ctx, dy: Tensor, d_s: Optional[Tensor], first_param: int):
+    """(dx, dw, db) of `_eager`, the parameter gradients shaped like the parameters (or None)."""
+    xn, w, mean, rstd = ctx.saved_tensors
+    e = ctx.e
+    r = e.backward(dy, xn, w, mean, rstd, d_s) if e is not None else None
+    if r is None:
+        need_dw, need_db = ctx.needs_input_grad[first_param], ctx.needs_input_grad[first_param + 1]
+        r = bwd_impl("layer", dy, xn, ctx.n, w, mean, rstd, d_s, 0.0, False, need_dw, need_db, ctx.param_dtype)
+    dx, dw, db = r
+    return dx, _unflatten(dw, ctx.weight), _unflatten(db, ctx.bias)
+
+
 class LayerNormFunction(torch.autograd.Function):
     """``LayerNormFunction.apply(x, normalized_shape, weight, bias, eps)``: LayerNorm with a fused
     backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, normalized_shape: _Shape, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> Tensor:  # type: ignore[override]
-        n, w, b = _prepare(x, None, normalized_shape, weight, bias)
-        want = any(ctx.needs_input_grad[:4])
-        y, _, mean, rstd = fwd_impl("layer", x, n, None, w, b, eps, 0.0, False, x.dtype, want)
-        if want:
-            ctx.save_for_backward(x, w, mean, rstd)
-        ctx.n, ctx.weight, ctx.bias = n, weight, bias
-        ctx.param_dtype = (b.dtype if b is not None else None)
-        return y
+        return _eager(ctx, x, None, normalized_shape, weight, bias, eps, 2)[0]
 
     @staticmethod
     def backward(ctx, dy: Tensor):  # type: ignore[override]
-        x, w, mean, rstd = ctx.saved_tensors
-        need_dw, need_db = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        dx, dw, db = bwd_impl("layer", dy, x, ctx.n, w, mean, rstd, None, 0.0, False, need_dw, need_db, ctx.param_dtype)
-        return (dx if ctx.needs_input_grad[0] else None), None, _unflatten(dw, ctx.weight), _unflatten(db, ctx.bias), None
+        dx, dw, db = _eager_bwd(ctx, dy, None, 2)
+        return (dx if ctx.needs_input_grad[0] else None), None, dw, db, None
 
 
 class FusedAddLayerNormFunction(torch.autograd.Function):
@@ -105,21 +142,14 @@ class FusedAddLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, residual: Tensor, normalized_shape: _Shape, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5):  # type: ignore[override]
-        n, w, b = _prepare(x, residual, normalized_shape, weight, bias)
-        want = any(ctx.needs_input_grad[:5])
-        y, s, mean, rstd = fwd_impl("layer", x, n, residual, w, b, eps, 0.0, False, x.dtype, want)
-        if want:
-            ctx.save_for_backward(s, w, mean, rstd)
-        ctx.n, ctx.weight, ctx.bias = n, weight, bias
-        ctx.param_dtype = (b.dtype if b is not None else None)
-        return y, s
+        if residual is None:
+            raise TypeError("residual: expected a torch.Tensor, got None")
+        return _eager(ctx, x, residual, normalized_shape, weight, bias, eps, 3)
 
     @staticmethod
     def backward(ctx, dy: Tensor, d_s: Optional[Tensor]):  # type: ignore[override]
-        s, w, mean, rstd = ctx.saved_tensors
-        need_dw, need_db = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        dx, dw, db = bwd_impl("layer", dy, s, ctx.n, w, mean, rstd, d_s, 0.0, False, need_dw, need_db, ctx.param_dtype)
-        return dx, dx, None, _unflatten(dw, ctx.weight), _unflatten(db, ctx.bias), None
+        dx, dw, db = _eager_bwd(ctx, dy, d_s, 3)
+        return dx, dx, None, dw, db, None
 
 
 _ln_apply = fast_apply(LayerNormFunction)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import reference
 from ._backend import fast_apply, has_backend, warn_fallback
-from ._norm import acc_dtype, bwd_impl, check_inputs, fwd_impl
+from ._norm import EAGER, EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, fwd_impl, remember_eager
 
 __all__ = [
     "rms_norm",
@@ -94,24 +94,59 @@ def _bwd_impl(
 # Eager path: autograd.Function.
 
 
+def _eager(ctx, x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], eps: float, offset: float,
+           casting: str, wgrad: int) -> Tuple[Optional[EagerCall], Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
+    """The eager forward: (EagerCall or None, (y, residual_out, rstd)); saves what the backward
+    needs. `wgrad` is the weight's index among the Function's inputs."""
+    ng = ctx.needs_input_grad
+    want = any(ng[: wgrad + 1])
+    e = None
+    if isinstance(x, Tensor) and isinstance(weight, (Tensor, type(None))) and isinstance(residual, (Tensor, type(None))) \
+            and EagerCall.eligible(x, residual, weight):
+        key = ("rms", x.shape, x.dtype, x.device, _sig(residual), _sig(weight), eps, offset, casting, ng)
+        e = EAGER.get(key)
+        new = e is None
+        if new:
+            cast = _cast_before_weight(casting)
+            _check(x, residual, weight)
+            pdt = weight.dtype if weight is not None else x.dtype
+            e = EagerCall("rms", x, x.shape[-1], weight, eps, offset, cast, _out_dtype(x, weight, cast), want,
+                          ng[wgrad], False, pdt)
+        y, res_out, _, rstd = e.forward(x, residual, weight, None)
+        if new:
+            remember_eager(key, e)  # once its plan passed the core's checks
+        ctx.offset, ctx.cast = offset, e.cast
+    else:
+        cast = _cast_before_weight(casting)
+        _check(x, residual, weight)
+        y, res_out, rstd = _fwd_impl(x, residual, weight, eps, offset, cast, want)
+        ctx.offset, ctx.cast = offset, cast
+    if want:
+        ctx.save_for_backward(x if residual is None else res_out, weight, rstd)
+    ctx.e = e
+    return y, res_out
+
+
+def _eager_bwd(ctx, dy: Tensor, d_res_out: Optional[Tensor], wgrad: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """(dx, dw or None) of the eager forward `_eager`."""
+    xn, weight, rstd = ctx.saved_tensors
+    e = ctx.e
+    r = e.backward(dy, xn, weight, None, rstd, d_res_out) if e is not None else None
+    if r is None:
+        return _bwd_impl(dy, xn, weight, rstd, d_res_out, ctx.offset, ctx.cast, ctx.needs_input_grad[wgrad])
+    return r[0], r[1]
+
+
 class RMSNormFunction(torch.autograd.Function):
     """``RMSNormFunction.apply(x, weight, eps, offset, casting)``: RMSNorm with a fused backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float = 1e-6, offset: float = 0.0, casting: str = "llama") -> Tensor:  # type: ignore[override]
-        cast = _cast_before_weight(casting)
-        _check(x, None, weight)
-        want = any(ctx.needs_input_grad[:2])
-        y, _, rstd = _fwd_impl(x, None, weight, eps, offset, cast, want)
-        if want:
-            ctx.save_for_backward(x, weight, rstd)
-        ctx.offset, ctx.cast = offset, cast
-        return y
+        return _eager(ctx, x, None, weight, eps, offset, casting, 1)[0]
 
     @staticmethod
     def backward(ctx, dy: Tensor):  # type: ignore[override]
-        x, weight, rstd = ctx.saved_tensors
-        dx, dw = _bwd_impl(dy, x, weight, rstd, None, ctx.offset, ctx.cast, ctx.needs_input_grad[1])
+        dx, dw = _eager_bwd(ctx, dy, None, 1)
         return (dx if ctx.needs_input_grad[0] else None), dw, None, None, None
 
 
@@ -121,19 +156,13 @@ class FusedAddRMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float = 1e-6, offset: float = 0.0, casting: str = "llama"):  # type: ignore[override]
-        cast = _cast_before_weight(casting)
-        _check(x, residual, weight)
-        want = any(ctx.needs_input_grad[:3])
-        y, res_out, rstd = _fwd_impl(x, residual, weight, eps, offset, cast, want)
-        if want:
-            ctx.save_for_backward(res_out, weight, rstd)
-        ctx.offset, ctx.cast = offset, cast
-        return y, res_out
+        if residual is None:
+            raise TypeError("residual: expected a torch.Tensor, got None")
+        return _eager(ctx, x, residual, weight, eps, offset, casting, 2)
 
     @staticmethod
     def backward(ctx, dy: Tensor, d_res_out: Optional[Tensor]):  # type: ignore[override]
-        s, weight, rstd = ctx.saved_tensors
-        dx, dw = _bwd_impl(dy, s, weight, rstd, d_res_out, ctx.offset, ctx.cast, ctx.needs_input_grad[2])
+        dx, dw = _eager_bwd(ctx, dy, d_res_out, 2)
         return dx, dx, dw, None, None, None
 
 

@@ -59,7 +59,7 @@ constexpr int RPB = BLOCK / TPR;  // rows per block per step
 template <class W, int K>
 __device__ __forceinline__ void weight_chunk(const W (&wraw)[K], int k, ACC offset, ACC (&wv)[VEC]) {
 #if HAS_W
-    unpack<T_W, VEC>(wraw[k], wv);
+    unpack_elementwise<T_W, VEC>(wraw[k], wv);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) wv[i] += offset;
 #else
@@ -85,12 +85,12 @@ __device__ __forceinline__ void finish_y(ACC (&h)[VEC], const T_W* __restrict__ 
     ACC bv[VEC];
     load_vec<T_W, VEC>(b + c * VEC, bv);
 #endif
+#if HAS_W && CAST_BEFORE_W
+    round_vec<T_X, VEC>(h);
+#endif
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
 #if HAS_W
-#if CAST_BEFORE_W
-        h[i] = round_to<T_X>(h[i]);
-#endif
         h[i] *= wv[i] + offset;
 #endif
 #if HAS_B
@@ -286,8 +286,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK, MINB) norm_bwd(
                 xraw[k] = load_raw<T_X, VEC>(x + row * x_rs + c * VEC);
                 draw[k] = load_raw<T_DY, VEC>(dy + row * dy_rs + c * VEC);
                 ACC xh[VEC], dv[VEC], wv[VEC];
-                unpack<T_X, VEC>(xraw[k], xh);
-                unpack<T_DY, VEC>(draw[k], dv);
+                unpack_elementwise<T_X, VEC>(xraw[k], xh);
+                unpack_elementwise<T_DY, VEC>(draw[k], dv);
                 weight_chunk(wraw, k, offset, wv);
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
@@ -322,8 +322,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK, MINB) norm_bwd(
             const int c = lane + k * TPR;
             if (c < nvec) {
                 ACC o[VEC], xh[VEC], dv[VEC], wv[VEC];
-                unpack<T_X, VEC>(xraw[k], xh);
-                unpack<T_DY, VEC>(draw[k], dv);
+                unpack_elementwise<T_X, VEC>(xraw[k], xh);
+                unpack_elementwise<T_DY, VEC>(draw[k], dv);
                 weight_chunk(wraw, k, offset, wv);
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) xh[i] = (xh[i] - mu) * r;

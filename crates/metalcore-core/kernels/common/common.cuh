@@ -51,9 +51,30 @@ template <class T, int N> __device__ __forceinline__ void store_raw(T* __restric
     *reinterpret_cast<Vec<T, N>*>(p) = t;
 }
 
-template <class T, int N> __device__ __forceinline__ void unpack(const Vec<T, N>& t, ACC (&out)[N]) {
+template <class T> struct is_bf16 { static constexpr bool value = false; };
+template <> struct is_bf16<bf16> { static constexpr bool value = true; };
+
+// One conversion per element. norm_bwd keeps this form: with its rows of 8192 under a 32-register
+// cap, the word-wise bf16 form below spilled at worse places (H200: 279 -> 342 us).
+template <class T, int N> __device__ __forceinline__ void unpack_elementwise(const Vec<T, N>& t, ACC (&out)[N]) {
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = to_acc(t.v[i]);
+}
+
+template <class T, int N> __device__ __forceinline__ void unpack(const Vec<T, N>& t, ACC (&out)[N]) {
+    if constexpr (is_bf16<T>::value && N % 2 == 0) {
+        // bf16 pairs straight from their 32-bit words: one shift or one mask per value (the
+        // per-element 16-bit extraction cost the compiler two or three integer instructions).
+        unsigned w[N / 2];
+        memcpy(w, &t, sizeof(t));
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            out[2 * i] = (ACC)__uint_as_float(w[i] << 16);
+            out[2 * i + 1] = (ACC)__uint_as_float(w[i] & 0xffff0000u);
+        }
+    } else {
+        unpack_elementwise<T, N>(t, out);
+    }
 }
 
 // Two values rounded to a 16-bit type and packed in one register (element `lo` at the lower
@@ -86,6 +107,18 @@ template <class T, int N> __device__ __forceinline__ Vec<T, N> pack(const ACC (&
         for (int i = 0; i < N; ++i) t.v[i] = from_acc<T>(in[i]);
     }
     return t;
+}
+
+// Rounds N accumulator values to storage type T in place. 16-bit types go two at a time through
+// the paired `cvt` (the scalar f32 -> bf16 conversion is a slow F2F instruction on sm_90; the
+// paired one is not).
+template <class T, int N> __device__ __forceinline__ void round_vec(ACC (&v)[N]) {
+    if constexpr (is_half16<T>::value && N % 2 == 0) {
+        unpack<T, N>(pack<T, N>(v), v);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) v[i] = round_to<T>(v[i]);
+    }
 }
 
 template <class T, int N> __device__ __forceinline__ void load_vec(const T* __restrict__ p, ACC (&out)[N]) {
