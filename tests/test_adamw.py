@@ -128,6 +128,31 @@ def test_many_tensors_one_dtype_group_and_mixed_dtypes(device):
         assert rel_err(a, b) < 2e-6
 
 
+def test_reused_plan_with_new_gradient_layouts_and_a_learning_rate_schedule(device):
+    # One parameter list keeps its validated native plan across steps: each step brings new
+    # gradient tensors (contiguous, transposed, expanded) and the group's current hyperparameters.
+    ps = [torch.nn.Parameter(torch.randn(6, 4, device=device)) for _ in range(3)]
+    ts = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    o, t = MetalAdamW(ps, lr=1e-2, weight_decay=0.05), torch.optim.AdamW(ts, lr=1e-2, weight_decay=0.05, foreach=False)
+    g = torch.Generator().manual_seed(7)
+    for step in range(6):
+        for i, (p, q) in enumerate(zip(ps, ts)):
+            base = torch.randn(4, 6, generator=g).to(device)
+            kind = (step + i) % 3
+            grad = base.t() if kind == 0 else (base.t().contiguous() if kind == 1 else base[:1, :1].expand(6, 4))
+            assert grad.shape == p.shape and (kind == 1) == grad.is_contiguous()
+            p.grad, q.grad = grad, grad.clone()
+        for group in (o.param_groups[0], t.param_groups[0]):
+            group["lr"] = 1e-2 * (0.5 ** step)
+            group["betas"] = (0.9, 0.99 if step % 2 else 0.999)
+        o.step()
+        t.step()
+        for a, b in zip(ps, ts):
+            assert rel_err(a, b) < 2e-6, step
+    plans = o.__dict__.get("_plans", {})
+    assert len(plans) == 1, "one parameter list, one plan, reused"
+
+
 def test_bad_input_and_closure(device):
     p = torch.nn.Parameter(torch.randn(4, device=device))
     with pytest.raises(ValueError, match="lr"):

@@ -67,23 +67,19 @@ def cross_entropy_into(
     z_loss: float,
     stream: int,
 ) -> None: ...
-def adamw_step(
+class AdamWPlan:
+    def step(
+        self, grads: List[int], lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: float,
+        maximize: bool, seed: Optional[int], stream: int,
+    ) -> None: ...
+def adamw_plan(
     params: List[Desc],
     grads: List[Desc],
     exp_avgs: List[Desc],
     exp_avg_sqs: List[Desc],
     max_exp_avg_sqs: Optional[List[Desc]],
     masters: Optional[List[Desc]],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    step: float,
-    maximize: bool,
-    seed: Optional[int],
-    stream: int,
-) -> None: ...
+) -> AdamWPlan: ...
 def add_to_f32_scalars(ptrs: List[int], delta: float) -> List[float]: ...
 def embag_fwd_into(
     mode: int, weight: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,

@@ -22,7 +22,6 @@ one-time warning for the device case). ``capturable`` and ``differentiable`` are
 
 from __future__ import annotations
 
-import weakref
 from collections import defaultdict
 from typing import Any, Dict, List, Optional
 
@@ -172,58 +171,54 @@ class MetalAdamW(torch.optim.Optimizer):
                         self._torch_step(p, group, step)
         return loss
 
-    def _desc(self, t: Tensor, arg: str):
-        """`desc(t)`, cached per tensor object while its storage address and shape stay the same
-        (building a descriptor costs ~2.5 µs; a step passes four or more per parameter)."""
-        cache = self.__dict__.setdefault("_descs", {})
-        key = id(t)
-        hit = cache.get(key)
-        if hit is not None and hit[0]() is t and hit[1] == t.data_ptr() and hit[2] == t.shape:
-            return hit[3]
-        dsc = desc(t, arg)
-        if len(cache) > 4 * 65536:  # entries of freed tensors (e.g. last step's gradients)
-            cache.clear()
-        cache[key] = (weakref.ref(t), t.data_ptr(), t.shape, dsc)  # weak: never keeps a gradient alive
-        return dsc
-
     def load_state_dict(self, state_dict) -> None:
         self.__dict__.pop("_plans", None)  # cached descriptors of the replaced states
         self.__dict__.pop("_ready", None)  # states to check again (dtypes, missing keys)
         super().load_state_dict(state_dict)
 
-    def _fixed_descs(self, ps: List[Tensor], group: Dict[str, Any], master: bool):
-        """Descriptors of the parameters and their states, cached per list of parameters; valid
+    def _fixed_plan(self, ps: List[Tensor], group: Dict[str, Any], master: bool, grads: List[Tensor]):
+        """The native plan of this list of parameters with their states, cached per list; valid
         while every tensor is the same object at the same address (state tensors are replaced only
-        by load_state_dict, which drops the cache)."""
+        by load_state_dict, which drops the cache). Made (and validated) with the current
+        gradients; later steps pass only the gradients' addresses."""
         plans = self.__dict__.setdefault("_plans", {})
         key = (tuple(map(id, ps)), bool(group["amsgrad"]), master)
         names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []) + (["master_param"] if master else [])
-        tensors = [[self.state[p][k] for p in ps] for k in names]
+        state = self.state
+        sts = [state[p] for p in ps]
+        tensors = [[st[k] for st in sts] for k in names]
         ptrs = [p.data_ptr() for p in ps]
         hit = plans.get(key)
         if hit is not None and hit[0] == ptrs and all(a is b for new, old in zip(tensors, hit[1]) for a, b in zip(new, old)):
             return hit[2]
-        descs = [[desc(p, "param") for p in ps]] + [[desc(t, k) for t in ts] for k, ts in zip(names, tensors)]
+        descs = [[desc(t, k) for t in ts] for k, ts in zip(names, tensors)]
+        it = iter(descs[2:])
+        vmax = next(it) if group["amsgrad"] else None
+        masters = next(it) if master else None
+        plan = _native.adamw_plan([desc(p, "param") for p in ps], [desc(g, "grad") for g in grads], descs[0], descs[1],
+                                  vmax, masters)
         if len(plans) > 64:
             plans.clear()
-        plans[key] = (ptrs, tensors, descs)
-        return descs
+        plans[key] = (ptrs, tensors, plan)
+        return plan
 
     def _native_step(self, ps: List[Tensor], group: Dict[str, Any], step: float) -> None:
         beta1, beta2 = group["betas"]
         master = group["master_weights"] and ps[0].dtype in _HALF
         sr = group["stochastic_rounding"] and ps[0].dtype == torch.bfloat16 and not master
         seed = int(torch.randint(0, 2**62, (1,))) if sr else None
-        descs = self._fixed_descs(ps, group, master)
-        it = iter(descs[3:])
-        vmax = next(it) if group["amsgrad"] else None
-        masters = next(it) if master else None
-        grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in ps]
-        _native.adamw_step(
-            descs[0], [self._desc(g, "grad") for g in grads], descs[1], descs[2], vmax, masters,
-            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]),
-            step, bool(group["maximize"]), seed, stream_of(ps[0]),
-        )
+        grads = []
+        for p in ps:
+            g = p.grad
+            # torch keeps .grad at its parameter's shape, dtype and device; checked anyway, since
+            # the plan trusts the addresses it is given.
+            if g.dtype != p.dtype or g.shape != p.shape or g.get_device() != p.get_device():
+                raise ValueError(f"grad: expected the shape, dtype and device of its parameter {tuple(p.shape)}, "
+                                 f"{p.dtype}, {p.device}; got {tuple(g.shape)}, {g.dtype}, {g.device}")
+            grads.append(g if g.is_contiguous() else g.contiguous())
+        plan = self._fixed_plan(ps, group, master, grads)
+        plan.step([g.data_ptr() for g in grads], float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                  float(group["weight_decay"]), step, bool(group["maximize"]), seed, stream_of(ps[0]))
 
     def _torch_step(self, p: Tensor, group: Dict[str, Any], step: float) -> None:
         """The same update in PyTorch ops (non-contiguous parameters, devices without a backend)."""

@@ -1,7 +1,8 @@
 //! Binding of the multi-tensor AdamW step.
 
 use crate::bridge::{to_py, Desc};
-use metalcore_core::ops::adamw::{adamw, AdamW, AdamWTensors, Hyper};
+use metalcore_core::ops::adamw::{run, AdamW, AdamWTensors, Hyper, Plan};
+use metalcore_core::Device;
 use metalcore_core::{Exec, TensorRef};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -10,40 +11,50 @@ fn refs(arg: &'static str, v: &[Desc]) -> PyResult<Vec<TensorRef>> {
     v.iter().map(|d| d.to_ref(arg)).collect()
 }
 
-/// One AdamW step over parameters of one dtype (lists of equal length; optional state lists are
-/// None or as long as `params`). `step` is the step number after this update.
-#[pyfunction]
-#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, masters, lr, beta1, beta2, eps, weight_decay, step, maximize, seed, stream))]
-#[allow(clippy::too_many_arguments)]
-fn adamw_step(
-    py: Python<'_>,
-    params: Vec<Desc>,
-    grads: Vec<Desc>,
-    exp_avgs: Vec<Desc>,
-    exp_avg_sqs: Vec<Desc>,
-    max_exp_avg_sqs: Option<Vec<Desc>>,
-    masters: Option<Vec<Desc>>,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    weight_decay: f64,
-    step: f64,
-    maximize: bool,
-    seed: Option<u64>,
-    stream: usize,
-) -> PyResult<()> {
-    let n = params.len();
-    let lens = [grads.len(), exp_avgs.len(), exp_avg_sqs.len()];
-    let opt_lens = [max_exp_avg_sqs.as_ref().map(|v| v.len()), masters.as_ref().map(|v| v.len())];
-    if lens.iter().any(|&l| l != n) || opt_lens.iter().flatten().any(|&l| l != n) {
-        return Err(PyValueError::new_err("params: every tensor list must have one entry per parameter"));
+/// The validated tensors of one parameter list (`adamw_plan`): each step passes only the
+/// gradients' addresses and the hyperparameters.
+#[pyclass(frozen)]
+struct AdamWPlan {
+    device: Device,
+    plan: Plan,
+}
+
+#[pymethods]
+impl AdamWPlan {
+    /// One step with these gradient addresses (one per parameter, in the plan's order; the caller
+    /// vouches that each is a contiguous gradient of its parameter, as torch keeps `.grad`).
+    #[pyo3(signature = (grads, lr, beta1, beta2, eps, weight_decay, step, maximize, seed, stream))]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        py: Python<'_>,
+        grads: Vec<usize>,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        step: f64,
+        maximize: bool,
+        seed: Option<u64>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let hyper = Hyper { lr, beta1, beta2, eps, weight_decay, step, maximize, seed };
+        let plan = self.plan.rebind(&grads, hyper).map_err(to_py)?;
+        py.detach(|| run(self.device, &plan, Exec::on(stream))).map_err(to_py)
     }
-    let (p, g) = (refs("param", &params)?, refs("grad", &grads)?);
-    let (m, v) = (refs("exp_avg", &exp_avgs)?, refs("exp_avg_sq", &exp_avg_sqs)?);
-    let vm = max_exp_avg_sqs.map(|x| refs("max_exp_avg_sq", &x)).transpose()?;
-    let ms = masters.map(|x| refs("master", &x)).transpose()?;
-    let tensors = (0..n)
+}
+
+#[allow(clippy::type_complexity)]
+fn tensors_of<'a>(
+    p: &'a [TensorRef],
+    g: &'a [TensorRef],
+    m: &'a [TensorRef],
+    v: &'a [TensorRef],
+    vm: &'a Option<Vec<TensorRef>>,
+    ms: &'a Option<Vec<TensorRef>>,
+) -> Vec<AdamWTensors<'a>> {
+    (0..p.len())
         .map(|i| AdamWTensors {
             param: &p[i],
             grad: &g[i],
@@ -52,10 +63,42 @@ fn adamw_step(
             max_exp_avg_sq: vm.as_ref().map(|x| &x[i]),
             master: ms.as_ref().map(|x| &x[i]),
         })
-        .collect();
-    let hyper = Hyper { lr, beta1, beta2, eps, weight_decay, step, maximize, seed };
-    let args = AdamW { tensors, hyper };
-    py.detach(|| adamw(&args, Exec::on(stream))).map_err(to_py)
+        .collect()
+}
+
+fn check_lens(n: usize, lens: &[usize], opt_lens: &[Option<usize>]) -> PyResult<()> {
+    if lens.iter().any(|&l| l != n) || opt_lens.iter().flatten().any(|&l| l != n) {
+        return Err(PyValueError::new_err("params: every tensor list must have one entry per parameter"));
+    }
+    Ok(())
+}
+
+/// Validates one parameter list with its states and current gradients, as a reusable plan.
+#[pyfunction]
+#[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, masters))]
+fn adamw_plan(
+    params: Vec<Desc>,
+    grads: Vec<Desc>,
+    exp_avgs: Vec<Desc>,
+    exp_avg_sqs: Vec<Desc>,
+    max_exp_avg_sqs: Option<Vec<Desc>>,
+    masters: Option<Vec<Desc>>,
+) -> PyResult<AdamWPlan> {
+    let n = params.len();
+    check_lens(
+        n,
+        &[grads.len(), exp_avgs.len(), exp_avg_sqs.len()],
+        &[max_exp_avg_sqs.as_ref().map(|v| v.len()), masters.as_ref().map(|v| v.len())],
+    )?;
+    let (p, g) = (refs("param", &params)?, refs("grad", &grads)?);
+    let (m, v) = (refs("exp_avg", &exp_avgs)?, refs("exp_avg_sq", &exp_avg_sqs)?);
+    let vm = max_exp_avg_sqs.map(|x| refs("max_exp_avg_sq", &x)).transpose()?;
+    let ms = masters.map(|x| refs("master", &x)).transpose()?;
+    // Hyperparameters of a valid step; every `step` call brings its own.
+    let hyper = Hyper { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1.0, maximize: false, seed: None };
+    let args = AdamW { tensors: tensors_of(&p, &g, &m, &v, &vm, &ms), hyper };
+    let (device, plan) = args.plan().map_err(to_py)?;
+    Ok(AdamWPlan { device, plan })
 }
 
 /// Adds `delta` to each float32 at the host addresses `ptrs` and returns the new values: the
@@ -76,7 +119,8 @@ fn add_to_f32_scalars(ptrs: Vec<usize>, delta: f32) -> Vec<f64> {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(adamw_step, m)?)?;
+    m.add_class::<AdamWPlan>()?;
+    m.add_function(wrap_pyfunction!(adamw_plan, m)?)?;
     m.add_function(wrap_pyfunction!(add_to_f32_scalars, m)?)?;
     Ok(())
 }

@@ -136,16 +136,50 @@ impl AdamW<'_> {
             items.push(item);
         }
         let device = common_device(&all)?;
-        let h = &self.hyper;
-        if !(h.lr >= 0.0
-            && h.eps >= 0.0
-            && (0.0..1.0).contains(&h.beta1)
-            && (0.0..1.0).contains(&h.beta2)
-            && h.step >= 1.0)
-        {
-            return Err(Error::value("hyperparameters", format!("invalid lr/betas/eps/step: {h:?}")));
-        }
+        check_hyper(&self.hyper)?;
         Ok((device, Plan { dtype, state, items, amsgrad, master, hyper: self.hyper }))
+    }
+}
+
+fn check_hyper(h: &Hyper) -> Result<()> {
+    if !(h.lr >= 0.0 && h.eps >= 0.0 && (0.0..1.0).contains(&h.beta1) && (0.0..1.0).contains(&h.beta2) && h.step >= 1.0) {
+        return Err(Error::value("hyperparameters", format!("invalid lr/betas/eps/step: {h:?}")));
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// This plan with new gradient addresses (one per parameter, in order) and hyperparameters.
+    /// The caller vouches that each gradient is a contiguous tensor of its parameter's shape, dtype
+    /// and device (torch keeps a parameter's `.grad` so), as validated when the plan was made.
+    pub fn rebind(&self, grads: &[usize], hyper: Hyper) -> Result<Plan> {
+        if grads.len() != self.items.len() {
+            return Err(Error::value(
+                "grads",
+                format!("expected {} gradient addresses (one per parameter), got {}", self.items.len(), grads.len()),
+            ));
+        }
+        check_hyper(&hyper)?;
+        let mut plan = self.clone();
+        for (item, &g) in plan.items.iter_mut().zip(grads) {
+            if g == 0 && item.numel > 0 {
+                return Err(Error::value("grads", "a null address for a non-empty gradient"));
+            }
+            item.grad = g;
+        }
+        plan.hyper = hyper;
+        Ok(plan)
+    }
+}
+
+/// Runs a validated (or rebound) plan on its device.
+pub fn run(device: Device, plan: &Plan, exec: Exec) -> Result<()> {
+    if plan.items.iter().all(|i| i.numel == 0) {
+        return Ok(());
+    }
+    match device {
+        Device::Cpu => crate::cpu::adamw::run(plan),
+        Device::Cuda(ordinal) => crate::cuda::adamw::run(plan, ordinal, exec),
     }
 }
 
@@ -154,11 +188,5 @@ pub const CHUNK: usize = 16384;
 
 pub fn adamw(args: &AdamW<'_>, exec: Exec) -> Result<()> {
     let (device, plan) = args.plan()?;
-    if plan.items.iter().all(|i| i.numel == 0) {
-        return Ok(());
-    }
-    match device {
-        Device::Cpu => crate::cpu::adamw::run(&plan),
-        Device::Cuda(ordinal) => crate::cuda::adamw::run(&plan, ordinal, exec),
-    }
+    run(device, &plan, exec)
 }
