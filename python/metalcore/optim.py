@@ -172,7 +172,7 @@ class MetalAdamW(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict) -> None:
-        self.__dict__.pop("_plans", None)  # cached descriptors of the replaced states
+        self.__dict__.pop("_plans", None)  # cached plans of the replaced states
         self.__dict__.pop("_ready", None)  # states to check again (dtypes, missing keys)
         super().load_state_dict(state_dict)
 
