@@ -69,7 +69,10 @@ def _prepare(x, residual, normalized_shape, weight, bias):
 
 
 def _unflatten(g: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
-    return None if g is None or like is None else g.view(like.shape)
+    if g is None or like is None:
+        return None
+    # (n,) already for 1-D parameters; a view by a torch.Size costs ~7 µs of host time
+    return g if like.dim() == 1 else g.view(*like.shape)
 
 
 # ----------------------------------------------------------------------------------------------
