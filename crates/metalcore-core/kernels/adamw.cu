@@ -4,10 +4,11 @@
 // no device workspace, capturable in a CUDA graph): per tensor the addresses of param, grad,
 // exp_avg, exp_avg_sq, max_exp_avg_sq and master copy, its element count and its first chunk.
 // Block b takes chunks b, b + grid, ... of CHUNK elements; a binary search over the first-chunk
-// column finds the tensor. Each thread updates UNROLL elements per iteration, loads first.
+// column finds the tensor. Each thread updates VEC consecutive elements per access (16-byte loads
+// of float32 states) where the tensor's addresses are aligned for it, single elements otherwise.
 //
 // Compile-time parameters (-D): T_P (parameter/gradient) T_S (moments, master) ACC BLOCK CHUNK
-// MAXT UNROLL AMSGRAD MASTER SR (bfloat16 stochastic rounding).
+// MAXT VEC AMSGRAD MASTER SR (bfloat16 stochastic rounding).
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -26,9 +27,80 @@ __device__ __forceinline__ unsigned sr_bits(u64 seed, int item, i64 i) {
     return (unsigned)(z ^ (z >> 31));
 }
 
+// The step's scalars, in ACC.
+struct Hyper {
+    ACC decay, w1, b2, w2, step_size, bc2_sqrt, eps, sign;
+};
+
+// One tensor's addresses (vmax and master are read only when compiled in).
+struct Item {
+    T_P* param;
+    const T_P* grad;
+    T_S* m;
+    T_S* v;
+    T_S* vmax;
+    T_S* master;
+};
+
+// Updates the N elements from i0 (N-wide aligned accesses when N > 1).
+template <int N>
+__device__ __forceinline__ void step_at(const Item& it, i64 i0, const Hyper& h, u64 seed, int item) {
+    ACC g[N], p[N], mi[N], vi[N];
+    load_vec<T_P, N>(it.grad + i0, g);
+#if MASTER
+    load_vec<T_S, N>(it.master + i0, p);
+#else
+    load_vec<T_P, N>(it.param + i0, p);
+#endif
+    load_vec<T_S, N>(it.m + i0, mi);
+    load_vec<T_S, N>(it.v + i0, vi);
+#if AMSGRAD
+    ACC xi[N];
+    load_vec<T_S, N>(it.vmax + i0, xi);
+#endif
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const ACC gu = h.sign * g[u];
+        mi[u] = mi[u] + h.w1 * (gu - mi[u]);
+        vi[u] = vi[u] * h.b2 + h.w2 * gu * gu;
+#if AMSGRAD
+        xi[u] = (vi[u] > xi[u] || vi[u] != vi[u]) ? vi[u] : xi[u];
+        const ACC denom = sqrt(xi[u]) / h.bc2_sqrt + h.eps;
+#else
+        const ACC denom = sqrt(vi[u]) / h.bc2_sqrt + h.eps;
+#endif
+        p[u] = p[u] * h.decay - h.step_size * (mi[u] / denom);
+    }
+    store_vec<T_S, N>(it.m + i0, mi);
+    store_vec<T_S, N>(it.v + i0, vi);
+#if AMSGRAD
+    store_vec<T_S, N>(it.vmax + i0, xi);
+#endif
+#if MASTER
+    store_vec<T_S, N>(it.master + i0, p);
+#endif
+#if SR
+    // bfloat16 by stochastic rounding: 16 random bits below the kept ones carry into them with
+    // probability equal to the discarded fraction.
+    Vec<T_P, N> out;
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+        const unsigned bits = __float_as_uint((float)p[u]);
+        out.v[u].bits = (p[u] != p[u]) ? (unsigned short)((bits >> 16) | 0x40)
+                                       : (unsigned short)((bits + (sr_bits(seed, item, i0 + u) & 0xFFFFu)) >> 16);
+    }
+    store_raw<T_P, N>(it.param + i0, out);
+#else
+    store_vec<T_P, N>(it.param + i0, p);
+#endif
+}
+
+__device__ __forceinline__ bool aligned(const void* a, int bytes) { return ((u64)a & (u64)(bytes - 1)) == 0; }
+
 extern "C" __global__ void __launch_bounds__(BLOCK)
     adamw_kernel(const __grid_constant__ Table t, ACC decay, ACC w1, ACC b2, ACC w2, ACC step_size, ACC bc2_sqrt,
                  ACC eps, ACC sign, u64 seed, int item_base) {
+    const Hyper h{decay, w1, b2, w2, step_size, bc2_sqrt, eps, sign};
     const i64 total = t.first[t.count];
     for (i64 c = blockIdx.x; c < total; c += gridDim.x) {
         int lo = 0, hi = t.count - 1;
@@ -37,62 +109,22 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
             if (t.first[mid] <= c) lo = mid;
             else hi = mid - 1;
         }
-        T_P* param = (T_P*)t.param[lo];
-        const T_P* grad = (const T_P*)t.grad[lo];
-        T_S* m = (T_S*)t.m[lo];
-        T_S* v = (T_S*)t.v[lo];
-        const i64 start = (c - t.first[lo]) * CHUNK;
+        const Item it{(T_P*)t.param[lo], (const T_P*)t.grad[lo], (T_S*)t.m[lo], (T_S*)t.v[lo], (T_S*)t.vmax[lo],
+                      (T_S*)t.master[lo]};
+        const int item = item_base + lo;
+        const i64 start = (c - t.first[lo]) * CHUNK;  // CHUNK is a multiple of VEC
         const i64 end = min(start + (i64)CHUNK, t.numel[lo]);
-        for (i64 base = start + threadIdx.x; base < end; base += (i64)BLOCK * UNROLL) {
-            ACC g[UNROLL], p[UNROLL], mi[UNROLL], vi[UNROLL], xi[UNROLL];
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const i64 i = base + (i64)u * BLOCK;
-                if (i < end) {
-                    g[u] = sign * to_acc(grad[i]);
-#if MASTER
-                    p[u] = (ACC)((const T_S*)t.master[lo])[i];
-#else
-                    p[u] = to_acc(param[i]);
-#endif
-                    mi[u] = (ACC)m[i];
-                    vi[u] = (ACC)v[i];
-#if AMSGRAD
-                    xi[u] = (ACC)((const T_S*)t.vmax[lo])[i];
-#endif
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
-                const i64 i = base + (i64)u * BLOCK;
-                if (i >= end) continue;
-                mi[u] = mi[u] + w1 * (g[u] - mi[u]);
-                vi[u] = vi[u] * b2 + w2 * g[u] * g[u];
-#if AMSGRAD
-                xi[u] = (vi[u] > xi[u] || vi[u] != vi[u]) ? vi[u] : xi[u];
-                const ACC denom = sqrt(xi[u]) / bc2_sqrt + eps;
-                ((T_S*)t.vmax[lo])[i] = (T_S)xi[u];
-#else
-                const ACC denom = sqrt(vi[u]) / bc2_sqrt + eps;
-#endif
-                const ACC np = p[u] * decay - step_size * (mi[u] / denom);
-                m[i] = (T_S)mi[u];
-                v[i] = (T_S)vi[u];
-#if MASTER
-                ((T_S*)t.master[lo])[i] = (T_S)np;
-#endif
-#if SR
-                // bfloat16 by stochastic rounding: 16 random bits below the kept ones carry into them
-                // with probability equal to the discarded fraction.
-                const unsigned bits = __float_as_uint((float)np);
-                bf16 out;
-                out.bits = (np != np) ? (unsigned short)((bits >> 16) | 0x40)
-                                      : (unsigned short)((bits + (sr_bits(seed, item_base + lo, i) & 0xFFFFu)) >> 16);
-                param[i] = out;
-#else
-                param[i] = from_acc<T_P>(np);
-#endif
-            }
+        // VEC elements per access where every address allows it (torch's allocations do), one
+        // otherwise and for the chunk's tail.
+        const int pb = VEC * (int)sizeof(T_P), sb = VEC * (int)sizeof(T_S);
+        const bool vec = aligned(it.param, pb) && aligned(it.grad, pb) && aligned(it.m, sb) && aligned(it.v, sb) &&
+                         (!AMSGRAD || aligned(it.vmax, sb)) && (!MASTER || aligned(it.master, sb));
+        i64 i = start;
+        if (vec) {
+            const i64 vend = start + (end - start) / VEC * VEC;
+            for (i64 i0 = start + (i64)threadIdx.x * VEC; i0 < vend; i0 += (i64)BLOCK * VEC) step_at<VEC>(it, i0, h, seed, item);
+            i = vend;
         }
+        for (i64 i0 = i + threadIdx.x; i0 < end; i0 += BLOCK) step_at<1>(it, i0, h, seed, item);
     }
 }

@@ -15,7 +15,8 @@ pub static KERNEL: Kernel = Kernel { name: "adamw", source: include_str!("../../
 /// Tensors per launch: the table (8 · 8 bytes per tensor) must fit the 4 KiB of kernel parameters.
 const MAXT: usize = 48;
 const BLOCK: usize = 512;
-const UNROLL: usize = 4;
+/// Elements per access (16 bytes of float32 moments); CHUNK is a multiple of it.
+const VEC: usize = 4;
 
 /// The kernel's `struct Table`.
 #[repr(C)]
@@ -53,7 +54,7 @@ fn defines(k: &Key) -> Defines {
         ("BLOCK", BLOCK.to_string()),
         ("CHUNK", CHUNK.to_string()),
         ("MAXT", MAXT.to_string()),
-        ("UNROLL", UNROLL.to_string()),
+        ("VEC", VEC.to_string()),
         ("AMSGRAD", flag(k.amsgrad)),
         ("MASTER", flag(k.master)),
         ("SR", flag(k.sr)),
