@@ -1,7 +1,7 @@
-//! Cross-entropy on the CPU (math in `ops::xent`): rows in parallel, each loaded once into scratch
-//! of the accumulation type.
+//! Cross-entropy on the CPU (math in `ops::xent`): rows in parallel; logits stored in the
+//! accumulation type are read in place, others converted once into scratch.
 
-use super::{for_each_row, load_row, row_ptr, store_row, sum, Real};
+use super::{disjoint, for_each_row, load_row, row_ptr, same_type, store_row, sum, Real};
 use crate::ops::xent::{Mode, Plan};
 
 /// # Safety
@@ -9,6 +9,24 @@ use crate::ops::xent::{Mode, Plan};
 #[inline(always)]
 unsafe fn acc_at<A: Real>(ptr: usize, stride: i64, i: usize) -> *mut A {
     (ptr as *mut A).offset(i as isize * stride as isize)
+}
+
+/// Max of a non-empty row ignoring NaN (`x > m` is false for a NaN), in 8 independent lanes
+/// (vectorizes to `maxps`). A NaN in the row still reaches lse through its exponential.
+#[inline(always)]
+fn row_max<A: Real>(a: &[A]) -> A {
+    let mut m = [a[0]; 8];
+    let chunks = a.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+        }
+    }
+    for &x in rest {
+        m[0] = if x > m[0] { x } else { m[0] };
+    }
+    m.iter().fold(m[0], |b, &x| if x > b { x } else { b })
 }
 
 /// # Safety
@@ -19,56 +37,77 @@ unsafe fn row<A: Real>(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]) {
     let t = *(p.target.0 as *const i32).offset(r as isize * p.target.1 as isize);
     let ignored = t == p.ignore_index;
     let bad = !ignored && (t < 0 || t as usize >= v);
-    load_row(p.x.dtype, row_ptr(&p.x, r), buf);
+    let xp = row_ptr(&p.x, r);
+    // Logits stored as A are read where they are (no copy); others are converted into `buf`.
+    let direct = same_type::<A>(p.x.dtype);
+    if !direct {
+        load_row(p.x.dtype, xp, buf);
+    }
     let (eps, z) = (A::from_f64(p.smoothing), A::from_f64(p.z));
-    let lse = if p.mode == Mode::Bwd {
-        *acc_at::<A>(p.lse.0, p.lse.1, r)
-    } else {
-        let mut m = buf[0];
-        let mut nan = false;
-        for &a in buf.iter() {
-            m = if a > m { a } else { m };
-            nan |= a != a;
-        }
-        let lse = if nan {
-            A::from_f64(f64::NAN)
+    // lse, and 1/Σ exp(x − max) when `ex` holds this row's exp(x − max) (the forward): the
+    // gradient's softmax is then ex / Σ, with no second exponential.
+    let (lse, inv_sum) = {
+        let src: &[A] = if direct { std::slice::from_raw_parts(xp as *const A, v) } else { buf };
+        if p.mode == Mode::Bwd {
+            (*acc_at::<A>(p.lse.0, p.lse.1, r), None)
         } else {
-            // A row of -inf has lse = -inf (and a NaN loss, as in torch).
+            // A row of -inf has lse = -inf (and a NaN loss, as in torch); a NaN anywhere (or +inf,
+            // through inf − inf) makes its exponential, the sum and lse NaN.
+            let m = row_max(src);
             let ms = if m.to_f64() == f64::NEG_INFINITY { A::ZERO } else { m };
             // Exponentials in a plain loop first (a closure with exp inside the summation is not
             // reliably inlined into the AVX2 copy), then the accurate blocked sum.
-            for (e, &a) in ex.iter_mut().zip(buf.iter()) {
+            for (e, &a) in ex.iter_mut().zip(src.iter()) {
                 *e = (a - ms).exp();
             }
-            let s = sum(ex);
-            ms + A::from_f64(s.to_f64().ln())
-        };
-        let loss = if ignored {
-            A::ZERO
-        } else if bad {
-            A::from_f64(f64::NAN)
-        } else {
-            let sx = if p.smoothing > 0.0 { sum(buf) } else { A::ZERO };
-            // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first (exact 0 for V = 1).
-            (A::ONE - eps) * (lse - buf[t as usize]) + eps * (lse - sx / A::from_usize(v)) + z * lse * lse
-        };
-        *acc_at::<A>(p.loss.0, p.loss.1, r) = loss;
-        *acc_at::<A>(p.lse.0, p.lse.1, r) = lse;
-        lse
+            let total = sum(ex);
+            let lse = ms + A::from_f64(total.to_f64().ln());
+            let loss = if ignored {
+                A::ZERO
+            } else if bad {
+                A::from_f64(f64::NAN)
+            } else {
+                let sx = if p.smoothing > 0.0 { sum(src) } else { A::ZERO };
+                // (1−ε)(lse − x_t) + ε(lse − mean x): differences of nearby values first (exact 0 for V = 1).
+                (A::ONE - eps) * (lse - src[t as usize]) + eps * (lse - sx / A::from_usize(v)) + z * lse * lse
+            };
+            *acc_at::<A>(p.loss.0, p.loss.1, r) = loss;
+            *acc_at::<A>(p.lse.0, p.lse.1, r) = lse;
+            (lse, Some(A::ONE / total))
+        }
     };
     if let Some(grad) = &p.grad {
+        let gp = row_ptr(grad, r);
+        // The gradient goes straight into its row when it is stored as A and shares no memory
+        // with the logits row; otherwise through `buf`.
+        let straight = direct && same_type::<A>(grad.dtype) && disjoint(gp as usize, xp as usize, v * std::mem::size_of::<A>());
+        let out: &mut [A] = if straight { std::slice::from_raw_parts_mut(gp as *mut A, v) } else { &mut *buf };
         if ignored || bad {
-            buf.iter_mut().for_each(|d| *d = A::ZERO);
+            out.iter_mut().for_each(|d| *d = A::ZERO);
         } else {
             let g = *acc_at::<A>(p.scale.0, p.scale.1, r);
             let pf = g * (A::ONE + A::from_f64(2.0) * z * lse);
             let off = g * eps / A::from_usize(v);
-            for i in 0..v {
-                buf[i] = pf * (buf[i] - lse).exp() - off;
+            if let Some(inv) = inv_sum {
+                let q = pf * inv;
+                for (o, &e) in out.iter_mut().zip(ex.iter()) {
+                    *o = q * e - off;
+                }
+            } else if direct {
+                let src = std::slice::from_raw_parts(xp as *const A, v);
+                for (o, &a) in out.iter_mut().zip(src) {
+                    *o = pf * (a - lse).exp() - off;
+                }
+            } else {
+                for o in out.iter_mut() {
+                    *o = pf * (*o - lse).exp() - off;
+                }
             }
-            buf[t as usize] = buf[t as usize] - g * (A::ONE - eps);
+            out[t as usize] = out[t as usize] - g * (A::ONE - eps);
         }
-        store_row(buf, grad.dtype, row_ptr(grad, r));
+        if !straight {
+            store_row(buf, grad.dtype, gp);
+        }
     }
 }
 
