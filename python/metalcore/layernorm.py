@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._backend import fast_apply, has_backend, warn_fallback
-from ._norm import EAGER, EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, fwd_impl, remember_eager
+from ._norm import EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, eager_forward, fwd_impl
 
 __all__ = [
     "layer_norm",
@@ -88,21 +88,19 @@ def _eager(ctx, x: Tensor, residual: Optional[Tensor], normalized_shape: _Shape,
     e = None
     if isinstance(x, Tensor) and all(isinstance(t, (Tensor, type(None))) for t in (residual, weight, bias)) \
             and isinstance(normalized_shape, (int, tuple, list, torch.Size)) and EagerCall.eligible(x, residual, weight, bias):
-        ns = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        key = ("layer", x.shape, x.dtype, x.device, _sig(residual), ns, _sig(weight), _sig(bias), eps, ng)
-        e = EAGER.get(key)
-        new = e is None
-        if new:
+
+        def make() -> EagerCall:
             n, w, b = _prepare(x, residual, normalized_shape, weight, bias)
             pdt = w.dtype if w is not None else (b.dtype if b is not None else x.dtype)
-            e = EagerCall("layer", x, n, w, eps, 0.0, False, x.dtype, want, ng[first_param], ng[first_param + 1], pdt)
-        else:
-            n = e.n
-            w = weight if weight is None or weight.dim() == 1 else weight.view(n)
-            b = bias if bias is None or bias.dim() == 1 else bias.view(n)
-        y, s, mean, rstd = e.forward(x, residual, w, b)
-        if new:
-            remember_eager(key, e)  # once its plan passed the core's checks
+            return EagerCall("layer", x, n, w, eps, 0.0, False, x.dtype, want, ng[first_param], ng[first_param + 1], pdt)
+
+        ns = normalized_shape if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        key = ("layer", x.shape, x.dtype, x.device, _sig(residual), ns, _sig(weight), _sig(bias), eps, ng)
+        # The parameters flattened to (n,), as `_prepare` does (a view: they are contiguous).
+        w = weight if weight is None or weight.dim() == 1 else weight.view(-1)
+        b = bias if bias is None or bias.dim() == 1 else bias.view(-1)
+        e, (y, s, mean, rstd) = eager_forward(key, make, x, residual, w, b)
+        n = e.n
     else:
         n, w, b = _prepare(x, residual, normalized_shape, weight, bias)
         y, s, mean, rstd = fwd_impl("layer", x, n, residual, w, b, eps, 0.0, False, x.dtype, want)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from . import reference
 from ._backend import fast_apply, has_backend, warn_fallback
-from ._norm import EAGER, EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, fwd_impl, remember_eager
+from ._norm import EagerCall, _sig, acc_dtype, bwd_impl, check_inputs, eager_forward, fwd_impl
 
 __all__ = [
     "rms_norm",
@@ -95,35 +95,32 @@ def _bwd_impl(
 
 
 def _eager(ctx, x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], eps: float, offset: float,
-           casting: str, wgrad: int) -> Tuple[Optional[EagerCall], Tuple[Tensor, Optional[Tensor], Optional[Tensor]]]:
-    """The eager forward: (EagerCall or None, (y, residual_out, rstd)); saves what the backward
-    needs. `wgrad` is the weight's index among the Function's inputs."""
+           casting: str, wgrad: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """The eager forward: (y, residual_out or None); saves what the backward needs. `wgrad` is
+    the weight's index among the Function's inputs."""
     ng = ctx.needs_input_grad
     want = any(ng[: wgrad + 1])
     e = None
     if isinstance(x, Tensor) and isinstance(weight, (Tensor, type(None))) and isinstance(residual, (Tensor, type(None))) \
             and EagerCall.eligible(x, residual, weight):
-        key = ("rms", x.shape, x.dtype, x.device, _sig(residual), _sig(weight), eps, offset, casting, ng)
-        e = EAGER.get(key)
-        new = e is None
-        if new:
+
+        def make() -> EagerCall:
             cast = _cast_before_weight(casting)
             _check(x, residual, weight)
             pdt = weight.dtype if weight is not None else x.dtype
-            e = EagerCall("rms", x, x.shape[-1], weight, eps, offset, cast, _out_dtype(x, weight, cast), want,
-                          ng[wgrad], False, pdt)
-        y, res_out, _, rstd = e.forward(x, residual, weight, None)
-        if new:
-            remember_eager(key, e)  # once its plan passed the core's checks
-        ctx.offset, ctx.cast = offset, e.cast
+            return EagerCall("rms", x, x.shape[-1], weight, eps, offset, cast, _out_dtype(x, weight, cast), want,
+                             ng[wgrad], False, pdt)
+
+        key = ("rms", x.shape, x.dtype, x.device, _sig(residual), _sig(weight), eps, offset, casting, ng)
+        e, (y, res_out, _, rstd) = eager_forward(key, make, x, residual, weight, None)
+        cast = e.cast
     else:
         cast = _cast_before_weight(casting)
         _check(x, residual, weight)
         y, res_out, rstd = _fwd_impl(x, residual, weight, eps, offset, cast, want)
-        ctx.offset, ctx.cast = offset, cast
     if want:
         ctx.save_for_backward(x if residual is None else res_out, weight, rstd)
-    ctx.e = e
+    ctx.offset, ctx.cast, ctx.e = offset, cast, e
     return y, res_out
 
 

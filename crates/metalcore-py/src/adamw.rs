@@ -45,34 +45,6 @@ impl AdamWPlan {
     }
 }
 
-#[allow(clippy::type_complexity)]
-fn tensors_of<'a>(
-    p: &'a [TensorRef],
-    g: &'a [TensorRef],
-    m: &'a [TensorRef],
-    v: &'a [TensorRef],
-    vm: &'a Option<Vec<TensorRef>>,
-    ms: &'a Option<Vec<TensorRef>>,
-) -> Vec<AdamWTensors<'a>> {
-    (0..p.len())
-        .map(|i| AdamWTensors {
-            param: &p[i],
-            grad: &g[i],
-            exp_avg: &m[i],
-            exp_avg_sq: &v[i],
-            max_exp_avg_sq: vm.as_ref().map(|x| &x[i]),
-            master: ms.as_ref().map(|x| &x[i]),
-        })
-        .collect()
-}
-
-fn check_lens(n: usize, lens: &[usize], opt_lens: &[Option<usize>]) -> PyResult<()> {
-    if lens.iter().any(|&l| l != n) || opt_lens.iter().flatten().any(|&l| l != n) {
-        return Err(PyValueError::new_err("params: every tensor list must have one entry per parameter"));
-    }
-    Ok(())
-}
-
 /// Validates one parameter list with its states and current gradients, as a reusable plan.
 #[pyfunction]
 #[pyo3(signature = (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, masters))]
@@ -85,18 +57,28 @@ fn adamw_plan(
     masters: Option<Vec<Desc>>,
 ) -> PyResult<AdamWPlan> {
     let n = params.len();
-    check_lens(
-        n,
-        &[grads.len(), exp_avgs.len(), exp_avg_sqs.len()],
-        &[max_exp_avg_sqs.as_ref().map(|v| v.len()), masters.as_ref().map(|v| v.len())],
-    )?;
+    let lens = [grads.len(), exp_avgs.len(), exp_avg_sqs.len()];
+    let opt_lens = [max_exp_avg_sqs.as_ref().map(|v| v.len()), masters.as_ref().map(|v| v.len())];
+    if lens.iter().any(|&l| l != n) || opt_lens.iter().flatten().any(|&l| l != n) {
+        return Err(PyValueError::new_err("params: every tensor list must have one entry per parameter"));
+    }
     let (p, g) = (refs("param", &params)?, refs("grad", &grads)?);
     let (m, v) = (refs("exp_avg", &exp_avgs)?, refs("exp_avg_sq", &exp_avg_sqs)?);
     let vm = max_exp_avg_sqs.map(|x| refs("max_exp_avg_sq", &x)).transpose()?;
     let ms = masters.map(|x| refs("master", &x)).transpose()?;
     // Hyperparameters of a valid step; every `step` call brings its own.
     let hyper = Hyper { lr: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1.0, maximize: false, seed: None };
-    let args = AdamW { tensors: tensors_of(&p, &g, &m, &v, &vm, &ms), hyper };
+    let tensors = (0..n)
+        .map(|i| AdamWTensors {
+            param: &p[i],
+            grad: &g[i],
+            exp_avg: &m[i],
+            exp_avg_sq: &v[i],
+            max_exp_avg_sq: vm.as_ref().map(|x| &x[i]),
+            master: ms.as_ref().map(|x| &x[i]),
+        })
+        .collect();
+    let args = AdamW { tensors, hyper };
     let (device, plan) = args.plan().map_err(to_py)?;
     Ok(AdamWPlan { device, plan })
 }

@@ -185,8 +185,3 @@ pub fn run(device: Device, plan: &Plan, exec: Exec) -> Result<()> {
 
 /// Elements per block (CUDA) or per task (CPU).
 pub const CHUNK: usize = 16384;
-
-pub fn adamw(args: &AdamW<'_>, exec: Exec) -> Result<()> {
-    let (device, plan) = args.plan()?;
-    run(device, &plan, exec)
-}
