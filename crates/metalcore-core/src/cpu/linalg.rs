@@ -319,6 +319,23 @@ fn identity<A: Real>(n: usize) -> impl Fn(usize) -> A {
     move |e| if e % (n + 1) == 0 { A::ONE } else { A::ZERO }
 }
 
+/// One substitution step across the lanes: `b[xi] ← (b[xi] − Σ coef·b[xj]) / d` over `terms`
+/// (coefficient, row of b) pairs.
+#[inline(always)]
+unsafe fn subst_lanes<A: Real>(b: &mut [[A; W]], xi: usize, terms: impl Iterator<Item = ([A; W], usize)>, d: [A; W]) {
+    let mut acc = *b.get_unchecked(xi);
+    for (t, xj) in terms {
+        let y = *b.get_unchecked(xj);
+        for l in 0..W {
+            acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
+        }
+    }
+    for l in 0..W {
+        acc[l] = acc[l] / d[l];
+    }
+    *b.get_unchecked_mut(xi) = acc;
+}
+
 /// Cholesky solve of W interleaved systems (`g[i*n + j][lane]` the factor, `b[i*k + c][lane]`
 /// the right-hand sides, solved in place): with G the lower factor (L, or Uᵀ when `upper`),
 /// G y = b by rows, then Gᵀ x = y, every step across the lanes.
@@ -329,32 +346,10 @@ unsafe fn chol_solve_lanes<A: Real>(g: &[[A; W]], b: &mut [[A; W]], n: usize, k:
     for c in 0..k {
         let x = |i: usize| i * k + c;
         for i in 0..n {
-            let mut acc = *b.get_unchecked(x(i));
-            for j in 0..i {
-                let (t, y) = (at(i, j), *b.get_unchecked(x(j)));
-                for l in 0..W {
-                    acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
-                }
-            }
-            let d = at(i, i);
-            for l in 0..W {
-                acc[l] = acc[l] / d[l];
-            }
-            *b.get_unchecked_mut(x(i)) = acc;
+            subst_lanes(b, x(i), (0..i).map(|j| (at(i, j), x(j))), at(i, i));
         }
         for i in (0..n).rev() {
-            let mut acc = *b.get_unchecked(x(i));
-            for j in i + 1..n {
-                let (t, y) = (at(j, i), *b.get_unchecked(x(j)));
-                for l in 0..W {
-                    acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
-                }
-            }
-            let d = at(i, i);
-            for l in 0..W {
-                acc[l] = acc[l] / d[l];
-            }
-            *b.get_unchecked_mut(x(i)) = acc;
+            subst_lanes(b, x(i), (i + 1..n).map(|j| (at(j, i), x(j))), at(i, i));
         }
     }
 }
