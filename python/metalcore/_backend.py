@@ -31,6 +31,28 @@ _DESC_NAMES = {**_DTYPE_NAMES, torch.int32: "int32", torch.int64: "int64"}
 Desc = Tuple[int, str, Tuple[int, ...], Tuple[int, ...], str, int]
 
 
+def _choose_cpu_pool() -> str:
+    """Runs the CPU kernels' parallel loops on PyTorch's OpenMP team when torch uses one.
+
+    torch's OpenMP workers keep spinning for a while after each of torch's parallel ops; a kernel
+    run on a second pool (rayon) right after one then shares the cores with those spinning workers
+    and takes up to twice as long. On the team itself, the spinning workers take the kernel's work
+    instead. ``METALCORE_CPU_POOL=rayon`` keeps rayon's pool. Returns the pool in use:
+    ``"host"`` (the OpenMP team) or ``"rayon"``."""
+    import os
+
+    want = os.environ.get("METALCORE_CPU_POOL", "openmp")
+    if want not in ("openmp", "rayon"):
+        raise ValueError(f"METALCORE_CPU_POOL: expected 'openmp' or 'rayon', got {want!r}")
+    if want == "openmp" and not (torch.backends.openmp.is_available() and "parallel backend: OpenMP" in torch.__config__.parallel_info()):
+        want = "rayon"
+    return _native.cpu_pool(want)
+
+
+#: Where the CPU kernels' parallel loops run: "host" (PyTorch's OpenMP team) or "rayon".
+CPU_POOL = _choose_cpu_pool()
+
+
 def desc(t: torch.Tensor, arg: str) -> Desc:
     """Describes `t` for the core: (data_ptr, dtype, shape, strides, device type, device index)."""
     name = _DESC_NAMES.get(t.dtype)

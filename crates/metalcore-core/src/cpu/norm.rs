@@ -3,12 +3,11 @@
 //! scratch row, so every pass after the first read stays in L1.
 
 use super::{
-    disjoint, dot, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum, Real,
+    dot, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum,
+    write_out, Real,
 };
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
-use rayon::prelude::*;
-use std::mem::size_of;
 
 by_acc!(fwd(FwdPlan) => fwd_impl, acc);
 
@@ -79,18 +78,22 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     if let Some(mean) = p.mean {
         mu.store(p.acc, mean as *mut u8, row);
     }
-    let yp = row_ptr(&p.y, row);
-    let direct = same_type::<A>(p.y.dtype) && disjoint(xs.as_ptr() as usize, yp as usize, n * size_of::<A>());
-    let out: &mut [A] = if direct { std::slice::from_raw_parts_mut(yp as *mut A, n) } else { tmp };
+    // The row is built in L1 scratch while the next row's x is prefetched, then streamed out.
+    let next = if row + 1 < p.rows { row_ptr(&p.x, row + 1) as *const u8 } else { std::ptr::null() };
     if p.cast_before_weight {
-        out.iter_mut().zip(xs).for_each(|(o, v)| *o = (*v - mu) * r);
-        round_to(p.x.dtype, out);
-        out.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
+        fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r);
+        round_to(p.x.dtype, tmp);
+        tmp.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
     } else {
-        out.iter_mut().zip(xs).zip(c.w.iter().zip(&c.b)).for_each(|((o, v), (w, b))| *o = (*v - mu) * r * *w + *b);
+        fill_prefetching(tmp, &[next], |i| {
+            (*xs.get_unchecked(i) - mu) * r * *c.w.get_unchecked(i) + *c.b.get_unchecked(i)
+        });
     }
-    if !direct {
-        store_row(out, p.y.dtype, yp);
+    let yp = row_ptr(&p.y, row);
+    if same_type::<A>(p.y.dtype) {
+        write_out(yp as *mut A, tmp);
+    } else {
+        store_row(tmp, p.y.dtype, yp);
     }
 }
 
@@ -183,22 +186,22 @@ unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>)
             &s.tmp[..]
         }
     });
-    let dxp = row_ptr(&p.dx, row);
-    let bytes = n * size_of::<A>();
-    let clear = |q: *const A| disjoint(q as usize, dxp as usize, bytes);
-    let direct = same_type::<A>(p.dx.dtype) && clear(dy.as_ptr()) && dres.is_none_or(|d| clear(d.as_ptr()));
-    let dx: &mut [A] = if direct {
-        let dx = std::slice::from_raw_parts_mut(dxp as *mut A, n);
-        dx.iter_mut().zip(s.g.iter().zip(&s.xh)).for_each(|(o, (g, xh))| *o = r * (*g - mean_g - *xh * mean_gx));
-        dx
+    // dx is built in scratch while the next row's x and dy are prefetched, then streamed out.
+    let next = if row + 1 < p.rows {
+        [row_ptr(&p.x, row + 1) as *const u8, row_ptr(&p.dy, row + 1) as *const u8]
     } else {
-        s.g.iter_mut().zip(&s.xh).for_each(|(g, xh)| *g = r * (*g - mean_g - *xh * mean_gx));
-        &mut s.g
+        [std::ptr::null(); 2]
     };
+    let xh = &s.xh;
+    let dx = &mut s.dy;
+    fill_prefetching(dx, &next, |i| r * (*s.g.get_unchecked(i) - mean_g - *xh.get_unchecked(i) * mean_gx));
     if let Some(d) = dres {
         dx.iter_mut().zip(d).for_each(|(o, d)| *o += *d);
     }
-    if !direct {
+    let dxp = row_ptr(&p.dx, row);
+    if same_type::<A>(p.dx.dtype) {
+        write_out(dxp as *mut A, dx);
+    } else {
         store_row(dx, p.dx.dtype, dxp);
     }
 }
@@ -214,12 +217,16 @@ fn bwd_impl<A: Real>(p: &BwdPlan) {
         inv_n: A::ONE / A::from_usize(n.max(1)),
     };
     let row_fn = pick!(bwd_row_avx2, bwd_row, A, unsafe fn(&BwdCtx<'_, A>, usize, &mut BwdScratch<A>));
-    // Split rows into a few chunks per thread; each chunk sums its own dw / db partials.
-    let chunks = (rayon::current_num_threads() * 4).min(p.rows.div_ceil(min_rows(n))).max(1);
+    // Split rows into a few chunks per thread; each chunk sums its own dw / db partials, which
+    // are then added in chunk order (the same result whichever thread ran which chunk).
+    let chunks = (super::pool::threads() * 4).min(p.rows.div_ceil(min_rows(n))).max(1);
     let per = p.rows.div_ceil(chunks).max(1);
-    let partials: Vec<(Vec<A>, Vec<A>)> = (0..chunks)
-        .into_par_iter()
-        .map(|k| {
+    let done = std::sync::Mutex::new(Vec::with_capacity(chunks));
+    super::pool::for_each_init(
+        chunks,
+        1,
+        || (),
+        |_, k| {
             let zeros = |on: bool| if on { vec![A::ZERO; n] } else { Vec::new() };
             let mut s = BwdScratch {
                 xh: zeros(true),
@@ -233,9 +240,12 @@ fn bwd_impl<A: Real>(p: &BwdPlan) {
                 // SAFETY: as in `fwd_impl`; each task writes only its own rows of dx.
                 unsafe { row_fn(&c, row, &mut s) };
             }
-            (s.dw, s.db)
-        })
-        .collect();
+            done.lock().unwrap_or_else(|e| e.into_inner()).push((k, s.dw, s.db));
+        },
+    );
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|t| t.0);
+    let partials: Vec<(Vec<A>, Vec<A>)> = done.into_iter().map(|(_, dw, db)| (dw, db)).collect();
     let reduce = |out: Option<Mat>, pick: fn(&(Vec<A>, Vec<A>)) -> &Vec<A>| {
         if let Some(out) = out {
             let mut total = vec![A::ZERO; n];

@@ -1,28 +1,15 @@
 //! Softmax on the CPU (math in `ops::softmax`): rows in parallel, read and written in place when
 //! stored in the accumulation type, else converted through a scratch row.
 
-use super::{disjoint, dot, for_each_row, lane_sum, load_row, row_ptr, same_type, store_row, Real};
+use super::{
+    disjoint, dot, fill_prefetching, for_each_row, load_row, row_max, row_ptr, same_type, store_row, sum, write_out,
+    Real,
+};
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
 by_acc!(fwd(FwdPlan) => fwd_impl, acc);
 
 by_acc!(bwd(BwdPlan) => bwd_impl, acc);
-
-/// NaN-propagating maximum of a row (branch-free, so it vectorizes).
-#[inline(always)]
-fn row_max<A: Real>(v: &[A]) -> A {
-    let mut m = v[0];
-    let mut nan = false;
-    for &a in v {
-        m = if a > m { a } else { m };
-        nan |= a != a;
-    }
-    if nan {
-        A::from_f64(f64::NAN)
-    } else {
-        m
-    }
-}
 
 /// # Safety
 /// `row < p.rows`; the plan's pointers are valid for its shapes; this row of `y` is written by no one else.
@@ -30,22 +17,21 @@ fn row_max<A: Real>(v: &[A]) -> A {
 unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
     let n = buf.len();
     if same_type::<A>(p.x.dtype) && same_type::<A>(p.y.dtype) && !overlap(&p.x, &p.y, row, n) {
-        // Read x where it is and build the result in y itself: one streaming pass over memory
-        // each way instead of a copy in, passes over scratch and a copy out.
+        // Read x where it is, build the row in L1 scratch while the next row's x is prefetched,
+        // and stream the result to y without reading y's lines first.
         let x = std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n);
-        let y = std::slice::from_raw_parts_mut(row_ptr(&p.y, row) as *mut A, n);
         let m = row_max(x);
-        for (y, x) in y.iter_mut().zip(x) {
-            *y = (*x - m).exp();
-        }
-        let inv = A::ONE / lane_sum(n, |i| *y.get_unchecked(i));
-        y.iter_mut().for_each(|v| *v = *v * inv);
+        let next = if row + 1 < p.rows { row_ptr(&p.x, row + 1) as *const u8 } else { std::ptr::null() };
+        fill_prefetching(buf, &[next], |i| (*x.get_unchecked(i) - m).exp());
+        let inv = A::ONE / sum(buf);
+        buf.iter_mut().for_each(|v| *v = *v * inv);
+        write_out(row_ptr(&p.y, row) as *mut A, buf);
         return;
     }
     load_row(p.x.dtype, row_ptr(&p.x, row), buf);
     let m = row_max(buf);
     buf.iter_mut().for_each(|v| *v = (*v - m).exp());
-    let inv = A::ONE / lane_sum(buf.len(), |i| *buf.get_unchecked(i));
+    let inv = A::ONE / sum(buf);
     buf.iter_mut().for_each(|v| *v = *v * inv);
     store_row(buf, p.y.dtype, row_ptr(&p.y, row));
 }
@@ -65,11 +51,14 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
     if same && !overlap(&p.y, &p.dx, row, n) && !overlap(&p.dy, &p.dx, row, n) {
         let y = std::slice::from_raw_parts(row_ptr(&p.y, row) as *const A, n);
         let d = std::slice::from_raw_parts(row_ptr(&p.dy, row) as *const A, n);
-        let dx = std::slice::from_raw_parts_mut(row_ptr(&p.dx, row) as *mut A, n);
         let s = dot(y, d);
-        for ((o, y), d) in dx.iter_mut().zip(y).zip(d) {
-            *o = *y * (*d - s);
-        }
+        let next = if row + 1 < p.rows {
+            [row_ptr(&p.y, row + 1) as *const u8, row_ptr(&p.dy, row + 1) as *const u8]
+        } else {
+            [std::ptr::null(); 2]
+        };
+        fill_prefetching(yb, &next, |i| *y.get_unchecked(i) * (*d.get_unchecked(i) - s));
+        write_out(row_ptr(&p.dx, row) as *mut A, yb);
         return;
     }
     load_row(p.y.dtype, row_ptr(&p.y, row), yb);

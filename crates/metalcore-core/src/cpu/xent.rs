@@ -1,7 +1,7 @@
 //! Cross-entropy on the CPU (math in `ops::xent`): rows in parallel; logits stored in the
 //! accumulation type are read in place, others converted once into scratch.
 
-use super::{disjoint, for_each_row, load_row, row_ptr, same_type, store_row, sum, Real};
+use super::{disjoint, for_each_row, load_row, row_max, row_ptr, same_type, store_row, sum, Real};
 use crate::ops::xent::{Mode, Plan};
 
 /// # Safety
@@ -9,24 +9,6 @@ use crate::ops::xent::{Mode, Plan};
 #[inline(always)]
 unsafe fn acc_at<A: Real>(ptr: usize, stride: i64, i: usize) -> *mut A {
     (ptr as *mut A).offset(i as isize * stride as isize)
-}
-
-/// Max of a non-empty row ignoring NaN (`x > m` is false for a NaN), in 8 independent lanes
-/// (vectorizes to `maxps`). A NaN in the row still reaches lse through its exponential.
-#[inline(always)]
-fn row_max<A: Real>(a: &[A]) -> A {
-    let mut m = [a[0]; 8];
-    let chunks = a.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..8 {
-            m[l] = if c[l] > m[l] { c[l] } else { m[l] };
-        }
-    }
-    for &x in rest {
-        m[0] = if x > m[0] { x } else { m[0] };
-    }
-    m.iter().fold(m[0], |b, &x| if x > b { x } else { b })
 }
 
 /// # Safety
@@ -80,7 +62,8 @@ unsafe fn row<A: Real>(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]) {
         let gp = row_ptr(grad, r);
         // The gradient goes straight into its row when it is stored as A and shares no memory
         // with the logits row; otherwise through `buf`.
-        let straight = direct && same_type::<A>(grad.dtype) && disjoint(gp as usize, xp as usize, v * std::mem::size_of::<A>());
+        let straight =
+            direct && same_type::<A>(grad.dtype) && disjoint(gp as usize, xp as usize, v * std::mem::size_of::<A>());
         let out: &mut [A] = if straight { std::slice::from_raw_parts_mut(gp as *mut A, v) } else { &mut *buf };
         if ignored || bad {
             out.iter_mut().for_each(|d| *d = A::ZERO);
