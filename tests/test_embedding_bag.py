@@ -93,6 +93,27 @@ def test_module_and_bad_input(device):
         embedding_bag(w, torch.tensor([1, 20], device=device), torch.tensor([0], device=device))
     with pytest.raises(ValueError, match="offsets: expected non-decreasing"):
         embedding_bag(w, idx, torch.tensor([0, 5, 2], device=device))
+    # Offsets far outside the indices and negative indices are reported (one check of all the
+    # statistics, read back at once).
+    for bad_off in ([0, 1 << 30], [-(1 << 30), 3], [0, 7, -5]):
+        for mode in ("sum", "mean", "max"):
+            with pytest.raises(ValueError, match="offsets: expected non-decreasing"):
+                embedding_bag(w, idx, torch.tensor(bad_off, device=device), mode=mode, include_last_offset=True)
+    with pytest.raises(IndexError, match="indices: index -7 is out of range"):
+        embedding_bag(w, torch.tensor([1, -7, 3], device=device), torch.tensor([0], device=device), mode="max")
+    # Unchecked (as under graph capture or torch.compile), the kernels clamp bad offsets and
+    # indices into their tensors: no out-of-bounds access, and the device stays usable.
+    from metalcore.embedding import _apply
+
+    i32 = torch.tensor([1, 25, -3, 4], device=device, dtype=torch.int32)
+    for bad_off in ([0, 1 << 30, 2], [-(1 << 30), 3, 9], [0, 7, -5]):
+        for code in (0, 1, 2):
+            out = _apply(w, i32, torch.tensor(bad_off, device=device, dtype=torch.int32), None, code, -1)
+            assert out.shape == (2, 8)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    # The device is still usable (no out-of-bounds access happened).
+    assert rel_err(m(idx, off), ref(idx, off)) < 1e-6
     with pytest.raises(ValueError, match="per_sample_weights: only supported with mode='sum'"):
         embedding_bag(w, idx, off, "mean", per_sample_weights=torch.ones(8, device=device))
     with pytest.raises(TypeError, match="indices: expected an integer tensor"):

@@ -77,22 +77,34 @@ def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: s
         if not -num <= padding_idx < num:
             raise ValueError(f"padding_idx: expected a value in [{-num}, {num}), got {padding_idx}")
         pad = padding_idx % num
+    stats = None
     if idx.device.type != "meta" and not capturing(idx) and not torch.compiler.is_compiling():
-        _check_ranges(idx, off, num)
-    return idx, off.contiguous(), psw, pad
+        stats = _range_stats(idx, off)
+    return idx, off.contiguous(), psw, pad, stats
 
 
-def _check_ranges(idx: Tensor, off: Tensor, num: int) -> None:
-    """Raises for an index outside ``[0, num)`` or malformed offsets (``off`` has a last offset).
-
-    Every statistic is computed on the device and read back in one copy: one host-device sync
-    per call (on CUDA a sync costs tens of microseconds of idle GPU; this check used to take four)."""
-    n = idx.numel()
+def _range_stats(idx: Tensor, off: Tensor) -> Tensor:
+    """What :func:`_check_ranges` needs, computed on the device without waiting for it:
+    (offsets decrease somewhere, first offset, last offset[, smallest index, largest index])."""
     stats = [(off[1:] < off[:-1]).any().to(torch.int64), off[0].to(torch.int64), off[-1].to(torch.int64)]
-    if n:
+    if idx.numel():
         lo, hi = torch.aminmax(idx)
         stats += [lo.to(torch.int64), hi.to(torch.int64)]
-    decreasing, first, last, *lohi = torch.stack(stats).tolist()
+    return torch.stack(stats)
+
+
+def _check_ranges(stats: Optional[Tensor], num: int, n: int) -> None:
+    """Raises for an index outside ``[0, num)`` or malformed offsets (``off`` has a last offset).
+
+    The statistics are read back in one copy, the call's one host-device sync (it used to take
+    four). It comes before the forward's launch: launched first, the forward would have to finish
+    before the host could go on, so the GPU would idle through the next call's host work instead
+    of running this forward during it (measured on H200: eager forward 0.634 ms this way, 0.864
+    the other). The kernels still clamp every index and offset, so a bad one reads nothing outside
+    its tensor where the check does not run (graph capture, torch.compile)."""
+    if stats is None:
+        return
+    decreasing, first, last, *lohi = stats.tolist()
     if lohi and (lohi[0] < 0 or lohi[1] >= num):
         bad = lohi[0] if lohi[0] < 0 else lohi[1]
         raise IndexError(f"indices: index {bad} is out of range for an embedding table of {num} rows")
@@ -213,13 +225,15 @@ def embedding_bag(
 ) -> Tensor:
     """``F.embedding_bag(indices, weight, offsets, mode=mode, ...)`` with the weight first (the
     original API's order). Returns ``(bags, embedding_dim)`` in the weight's dtype."""
-    idx, off, psw, pad = _prepare(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
+    idx, off, psw, pad, stats = _prepare(weight, indices, offsets, mode, per_sample_weights, padding_idx, include_last_offset)
     if not has_backend(weight.device):
+        _check_ranges(stats, weight.shape[0], idx.numel())
         warn_fallback("embedding_bag", weight.device)
         return torch.nn.functional.embedding_bag(idx.long(), weight, off[:-1].long(), mode=mode, per_sample_weights=psw,
                                                  padding_idx=None if pad < 0 else pad)
     if torch.compiler.is_compiling():
         return torch.ops.metalcore.embedding_bag(weight, idx, off, psw, _MODES[mode], pad)[0]
+    _check_ranges(stats, weight.shape[0], idx.numel())
     return _apply(weight, idx, off, psw, _MODES[mode], pad)
 
 

@@ -22,8 +22,8 @@ one-time warning for the device case). ``capturable`` and ``differentiable`` are
 
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Any, Dict, List, Optional
+import operator
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -51,6 +51,16 @@ def _bump_steps(steps: List[Tensor]) -> List[float]:
         return _native.add_to_f32_scalars([st.data_ptr() for st in steps], 1.0)
     torch._foreach_add_(steps, 1.0)
     return [st.item() for st in steps]
+
+
+class _Layout(NamedTuple):
+    """A parameter group's step layout (see ``MetalAdamW._layout``)."""
+
+    ids: List[int]
+    states: List[Dict[str, Any]]
+    steps: List[Tensor]
+    step_ptrs: Optional[List[int]]
+    buckets: List[Tuple[List[Tensor], List[Dict[str, Any]], torch.device]]
 
 
 class MetalAdamW(torch.optim.Optimizer):
@@ -132,40 +142,44 @@ class MetalAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        layouts = self.__dict__.setdefault("_layouts", {})
         for group in self.param_groups:
-            buckets: Dict[Any, List[Tensor]] = defaultdict(list)
-            live = []
-            ready = self.__dict__.setdefault("_ready", set())  # ids of parameters whose state is set up
             flags = (group["amsgrad"], group["master_weights"])
-            steps = []
-            state = self.state
-            for p in group["params"]:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse:
-                    raise RuntimeError("MetalAdamW does not support sparse gradients")
-                st = state.get(p)  # one lookup (hashing a tensor costs a Python call)
-                if not st or (id(p), flags) not in ready:
-                    if torch.is_complex(p):
-                        raise NotImplementedError("MetalAdamW: complex parameters are not supported")
-                    st = self._init_state(p, group)
-                    ready.add((id(p), flags))
-                live.append(p)
-                steps.append(st["step"])
+            live = [p for p in group["params"] if p.grad is not None]
             if not live:
                 continue
-            values = _bump_steps(steps)
-            for p, v in zip(live, values):
-                buckets[(p.device, p.dtype, v)].append(p)
-            for (device, dtype, step), ps in buckets.items():
+            for p in live:
+                if p.grad.is_sparse:
+                    raise RuntimeError("MetalAdamW does not support sparse gradients")
+            ids = list(map(id, live))
+            lay = layouts.get((id(group), flags))
+            if lay is None or lay.ids != ids:
+                lay = self._layout(live, ids, group, flags)
+                if len(layouts) > 64:
+                    layouts.clear()
+                layouts[(id(group), flags)] = lay
+            steps = [st["step"] for st in lay.states]
+            if all(map(operator.is_, steps, lay.steps)):
+                values = _native.add_to_f32_scalars(lay.step_ptrs, 1.0) if lay.step_ptrs is not None else _bump_steps(steps)
+            else:
+                values = _bump_steps(steps)
+            if values.count(values[0]) == len(values):
+                parts = [(ps, sts, dev, values[0]) for ps, sts, dev in lay.buckets]
+            else:  # parameters at different step counts (added to the group at different times)
+                by: Dict[Any, Tuple[List[Tensor], List[Dict[str, Any]], torch.device]] = {}
+                for p, st, v in zip(live, lay.states, values):
+                    e = by.setdefault((p.device, p.dtype, v), ([], [], p.device))
+                    e[0].append(p)
+                    e[1].append(st)
+                parts = [(ps, sts, dev, k[2]) for k, (ps, sts, dev) in by.items()]
+            for ps, sts, device, step in parts:
                 backend = has_backend(device)
-                native = [p for p in ps if backend and p.is_contiguous()]
+                native = [(p, st) for p, st in zip(ps, sts) if backend and p.is_contiguous()]
                 other = [p for p in ps if not (backend and p.is_contiguous())]
                 if native:
-                    self._native_step(native, group, step)
+                    self._native_step([p for p, _ in native], [st for _, st in native], group, step)
                 if other:
-                    if not has_backend(device):
+                    if not backend:
                         warn_fallback("MetalAdamW.step", device)
                     for p in other:
                         self._torch_step(p, group, step)
@@ -173,10 +187,28 @@ class MetalAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         self.__dict__.pop("_plans", None)  # cached plans of the replaced states
-        self.__dict__.pop("_ready", None)  # states to check again (dtypes, missing keys)
+        self.__dict__.pop("_layouts", None)  # state dicts and step counters of the replaced states
         super().load_state_dict(state_dict)
 
-    def _fixed_plan(self, ps: List[Tensor], group: Dict[str, Any], master: bool, grads: List[Tensor]):
+    def _layout(self, live: List[Tensor], ids: List[int], group: Dict[str, Any], flags) -> "_Layout":
+        """What a group's step needs that stays the same while the same parameters have gradients:
+        their state dicts (set up here, and checked: dtypes, missing keys), their step counters
+        (and whether one native call may bump them all), and the parameters by device and dtype."""
+        states = []
+        for p in live:
+            if torch.is_complex(p):
+                raise NotImplementedError("MetalAdamW: complex parameters are not supported")
+            states.append(self._init_state(p, group))
+        steps = [st["step"] for st in states]
+        native = all(st.dtype is _F32 and st.device.type == "cpu" and st.dim() == 0 and not st.requires_grad for st in steps)
+        by: Dict[Any, Tuple[List[Tensor], List[Dict[str, Any]], torch.device]] = {}
+        for p, st in zip(live, states):
+            e = by.setdefault((p.device, p.dtype), ([], [], p.device))
+            e[0].append(p)
+            e[1].append(st)
+        return _Layout(ids, states, steps, [t.data_ptr() for t in steps] if native else None, list(by.values()))
+
+    def _fixed_plan(self, ps: List[Tensor], sts: List[Dict[str, Any]], group: Dict[str, Any], master: bool, grads: List[Tensor]):
         """The native plan of this list of parameters with their states, cached per list; valid
         while every tensor is the same object at the same address (state tensors are replaced only
         by load_state_dict, which drops the cache). Made (and validated) with the current
@@ -184,12 +216,10 @@ class MetalAdamW(torch.optim.Optimizer):
         plans = self.__dict__.setdefault("_plans", {})
         key = (tuple(map(id, ps)), bool(group["amsgrad"]), master)
         names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else []) + (["master_param"] if master else [])
-        state = self.state
-        sts = [state[p] for p in ps]
         tensors = [[st[k] for st in sts] for k in names]
         ptrs = [p.data_ptr() for p in ps]
         hit = plans.get(key)
-        if hit is not None and hit[0] == ptrs and all(a is b for new, old in zip(tensors, hit[1]) for a, b in zip(new, old)):
+        if hit is not None and hit[0] == ptrs and all(all(map(operator.is_, new, old)) for new, old in zip(tensors, hit[1])):
             return hit[2]
         descs = [[desc(t, k) for t in ts] for k, ts in zip(names, tensors)]
         it = iter(descs[2:])
@@ -202,7 +232,7 @@ class MetalAdamW(torch.optim.Optimizer):
         plans[key] = (ptrs, tensors, plan)
         return plan
 
-    def _native_step(self, ps: List[Tensor], group: Dict[str, Any], step: float) -> None:
+    def _native_step(self, ps: List[Tensor], sts: List[Dict[str, Any]], group: Dict[str, Any], step: float) -> None:
         beta1, beta2 = group["betas"]
         master = group["master_weights"] and ps[0].dtype in _HALF
         sr = group["stochastic_rounding"] and ps[0].dtype == torch.bfloat16 and not master
@@ -216,7 +246,7 @@ class MetalAdamW(torch.optim.Optimizer):
                 raise ValueError(f"grad: expected the shape, dtype and device of its parameter {tuple(p.shape)}, "
                                  f"{p.dtype}, {p.device}; got {tuple(g.shape)}, {g.dtype}, {g.device}")
             grads.append(g if g.is_contiguous() else g.contiguous())
-        plan = self._fixed_plan(ps, group, master, grads)
+        plan = self._fixed_plan(ps, sts, group, master, grads)
         plan.step([g.data_ptr() for g in grads], float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
                   float(group["weight_decay"]), step, bool(group["maximize"]), seed, stream_of(ps[0]))
 

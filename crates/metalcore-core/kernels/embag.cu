@@ -26,7 +26,9 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
                  int* argmax, i64 a_rs, int num, int dim, int bags, int n, int padding_idx) {
 #if !BWD
     for (int b = blockIdx.x; b < bags; b += gridDim.x) {
-        const int s = offsets[b], e = offsets[b + 1];
+        // Offsets are clamped into [0, n] and made non-decreasing: malformed offsets (reported by
+        // the Python layer, unchecked under graph capture) read no index outside the tensor.
+        const int s = min(max(offsets[b], 0), n), e = min(max(offsets[b + 1], s), n);
         for (int c0 = threadIdx.x * VEC; c0 < dim; c0 += BLOCK * VEC) {
             ACC acc[VEC];
             int arg[VEC];
@@ -94,7 +96,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK)
                 ACC w = PSW ? to_acc(psw[q]) : (ACC)1;
 #if MODE == 1
                 int cnt = 0;
-                for (int t = offsets[b]; t < offsets[b + 1]; ++t) cnt += indices[t] != padding_idx;
+                const int t0 = min(max(offsets[b], 0), n), t1 = min(max(offsets[b + 1], t0), n);
+                for (int t = t0; t < t1; ++t) cnt += indices[t] != padding_idx;
                 w /= (ACC)(cnt > 0 ? cnt : 1);
 #endif
 #pragma unroll

@@ -1,7 +1,7 @@
 //! EmbeddingBag on the CPU (math in `ops::embag`): bags in parallel (forward), runs of equal
 //! indices in parallel (backward).
 
-use super::{for_each_row, row_ptr, store_row, view_or_load, Real};
+use super::{for_each_row, prefetch, row_ptr, store_row, view_or_load, Real};
 use crate::ops::embag::{Mode, Plan};
 
 /// # Safety
@@ -11,18 +11,10 @@ unsafe fn int_at(ptr: usize, i: usize) -> i32 {
     *(ptr as *const i32).add(i)
 }
 
-/// Hints the cache lines of `[ptr, ptr + bytes)` into the caches (x86-64; a no-op elsewhere).
+/// Hints the cache lines of `[ptr, ptr + bytes)` into the caches.
 #[inline(always)]
-fn prefetch(ptr: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for off in (0..bytes).step_by(64) {
-        // SAFETY: prefetching is a hint and never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.wrapping_add(off) as *const i8)
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (ptr, bytes);
+fn prefetch_bytes(ptr: *const u8, bytes: usize) {
+    (0..bytes).step_by(64).for_each(|off| prefetch(ptr.wrapping_add(off)));
 }
 
 /// The bag holding position `p`: the last `b` with `offsets[b] <= p`.
@@ -42,16 +34,25 @@ unsafe fn bag_of(p: &Plan, pos: usize) -> usize {
     lo
 }
 
+/// The entries `[s, e)` of bag `b`, clamped into `[0, n]` and non-decreasing: malformed offsets
+/// (reported by the Python layer, which may check them after the kernel has run) read no index
+/// outside the tensor.
+unsafe fn bag_range(p: &Plan, b: usize) -> (usize, usize) {
+    let s = (int_at(p.offsets, b).max(0) as usize).min(p.n);
+    (s, (int_at(p.offsets, b + 1).max(0) as usize).clamp(s, p.n))
+}
+
 /// Non-padding entries of bag `b`.
 unsafe fn count(p: &Plan, b: usize) -> usize {
-    let (s, e) = (int_at(p.offsets, b) as usize, int_at(p.offsets, b + 1) as usize);
+    let (s, e) = bag_range(p, b);
     (s..e).filter(|&q| int_at(p.indices, q) != p.padding_idx).count()
 }
 
 /// # Safety
 /// `b < bags`; the plan's operands are valid; row `b` of the outputs is written by no one else.
+#[inline(always)]
 unsafe fn fwd_bag<A: Real>(p: &Plan, b: usize, acc: &mut [A], row: &mut [A]) {
-    let (s, e) = (int_at(p.offsets, b) as usize, int_at(p.offsets, b + 1) as usize);
+    let (s, e) = bag_range(p, b);
     acc.iter_mut().for_each(|a| *a = A::ZERO);
     let mut arg = vec![-1i32; if p.mode == Mode::Max { p.dim } else { 0 }];
     let mut cnt = 0usize;
@@ -59,9 +60,9 @@ unsafe fn fwd_bag<A: Real>(p: &Plan, b: usize, acc: &mut [A], row: &mut [A]) {
     for q in s..e {
         // Rows are scattered over the table: fetch the one four entries ahead while this one is
         // summed (the hardware prefetcher only follows each row once it is being read).
-        if q + 4 < e {
-            let ahead = int_at(p.indices, q + 4).clamp(0, p.num as i32 - 1) as usize;
-            prefetch(row_ptr(&p.table, ahead), row_bytes);
+        if q + 16 < p.n {
+            let ahead = int_at(p.indices, q + 16).clamp(0, p.num as i32 - 1) as usize;
+            prefetch_bytes(row_ptr(&p.table, ahead), row_bytes);
         }
         let i = int_at(p.indices, q);
         if i == p.padding_idx {
@@ -104,6 +105,7 @@ unsafe fn fwd_bag<A: Real>(p: &Plan, b: usize, acc: &mut [A], row: &mut [A]) {
 /// # Safety
 /// `[start, end)` is one run of equal indices in sorted order; its row of grad_weight is written
 /// by no one else.
+#[inline(always)]
 unsafe fn bwd_run<A: Real>(p: &Plan, start: usize, end: usize, acc: &mut [A], g: &mut [A]) {
     let i = int_at(p.indices, int_at(p.sorted, start) as usize);
     if i == p.padding_idx || i < 0 || i as usize >= p.num {
@@ -140,8 +142,13 @@ unsafe fn bwd_run<A: Real>(p: &Plan, start: usize, end: usize, acc: &mut [A], g:
     store_row(acc, p.table.dtype, row_ptr(&p.table, i as usize));
 }
 
+isa_copies!(fwd_bag_avx2 = fwd_bag(p: &Plan, b: usize, acc: &mut [A], row: &mut [A]));
+isa_copies!(bwd_run_avx2 = bwd_run(p: &Plan, start: usize, end: usize, acc: &mut [A], g: &mut [A]));
+
 fn run_as<A: Real>(p: &Plan) {
     let dim = p.dim;
+    let fwd_bag = pick!(fwd_bag_avx2, fwd_bag, A, unsafe fn(&Plan, usize, &mut [A], &mut [A]));
+    let bwd_run = pick!(bwd_run_avx2, bwd_run, A, unsafe fn(&Plan, usize, usize, &mut [A], &mut [A]));
     if !p.backward {
         for_each_row(
             p.bags,
