@@ -76,3 +76,32 @@ def test_same_results_on_either_pool(restore_pool, dtype, shape):
     assert len(ref) == len(got)
     for r, o in zip(ref, got):
         assert torch.equal(r, o)
+
+
+def _linalg_all(a: torch.Tensor, b: torch.Tensor):
+    spd = a @ a.mT + a.shape[-1] * torch.eye(a.shape[-1], dtype=a.dtype)
+    low = torch.linalg.cholesky(spd)
+    q, r = metalcore.qr(a)
+    s = metalcore.svd(a)
+    e = metalcore.eigh(spd)
+    lu = metalcore.lu_batched(a)
+    return [metalcore.cholesky(spd), metalcore.cholesky_solve(b, low), metalcore.solve(a, b), metalcore.trsm(low, b),
+            q, r, *s, *e, *lu, metalcore.syrk_batched(a), metalcore.frobenius_norm_batched(a), metalcore.trace_batched(a)]
+
+
+@pytest.mark.parametrize("batch,n", [(37, 5), (300, 16), (40, 33), (9, 150)])
+def test_linear_algebra_same_results_on_either_pool(restore_pool, batch, n):
+    """Every batched linear-algebra path (lane groups up to 64², one matrix per task beyond,
+    the parallel copy of the input into the output past 64²) gives bit-identical results on
+    both pools."""
+    if not _uses_openmp():
+        pytest.skip("torch does not run on OpenMP here: only rayon's pool exists")
+    gen = torch.Generator().manual_seed(batch * 1000 + n)
+    a = torch.randn(batch, n, n, generator=gen, dtype=torch.float64).float()
+    b = torch.randn(batch, n, 3, generator=gen).float()
+    assert _native.cpu_pool("rayon") == "rayon"
+    ref = _linalg_all(a, b)
+    assert _native.cpu_pool("openmp") == "host"
+    got = _linalg_all(a, b)
+    for r, o in zip(ref, got):
+        assert torch.equal(r, o)

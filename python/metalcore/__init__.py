@@ -1,6 +1,6 @@
 """metalcore: fast linear algebra and LLM-training ops for PyTorch, on a Rust core.
 
-Backends: CPU (Rust + rayon) and CUDA (kernels compiled at run time by NVRTC, launched on
+Backends: CPU (Rust, on torch's OpenMP team or rayon) and CUDA (kernels compiled at run time by NVRTC, launched on
 PyTorch's current stream). Tensors on other devices fall back to PyTorch's own ops, with a
 one-time warning.
 """

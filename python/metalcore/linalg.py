@@ -8,7 +8,7 @@ positive definite (NaN included) is reported per batch element: ``cholesky_ex`` 
 ``info`` (0, or the order of the first leading minor that is not positive definite) and
 ``cholesky`` raises ``torch.linalg.LinAlgError`` naming the first failing batch index.
 
-Backends: CPU (rayon over the batch, one cache-resident kernel per matrix) and CUDA (one launch
+Backends: CPU (parallel over the batch, one cache-resident kernel per matrix) and CUDA (one launch
 for the whole batch, each matrix factored by one warp or one block in shared memory). A CUDA
 matrix too large for one block's shared memory (float32: n above about 230 for Cholesky/LU, QR
 from about 160×160) is handed to torch.linalg's own kernel (``cholesky_ex``, ``solve_ex``, ``qr``),

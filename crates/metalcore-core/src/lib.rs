@@ -1,7 +1,7 @@
 //! metalcore-core: the pure-Rust core of metalcore (no PyO3).
 //!
 //! Layers: [`tensor`] descriptors of borrowed memory → [`ops`] (validation, then dispatch by device)
-//! → backends: [`cpu`] (rayon) and [`cuda`] (kernels compiled at run time by NVRTC, launched on the
+//! → backends: [`cpu`] (rayon, or the host's OpenMP team: [`cpu::pool`]) and [`cuda`] (kernels compiled at run time by NVRTC, launched on the
 //! caller's stream). The core never allocates device memory and never synchronizes the host.
 //!
 //! Adding an op touches: `kernels/<op>.cu`, `src/cpu/<op>.rs`, `src/cuda/<op>.rs` (+ its CI

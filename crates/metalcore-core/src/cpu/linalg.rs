@@ -1,12 +1,12 @@
-//! Batched dense linear algebra on the CPU (semantics in `ops::linalg`): rayon over the batch, one
+//! Batched dense linear algebra on the CPU (semantics in `ops::linalg`): in parallel over the batch ([`super::pool`]), one
 //! tight, cache-resident kernel per matrix (the sizes this targets, n ≤ a few hundred, fit in L1/L2).
 
 use super::lanes::{self, W};
+use super::pool::{self, Shared};
 use super::{dot, Real};
 use crate::ops::linalg::{
     BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
 };
-use rayon::prelude::*;
 
 /// Zeroes the strict upper triangle (the factor is lower), or transposes into the upper one.
 fn finish<A: Real>(a: &mut [A], n: usize, upper: bool) {
@@ -24,7 +24,19 @@ fn finish<A: Real>(a: &mut [A], n: usize, upper: bool) {
 
 /// `dst = src` (equal lengths), in parallel chunks.
 fn par_copy<A: Real>(dst: &mut [A], src: &[A]) {
-    dst.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| d.copy_from_slice(s));
+    const CHUNK: usize = 1 << 16;
+    let len = dst.len().min(src.len());
+    let (d, s) = (Shared::new(dst.as_ptr()), Shared::new(src.as_ptr()));
+    // SAFETY: chunk c covers [c·CHUNK, min((c+1)·CHUNK, len)) of both slices; chunks are disjoint.
+    pool::for_each_init(
+        len.div_ceil(CHUNK),
+        1,
+        || (),
+        |_, c| unsafe {
+            let lo = c * CHUNK;
+            std::ptr::copy_nonoverlapping(s.at(lo), d.at(lo), CHUNK.min(len - lo));
+        },
+    );
 }
 
 /// Cholesky of L interleaved n×n matrices (`m[i*n + j][lane]`, see [`lanes`]), in place on
@@ -167,11 +179,20 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
             par_copy(all, src);
         }
         let f = pick!(factor_matrix_avx2, factor_matrix, A, unsafe fn(&mut [A], usize) -> i32);
-        all.par_chunks_mut(len).zip(info.par_iter_mut()).with_min_len((4096 / len).max(1)).for_each(|(m, inf)| {
-            // SAFETY: `m` is one n×n matrix.
-            *inf = unsafe { f(m, n) };
-            finish(m, n, p.upper);
-        });
+        let (mats, infos) = (Shared::new(all.as_ptr()), Shared::new(info.as_ptr()));
+        pool::for_each_init(
+            p.a.batch,
+            (4096 / len).max(1),
+            || (),
+            |_, i| {
+                // SAFETY: task i owns matrix i (n×n) and info entry i.
+                unsafe {
+                    let m = mats.part(i, len);
+                    *infos.at(i) = f(m, n);
+                    finish(m, n, p.upper);
+                }
+            },
+        );
         return;
     }
     // Up to 16×16, 16 matrices per group (fewer steps per matrix); beyond, 8 (16 lane matrices of
@@ -378,10 +399,14 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     let ls = unsafe { std::slice::from_raw_parts(p.l.ptr as *const A, p.l.batch * llen) };
     let bs = unsafe { std::slice::from_raw_parts_mut(p.b.ptr as *mut A, p.b.batch * blen) };
     let f = pick!(solve_matrix_avx2, solve_matrix, A, unsafe fn(&[A], &mut [A], usize, usize, bool, &mut [A]));
-    bs.par_chunks_mut(blen).zip(ls.par_chunks(llen)).with_min_len((8192 / (llen + blen)).max(1)).for_each_init(
+    let (bm, lm) = (Shared::new(bs.as_ptr()), Shared::new(ls.as_ptr()));
+    let count = (bs.len() / blen).min(ls.len() / llen);
+    pool::for_each_init(
+        count,
+        (8192 / (llen + blen)).max(1),
         || vec![A::ZERO; n],
-        // SAFETY: `b` is n×k, `l` n×n, `col` n elements.
-        |col, (b, l)| unsafe { f(l, b, n, k, p.upper, col) },
+        // SAFETY: task i writes only right-hand side i (n×k) and reads factor i (n×n); `col` is n.
+        |col, i| unsafe { f(lm.part(i, llen), bm.part(i, blen), n, k, p.upper, col) },
     );
 }
 
@@ -646,14 +671,27 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
             }
         };
         let plen = if p.pivots.is_some() { n } else { 0 };
-        asl.par_chunks_mut(alen)
-            .zip(bsl.par_chunks_mut(bstep))
-            .zip(psl.par_chunks_mut(pstep))
-            .zip(info.par_iter_mut())
-            .with_min_len((8192 / (alen + blen)).max(1))
-            // SAFETY: the chunks are one n×n matrix, one n×k right-hand side (or the scratch) and
-            // its n pivots (or a scratch slot, passed as an empty slice).
-            .for_each(|(((a, b), pv), inf)| unsafe { f(a, &mut b[..blen], n, k, inf, &mut pv[..plen]) });
+        let count = (asl.len() / alen).min(bsl.len() / bstep).min(psl.len() / pstep).min(info.len());
+        let (am, bm, pm, im) = (
+            Shared::new(asl.as_ptr()),
+            Shared::new(bsl.as_ptr()),
+            Shared::new(psl.as_ptr()),
+            Shared::new(info.as_ptr()),
+        );
+        pool::for_each_init(
+            count,
+            (8192 / (alen + blen)).max(1),
+            || (),
+            |_, i| {
+                // SAFETY: task i owns its n×n matrix, its n×k right-hand side (or scratch slot), its n
+                // pivots (or a scratch slot, passed as an empty slice) and its info entry.
+                unsafe {
+                    let b = bm.part(i, bstep);
+                    let pv = pm.part(i, pstep);
+                    f(am.part(i, alen), &mut b[..blen], n, k, &mut *im.at(i), &mut pv[..plen])
+                }
+            },
+        );
     }
 }
 
@@ -729,10 +767,14 @@ fn trsm_impl<A: Real>(p: &TrsmPlan) {
     let f =
         pick!(trsm_matrix_avx2, trsm_matrix, A, unsafe fn(&[A], &mut [A], usize, usize, (bool, bool, bool), &mut [A]));
     let flags = (p.lower, p.trans, p.unit);
-    bs.par_chunks_mut(blen).zip(ts.par_chunks(tlen)).with_min_len((8192 / (tlen + blen)).max(1)).for_each_init(
+    let (bm, tm) = (Shared::new(bs.as_ptr()), Shared::new(ts.as_ptr()));
+    let count = (bs.len() / blen).min(ts.len() / tlen);
+    pool::for_each_init(
+        count,
+        (8192 / (tlen + blen)).max(1),
         || vec![A::ZERO; n],
-        // SAFETY: `b` is n×k, `t` n×n, `col` n elements.
-        |col, (b, t)| unsafe { f(t, b, n, k, flags, col) },
+        // SAFETY: task i writes only right-hand side i (n×k) and reads matrix i (n×n); `col` is n.
+        |col, i| unsafe { f(tm.part(i, tlen), bm.part(i, blen), n, k, flags, col) },
     );
 }
 
@@ -776,22 +818,36 @@ fn batched_impl<A: Real>(p: &BatchedPlan) {
             }
             let out = unsafe { std::slice::from_raw_parts_mut(p.out as *mut A, b * n * n) };
             let f = pick!(syrk_matrix_avx2, syrk_matrix, A, unsafe fn(&[A], &mut [A], usize, usize));
-            out.par_chunks_mut(n * n).enumerate().with_min_len((8192 / (len + n * n)).max(1)).for_each(|(i, c)| {
-                // SAFETY: matrix i of `a` is m×n; `c` is n×n.
-                unsafe { f(if len == 0 { &[] } else { &a[i * len..(i + 1) * len] }, c, m, n) }
-            });
+            let om = Shared::new(out.as_ptr());
+            pool::for_each_init(
+                b,
+                (8192 / (len + n * n)).max(1),
+                || (),
+                |_, i| {
+                    // SAFETY: matrix i of `a` is m×n; task i writes only the n×n output i.
+                    unsafe { f(if len == 0 { &[] } else { &a[i * len..(i + 1) * len] }, om.part(i, n * n), m, n) }
+                },
+            );
         }
         BatchedKind::Frobenius | BatchedKind::Trace => {
             let out = unsafe { std::slice::from_raw_parts_mut(p.out as *mut A, b) };
             let trace = p.kind == BatchedKind::Trace;
-            out.par_iter_mut().enumerate().with_min_len((8192 / len.max(1)).max(1)).for_each(|(i, o)| {
-                let mat = if len == 0 { &[][..] } else { &a[i * len..(i + 1) * len] };
-                *o = if trace {
-                    A::from_f64((0..n).map(|d| mat[d * n + d].to_f64()).sum::<f64>())
-                } else {
-                    dot(mat, mat).sqrt()
-                };
-            });
+            let om = Shared::new(out.as_ptr());
+            pool::for_each_init(
+                b,
+                (8192 / len.max(1)).max(1),
+                || (),
+                |_, i| {
+                    let mat = if len == 0 { &[][..] } else { &a[i * len..(i + 1) * len] };
+                    // SAFETY: task i writes only output i.
+                    let o = unsafe { &mut *om.at(i) };
+                    *o = if trace {
+                        A::from_f64((0..n).map(|d| mat[d * n + d].to_f64()).sum::<f64>())
+                    } else {
+                        dot(mat, mat).sqrt()
+                    };
+                },
+            );
         }
     }
 }
@@ -1084,7 +1140,9 @@ fn qr_impl<A: Real>(p: &QrPlan) {
         A,
         unsafe fn(&mut [A], usize, usize, &mut [A], usize, &mut [A], usize, &mut [A], &mut [A], &mut [A])
     );
-    (0..p.a.batch).into_par_iter().with_min_len((4096 / (m * n).max(1)).max(1)).for_each_init(
+    pool::for_each_init(
+        p.a.batch,
+        (4096 / (m * n).max(1)).max(1),
         || (vec![A::ZERO; m * n], vec![A::ZERO; m.min(n)], vec![A::ZERO; m], vec![A::ZERO; n.max(kq)]),
         |(a, tau, v, w), b| {
             // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, m, kq) Q and
@@ -1268,7 +1326,9 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
     let f = pick!(jacobi_matrix_avx2, jacobi_matrix, A, unsafe fn(&mut [A], usize, usize, &mut [A], usize) -> bool);
     let g = pick!(eigh_matrix_avx2, eigh_matrix, A, unsafe fn(&mut [A], usize, &mut [A], usize) -> bool);
     let (src, sp, up, vp, ip) = (p.a.ptr, p.s, p.u, p.v, p.info);
-    (0..p.a.batch).into_par_iter().with_min_len((2048 / (m * n * n).max(1)).max(1)).for_each_init(
+    pool::for_each_init(
+        p.a.batch,
+        (2048 / (m * n * n).max(1)).max(1),
         || (vec![A::ZERO; m * n], vec![A::ZERO; if want_v { n * n } else { 0 }], vec![A::ZERO; n], vec![0usize; n]),
         |(a, v, vals, order), b| {
             // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n) U,

@@ -1,4 +1,4 @@
-//! CPU backend: plain Rust over borrowed host memory, parallel over rows with rayon.
+//! CPU backend: plain Rust over borrowed host memory, parallel over rows ([`pool`]: rayon, or the host process's OpenMP team).
 //!
 //! Every kernel loads a row into a scratch buffer of its accumulation type (`f32`, or `f64` for
 //! float64 data), computes there, and stores the result in the output's dtype, so one kernel body
@@ -63,7 +63,7 @@ pub mod rope;
 pub mod softmax;
 pub mod xent;
 
-/// Rows per rayon task: enough work (~64 KiB) to amortize scheduling.
+/// Rows per parallel task: enough work (~64 KiB) to amortize scheduling.
 pub(crate) fn min_rows(cols: usize) -> usize {
     (16384 / cols.max(1)).max(1)
 }
@@ -500,7 +500,7 @@ pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
     ((b + rounding) >> 16) as u16
 }
 
-/// A raw pointer that may cross rayon's threads. Each parallel task touches disjoint rows.
+/// A raw pointer that may cross the pool's threads. Each parallel task touches disjoint rows.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut u8);
 // SAFETY: the ops only hand disjoint row ranges of a SendPtr to different threads.

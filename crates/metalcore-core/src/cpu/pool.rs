@@ -64,6 +64,43 @@ pub(crate) fn threads() -> usize {
     runner().map_or_else(rayon::current_num_threads, |(_, t)| t)
 }
 
+/// A pointer that the tasks of a parallel loop share, each touching only its own part.
+pub(crate) struct Shared<T>(pub *mut T);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+// SAFETY: the loops hand disjoint parts of the pointee to different tasks (see `part`).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(p: *const T) -> Self {
+        Shared(p as *mut T)
+    }
+
+    /// Element `i` (a method, so that closures capture the whole `Shared`, not its raw field).
+    ///
+    /// # Safety
+    /// `i` lies inside the allocation.
+    pub(crate) unsafe fn at(&self, i: usize) -> *mut T {
+        self.0.add(i)
+    }
+
+    /// Part `i` of `len` elements.
+    ///
+    /// # Safety
+    /// `[i·len, (i+1)·len)` lies inside the allocation, and no other task uses it meanwhile
+    /// (unless every user only reads it).
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part(&self, i: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(i * len), len)
+    }
+}
+
 struct Job<'a, S, I, F> {
     next: AtomicUsize,
     n: usize,
