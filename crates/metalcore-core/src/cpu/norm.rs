@@ -80,14 +80,13 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     }
     // The row is built in L1 scratch while the next row's x is prefetched, then streamed out.
     let next = if row + 1 < p.rows { row_ptr(&p.x, row + 1) as *const u8 } else { std::ptr::null() };
+    let (w, b): (&[A], &[A]) = (&c.w, &c.b);
     if p.cast_before_weight {
         fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r);
         round_to(p.x.dtype, tmp);
-        tmp.iter_mut().zip(c.w.iter().zip(&c.b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
+        tmp.iter_mut().zip(w.iter().zip(b)).for_each(|(v, (w, b))| *v = *v * *w + *b);
     } else {
-        fill_prefetching(tmp, &[next], |i| {
-            (*xs.get_unchecked(i) - mu) * r * *c.w.get_unchecked(i) + *c.b.get_unchecked(i)
-        });
+        fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r * *w.get_unchecked(i) + *b.get_unchecked(i));
     }
     let yp = row_ptr(&p.y, row);
     if same_type::<A>(p.y.dtype) {
@@ -192,9 +191,10 @@ unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>)
     } else {
         [std::ptr::null(); 2]
     };
-    let xh = &s.xh;
-    let dx = &mut s.dy;
-    fill_prefetching(dx, &next, |i| r * (*s.g.get_unchecked(i) - mean_g - *xh.get_unchecked(i) * mean_gx));
+    // Slices bound before the closure: read through `s` there, the vectors' buffer pointers were
+    // reloaded at every element (the store to dx might alias them) and the loop ran scalar.
+    let (g, xh, dx): (&[A], &[A], &mut [A]) = (&s.g, &s.xh, &mut s.dy);
+    fill_prefetching(dx, &next, |i| r * (*g.get_unchecked(i) - mean_g - *xh.get_unchecked(i) * mean_gx));
     if let Some(d) = dres {
         dx.iter_mut().zip(d).for_each(|(o, d)| *o += *d);
     }
