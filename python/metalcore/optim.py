@@ -43,14 +43,34 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 _F32 = torch.float32
 
 
+def _plain_counters(steps: List[Tensor]) -> bool:
+    """True when every step counter is as this optimizer makes them (0-d float32 CPU tensors, not
+    requiring grad), so that one native call may bump them all."""
+    return all(st.dtype is _F32 and st.device.type == "cpu" and st.dim() == 0 and not st.requires_grad for st in steps)
+
+
 def _bump_steps(steps: List[Tensor]) -> List[float]:
-    """Adds 1 to every step counter and returns the new values. Counters as this optimizer makes
-    them (0-d float32 CPU tensors, not requiring grad) are bumped in one native call; any other
-    (e.g. loaded from a state dict saved elsewhere) through torch, as torch's AdamW does."""
-    if all(st.dtype is _F32 and st.device.type == "cpu" and st.dim() == 0 and not st.requires_grad for st in steps):
+    """Adds 1 to every step counter and returns the new values: plain counters
+    (:func:`_plain_counters`) in one native call, any other (e.g. loaded from a state dict saved
+    elsewhere) through torch, as torch's AdamW does."""
+    if _plain_counters(steps):
         return _native.add_to_f32_scalars([st.data_ptr() for st in steps], 1.0)
     torch._foreach_add_(steps, 1.0)
     return [st.item() for st in steps]
+
+
+_Bucket = Tuple[List[Tensor], List[Dict[str, Any]], torch.device]
+
+
+def _buckets(ps: List[Tensor], sts: List[Dict[str, Any]], keys) -> List[Tuple[_Bucket, Any]]:
+    """The parameters with their states grouped by `keys` (one hashable per parameter, holding
+    its device), in first-seen order: ((parameters, states, device), key) per group."""
+    by: Dict[Any, _Bucket] = {}
+    for p, st, k in zip(ps, sts, keys):
+        e = by.setdefault(k, ([], [], p.device))
+        e[0].append(p)
+        e[1].append(st)
+    return [(b, k) for k, b in by.items()]
 
 
 class _Layout(NamedTuple):
@@ -60,7 +80,7 @@ class _Layout(NamedTuple):
     states: List[Dict[str, Any]]
     steps: List[Tensor]
     step_ptrs: Optional[List[int]]
-    buckets: List[Tuple[List[Tensor], List[Dict[str, Any]], torch.device]]
+    buckets: List[_Bucket]
 
 
 class MetalAdamW(torch.optim.Optimizer):
@@ -154,7 +174,7 @@ class MetalAdamW(torch.optim.Optimizer):
             ids = list(map(id, live))
             lay = layouts.get((id(group), flags))
             if lay is None or lay.ids != ids:
-                lay = self._layout(live, ids, group, flags)
+                lay = self._layout(live, ids, group)
                 if len(layouts) > 64:
                     layouts.clear()
                 layouts[(id(group), flags)] = lay
@@ -166,12 +186,8 @@ class MetalAdamW(torch.optim.Optimizer):
             if values.count(values[0]) == len(values):
                 parts = [(ps, sts, dev, values[0]) for ps, sts, dev in lay.buckets]
             else:  # parameters at different step counts (added to the group at different times)
-                by: Dict[Any, Tuple[List[Tensor], List[Dict[str, Any]], torch.device]] = {}
-                for p, st, v in zip(live, lay.states, values):
-                    e = by.setdefault((p.device, p.dtype, v), ([], [], p.device))
-                    e[0].append(p)
-                    e[1].append(st)
-                parts = [(ps, sts, dev, k[2]) for k, (ps, sts, dev) in by.items()]
+                keys = [(p.device, p.dtype, v) for p, v in zip(live, values)]
+                parts = [(ps, sts, dev, k[2]) for (ps, sts, dev), k in _buckets(live, lay.states, keys)]
             for ps, sts, device, step in parts:
                 backend = has_backend(device)
                 native = [(p, st) for p, st in zip(ps, sts) if backend and p.is_contiguous()]
@@ -190,7 +206,7 @@ class MetalAdamW(torch.optim.Optimizer):
         self.__dict__.pop("_layouts", None)  # state dicts and step counters of the replaced states
         super().load_state_dict(state_dict)
 
-    def _layout(self, live: List[Tensor], ids: List[int], group: Dict[str, Any], flags) -> "_Layout":
+    def _layout(self, live: List[Tensor], ids: List[int], group: Dict[str, Any]) -> "_Layout":
         """What a group's step needs that stays the same while the same parameters have gradients:
         their state dicts (set up here, and checked: dtypes, missing keys), their step counters
         (and whether one native call may bump them all), and the parameters by device and dtype."""
@@ -200,13 +216,9 @@ class MetalAdamW(torch.optim.Optimizer):
                 raise NotImplementedError("MetalAdamW: complex parameters are not supported")
             states.append(self._init_state(p, group))
         steps = [st["step"] for st in states]
-        native = all(st.dtype is _F32 and st.device.type == "cpu" and st.dim() == 0 and not st.requires_grad for st in steps)
-        by: Dict[Any, Tuple[List[Tensor], List[Dict[str, Any]], torch.device]] = {}
-        for p, st in zip(live, states):
-            e = by.setdefault((p.device, p.dtype), ([], [], p.device))
-            e[0].append(p)
-            e[1].append(st)
-        return _Layout(ids, states, steps, [t.data_ptr() for t in steps] if native else None, list(by.values()))
+        ptrs = [t.data_ptr() for t in steps] if _plain_counters(steps) else None
+        buckets = [b for b, _ in _buckets(live, states, [(p.device, p.dtype) for p in live])]
+        return _Layout(ids, states, steps, ptrs, buckets)
 
     def _fixed_plan(self, ps: List[Tensor], sts: List[Dict[str, Any]], group: Dict[str, Any], master: bool, grads: List[Tensor]):
         """The native plan of this list of parameters with their states, cached per list; valid

@@ -120,6 +120,17 @@ pub(crate) fn prefetch(p: *const u8) {
     }
 }
 
+/// Start of row `row + 1` of `m`, the operand [`fill_prefetching`] fetches ahead; null past the
+/// last of `rows`.
+#[inline(always)]
+pub(crate) fn next_row(m: &crate::ops::Mat, row: usize, rows: usize) -> *const u8 {
+    if row + 1 < rows {
+        row_ptr(m, row + 1) as *const u8
+    } else {
+        std::ptr::null()
+    }
+}
+
 /// Fills `out[i] = f(i)` in 64-byte pieces, prefetching line `j` of each row in `ahead` (the
 /// start of the next row's operands, null for none) while it fills piece `j` of `out`.
 #[inline(always)]

@@ -3,8 +3,8 @@
 //! scratch row, so every pass after the first read stays in L1.
 
 use super::{
-    dot, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, round_to, row_ptr, same_type, store_row, sum,
-    write_out, Real,
+    dot, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, next_row, round_to, row_ptr, same_type,
+    store_row, sum, write_out, Real,
 };
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
@@ -79,7 +79,7 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
         mu.store(p.acc, mean as *mut u8, row);
     }
     // The row is built in L1 scratch while the next row's x is prefetched, then streamed out.
-    let next = if row + 1 < p.rows { row_ptr(&p.x, row + 1) as *const u8 } else { std::ptr::null() };
+    let next = next_row(&p.x, row, p.rows);
     let (w, b): (&[A], &[A]) = (&c.w, &c.b);
     if p.cast_before_weight {
         fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r);
@@ -186,11 +186,7 @@ unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>)
         }
     });
     // dx is built in scratch while the next row's x and dy are prefetched, then streamed out.
-    let next = if row + 1 < p.rows {
-        [row_ptr(&p.x, row + 1) as *const u8, row_ptr(&p.dy, row + 1) as *const u8]
-    } else {
-        [std::ptr::null(); 2]
-    };
+    let next = [next_row(&p.x, row, p.rows), next_row(&p.dy, row, p.rows)];
     // Slices bound before the closure: read through `s` there, the vectors' buffer pointers were
     // reloaded at every element (the store to dx might alias them) and the loop ran scalar.
     let (g, xh, dx): (&[A], &[A], &mut [A]) = (&s.g, &s.xh, &mut s.dy);

@@ -2,8 +2,8 @@
 //! stored in the accumulation type, else converted through a scratch row.
 
 use super::{
-    disjoint, dot, fill_prefetching, for_each_row, load_row, row_max, row_ptr, same_type, store_row, sum, write_out,
-    Real,
+    disjoint, dot, fill_prefetching, for_each_row, load_row, next_row, row_max, row_ptr, same_type, store_row, sum,
+    write_out, Real,
 };
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
@@ -21,8 +21,7 @@ unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
         // and stream the result to y without reading y's lines first.
         let x = std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n);
         let m = row_max(x);
-        let next = if row + 1 < p.rows { row_ptr(&p.x, row + 1) as *const u8 } else { std::ptr::null() };
-        fill_prefetching(buf, &[next], |i| (*x.get_unchecked(i) - m).exp());
+        fill_prefetching(buf, &[next_row(&p.x, row, p.rows)], |i| (*x.get_unchecked(i) - m).exp());
         let inv = A::ONE / sum(buf);
         buf.iter_mut().for_each(|v| *v = *v * inv);
         write_out(row_ptr(&p.y, row) as *mut A, buf);
@@ -52,11 +51,7 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
         let y = std::slice::from_raw_parts(row_ptr(&p.y, row) as *const A, n);
         let d = std::slice::from_raw_parts(row_ptr(&p.dy, row) as *const A, n);
         let s = dot(y, d);
-        let next = if row + 1 < p.rows {
-            [row_ptr(&p.y, row + 1) as *const u8, row_ptr(&p.dy, row + 1) as *const u8]
-        } else {
-            [std::ptr::null(); 2]
-        };
+        let next = [next_row(&p.y, row, p.rows), next_row(&p.dy, row, p.rows)];
         fill_prefetching(yb, &next, |i| *y.get_unchecked(i) * (*d.get_unchecked(i) - s));
         write_out(row_ptr(&p.dx, row) as *mut A, yb);
         return;
