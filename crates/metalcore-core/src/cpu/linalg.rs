@@ -3,6 +3,7 @@
 
 use super::lanes::{self, W};
 use super::pool::{self, Shared};
+use super::symeig::{sym_eig_best, EigScratch};
 use super::{dot, Real};
 use crate::ops::linalg::{
     BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
@@ -1175,7 +1176,7 @@ fn rotate<A: Real>(x: &mut [A], y: &mut [A], tau: A, s: A) {
 
 /// The machine epsilon of `A` (float32 or float64).
 #[inline(always)]
-fn eps_of<A: Real>() -> f64 {
+pub(crate) fn eps_of<A: Real>() -> f64 {
     if std::mem::size_of::<A>() == 4 {
         f32::EPSILON as f64
     } else {
@@ -1263,146 +1264,225 @@ fn before<A: Real>(x: A, y: A, desc: bool) -> bool {
     }
 }
 
-/// The index of the first entry of largest magnitude (NaN counts as largest).
+/// The index of the first entry of largest magnitude (NaN counts as largest): the largest
+/// magnitude first, in 8 lanes (vectorizes), then the first entry that has it.
 fn argmax_abs<A: Real>(x: &[A]) -> usize {
-    let mut at = 0;
-    for i in 1..x.len() {
-        let (b, c) = (x[at].abs(), x[i].abs());
-        if c > b || (c != c && b == b) {
-            at = i;
+    let mut big = [A::ZERO; 8];
+    let mut nan = false;
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let c: [A; 8] = c.try_into().unwrap();
+        for t in 0..8 {
+            let m = c[t].abs();
+            nan |= m != m;
+            big[t] = if m > big[t] { m } else { big[t] };
         }
     }
-    at
+    let mut top = A::ZERO;
+    for m in big.into_iter().chain(tail.iter().map(|v| v.abs())) {
+        nan |= m != m;
+        top = if m > top { m } else { top };
+    }
+    if nan {
+        return x.iter().position(|v| *v != *v).unwrap_or(0);
+    }
+    x.iter().position(|v| v.abs() == top).unwrap_or(0)
 }
 
-/// Two-sided cyclic Jacobi on the symmetric column-major n×n `a` (semantics in
-/// `kernels/linalg.cu`): each pair (p, q) with |a_pq| > tol sqrt(|a_pp a_qq|) is rotated away
-/// (columns, then rows; a_pq set to exactly 0), `v` accumulates the rotations. Returns whether a
-/// sweep rotated nothing within `max_sweeps`.
+/// Loads matrix `b` of the plan's A into `a`, column-major with leading dimension `ld` ≥ m (eigh:
+/// its lower triangle, mirrored; rows m..ld left as they are). Returns whether it holds a NaN or
+/// Inf (in the part read).
 ///
 /// # Safety
-/// `a` and `v` hold n*n elements.
-#[inline(always)]
-unsafe fn eigh_matrix<A: Real>(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool {
-    let eps = eps_of::<A>();
-    let tol = A::from_f64((n as f64).sqrt() * eps);
-    for _ in 0..max_sweeps {
-        let mut rotated = false;
-        for p in 0..n {
-            for q in p + 1..n {
-                let (app, aqq, apq) = (a[p * n + p], a[q * n + q], a[q * n + p]);
-                if !(apq.abs() > tol * app.abs().sqrt() * aqq.abs().sqrt()) {
-                    continue;
-                }
-                rotated = true;
-                let (t, s, tau) = jacobi_angle(app, aqq, apq);
-                let (x, y) = two_cols(a, n, p, q);
-                rotate(x, y, tau, s);
-                for j in 0..n {
-                    let (u, w) = (a[j * n + p], a[j * n + q]);
-                    a[j * n + p] = u - s * (w + tau * u);
-                    a[j * n + q] = w + s * (u - tau * w);
-                }
-                a[p * n + p] = app - t * apq;
-                a[q * n + q] = aqq + t * apq;
-                a[q * n + p] = A::ZERO;
-                a[p * n + q] = A::ZERO;
-                let (vp, vq) = two_cols(v, n, p, q);
-                rotate(vp, vq, tau, s);
+/// `p.a` is a validated contiguous (batch, m, n) tensor of this dtype and `b` < batch.
+unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) -> bool {
+    let (m, n) = (p.a.rows, p.a.cols);
+    let am = std::slice::from_raw_parts((p.a.ptr as *const A).add(b * m * n), m * n);
+    // x − x is NaN exactly for NaN and ±Inf; summed in 8 lanes (vectorizes).
+    let mut acc = [A::ZERO; 8];
+    let mut check = |row: &[A]| {
+        for (t, x) in row.iter().enumerate() {
+            acc[t % 8] += *x - *x;
+        }
+    };
+    if p.eigh {
+        // Row j of the lower triangle is column j's upper part (A symmetric), contiguous; then
+        // mirrored within `a`.
+        for j in 0..n {
+            let row = &am[j * n..j * n + j + 1];
+            check(row);
+            a[j * ld..j * ld + j + 1].copy_from_slice(row);
+        }
+        for j in 0..n {
+            for i in j + 1..n {
+                a[j * ld + i] = a[i * ld + j];
             }
         }
-        if !rotated {
-            return true;
+    } else {
+        check(am);
+        for i in 0..m {
+            for j in 0..n {
+                a[j * ld + i] = am[i * n + j];
+            }
         }
     }
-    n <= 1
+    acc.iter().any(|s| *s != A::ZERO)
 }
 
-isa_copies!(eigh_matrix_avx2 = eigh_matrix(a: &mut [A], n: usize, v: &mut [A], max_sweeps: usize) -> bool);
+/// Writes matrix `b`'s results: `vals` (σ or λ, unsorted) sorted (σ descending, λ ascending, NaN
+/// first/last) with the columns of `v` (n columns, column-major with leading dimension `vld`, or
+/// empty) and, for the SVD, of `a`
+/// (the rotated m×n column-major A, U = its columns over σ) in the same order, each vector's sign
+/// fixed; `info` gets 1 unless `ok`, plus 2 when some σ is zero. A `bad` matrix gets NaN everywhere.
+/// `order` (n) and `scale` (2n) are scratch.
+///
+/// # Safety
+/// The plan's outputs are validated contiguous tensors of this dtype and `b` < batch.
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit<A: Real>(
+    p: &SvdPlan,
+    b: usize,
+    a: &[A],
+    v: &mut [A],
+    vld: usize,
+    vals: &mut [A],
+    order: &mut [usize],
+    scale: &mut [A],
+    ok: bool,
+    bad: bool,
+) {
+    let (m, n) = (p.a.rows, p.a.cols);
+    let nan = A::from_f64(f64::NAN);
+    if bad {
+        v.fill(nan);
+        vals.fill(nan);
+    }
+    let zero = !p.eigh && vals.iter().any(|s| *s <= A::ZERO);
+    *(p.info as *mut i32).add(b) = if ok || bad { 0 } else { 1 } | if zero { 2 } else { 0 };
+    for (j, o) in order.iter_mut().enumerate() {
+        *o = j;
+    }
+    let desc = !p.eigh;
+    order.sort_by(|&x, &y| {
+        if before(vals[x], vals[y], desc) {
+            std::cmp::Ordering::Less
+        } else if before(vals[y], vals[x], desc) {
+            std::cmp::Ordering::Greater
+        } else {
+            x.cmp(&y)
+        }
+    });
+    // Per output column rk: its σ/λ, and the factor its vector is scaled by (the sign, over σ
+    // for U); then the outputs row by row, so that their writes are contiguous.
+    let s_out = (p.s as *mut A).add(b * n);
+    let (uf, vf) = scale.split_at_mut(n);
+    for (rk, &j) in order.iter().enumerate() {
+        let sj = vals[j];
+        *s_out.add(rk) = sj;
+        let has_u = !p.eigh && !(sj <= A::ZERO); // NaN included: its column comes out NaN
+        let col = if p.eigh { &a[..0] } else { &a[j * m..(j + 1) * m] };
+        let vcol = if v.is_empty() { &v[..0] } else { &v[j * vld..j * vld + n] };
+        let signed_by = if has_u { col } else { vcol };
+        let sign =
+            if !signed_by.is_empty() && signed_by[argmax_abs(signed_by)] < A::ZERO { A::ZERO - A::ONE } else { A::ONE };
+        uf[rk] = if has_u { sign / sj } else { A::ZERO };
+        vf[rk] = sign;
+    }
+    if p.u != 0 {
+        let u_out = (p.u as *mut A).add(b * m * n);
+        for i in 0..m {
+            for (rk, &j) in order.iter().enumerate() {
+                let f = uf[rk];
+                *u_out.add(i * n + rk) = if f == A::ZERO { A::ZERO } else { f * a[j * m + i] };
+            }
+        }
+    }
+    if !v.is_empty() {
+        let v_out = (p.v as *mut A).add(b * n * n);
+        for i in 0..n {
+            for (rk, &j) in order.iter().enumerate() {
+                *v_out.add(i * n + rk) = vf[rk] * v[j * vld + i];
+            }
+        }
+    }
+}
+
+/// How many matrices one eigh task reduces and then iterates on together (their QL chains
+/// interleave).
+const EIGH_GROUP: usize = 4;
 
 fn svd_impl<A: Real>(p: &SvdPlan) {
     let (m, n) = (p.a.rows, p.a.cols);
+    if p.eigh {
+        // Tridiagonal QL, at most max_sweeps·n iterations per matrix (a "sweep" of n).
+        let iters = p.max_sweeps.saturating_mul(n);
+        let groups = p.a.batch.div_ceil(EIGH_GROUP);
+        pool::for_each_init(
+            groups,
+            1,
+            || {
+                (
+                    (0..EIGH_GROUP).map(|_| EigScratch::<A>::new(n)).collect::<Vec<_>>(),
+                    vec![0usize; n],
+                    vec![A::ZERO; 2 * n],
+                    [false; EIGH_GROUP],
+                )
+            },
+            |(jobs, order, scale, bad), g| {
+                let first = g * EIGH_GROUP;
+                let count = EIGH_GROUP.min(p.a.batch - first);
+                // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n) S,
+                // (batch, n, n) V and (batch,) int32 info of this dtype; task g reads and writes
+                // only matrices first..first + count.
+                unsafe {
+                    for (k, job) in jobs[..count].iter_mut().enumerate() {
+                        bad[k] = load_matrix(p, first + k, &mut job.a, job.ld);
+                        if bad[k] {
+                            job.a.fill(A::ZERO);
+                        }
+                    }
+                    sym_eig_best(&mut jobs[..count], n, iters);
+                    for (k, job) in jobs[..count].iter_mut().enumerate() {
+                        let ok = job.converged();
+                        emit(p, first + k, &[], &mut job.z, job.ld, &mut job.vals, order, scale, ok, bad[k]);
+                    }
+                }
+            },
+        );
+        return;
+    }
     let want_v = p.v != 0;
     let f = pick!(jacobi_matrix_avx2, jacobi_matrix, A, unsafe fn(&mut [A], usize, usize, &mut [A], usize) -> bool);
-    let g = pick!(eigh_matrix_avx2, eigh_matrix, A, unsafe fn(&mut [A], usize, &mut [A], usize) -> bool);
-    let (src, sp, up, vp, ip) = (p.a.ptr, p.s, p.u, p.v, p.info);
     pool::for_each_init(
         p.a.batch,
         (2048 / (m * n * n).max(1)).max(1),
-        || (vec![A::ZERO; m * n], vec![A::ZERO; if want_v { n * n } else { 0 }], vec![A::ZERO; n], vec![0usize; n]),
-        |(a, v, vals, order), b| {
+        || {
+            (
+                vec![A::ZERO; m * n],
+                vec![A::ZERO; if want_v { n * n } else { 0 }],
+                vec![A::ZERO; n],
+                vec![0usize; n],
+                vec![A::ZERO; 2 * n],
+            )
+        },
+        |(a, v, vals, order, scale), b| {
             // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n) U,
             // (batch, n, n) V (each optional but S) and (batch,) int32 info of this dtype; task b
             // reads matrix b and writes only matrix b of each output.
             unsafe {
-                let am = std::slice::from_raw_parts((src as *const A).add(b * m * n), m * n);
-                for i in 0..m {
-                    for j in 0..n {
-                        // eigh reads the lower triangle only, mirrored.
-                        a[j * m + i] = if p.eigh && j > i { am[j * n + i] } else { am[i * n + j] };
-                    }
-                }
+                let bad = load_matrix(p, b, a, m);
                 for (e, x) in v.iter_mut().enumerate() {
                     *x = if e / n == e % n { A::ONE } else { A::ZERO };
                 }
-                // A NaN or Inf anywhere (in the read triangle): every output of the matrix is NaN.
-                let bad = a.iter().any(|x| !(*x - *x == A::ZERO));
-                let nan = A::from_f64(f64::NAN);
-                let ok = bad || if p.eigh { g(a, n, v, p.max_sweeps) } else { f(a, m, n, v, p.max_sweeps) };
-                if bad {
-                    v.fill(nan);
-                }
-                for j in 0..n {
-                    let col = &a[j * m..(j + 1) * m];
-                    vals[j] = if bad {
-                        nan
-                    } else if p.eigh {
-                        col[j]
-                    } else {
-                        dot(col, col).sqrt()
-                    };
-                }
-                let zero = !p.eigh && vals.iter().any(|s| *s <= A::ZERO);
-                *(ip as *mut i32).add(b) = if ok { 0 } else { 1 } | if zero { 2 } else { 0 };
-                for (j, o) in order.iter_mut().enumerate() {
-                    *o = j;
-                }
-                let desc = !p.eigh;
-                order.sort_by(|&x, &y| {
-                    if before(vals[x], vals[y], desc) {
-                        std::cmp::Ordering::Less
-                    } else if before(vals[y], vals[x], desc) {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        x.cmp(&y)
-                    }
-                });
-                let s_out = (sp as *mut A).add(b * n);
-                for (rk, &j) in order.iter().enumerate() {
-                    let sj = vals[j];
-                    *s_out.add(rk) = sj;
-                    let has_u = !p.eigh && !(sj <= A::ZERO); // NaN included: its column comes out NaN
-                    let (col, vcol) = (&a[j * m..(j + 1) * m], if want_v { &v[j * n..(j + 1) * n] } else { &v[..0] });
-                    let signed_by = if has_u { col } else { vcol };
-                    let sign = if !signed_by.is_empty() && signed_by[argmax_abs(signed_by)] < A::ZERO {
-                        A::ZERO - A::ONE
-                    } else {
-                        A::ONE
-                    };
-                    if up != 0 {
-                        let u_out = (up as *mut A).add(b * m * n);
-                        let inv = if has_u { A::ONE / sj } else { A::ZERO };
-                        for i in 0..m {
-                            *u_out.add(i * n + rk) = if has_u { sign * col[i] * inv } else { A::ZERO };
-                        }
-                    }
-                    if want_v {
-                        let v_out = (vp as *mut A).add(b * n * n);
-                        for i in 0..n {
-                            *v_out.add(i * n + rk) = sign * vcol[i];
-                        }
+                let ok = bad || f(a, m, n, v, p.max_sweeps);
+                if !bad {
+                    for j in 0..n {
+                        let col = &a[j * m..(j + 1) * m];
+                        vals[j] = dot(col, col).sqrt();
                     }
                 }
+                emit(p, b, a, v, n, vals, order, scale, ok, bad);
             }
         },
     );

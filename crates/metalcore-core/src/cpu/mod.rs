@@ -61,6 +61,7 @@ pub mod norm;
 pub mod pool;
 pub mod rope;
 pub mod softmax;
+mod symeig;
 pub mod xent;
 
 /// Rows per parallel task: enough work (~64 KiB) to amortize scheduling.

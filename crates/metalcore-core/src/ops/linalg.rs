@@ -357,9 +357,11 @@ pub fn qr(args: &Qr<'_>, exec: Exec) -> Result<()> {
 /// the singular vectors (A = U diag(s) Vᵀ), each column signed so that its entry of largest
 /// magnitude is positive (U's, or V's where σ = 0); a U column whose σ is 0 comes out zero. With
 /// `eigh` (square symmetric `a`, `v` required) `s` gets the eigenvalues in ascending order and `v`
-/// the eigenvectors (same sign rule). `info[b]` holds flags: 1 when matrix b did not converge
-/// within `max_sweeps` sweeps, 2 (SVD only) when some σ of it is zero (its U column left zero, for
-/// the caller to complete); 0 otherwise.
+/// the eigenvectors (same sign rule): Jacobi on CUDA, on the CPU Householder tridiagonalization
+/// and the implicit QL iteration (`cpu::symeig`). `info[b]` holds flags: 1 when matrix b did not
+/// converge within `max_sweeps` sweeps (CPU eigh: within max_sweeps·n QL iterations), 2 (SVD
+/// only) when some σ of it is zero (its U column left zero, for the caller to complete); 0
+/// otherwise.
 pub struct Svd<'a> {
     pub a: &'a TensorRef,
     pub s: &'a TensorRef,

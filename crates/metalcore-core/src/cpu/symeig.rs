@@ -1,0 +1,623 @@
+//! The CPU's symmetric eigensolver (`eigh`): Householder reduction to tridiagonal form, the
+//! reflectors' product formed explicitly, then the implicit QL iteration with Wilkinson's shift,
+//! whose plane rotations are applied to that product (Bowdler, Martin, Reinsch and Wilkinson's
+//! tred2/tql2 scheme). About 4n³ flops per matrix against roughly 20n³ for a cyclic Jacobi run;
+//! every O(n³) loop runs over contiguous columns, so it vectorizes.
+//!
+//! The matrix is first scaled by a power of two (exact) so that its largest entry is about 1: the
+//! rotations' `sqrt(f² + g²)` can then neither overflow nor underflow harmfully. The tridiagonal
+//! recurrences run in f64 (they are O(n²) and scalar, so this costs nothing measurable); the O(n³)
+//! work stays in the data's precision.
+
+use super::linalg::{eps_of, reflector};
+use super::{dot, Real};
+
+/// `y ← y + a·x` over whole blocks of 8 (the slices' lengths are multiples of 8): one vector
+/// operation per block, no remainder loops.
+#[inline(always)]
+fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
+    for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+        let (mut yy, xx): ([A; 8], [A; 8]) = (y.try_into().unwrap(), x.try_into().unwrap());
+        for t in 0..8 {
+            yy[t] += a * xx[t];
+        }
+        y.copy_from_slice(&yy);
+    }
+}
+
+/// `y` ← Σ_{j ∈ cols} coef(j) · (rows r0..r0+y.len() of column j of the column-major `m`),
+/// y.len() a multiple of 8: by blocks of rows whose sums stay in registers across the columns
+/// (an accumulator in memory would chain every column's update through a store and a load).
+#[inline(always)]
+fn gemv_cols<A: Real>(
+    y: &mut [A],
+    m: &[A],
+    ld: usize,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+    coef: impl Fn(usize) -> A,
+) {
+    let rows = y.len();
+    let mut b = 0;
+    while b + 32 <= rows {
+        gemv_rows::<A, 32>(&mut y[b..b + 32], m, ld, r0 + b, cols.clone(), &coef);
+        b += 32;
+    }
+    while b < rows {
+        gemv_rows::<A, 8>(&mut y[b..b + 8], m, ld, r0 + b, cols.clone(), &coef);
+        b += 8;
+    }
+}
+
+/// One block of R rows of [`gemv_cols`].
+#[inline(always)]
+fn gemv_rows<A: Real, const R: usize>(
+    y: &mut [A],
+    m: &[A],
+    ld: usize,
+    row: usize,
+    cols: std::ops::Range<usize>,
+    coef: &impl Fn(usize) -> A,
+) {
+    let mut acc = [A::ZERO; R];
+    for j in cols {
+        let c = coef(j);
+        let x: [A; R] = m[j * ld + row..][..R].try_into().unwrap();
+        for t in 0..R {
+            acc[t] += c * x[t];
+        }
+    }
+    y.copy_from_slice(&acc);
+}
+
+/// `x ← x − (v·wj + w·vj)` over whole blocks of 8, like [`axpy`].
+#[inline(always)]
+fn rank2<A: Real>(x: &mut [A], v: &[A], w: &[A], vj: A, wj: A) {
+    for ((x, v), w) in x.chunks_exact_mut(8).zip(v.chunks_exact(8)).zip(w.chunks_exact(8)) {
+        let (mut xx, vv, ww): ([A; 8], [A; 8], [A; 8]) =
+            (x.try_into().unwrap(), v.try_into().unwrap(), w.try_into().unwrap());
+        for t in 0..8 {
+            xx[t] = xx[t] - (vv[t] * wj + ww[t] * vj);
+        }
+        x.copy_from_slice(&xx);
+    }
+}
+
+/// `m` (column-major, leading dimension `ld`, n columns) ← the identity.
+#[inline(always)]
+fn set_identity<A: Real>(m: &mut [A], n: usize, ld: usize) {
+    m.fill(A::ZERO);
+    for i in 0..n {
+        m[i * ld + i] = A::ONE;
+    }
+}
+
+/// Rows k0..k0+R of [`EigScratch::apply_log`] for one sweep: `seq` holds its rotations in the
+/// order made, at column pairs hi, hi−1, …, lo (`n`: the leading dimension).
+#[inline(always)]
+fn rotate_rows<A: Real, const R: usize>(z: &mut [A], seq: &[(A, A)], n: usize, k0: usize, lo: usize, hi: usize) {
+    let mut x: [A; R] = z[(hi + 1) * n + k0..][..R].try_into().unwrap();
+    for (i, &(c, s)) in (lo..=hi).rev().zip(seq) {
+        let y: [A; R] = z[i * n + k0..][..R].try_into().unwrap();
+        let mut out = [A::ZERO; R];
+        for t in 0..R {
+            out[t] = s * y[t] + c * x[t];
+            x[t] = c * y[t] - s * x[t];
+        }
+        z[(i + 1) * n + k0..][..R].copy_from_slice(&out);
+    }
+    z[lo * n + k0..][..R].copy_from_slice(&x);
+}
+
+/// Where one matrix's QL iteration stands between sweeps.
+#[derive(Default)]
+struct Ql {
+    /// The first row not yet converged.
+    l: usize,
+    tol: f64,
+    iters_left: usize,
+    failed: bool,
+}
+
+/// One QL sweep in progress: the unreduced block l..=m, the next rotation at (i−1, i), and the
+/// chain's carried values.
+#[derive(Clone, Copy, Default)]
+struct Sweep {
+    l: usize,
+    m: usize,
+    i: usize,
+    s: f64,
+    c: f64,
+    p: f64,
+    g: f64,
+    /// The bulge vanished at rotation i−1's position: the block split there.
+    split: bool,
+}
+
+/// One matrix's working set for [`sym_eig_many`]: the caller puts the symmetric n×n matrix
+/// (both triangles) in `a`, column-major with leading dimension [`EigScratch::ld`] (rows n..ld
+/// zero); afterwards `vals` holds its eigenvalues (unsorted), the columns of `z` (same layout)
+/// the eigenvectors, and [`EigScratch::converged`] says whether the iteration limit sufficed.
+pub(crate) struct EigScratch<A> {
+    pub(crate) a: Vec<A>,
+    pub(crate) z: Vec<A>,
+    pub(crate) vals: Vec<A>,
+    /// n rounded up to 8: every column operation runs over whole 8-element blocks.
+    pub(crate) ld: usize,
+    v: Vec<A>,
+    w: Vec<A>,
+    tau: Vec<A>,
+    /// Every rotation (c, s) of the QL iteration in the order made, and per sweep the column
+    /// pairs lo..=hi it rotated (hi first): applied to `z` once the iteration is over, while `z`
+    /// stays in L1 ([`Self::apply_log`]).
+    log: Vec<(A, A)>,
+    sweeps: Vec<(usize, usize)>,
+    d: Vec<f64>,
+    e: Vec<f64>,
+    /// The power of two the matrix was divided by.
+    up: f64,
+    ql: Ql,
+}
+
+impl<A: Real> EigScratch<A> {
+    pub(crate) fn new(n: usize) -> Self {
+        let ld = n.div_ceil(8) * 8;
+        EigScratch {
+            a: vec![A::ZERO; ld * n],
+            z: vec![A::ZERO; ld * n],
+            vals: vec![A::ZERO; n],
+            ld,
+            v: vec![A::ZERO; ld],
+            w: vec![A::ZERO; ld],
+            tau: vec![A::ZERO; n],
+            log: Vec::new(),
+            sweeps: Vec::new(),
+            d: vec![0.0; n],
+            e: vec![0.0; n],
+            up: 1.0,
+            ql: Ql::default(),
+        }
+    }
+
+    pub(crate) fn converged(&self) -> bool {
+        !self.ql.failed
+    }
+
+    /// Scales `a` by a power of two (exact) so that its largest entry is about 1: the rotations'
+    /// sqrt(f² + g²) can then neither overflow nor underflow harmfully. Returns false for the
+    /// zero matrix.
+    #[inline(always)]
+    fn scale(&mut self) -> bool {
+        let big = self.a.iter().fold(0.0f64, |m, x| m.max(x.abs().to_f64()));
+        if big == 0.0 {
+            return false;
+        }
+        self.up = (2f64).powi(big.log2().round() as i32);
+        let down = A::from_f64(1.0 / self.up);
+        for x in self.a.iter_mut() {
+            *x = *x * down;
+        }
+        true
+    }
+
+    /// Reduces `a` to tridiagonal form T = Qᵀ A Q with Q = H₀ H₁ ⋯ H_{n−3}, H_k = I − τ_k v_k v_kᵀ
+    /// acting on rows k+1.. . Leaves T's diagonal in `d`, its subdiagonal in `e` (e[n−1] = 0),
+    /// each v_k below the subdiagonal of column k of `a` (its leading 1 implicit), τ_k in `tau`.
+    ///
+    /// Step k updates the trailing block A₂₂ (rows and columns k+1..n) as H A₂₂ H = A₂₂ − v wᵀ −
+    /// w vᵀ with p = τ A₂₂ v and w = p − (τ pᵀv / 2) v, by columns (contiguous), both triangles
+    /// kept. The column loops start at row r0 = k+1 rounded down to a multiple of 8 and run to
+    /// `ld`: v and w are zero outside rows k+1..n, so the extra rows are left as they were, and no
+    /// loop has a scalar remainder.
+    #[inline(always)]
+    fn tridiagonalize(&mut self, n: usize) {
+        let ld = self.ld;
+        let EigScratch { a, v, w, tau, d, e, .. } = self;
+        v.fill(A::ZERO);
+        for k in 0..n.saturating_sub(2) {
+            let r0 = (k + 1) / 8 * 8;
+            let col = &a[k * ld + k + 1..k * ld + n];
+            let (t, beta, scale) = reflector(col[0], dot(&col[1..], &col[1..]));
+            tau[k] = t;
+            e[k] = beta.to_f64();
+            d[k] = a[k * ld + k].to_f64();
+            v[r0..=k].fill(A::ZERO);
+            v[k + 1] = A::ONE;
+            for i in k + 2..n {
+                v[i] = a[k * ld + i] * scale;
+            }
+            a[k * ld + k + 2..k * ld + n].copy_from_slice(&v[k + 2..n]);
+            if t == A::ZERO {
+                continue;
+            }
+            let (v, w) = (&v[r0..ld], &mut w[r0..ld]);
+            gemv_cols(w, a, ld, r0, k + 1..n, |j| t * v[j - r0]);
+            // Rows above k+1 took in entries outside A₂₂.
+            w[..k + 1 - r0].fill(A::ZERO);
+            let half = A::from_f64(0.5) * t * dot(w, v);
+            for (w, v) in w.iter_mut().zip(v.iter()) {
+                *w = *w - half * *v;
+            }
+            for j in k + 1..n {
+                rank2(&mut a[j * ld + r0..(j + 1) * ld], v, w, v[j - r0], w[j - r0]);
+            }
+        }
+        if n >= 2 {
+            d[n - 2] = a[(n - 2) * ld + n - 2].to_f64();
+            e[n - 2] = a[(n - 2) * ld + n - 1].to_f64();
+        }
+        d[n - 1] = a[(n - 1) * ld + n - 1].to_f64();
+        e[n - 1] = 0.0;
+    }
+
+    /// `z` ← Q from the reflectors left in `a`. Built as Qᵀ = H_{n−3} ⋯ H₀ (backwards, so each
+    /// H_k meets only the trailing block B it changes, and by columns: B ← B − τ (B v) vᵀ needs
+    /// no reductions; rows from r0 as in [`Self::tridiagonalize`]), then transposed in place.
+    #[inline(always)]
+    fn form_q(&mut self, n: usize) {
+        let ld = self.ld;
+        let EigScratch { a, z: m, v, w, tau, .. } = self;
+        set_identity(m, n, ld);
+        v.fill(A::ZERO);
+        for k in (0..n.saturating_sub(2)).rev() {
+            let t = tau[k];
+            if t == A::ZERO {
+                continue;
+            }
+            let r0 = (k + 1) / 8 * 8;
+            v[r0..=k].fill(A::ZERO);
+            v[k + 1] = A::ONE;
+            v[k + 2..n].copy_from_slice(&a[k * ld + k + 2..k * ld + n]);
+            let (v, bv) = (&v[r0..ld], &mut w[r0..ld]);
+            // Columns k+1.. of Qᵀ so far are the identity's above row k+2: Bv's rows above
+            // k+1 come out zero.
+            gemv_cols(bv, m, ld, r0, k + 1..n, |j| v[j - r0]);
+            for j in k + 1..n {
+                axpy(&mut m[j * ld + r0..(j + 1) * ld], A::ZERO - t * v[j - r0], bv);
+            }
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                m.swap(i * ld + j, j * ld + i);
+            }
+        }
+    }
+
+    /// Prepares the QL iteration (at most `max_iters` iterations) on this matrix.
+    #[inline(always)]
+    fn prepare(&mut self, n: usize, max_iters: usize) {
+        self.ql = Ql { iters_left: max_iters, ..Ql::default() };
+        if !self.scale() {
+            self.d.fill(0.0);
+            self.e.fill(0.0);
+            set_identity(&mut self.z, n, self.ld);
+            self.up = 1.0;
+            return;
+        }
+        self.tridiagonalize(n);
+        self.form_q(n);
+        let (d, e) = (&self.d, &self.e);
+        let norm = (0..n).fold(0.0f64, |m, i| {
+            let below = if i > 0 { e[i - 1].abs() } else { 0.0 };
+            m.max(d[i].abs() + e[i].abs() + below)
+        });
+        // An off-diagonal below ε‖T‖ counts as zero: it moves no eigenvalue by more than that.
+        self.ql.tol = eps_of::<A>() * norm;
+    }
+
+    /// Applies the logged sweeps to `z`, in order: a sweep's rotation at column pair i makes
+    /// column i ← c z_i − s z_{i+1}, column i+1 ← s z_i + c z_{i+1}. By blocks of rows, the running
+    /// column of each block kept in registers: one load and one store per rotation and row, and
+    /// 32 rows at once so that four vector chains are in flight.
+    #[inline(always)]
+    fn apply_log(&mut self) {
+        let (z, ld) = (&mut self.z[..], self.ld);
+        let mut at = 0;
+        for &(lo, hi) in &self.sweeps {
+            let seq = &self.log[at..at + hi + 1 - lo];
+            at += seq.len();
+            let mut k0 = 0;
+            while k0 + 32 <= ld {
+                rotate_rows::<A, 32>(z, seq, ld, k0, lo, hi);
+                k0 += 32;
+            }
+            while k0 < ld {
+                rotate_rows::<A, 8>(z, seq, ld, k0, lo, hi);
+                k0 += 8;
+            }
+        }
+        self.log.clear();
+        self.sweeps.clear();
+    }
+
+    /// Finds the next unreduced block (an off-diagonal counts as zero below `tol`) and starts an
+    /// implicit QL sweep on it with Wilkinson's shift (its rotations: [`ql_many`]); None once every eigenvalue converged or
+    /// the iteration limit is spent.
+    #[inline(always)]
+    fn next_sweep(&mut self, n: usize) -> Option<Sweep> {
+        let (d, e, q) = (&self.d, &self.e, &mut self.ql);
+        while q.l < n {
+            let l = q.l;
+            let mut m = l;
+            while m + 1 < n && e[m].abs() > q.tol {
+                m += 1;
+            }
+            if m == l {
+                q.l += 1;
+                continue;
+            }
+            if q.iters_left == 0 {
+                q.failed = true;
+                q.l = n;
+                return None;
+            }
+            q.iters_left -= 1;
+            // The shift, the eigenvalue of the leading 2×2 block nearer d[l], enters as
+            // g = d[m] − shift.
+            let x = (d[l + 1] - d[l]) / (2.0 * e[l]);
+            let r = (x * x + 1.0).sqrt();
+            let g = d[m] - d[l] + e[l] / (x + r.copysign(x));
+            return Some(Sweep { l, m, i: m, s: 1.0, c: 1.0, p: 0.0, g, split: false });
+        }
+        None
+    }
+
+    /// Closes the sweep `w`, whose rotations (at pairs m−1 down to w.i) are the last ones in
+    /// `log`: the block's first row takes the chain's last values (unless it split).
+    #[inline(always)]
+    fn end_sweep(&mut self, w: &Sweep) {
+        if !w.split {
+            self.d[w.l] -= w.p;
+            self.e[w.l] = w.g;
+            self.e[w.m] = 0.0;
+        }
+        if w.i < w.m {
+            self.sweeps.push((w.i, w.m - 1));
+        }
+    }
+
+    /// Room in `log` for a sweep of block l..=m; returns where its rotations go.
+    #[inline(always)]
+    fn log_room(&mut self, w: &Sweep) -> *mut (A, A) {
+        self.log.reserve(w.m - w.l);
+        // SAFETY: within the capacity just reserved.
+        unsafe { self.log.as_mut_ptr().add(self.log.len()) }
+    }
+}
+
+/// How many matrices' QL chains [`ql_many`] runs side by side: one f64 lane each of an AVX2
+/// vector.
+pub(crate) const QL_WAYS: usize = 4;
+
+/// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side. A rotation is a chain of
+/// dependent sqrt, divide and multiply-adds on a few scalars; here lane t of every step
+/// works on matrix t, so one vector instruction advances all four chains (their (d, e) entries
+/// gathered and scattered by lane). When a lane's sweep ends, its rotations reach its `z` and its
+/// next sweep starts at once; a lane with no matrix left works on a dummy.
+#[inline(always)]
+fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
+    const L: usize = QL_WAYS;
+    let k = jobs.len().min(L);
+    let mut sw = [Sweep::default(); L];
+    let mut active = [false; L];
+    // A parked lane reads and writes these (rotation 0 of a 2×2 block).
+    let (mut dummy_d, mut dummy_e, mut dummy_cs) = ([0f64; 2], [0f64; 2], [(A::ONE, A::ZERO); 1]);
+    let parked = (dummy_d.as_mut_ptr(), dummy_e.as_mut_ptr(), dummy_cs.as_mut_ptr());
+    let (mut dp, mut ep, mut cp) = ([parked.0; L], [parked.1; L], [parked.2; L]);
+    // The chain: the next rotation of lane t is at (pos[t] − 1, pos[t]).
+    let (mut s, mut c, mut p, mut g) = ([1f64; L], [1f64; L], [0f64; L], [0f64; L]);
+    let mut pos = [1usize; L];
+    let mut live = 0;
+    // (Re)starts lane t on its matrix's next sweep, or parks it.
+    macro_rules! start {
+        ($t:expr) => {{
+            let t = $t;
+            active[t] = false;
+            if t < k {
+                if let Some(w) = jobs[t].next_sweep(n) {
+                    sw[t] = w;
+                    (s[t], c[t], p[t], g[t], pos[t]) = (w.s, w.c, w.p, w.g, w.i);
+                    let job = &mut jobs[t];
+                    cp[t] = job.log_room(&w);
+                    (dp[t], ep[t]) = (job.d.as_mut_ptr(), job.e.as_mut_ptr());
+                    active[t] = true;
+                }
+            }
+            if !active[t] {
+                (dp[t], ep[t], cp[t]) = parked;
+                (s[t], c[t], p[t], g[t], pos[t]) = (1.0, 1.0, 0.0, 1.0, 1);
+            }
+        }};
+    }
+    for t in 0..L {
+        start!(t);
+        live += active[t] as usize;
+    }
+    while live > 0 {
+        let (mut ei, mut di, mut d1) = ([0f64; L], [0f64; L], [0f64; L]);
+        for t in 0..L {
+            // SAFETY: an active lane's pos is in l+1..=m < n of its matrix's d and e (length
+            // n); a parked lane's is 1, within the dummies.
+            unsafe {
+                ei[t] = *ep[t].add(pos[t] - 1);
+                di[t] = *dp[t].add(pos[t] - 1);
+                d1[t] = *dp[t].add(pos[t]);
+            }
+        }
+        let (mut r, mut s2, mut c2, mut t2, mut h) = ([0f64; L], [0f64; L], [0f64; L], [0f64; L], [0f64; L]);
+        let mut b = [0f64; L];
+        for t in 0..L {
+            let f = s[t] * ei[t];
+            b[t] = c[t] * ei[t];
+            r[t] = (f * f + g[t] * g[t]).sqrt();
+            let inv = 1.0 / r[t];
+            s2[t] = f * inv;
+            c2[t] = g[t] * inv;
+            h[t] = d1[t] - p[t];
+            t2[t] = (di[t] - h[t]) * s2[t] + 2.0 * c2[t] * b[t];
+        }
+        let mut ended = false;
+        for t in 0..L {
+            let i = pos[t] - 1;
+            // SAFETY: as above (i + 1 = pos[t]).
+            unsafe {
+                *ep[t].add(i + 1) = r[t];
+                if r[t] == 0.0 && active[t] {
+                    // The bulge vanished: the block splits at i+1; undo the pending shift there.
+                    *dp[t].add(i + 1) -= p[t];
+                    *ep[t].add(sw[t].m) = 0.0;
+                    sw[t].split = true;
+                    sw[t].i = pos[t];
+                    ended = true;
+                    continue;
+                }
+                p[t] = s2[t] * t2[t];
+                *dp[t].add(i + 1) = h[t] + p[t];
+                g[t] = c2[t] * t2[t] - b[t];
+                s[t] = s2[t];
+                c[t] = c2[t];
+                *cp[t] = (A::from_f64(c[t]), A::from_f64(s[t]));
+            }
+            if active[t] {
+                cp[t] = cp[t].wrapping_add(1);
+                pos[t] = i;
+                ended |= i == sw[t].l;
+            }
+        }
+        if ended {
+            for t in 0..L {
+                if !active[t] || !(sw[t].split || pos[t] == sw[t].l) {
+                    continue;
+                }
+                if !sw[t].split {
+                    (sw[t].i, sw[t].p, sw[t].g) = (pos[t], p[t], g[t]);
+                }
+                let job = &mut jobs[t];
+                // SAFETY: the sweep wrote its m − i rotations (c, s) after the log's end, within
+                // the room log_room reserved (m − l ≥ m − i).
+                unsafe { job.log.set_len(job.log.len() + sw[t].m - sw[t].i) };
+                job.end_sweep(&sw[t]);
+                start!(t);
+                live -= !active[t] as usize;
+            }
+        }
+    }
+}
+
+/// Eigenvalues and eigenvectors of every matrix in `jobs` (order n, finite entries; see
+/// [`EigScratch`]): each is reduced on its own, their QL iterations run side by side
+/// ([`ql_many`]), then each one's rotations are applied to its vectors.
+///
+/// # Safety
+/// None beyond the scratch sizes (made by `EigScratch::new(n)`); `unsafe` only so that an AVX2
+/// copy can be declared.
+#[inline(always)]
+pub(crate) unsafe fn sym_eig_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize) {
+    if n == 0 {
+        return;
+    }
+    for j in jobs.iter_mut() {
+        j.prepare(n, max_iters);
+    }
+    for group in jobs.chunks_mut(QL_WAYS) {
+        ql_many(group, n);
+    }
+    for j in jobs.iter_mut() {
+        j.apply_log();
+        let up = j.up;
+        for (v, d) in j.vals.iter_mut().zip(&j.d) {
+            *v = A::from_f64(d * up);
+        }
+    }
+}
+
+isa_copies!(sym_eig_many_avx2 = sym_eig_many(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize));
+
+/// [`sym_eig_many`], in its AVX2 + FMA copy where the CPU has one.
+pub(crate) fn sym_eig_best<A: Real>(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize) {
+    let f = pick!(sym_eig_many_avx2, sym_eig_many, A, unsafe fn(&mut [EigScratch<A>], usize, usize));
+    // SAFETY: the AVX2 copy is picked only on a CPU that has AVX2 and FMA.
+    unsafe { f(jobs, n, max_iters) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (*seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    }
+
+    fn random_sym(n: usize, seed: &mut u64) -> Vec<f64> {
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..=i {
+                let x = lcg(seed);
+                a[i * n + j] = x;
+                a[j * n + i] = x;
+            }
+        }
+        a
+    }
+
+    fn put(j: &mut EigScratch<f64>, a: &[f64], n: usize) {
+        j.a.fill(0.0);
+        for c in 0..n {
+            j.a[c * j.ld..c * j.ld + n].copy_from_slice(&a[c * n..(c + 1) * n]);
+        }
+    }
+
+    /// max |A z_j − λ_j z_j| / ‖A‖ and max |ZᵀZ − I|.
+    fn errors(orig: &[f64], n: usize, s: &EigScratch<f64>) -> (f64, f64) {
+        let (vals, ld) = (&s.vals, s.ld);
+        let z: Vec<f64> = (0..n * n).map(|e| s.z[e / n * ld + e % n]).collect();
+        let norm = orig.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+        let (mut resid, mut orth) = (0f64, 0f64);
+        for j in 0..n {
+            for i in 0..n {
+                let az: f64 = (0..n).map(|k| orig[k * n + i] * z[j * n + k]).sum();
+                resid = resid.max((az - vals[j] * z[j * n + i]).abs() / norm);
+                let g: f64 = (0..n).map(|k| z[i * n + k] * z[j * n + k]).sum();
+                orth = orth.max((g - if i == j { 1.0 } else { 0.0 }).abs());
+            }
+        }
+        (resid, orth)
+    }
+
+    #[test]
+    fn random_matrices_decompose_alone_and_interleaved() {
+        let mut seed = 1;
+        for n in [1, 2, 3, 7, 8, 9, 16, 17, 33, 64, 70] {
+            // One matrix alone, then three at once (one of them zero) through the interleaved QL.
+            for group in [1, 3] {
+                let mut jobs: Vec<EigScratch<f64>> = (0..group).map(|_| EigScratch::new(n)).collect();
+                let origs: Vec<Vec<f64>> =
+                    (0..group).map(|g| if g == 1 { vec![0.0; n * n] } else { random_sym(n, &mut seed) }).collect();
+                for (j, o) in jobs.iter_mut().zip(&origs) {
+                    put(j, o, n);
+                }
+                sym_eig_best(&mut jobs, n, 30 * n);
+                for (j, o) in jobs.iter().zip(&origs) {
+                    assert!(j.converged());
+                    let (resid, orth) = errors(o, n, j);
+                    assert!(resid < 1e-13 && orth < 1e-13, "n={n}: residual {resid:e}, orthogonality {orth:e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iteration_cap_is_reported() {
+        let n = 24;
+        let mut seed = 9;
+        let mut jobs = vec![EigScratch::<f64>::new(n), EigScratch::new(n)];
+        let (a0, a1) = (random_sym(n, &mut seed), random_sym(n, &mut seed));
+        put(&mut jobs[0], &a0, n);
+        put(&mut jobs[1], &a1, n);
+        sym_eig_best(&mut jobs[..1], n, n / 2);
+        assert!(!jobs[0].converged());
+        sym_eig_best(&mut jobs[1..], n, 30 * n);
+        assert!(jobs[1].converged());
+    }
+}
