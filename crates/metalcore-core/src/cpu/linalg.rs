@@ -3,7 +3,7 @@
 
 use super::lanes::{self, W};
 use super::pool::{self, Shared};
-use super::symeig::{sym_eig_best, EigScratch};
+use super::symeig::{gemv_cols, sym_eig_best, EigScratch};
 use super::{dot, Real};
 use crate::ops::linalg::{
     BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
@@ -1410,20 +1410,17 @@ unsafe fn emit<A: Real>(
 
 /// How many matrices one eigh task reduces and then iterates on together (their QL chains
 /// interleave).
-const EIGH_GROUP: usize = 4;
+const EIGH_GROUP: usize = super::symeig::QL_WAYS;
 
-/// Scratch of one [`svd_gram_impl`] task: per matrix of its group, A (m×n, row-major and
-/// column-major) in f64, and the products built from it.
+/// Scratch of one [`svd_gram_impl`] task: per matrix of its group, A in f64 (row-major with rows
+/// padded to `nl` = n rounded up to 8, and column-major with columns padded to `ml`), and the
+/// products built from it.
 struct GramScratch<A> {
     jobs: Vec<EigScratch<f64>>,
     rows: Vec<Vec<f64>>,
-    cols: Vec<f64>,
-    vt: Vec<f64>,
+    cols: Vec<Vec<f64>>,
     b: Vec<f64>,
-    q: Vec<f64>,
-    tau: Vec<f64>,
-    hv: Vec<f64>,
-    hw: Vec<f64>,
+    r: Vec<f64>,
     idx: Vec<usize>,
     ua: Vec<A>,
     vv: Vec<A>,
@@ -1433,35 +1430,96 @@ struct GramScratch<A> {
     bad: [bool; EIGH_GROUP],
 }
 
+/// G = AᵀA into `g` (column-major, leading dimension `nl`, both triangles) from the row-major
+/// m×nl `rows` (pad columns zero): column j = Σ_r A[r, j] · row r.
+#[inline(always)]
+unsafe fn gram<A: Real>(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]) {
+    for j in 0..n {
+        gemv_cols(&mut g[j * nl..(j + 1) * nl], rows, nl, 0, 0..m, |r| rows[r * nl + j]);
+    }
+}
+
+isa_copies!(gram_avx2 = gram(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]));
+
+/// B = A V (column-major, leading dimension `ml`) from the column-major `cols` (A, same layout) and
+/// V's columns in `z` (leading dimension `ld`) taken in the order `idx`; then B's columns
+/// orthonormalized in place by modified Gram–Schmidt, once more for a column that lost more than
+/// half its norm to the projections ("twice is enough"), `r[i]` getting column i's norm after them
+/// (0: the column is left zero).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn times_v_orth<A: Real>(
+    cols: &[A],
+    z: &[A],
+    ld: usize,
+    idx: &[usize],
+    n: usize,
+    ml: usize,
+    b: &mut [A],
+    r: &mut [A],
+) {
+    for (i, &src) in idx.iter().enumerate() {
+        let v = &z[src * ld..];
+        gemv_cols(&mut b[i * ml..(i + 1) * ml], cols, ml, 0, 0..n, |c| v[c]);
+    }
+    for i in 0..n {
+        let (done, rest) = b.split_at_mut(i * ml);
+        let col = &mut rest[..ml];
+        let mut before = dot(col, col);
+        for pass in 0..2 {
+            for j in 0..i {
+                let q = &done[j * ml..(j + 1) * ml];
+                let h = A::ZERO - dot(q, col);
+                for (x, y) in col.iter_mut().zip(q) {
+                    *x += h * *y;
+                }
+            }
+            let after = dot(col, col);
+            if pass == 1 || after > A::from_f64(0.25) * before {
+                before = after;
+                break;
+            }
+            before = after;
+        }
+        let norm = before.sqrt();
+        r[i] = norm;
+        let inv = if norm > A::ZERO { A::ONE / norm } else { A::ZERO };
+        for x in col.iter_mut() {
+            *x = *x * inv;
+        }
+    }
+}
+
+isa_copies!(times_v_orth_avx2 = times_v_orth(cols: &[A], z: &[A], ld: usize, idx: &[usize], n: usize, ml: usize, b: &mut [A], r: &mut [A]));
+
 /// The SVD of float32 data on the CPU, through the symmetric eigensolver, in float64 throughout:
-/// G = AᵀA = V Λ Vᵀ ([`sym_eig_best`], V's columns by descending λ), then B = A V = Q R by
-/// Householder QR, σ_i = |r_ii| and u_i = sign(r_ii) q_i. Squaring A costs accuracy only below
-/// float64's √ε ≈ 1.5e-8 of ‖A‖ — far below float32's resolution; the QR makes U orthonormal even
-/// where close small σ leave V's columns mixed (A = Q R Vᵀ holds regardless, and R's
-/// off-diagonal, the dropped part, is of the order of those σ's differences). About 3× fewer
-/// flops than the Jacobi sweeps, all of them in vectorized column loops.
+/// G = AᵀA = V Λ Vᵀ ([`sym_eig_best`], V's columns by descending λ), then B = A V = Q R with Q by
+/// Gram–Schmidt ([`times_v_orth`]: B's columns are nearly orthogonal already), σ_i = r_ii and
+/// u_i = q_i. Squaring A costs accuracy only below float64's √ε ≈ 1.5e-8 of ‖A‖, far below
+/// float32's resolution; orthonormalizing B makes U orthonormal even where close small σ leave
+/// V's columns mixed (A = Q R Vᵀ holds regardless, and R's off-diagonal, the part dropped, is of
+/// the order of those σ's differences). About 3× fewer flops than Jacobi sweeps, in vectorized
+/// column loops.
 fn svd_gram_impl<A: Real>(p: &SvdPlan) {
     let (m, n) = (p.a.rows, p.a.cols);
+    let (nl, ml) = (n.div_ceil(8) * 8, m.div_ceil(8) * 8);
     let iters = p.max_sweeps.saturating_mul(n);
-    let qr = pick!(
-        qr_matrix_avx2,
-        qr_matrix,
+    let gram_f = pick!(gram_avx2, gram, f64, unsafe fn(&[f64], usize, usize, usize, &mut [f64]));
+    let orth_f = pick!(
+        times_v_orth_avx2,
+        times_v_orth,
         f64,
-        unsafe fn(&mut [f64], usize, usize, &mut [f64], usize, &mut [f64], usize, &mut [f64], &mut [f64], &mut [f64])
+        unsafe fn(&[f64], &[f64], usize, &[usize], usize, usize, &mut [f64], &mut [f64])
     );
     pool::for_each_init(
         p.a.batch.div_ceil(EIGH_GROUP),
         1,
         || GramScratch::<A> {
             jobs: (0..EIGH_GROUP).map(|_| EigScratch::new(n)).collect(),
-            rows: (0..EIGH_GROUP).map(|_| vec![0.0; m * n]).collect(),
-            cols: vec![0.0; m * n],
-            vt: vec![0.0; n * n],
-            b: vec![0.0; m * n],
-            q: vec![0.0; m * n],
-            tau: vec![0.0; n],
-            hv: vec![0.0; m],
-            hw: vec![0.0; n],
+            rows: (0..EIGH_GROUP).map(|_| vec![0.0; m * nl]).collect(),
+            cols: (0..EIGH_GROUP).map(|_| vec![0.0; n * ml]).collect(),
+            b: vec![0.0; n * ml],
+            r: vec![0.0; n],
             idx: vec![0; n],
             ua: vec![A::ZERO; m * n],
             vv: vec![A::ZERO; n * n],
@@ -1475,71 +1533,47 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
             let count = EIGH_GROUP.min(p.a.batch - first);
             // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n)
             // U and (batch, n, n) V (each optional but S) and (batch,) int32 info of this dtype;
-            // task t reads and writes only matrices first..first + count.
+            // task t reads and writes only matrices first..first + count. The scratch has the
+            // sizes gram and times_v_orth take.
             unsafe {
                 for k in 0..count {
                     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
-                    let (rows, job) = (&mut g.rows[k], &mut g.jobs[k]);
+                    let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
                     let mut acc = [0f64; 8];
-                    for (e, x) in am.iter().enumerate() {
-                        let x = x.to_f64();
-                        acc[e % 8] += x - x;
-                        rows[e] = x;
+                    for r in 0..m {
+                        for c in 0..n {
+                            let x = am[r * n + c].to_f64();
+                            acc[c % 8] += x - x;
+                            rows[r * nl + c] = x;
+                            cols[c * ml + r] = x;
+                        }
                     }
                     g.bad[k] = acc.iter().any(|s| *s != 0.0);
                     if g.bad[k] {
                         rows.fill(0.0);
+                        cols.fill(0.0);
                     }
-                    for i in 0..m {
-                        for j in 0..n {
-                            g.cols[j * m + i] = rows[i * n + j];
-                        }
-                    }
-                    let ld = job.ld;
-                    for j in 0..n {
-                        for i in j..n {
-                            let x = dot(&g.cols[i * m..(i + 1) * m], &g.cols[j * m..(j + 1) * m]);
-                            job.a[j * ld + i] = x;
-                            job.a[i * ld + j] = x;
-                        }
-                    }
+                    gram_f(rows, m, n, nl, &mut job.a);
                 }
                 sym_eig_best(&mut g.jobs[..count], n, iters);
                 for k in 0..count {
-                    let (job, rows) = (&g.jobs[k], &g.rows[k]);
-                    let ld = job.ld;
+                    let job = &g.jobs[k];
                     for (i, o) in g.idx.iter_mut().enumerate() {
                         *o = i;
                     }
                     g.idx.sort_by(|&x, &y| {
                         job.vals[y].partial_cmp(&job.vals[x]).unwrap_or(std::cmp::Ordering::Equal).then(x.cmp(&y))
                     });
-                    // vt: V with its columns in that order, row-major.
-                    for (i, &src) in g.idx.iter().enumerate() {
-                        for r in 0..n {
-                            g.vt[r * n + i] = job.z[src * ld + r];
-                        }
-                    }
-                    // B = A V, row by row.
-                    for r in 0..m {
-                        let out = &mut g.b[r * n..(r + 1) * n];
-                        out.fill(0.0);
-                        for c in 0..n {
-                            let f = rows[r * n + c];
-                            for (o, v) in out.iter_mut().zip(&g.vt[c * n..(c + 1) * n]) {
-                                *o += f * *v;
-                            }
-                        }
-                    }
-                    qr(&mut g.b, m, n, &mut g.q, n, &mut [], 0, &mut g.tau, &mut g.hv, &mut g.hw);
+                    orth_f(&g.cols[k], &job.z, job.ld, &g.idx, n, ml, &mut g.b, &mut g.r);
                     for i in 0..n {
-                        let rii = g.b[i * n + i];
-                        g.vals[i] = A::from_f64(rii.abs());
+                        let ri = g.r[i];
+                        g.vals[i] = A::from_f64(ri);
                         for r in 0..m {
-                            g.ua[i * m + r] = A::from_f64(rii * g.q[r * n + i]);
+                            g.ua[i * m + r] = A::from_f64(ri * g.b[i * ml + r]);
                         }
+                        let v = &job.z[g.idx[i] * job.ld..];
                         for r in 0..n {
-                            g.vv[i * n + r] = A::from_f64(g.vt[r * n + i]);
+                            g.vv[i * n + r] = A::from_f64(v[r]);
                         }
                     }
                     let vv = &mut g.vv[..if p.v != 0 { n * n } else { 0 }];

@@ -29,7 +29,7 @@ fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
 /// y.len() a multiple of 8: by blocks of rows whose sums stay in registers across the columns
 /// (an accumulator in memory would chain every column's update through a store and a load).
 #[inline(always)]
-fn gemv_cols<A: Real>(
+pub(crate) fn gemv_cols<A: Real>(
     y: &mut [A],
     m: &[A],
     ld: usize,
@@ -385,6 +385,79 @@ impl<A: Real> EigScratch<A> {
     }
 }
 
+/// One rotation of four QL chains (lane t: chain t), with the block's entries e[i], d[i],
+/// d[i+1] as `ei`, `di`, `d1`: returns r = e[i+1]; leaves the new chain values in `s`, `c`, `p`,
+/// `g` and the new d[i+1] in `di`. (A lane whose r is 0 split; its outputs are then unused.)
+#[inline(always)]
+fn chain_step(
+    s: &mut [f64; 4],
+    c: &mut [f64; 4],
+    p: &mut [f64; 4],
+    g: &mut [f64; 4],
+    di: &mut [f64; 4],
+    ei: [f64; 4],
+    d1: [f64; 4],
+) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { chain_step_avx2(s, c, p, g, di, ei, d1) };
+    }
+    let mut r = [0f64; 4];
+    for t in 0..4 {
+        let f = s[t] * ei[t];
+        let b = c[t] * ei[t];
+        r[t] = (f * f + g[t] * g[t]).sqrt();
+        let inv = 1.0 / r[t];
+        let (s2, c2) = (f * inv, g[t] * inv);
+        let h = d1[t] - p[t];
+        let t2 = (di[t] - h) * s2 + 2.0 * c2 * b;
+        p[t] = s2 * t2;
+        di[t] = h + p[t];
+        g[t] = c2 * t2 - b;
+        s[t] = s2;
+        c[t] = c2;
+    }
+    r
+}
+
+/// [`chain_step`] in AVX2 vectors: the four chains advance in one instruction stream (the
+/// compiler leaves the portable loop scalar).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chain_step_avx2(
+    s: &mut [f64; 4],
+    c: &mut [f64; 4],
+    p: &mut [f64; 4],
+    g: &mut [f64; 4],
+    di: &mut [f64; 4],
+    ei: [f64; 4],
+    d1: [f64; 4],
+) -> [f64; 4] {
+    use std::arch::x86_64::*;
+    let ld = |x: &[f64; 4]| _mm256_loadu_pd(x.as_ptr());
+    let (sv, cv, pv, gv, dv, ev, d1v) = (ld(s), ld(c), ld(p), ld(g), ld(di), ld(&ei), ld(&d1));
+    let f = _mm256_mul_pd(sv, ev);
+    let b = _mm256_mul_pd(cv, ev);
+    let r = _mm256_sqrt_pd(_mm256_add_pd(_mm256_mul_pd(f, f), _mm256_mul_pd(gv, gv)));
+    let inv = _mm256_div_pd(_mm256_set1_pd(1.0), r);
+    let s2 = _mm256_mul_pd(f, inv);
+    let c2 = _mm256_mul_pd(gv, inv);
+    let h = _mm256_sub_pd(d1v, pv);
+    let two_cb = _mm256_mul_pd(_mm256_add_pd(c2, c2), b);
+    let t2 = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(dv, h), s2), two_cb);
+    let pn = _mm256_mul_pd(s2, t2);
+    let st = |x: &mut [f64; 4], v| _mm256_storeu_pd(x.as_mut_ptr(), v);
+    st(p, pn);
+    st(di, _mm256_add_pd(h, pn));
+    st(g, _mm256_sub_pd(_mm256_mul_pd(c2, t2), b));
+    st(s, s2);
+    st(c, c2);
+    let mut out = [0f64; 4];
+    st(&mut out, r);
+    out
+}
+
 /// How many matrices' QL chains [`ql_many`] runs side by side: one f64 lane each of an AVX2
 /// vector.
 pub(crate) const QL_WAYS: usize = 4;
@@ -444,18 +517,8 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
                 d1[t] = *dp[t].add(pos[t]);
             }
         }
-        let (mut r, mut s2, mut c2, mut t2, mut h) = ([0f64; L], [0f64; L], [0f64; L], [0f64; L], [0f64; L]);
-        let mut b = [0f64; L];
-        for t in 0..L {
-            let f = s[t] * ei[t];
-            b[t] = c[t] * ei[t];
-            r[t] = (f * f + g[t] * g[t]).sqrt();
-            let inv = 1.0 / r[t];
-            s2[t] = f * inv;
-            c2[t] = g[t] * inv;
-            h[t] = d1[t] - p[t];
-            t2[t] = (di[t] - h[t]) * s2[t] + 2.0 * c2[t] * b[t];
-        }
+        let p_old = p;
+        let r = chain_step(&mut s, &mut c, &mut p, &mut g, &mut di, ei, d1);
         let mut ended = false;
         for t in 0..L {
             let i = pos[t] - 1;
@@ -464,18 +527,14 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
                 *ep[t].add(i + 1) = r[t];
                 if r[t] == 0.0 && active[t] {
                     // The bulge vanished: the block splits at i+1; undo the pending shift there.
-                    *dp[t].add(i + 1) -= p[t];
+                    *dp[t].add(i + 1) -= p_old[t];
                     *ep[t].add(sw[t].m) = 0.0;
                     sw[t].split = true;
                     sw[t].i = pos[t];
                     ended = true;
                     continue;
                 }
-                p[t] = s2[t] * t2[t];
-                *dp[t].add(i + 1) = h[t] + p[t];
-                g[t] = c2[t] * t2[t] - b[t];
-                s[t] = s2[t];
-                c[t] = c2[t];
+                *dp[t].add(i + 1) = di[t];
                 *cp[t] = (A::from_f64(c[t]), A::from_f64(s[t]));
             }
             if active[t] {
