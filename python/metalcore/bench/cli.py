@@ -680,10 +680,12 @@ def bench_spectral(device: str, quick: bool) -> str:
 SPECTRAL_LEGEND = """Milliseconds per call (median; CUDA events around each call, which includes its host work),
 float32. `error`: max over the batch of ||U diag(S) Vᵀ − A|| / ||A|| (eigh: ||V diag(L) Vᵀ − A|| / ||A||) and
 of max|UᵀU − I|, |VᵀV − I|, against the float64 matrices. Inputs are Gaussian (eigh: A + Aᵀ).
-metalcore: batched Jacobi — up to 32×32 (float64 16×16) one-sided in registers, 8–32 lanes per
-matrix, eigh on the shifted A + ‖A‖_F I; larger, one CUDA block per matrix (one-sided for svd,
-two-sided for eigh). The 1024² rows do not fit one block's shared memory and go to torch.linalg
-(with a warning): they show the fallback, not a metalcore kernel."""
+metalcore on CUDA: batched Jacobi — up to 32×32 (float64 16×16) one-sided in registers, 8–32
+lanes per matrix, eigh on the shifted A + ‖A‖_F I; larger, one CUDA block per matrix (one-sided
+for svd, two-sided for eigh). The 1024² rows do not fit one block's shared memory and go to
+torch.linalg (with a warning): they show the fallback, not a metalcore kernel. On the CPU: eigh by
+Householder tridiagonalization and the implicit QL iteration; float32 svd through that solver on
+AᵀA in float64, then Gram–Schmidt on A V (README, "CPU eigh")."""
 
 
 def _table(rows: List[Dict], device: str) -> str:
