@@ -3,7 +3,7 @@
 
 use super::lanes::{self, W};
 use super::pool::{self, Shared};
-use super::symeig::{gemv_cols, sym_eig_best, EigScratch};
+use super::symeig::{gemv_cols, sym_eig_best, EigScratch, LaneBuf};
 use super::{dot, Real};
 use crate::ops::linalg::{
     BatchedKind, BatchedPlan, CholeskyPlan, CholeskySolvePlan, LuSolvePlan, QrPlan, SvdPlan, TrsmPlan,
@@ -1410,7 +1410,7 @@ unsafe fn emit<A: Real>(
 
 /// How many matrices one eigh task reduces and then iterates on together (their QL chains
 /// interleave).
-const EIGH_GROUP: usize = super::symeig::QL_WAYS;
+const EIGH_GROUP: usize = super::symeig::RL;
 
 /// Scratch of one [`svd_gram_impl`] task: per matrix of its group, A in f64 (row-major with rows
 /// padded to `nl` = n rounded up to 8, and column-major with columns padded to `ml`), and the
@@ -1428,6 +1428,7 @@ struct GramScratch<A> {
     order: Vec<usize>,
     scale: Vec<A>,
     bad: [bool; EIGH_GROUP],
+    lanes: LaneBuf<f64>,
 }
 
 /// G = AᵀA into `g` (column-major, leading dimension `nl`, both triangles) from the row-major
@@ -1527,6 +1528,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
             order: vec![0; n],
             scale: vec![A::ZERO; 2 * n],
             bad: [false; EIGH_GROUP],
+            lanes: LaneBuf::new(n),
         },
         |g, t| {
             let first = t * EIGH_GROUP;
@@ -1555,7 +1557,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     }
                     gram_f(rows, m, n, nl, &mut job.a);
                 }
-                sym_eig_best(&mut g.jobs[..count], n, iters);
+                sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters);
                 for k in 0..count {
                     let job = &g.jobs[k];
                     for (i, o) in g.idx.iter_mut().enumerate() {
@@ -1610,9 +1612,10 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                     vec![0usize; n],
                     vec![A::ZERO; 2 * n],
                     [false; EIGH_GROUP],
+                    LaneBuf::new(n),
                 )
             },
-            |(jobs, order, scale, bad), g| {
+            |(jobs, order, scale, bad, lb), g| {
                 let first = g * EIGH_GROUP;
                 let count = EIGH_GROUP.min(p.a.batch - first);
                 // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n) S,
@@ -1625,7 +1628,7 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                             job.a.fill(A::ZERO);
                         }
                     }
-                    sym_eig_best(&mut jobs[..count], n, iters);
+                    sym_eig_best(&mut jobs[..count], lb, n, iters);
                     for (k, job) in jobs[..count].iter_mut().enumerate() {
                         let ok = job.converged();
                         emit(p, first + k, &[], &mut job.z, job.ld, &mut job.vals, order, scale, ok, bad[k]);

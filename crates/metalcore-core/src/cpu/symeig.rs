@@ -10,20 +10,7 @@
 //! work stays in the data's precision.
 
 use super::linalg::{eps_of, reflector};
-use super::{dot, Real};
-
-/// `y ← y + a·x` over whole blocks of 8 (the slices' lengths are multiples of 8): one vector
-/// operation per block, no remainder loops.
-#[inline(always)]
-fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
-    for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
-        let (mut yy, xx): ([A; 8], [A; 8]) = (y.try_into().unwrap(), x.try_into().unwrap());
-        for t in 0..8 {
-            yy[t] += a * xx[t];
-        }
-        y.copy_from_slice(&yy);
-    }
-}
+use super::Real;
 
 /// `y` ← Σ_{j ∈ cols} coef(j) · (rows r0..r0+y.len() of column j of the column-major `m`),
 /// y.len() a multiple of 8: by blocks of rows whose sums stay in registers across the columns
@@ -68,28 +55,6 @@ fn gemv_rows<A: Real, const R: usize>(
         }
     }
     y.copy_from_slice(&acc);
-}
-
-/// `x ← x − (v·wj + w·vj)` over whole blocks of 8, like [`axpy`].
-#[inline(always)]
-fn rank2<A: Real>(x: &mut [A], v: &[A], w: &[A], vj: A, wj: A) {
-    for ((x, v), w) in x.chunks_exact_mut(8).zip(v.chunks_exact(8)).zip(w.chunks_exact(8)) {
-        let (mut xx, vv, ww): ([A; 8], [A; 8], [A; 8]) =
-            (x.try_into().unwrap(), v.try_into().unwrap(), w.try_into().unwrap());
-        for t in 0..8 {
-            xx[t] = xx[t] - (vv[t] * wj + ww[t] * vj);
-        }
-        x.copy_from_slice(&xx);
-    }
-}
-
-/// `m` (column-major, leading dimension `ld`, n columns) ← the identity.
-#[inline(always)]
-fn set_identity<A: Real>(m: &mut [A], n: usize, ld: usize) {
-    m.fill(A::ZERO);
-    for i in 0..n {
-        m[i * ld + i] = A::ONE;
-    }
 }
 
 /// Rows k0..k0+R of [`EigScratch::apply_log`] for one sweep: `seq` holds its rotations in the
@@ -144,9 +109,6 @@ pub(crate) struct EigScratch<A> {
     pub(crate) vals: Vec<A>,
     /// n rounded up to 8: every column operation runs over whole 8-element blocks.
     pub(crate) ld: usize,
-    v: Vec<A>,
-    w: Vec<A>,
-    tau: Vec<A>,
     /// Every rotation (c, s) of the QL iteration in the order made, and per sweep the column
     /// pairs lo..=hi it rotated (hi first): applied to `z` once the iteration is over, while `z`
     /// stays in L1 ([`Self::apply_log`]).
@@ -167,9 +129,6 @@ impl<A: Real> EigScratch<A> {
             z: vec![A::ZERO; ld * n],
             vals: vec![A::ZERO; n],
             ld,
-            v: vec![A::ZERO; ld],
-            w: vec![A::ZERO; ld],
-            tau: vec![A::ZERO; n],
             log: Vec::new(),
             sweeps: Vec::new(),
             d: vec![0.0; n],
@@ -190,6 +149,7 @@ impl<A: Real> EigScratch<A> {
     fn scale(&mut self) -> bool {
         let big = self.a.iter().fold(0.0f64, |m, x| m.max(x.abs().to_f64()));
         if big == 0.0 {
+            self.up = 1.0;
             return false;
         }
         self.up = (2f64).powi(big.log2().round() as i32);
@@ -200,109 +160,16 @@ impl<A: Real> EigScratch<A> {
         true
     }
 
-    /// Reduces `a` to tridiagonal form T = Qᵀ A Q with Q = H₀ H₁ ⋯ H_{n−3}, H_k = I − τ_k v_k v_kᵀ
-    /// acting on rows k+1.. . Leaves T's diagonal in `d`, its subdiagonal in `e` (e[n−1] = 0),
-    /// each v_k below the subdiagonal of column k of `a` (its leading 1 implicit), τ_k in `tau`.
-    ///
-    /// Step k updates the trailing block A₂₂ (rows and columns k+1..n) as H A₂₂ H = A₂₂ − v wᵀ −
-    /// w vᵀ with p = τ A₂₂ v and w = p − (τ pᵀv / 2) v, by columns (contiguous), both triangles
-    /// kept. The column loops start at row r0 = k+1 rounded down to a multiple of 8 and run to
-    /// `ld`: v and w are zero outside rows k+1..n, so the extra rows are left as they were, and no
-    /// loop has a scalar remainder.
+    /// The QL iteration's tolerance and limit, once `d` and `e` hold the tridiagonal matrix.
     #[inline(always)]
-    fn tridiagonalize(&mut self, n: usize) {
-        let ld = self.ld;
-        let EigScratch { a, v, w, tau, d, e, .. } = self;
-        v.fill(A::ZERO);
-        for k in 0..n.saturating_sub(2) {
-            let r0 = (k + 1) / 8 * 8;
-            let col = &a[k * ld + k + 1..k * ld + n];
-            let (t, beta, scale) = reflector(col[0], dot(&col[1..], &col[1..]));
-            tau[k] = t;
-            e[k] = beta.to_f64();
-            d[k] = a[k * ld + k].to_f64();
-            v[r0..=k].fill(A::ZERO);
-            v[k + 1] = A::ONE;
-            for i in k + 2..n {
-                v[i] = a[k * ld + i] * scale;
-            }
-            a[k * ld + k + 2..k * ld + n].copy_from_slice(&v[k + 2..n]);
-            if t == A::ZERO {
-                continue;
-            }
-            let (v, w) = (&v[r0..ld], &mut w[r0..ld]);
-            gemv_cols(w, a, ld, r0, k + 1..n, |j| t * v[j - r0]);
-            // Rows above k+1 took in entries outside A₂₂.
-            w[..k + 1 - r0].fill(A::ZERO);
-            let half = A::from_f64(0.5) * t * dot(w, v);
-            for (w, v) in w.iter_mut().zip(v.iter()) {
-                *w = *w - half * *v;
-            }
-            for j in k + 1..n {
-                rank2(&mut a[j * ld + r0..(j + 1) * ld], v, w, v[j - r0], w[j - r0]);
-            }
-        }
-        if n >= 2 {
-            d[n - 2] = a[(n - 2) * ld + n - 2].to_f64();
-            e[n - 2] = a[(n - 2) * ld + n - 1].to_f64();
-        }
-        d[n - 1] = a[(n - 1) * ld + n - 1].to_f64();
-        e[n - 1] = 0.0;
-    }
-
-    /// `z` ← Q from the reflectors left in `a`. Built as Qᵀ = H_{n−3} ⋯ H₀ (backwards, so each
-    /// H_k meets only the trailing block B it changes, and by columns: B ← B − τ (B v) vᵀ needs
-    /// no reductions; rows from r0 as in [`Self::tridiagonalize`]), then transposed in place.
-    #[inline(always)]
-    fn form_q(&mut self, n: usize) {
-        let ld = self.ld;
-        let EigScratch { a, z: m, v, w, tau, .. } = self;
-        set_identity(m, n, ld);
-        v.fill(A::ZERO);
-        for k in (0..n.saturating_sub(2)).rev() {
-            let t = tau[k];
-            if t == A::ZERO {
-                continue;
-            }
-            let r0 = (k + 1) / 8 * 8;
-            v[r0..=k].fill(A::ZERO);
-            v[k + 1] = A::ONE;
-            v[k + 2..n].copy_from_slice(&a[k * ld + k + 2..k * ld + n]);
-            let (v, bv) = (&v[r0..ld], &mut w[r0..ld]);
-            // Columns k+1.. of Qᵀ so far are the identity's above row k+2: Bv's rows above
-            // k+1 come out zero.
-            gemv_cols(bv, m, ld, r0, k + 1..n, |j| v[j - r0]);
-            for j in k + 1..n {
-                axpy(&mut m[j * ld + r0..(j + 1) * ld], A::ZERO - t * v[j - r0], bv);
-            }
-        }
-        for i in 0..n {
-            for j in i + 1..n {
-                m.swap(i * ld + j, j * ld + i);
-            }
-        }
-    }
-
-    /// Prepares the QL iteration (at most `max_iters` iterations) on this matrix.
-    #[inline(always)]
-    fn prepare(&mut self, n: usize, max_iters: usize) {
-        self.ql = Ql { iters_left: max_iters, ..Ql::default() };
-        if !self.scale() {
-            self.d.fill(0.0);
-            self.e.fill(0.0);
-            set_identity(&mut self.z, n, self.ld);
-            self.up = 1.0;
-            return;
-        }
-        self.tridiagonalize(n);
-        self.form_q(n);
+    fn prepare_ql(&mut self, n: usize, max_iters: usize) {
         let (d, e) = (&self.d, &self.e);
         let norm = (0..n).fold(0.0f64, |m, i| {
             let below = if i > 0 { e[i - 1].abs() } else { 0.0 };
             m.max(d[i].abs() + e[i].abs() + below)
         });
         // An off-diagonal below ε‖T‖ counts as zero: it moves no eigenvalue by more than that.
-        self.ql.tol = eps_of::<A>() * norm;
+        self.ql = Ql { iters_left: max_iters, tol: eps_of::<A>() * norm, ..Ql::default() };
     }
 
     /// Applies the logged sweeps to `z`, in order: a sweep's rotation at column pair i makes
@@ -382,6 +249,195 @@ impl<A: Real> EigScratch<A> {
         self.log.reserve(w.m - w.l);
         // SAFETY: within the capacity just reserved.
         unsafe { self.log.as_mut_ptr().add(self.log.len()) }
+    }
+}
+
+/// Matrices reduced side by side by [`reduce_lanes`], one per lane.
+pub(crate) const RL: usize = 8;
+
+/// The lane-interleaved working set of [`reduce_lanes`] for order n (element e of matrix t at
+/// `[e][t]`).
+pub(crate) struct LaneBuf<A> {
+    a: Vec<[A; RL]>,
+    m: Vec<[A; RL]>,
+    v: Vec<[A; RL]>,
+    p: Vec<[A; RL]>,
+    tau: Vec<[A; RL]>,
+    d: Vec<[A; RL]>,
+    e: Vec<[A; RL]>,
+    zero: Vec<A>,
+    spill: Vec<A>,
+}
+
+impl<A: Real> LaneBuf<A> {
+    pub(crate) fn new(n: usize) -> Self {
+        let lanes = |len| vec![[A::ZERO; RL]; len];
+        LaneBuf {
+            a: lanes(n * n),
+            m: lanes(n * n),
+            v: lanes(n),
+            p: lanes(n),
+            tau: lanes(n),
+            d: lanes(n),
+            e: lanes(n),
+            zero: vec![A::ZERO; n],
+            spill: vec![A::ZERO; n],
+        }
+    }
+}
+
+/// Reduces the (scaled) matrices of `jobs` (at most [`RL`]) to tridiagonal form T = Qᵀ A Q side
+/// by side, one per lane, so that every step is vector arithmetic over eight matrices however
+/// short its loops: leaves T in each job's `d`, `e` (e[n−1] = 0) and Q in its `z`.
+///
+/// Householder: step k maps column k below the subdiagonal onto e₁ with H_k = I − τ v vᵀ and
+/// updates the trailing block as A₂₂ ← H A₂₂ H = A₂₂ − v wᵀ − w vᵀ, p = τ A₂₂ v,
+/// w = p − (τ pᵀv / 2) v, on the lower triangle only (the product A₂₂ v reads each stored entry
+/// once for both of its places). Q = H₀ ⋯ H_{n−3} is built as Qᵀ, backwards, row-major, so that
+/// its rows unpack into the columns of `z`.
+#[inline(always)]
+fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<A>) {
+    const L: usize = RL;
+    let cnt = jobs.len().min(L);
+    let ld = jobs[0].ld;
+    let LaneBuf { a, m, v, p, tau, d, e, zero, spill } = lb;
+    // Slices, not the Vecs: their pointers stay in registers (a store through one Vec's buffer
+    // could alias another Vec's header, which made every access reload it, unvectorized).
+    let (a, m, v, p, tau, d, e) =
+        (&mut a[..], &mut m[..], &mut v[..], &mut p[..], &mut tau[..], &mut d[..], &mut e[..]);
+    for j in 0..n {
+        let srcs: [*const A; L] =
+            std::array::from_fn(|t| if t < cnt { jobs[t].a[j * ld..].as_ptr() } else { zero.as_ptr() });
+        // SAFETY: each source has n readable elements (column j of a job's `a`, or `zero`).
+        unsafe { super::lanes::pack::<A, L>(&srcs, &mut a[j * n..(j + 1) * n]) };
+    }
+    for k in 0..n.saturating_sub(2) {
+        let ck = k * n;
+        let mut ss = [A::ZERO; L];
+        for x in &a[ck + k + 2..ck + n] {
+            let x = *x;
+            for t in 0..L {
+                ss[t] += x[t] * x[t];
+            }
+        }
+        let alpha = a[ck + k + 1];
+        let refl: [(A, A, A); L] = std::array::from_fn(|t| reflector(alpha[t], ss[t]));
+        tau[k] = std::array::from_fn(|t| refl[t].0);
+        e[k] = std::array::from_fn(|t| refl[t].1);
+        d[k] = a[ck + k];
+        let scale: [A; L] = std::array::from_fn(|t| refl[t].2);
+        v[k + 1] = [A::ONE; L];
+        for i in k + 2..n {
+            let x = a[ck + i];
+            let vi: [A; L] = std::array::from_fn(|t| x[t] * scale[t]);
+            v[i] = vi;
+            a[ck + i] = vi;
+        }
+        // p = τ A₂₂ v from the lower triangle: entry (i, j), i > j, adds to p_i and to p_j.
+        let tk = tau[k];
+        for x in &mut p[k + 1..n] {
+            *x = [A::ZERO; L];
+        }
+        for j in k + 1..n {
+            let cj = j * n;
+            let vj = v[j];
+            let ajj = a[cj + j];
+            let mut acc: [A; L] = std::array::from_fn(|t| ajj[t] * vj[t]);
+            for i in j + 1..n {
+                let (aij, vi, mut pi) = (a[cj + i], v[i], p[i]);
+                for t in 0..L {
+                    pi[t] += aij[t] * vj[t];
+                    acc[t] += aij[t] * vi[t];
+                }
+                p[i] = pi;
+            }
+            let mut pj = p[j];
+            for t in 0..L {
+                pj[t] += acc[t];
+            }
+            p[j] = pj;
+        }
+        let mut pv = [A::ZERO; L];
+        for i in k + 1..n {
+            let (mut pi, vi) = (p[i], v[i]);
+            for t in 0..L {
+                pi[t] = tk[t] * pi[t];
+                pv[t] += pi[t] * vi[t];
+            }
+            p[i] = pi;
+        }
+        let half: [A; L] = std::array::from_fn(|t| A::from_f64(0.5) * tk[t] * pv[t]);
+        for i in k + 1..n {
+            let (mut pi, vi) = (p[i], v[i]);
+            for t in 0..L {
+                pi[t] = pi[t] - half[t] * vi[t];
+            }
+            p[i] = pi;
+        }
+        // A₂₂ −= v wᵀ + w vᵀ (w in p), lower triangle.
+        for j in k + 1..n {
+            let cj = j * n;
+            let (vj, wj) = (v[j], p[j]);
+            for i in j..n {
+                let (vi, wi, mut x) = (v[i], p[i], a[cj + i]);
+                for t in 0..L {
+                    x[t] = x[t] - (vi[t] * wj[t] + wi[t] * vj[t]);
+                }
+                a[cj + i] = x;
+            }
+        }
+    }
+    if n >= 2 {
+        d[n - 2] = a[(n - 2) * n + n - 2];
+        e[n - 2] = a[(n - 2) * n + n - 1];
+    }
+    d[n - 1] = a[(n - 1) * n + n - 1];
+    e[n - 1] = [A::ZERO; L];
+    // Qᵀ = H_{n−3} ⋯ H₀: M ← M H_k for k downwards; M's rows and columns below k+1 are still
+    // the identity's, so (M v)_i and the update concern rows and columns k+1.. only.
+    for (x, at) in m.iter_mut().zip(0..) {
+        *x = if at / n == at % n { [A::ONE; L] } else { [A::ZERO; L] };
+    }
+    for k in (0..n.saturating_sub(2)).rev() {
+        let tk = tau[k];
+        v[k + 1] = [A::ONE; L];
+        for i in k + 2..n {
+            v[i] = a[k * n + i];
+        }
+        for i in k + 1..n {
+            let row = &m[i * n..(i + 1) * n];
+            let mut acc = [A::ZERO; L];
+            for j in k + 1..n {
+                let (x, vj) = (row[j], v[j]);
+                for t in 0..L {
+                    acc[t] += x[t] * vj[t];
+                }
+            }
+            p[i] = std::array::from_fn(|t| tk[t] * acc[t]);
+        }
+        for i in k + 1..n {
+            let f = p[i];
+            for j in k + 1..n {
+                let (mut x, vj) = (m[i * n + j], v[j]);
+                for t in 0..L {
+                    x[t] = x[t] - f[t] * vj[t];
+                }
+                m[i * n + j] = x;
+            }
+        }
+    }
+    for j in 0..n {
+        let dsts: [*mut A; L] =
+            std::array::from_fn(|t| if t < cnt { jobs[t].z[j * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
+        // SAFETY: each destination has n writable elements (column j of a job's `z`, or the
+        // spill, shared by the lanes past the group's end).
+        unsafe { super::lanes::unpack::<A, L>(&m[j * n..(j + 1) * n], &dsts) };
+    }
+    for (t, job) in jobs.iter_mut().enumerate().take(cnt) {
+        for k in 0..n {
+            job.d[k] = d[k][t].to_f64();
+            job.e[k] = e[k][t].to_f64();
+        }
     }
 }
 
@@ -571,12 +627,23 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
 /// None beyond the scratch sizes (made by `EigScratch::new(n)`); `unsafe` only so that an AVX2
 /// copy can be declared.
 #[inline(always)]
-pub(crate) unsafe fn sym_eig_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize) {
+pub(crate) unsafe fn sym_eig_many<A: Real>(
+    jobs: &mut [EigScratch<A>],
+    lb: &mut LaneBuf<A>,
+    n: usize,
+    max_iters: usize,
+) {
     if n == 0 {
         return;
     }
-    for j in jobs.iter_mut() {
-        j.prepare(n, max_iters);
+    for chunk in jobs.chunks_mut(RL) {
+        for j in chunk.iter_mut() {
+            j.scale();
+        }
+        reduce_lanes(chunk, n, lb);
+        for j in chunk.iter_mut() {
+            j.prepare_ql(n, max_iters);
+        }
     }
     for group in jobs.chunks_mut(QL_WAYS) {
         ql_many(group, n);
@@ -590,13 +657,13 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize,
     }
 }
 
-isa_copies!(sym_eig_many_avx2 = sym_eig_many(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize));
+isa_copies!(sym_eig_many_avx2 = sym_eig_many(jobs: &mut [EigScratch<A>], lb: &mut LaneBuf<A>, n: usize, max_iters: usize));
 
 /// [`sym_eig_many`], in its AVX2 + FMA copy where the CPU has one.
-pub(crate) fn sym_eig_best<A: Real>(jobs: &mut [EigScratch<A>], n: usize, max_iters: usize) {
-    let f = pick!(sym_eig_many_avx2, sym_eig_many, A, unsafe fn(&mut [EigScratch<A>], usize, usize));
+pub(crate) fn sym_eig_best<A: Real>(jobs: &mut [EigScratch<A>], lb: &mut LaneBuf<A>, n: usize, max_iters: usize) {
+    let f = pick!(sym_eig_many_avx2, sym_eig_many, A, unsafe fn(&mut [EigScratch<A>], &mut LaneBuf<A>, usize, usize));
     // SAFETY: the AVX2 copy is picked only on a CPU that has AVX2 and FMA.
-    unsafe { f(jobs, n, max_iters) }
+    unsafe { f(jobs, lb, n, max_iters) }
 }
 
 #[cfg(test)]
@@ -656,7 +723,7 @@ mod tests {
                 for (j, o) in jobs.iter_mut().zip(&origs) {
                     put(j, o, n);
                 }
-                sym_eig_best(&mut jobs, n, 30 * n);
+                sym_eig_best(&mut jobs, &mut LaneBuf::new(n), n, 30 * n);
                 for (j, o) in jobs.iter().zip(&origs) {
                     assert!(j.converged());
                     let (resid, orth) = errors(o, n, j);
@@ -674,9 +741,9 @@ mod tests {
         let (a0, a1) = (random_sym(n, &mut seed), random_sym(n, &mut seed));
         put(&mut jobs[0], &a0, n);
         put(&mut jobs[1], &a1, n);
-        sym_eig_best(&mut jobs[..1], n, n / 2);
+        sym_eig_best(&mut jobs[..1], &mut LaneBuf::new(n), n, n / 2);
         assert!(!jobs[0].converged());
-        sym_eig_best(&mut jobs[1..], n, 30 * n);
+        sym_eig_best(&mut jobs[1..], &mut LaneBuf::new(n), n, 30 * n);
         assert!(jobs[1].converged());
     }
 }
