@@ -77,6 +77,20 @@ def test_eigh_random(device, dtype, n):
     assert torch.equal(eigvalsh(A), L)
 
 
+@pytest.mark.parametrize("n", [5, 33, 64])
+def test_many_matrices_at_once(device, n):
+    """Nine matrices: on the CPU eight of them are reduced side by side (one per SIMD lane), the
+    ninth alone; one of the eight is zero and one has repeated eigenvalues."""
+    A = sym((9,), n, torch.float32, device)
+    A[2] = 0
+    A[5] = sym((), n, torch.float32, device, torch.tensor([1.0, -2.0], dtype=torch.float64).repeat(n)[:n])
+    L, V = eigh(A)
+    assert max(eigh_errs(A, L, V)) <= 1e-5
+    assert torch.equal(L[2], torch.zeros_like(L[2]))
+    B = torch.randn(9, n + 3, n, device=device)
+    assert max(svd_errs(B, *svd(B))) <= 1e-5
+
+
 def test_ill_conditioned_rank_deficient_repeated(device):
     n = 48
     s = torch.logspace(0, -6, n, dtype=torch.float64)
