@@ -1,13 +1,14 @@
 //! The CPU's symmetric eigensolver (`eigh`): Householder reduction to tridiagonal form, the
 //! reflectors' product formed explicitly, then the implicit QL iteration with Wilkinson's shift,
 //! whose plane rotations are applied to that product (Bowdler, Martin, Reinsch and Wilkinson's
-//! tred2/tql2 scheme). About 4n³ flops per matrix against roughly 20n³ for a cyclic Jacobi run;
-//! every O(n³) loop runs over contiguous columns, so it vectorizes.
+//! tred2/tql2 scheme). About 4n³ flops per matrix against roughly 20n³ for a cyclic Jacobi run.
+//! A group of eight matrices is reduced side by side, one per SIMD lane ([`reduce_lanes`]); their
+//! QL chains advance four to a vector ([`ql_many`]); each one's rotations are logged and applied
+//! to its eigenvectors at the end ([`EigScratch::apply_log`]).
 //!
 //! The matrix is first scaled by a power of two (exact) so that its largest entry is about 1: the
 //! rotations' `sqrt(f² + g²)` can then neither overflow nor underflow harmfully. The tridiagonal
-//! recurrences run in f64 (they are O(n²) and scalar, so this costs nothing measurable); the O(n³)
-//! work stays in the data's precision.
+//! recurrences run in f64 (they are O(n²)); the O(n³) work stays in the data's precision.
 
 use super::linalg::{eps_of, reflector};
 use super::{dot, Real};
@@ -322,8 +323,8 @@ impl<A: Real> EigScratch<A> {
     }
 
     /// Finds the next unreduced block (an off-diagonal counts as zero below `tol`) and starts an
-    /// implicit QL sweep on it with Wilkinson's shift (its rotations: [`ql_many`]); None once every eigenvalue converged or
-    /// the iteration limit is spent.
+    /// implicit QL sweep on it with Wilkinson's shift (its rotations: [`ql_many`]); None once
+    /// every eigenvalue converged or the iteration limit is spent.
     #[inline(always)]
     fn next_sweep(&mut self, n: usize) -> Option<Sweep> {
         let (d, e, q) = (&self.d, &self.e, &mut self.ql);
@@ -565,24 +566,27 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     }
 }
 
-/// One rotation of four QL chains (lane t: chain t), with the block's entries e[i], d[i],
-/// d[i+1] as `ei`, `di`, `d1`: returns r = e[i+1]; leaves the new chain values in `s`, `c`, `p`,
-/// `g` and the new d[i+1] in `di`. (A lane whose r is 0 split; its outputs are then unused.)
+/// The carried values of four QL chains (lane t: chain t): the last rotation's sine and cosine,
+/// the pending shift correction p and the bulge g.
+#[derive(Clone, Copy)]
+struct Chains {
+    s: [f64; 4],
+    c: [f64; 4],
+    p: [f64; 4],
+    g: [f64; 4],
+}
+
+/// One rotation of four QL chains, with the block's entries e[i], d[i], d[i+1] as `ei`, `di`,
+/// `d1`: returns r = e[i+1]; leaves the chains' new values in `ch` and the new d[i+1] in `di`. (A
+/// lane whose r is 0 split; its outputs are then unused.)
 #[inline(always)]
-fn chain_step(
-    s: &mut [f64; 4],
-    c: &mut [f64; 4],
-    p: &mut [f64; 4],
-    g: &mut [f64; 4],
-    di: &mut [f64; 4],
-    ei: [f64; 4],
-    d1: [f64; 4],
-) -> [f64; 4] {
+fn chain_step(ch: &mut Chains, di: &mut [f64; 4], ei: [f64; 4], d1: [f64; 4]) -> [f64; 4] {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { chain_step_avx2(s, c, p, g, di, ei, d1) };
+        return unsafe { chain_step_avx2(ch, di, ei, d1) };
     }
+    let Chains { s, c, p, g } = ch;
     let mut r = [0f64; 4];
     for t in 0..4 {
         let f = s[t] * ei[t];
@@ -605,16 +609,9 @@ fn chain_step(
 /// compiler leaves the portable loop scalar).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn chain_step_avx2(
-    s: &mut [f64; 4],
-    c: &mut [f64; 4],
-    p: &mut [f64; 4],
-    g: &mut [f64; 4],
-    di: &mut [f64; 4],
-    ei: [f64; 4],
-    d1: [f64; 4],
-) -> [f64; 4] {
+unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut [f64; 4], ei: [f64; 4], d1: [f64; 4]) -> [f64; 4] {
     use std::arch::x86_64::*;
+    let Chains { s, c, p, g } = ch;
     let ld = |x: &[f64; 4]| _mm256_loadu_pd(x.as_ptr());
     let (sv, cv, pv, gv, dv, ev, d1v) = (ld(s), ld(c), ld(p), ld(g), ld(di), ld(&ei), ld(&d1));
     let f = _mm256_mul_pd(sv, ev);
@@ -645,7 +642,7 @@ pub(crate) const QL_WAYS: usize = 4;
 /// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side. A rotation is a chain of
 /// dependent sqrt, divide and multiply-adds on a few scalars; here lane t of every step
 /// works on matrix t, so one vector instruction advances all four chains (their (d, e) entries
-/// gathered and scattered by lane). When a lane's sweep ends, its rotations reach its `z` and its
+/// gathered and scattered by lane). When a lane's sweep ends, its rotations go to its log and its
 /// next sweep starts at once; a lane with no matrix left works on a dummy.
 #[inline(always)]
 fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
@@ -658,7 +655,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
     let parked = (dummy_d.as_mut_ptr(), dummy_e.as_mut_ptr(), dummy_cs.as_mut_ptr());
     let (mut dp, mut ep, mut cp) = ([parked.0; L], [parked.1; L], [parked.2; L]);
     // The chain: the next rotation of lane t is at (pos[t] − 1, pos[t]).
-    let (mut s, mut c, mut p, mut g) = ([1f64; L], [1f64; L], [0f64; L], [0f64; L]);
+    let mut ch = Chains { s: [1.0; L], c: [1.0; L], p: [0.0; L], g: [0.0; L] };
     let mut pos = [1usize; L];
     let mut live = 0;
     // (Re)starts lane t on its matrix's next sweep, or parks it.
@@ -669,7 +666,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
             if t < k {
                 if let Some(w) = jobs[t].next_sweep(n) {
                     sw[t] = w;
-                    (s[t], c[t], p[t], g[t], pos[t]) = (w.s, w.c, w.p, w.g, w.i);
+                    (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (w.s, w.c, w.p, w.g, w.i);
                     let job = &mut jobs[t];
                     cp[t] = job.log_room(&w);
                     (dp[t], ep[t]) = (job.d.as_mut_ptr(), job.e.as_mut_ptr());
@@ -678,7 +675,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
             }
             if !active[t] {
                 (dp[t], ep[t], cp[t]) = parked;
-                (s[t], c[t], p[t], g[t], pos[t]) = (1.0, 1.0, 0.0, 1.0, 1);
+                (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (1.0, 1.0, 0.0, 1.0, 1);
             }
         }};
     }
@@ -697,8 +694,8 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
                 d1[t] = *dp[t].add(pos[t]);
             }
         }
-        let p_old = p;
-        let r = chain_step(&mut s, &mut c, &mut p, &mut g, &mut di, ei, d1);
+        let p_old = ch.p;
+        let r = chain_step(&mut ch, &mut di, ei, d1);
         let mut ended = false;
         for t in 0..L {
             let i = pos[t] - 1;
@@ -715,7 +712,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
                     continue;
                 }
                 *dp[t].add(i + 1) = di[t];
-                *cp[t] = (A::from_f64(c[t]), A::from_f64(s[t]));
+                *cp[t] = (A::from_f64(ch.c[t]), A::from_f64(ch.s[t]));
             }
             if active[t] {
                 cp[t] = cp[t].wrapping_add(1);
@@ -729,7 +726,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
                     continue;
                 }
                 if !sw[t].split {
-                    (sw[t].i, sw[t].p, sw[t].g) = (pos[t], p[t], g[t]);
+                    (sw[t].i, sw[t].p, sw[t].g) = (pos[t], ch.p[t], ch.g[t]);
                 }
                 let job = &mut jobs[t];
                 // SAFETY: the sweep wrote its m − i rotations (c, s) after the log's end, within
@@ -744,8 +741,9 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
 }
 
 /// Eigenvalues and eigenvectors of every matrix in `jobs` (order n, finite entries; see
-/// [`EigScratch`]): each is reduced on its own, their QL iterations run side by side
-/// ([`ql_many`]), then each one's rotations are applied to its vectors.
+/// [`EigScratch`]): reduced eight side by side ([`reduce_lanes`], or one at a time when fewer),
+/// their QL iterations run four side by side ([`ql_many`]), then each one's rotations are applied
+/// to its vectors. `lb` is scratch (`LaneBuf::new(n)`).
 ///
 /// # Safety
 /// None beyond the scratch sizes (made by `EigScratch::new(n)`); `unsafe` only so that an AVX2
