@@ -5,8 +5,10 @@ Algorithms: Jacobi rotations, batched — on CUDA one launch for the whole batch
 columns (float64: 16) 8, 16 or 32 lanes per matrix, each holding a column (of A and of V) in
 registers, the pairs of a round (lane c with lane c XOR r) rotated in parallel with the partner's
 column arriving by shuffles; larger matrices one block per matrix, in shared memory, the n/2
-disjoint pairs of a round-robin round rotated in parallel; on the CPU (SVD) one matrix per
-parallel task, cyclic order. SVD: one-sided (Hestenes) Jacobi on the columns. eigh on CUDA:
+disjoint pairs of a round-robin round rotated in parallel; on the CPU (float64 SVD) one matrix
+per parallel task, cyclic order. SVD: one-sided (Hestenes) Jacobi on the columns — except float32
+(and 16-bit) SVD on the CPU, which runs in float64 through the CPU's eigensolver (below) on AᵀA,
+then orthonormalizes A·V by Gram–Schmidt (σ_i its column norms after projection). eigh on CUDA:
 two-sided Jacobi (each rotation zeroes one off-diagonal pair exactly) — except in the register
 kernel, which runs the one-sided iteration on ``B = A + ‖A‖_F I`` (positive semidefinite, A's
 eigenvectors as its right singular vectors; λ = ‖B v‖ − ‖A‖_F, absolute error a few ulps of

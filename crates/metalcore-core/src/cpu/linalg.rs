@@ -1299,19 +1299,13 @@ fn argmax_abs<A: Real>(x: &[A]) -> usize {
 unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) -> bool {
     let (m, n) = (p.a.rows, p.a.cols);
     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add(b * m * n), m * n);
-    // x − x is NaN exactly for NaN and ±Inf; summed in 8 lanes (vectorizes).
-    let mut acc = [A::ZERO; 8];
-    let mut check = |row: &[A]| {
-        for (t, x) in row.iter().enumerate() {
-            acc[t % 8] += *x - *x;
-        }
-    };
+    let mut bad = false;
     if p.eigh {
         // Row j of the lower triangle is column j's upper part (A symmetric), contiguous; then
         // mirrored within `a`.
         for j in 0..n {
             let row = &am[j * n..j * n + j + 1];
-            check(row);
+            bad |= non_finite(row);
             a[j * ld..j * ld + j + 1].copy_from_slice(row);
         }
         for j in 0..n {
@@ -1320,12 +1314,23 @@ unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) ->
             }
         }
     } else {
-        check(am);
+        bad = non_finite(am);
         for i in 0..m {
             for j in 0..n {
                 a[j * ld + i] = am[i * n + j];
             }
         }
+    }
+    bad
+}
+
+/// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes
+/// (vectorizes).
+#[inline(always)]
+fn non_finite<A: Real>(x: &[A]) -> bool {
+    let mut acc = [A::ZERO; 8];
+    for (t, x) in x.iter().enumerate() {
+        acc[t % 8] += *x - *x;
     }
     acc.iter().any(|s| *s != A::ZERO)
 }
@@ -1541,19 +1546,14 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                 for k in 0..count {
                     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
                     let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
-                    let mut acc = [0f64; 8];
+                    g.bad[k] = non_finite(am);
                     for r in 0..m {
                         for c in 0..n {
-                            let x = am[r * n + c].to_f64();
-                            acc[c % 8] += x - x;
+                            // A bad matrix is decomposed as zero (its outputs become NaN).
+                            let x = if g.bad[k] { 0.0 } else { am[r * n + c].to_f64() };
                             rows[r * nl + c] = x;
                             cols[c * ml + r] = x;
                         }
-                    }
-                    g.bad[k] = acc.iter().any(|s| *s != 0.0);
-                    if g.bad[k] {
-                        rows.fill(0.0);
-                        cols.fill(0.0);
                     }
                     gram_f(rows, m, n, nl, &mut job.a);
                 }

@@ -120,15 +120,14 @@ struct Ql {
     failed: bool,
 }
 
-/// One QL sweep in progress: the unreduced block l..=m, the next rotation at (i−1, i), and the
-/// chain's carried values.
+/// One QL sweep: the unreduced block l..=m, the next rotation at (i−1, i), the bulge g it
+/// starts from and, once it ends, the chain's last p and g (the chain starts from s = c = 1,
+/// p = 0).
 #[derive(Clone, Copy, Default)]
 struct Sweep {
     l: usize,
     m: usize,
     i: usize,
-    s: f64,
-    c: f64,
     p: f64,
     g: f64,
     /// The bulge vanished at rotation i−1's position: the block split there.
@@ -185,21 +184,20 @@ impl<A: Real> EigScratch<A> {
     }
 
     /// Scales `a` by a power of two (exact) so that its largest entry is about 1: the rotations'
-    /// sqrt(f² + g²) can then neither overflow nor underflow harmfully. Returns false for the
-    /// zero matrix.
+    /// sqrt(f² + g²) can then neither overflow nor underflow harmfully. (The zero matrix stays
+    /// as it is.)
     #[inline(always)]
-    fn scale(&mut self) -> bool {
+    fn scale(&mut self) {
         let big = self.a.iter().fold(0.0f64, |m, x| m.max(x.abs().to_f64()));
         if big == 0.0 {
             self.up = 1.0;
-            return false;
+            return;
         }
         self.up = (2f64).powi(big.log2().round() as i32);
         let down = A::from_f64(1.0 / self.up);
         for x in self.a.iter_mut() {
             *x = *x * down;
         }
-        true
     }
 
     /// Reduces `a` to tridiagonal form T = Qᵀ A Q with Q = H₀ H₁ ⋯ H_{n−3}, H_k = I − τ_k v_k v_kᵀ
@@ -349,7 +347,7 @@ impl<A: Real> EigScratch<A> {
             let x = (d[l + 1] - d[l]) / (2.0 * e[l]);
             let r = (x * x + 1.0).sqrt();
             let g = d[m] - d[l] + e[l] / (x + r.copysign(x));
-            return Some(Sweep { l, m, i: m, s: 1.0, c: 1.0, p: 0.0, g, split: false });
+            return Some(Sweep { l, m, i: m, p: 0.0, g, split: false });
         }
         None
     }
@@ -666,7 +664,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
             if t < k {
                 if let Some(w) = jobs[t].next_sweep(n) {
                     sw[t] = w;
-                    (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (w.s, w.c, w.p, w.g, w.i);
+                    (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (1.0, 1.0, 0.0, w.g, w.i);
                     let job = &mut jobs[t];
                     cp[t] = job.log_room(&w);
                     (dp[t], ep[t]) = (job.d.as_mut_ptr(), job.e.as_mut_ptr());
