@@ -91,6 +91,35 @@ def test_many_matrices_at_once(device, n):
     assert max(svd_errs(B, *svd(B))) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [33, 48, 100])
+def test_eigh_structured_past_32(device, dtype, n):
+    """Past 32 rows CUDA reduces to tridiagonal form and solves that by bisection and twisted
+    factorizations: repeated eigenvalues (exactly repeated in float64, where that kernel hands the
+    matrix to Jacobi), the identity, a diagonal with repeats, zero, two equal diagonal blocks (the
+    tridiagonal matrix splits), a lone off-diagonal pair, a sign and scale spread, and a NaN."""
+    rep = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64).repeat(n)[:n]
+    h = n // 2
+    S = sym((), h, torch.float64, "cpu")
+    blocks = torch.zeros(n, n, dtype=torch.float64)
+    blocks[:h, :h] = S
+    blocks[h:2 * h, h:2 * h] = S
+    pair = torch.diag(rep)
+    pair[n - 1, 0] = pair[0, n - 1] = 1e-3
+    spread = sym((), n, torch.float64, "cpu", torch.logspace(0, -6, n, dtype=torch.float64) * (-1.0) ** torch.arange(n)) * 1e30
+    A = torch.stack([sym((), n, torch.float64, "cpu", rep), 3 * torch.eye(n, dtype=torch.float64), torch.diag(rep),
+                     torch.zeros(n, n, dtype=torch.float64), blocks, pair, spread, sym((), n, torch.float64, "cpu")])
+    A = A.to(dtype)
+    A[-1, 3, 1] = float("nan")
+    A = A.to(device)
+    L, V = eigh(A)
+    assert torch.isnan(L[-1]).all() and torch.isnan(V[-1]).all()
+    assert max(eigh_errs(A[:-1], L[:-1], V[:-1])) <= tol(dtype)
+    assert torch.equal(L[1], torch.full_like(L[1], 3.0)) and torch.equal(V[1], torch.eye(n, dtype=dtype, device=device))
+    assert torch.equal(L[3], torch.zeros_like(L[3]))
+    assert torch.equal(L[2], torch.sort(rep.to(dtype).to(device)).values)
+
+
 def test_ill_conditioned_rank_deficient_repeated(device):
     n = 48
     s = torch.logspace(0, -6, n, dtype=torch.float64)

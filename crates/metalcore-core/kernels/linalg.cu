@@ -1008,14 +1008,15 @@ __device__ __forceinline__ size_t eigh_smem(int n) {
 }
 
 // Two-sided Jacobi eigendecomposition. A: (batch, n, n) row-major (lower triangle read). L:
-// (batch, n) ascending. V: (batch, n, n) eigenvectors (columns). info as for jacobi_kernel.
+// (batch, n) ascending. V: (batch, n, n) eigenvectors (columns). info as for jacobi_kernel. With
+// `redo`, only the matrices whose info is 2 (left by eigh_tri_kernel) are decomposed.
 extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ L, T* __restrict__ V,
-                                       int* __restrict__ info, long long batch, int n, int max_sweeps) {
+                                       int* __restrict__ info, long long batch, int n, int max_sweeps, int redo) {
     const Team tm = team_of();
     const int np = n + (n & 1), half = np / 2, ld = np + 1;
     T* a;
     const long long b = team_matrix(&a, eigh_smem(n));
-    if (b >= batch) return;
+    if (b >= batch || (redo && info[b] != 2)) return;
     T* v = a + (size_t)np * ld;
     T* sv = v + (size_t)np * ld;
     int* rank = reinterpret_cast<int*>(sv + np);
@@ -1111,6 +1112,533 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
     emit(a, ld, n, v, ld, n, sv, rank, false, false, L, nullptr, V, b, tm);
     if (tm.t == 0) info[b] = converged ? 0 : 1;
 }
+
+#ifdef TRI_EIGH
+// ---------------------------------------------------------------------------------------------
+// Symmetric eigendecomposition through a tridiagonal matrix, one block per matrix, no sweeps:
+//  1. Householder reduction A = Q T Qᵀ in T's precision, in shared memory (LAPACK's sytd2, lower:
+//     H_k = I - tau v vᵀ on rows k+1.., v_{k+1} = 1, kept in column k of `a`). The matrix is first
+//     scaled by a power of two (exact) so that its largest entry lies in [0.5, 1).
+//  2. T's eigenvalues by bisection on Sturm counts in float64, G threads per eigenvalue
+//     (multisection: the G points split the interval into G + 1 parts), per unreduced block of T
+//     (an off-diagonal at most n·eps₆₄·‖T‖ counts as zero: a backward error well below the
+//     reduction's own).
+//  3. Each eigenvector of T by one twisted factorization of T - λI in float64 (the stationary and
+//     progressive recurrences meet at the index r where |γ_r| is least; z_r = 1, and the two
+//     recurrences give the rest): one step of inverse iteration from e_r, whose error is
+//     eps₆₄‖T‖/gap. Eigenvalues of a block closer than 1e-3‖T‖ (a cluster) have their vectors
+//     orthogonalized by modified Gram–Schmidt, a warp per cluster.
+//  4. V = Q Z, G threads per column, the reflectors applied last to first (no block barrier).
+// A cluster whose Gram–Schmidt loses more than 1e-3 of a vector's norm (eigenvalues equal to
+// float64 precision inside one block: exactly repeated eigenvalues of a float64 matrix), or a
+// vector that overflows, sets info = 2: the caller then runs eigh_kernel (Jacobi) on that matrix.
+// Same outputs as eigh_kernel otherwise (info 0; a NaN or Inf input gives NaN outputs).
+
+// Rows per warp of the reduction's matrix-vector product (32 / its threads per row): the column
+// stride is that mod 32, so a warp's reads fall in distinct banks.
+__device__ __forceinline__ int tri_group(int n) {
+    int g = 1;
+    while (g < 32 && 2 * g * n <= TEAM) g *= 2;
+    return g;
+}
+__device__ __forceinline__ int tri_lda(int n) {
+    const int r = 32 / tri_group(n);
+    return n + ((r - n % 32) % 32 + 32) % 32;
+}
+// Bytes of shared memory (cuda/linalg.rs mirrors this): Z (n × (n|1) doubles), d, e, λ, float
+// copies of d and e, the reduction scratch (2·WARPS doubles), block starts/ends, tight flags, a
+// flag and padding (4n + 2 ints), then a (n × lda), tau, p, the eigenvalues (T) and emit's ranks.
+__device__ __forceinline__ size_t tri_smem(int n) {
+    return 8 * ((size_t)n * (n | 1) + 4 * (size_t)n + 2 * WARPS) + 4 * (4 * (size_t)n + 2) +
+           sizeof(T) * ((size_t)n * tri_lda(n) + 3 * (size_t)n) + 4 * (size_t)n;
+}
+
+// Max over the team (every thread gets it); `red` holds 2*WARPS doubles used by `parity`.
+__device__ __forceinline__ double tri_max(double v, double* red, int parity, const Team& tm) {
+    for (int o = 16; o; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (tm.lane == 0) red[parity * WARPS + tm.w] = v;
+    __syncthreads();
+    v = red[parity * WARPS];
+    for (int i = 1; i < WARPS; ++i) v = fmax(v, red[parity * WARPS + i]);
+    return v;
+}
+
+// Sum over the G lanes of a group (G a power of two, the group's lanes aligned).
+__device__ __forceinline__ double group_sum(double v, unsigned mask, int g) {
+    for (int o = g / 2; o; o >>= 1) v += __shfl_xor_sync(mask, v, o);
+    return v;
+}
+
+// 1/x for a normal float64 x: the hardware's approximate reciprocal and two Newton steps (a
+// relative error of a few ulps, against the much slower correctly rounded division; the Sturm
+// counts and twisted factorizations only need small relative errors per step).
+__device__ __forceinline__ double rcp64(double x) {
+    double r;
+    asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(x));
+    double e = fma(-x, r, 1.0);
+    r = fma(r, e, r);
+    e = fma(-x, r, 1.0);
+    return fma(r, e, r);
+}
+
+// 1/x: float's approximate reciprocal, or rcp64.
+__device__ __forceinline__ float rcp_of(float x) { return __fdividef(1.0f, x); }
+__device__ __forceinline__ double rcp_of(double x) { return rcp64(x); }
+
+// The number of eigenvalues of T[s..t] below x (Sturm count, pivots kept at least pivmin away
+// from zero), in F's precision.
+template <class F>
+__device__ int sturm_count(const F* d, const F* e, int s, int t, F x, F pivmin) {
+    F q = d[s] - x;
+    if (fabs(q) < pivmin) q = -pivmin;
+    int c = q < F(0);
+    int i = s + 1;
+    // Two steps at a time, their loads issued ahead of the dependent chain.
+    for (; i + 1 <= t; i += 2) {
+        const F d0 = d[i] - x, d1 = d[i + 1] - x, f0 = e[i - 1] * e[i - 1], f1 = e[i] * e[i];
+        q = d0 - f0 * rcp_of(q);
+        if (fabs(q) < pivmin) q = -pivmin;
+        c += q < F(0);
+        q = d1 - f1 * rcp_of(q);
+        if (fabs(q) < pivmin) q = -pivmin;
+        c += q < F(0);
+    }
+    if (i <= t) {
+        q = d[i] - x - e[i - 1] * e[i - 1] * rcp_of(q);
+        if (fabs(q) < pivmin) q = -pivmin;
+        c += q < F(0);
+    }
+    return c;
+}
+
+// Multisection point g of G inside [lo, lo + width]; every lane computes a chosen bound the same way.
+template <class F>
+__device__ __forceinline__ F tri_point(F lo, F width, int g, int G) {
+    return lo + width * F(g + 1) / F(G + 1);
+}
+
+// Eigenvalue r (from the bottom) of T[s..t], s < t, by multisection over the G lanes of a group
+// (`gl` this lane, `mask` the group), in F's precision: to the last bits of F (relative, or
+// eps·‖T‖ absolute: no better is possible) or until the points no longer split the interval.
+template <class F>
+__device__ F bisect(const F* d, const F* e, int s, int t, int r, F tnorm, F pivmin, F eps, int gl, int G,
+                    unsigned mask) {
+    F lo = d[s], hi = d[s];
+    for (int i = s; i <= t; ++i) {
+        const F rad = (i > s ? fabs(e[i - 1]) : F(0)) + (i < t ? fabs(e[i]) : F(0));
+        lo = fmin(lo, d[i] - rad);
+        hi = fmax(hi, d[i] + rad);
+    }
+    const F pad = F(2) * eps * tnorm + F(2) * pivmin;
+    lo -= pad;
+    hi += pad;
+    for (int it = 0; it < 256; ++it) {
+        const F width = hi - lo;
+        if (!(width > F(2) * eps * fmax(fabs(lo), fabs(hi)) + eps * tnorm + pivmin)) break;
+        const int cnt = sturm_count(d, e, s, t, tri_point(lo, width, gl, G), pivmin);
+        const int c = __popc(__ballot_sync(mask, cnt <= r) & mask);
+        const F nlo = c > 0 ? tri_point(lo, width, c - 1, G) : lo;
+        const F nhi = c < G ? tri_point(lo, width, c, G) : hi;
+        if (nlo == lo && nhi == hi) break;
+        lo = nlo;
+        hi = nhi;
+    }
+    return F(0.5) * (lo + hi);
+}
+
+// A twisted-factorization pivot kept at least `tiny` away from zero.
+__device__ __forceinline__ double tri_fix(double x, double tiny) {
+    return fabs(x) >= tiny ? x : (x < 0.0 ? -tiny : tiny);
+}
+
+// The eigenvector of T[s..t] for λ into z (entries s..t; stride 1), normalized, and in `rq` the
+// Rayleigh quotient's correction to λ. Returns 0 when the vector is not finite.
+__device__ int twisted_vector(const double* d, const double* e, int s, int t, double lam, double tiny, double* z,
+                              double* rq) {
+    *rq = 0.0;
+    if (s == t) {
+        z[s] = 1.0;
+        return 1;
+    }
+    // Stationary (top-down) pivots D+ into z.
+    double D = tri_fix(d[s] - lam, tiny);
+    z[s] = D;
+    for (int i = s; i < t; ++i) {
+        D = tri_fix(d[i + 1] - lam - e[i] * e[i] * rcp64(D), tiny);
+        z[i + 1] = D;
+    }
+    // Progressive (bottom-up) pivots D-, and the twist index r of least |γ_r|.
+    double Dm = tri_fix(d[t] - lam, tiny), gr = z[t];
+    int r = t;
+    for (int i = t - 1; i >= s; --i) {
+        const double g = z[i] - e[i] * e[i] * rcp64(Dm);
+        if (fabs(g) < fabs(gr)) {
+            gr = g;
+            r = i;
+        }
+        Dm = tri_fix(d[i] - lam - e[i] * e[i] * rcp64(Dm), tiny);
+    }
+    // D- again, stored below r (where D+ is no longer needed).
+    Dm = tri_fix(d[t] - lam, tiny);
+    for (int i = t; i > r; --i) {
+        z[i] = Dm;
+        if (i - 1 > r) Dm = tri_fix(d[i - 1] - lam - e[i - 1] * e[i - 1] * rcp64(Dm), tiny);
+    }
+    z[r] = 1.0;
+    double nrm = 1.0;
+    for (int i = r + 1; i <= t; ++i) {
+        z[i] = -e[i - 1] * z[i - 1] * rcp64(z[i]);
+        nrm += z[i] * z[i];
+    }
+    for (int i = r - 1; i >= s; --i) {
+        z[i] = -e[i] * z[i + 1] * rcp64(z[i]);
+        nrm += z[i] * z[i];
+    }
+    if (!(nrm < 1e300)) return 0;
+    *rq = gr / nrm;  // (T - λ) z = γ_r e_r with z_r = 1: zᵀ(T - λ)z / zᵀz
+    const double inv = 1.0 / sqrt(nrm);
+    for (int i = s; i <= t; ++i) z[i] *= inv;
+    return 1;
+}
+
+// Reflector k of the reduction, by one warp: from column k's rows k+1.. (alpha = a_{k+1,k}, x
+// below), H = I - tau v vᵀ with v_{k+1} = 1 (stored over alpha) and v = x/(alpha - beta) below,
+// beta = -sign(alpha) ‖(alpha, x)‖ (LAPACK's larfg; tau = 0 where x = 0). Writes tau, d_k and
+// e_k = beta.
+__device__ __forceinline__ void tri_house(T* a, int lda, int n, int k, T* taus, double* dd, double* ee, int lane) {
+    T* col = a + k * lda;
+    const T alpha = col[k + 1];
+    T sigma = T(0);
+    for (int i = k + 2 + lane; i < n; i += 32) sigma += col[i] * col[i];
+    sigma = warp_sum(sigma);
+    T tau = T(0), beta = alpha, sc = T(0);
+    if (sigma > T(0)) {
+        const T nrm = sqrt(alpha * alpha + sigma);
+        beta = alpha >= T(0) ? -nrm : nrm;
+        tau = (beta - alpha) / beta;
+        sc = T(1) / (alpha - beta);
+    }
+    for (int i = k + 2 + lane; i < n; i += 32) col[i] *= sc;
+    __syncwarp();  // every lane has read alpha before lane 0 overwrites it
+    if (lane == 0) {
+        taus[k] = tau;
+        dd[k] = (double)col[k];
+        ee[k] = (double)beta;
+        col[k + 1] = T(1);
+    }
+}
+
+// A: (batch, n, n) row-major (lower triangle read). L: (batch, n) ascending. V: (batch, n, n)
+// eigenvectors (columns). info: 0, or 2 (see above). One matrix per block (MPB == 1).
+extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T* __restrict__ A, T* __restrict__ L, T* __restrict__ V,
+                                           int* __restrict__ info, long long batch, int n) {
+    const Team tm = team_of();
+    T* base;
+    const long long b = team_matrix(&base, 0);  // MPB == 1: the whole dynamic shared memory
+    if (b >= batch) return;
+    if ((n + tri_group(n) - 1) / tri_group(n) > TRI_NPL) {  // a smaller team than planned: Jacobi
+        if (threadIdx.x == 0) info[b] = 2;
+        return;
+    }
+    const int ldz = n | 1, lda = tri_lda(n);
+#ifdef TRI_PROFILE
+    long long prof[8];
+#define TRI_MARK(i) (prof[i] = clock64())
+    TRI_MARK(0);
+#else
+#define TRI_MARK(i) ((void)0)
+#endif
+    double* z = reinterpret_cast<double*>(base);
+    double* dd = z + (size_t)n * ldz;
+    double* ee = dd + n;
+    double* lam = ee + n;
+    float* df = reinterpret_cast<float*>(lam + n);
+    float* ef = df + n;
+    double* red = lam + 2 * n;
+    int* bs = reinterpret_cast<int*>(red + 2 * WARPS);
+    int* be = bs + n;
+    int* tight = be + n;
+    int* flag = tight + n;
+    T* a = reinterpret_cast<T*>(flag + 2 + n);  // 4n + 2 ints: a stays 8-byte aligned
+    T* taus = a + (size_t)n * lda;
+    T* pv = taus + n;
+    T* sv = pv + n;
+    int* rank = reinterpret_cast<int*>(sv + n);
+
+    // Load (the lower triangle, mirrored), check, scale.
+    const T* src = A + b * n * n;
+    int bad = 0;
+    double amax = 0.0;
+    for (int e = tm.t; e < n * n; e += TEAM) {
+        const int i = e / n, j = e % n;
+        const T x = j > i ? src[j * n + i] : src[i * n + j];
+        bad |= !(x - x == T(0));
+        amax = fmax(amax, (double)fabs(x));
+        a[j * lda + i] = x;
+    }
+    if (tm.t == 0) flag[0] = 0;
+    bad = team_any(bad);
+    if (bad) {
+        for (int j = tm.t; j < n; j += TEAM) L[b * n + j] = nan_t();
+        for (int e = tm.t; e < n * n; e += TEAM) V[b * n * n + e] = nan_t();
+        if (tm.t == 0) info[b] = 0;
+        return;
+    }
+    amax = tri_max(amax, red, 0, tm);
+    int ex = 0;
+    if (amax > 0.0) frexp(amax, &ex);
+    const T scale = T(ldexp(1.0, -ex));
+    for (int e = tm.t; e < n * n; e += TEAM) {
+        const int i = e % n, j = e / n;
+        a[j * lda + i] *= scale;
+    }
+    __syncthreads();
+
+    TRI_MARK(1);
+    // 1. Reduction to tridiagonal form. Warp 0 makes reflector k + 1 as soon as it has updated
+    // column k + 1 (the other warps are still updating theirs), so a step has two barriers.
+    const int G = tri_group(n), R = 32 / G;
+    if (tm.w == 0 && n > 2) tri_house(a, lda, n, 0, taus, dd, ee, tm.lane);
+    __syncthreads();
+    for (int k = 0; k + 2 < n; ++k) {
+        const T tau = taus[k];
+        const bool next = k + 3 < n;
+        if (tau == T(0)) {  // uniform: H_k = I
+            if (tm.w == 0 && next) tri_house(a, lda, n, k + 1, taus, dd, ee, tm.lane);
+            __syncthreads();
+            continue;
+        }
+        const int m = n - k - 1;
+        const T* v = a + k * lda + k + 1;
+        T* sub = a + (k + 1) * lda + k + 1;
+        // p = tau · A22 v: G threads per row; a warp's lanes take R consecutive rows.
+        const int row_in = tm.lane % R, g = tm.lane / R;
+        for (int base = tm.w * R; base < m; base += WARPS * R) {
+            const int i = base + row_in;
+            T s = T(0);
+            if (i < m)
+                for (int j = g; j < m; j += G) s += sub[j * lda + i] * v[j];
+            for (int o = R; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (g == 0 && i < m) pv[i] = tau * s;
+        }
+        __syncthreads();
+        // w = p - (tau/2)(pᵀv) v;  A22 -= v wᵀ + w vᵀ (both triangles), a warp per column, each
+        // lane's rows' v_i and w_i in registers (n <= 128: four rows a lane).
+        T kk = T(0);
+        for (int i = tm.lane; i < m; i += 32) kk += pv[i] * v[i];
+        kk = T(0.5) * tau * warp_sum(kk);
+        T vr[4], wr[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int i = tm.lane + 32 * q;
+            vr[q] = i < m ? v[i] : T(0);
+            wr[q] = i < m ? pv[i] - kk * vr[q] : T(0);
+        }
+        // Warp 0 updates column k + 1 alone and then makes the next reflector while warps
+        // 1.. update the other columns.
+        for (int j = tm.w == 0 ? 0 : tm.w; j < m; j = tm.w == 0 ? m : j + WARPS - 1) {
+            const T vj = v[j], wj = pv[j] - kk * vj;
+            T* cj = sub + j * lda;
+            T c[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) c[q] = tm.lane + 32 * q < m ? cj[tm.lane + 32 * q] : T(0);
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+                if (tm.lane + 32 * q < m) cj[tm.lane + 32 * q] = c[q] - (vr[q] * wj + wr[q] * vj);
+            if (j == 0 && next) {
+                __syncwarp();
+                tri_house(a, lda, n, k + 1, taus, dd, ee, tm.lane);
+            }
+        }
+        __syncthreads();
+    }
+    if (tm.t == 0) {
+        if (n >= 2) {
+            dd[n - 2] = (double)a[(n - 2) * lda + n - 2];
+            ee[n - 2] = (double)a[(n - 2) * lda + n - 1];
+            taus[n - 2] = T(0);
+        }
+        dd[n - 1] = (double)a[(n - 1) * lda + n - 1];
+        ee[n - 1] = 0.0;
+        taus[n - 1] = T(0);
+    }
+    __syncthreads();
+
+    TRI_MARK(2);
+    // 2. Splitting and bisection (float64).
+    double tn = 0.0, e2max = 0.0;
+    for (int i = tm.t; i < n; i += TEAM) {
+        const double el = i > 0 ? fabs(ee[i - 1]) : 0.0;
+        tn = fmax(tn, fabs(dd[i]) + el + fabs(ee[i]));
+    }
+    const double tnorm = tri_max(tn, red, 1, tm);
+    const double eps = 2.220446049250313e-16;
+    for (int i = tm.t; i + 1 < n; i += TEAM) {
+        if (fabs(ee[i]) <= (double)n * eps * tnorm) ee[i] = 0.0;
+        e2max = fmax(e2max, ee[i] * ee[i]);
+    }
+    const double e2max_all = tri_max(e2max, red, 0, tm);
+    const double pivmin = 2.2250738585072014e-308 * fmax(1.0, e2max_all);
+    for (int i = tm.t; i < n; i += TEAM) {
+        int s = i, t = i;
+        while (s > 0 && ee[s - 1] != 0.0) --s;
+        while (t + 1 < n && ee[t] != 0.0) ++t;
+        bs[i] = s;
+        be[i] = t;
+        df[i] = (float)dd[i];
+        ef[i] = (float)ee[i];
+    }
+    __syncthreads();
+    // Float32 input: float32 bisection for every eigenvalue (error at most δ = 10 eps₃₂ ‖T‖: Sturm
+    // counts in floating point are exact for a matrix within a few eps of T, entry by entry).
+    // Eigenvalues whose neighbour in the block is within 10δ ("tight") are redone in float64
+    // bisection; the others are refined by two Rayleigh quotient steps in float64 with their
+    // vectors (cubic convergence from δ to the one eigenvalue within 8δ: a vector error near
+    // 1e-8). Float64 input: float64 bisection for all.
+    const double delta = 10.0 * 1.1920929e-07 * tnorm;
+    {
+        const int gl = tm.lane % G;
+        const unsigned mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << (tm.lane - gl));
+        const float pivmin32 = 1.17549435e-38f * fmaxf(1.0f, (float)e2max_all);
+        if (sizeof(T) == 4) {
+            for (int j = tm.t / G; j < n; j += TEAM / G) {
+                const int s = bs[j], t = be[j];
+                const double l = s == t ? dd[s]
+                                        : (double)bisect<float>(df, ef, s, t, j - s, (float)tnorm, pivmin32,
+                                                                1.1920929e-07f, gl, G, mask);
+                if (gl == 0) lam[j] = l;
+            }
+            __syncthreads();
+        }
+        for (int j = tm.t; j < n; j += TEAM) {
+            const int s = bs[j], t = be[j];
+            tight[j] = s < t && (sizeof(T) == 8 || (j > s && lam[j] - lam[j - 1] <= 10.0 * delta) ||
+                                 (j < t && lam[j + 1] - lam[j] <= 10.0 * delta));
+            if (s == t) lam[j] = dd[s];
+        }
+        __syncthreads();
+        for (int j = tm.t / G; j < n; j += TEAM / G) {
+            if (!tight[j]) continue;
+            const int s = bs[j], t = be[j];
+            const double l = bisect<double>(dd, ee, s, t, j - s, tnorm, pivmin, eps, gl, G, mask);
+            if (gl == 0) lam[j] = l;
+        }
+    }
+    __syncthreads();
+
+    TRI_MARK(3);
+    // 3. Eigenvectors of T, then Gram–Schmidt inside clusters.
+    const double tiny = eps * tnorm;
+    for (int j = tm.t; j < n; j += TEAM) {
+        double* zj = z + (size_t)j * ldz;
+        const int s = bs[j], t = be[j];
+        for (int i = 0; i < s; ++i) zj[i] = 0.0;
+        for (int i = t + 1; i < n; ++i) zj[i] = 0.0;
+        double lj = lam[j], rq = 0.0;
+        if (s < t && !tight[j])
+            for (int it = 0; it < 2; ++it) {
+                // The Rayleigh quotient of the vector for the current estimate; a step that leaves
+                // the float32 estimate's neighbourhood means a bad estimate: Jacobi redoes it.
+                if (!twisted_vector(dd, ee, s, t, lj, tiny, zj, &rq) || !(fabs(lj + rq - lam[j]) <= 4.0 * delta)) {
+                    flag[0] = 1;
+                    break;
+                }
+                lj += rq;
+            }
+        lam[j] = lj;
+        if (!twisted_vector(dd, ee, s, t, lj, tiny, zj, &rq)) flag[0] = 1;
+    }
+    __syncthreads();
+    TRI_MARK(4);
+    const double ctol = 1e-3 * tnorm;
+    for (int j = tm.w; j + 1 < n; j += WARPS) {
+        const bool head = j == 0 || bs[j - 1] != bs[j] || lam[j] - lam[j - 1] > ctol;
+        if (!head || bs[j + 1] != bs[j] || lam[j + 1] - lam[j] > ctol) continue;
+        int k = j + 1;
+        while (k + 1 < n && bs[k + 1] == bs[j] && lam[k + 1] - lam[k] <= ctol) ++k;
+        const int s = bs[j], t = be[j];
+        for (int q = j + 1; q <= k; ++q) {
+            double* zq = z + (size_t)q * ldz;
+            for (int p = j; p < q; ++p) {
+                const double* zp = z + (size_t)p * ldz;
+                double dot = 0.0;
+                for (int i = s + tm.lane; i <= t; i += 32) dot += zq[i] * zp[i];
+                dot = warp_sum(dot);
+                for (int i = s + tm.lane; i <= t; i += 32) zq[i] -= dot * zp[i];
+            }
+            double nn = 0.0;
+            for (int i = s + tm.lane; i <= t; i += 32) nn += zq[i] * zq[i];
+            nn = warp_sum(nn);
+            if (!(nn >= 1e-6)) {
+                if (tm.lane == 0) flag[0] = 1;
+                nn = 1.0;
+            }
+            const double inv = 1.0 / sqrt(nn);
+            for (int i = s + tm.lane; i <= t; i += 32) zq[i] *= inv;
+            __syncwarp();
+        }
+    }
+    __syncthreads();
+
+    TRI_MARK(5);
+    // 4. V = Q Z in T's precision: G lanes per column, lane gl holding the rows i ≡ gl (mod G) in
+    // registers (TRI_NPL of them), reflectors last to first; each v_i is one shared-memory
+    // broadcast to every column of the warp. The column then goes back over its own slot of z
+    // (as T), which emit reads.
+    T* zt = reinterpret_cast<T*>(z);
+    const int ldv = ldz * (int)(sizeof(double) / sizeof(T));
+    {
+        const int gl = tm.lane % G;
+        const unsigned mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << (tm.lane - gl));
+        for (int j = tm.t / G; j < n; j += TEAM / G) {
+            T zr[TRI_NPL];
+#pragma unroll
+            for (int q = 0; q < TRI_NPL; ++q) {
+                const int i = gl + q * G;
+                zr[q] = i < n ? T(z[(size_t)j * ldz + i]) : T(0);
+            }
+            for (int k = n - 3; k >= 0; --k) {
+                const T tau = taus[k];
+                if (tau == T(0)) continue;
+                const T* v = a + k * lda;
+                T s = T(0);
+#pragma unroll
+                for (int q = 0; q < TRI_NPL; ++q) {
+                    const int i = gl + q * G;
+                    if (i > k && i < n) s += v[i] * zr[q];
+                }
+                for (int o = G / 2; o; o >>= 1) s += __shfl_xor_sync(mask, s, o);
+                s *= tau;
+#pragma unroll
+                for (int q = 0; q < TRI_NPL; ++q) {
+                    const int i = gl + q * G;
+                    if (i > k && i < n) zr[q] -= s * v[i];
+                }
+            }
+            __syncwarp(mask);  // every lane of the group has read its rows of column j
+#pragma unroll
+            for (int q = 0; q < TRI_NPL; ++q) {
+                const int i = gl + q * G;
+                if (i < n) zt[(size_t)j * ldv + i] = zr[q];
+            }
+        }
+    }
+    TRI_MARK(6);
+    // Outputs: eigenvalues scaled back (emit begins with a barrier).
+    for (int j = tm.t; j < n; j += TEAM) sv[j] = T(ldexp(lam[j], ex));
+    const T* vz = zt;
+    emit(vz, ldv, n, vz, ldv, n, sv, rank, false, false, L, nullptr, V, b, tm);
+    if (tm.t == 0) info[b] = flag[0] ? 2 : 0;
+#ifdef TRI_PROFILE
+    // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], for
+    // scripts/time_eigh_tri.py; the vectors are then wrong.
+    TRI_MARK(7);
+    __syncthreads();
+    if (tm.t == 0)
+        for (int i = 0; i < 7 && i < n * n; ++i) V[b * n * n + i] = T(prof[i + 1] - prof[i]);
+#endif
+}
+#endif
 
 #ifdef LANE_NP
 // One-sided Jacobi SVD — and, with `eig`, the symmetric eigendecomposition — of small matrices

@@ -32,6 +32,7 @@ enum Entry {
     TriFinish,
     CholDiag,
     JacobiLane,
+    EighTri,
 }
 
 impl Entry {
@@ -49,6 +50,7 @@ impl Entry {
             Entry::TriFinish => "tri_finish_kernel",
             Entry::CholDiag => "chol_diag_kernel",
             Entry::JacobiLane => "jacobi_lane_kernel",
+            Entry::EighTri => "eigh_tri_kernel",
         }
     }
 }
@@ -66,7 +68,8 @@ struct Key {
     /// row-per-lane kernels and `LANE_NP` of `jacobi_lane_kernel`, the block size (`DIAG_NB`) of
     /// `chol_diag_kernel`, else 0.
     tile: usize,
-    /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`, else 0.
+    /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; 1 for the profiling variant of
+    /// `eigh_tri_kernel` (see `tri_profile`); else 0.
     rows: usize,
 }
 
@@ -78,6 +81,13 @@ fn defines(k: &Key) -> Defines {
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
         Entry::CholDiag => d.push(("DIAG_NB", k.tile.to_string())),
         Entry::Jacobi => d.push(("PAIR_LANES", k.tile.to_string())),
+        Entry::EighTri => {
+            d.push(("TRI_EIGH", "1".to_string()));
+            d.push(("TRI_NPL", k.tile.to_string()));
+            if k.rows == 1 {
+                d.push(("TRI_PROFILE", "1".to_string()));
+            }
+        }
         Entry::JacobiLane => {
             d.push(("LANE_NP", k.tile.to_string()));
             d.push(("LANE_MR", k.rows.to_string()));
@@ -161,7 +171,8 @@ fn launch_team(
             )));
         }
         let tile = if entry == Entry::CholeskyReg { dim.div_ceil(16) } else { tile };
-        let f = kernel(Key { ordinal, entry, dtype, w, mpb, tile, rows: 0 }, &dev)?;
+        let rows = (entry == Entry::EighTri && tri_profile()) as usize;
+        let f = kernel(Key { ordinal, entry, dtype, w, mpb, tile, rows }, &dev)?;
         // A variant whose registers do not fit a block of this size: fewer warps per matrix (the
         // kernels take any team size).
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
@@ -505,6 +516,56 @@ fn jacobi_warps(n: usize, crowded: bool) -> usize {
     n.div_ceil(2).clamp(1, cap)
 }
 
+/// Threads per row (and per eigenvalue, per column) of `eigh_tri_kernel` with `warps` warps: the
+/// largest power of two up to 32 with g·n <= 32·warps.
+fn tri_group(n: usize, warps: usize) -> usize {
+    let mut g = 1;
+    while g < 32 && 2 * g * n <= 32 * warps {
+        g *= 2;
+    }
+    g
+}
+
+/// METALCORE_TRI_PROFILE=1: `eigh_tri_kernel` writes its cycles per phase over each matrix's first
+/// eigenvector entries (scripts/time_eigh_tri.py reads them); its results are then wrong.
+fn tri_profile() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("METALCORE_TRI_PROFILE").is_ok_and(|v| v == "1"))
+}
+
+/// Shared memory of `eigh_tri_kernel` in bytes (mirrors `tri_smem` in kernels/linalg.cu).
+fn tri_smem_bytes(n: usize, warps: usize, size: usize) -> usize {
+    let r = 32 / tri_group(n, warps);
+    let lda = n + (r + 32 - n % 32) % 32;
+    8 * (n * (n | 1) + 4 * n + 2 * warps) + 4 * (4 * n + 2) + size * (n * lda + 3 * n) + 4 * n
+}
+
+/// Rows of a column each lane of `eigh_tri_kernel`'s back-transformation holds in registers
+/// (`TRI_NPL`): n / tri_group, rounded up to a multiple of 8.
+fn tri_npl(n: usize, warps: usize) -> usize {
+    n.div_ceil(tri_group(n, warps)).next_multiple_of(8)
+}
+
+/// Warps of `eigh_tri_kernel` for order n, or None where Jacobi serves alone: up to 32 (the lane
+/// kernel's range), past 128, past the shared memory a block may use (float64 to about 110), or
+/// with METALCORE_EIGH_TRI=0. METALCORE_TRI_WARPS sets the warps (default 8 up to 64, else 16),
+/// raised where a lane would hold more than 32 rows.
+fn tri_warps(n: usize, dtype: DType, ordinal: usize) -> Result<Option<usize>> {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    static WARPS: OnceLock<usize> = OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("METALCORE_EIGH_TRI").is_ok_and(|v| v == "0")) || !(2..=128).contains(&n) {
+        return Ok(None);
+    }
+    let mut w = knob(&WARPS, "METALCORE_TRI_WARPS", if n <= 64 { 8 } else { 16 }).clamp(2, 32);
+    while tri_npl(n, w) > 32 {
+        w *= 2;
+    }
+    if tri_smem_bytes(n, w, dtype.size()) > device(ordinal)?.smem_optin {
+        return Ok(None);
+    }
+    Ok(Some(w))
+}
+
 pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let (m, n) = (p.a.rows, p.a.cols);
     if n == 0 {
@@ -522,6 +583,16 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     let crowded = p.eigh && p.a.batch > 2 * device(ordinal)?.sm_count;
     let w = jacobi_warps(n, crowded);
     if p.eigh {
+        // The tridiagonal kernel where its shared memory fits; Jacobi then only redoes the
+        // matrices it flags (info 2: see `eigh_tri_kernel`).
+        let tri = tri_warps(n, p.a.dtype, ordinal)?;
+        if let Some(tw) = tri {
+            let size = p.a.dtype.size();
+            let per = move |w: usize| tri_smem_bytes(n, w, size).div_ceil(size);
+            let args =
+                [Arg::P(p.a.ptr), Arg::P(p.s), Arg::P(p.v), Arg::P(p.info), Arg::L(p.a.batch as i64), Arg::I(n as i32)];
+            launch_team(ordinal, exec, Entry::EighTri, p.a.dtype, (tw, 1), n, p.a.batch, per, &args, tri_npl(n, tw))?;
+        }
         // A warp per pair of the round (one warp per matrix measured slower on H200 even for
         // 1000 32×32 matrices: 1.16 ms against 0.96).
         let shape = (w, 1);
@@ -535,6 +606,7 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
             Arg::L(p.a.batch as i64),
             Arg::I(n as i32),
             Arg::I(p.max_sweeps as i32),
+            Arg::I(tri.is_some() as i32),
         ];
         return launch_team(ordinal, exec, Entry::Eigh, p.a.dtype, shape, n, p.a.batch, per, &args, 0);
     }
@@ -608,6 +680,16 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
                 defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 }),
             ));
         }
+        for w in [8, 16] {
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::EighTri, dtype, w, mpb: 1, tile: 32, rows: 0 }),
+            ));
+        }
+        out.push((
+            &KERNEL,
+            defines(&Key { ordinal: 0, entry: Entry::EighTri, dtype, w: 8, mpb: 1, tile: 16, rows: 1 }),
+        ));
         for lanes in [16, 32] {
             out.push((
                 &KERNEL,

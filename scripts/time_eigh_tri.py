@@ -1,0 +1,48 @@
+"""Batched eigh on CUDA: median ms per call (CUDA events, after warm-up) of the issue's cases and
+the largest errors against float64, for each setting of the kernel knobs (read once per process,
+so one subprocess each), with torch.linalg.eigh in the same process. Run on the GPU machine:
+python3 scripts/time_eigh_tri.py "METALCORE_EIGH_TRI=0" "" "METALCORE_TRI_WARPS=4" ...
+(each argument: space-separated VAR=value settings; "" runs the defaults)."""
+
+import os
+import subprocess
+import sys
+
+CHILD = r"""
+import os, statistics, torch, metalcore as mc
+cases = [(1000, 32), (100, 64), (100, 128), (500, 100), (100, 96)]
+g = torch.Generator().manual_seed(0)
+def med(f, reps=25):
+    for _ in range(3):
+        f()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); f(); e.record(); e.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+for b, n in cases:
+    x = torch.randn(b, n, n, generator=g)
+    x = (x + x.mT).cuda()
+    L, V = mc.eigh(x)
+    x64, L64, V64 = x.double(), L.double(), V.double()
+    rec = ((V64 * L64.unsqueeze(-2)) @ V64.mT - x64).flatten(-2).norm(dim=-1) / x64.flatten(-2).norm(dim=-1)
+    orth = (V64.mT @ V64 - torch.eye(n, dtype=torch.float64, device="cuda")).abs().amax()
+    if os.environ.get("METALCORE_TRI_PROFILE") == "1":
+        ph = V[:, 0, :7].double().mean(0).tolist()
+        names = ["load", "reduce", "bisect", "vectors", "mgs", "backtr", "emit"]
+        print(f"eigh {b}x{n}^2 cycles per phase: " + ", ".join(f"{k} {v / 1e3:.1f}k" for k, v in zip(names, ph)), flush=True)
+        continue
+    ours = med(lambda: mc.eigh(x))
+    theirs = med(lambda: torch.linalg.eigh(x), reps=5) if n <= 64 or b <= 100 else float("nan")
+    print(f"eigh {b}x{n}^2: metalcore {ours:.3f} ms, torch {theirs:.3f} ms; rec {rec.max().item():.1e}, orth {orth.item():.1e}", flush=True)
+"""
+
+for setting in sys.argv[1:] or [""]:
+    env = dict(os.environ)
+    for kv in setting.split():
+        k, v = kv.split("=", 1)
+        env[k] = v
+    print(f"--- {setting or 'defaults'}", flush=True)
+    subprocess.run([sys.executable, "-c", CHILD], env=env, timeout=300)
