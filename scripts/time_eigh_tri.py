@@ -30,8 +30,8 @@ for b, n in cases:
     rec = ((V64 * L64.unsqueeze(-2)) @ V64.mT - x64).flatten(-2).norm(dim=-1) / x64.flatten(-2).norm(dim=-1)
     orth = (V64.mT @ V64 - torch.eye(n, dtype=torch.float64, device="cuda")).abs().amax()
     if os.environ.get("METALCORE_TRI_PROFILE") == "1":
-        ph = V[:, 0, :7].double().mean(0).tolist()
-        names = ["load", "reduce", "bisect", "vectors", "mgs", "backtr", "emit"]
+        ph = V[:, 0, :9].double().mean(0).tolist()
+        names = ["load", "reduce", "bisect", "vectors", "mgs", "backtr", "emit", "(reduce: symv", "update)"]
         print(f"eigh {b}x{n}^2 cycles per phase: " + ", ".join(f"{k} {v / 1e3:.1f}k" for k, v in zip(names, ph)), flush=True)
         continue
     ours = med(lambda: mc.eigh(x))

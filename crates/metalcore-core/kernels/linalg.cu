@@ -1141,16 +1141,31 @@ __device__ __forceinline__ int tri_group(int n) {
     while (g < 32 && 2 * g * n <= TEAM) g *= 2;
     return g;
 }
+// Lanes per column of the back-transformation: tri_group, or more where a lane would otherwise
+// hold more than 32 rows of the column.
+__device__ __forceinline__ int tri_bt_group(int n) {
+    int g = tri_group(n);
+    while (g < 32 && g * 32 < n) g *= 2;
+    return g;
+}
 __device__ __forceinline__ int tri_lda(int n) {
     const int r = 32 / tri_group(n);
     return n + ((r - n % 32) % 32 + 32) % 32;
 }
-// Bytes of shared memory (cuda/linalg.rs mirrors this): Z (n × (n|1) doubles), d, e, λ, float
-// copies of d and e, the reduction scratch (2·WARPS doubles), block starts/ends, tight flags, a
-// flag and padding (4n + 2 ints), then a (n × lda), tau, p, the eigenvalues (T) and emit's ranks.
+// Bytes of shared memory (cuda/linalg.rs mirrors this): one region for the matrix a (n × lda, T)
+// during the reduction and Z (n × (n|1) doubles) after it, the reflectors packed (column k's
+// rows k+1.., T), d, e, λ, float copies of d and e, the reduction scratch (2·WARPS doubles), block
+// starts/ends, tight flags, a flag and padding (4n + 2 ints), then tau, p, the eigenvalues (T)
+// and emit's ranks. Packing the reflectors lets Z reuse a's space: 100 rows in float32 take
+// about 100 KB, so two matrices share an SM.
+__device__ __forceinline__ size_t tri_x_bytes(int n) {
+    const size_t zb = 8 * (size_t)n * (n | 1), ab = sizeof(T) * (size_t)n * tri_lda(n);
+    return ((zb > ab ? zb : ab) + 7) / 8 * 8;
+}
+__device__ __forceinline__ size_t tri_packed(int n) { return ((size_t)n * (n - 1) / 2 + 1) / 2 * 2; }
 __device__ __forceinline__ size_t tri_smem(int n) {
-    return 8 * ((size_t)n * (n | 1) + 4 * (size_t)n + 2 * WARPS) + 4 * (4 * (size_t)n + 2) +
-           sizeof(T) * ((size_t)n * tri_lda(n) + 3 * (size_t)n) + 4 * (size_t)n;
+    return tri_x_bytes(n) + sizeof(T) * tri_packed(n) + 8 * (4 * (size_t)n + 2 * WARPS) + 4 * (4 * (size_t)n + 2) +
+           sizeof(T) * 3 * (size_t)n + 4 * (size_t)n;
 }
 
 // Max over the team (every thread gets it); `red` holds 2*WARPS doubles used by `parity`.
@@ -1336,20 +1351,25 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     T* base;
     const long long b = team_matrix(&base, 0);  // MPB == 1: the whole dynamic shared memory
     if (b >= batch) return;
-    if ((n + tri_group(n) - 1) / tri_group(n) > TRI_NPL) {  // a smaller team than planned: Jacobi
+    if ((n + tri_bt_group(n) - 1) / tri_bt_group(n) > TRI_NPL) {  // not as planned: Jacobi
         if (threadIdx.x == 0) info[b] = 2;
         return;
     }
     const int ldz = n | 1, lda = tri_lda(n);
 #ifdef TRI_PROFILE
-    long long prof[8];
+    long long prof[8], t_sy = 0, t_up = 0, t0 = 0;
 #define TRI_MARK(i) (prof[i] = clock64())
+#define TRI_SUB(acc) (acc += clock64() - t0, t0 = clock64())
     TRI_MARK(0);
 #else
 #define TRI_MARK(i) ((void)0)
+#define TRI_SUB(acc) ((void)0)
 #endif
-    double* z = reinterpret_cast<double*>(base);
-    double* dd = z + (size_t)n * ldz;
+    unsigned char* raw = reinterpret_cast<unsigned char*>(base);
+    double* z = reinterpret_cast<double*>(raw);
+    T* a = reinterpret_cast<T*>(raw);
+    T* pk = reinterpret_cast<T*>(raw + tri_x_bytes(n));
+    double* dd = reinterpret_cast<double*>(pk + tri_packed(n));
     double* ee = dd + n;
     double* lam = ee + n;
     float* df = reinterpret_cast<float*>(lam + n);
@@ -1359,8 +1379,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     int* be = bs + n;
     int* tight = be + n;
     int* flag = tight + n;
-    T* a = reinterpret_cast<T*>(flag + 2 + n);  // 4n + 2 ints: a stays 8-byte aligned
-    T* taus = a + (size_t)n * lda;
+    T* taus = reinterpret_cast<T*>(flag + 2 + n);  // 4n + 2 ints: 8-byte aligned
     T* pv = taus + n;
     T* sv = pv + n;
     int* rank = reinterpret_cast<int*>(sv + n);
@@ -1411,17 +1430,29 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
         const int m = n - k - 1;
         const T* v = a + k * lda + k + 1;
         T* sub = a + (k + 1) * lda + k + 1;
+#ifdef TRI_PROFILE
+        t0 = clock64();
+#endif
         // p = tau · A22 v: G threads per row; a warp's lanes take R consecutive rows.
         const int row_in = tm.lane % R, g = tm.lane / R;
         for (int base = tm.w * R; base < m; base += WARPS * R) {
             const int i = base + row_in;
-            T s = T(0);
-            if (i < m)
-                for (int j = g; j < m; j += G) s += sub[j * lda + i] * v[j];
+            T s = T(0), s1 = T(0);
+            if (i < m) {
+                int j = g;
+#pragma unroll 2
+                for (; j + G < m; j += 2 * G) {
+                    s += sub[j * lda + i] * v[j];
+                    s1 += sub[(j + G) * lda + i] * v[j + G];
+                }
+                if (j < m) s += sub[j * lda + i] * v[j];
+            }
+            s += s1;
             for (int o = R; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
             if (g == 0 && i < m) pv[i] = tau * s;
         }
         __syncthreads();
+        TRI_SUB(t_sy);
         // w = p - (tau/2)(pᵀv) v;  A22 -= v wᵀ + w vᵀ (both triangles), a warp per column, each
         // lane's rows' v_i and w_i in registers (n <= 128: four rows a lane).
         T kk = T(0);
@@ -1435,22 +1466,33 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
             wr[q] = i < m ? pv[i] - kk * vr[q] : T(0);
         }
         // Warp 0 updates column k + 1 alone and then makes the next reflector while warps
-        // 1.. update the other columns.
-        for (int j = tm.w == 0 ? 0 : tm.w; j < m; j = tm.w == 0 ? m : j + WARPS - 1) {
-            const T vj = v[j], wj = pv[j] - kk * vj;
+        // 1.. update the other columns, two at a time (all loads before the stores).
+        const int step = WARPS - 1;
+        for (int j = tm.w == 0 ? 0 : tm.w; j < m; j += tm.w == 0 ? m : 2 * step) {
+            const int j2 = tm.w == 0 || j + step >= m ? j : j + step;
+            const T vj = v[j], wj = pv[j] - kk * vj, vj2 = v[j2], wj2 = pv[j2] - kk * vj2;
             T* cj = sub + j * lda;
-            T c[4];
+            T* cj2 = sub + j2 * lda;
+            T c[4], c2[4];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) c[q] = tm.lane + 32 * q < m ? cj[tm.lane + 32 * q] : T(0);
+            for (int q = 0; q < 4; ++q) {
+                const bool in = tm.lane + 32 * q < m;
+                c[q] = in ? cj[tm.lane + 32 * q] : T(0);
+                c2[q] = in ? cj2[tm.lane + 32 * q] : T(0);
+            }
 #pragma unroll
             for (int q = 0; q < 4; ++q)
-                if (tm.lane + 32 * q < m) cj[tm.lane + 32 * q] = c[q] - (vr[q] * wj + wr[q] * vj);
+                if (tm.lane + 32 * q < m) {
+                    cj[tm.lane + 32 * q] = c[q] - (vr[q] * wj + wr[q] * vj);
+                    if (j2 != j) cj2[tm.lane + 32 * q] = c2[q] - (vr[q] * wj2 + wr[q] * vj2);
+                }
             if (j == 0 && next) {
                 __syncwarp();
                 tri_house(a, lda, n, k + 1, taus, dd, ee, tm.lane);
             }
         }
         __syncthreads();
+        TRI_SUB(t_up);
     }
     if (tm.t == 0) {
         if (n >= 2) {
@@ -1461,6 +1503,11 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
         dd[n - 1] = (double)a[(n - 1) * lda + n - 1];
         ee[n - 1] = 0.0;
         taus[n - 1] = T(0);
+    }
+    // The reflectors, packed (a's space becomes Z's after the next barriers).
+    for (int k = tm.w; k + 2 < n; k += WARPS) {
+        T* dst = pk + (k * (n - 1) - k * (k - 1) / 2) - (k + 1);
+        for (int i = k + 1 + tm.lane; i < n; i += 32) dst[i] = a[k * lda + i];
     }
     __syncthreads();
 
@@ -1581,44 +1628,44 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     __syncthreads();
 
     TRI_MARK(5);
-    // 4. V = Q Z in T's precision: G lanes per column, lane gl holding the rows i ≡ gl (mod G) in
-    // registers (TRI_NPL of them), reflectors last to first; each v_i is one shared-memory
+    // 4. V = Q Z in T's precision: GB lanes per column, lane gl holding the rows i ≡ gl (mod GB)
+    // in registers (TRI_NPL of them), reflectors last to first; each v_i is one shared-memory
     // broadcast to every column of the warp. The column then goes back over its own slot of z
     // (as T), which emit reads.
     T* zt = reinterpret_cast<T*>(z);
     const int ldv = ldz * (int)(sizeof(double) / sizeof(T));
     {
-        const int gl = tm.lane % G;
-        const unsigned mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << (tm.lane - gl));
-        for (int j = tm.t / G; j < n; j += TEAM / G) {
+        const int GB = tri_bt_group(n), gl = tm.lane % GB;
+        const unsigned mask = GB == 32 ? 0xffffffffu : (((1u << GB) - 1u) << (tm.lane - gl));
+        for (int j = tm.t / GB; j < n; j += TEAM / GB) {
             T zr[TRI_NPL];
 #pragma unroll
             for (int q = 0; q < TRI_NPL; ++q) {
-                const int i = gl + q * G;
+                const int i = gl + q * GB;
                 zr[q] = i < n ? T(z[(size_t)j * ldz + i]) : T(0);
             }
             for (int k = n - 3; k >= 0; --k) {
                 const T tau = taus[k];
                 if (tau == T(0)) continue;
-                const T* v = a + k * lda;
+                const T* v = pk + (k * (n - 1) - k * (k - 1) / 2) - (k + 1);  // packed column k
                 T s = T(0);
 #pragma unroll
                 for (int q = 0; q < TRI_NPL; ++q) {
-                    const int i = gl + q * G;
+                    const int i = gl + q * GB;
                     if (i > k && i < n) s += v[i] * zr[q];
                 }
-                for (int o = G / 2; o; o >>= 1) s += __shfl_xor_sync(mask, s, o);
+                for (int o = GB / 2; o; o >>= 1) s += __shfl_xor_sync(mask, s, o);
                 s *= tau;
 #pragma unroll
                 for (int q = 0; q < TRI_NPL; ++q) {
-                    const int i = gl + q * G;
+                    const int i = gl + q * GB;
                     if (i > k && i < n) zr[q] -= s * v[i];
                 }
             }
             __syncwarp(mask);  // every lane of the group has read its rows of column j
 #pragma unroll
             for (int q = 0; q < TRI_NPL; ++q) {
-                const int i = gl + q * G;
+                const int i = gl + q * GB;
                 if (i < n) zt[(size_t)j * ldv + i] = zr[q];
             }
         }
@@ -1630,12 +1677,17 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     emit(vz, ldv, n, vz, ldv, n, sv, rank, false, false, L, nullptr, V, b, tm);
     if (tm.t == 0) info[b] = flag[0] ? 2 : 0;
 #ifdef TRI_PROFILE
-    // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], for
+    // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], then the
+    // reduction's matrix-vector products and updates (each with its barrier) over [7], [8], for
     // scripts/time_eigh_tri.py; the vectors are then wrong.
     TRI_MARK(7);
     __syncthreads();
     if (tm.t == 0)
         for (int i = 0; i < 7 && i < n * n; ++i) V[b * n * n + i] = T(prof[i + 1] - prof[i]);
+    if (tm.t == 0 && n * n >= 9) {
+        V[b * n * n + 7] = T(t_sy);
+        V[b * n * n + 8] = T(t_up);
+    }
 #endif
 }
 #endif

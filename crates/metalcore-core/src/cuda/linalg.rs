@@ -537,29 +537,32 @@ fn tri_profile() -> bool {
 fn tri_smem_bytes(n: usize, warps: usize, size: usize) -> usize {
     let r = 32 / tri_group(n, warps);
     let lda = n + (r + 32 - n % 32) % 32;
-    8 * (n * (n | 1) + 4 * n + 2 * warps) + 4 * (4 * n + 2) + size * (n * lda + 3 * n) + 4 * n
+    let x = (8 * n * (n | 1)).max(size * n * lda).next_multiple_of(8);
+    let packed = (n * (n - 1) / 2).next_multiple_of(2);
+    x + size * packed + 8 * (4 * n + 2 * warps) + 4 * (4 * n + 2) + size * 3 * n + 4 * n
 }
 
 /// Rows of a column each lane of `eigh_tri_kernel`'s back-transformation holds in registers
-/// (`TRI_NPL`): n / tri_group, rounded up to a multiple of 8.
+/// (`TRI_NPL`): n / its lanes per column (tri_group, or more to keep to 32 rows), rounded up to a
+/// multiple of 8.
 fn tri_npl(n: usize, warps: usize) -> usize {
-    n.div_ceil(tri_group(n, warps)).next_multiple_of(8)
+    let mut g = tri_group(n, warps);
+    while g < 32 && g * 32 < n {
+        g *= 2;
+    }
+    n.div_ceil(g).next_multiple_of(8)
 }
 
 /// Warps of `eigh_tri_kernel` for order n, or None where Jacobi serves alone: up to 32 (the lane
-/// kernel's range), past 128, past the shared memory a block may use (float64 to about 110), or
-/// with METALCORE_EIGH_TRI=0. METALCORE_TRI_WARPS sets the warps (default 8 up to 64, else 16),
-/// raised where a lane would hold more than 32 rows.
+/// kernel's range), past 128 or past the shared memory a block may use, or
+/// with METALCORE_EIGH_TRI=0. METALCORE_TRI_WARPS sets the warps (default 8 up to 64, else 16).
 fn tri_warps(n: usize, dtype: DType, ordinal: usize) -> Result<Option<usize>> {
     static OFF: OnceLock<bool> = OnceLock::new();
     static WARPS: OnceLock<usize> = OnceLock::new();
     if *OFF.get_or_init(|| std::env::var("METALCORE_EIGH_TRI").is_ok_and(|v| v == "0")) || !(2..=128).contains(&n) {
         return Ok(None);
     }
-    let mut w = knob(&WARPS, "METALCORE_TRI_WARPS", if n <= 64 { 8 } else { 16 }).clamp(2, 32);
-    while tri_npl(n, w) > 32 {
-        w *= 2;
-    }
+    let w = knob(&WARPS, "METALCORE_TRI_WARPS", if n <= 64 { 8 } else { 16 }).clamp(2, 32);
     if tri_smem_bytes(n, w, dtype.size()) > device(ordinal)?.smem_optin {
         return Ok(None);
     }
