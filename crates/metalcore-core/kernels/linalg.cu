@@ -1433,8 +1433,11 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
 #ifdef TRI_PROFILE
         t0 = clock64();
 #endif
-        // p = tau · A22 v: G threads per row; a warp's lanes take R consecutive rows.
+        // p = tau · A22 v: G threads per row; a warp's lanes take R consecutive rows. Each warp
+        // also sums p_i v_i over its rows into kp[w] (for pᵀv after the barrier).
         const int row_in = tm.lane % R, g = tm.lane / R;
+        T* kp = reinterpret_cast<T*>(red);
+        T kpw = T(0);
         for (int base = tm.w * R; base < m; base += WARPS * R) {
             const int i = base + row_in;
             T s = T(0), s1 = T(0);
@@ -1449,15 +1452,22 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
             }
             s += s1;
             for (int o = R; o < 32; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (g == 0 && i < m) pv[i] = tau * s;
+            T pvi = T(0);
+            if (g == 0 && i < m) {
+                pv[i] = tau * s;
+                pvi = tau * s * v[i];
+            }
+            for (int o = 1; o < R; o <<= 1) pvi += __shfl_xor_sync(0xffffffffu, pvi, o);
+            kpw += pvi;
         }
+        if (tm.lane == 0) kp[tm.w] = kpw;
         __syncthreads();
         TRI_SUB(t_sy);
         // w = p - (tau/2)(pᵀv) v;  A22 -= v wᵀ + w vᵀ (both triangles), a warp per column, each
         // lane's rows' v_i and w_i in registers (n <= 128: four rows a lane).
         T kk = T(0);
-        for (int i = tm.lane; i < m; i += 32) kk += pv[i] * v[i];
-        kk = T(0.5) * tau * warp_sum(kk);
+        for (int q = 0; q < WARPS; ++q) kk += kp[q];
+        kk *= T(0.5) * tau;
         T vr[4], wr[4];
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -1465,30 +1475,69 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
             vr[q] = i < m ? v[i] : T(0);
             wr[q] = i < m ? pv[i] - kk * vr[q] : T(0);
         }
-        // Warp 0 updates column k + 1 alone and then makes the next reflector while warps
-        // 1.. update the other columns, two at a time (all loads before the stores).
-        const int step = WARPS - 1;
-        for (int j = tm.w == 0 ? 0 : tm.w; j < m; j += tm.w == 0 ? m : 2 * step) {
-            const int j2 = tm.w == 0 || j + step >= m ? j : j + step;
-            const T vj = v[j], wj = pv[j] - kk * vj, vj2 = v[j2], wj2 = pv[j2] - kk * vj2;
-            T* cj = sub + j * lda;
-            T* cj2 = sub + j2 * lda;
-            T c[4], c2[4];
+        if (tm.w == 0) {
+            // Warp 0 updates column k + 1 alone and makes reflector k + 1 from it in registers
+            // (as tri_house: sub row 0 is d_{k+1}, row 1 alpha, rows 2.. x), while warps 1..
+            // update the other columns.
+            const T wj = pv[0] - kk;  // v_0 = 1
+            T c[4];
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
-                const bool in = tm.lane + 32 * q < m;
-                c[q] = in ? cj[tm.lane + 32 * q] : T(0);
-                c2[q] = in ? cj2[tm.lane + 32 * q] : T(0);
+                const int r = tm.lane + 32 * q;
+                c[q] = r < m ? sub[r] - (vr[q] * wj + wr[q]) : T(0);
             }
+            if (next) {
+                T sg = T(0);
 #pragma unroll
-            for (int q = 0; q < 4; ++q)
-                if (tm.lane + 32 * q < m) {
-                    cj[tm.lane + 32 * q] = c[q] - (vr[q] * wj + wr[q] * vj);
-                    if (j2 != j) cj2[tm.lane + 32 * q] = c2[q] - (vr[q] * wj2 + wr[q] * vj2);
+                for (int q = 0; q < 4; ++q) {
+                    const int r = tm.lane + 32 * q;
+                    if (r >= 2 && r < m) sg += c[q] * c[q];
                 }
-            if (j == 0 && next) {
-                __syncwarp();
-                tri_house(a, lda, n, k + 1, taus, dd, ee, tm.lane);
+                sg = warp_sum(sg);
+                const T alpha = __shfl_sync(0xffffffffu, c[0], 1);
+                T tau1 = T(0), beta = alpha, sc = T(0);
+                if (sg > T(0)) {
+                    const T nrm = sqrt(alpha * alpha + sg);
+                    beta = alpha >= T(0) ? -nrm : nrm;
+                    tau1 = (beta - alpha) / beta;
+                    sc = T(1) / (alpha - beta);
+                }
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int r = tm.lane + 32 * q;
+                    if (r < m) sub[r] = r == 0 ? c[q] : (r == 1 ? T(1) : c[q] * sc);
+                }
+                if (tm.lane == 0) {
+                    taus[k + 1] = tau1;
+                    dd[k + 1] = (double)c[0];
+                    ee[k + 1] = (double)beta;
+                }
+            } else {
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    if (tm.lane + 32 * q < m) sub[tm.lane + 32 * q] = c[q];
+            }
+        } else {
+            // Two columns at a time, all loads before the stores.
+            const int step = WARPS - 1;
+            for (int j = tm.w; j < m; j += 2 * step) {
+                const int j2 = j + step < m ? j + step : j;
+                const T vj = v[j], wj = pv[j] - kk * vj, vj2 = v[j2], wj2 = pv[j2] - kk * vj2;
+                T* cj = sub + j * lda;
+                T* cj2 = sub + j2 * lda;
+                T c[4], c2[4];
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const bool in = tm.lane + 32 * q < m;
+                    c[q] = in ? cj[tm.lane + 32 * q] : T(0);
+                    c2[q] = in ? cj2[tm.lane + 32 * q] : T(0);
+                }
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+                    if (tm.lane + 32 * q < m) {
+                        cj[tm.lane + 32 * q] = c[q] - (vr[q] * wj + wr[q] * vj);
+                        if (j2 != j) cj2[tm.lane + 32 * q] = c2[q] - (vr[q] * wj2 + wr[q] * vj2);
+                    }
             }
         }
         __syncthreads();
