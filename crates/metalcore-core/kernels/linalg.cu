@@ -1343,6 +1343,32 @@ __device__ __forceinline__ void tri_house(T* a, int lda, int n, int k, T* taus, 
     }
 }
 
+// Reflectors k = khi down to max(klo, 0) applied to a column held by a group of GB lanes (lane gl:
+// rows gl + q·GB, q >= Q0 only: the caller guarantees rows below are untouched). Returns the next k.
+template <int Q0>
+__device__ __forceinline__ int tri_bt_steps(T (&zr)[TRI_NPL], int k, int klo, const T* pk, const T* taus, int n,
+                                            int gl, int GB, unsigned mask) {
+    for (; k >= klo && k >= 0; --k) {
+        const T tau = taus[k];
+        if (tau == T(0)) continue;
+        const T* v = pk + (k * (n - 1) - k * (k - 1) / 2) - (k + 1);  // packed column k
+        T s = T(0);
+#pragma unroll
+        for (int q = Q0; q < TRI_NPL; ++q) {
+            const int i = gl + q * GB;
+            if (i > k && i < n) s += v[i] * zr[q];
+        }
+        for (int o = GB / 2; o; o >>= 1) s += __shfl_xor_sync(mask, s, o);
+        s *= tau;
+#pragma unroll
+        for (int q = Q0; q < TRI_NPL; ++q) {
+            const int i = gl + q * GB;
+            if (i > k && i < n) zr[q] -= s * v[i];
+        }
+    }
+    return k;
+}
+
 // A: (batch, n, n) row-major (lower triangle read). L: (batch, n) ascending. V: (batch, n, n)
 // eigenvectors (columns). info: 0, or 2 (see above). One matrix per block (MPB == 1).
 extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T* __restrict__ A, T* __restrict__ L, T* __restrict__ V,
@@ -1693,24 +1719,14 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
                 const int i = gl + q * GB;
                 zr[q] = i < n ? T(z[(size_t)j * ldz + i]) : T(0);
             }
-            for (int k = n - 3; k >= 0; --k) {
-                const T tau = taus[k];
-                if (tau == T(0)) continue;
-                const T* v = pk + (k * (n - 1) - k * (k - 1) / 2) - (k + 1);  // packed column k
-                T s = T(0);
-#pragma unroll
-                for (int q = 0; q < TRI_NPL; ++q) {
-                    const int i = gl + q * GB;
-                    if (i > k && i < n) s += v[i] * zr[q];
-                }
-                for (int o = GB / 2; o; o >>= 1) s += __shfl_xor_sync(mask, s, o);
-                s *= tau;
-#pragma unroll
-                for (int q = 0; q < TRI_NPL; ++q) {
-                    const int i = gl + q * GB;
-                    if (i > k && i < n) zr[q] -= s * v[i];
-                }
-            }
+            // Reflector k touches rows > k only: past k = Q0·GB - 1 the registers below Q0 are
+            // idle, so four ranges of k each skip the quarters they cannot touch.
+            constexpr int N = TRI_NPL;
+            int k = n - 3;
+            k = tri_bt_steps<3 * N / 4>(zr, k, 3 * N / 4 * GB - 1, pk, taus, n, gl, GB, mask);
+            k = tri_bt_steps<N / 2>(zr, k, N / 2 * GB - 1, pk, taus, n, gl, GB, mask);
+            k = tri_bt_steps<N / 4>(zr, k, N / 4 * GB - 1, pk, taus, n, gl, GB, mask);
+            tri_bt_steps<0>(zr, k, 0, pk, taus, n, gl, GB, mask);
             __syncwarp(mask);  // every lane of the group has read its rows of column j
 #pragma unroll
             for (int q = 0; q < TRI_NPL; ++q) {
