@@ -8,11 +8,19 @@ column arriving by shuffles; larger matrices one block per matrix, in shared mem
 disjoint pairs of a round-robin round rotated in parallel; on the CPU (float64 SVD) one matrix
 per parallel task, cyclic order. SVD: one-sided (Hestenes) Jacobi on the columns — except float32
 (and 16-bit) SVD on the CPU, which runs in float64 through the CPU's eigensolver (below) on AᵀA,
-then orthonormalizes A·V by Gram–Schmidt (σ_i its column norms after projection). eigh on CUDA:
-two-sided Jacobi (each rotation zeroes one off-diagonal pair exactly) — except in the register
-kernel, which runs the one-sided iteration on ``B = A + ‖A‖_F I`` (positive semidefinite, A's
-eigenvectors as its right singular vectors; λ = ‖B v‖ − ‖A‖_F, absolute error a few ulps of
-‖A‖_F). Sweeps stop after a sweep that rotates no pair (off-diagonal below ``sqrt(n)·eps``
+then orthonormalizes A·V by Gram–Schmidt (σ_i its column norms after projection). eigh on CUDA
+up to 32 rows (float64: 16): the register kernel runs the one-sided iteration on
+``B = A + ‖A‖_F I`` (positive semidefinite, A's eigenvectors as its right singular vectors;
+λ = ‖B v‖ − ‖A‖_F, absolute error a few ulps of ‖A‖_F). From there to 128 rows, no sweeps: one
+block per matrix reduces A to tridiagonal form T by Householder reflectors in shared memory,
+finds T's eigenvalues by bisection on Sturm counts (float32 multisection refined by two float64
+Rayleigh-quotient steps; float64 bisection for eigenvalues within 10·eps₃₂‖T‖ of a neighbour and
+for float64 input), T's eigenvectors by one twisted factorization each (float64), orthogonalized
+within clusters (eigenvalues closer than 1e-3‖T‖), then applies the reflectors. A matrix where
+that cannot give orthogonal vectors (eigenvalues equal to float64 precision inside one unreduced
+block of T: exactly repeated eigenvalues of a float64 matrix) is flagged and redone by two-sided
+Jacobi in the same call; ``max_sweeps`` applies only to that redo. Past 128 rows: two-sided Jacobi
+(each rotation zeroes one off-diagonal pair exactly). Sweeps stop after a sweep that rotates no pair (off-diagonal below ``sqrt(n)·eps``
 relative), or fail after ``max_sweeps`` (reported: ``LinAlgError`` naming the batch element).
 Rotations are applied in Rutishauser's form, so the accumulated vectors stay orthogonal to a few
 ulps. eigh on the CPU: Householder reduction to tridiagonal form, the reflectors' product formed
@@ -30,7 +38,8 @@ completed to an orthonormal basis (Householder QR of ``U``), as is ``U`` for ``f
 
 Backends and limits: float32/float64 (16-bit inputs computed in float32). A CUDA matrix whose
 Jacobi state does not fit one block's shared memory (square matrices up to about 168 in float32,
-118 in float64 fit) — and every call on a device with no backend — goes to
+118 in float64 fit; eigh needs the Jacobi kernel for its redo, so float64 eigh past 118 too) —
+and every call on a device with no backend — goes to
 ``torch.linalg.svd``/``eigh`` with a one-time warning, with metalcore's conventions applied to the
 result. Gradients use torch's formulas (so they are equally undefined at repeated values).
 """
@@ -279,7 +288,9 @@ def _eigh(a: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor]:
 def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> EighResult:
     """Eigenvalues (ascending) and eigenvectors of each symmetric matrix of ``A`` (``*, n, n``),
     like ``torch.linalg.eigh``: only the lower triangle is read (``UPLO='U'``: the upper one).
-    Eigenvector signs: see the module docstring. Differentiable (torch's formula)."""
+    Eigenvector signs: see the module docstring. Differentiable (torch's formula). ``max_sweeps``
+    bounds the iterative methods (Jacobi sweeps; on the CPU, ``max_sweeps·n`` QL iterations); the
+    CUDA tridiagonal kernel (33 to 128 rows) has no iteration to bound."""
     _check_matrix(A, square=True)
     if UPLO not in ("L", "U"):
         raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")

@@ -146,6 +146,21 @@ __device__ void reflect(T* x, int ldx, int j0, int ncols, const T* a, int lda, i
     TEAM_SYNC();
 }
 
+// LAPACK larfg's reflector for (alpha, x) with sigma = ‖x‖²: where sigma > 0, beta =
+// -sign(alpha)·‖(alpha, x)‖ (sign(0) = +1), tau = (beta - alpha)/beta and x's scale sc =
+// 1/(alpha - beta); else H = I (tau = 0, beta = alpha, sc = 0).
+__device__ __forceinline__ void larfg(T alpha, T sigma, T& tau, T& beta, T& sc) {
+    tau = T(0);
+    beta = alpha;
+    sc = T(0);
+    if (sigma > T(0)) {
+        const T r = sqrt(alpha * alpha + sigma);
+        beta = alpha >= T(0) ? -r : r;
+        tau = (beta - alpha) / beta;
+        sc = T(1) / (alpha - beta);
+    }
+}
+
 // Elements of the team's shared memory for QR of an m×n matrix (Q with kq columns, or none).
 __device__ __forceinline__ size_t qr_smem(int m, int n, int kq) {
     const int K = min(m, n);
@@ -174,13 +189,9 @@ extern "C" __global__ void qr_kernel(const T* __restrict__ A, T* __restrict__ Q,
         for (int i = k + 1 + tm.t; i < m; i += TEAM) { const T x = a[i * lda + k]; ss += x * x; }
         ss = team_sum(ss, red, k & 1, tm);
         const T alpha = a[k * lda + k];
-        T tau = T(0), beta = alpha, scale = T(0);
-        if (ss > T(0)) {
-            const T r = sqrt(alpha * alpha + ss);
-            beta = alpha >= T(0) ? -r : r;
-            tau = (beta - alpha) / beta;
-            scale = T(1) / (alpha - beta);
-        } else if (ss != ss || alpha != alpha) {
+        T tau, beta, scale;
+        larfg(alpha, ss, tau, beta, scale);
+        if (!(ss > T(0)) && (ss != ss || alpha != alpha)) {
             tau = beta = nan_t();  // NaN in the column: make it reach Q and R
         }
         if (ss > T(0))
@@ -1326,13 +1337,8 @@ __device__ __forceinline__ void tri_house(T* a, int lda, int n, int k, T* taus, 
     T sigma = T(0);
     for (int i = k + 2 + lane; i < n; i += 32) sigma += col[i] * col[i];
     sigma = warp_sum(sigma);
-    T tau = T(0), beta = alpha, sc = T(0);
-    if (sigma > T(0)) {
-        const T nrm = sqrt(alpha * alpha + sigma);
-        beta = alpha >= T(0) ? -nrm : nrm;
-        tau = (beta - alpha) / beta;
-        sc = T(1) / (alpha - beta);
-    }
+    T tau, beta, sc;
+    larfg(alpha, sigma, tau, beta, sc);
     for (int i = k + 2 + lane; i < n; i += 32) col[i] *= sc;
     __syncwarp();  // every lane has read alpha before lane 0 overwrites it
     if (lane == 0) {
@@ -1521,13 +1527,8 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
                 }
                 sg = warp_sum(sg);
                 const T alpha = __shfl_sync(0xffffffffu, c[0], 1);
-                T tau1 = T(0), beta = alpha, sc = T(0);
-                if (sg > T(0)) {
-                    const T nrm = sqrt(alpha * alpha + sg);
-                    beta = alpha >= T(0) ? -nrm : nrm;
-                    tau1 = (beta - alpha) / beta;
-                    sc = T(1) / (alpha - beta);
-                }
+                T tau1, beta, sc;
+                larfg(alpha, sg, tau1, beta, sc);
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
                     const int r = tm.lane + 32 * q;

@@ -682,7 +682,8 @@ float32. `error`: max over the batch of ||U diag(S) Vᵀ − A|| / ||A|| (eigh: 
 of max|UᵀU − I|, |VᵀV − I|, against the float64 matrices. Inputs are Gaussian (eigh: A + Aᵀ).
 metalcore on CUDA: batched Jacobi — up to 32×32 (float64 16×16) one-sided in registers, 8–32
 lanes per matrix, eigh on the shifted A + ‖A‖_F I; larger, one CUDA block per matrix (one-sided
-for svd, two-sided for eigh). The 1024² rows do not fit one block's shared memory and go to
+Jacobi for svd; eigh up to 128 by Householder tridiagonalization, bisection and twisted
+factorizations, `eigh_tri_kernel`, past that two-sided Jacobi). The 1024² rows do not fit one block's shared memory and go to
 torch.linalg (with a warning): they show the fallback, not a metalcore kernel. On the CPU: eigh by
 Householder tridiagonalization and the implicit QL iteration; float32 svd through that solver on
 AᵀA in float64, then Gram–Schmidt on A V (README, "CPU eigh")."""
