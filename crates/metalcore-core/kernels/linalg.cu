@@ -1128,21 +1128,23 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
 // ---------------------------------------------------------------------------------------------
 // Symmetric eigendecomposition through a tridiagonal matrix, one block per matrix, no sweeps:
 //  1. Householder reduction A = Q T Qᵀ in T's precision, in shared memory (LAPACK's sytd2, lower:
-//     H_k = I - tau v vᵀ on rows k+1.., v_{k+1} = 1, kept in column k of `a`). The matrix is first
-//     scaled by a power of two (exact) so that its largest entry lies in [0.5, 1).
-//  2. T's eigenvalues by bisection on Sturm counts in float64, G threads per eigenvalue
-//     (multisection: the G points split the interval into G + 1 parts), per unreduced block of T
-//     (an off-diagonal at most n·eps₆₄·‖T‖ counts as zero: a backward error well below the
-//     reduction's own).
+//     H_k = I - tau v vᵀ on rows k+1.., v_{k+1} = 1, kept in column k of `a`, then packed). The
+//     matrix is first scaled by a power of two (exact) so that its largest entry lies in [0.5, 1).
+//  2. T's eigenvalues by bisection on Sturm counts, G threads per eigenvalue (multisection: the G
+//     points split the interval into G + 1 parts), per unreduced block of T (an off-diagonal at
+//     most n·eps₆₄·‖T‖ counts as zero: a backward error well below the reduction's own): in
+//     float32 then two float64 Rayleigh-quotient steps, or in float64 (see phase 2 below).
 //  3. Each eigenvector of T by one twisted factorization of T - λI in float64 (the stationary and
 //     progressive recurrences meet at the index r where |γ_r| is least; z_r = 1, and the two
 //     recurrences give the rest): one step of inverse iteration from e_r, whose error is
 //     eps₆₄‖T‖/gap. Eigenvalues of a block closer than 1e-3‖T‖ (a cluster) have their vectors
 //     orthogonalized by modified Gram–Schmidt, a warp per cluster.
-//  4. V = Q Z, G threads per column, the reflectors applied last to first (no block barrier).
+//  4. V = Q Z, each column held in registers by a group of lanes, the reflectors applied last to
+//     first (no block barrier).
 // A cluster whose Gram–Schmidt loses more than 1e-3 of a vector's norm (eigenvalues equal to
-// float64 precision inside one block: exactly repeated eigenvalues of a float64 matrix), or a
-// vector that overflows, sets info = 2: the caller then runs eigh_kernel (Jacobi) on that matrix.
+// float64 precision inside one block: exactly repeated eigenvalues of a float64 matrix), a
+// Rayleigh step that strays from the float32 estimate, or a vector that overflows, sets info = 2:
+// the caller then runs eigh_kernel (Jacobi) on that matrix.
 // Same outputs as eigh_kernel otherwise (info 0; a NaN or Inf input gives NaN outputs).
 
 // Rows per warp of the reduction's matrix-vector product (32 / its threads per row): the column
@@ -1186,12 +1188,6 @@ __device__ __forceinline__ double tri_max(double v, double* red, int parity, con
     __syncthreads();
     v = red[parity * WARPS];
     for (int i = 1; i < WARPS; ++i) v = fmax(v, red[parity * WARPS + i]);
-    return v;
-}
-
-// Sum over the G lanes of a group (G a power of two, the group's lanes aligned).
-__device__ __forceinline__ double group_sum(double v, unsigned mask, int g) {
-    for (int o = g / 2; o; o >>= 1) v += __shfl_xor_sync(mask, v, o);
     return v;
 }
 
@@ -1588,7 +1584,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     __syncthreads();
 
     TRI_MARK(2);
-    // 2. Splitting and bisection (float64).
+    // 2. Splitting (T in float64) and bisection.
     double tn = 0.0, e2max = 0.0;
     for (int i = tm.t; i < n; i += TEAM) {
         const double el = i > 0 ? fabs(ee[i - 1]) : 0.0;
