@@ -115,9 +115,29 @@ def test_eigh_structured_past_32(device, dtype, n):
     L, V = eigh(A)
     assert torch.isnan(L[-1]).all() and torch.isnan(V[-1]).all()
     assert max(eigh_errs(A[:-1], L[:-1], V[:-1])) <= tol(dtype)
+    # Subnormal and huge entries (the CUDA kernel scales by a power of two first).
+    tiny, huge = (1e-39, 1e37) if dtype == torch.float32 else (1e-310, 1e150)
+    for s in (tiny, huge):
+        B = (sym((2,), n, torch.float64, "cpu") * s).to(dtype).to(device)
+        assert max(eigh_errs(B, *eigh(B))) <= tol(dtype)
     assert torch.equal(L[1], torch.full_like(L[1], 3.0)) and torch.equal(V[1], torch.eye(n, dtype=dtype, device=device))
     assert torch.equal(L[3], torch.zeros_like(L[3]))
     assert torch.equal(L[2], torch.sort(rep.to(dtype).to(device)).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_subnormal_and_huge_entries(device, dtype):
+    """Matrices of subnormals and of huge entries keep full accuracy (every kernel first scales by
+    a power of two): SVD and eigh through each CUDA path (registers up to 32, the tridiagonal eigh
+    to 128, shared-memory Jacobi past that)."""
+    scales = (1e-39, 1e37) if dtype == torch.float32 else (1e-310, 1e150)
+    for s in scales:
+        for mn in ((12, 7), (40, 33), (140, 140)):
+            A = (torch.randn((2,) + mn, dtype=torch.float64) * s).to(dtype).to(device)
+            assert max(svd_errs(A, *svd(A))) <= tol(dtype), (s, mn)
+        for n in (16, 40, 140):
+            B = (sym((2,), n, torch.float64, "cpu") * s).to(dtype).to(device)
+            assert max(eigh_errs(B, *eigh(B))) <= tol(dtype), (s, n)
 
 
 def test_ill_conditioned_rank_deficient_repeated(device):

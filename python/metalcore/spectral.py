@@ -29,6 +29,9 @@ Jacobi's 20n³ or more), four matrices' rotation chains advanced side by side in
 fails (reported the same way) after ``max_sweeps·n`` QL iterations on a matrix (random matrices
 take about 2n).
 
+Every kernel first divides the matrix by the power of two nearest its largest entry (exact) and
+multiplies the values back, so subnormal or huge entries keep full accuracy.
+
 Conventions: singular values descending, eigenvalues ascending (as torch). Signs are fixed, so
 results are deterministic: the entry of largest magnitude of each left singular vector (of the
 taller side's left vectors for wide inputs; of the right one where σ = 0) and of each eigenvector

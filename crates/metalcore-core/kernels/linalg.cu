@@ -765,6 +765,31 @@ extern "C" __global__ void trsm_kernel(const T* __restrict__ Tm, T* __restrict__
 // The machine epsilon of T (float or double).
 __device__ __forceinline__ T eps_t() { return sizeof(T) == 4 ? T(1.1920929e-07) : T(2.220446049250313e-16); }
 
+// The exponent e with amax / 2^e in [0.5, 1), clamped so that 2^e and 2^-e are normal T numbers (0
+// for zero or non-finite amax). The Jacobi kernels divide the matrix by 2^e (exact) and multiply
+// the values back: column norms² and rotation angles then neither underflow nor overflow, for a
+// matrix of subnormals or of huge entries alike.
+__device__ __forceinline__ int pow2_exp(double amax) {
+    int e = 0;
+    if (amax > 0.0 && amax <= 1.7976931348623157e308) frexp(amax, &e);
+    const int lo = sizeof(T) == 4 ? -125 : -1021, hi = sizeof(T) == 4 ? 126 : 1022;
+    return e < lo ? lo : (e > hi ? hi : e);
+}
+
+// pow2_exp of the largest of the team's `v` (every thread gets it); `red` holds WARPS values.
+// Starts with no barrier (the caller's last one must follow its reads of `red`) and ends with one.
+__device__ __forceinline__ int team_pow2_exp(T v, T* red, const Team& tm) {
+    for (int o = 16; o; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+#if WARPS > 1
+    if (tm.lane == 0) red[tm.w] = v;
+    __syncthreads();
+    v = red[0];
+    for (int i = 1; i < WARPS; ++i) v = fmax(v, red[i]);
+    __syncthreads();
+#endif
+    return pow2_exp((double)v);
+}
+
 // Pair k of round r (0 <= r < np - 1, 0 <= k < np/2): player 0 stays, players 1..np-1 turn.
 // r + k and r + L - k lie in [0, 2L), so one conditional subtraction replaces the modulo.
 __device__ __forceinline__ void round_pair(int r, int k, int np, int& p, int& q) {
@@ -821,11 +846,12 @@ __device__ __forceinline__ bool before(T x, T y, bool desc) {
     return desc ? x > y : x < y;
 }
 
-// Sorts the n values `sv` into S (batch row b) and writes the matching columns: U[:, rank] =
-// sign · a_j / σ_j (when U; `a` column-major, stride lda, m rows) and V[:, rank] = sign · v_j
-// (when V; stride ldv). `rank` is n ints of scratch. Starts and ends with a team barrier.
+// Sorts the n values `sv` into S (batch row b, multiplied by `up`: the matrix's scale) and writes
+// the matching columns: U[:, rank] = sign · a_j / σ_j (when U; `a` column-major, stride lda, m
+// rows) and V[:, rank] = sign · v_j (when V; stride ldv). `rank` is n ints of scratch. Starts and
+// ends with a team barrier.
 __device__ void emit(const T* a, int lda, int m, const T* v, int ldv, int n, const T* sv, int* rank, bool desc,
-                     bool use_u, T* S, T* U, T* V, long long b, const Team& tm) {
+                     bool use_u, T* S, T* U, T* V, long long b, const Team& tm, T up) {
     TEAM_SYNC();
     for (int j = tm.t; j < n; j += TEAM) {
         int rk = 0;
@@ -835,7 +861,7 @@ __device__ void emit(const T* a, int lda, int m, const T* v, int ldv, int n, con
             rk += before(y, x, desc) || (i < j && !before(x, y, desc));
         }
         rank[j] = rk;
-        S[b * n + rk] = x;
+        S[b * n + rk] = x * up;
     }
     TEAM_SYNC();
     for (int j = tm.w; j < n; j += WARPS) {
@@ -976,14 +1002,21 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
 
     const T* src = A + b * m * n;
     int bad = 0;  // a NaN or Inf anywhere: every output of the matrix is NaN
+    T amax = T(0);
     for (int e = tm.t; e < m * n; e += TEAM) {
         const T x = src[e];
         bad |= !(x - x == T(0));
+        amax = fmax(amax, fabs(x));
         a[(e % n) * lda + e / n] = x;
     }
     if (want_v)
         for (int e = tm.t; e < n * n; e += TEAM) v[(e / n) * ldv + e % n] = (e / n == e % n) ? T(1) : T(0);
     bad = team_any(bad);
+    // Scaled by a power of two (nrm, WARPS <= n of it, is free until the first sweep).
+    const int ex = bad ? 0 : team_pow2_exp(amax, nrm, tm);
+    const T down = T(ldexp(1.0, -ex));
+    for (int e = tm.t; e < m * n; e += TEAM) a[(e % n) * lda + e / n] *= down;
+    TEAM_SYNC();
 
     const T eps = eps_t();
     const T tol = sqrt(T(m)) * eps;
@@ -1005,7 +1038,7 @@ extern "C" __global__ void jacobi_kernel(const T* __restrict__ A, T* __restrict_
     for (int j = tm.w; j < n; j += WARPS)
         if (tm.lane == 0) sv[j] = bad ? nan_t() : sqrt(nrm[j]);
     if (bad) fill_nan(v, want_v ? n * ldv : 0, tm);
-    emit(a, lda, m, v, ldv, n, sv, rank, true, true, S, U, V, b, tm);
+    emit(a, lda, m, v, ldv, n, sv, rank, true, true, S, U, V, b, tm, T(ldexp(1.0, ex)));
     if (tm.t == 0) {
         int zero = 0;  // a σ = 0, whose U column emit left zero
         for (int j = 0; j < n; ++j) zero |= sv[j] <= T(0);
@@ -1038,16 +1071,23 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
 
     const T* src = A + b * n * n;
     int bad = 0;  // a NaN or Inf in the lower triangle: every output of the matrix is NaN
+    T amax = T(0);
     for (int e = tm.t; e < np * np; e += TEAM) {
         const int i = e / np, j = e % np;
         const bool real = i < n && j < n;
         // column-major storage; the lower triangle mirrored.
         const T x = real ? (j > i ? src[j * n + i] : src[i * n + j]) : T(0);
         bad |= !(x - x == T(0));
+        amax = fmax(amax, fabs(x));
         a[j * ld + i] = x;
         v[j * ld + i] = i == j ? T(1) : T(0);
     }
     bad = team_any(bad);
+    // Scaled by a power of two (cs, WARPS <= n/2 of it, is free until the first round).
+    const int ex = bad ? 0 : team_pow2_exp(amax, cs, tm);
+    const T down = T(ldexp(1.0, -ex));
+    for (int e = tm.t; e < np * np; e += TEAM) a[(e % np) * ld + e / np] *= down;
+    TEAM_SYNC();
     const T eps = eps_t();
     const T tol = sqrt(T(n)) * eps;
     int converged = n <= 1 || bad;
@@ -1120,7 +1160,7 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
     // The padding row/column (index n when n is odd) was never rotated: drop it.
     for (int j = tm.t; j < n; j += TEAM) sv[j] = bad ? nan_t() : a[j * ld + j];
     if (bad) fill_nan(v, np * ld, tm);
-    emit(a, ld, n, v, ld, n, sv, rank, false, false, L, nullptr, V, b, tm);
+    emit(a, ld, n, v, ld, n, sv, rank, false, false, L, nullptr, V, b, tm, T(ldexp(1.0, ex)));
     if (tm.t == 0) info[b] = converged ? 0 : 1;
 }
 
@@ -1432,8 +1472,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
         return;
     }
     amax = tri_max(amax, red, 0, tm);
-    int ex = 0;
-    if (amax > 0.0) frexp(amax, &ex);
+    const int ex = pow2_exp(amax);
     const T scale = T(ldexp(1.0, -ex));
     for (int e = tm.t; e < n * n; e += TEAM) {
         const int i = e % n, j = e / n;
@@ -1736,7 +1775,7 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     // Outputs: eigenvalues scaled back (emit begins with a barrier).
     for (int j = tm.t; j < n; j += TEAM) sv[j] = T(ldexp(lam[j], ex));
     const T* vz = zt;
-    emit(vz, ldv, n, vz, ldv, n, sv, rank, false, false, L, nullptr, V, b, tm);
+    emit(vz, ldv, n, vz, ldv, n, sv, rank, false, false, L, nullptr, V, b, tm, T(1));
     if (tm.t == 0) info[b] = flag[0] ? 2 : 0;
 #ifdef TRI_PROFILE
     // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], then the
@@ -1796,6 +1835,15 @@ extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __
 #pragma unroll
     for (int j = 0; j < NP; ++j) v[j] = j == c ? T(1) : T(0);
     bad = (__ballot_sync(FULL, bad) & group) != 0;
+    // Scaled by a power of two (see pow2_exp); the values are multiplied back at the end.
+    T amax = T(0);
+#pragma unroll
+    for (int i = 0; i < MR; ++i) amax = fmax(amax, fabs(a[i]));
+    for (int o = NP / 2; o; o >>= 1) amax = fmax(amax, __shfl_xor_sync(FULL, amax, o));
+    const int ex = bad ? 0 : pow2_exp((double)amax);
+    const T down = T(ldexp(1.0, -ex));
+#pragma unroll
+    for (int i = 0; i < MR; ++i) a[i] *= down;
     T shift = T(0);
     if (eig) {
         T s2 = T(0);
@@ -1877,7 +1925,7 @@ extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __
             if (i < n && fabs(v[i]) > best) { best = fabs(v[i]); at_val = v[i]; }
     }
     const T sign = at_val < T(0) ? T(-1) : T(1);
-    S[b * n + rk] = key;
+    S[b * n + rk] = key * T(ldexp(1.0, ex));
     if (U && !eig) {
         const T inv = has_u ? T(1) / sig : T(0);
         T* ud = U + b * m * n;

@@ -1324,6 +1324,17 @@ unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) ->
     bad
 }
 
+/// The power of two nearest `amax` (a matrix's largest |entry|), clamped so that it and its
+/// reciprocal are finite normal f64 numbers; 1 for zero or non-finite `amax`. Scaling by it is
+/// exact and brings the entries near 1, so that sums of squares neither overflow nor underflow
+/// (a matrix of float32 subnormals, or of huge entries, keeps its accuracy).
+pub(crate) fn pow2_near(amax: f64) -> f64 {
+    if !(amax > 0.0 && amax.is_finite()) {
+        return 1.0;
+    }
+    (2f64).powi((amax.log2().round() as i32).clamp(-1022, 1022))
+}
+
 /// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes
 /// (vectorizes).
 #[inline(always)]
@@ -1340,7 +1351,8 @@ fn non_finite<A: Real>(x: &[A]) -> bool {
 /// empty) and, for the SVD, of `a`
 /// (the rotated m×n column-major A, U = its columns over σ) in the same order, each vector's sign
 /// fixed; `info` gets 1 unless `ok`, plus 2 when some σ is zero. A `bad` matrix gets NaN everywhere.
-/// `order` (n) and `scale` (2n) are scratch.
+/// `vals` and `a` may be of the matrix scaled by 1/`up` (see [`pow2_near`]): the values written
+/// are multiplied back by `up`. `order` (n) and `scale` (2n) are scratch.
 ///
 /// # Safety
 /// The plan's outputs are validated contiguous tensors of this dtype and `b` < batch.
@@ -1356,6 +1368,7 @@ unsafe fn emit<A: Real>(
     scale: &mut [A],
     ok: bool,
     bad: bool,
+    up: f64,
 ) {
     let (m, n) = (p.a.rows, p.a.cols);
     let nan = A::from_f64(f64::NAN);
@@ -1384,7 +1397,7 @@ unsafe fn emit<A: Real>(
     let (uf, vf) = scale.split_at_mut(n);
     for (rk, &j) in order.iter().enumerate() {
         let sj = vals[j];
-        *s_out.add(rk) = sj;
+        *s_out.add(rk) = if up == 1.0 { sj } else { A::from_f64(sj.to_f64() * up) };
         let has_u = !p.eigh && !(sj <= A::ZERO); // NaN included: its column comes out NaN
         let col = if p.eigh { &a[..0] } else { &a[j * m..(j + 1) * m] };
         let vcol = if v.is_empty() { &v[..0] } else { &v[j * vld..j * vld + n] };
@@ -1433,6 +1446,8 @@ struct GramScratch<A> {
     order: Vec<usize>,
     scale: Vec<A>,
     bad: [bool; EIGH_GROUP],
+    /// Per matrix: the power of two its entries were divided by (see [`pow2_near`]).
+    up: [f64; EIGH_GROUP],
     lanes: LaneBuf<f64>,
 }
 
@@ -1533,6 +1548,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
             order: vec![0; n],
             scale: vec![A::ZERO; 2 * n],
             bad: [false; EIGH_GROUP],
+            up: [1.0; EIGH_GROUP],
             lanes: LaneBuf::new(n),
         },
         |g, t| {
@@ -1547,10 +1563,13 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
                     let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
                     g.bad[k] = non_finite(am);
+                    let amax = am.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()));
+                    g.up[k] = pow2_near(amax);
+                    let down = 1.0 / g.up[k];
                     for r in 0..m {
                         for c in 0..n {
                             // A bad matrix is decomposed as zero (its outputs become NaN).
-                            let x = if g.bad[k] { 0.0 } else { am[r * n + c].to_f64() };
+                            let x = if g.bad[k] { 0.0 } else { am[r * n + c].to_f64() * down };
                             rows[r * nl + c] = x;
                             cols[c * ml + r] = x;
                         }
@@ -1590,6 +1609,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                         &mut g.scale,
                         job.converged(),
                         g.bad[k],
+                        g.up[k],
                     );
                 }
             }
@@ -1631,7 +1651,7 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                     sym_eig_best(&mut jobs[..count], lb, n, iters);
                     for (k, job) in jobs[..count].iter_mut().enumerate() {
                         let ok = job.converged();
-                        emit(p, first + k, &[], &mut job.z, job.ld, &mut job.vals, order, scale, ok, bad[k]);
+                        emit(p, first + k, &[], &mut job.z, job.ld, &mut job.vals, order, scale, ok, bad[k], 1.0);
                     }
                 }
             },
@@ -1661,6 +1681,13 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
             // reads matrix b and writes only matrix b of each output.
             unsafe {
                 let bad = load_matrix(p, b, a, m);
+                let up = if bad { 1.0 } else { pow2_near(a.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()))) };
+                if up != 1.0 {
+                    let down = A::from_f64(1.0 / up);
+                    for x in a.iter_mut() {
+                        *x = *x * down;
+                    }
+                }
                 for (e, x) in v.iter_mut().enumerate() {
                     *x = if e / n == e % n { A::ONE } else { A::ZERO };
                 }
@@ -1671,7 +1698,7 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                         vals[j] = dot(col, col).sqrt();
                     }
                 }
-                emit(p, b, a, v, n, vals, order, scale, ok, bad);
+                emit(p, b, a, v, n, vals, order, scale, ok, bad, up);
             }
         },
     );
