@@ -1325,14 +1325,16 @@ unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) ->
 }
 
 /// The power of two nearest `amax` (a matrix's largest |entry|), clamped so that it and its
-/// reciprocal are finite normal f64 numbers; 1 for zero or non-finite `amax`. Scaling by it is
-/// exact and brings the entries near 1, so that sums of squares neither overflow nor underflow
-/// (a matrix of float32 subnormals, or of huge entries, keeps its accuracy).
-pub(crate) fn pow2_near(amax: f64) -> f64 {
+/// reciprocal are finite normal numbers of `A` (the type the matrix is scaled in); 1 for zero or
+/// non-finite `amax`. Scaling by it is exact and brings the entries near 1, so that sums of
+/// squares neither overflow nor underflow (a matrix of subnormals, or of huge entries, keeps its
+/// accuracy).
+pub(crate) fn pow2_near<A: Real>(amax: f64) -> f64 {
     if !(amax > 0.0 && amax.is_finite()) {
         return 1.0;
     }
-    (2f64).powi((amax.log2().round() as i32).clamp(-1022, 1022))
+    let lim = if std::mem::size_of::<A>() == 4 { 126 } else { 1022 };
+    (2f64).powi((amax.log2().round() as i32).clamp(-lim, lim))
 }
 
 /// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes
@@ -1564,7 +1566,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
                     g.bad[k] = non_finite(am);
                     let amax = am.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()));
-                    g.up[k] = pow2_near(amax);
+                    g.up[k] = pow2_near::<f64>(amax);
                     let down = 1.0 / g.up[k];
                     for r in 0..m {
                         for c in 0..n {
@@ -1681,7 +1683,8 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
             // reads matrix b and writes only matrix b of each output.
             unsafe {
                 let bad = load_matrix(p, b, a, m);
-                let up = if bad { 1.0 } else { pow2_near(a.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()))) };
+                let up =
+                    if bad { 1.0 } else { pow2_near::<A>(a.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()))) };
                 if up != 1.0 {
                     let down = A::from_f64(1.0 / up);
                     for x in a.iter_mut() {

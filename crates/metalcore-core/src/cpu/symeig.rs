@@ -193,7 +193,7 @@ impl<A: Real> EigScratch<A> {
             self.up = 1.0;
             return;
         }
-        self.up = super::linalg::pow2_near(big);
+        self.up = super::linalg::pow2_near::<A>(big);
         let down = A::from_f64(1.0 / self.up);
         for x in self.a.iter_mut() {
             *x = *x * down;
