@@ -1205,7 +1205,7 @@ __device__ __forceinline__ int tri_lda(int n) {
     const int r = 32 / tri_group(n);
     return n + ((r - n % 32) % 32 + 32) % 32;
 }
-// Bytes of shared memory (cuda/linalg.rs mirrors this): one region for the matrix a (n × lda, T)
+// Shared memory (cuda/linalg.rs's tri_smem_bytes sums it): one region for the matrix a (n × lda, T)
 // during the reduction and Z (n × (n|1) doubles) after it, the reflectors packed (column k's
 // rows k+1.., T), d, e, λ, float copies of d and e, the reduction scratch (2·WARPS doubles), block
 // starts/ends, tight flags, a flag and padding (4n + 2 ints), then tau, p, the eigenvalues (T)
@@ -1216,10 +1216,6 @@ __device__ __forceinline__ size_t tri_x_bytes(int n) {
     return ((zb > ab ? zb : ab) + 7) / 8 * 8;
 }
 __device__ __forceinline__ size_t tri_packed(int n) { return ((size_t)n * (n - 1) / 2 + 1) / 2 * 2; }
-__device__ __forceinline__ size_t tri_smem(int n) {
-    return tri_x_bytes(n) + sizeof(T) * tri_packed(n) + 8 * (4 * (size_t)n + 2 * WARPS) + 4 * (4 * (size_t)n + 2) +
-           sizeof(T) * 3 * (size_t)n + 4 * (size_t)n;
-}
 
 // Max over the team (every thread gets it); `red` holds 2*WARPS doubles used by `parity`.
 __device__ __forceinline__ double tri_max(double v, double* red, int parity, const Team& tm) {
@@ -1425,13 +1421,11 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     }
     const int ldz = n | 1, lda = tri_lda(n);
 #ifdef TRI_PROFILE
-    long long prof[8], t_sy = 0, t_up = 0, t0 = 0;
+    long long prof[8];
 #define TRI_MARK(i) (prof[i] = clock64())
-#define TRI_SUB(acc) (acc += clock64() - t0, t0 = clock64())
     TRI_MARK(0);
 #else
 #define TRI_MARK(i) ((void)0)
-#define TRI_SUB(acc) ((void)0)
 #endif
     unsigned char* raw = reinterpret_cast<unsigned char*>(base);
     double* z = reinterpret_cast<double*>(raw);
@@ -1497,9 +1491,6 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
         const int m = n - k - 1;
         const T* v = a + k * lda + k + 1;
         T* sub = a + (k + 1) * lda + k + 1;
-#ifdef TRI_PROFILE
-        t0 = clock64();
-#endif
         // p = tau · A22 v: G threads per row; a warp's lanes take R consecutive rows. Each warp
         // also sums p_i v_i over its rows into kp[w] (for pᵀv after the barrier).
         const int row_in = tm.lane % R, g = tm.lane / R;
@@ -1529,7 +1520,6 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
         }
         if (tm.lane == 0) kp[tm.w] = kpw;
         __syncthreads();
-        TRI_SUB(t_sy);
         // w = p - (tau/2)(pᵀv) v;  A22 -= v wᵀ + w vᵀ (both triangles), a warp per column, each
         // lane's rows' v_i and w_i in registers (n <= 128: four rows a lane).
         T kk = T(0);
@@ -1603,7 +1593,6 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
             }
         }
         __syncthreads();
-        TRI_SUB(t_up);
     }
     if (tm.t == 0) {
         if (n >= 2) {
@@ -1778,17 +1767,12 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
     emit(vz, ldv, n, vz, ldv, n, sv, rank, false, false, L, nullptr, V, b, tm, T(1));
     if (tm.t == 0) info[b] = flag[0] ? 2 : 0;
 #ifdef TRI_PROFILE
-    // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], then the
-    // reduction's matrix-vector products and updates (each with its barrier) over [7], [8], for
+    // Cycles per phase (thread 0's clock between barriers) over V[b][0][0..6], for
     // scripts/time_eigh_tri.py; the vectors are then wrong.
     TRI_MARK(7);
     __syncthreads();
     if (tm.t == 0)
         for (int i = 0; i < 7 && i < n * n; ++i) V[b * n * n + i] = T(prof[i + 1] - prof[i]);
-    if (tm.t == 0 && n * n >= 9) {
-        V[b * n * n + 7] = T(t_sy);
-        V[b * n * n + 8] = T(t_up);
-    }
 #endif
 }
 #endif

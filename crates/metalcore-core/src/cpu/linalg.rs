@@ -1337,6 +1337,24 @@ pub(crate) fn pow2_near<A: Real>(amax: f64) -> f64 {
     (2f64).powi((amax.log2().round() as i32).clamp(-lim, lim))
 }
 
+/// The largest |entry| of `x`, in f64 (NaN entries are passed over).
+pub(crate) fn abs_max<X: Real>(x: &[X]) -> f64 {
+    x.iter().fold(0.0f64, |m, v| m.max(v.abs().to_f64()))
+}
+
+/// Divides `x` in place by `pow2_near::<A>` of its largest |entry| (exact) and returns that power
+/// of two, by which the values computed from the scaled matrix are multiplied back.
+pub(crate) fn scale_to_unit<A: Real>(x: &mut [A]) -> f64 {
+    let up = pow2_near::<A>(abs_max(x));
+    if up != 1.0 {
+        let down = A::from_f64(1.0 / up);
+        for v in x.iter_mut() {
+            *v = *v * down;
+        }
+    }
+    up
+}
+
 /// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes
 /// (vectorizes).
 #[inline(always)]
@@ -1399,7 +1417,7 @@ unsafe fn emit<A: Real>(
     let (uf, vf) = scale.split_at_mut(n);
     for (rk, &j) in order.iter().enumerate() {
         let sj = vals[j];
-        *s_out.add(rk) = if up == 1.0 { sj } else { A::from_f64(sj.to_f64() * up) };
+        *s_out.add(rk) = A::from_f64(sj.to_f64() * up); // exact for up = 1
         let has_u = !p.eigh && !(sj <= A::ZERO); // NaN included: its column comes out NaN
         let col = if p.eigh { &a[..0] } else { &a[j * m..(j + 1) * m] };
         let vcol = if v.is_empty() { &v[..0] } else { &v[j * vld..j * vld + n] };
@@ -1565,8 +1583,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
                     let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
                     g.bad[k] = non_finite(am);
-                    let amax = am.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()));
-                    g.up[k] = pow2_near::<f64>(amax);
+                    g.up[k] = pow2_near::<f64>(abs_max(am));
                     let down = 1.0 / g.up[k];
                     for r in 0..m {
                         for c in 0..n {
@@ -1683,14 +1700,7 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
             // reads matrix b and writes only matrix b of each output.
             unsafe {
                 let bad = load_matrix(p, b, a, m);
-                let up =
-                    if bad { 1.0 } else { pow2_near::<A>(a.iter().fold(0.0f64, |acc, x| acc.max(x.abs().to_f64()))) };
-                if up != 1.0 {
-                    let down = A::from_f64(1.0 / up);
-                    for x in a.iter_mut() {
-                        *x = *x * down;
-                    }
-                }
+                let up = if bad { 1.0 } else { scale_to_unit(a) };
                 for (e, x) in v.iter_mut().enumerate() {
                     *x = if e / n == e % n { A::ONE } else { A::ZERO };
                 }

@@ -188,16 +188,7 @@ impl<A: Real> EigScratch<A> {
     /// as it is.)
     #[inline(always)]
     fn scale(&mut self) {
-        let big = self.a.iter().fold(0.0f64, |m, x| m.max(x.abs().to_f64()));
-        if big == 0.0 {
-            self.up = 1.0;
-            return;
-        }
-        self.up = super::linalg::pow2_near::<A>(big);
-        let down = A::from_f64(1.0 / self.up);
-        for x in self.a.iter_mut() {
-            *x = *x * down;
-        }
+        self.up = super::linalg::scale_to_unit(&mut self.a);
     }
 
     /// Reduces `a` to tridiagonal form T = Qᵀ A Q with Q = H₀ H₁ ⋯ H_{n−3}, H_k = I − τ_k v_k v_kᵀ

@@ -533,7 +533,8 @@ fn tri_profile() -> bool {
     *ON.get_or_init(|| std::env::var("METALCORE_TRI_PROFILE").is_ok_and(|v| v == "1"))
 }
 
-/// Shared memory of `eigh_tri_kernel` in bytes (mirrors `tri_smem` in kernels/linalg.cu).
+/// Shared memory of `eigh_tri_kernel` in bytes (the layout described above `tri_x_bytes` in
+/// kernels/linalg.cu, which carves it the same way).
 fn tri_smem_bytes(n: usize, warps: usize, size: usize) -> usize {
     let r = 32 / tri_group(n, warps);
     let lda = n + (r + 32 - n % 32) % 32;
