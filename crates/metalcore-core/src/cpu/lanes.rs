@@ -55,59 +55,82 @@ pub(crate) unsafe fn unpack<A: Real, const L: usize>(src: &[[A; L]], dsts: &[*mu
     }
 }
 
-/// Exchanges `x[c]` and `y[c]` (`c < len`) in the lanes where `sel[lane] == at`; the other lanes
-/// keep their values.
+/// Each lane's partial pivot in a column of lane vectors (`col.add(i * stride)` is row i): the
+/// index, as an `A`, of the first largest |x| among rows `j..n`. A NaN wins over every number;
+/// among several NaNs, the float32 AVX2 copy may take another one than the first (it compares
+/// the magnitudes' bit patterns as integers), which leaves the lane NaN either way.
 ///
 /// # Safety
-/// `x` and `y` point to `len` lane vectors each, not overlapping.
+/// `col.add(i * stride)` is readable for every i in `j..n`, `j < n`.
 #[inline(always)]
-pub(crate) unsafe fn swap_where<A: Real, const L: usize>(
-    x: *mut [A; L],
-    y: *mut [A; L],
-    len: usize,
-    sel: &[A; L],
-    at: A,
-) {
+pub(crate) unsafe fn pivots<A: Real, const L: usize>(col: *const [A; L], stride: usize, j: usize, n: usize) -> [A; L] {
     const { assert!(L % 8 == 0) };
     #[cfg(target_arch = "x86_64")]
     if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
+        let mut out = [A::ZERO; L];
         // SAFETY: A is f32 here; see `pack`.
-        let sel = &*(sel as *const [A; L] as *const [f32; L]);
-        return swap_where_f32(x as *mut f32, y as *mut f32, len, sel, at.to_f64() as f32);
+        pivots_f32::<L>(col as *const f32, stride * L, j, n, &mut *(&mut out as *mut [A; L] as *mut [f32; L]));
+        return out;
     }
-    for c in 0..len {
-        let (u, v) = (&mut *x.add(c), &mut *y.add(c));
+    let mut best = *col.add(j * stride);
+    let mut piv = [A::from_usize(j); L];
+    for l in 0..L {
+        best[l] = best[l].abs();
+    }
+    for i in j + 1..n {
+        let v = *col.add(i * stride);
+        let fi = A::from_usize(i);
         for l in 0..L {
-            if sel[l] == at {
-                std::mem::swap(&mut u[l], &mut v[l]);
-            }
+            let x = v[l].abs();
+            let take = (x > best[l]) | ((x != x) & (best[l] == best[l]));
+            best[l] = if take { x } else { best[l] };
+            piv[l] = if take { fi } else { piv[l] };
         }
+    }
+    piv
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pivots_f32<const L: usize>(col: *const f32, stride: usize, j: usize, n: usize, out: &mut [f32; L]) {
+    use std::arch::x86_64::*;
+    // |x| as a nonnegative int32 orders like |x|, with NaN above +Inf.
+    let magnitude = _mm256_set1_epi32(0x7fff_ffff);
+    for h in (0..L).step_by(8) {
+        let load =
+            |i: usize| _mm256_and_si256(_mm256_loadu_si256(col.add(i * stride + h) as *const __m256i), magnitude);
+        let mut best = load(j);
+        let mut piv = _mm256_set1_ps(j as f32);
+        for i in j + 1..n {
+            let v = load(i);
+            let take = _mm256_castsi256_ps(_mm256_cmpgt_epi32(v, best));
+            best = _mm256_max_epi32(best, v);
+            piv = _mm256_blendv_ps(piv, _mm256_set1_ps(i as f32), take);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr().add(h), piv);
     }
 }
 
-/// [`swap_where`] for float32: whole-vector loads, blends and stores (conditional element stores
-/// compile to masked stores, which are microcoded on AMD and defeat store forwarding: they took
-/// 30% of a 1000×16² solve).
+/// True when every lane of `sel` equals `at`.
+#[inline(always)]
+pub(crate) fn all_eq<A: Real, const L: usize>(sel: &[A; L], at: A) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
+        // SAFETY: A is f32 here (see `pack`) and AVX2 is present.
+        return unsafe { !any_ne_f32(&*(sel as *const [A; L] as *const [f32; L]), at.to_f64() as f32) };
+    }
+    sel.iter().all(|&x| x == at)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn swap_where_f32<const L: usize>(x: *mut f32, y: *mut f32, len: usize, sel: &[f32; L], at: f32) {
+unsafe fn any_ne_f32<const L: usize>(sel: &[f32; L], at: f32) -> bool {
     use std::arch::x86_64::*;
+    let mut m = _mm256_setzero_ps();
     for h in (0..L).step_by(8) {
-        let m = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_loadu_ps(sel.as_ptr().add(h)), _mm256_set1_ps(at));
-        if _mm256_movemask_ps(m) == 0 {
-            continue;
-        }
-        for c in 0..len {
-            let (px, py) = (x.add(c * L + h), y.add(c * L + h));
-            let (u, v) = (_mm256_loadu_ps(px), _mm256_loadu_ps(py));
-            let (mut a, mut b) = (_mm256_blendv_ps(u, v, m), _mm256_blendv_ps(v, u, m));
-            // Opaque to the optimizer, which would otherwise turn "store a blend with the loaded
-            // value" back into a masked store.
-            std::arch::asm!("/* {0} {1} */", inout(ymm_reg) a, inout(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
-            _mm256_storeu_ps(px, a);
-            _mm256_storeu_ps(py, b);
-        }
+        m = _mm256_or_ps(m, _mm256_cmp_ps::<_CMP_NEQ_UQ>(_mm256_loadu_ps(sel.as_ptr().add(h)), _mm256_set1_ps(at)));
     }
+    _mm256_movemask_ps(m) != 0
 }
 
 /// The eight rows `r` of an 8×8 float32 block, transposed (three rounds of shuffles).

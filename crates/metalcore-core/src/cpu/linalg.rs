@@ -487,109 +487,143 @@ unsafe fn lu_solve_matrix<A: Real>(a: &mut [A], b: &mut [A], n: usize, k: usize,
 
 isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: usize, k: usize, info: &mut i32, piv: &mut [i32]));
 
-/// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`, see [`lanes`]),
-/// every step across the lanes: each lane's pivot search is a running compare-and-select down the
-/// column, and its row interchange a masked swap of the rows some lane pivots on (columns j.. of A
-/// only: the multipliers left of them are applied to B on the way and not kept). Writes each
-/// lane's LAPACK `info` (first exactly-zero pivot, 1-based).
+/// Partial pivoting of step `j` across the lanes of [`lu_solve_lanes`]: each lane's pivot is the
+/// first largest |a[i][j]|, i ≥ j ([`lanes::pivots`]: a NaN wins); the rows some lane pivots on are swapped with
+/// row j in the lanes that chose them, over columns `c0..n` of A and all of B. Returns 1/pivot
+/// and records a zero pivot in `info`.
 #[inline(always)]
-unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]) {
-    debug_assert!(a.len() >= n * n && b.len() >= n * k && n <= 64);
-    let ap = a.as_mut_ptr();
-    let bp = b.as_mut_ptr();
-    for j in 0..n {
-        // Pivot of each lane: the first largest |a[i][j]| for i >= j; a NaN is taken at once and
-        // then kept (nothing compares greater than it, and a NaN `best` refuses later NaNs).
-        let mut best = *ap.add(j * n + j);
-        let mut piv = [A::from_usize(j); W];
+unsafe fn pivot_lanes<A: Real>(
+    ap: *mut [A; W],
+    bp: *mut [A; W],
+    (n, k, j, c0): (usize, usize, usize, usize),
+    info: &mut [i32; W],
+) -> [A; W] {
+    let piv = lanes::pivots(ap.add(j), n, j, n);
+    // No lane pivots off the diagonal in most steps. Otherwise each lane that does swaps its two
+    // rows element by element: masked whole-vector swaps of every row some lane chose cost
+    // (n − j)² per step on a general matrix (1000×32² solve: 0.83 against 0.67 ms).
+    if !lanes::all_eq(&piv, A::from_usize(j)) {
         for l in 0..W {
-            best[l] = best[l].abs();
-        }
-        for i in j + 1..n {
-            let v = *ap.add(i * n + j);
-            let fi = A::from_usize(i);
-            for l in 0..W {
-                let x = v[l].abs();
-                let take = (x > best[l]) | ((x != x) & (best[l] == best[l]));
-                best[l] = if take { x } else { best[l] };
-                piv[l] = if take { fi } else { piv[l] };
-            }
-        }
-        // Each row some lane pivots on, once (`seen` bit i; n <= 64 on this path).
-        let mut seen = 1u64 << j;
-        for l in 0..W {
-            let i = piv[l].to_f64() as usize;
-            if seen & (1 << i) == 0 {
-                seen |= 1 << i;
-                let fi = A::from_usize(i);
-                lanes::swap_where(ap.add(j * n + j), ap.add(i * n + j), n - j, &piv, fi);
-                lanes::swap_where(bp.add(j * k), bp.add(i * k), k, &piv, fi);
-            }
-        }
-        let d = *ap.add(j * n + j);
-        let mut inv = [A::ZERO; W];
-        let mut zero = false;
-        for l in 0..W {
-            inv[l] = A::ONE / d[l];
-            zero |= d[l] == A::ZERO;
-        }
-        if zero {
-            for l in 0..W {
-                if d[l] == A::ZERO && info[l] == 0 {
-                    info[l] = j as i32 + 1;
-                }
-            }
-        }
-        let (rj, bj) = (ap.add(j * n), bp.add(j * k));
-        for i in j + 1..n {
-            let (ri, bi) = (ap.add(i * n), bp.add(i * k));
-            let mut f = *ri.add(j);
-            for l in 0..W {
-                f[l] = f[l] * inv[l];
-            }
-            // Columns from j+1 on, in blocks of 4 from the multiple of 4 at or below j+1: the
-            // few columns left of j+1 that this also updates hold multipliers no later step reads
-            // (this path keeps no factors), and whole blocks keep the loop short and regular.
-            let mut c = (j + 1) & !3;
-            while c + 4 <= n {
-                for t in 0..4 {
-                    let (x, y) = (&mut *ri.add(c + t), &*rj.add(c + t));
-                    for l in 0..W {
-                        x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
-                    }
-                }
-                c += 4;
-            }
-            for c in c.max(j + 1)..n {
-                let (x, y) = (&mut *ri.add(c), &*rj.add(c));
-                for l in 0..W {
-                    x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
-                }
-            }
-            for c in 0..k {
-                let (x, y) = (&mut *bi.add(c), &*bj.add(c));
-                for l in 0..W {
-                    x[l] = (A::ZERO - f[l]).mul_add(y[l], x[l]);
-                }
+            let p = piv[l].to_f64() as usize;
+            if p != j {
+                let swap = |x: *mut [A; W], y: *mut [A; W]| std::ptr::swap(&mut (*x)[l], &mut (*y)[l]);
+                (c0..n).for_each(|c| swap(ap.add(j * n + c), ap.add(p * n + c)));
+                (0..k).for_each(|c| swap(bp.add(j * k + c), bp.add(p * k + c)));
             }
         }
     }
-    // Back substitution with U.
-    for i in (0..n).rev() {
-        for j in i + 1..n {
-            let u = *ap.add(i * n + j);
-            for c in 0..k {
-                let (x, y) = (&mut *bp.add(i * k + c), &*bp.add(j * k + c));
-                for l in 0..W {
-                    x[l] = (A::ZERO - u[l]).mul_add(y[l], x[l]);
-                }
+    let d = *ap.add(j * n + j);
+    let mut inv = [A::ZERO; W];
+    let mut zero = false;
+    for l in 0..W {
+        inv[l] = A::ONE / d[l];
+        zero |= d[l] == A::ZERO;
+    }
+    if zero {
+        for l in 0..W {
+            if d[l] == A::ZERO && info[l] == 0 {
+                info[l] = j as i32 + 1;
             }
         }
-        let d = *ap.add(i * n + i);
+    }
+    inv
+}
+
+/// `x[c] -= Σ_t f[t] · y_t[c]` for the lane vectors at `x` and `ys[t]`, c in `c0..c1`.
+#[inline(always)]
+unsafe fn update_lanes<A: Real, const R: usize>(
+    x: *mut [A; W],
+    ys: [*const [A; W]; R],
+    f: [[A; W]; R],
+    c0: usize,
+    c1: usize,
+) {
+    for c in c0..c1 {
+        let mut v = *x.add(c);
+        for t in 0..R {
+            let y = *ys[t].add(c);
+            for l in 0..W {
+                v[l] = (A::ZERO - f[t][l]).mul_add(y[l], v[l]);
+            }
+        }
+        *x.add(c) = v;
+    }
+}
+
+/// LU solve of W interleaved systems (`a[i*n + j][lane]`, `b[i*k + c][lane]`, see [`lanes`]),
+/// every step across the lanes ([`pivot_lanes`]). Elimination goes two columns at a time: the
+/// second pivot column gets the first step's update alone, is pivoted, and the rows below then
+/// take both steps in one pass (two FMAs for each load and store of the trailing matrix). Only
+/// the solution is kept: the multipliers are applied to B on the way. Writes each lane's LAPACK
+/// `info` (first exactly-zero pivot, 1-based).
+#[inline(always)]
+unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]) {
+    debug_assert!(a.len() >= n * n && b.len() >= n * k);
+    let ap = a.as_mut_ptr();
+    let bp = b.as_mut_ptr();
+    let mul = |x: [A; W], y: [A; W]| -> [A; W] { std::array::from_fn(|l| x[l] * y[l]) };
+    let mut j = 0;
+    while j + 2 <= n {
+        let (r0, r1) = (ap.add(j * n), ap.add((j + 1) * n));
+        let inv0 = pivot_lanes(ap, bp, (n, k, j, j), info);
+        // Step j's multipliers, kept in column j (they move with their rows in the second
+        // pivoting), and its update of column j + 1 alone.
+        for i in j + 1..n {
+            let ri = ap.add(i * n);
+            let f = mul(*ri.add(j), inv0);
+            *ri.add(j) = f;
+            update_lanes(ri, [r0], [f], j + 1, j + 2);
+        }
+        let inv1 = pivot_lanes(ap, bp, (n, k, j + 1, j), info);
+        // Row j + 1 takes step j's update of the rest of its row, then the rows below take both.
+        let (b0, b1) = (bp.add(j * k), bp.add((j + 1) * k));
+        let f = *r1.add(j);
+        update_lanes(r1, [r0], [f], j + 2, n);
+        update_lanes(b1, [b0], [f], 0, k);
+        for i in j + 2..n {
+            let ri = ap.add(i * n);
+            let f = [*ri.add(j), mul(*ri.add(j + 1), inv1)];
+            // From the multiple of 4 at or below j + 2, in blocks of 4: the few columns left of
+            // j + 2 this also updates hold multipliers already read (this path keeps no factors).
+            let mut c = (j + 2) & !3;
+            while c + 4 <= n {
+                update_lanes(ri, [r0, r1], f, c, c + 4);
+                c += 4;
+            }
+            update_lanes(ri, [r0, r1], f, c.max(j + 2), n);
+            update_lanes(bp.add(i * k), [b0, b1], f, 0, k);
+        }
+        j += 2;
+    }
+    if j < n {
+        // The last column of an odd order: its pivot (and zero check) only.
+        pivot_lanes(ap, bp, (n, k, j, j), info);
+    }
+    // Back substitution with U, row by row: each solution entry summed in registers (two
+    // partial sums, so the chain of dependent FMAs is half as long).
+    for i in (0..n).rev() {
+        let (ri, d) = (ap.add(i * n), *ap.add(i * n + i));
         for c in 0..k {
+            let mut acc = [*bp.add(i * k + c), [A::ZERO; W]];
+            let mut j = i + 1;
+            while j + 2 <= n {
+                for t in 0..2 {
+                    let (u, y) = (*ri.add(j + t), *bp.add((j + t) * k + c));
+                    for l in 0..W {
+                        acc[t][l] = (A::ZERO - u[l]).mul_add(y[l], acc[t][l]);
+                    }
+                }
+                j += 2;
+            }
+            if j < n {
+                let (u, y) = (*ri.add(j), *bp.add(j * k + c));
+                for l in 0..W {
+                    acc[0][l] = (A::ZERO - u[l]).mul_add(y[l], acc[0][l]);
+                }
+            }
             let x = &mut *bp.add(i * k + c);
             for l in 0..W {
-                x[l] = x[l] / d[l];
+                x[l] = (acc[0][l] + acc[1][l]) / d[l];
             }
         }
     }
@@ -597,9 +631,9 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
 
 isa_copies!(lu_solve_lanes_avx2 = lu_solve_lanes(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]));
 
-/// Largest n the lane-interleaved LU takes (measured crossover on the reference CPU: n = 64 is
-/// about even, n = 128 favours one system per task).
-const LANES_MAX_N: usize = 64;
+/// Largest n the lane-interleaved LU takes (on the reference CPU, 100×128² solves in 2.4 ms
+/// interleaved against 7.0 ms one system per task; a group of 16 such matrices is 1 MiB).
+const LANES_MAX_N: usize = 128;
 
 fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     let (n, k) = (p.a.rows, p.b.cols);
