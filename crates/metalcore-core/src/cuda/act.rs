@@ -1,14 +1,13 @@
 //! Activations and gated linear units on CUDA: variant selection and launches (math in `kernels/act.cu`).
 
 use super::jit::{function, Defines, Kernel, Variants};
-use super::rows::{flag, knob};
+use super::rows::{flag, knob, Knob};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::act::{Act, Mode, Plan};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, PushKernelArg};
-use std::sync::OnceLock;
 
 pub static KERNEL: Kernel = Kernel { name: "act", source: include_str!("../../kernels/act.cu") };
 
@@ -21,13 +20,13 @@ const BLOCK: usize = 256;
 
 /// Vectors per thread per iteration, all loaded before any math (METALCORE_ACT_UNROLL).
 fn unroll() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_ACT_UNROLL", 1)
 }
 
 /// Most blocks per SM in the grid; threads walk the rest grid-stride (METALCORE_ACT_BLOCKS_PER_SM).
 fn blocks_per_sm() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_ACT_BLOCKS_PER_SM", 64)
 }
 

@@ -7,7 +7,7 @@
 
 use super::blas::{Blas, Fill, Op, Real, Side};
 use super::jit::{function, Defines, Kernel, Variants};
-use super::rows::knob;
+use super::rows::{knob, Knob};
 use super::{allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -109,8 +109,8 @@ fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
 /// Team shape for a matrix whose largest dimension is `dim`: one warp (several matrices per
 /// block) up to 32, else `METALCORE_LINALG_WARPS` warps (default 4 up to 64, 8 beyond).
 fn team(dim: usize) -> (usize, usize) {
-    static WARPS: OnceLock<usize> = OnceLock::new();
-    static MPB: OnceLock<usize> = OnceLock::new();
+    static WARPS: Knob = Knob::new();
+    static MPB: Knob = Knob::new();
     if dim <= 32 {
         return (1, knob(&MPB, "METALCORE_LINALG_MPB", 4).min(32));
     }
@@ -289,8 +289,8 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
     let _ctx = ContextGuard::enter(dev)?;
     let blas = Blas::bind(exec.blas, exec.stream)?;
     let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
-    static NB: OnceLock<usize> = OnceLock::new();
-    static GEMM: OnceLock<usize> = OnceLock::new();
+    static NB: Knob = Knob::new();
+    static GEMM: Knob = Knob::new();
     let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
     let gemm = knob(&GEMM, "METALCORE_CHOL_GEMM", 2) == 1;
     let diag = kernel(Key { ordinal, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile: nb, rows: 0 }, dev)?;
@@ -504,7 +504,7 @@ pub fn cholesky_solve(p: &CholeskySolvePlan, ordinal: usize, exec: Exec) -> Resu
 /// 500 of 80² 4.44 against 5.84; with 100 matrices (fewer than the SMs) 32 warps win at every n
 /// from 64 to 128 (100² 2.41 against 3.16) and for the SVDs (64 of 128²: 3.51 against 4.33).
 fn jacobi_warps(n: usize, crowded: bool) -> usize {
-    static WARPS: OnceLock<usize> = OnceLock::new();
+    static WARPS: Knob = Knob::new();
     let cap = knob(&WARPS, "METALCORE_JACOBI_WARPS", 0);
     let cap = if cap > 0 {
         cap.min(32)
@@ -554,17 +554,22 @@ fn tri_npl(n: usize, warps: usize) -> usize {
     n.div_ceil(g).next_multiple_of(8)
 }
 
-/// Warps of `eigh_tri_kernel` for order n, or None where Jacobi serves alone: up to 32 (the lane
-/// kernel's range), past 128 or past the shared memory a block may use, or
-/// with METALCORE_EIGH_TRI=0. METALCORE_TRI_WARPS sets the warps (default 8 up to 64, else 16).
-fn tri_warps(n: usize, dtype: DType, ordinal: usize) -> Result<Option<usize>> {
+/// Warps of `eigh_tri_kernel` for `batch` matrices of order n, or None where Jacobi serves alone:
+/// up to 32 (the lane kernel's range), past 128 or past the shared memory a block may use, or
+/// with METALCORE_EIGH_TRI=0. METALCORE_TRI_WARPS sets the warps; by default 16 while every
+/// matrix has an SM of its own, else 8 (two blocks of 100² float32 share an SM). H200, same-run
+/// alternations (`scripts/time_eigh_tri.py`): 100×128² 0.61 ms with 16 against 0.73–0.83 with 8,
+/// 100×96² 0.42 against 0.49–0.52, 100×64² even (0.28–0.34 both); 500×100² 1.25–1.39 with 8
+/// against 1.65–1.76 with 16.
+fn tri_warps(n: usize, batch: usize, dtype: DType, ordinal: usize) -> Result<Option<usize>> {
     static OFF: OnceLock<bool> = OnceLock::new();
-    static WARPS: OnceLock<usize> = OnceLock::new();
+    static WARPS: Knob = Knob::new();
     if *OFF.get_or_init(|| std::env::var("METALCORE_EIGH_TRI").is_ok_and(|v| v == "0")) || !(2..=128).contains(&n) {
         return Ok(None);
     }
-    let w = knob(&WARPS, "METALCORE_TRI_WARPS", if n <= 64 { 8 } else { 16 }).clamp(2, 32);
-    if tri_smem_bytes(n, w, dtype.size()) > device(ordinal)?.smem_optin {
+    let dev = device(ordinal)?;
+    let w = knob(&WARPS, "METALCORE_TRI_WARPS", if batch > dev.sm_count { 8 } else { 16 }).clamp(2, 32);
+    if tri_smem_bytes(n, w, dtype.size()) > dev.smem_optin {
         return Ok(None);
     }
     Ok(Some(w))
@@ -579,7 +584,7 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     // lowers that bound, for comparisons). A two-warp, 64-lane variant (partners in the other
     // warp through shared memory) was correct but took 1.92 ms on 100 SVDs of 64² against the
     // shared-memory kernel's 0.68 (H200): 100 blocks of 64 threads leave the GPU latency-bound.
-    static LANE_MAX: OnceLock<usize> = OnceLock::new();
+    static LANE_MAX: Knob = Knob::new();
     let lane_max = knob(&LANE_MAX, "METALCORE_JACOBI_LANE_MAX", 32).min(if p.a.dtype == DType::F64 { 16 } else { 32 });
     if m <= lane_max && n <= lane_max {
         return jacobi_lane(p, ordinal, exec);
@@ -589,7 +594,7 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     if p.eigh {
         // The tridiagonal kernel where its shared memory fits; Jacobi then only redoes the
         // matrices it flags (info 2: see `eigh_tri_kernel`).
-        let tri = tri_warps(n, p.a.dtype, ordinal)?;
+        let tri = tri_warps(n, p.a.batch, p.a.dtype, ordinal)?;
         if let Some(tw) = tri {
             let size = p.a.dtype.size();
             let per = move |w: usize| tri_smem_bytes(n, w, size).div_ceil(size);

@@ -1,7 +1,7 @@
 //! RMSNorm and LayerNorm on CUDA: variant selection and launches (math in `kernels/norm.cu`).
 
 use super::jit::{function, Defines, Kernel};
-use super::rows::{base_defines, flag, geometry, knob, ptr_of, Geometry};
+use super::rows::{base_defines, flag, geometry, knob, ptr_of, Geometry, Knob};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -20,25 +20,25 @@ pub static KERNEL: Kernel = Kernel { name: "norm", source: include_str!("../../k
 
 /// Elements per thread the forward's register path aims for (METALCORE_NORM_ELEMS_FWD).
 fn fwd_elems() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_NORM_ELEMS_FWD", 32)
 }
 
 /// Elements per thread the backward's register path aims for (METALCORE_NORM_ELEMS_BWD).
 fn bwd_elems() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_NORM_ELEMS_BWD", 8)
 }
 
 /// Minimum resident blocks per SM asked of the compiler (`__launch_bounds__`), which caps the
 /// registers per thread (METALCORE_NORM_MINB_FWD / _BWD).
 fn fwd_min_blocks() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_NORM_MINB_FWD", 1)
 }
 
 fn bwd_min_blocks() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_NORM_MINB_BWD", 2)
 }
 

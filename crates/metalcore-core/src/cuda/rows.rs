@@ -18,9 +18,14 @@ pub(crate) struct Geometry {
     pub chunks: usize,
 }
 
-/// A tuning knob read once from the environment (for sweeps on the GPU machine), else `default`.
-pub(crate) fn knob(cell: &'static OnceLock<usize>, var: &str, default: usize) -> usize {
-    *cell.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1).unwrap_or(default))
+/// The cached environment value of a [`knob`].
+pub(crate) type Knob = OnceLock<Option<usize>>;
+
+/// A tuning knob: the positive integer in the environment variable `var` (read once, for sweeps
+/// on the GPU machine), else `default`. Only the variable is cached, so a default that depends on
+/// the call's shape applies to each call (caching it let the first call's shape decide for all).
+pub(crate) fn knob(cell: &'static Knob, var: &str, default: usize) -> usize {
+    cell.get_or_init(|| std::env::var(var).ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1)).unwrap_or(default)
 }
 
 /// The layout for rows of `cols` elements moved `vec` at a time, aiming at `target_elems` per thread.

@@ -1,14 +1,13 @@
 //! Softmax on CUDA: variant selection and launches (math in `kernels/softmax.cu`).
 
 use super::jit::{function, Defines, Kernel, Variants};
-use super::rows::{base_defines, flag, geometry, knob, Geometry};
+use super::rows::{base_defines, flag, geometry, knob, Geometry, Knob};
 use super::{borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 use crate::tensor::Exec;
 use cudarc::driver::{CudaFunction, PushKernelArg};
-use std::sync::OnceLock;
 
 pub static KERNEL: Kernel = Kernel { name: "softmax", source: include_str!("../../kernels/softmax.cu") };
 
@@ -22,17 +21,13 @@ const SMEM_RESERVE: usize = 200 * 1024;
 /// for bfloat16 rows of 16384 it was slower (0.318 against 0.202), so 16-bit rows use it only
 /// when they are too long for registers.
 fn smem_cols(dtype: DType) -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
-    let default = if dtype.size() >= 4 { 16384 } else { usize::MAX };
-    match std::env::var("METALCORE_SOFTMAX_SMEM_COLS") {
-        Ok(_) => knob(&C, "METALCORE_SOFTMAX_SMEM_COLS", default),
-        Err(_) => default,
-    }
+    static C: Knob = Knob::new();
+    knob(&C, "METALCORE_SOFTMAX_SMEM_COLS", if dtype.size() >= 4 { 16384 } else { usize::MAX })
 }
 
 /// Elements per thread the register path aims for (METALCORE_SOFTMAX_ELEMS).
 fn target_elems() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_SOFTMAX_ELEMS", 32)
 }
 

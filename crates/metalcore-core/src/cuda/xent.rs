@@ -1,7 +1,7 @@
 //! Cross-entropy on CUDA: variant selection and launches (math in `kernels/xent.cu`).
 
 use super::jit::{function, Defines, Kernel, Variants};
-use super::rows::{flag, knob};
+use super::rows::{flag, knob, Knob};
 use super::{
     allow_dynamic_smem, borrowed_stream, cfg, ctype, device, driver_err, vector_width, ContextGuard, DeviceState,
 };
@@ -17,7 +17,7 @@ pub static KERNEL: Kernel = Kernel { name: "xent", source: include_str!("../../k
 /// Threads per row (METALCORE_XENT_BLOCK). Default from a sweep on an H200 (2026-11-26,
 /// 8192×128256 bf16, bench/results/xent-tuning-nvidia-h200.md): 256 threads, 4 vectors in flight.
 fn block() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_XENT_BLOCK", 256).next_power_of_two().clamp(32, 1024)
 }
 
@@ -28,8 +28,8 @@ fn block() -> usize {
 /// partly missing L2. Rows that fit on chip take `xent_onchip_kernel` instead (1.28–1.32 ms in
 /// five runs on 2026-11-26).
 fn fused_geometry() -> (usize, usize) {
-    static B: OnceLock<usize> = OnceLock::new();
-    static N: OnceLock<usize> = OnceLock::new();
+    static B: Knob = Knob::new();
+    static N: Knob = Knob::new();
     let block = knob(&B, "METALCORE_XENT_FUSED_BLOCK", 1024).next_power_of_two().clamp(32, 1024);
     (block, knob(&N, "METALCORE_XENT_FUSED_BPS", 2))
 }
@@ -46,7 +46,7 @@ const ONCHIP_BLOCK: usize = 1024;
 
 /// Vectors each thread loads before computing (METALCORE_XENT_UNROLL).
 fn unroll() -> usize {
-    static C: OnceLock<usize> = OnceLock::new();
+    static C: Knob = Knob::new();
     knob(&C, "METALCORE_XENT_UNROLL", 4)
 }
 
