@@ -989,7 +989,7 @@ unsafe fn qr_matrix<A: Real>(
 
 isa_copies!(qr_matrix_avx2 = qr_matrix(a: &mut [A], m: usize, n: usize, q: &mut [A], kq: usize, r: &mut [A], kr: usize, tau: &mut [A], v: &mut [A], w: &mut [A]));
 
-/// `x[k.., j0..] = (I - tau v vᵀ) x[k.., j0..]` on W interleaved row-major matrices of `cols`
+/// `x[k.., j0..j1] = (I - tau v vᵀ) x[k.., j0..j1]` on W interleaved row-major matrices of `cols`
 /// columns (`rows` rows), per lane: [`reflect_rows`] across the lanes (a lane with tau = 0 is left
 /// as it is, up to adding zeros).
 #[inline(always)]
@@ -1003,15 +1003,16 @@ fn reflect_lanes<A: Real, const L: usize>(
     k: usize,
     tau: [A; L],
     w: &mut [[A; L]],
+    j1: usize,
 ) {
-    if j0 >= cols {
+    if j0 >= j1 {
         return;
     }
-    let w = &mut w[..cols - j0];
-    w.copy_from_slice(&x[k * cols + j0..(k + 1) * cols]);
+    let w = &mut w[..j1 - j0];
+    w.copy_from_slice(&x[k * cols + j0..k * cols + j1]);
     for i in k + 1..rows {
         let vi = v[i];
-        for (wj, xj) in w.iter_mut().zip(&x[i * cols + j0..(i + 1) * cols]) {
+        for (wj, xj) in w.iter_mut().zip(&x[i * cols + j0..i * cols + j1]) {
             for l in 0..L {
                 wj[l] = vi[l].mul_add(xj[l], wj[l]);
             }
@@ -1022,14 +1023,14 @@ fn reflect_lanes<A: Real, const L: usize>(
             wj[l] = wj[l] * tau[l];
         }
     }
-    for (xj, wj) in x[k * cols + j0..(k + 1) * cols].iter_mut().zip(w.iter()) {
+    for (xj, wj) in x[k * cols + j0..k * cols + j1].iter_mut().zip(w.iter()) {
         for l in 0..L {
             xj[l] = xj[l] - wj[l];
         }
     }
     for i in k + 1..rows {
         let vi = v[i];
-        for (xj, wj) in x[i * cols + j0..(i + 1) * cols].iter_mut().zip(w.iter()) {
+        for (xj, wj) in x[i * cols + j0..i * cols + j1].iter_mut().zip(w.iter()) {
             for l in 0..L {
                 xj[l] = (A::ZERO - vi[l]).mul_add(wj[l], xj[l]);
             }
@@ -1037,12 +1038,134 @@ fn reflect_lanes<A: Real, const L: usize>(
     }
 }
 
+/// One Householder reflector of the lane QR: H = I − τ u uᵀ, u = e_k + Σ_{i>k} v[i] e_i.
+#[derive(Clone, Copy)]
+struct Refl<'a, A, const L: usize> {
+    v: &'a [[A; L]],
+    k: usize,
+    tau: [A; L],
+}
+
+impl<A: Real, const L: usize> Refl<'_, A, L> {
+    /// u[i] (0 above row k, 1 at k).
+    #[inline(always)]
+    fn u(&self, i: usize) -> [A; L] {
+        if i > self.k {
+            self.v[i]
+        } else {
+            [if i == self.k { A::ONE } else { A::ZERO }; L]
+        }
+    }
+}
+
+/// `x ← H_b H_a x` (H_a first) on rows min(k_a, k_b).. and columns `j0..cols` of the row-major
+/// lane matrix `x` (`rows` × `cols`): with y = uᵀX, w_a = τ_a y_a and w_b = τ_b (y_b − (u_bᵀu_a) w_a),
+/// X −= u_a w_aᵀ + u_b w_bᵀ. Both reflectors share each pass over X (two FMAs per load, and per
+/// store), C columns at a time with their sums in registers.
+#[inline(always)]
+fn reflect2_lanes<A: Real, const L: usize, const C: usize>(
+    x: &mut [[A; L]],
+    (cols, rows, j0): (usize, usize, usize),
+    a: Refl<'_, A, L>,
+    b: Refl<'_, A, L>,
+) {
+    let (k0, k1) = (a.k.min(b.k), a.k.max(b.k));
+    let mut cab = [A::ZERO; L];
+    for i in k0..rows {
+        let (ua, ub) = (a.u(i), b.u(i));
+        for l in 0..L {
+            cab[l] = ua[l].mul_add(ub[l], cab[l]);
+        }
+    }
+    let mut j = j0;
+    while j < cols {
+        if j + C > cols {
+            // The last columns, one at a time.
+            reflect2_block::<A, L, 1>(x, cols, rows, j, (k0, k1), a, b, cab);
+            j += 1;
+        } else {
+            reflect2_block::<A, L, C>(x, cols, rows, j, (k0, k1), a, b, cab);
+            j += C;
+        }
+    }
+}
+
+/// Columns j..j+C of [`reflect2_lanes`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn reflect2_block<A: Real, const L: usize, const C: usize>(
+    x: &mut [[A; L]],
+    cols: usize,
+    rows: usize,
+    j: usize,
+    (k0, k1): (usize, usize),
+    a: Refl<'_, A, L>,
+    b: Refl<'_, A, L>,
+    cab: [A; L],
+) {
+    let (mut ya, mut yb) = ([[A::ZERO; L]; C], [[A::ZERO; L]; C]);
+    for i in k0..rows {
+        let (ua, ub) = if i > k1 { (a.v[i], b.v[i]) } else { (a.u(i), b.u(i)) };
+        let xi = &x[i * cols + j..i * cols + j + C];
+        for c in 0..C {
+            for l in 0..L {
+                ya[c][l] = ua[l].mul_add(xi[c][l], ya[c][l]);
+                yb[c][l] = ub[l].mul_add(xi[c][l], yb[c][l]);
+            }
+        }
+    }
+    for c in 0..C {
+        for l in 0..L {
+            ya[c][l] = ya[c][l] * a.tau[l];
+            yb[c][l] = (yb[c][l] - cab[l] * ya[c][l]) * b.tau[l];
+        }
+    }
+    for i in k0..rows {
+        let (ua, ub) = if i > k1 { (a.v[i], b.v[i]) } else { (a.u(i), b.u(i)) };
+        let xi = &mut x[i * cols + j..i * cols + j + C];
+        for c in 0..C {
+            for l in 0..L {
+                xi[c][l] = (A::ZERO - ua[l]).mul_add(ya[c][l], xi[c][l]);
+                xi[c][l] = (A::ZERO - ub[l]).mul_add(yb[c][l], xi[c][l]);
+            }
+        }
+    }
+}
+
+/// Column k's reflector in the lane QR: v (rows k+1..m) into `v` and column k below the
+/// diagonal, β on the diagonal; returns τ.
+#[inline(always)]
+fn make_reflector<A: Real, const L: usize>(a: &mut [[A; L]], m: usize, n: usize, k: usize, v: &mut [[A; L]]) -> [A; L] {
+    let mut ss = [A::ZERO; L];
+    for i in k + 1..m {
+        let x = a[i * n + k];
+        for l in 0..L {
+            ss[l] = x[l].mul_add(x[l], ss[l]);
+        }
+    }
+    let (mut t, mut beta, mut scale) = ([A::ZERO; L], [A::ZERO; L], [A::ZERO; L]);
+    for l in 0..L {
+        (t[l], beta[l], scale[l]) = reflector(a[k * n + k][l], ss[l]);
+    }
+    for i in k + 1..m {
+        for l in 0..L {
+            // A lane with ss = 0 gets scale 0: its tau is 0 too, so v is never used.
+            v[i][l] = a[i * n + k][l] * scale[l];
+        }
+        a[i * n + k] = v[i];
+    }
+    a[k * n + k] = beta;
+    t
+}
+
 /// [`qr_matrix`] on W interleaved matrices (`a[i*n + j][lane]`), every operation across the
 /// lanes, so the loops vectorize even for tiny matrices. `q` (m×kq, kq = 0 for none) and `r`
-/// (kr×n) are interleaved too.
+/// (kr×n) are interleaved too. Reflectors go two at a time ([`reflect2_lanes`]): column k+1 takes
+/// H_k alone, makes its reflector, and the columns right of it take both in one pass; Q is
+/// formed the same way, backwards.
 ///
 /// # Safety
-/// The slices have the stated sizes; `v` holds m and `w` max(n, kq) lane vectors.
+/// The slices have the stated sizes; `v` holds 2m and `w` max(n, kq) lane vectors.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn qr_lanes<A: Real, const L: usize>(
@@ -1057,29 +1180,34 @@ unsafe fn qr_lanes<A: Real, const L: usize>(
     v: &mut [[A; L]],
     w: &mut [[A; L]],
 ) {
+    // Eight registers of column sums per block: two columns of 16-lane vectors, four of 8.
+    const fn cols_per_block(l: usize) -> usize {
+        if l >= 16 {
+            2
+        } else {
+            4
+        }
+    }
     let kmax = m.min(n);
-    for k in 0..kmax {
-        let mut ss = [A::ZERO; L];
-        for i in k + 1..m {
-            let x = a[i * n + k];
-            for l in 0..L {
-                ss[l] = x[l].mul_add(x[l], ss[l]);
+    let (va, vb) = v.split_at_mut(m);
+    let mut k = 0;
+    while k < kmax {
+        tau[k] = make_reflector(a, m, n, k, va);
+        if k + 1 < kmax {
+            // H_k on column k+1 alone, then its reflector, then both on the rest.
+            reflect_lanes::<A, L>(a, n, m, k + 1, va, k, tau[k], w, k + 2);
+            tau[k + 1] = make_reflector(a, m, n, k + 1, vb);
+            let (ha, hb) = (Refl { v: &*va, k, tau: tau[k] }, Refl { v: &*vb, k: k + 1, tau: tau[k + 1] });
+            if L >= 16 {
+                reflect2_lanes::<A, L, { cols_per_block(16) }>(a, (n, m, k + 2), ha, hb);
+            } else {
+                reflect2_lanes::<A, L, { cols_per_block(8) }>(a, (n, m, k + 2), ha, hb);
             }
+            k += 2;
+        } else {
+            reflect_lanes::<A, L>(a, n, m, k + 1, va, k, tau[k], w, n);
+            k += 1;
         }
-        let (mut t, mut beta, mut scale) = ([A::ZERO; L], [A::ZERO; L], [A::ZERO; L]);
-        for l in 0..L {
-            (t[l], beta[l], scale[l]) = reflector(a[k * n + k][l], ss[l]);
-        }
-        for i in k + 1..m {
-            for l in 0..L {
-                // A lane with ss = 0 gets scale 0: its tau is 0 too, so v is never used.
-                v[i][l] = a[i * n + k][l] * scale[l];
-            }
-            a[i * n + k] = v[i];
-        }
-        tau[k] = t;
-        reflect_lanes::<A, L>(a, n, m, k + 1, v, k, t, w);
-        a[k * n + k] = beta;
     }
     for i in 0..kr {
         for j in 0..n {
@@ -1094,11 +1222,32 @@ unsafe fn qr_lanes<A: Real, const L: usize>(
             q[i * kq + j] = [if i == j { A::ONE } else { A::ZERO }; L];
         }
     }
-    for k in (0..kmax).rev() {
-        for i in k + 1..m {
-            v[i] = a[i * n + k];
+    // Q = H_0 ⋯ H_{kmax−1} I, applied from the last: pairs (H_{k−1} H_k), H_k first. Column
+    // k − 1 of Q is still e_{k−1} then, which H_k leaves exactly as it is.
+    let mut k = kmax;
+    while k > 0 {
+        if k >= 2 {
+            let (ka, kb) = (k - 1, k - 2);
+            for i in ka + 1..m {
+                va[i] = a[i * n + ka];
+            }
+            for i in kb + 1..m {
+                vb[i] = a[i * n + kb];
+            }
+            let (ha, hb) = (Refl { v: &*va, k: ka, tau: tau[ka] }, Refl { v: &*vb, k: kb, tau: tau[kb] });
+            if L >= 16 {
+                reflect2_lanes::<A, L, { cols_per_block(16) }>(q, (kq, m, kb), ha, hb);
+            } else {
+                reflect2_lanes::<A, L, { cols_per_block(8) }>(q, (kq, m, kb), ha, hb);
+            }
+            k -= 2;
+        } else {
+            for i in 1..m {
+                va[i] = a[i * n];
+            }
+            reflect_lanes::<A, L>(q, kq, m, 0, va, 0, tau[0], w, kq);
+            k -= 1;
         }
-        reflect_lanes::<A, L>(q, kq, m, k, v, k, tau[k], w);
     }
 }
 
@@ -1138,7 +1287,7 @@ fn qr_lanes_impl<A: Real, const L: usize>(p: &QrPlan) {
         batch.div_ceil(L),
         (2 * m * n + m * kq) * L,
         || {
-            let scratch = (vec![z; m.min(n)], vec![z; m], vec![z; n.max(kq)]);
+            let scratch = (vec![z; m.min(n)], vec![z; 2 * m], vec![z; n.max(kq)]);
             (vec![z; m * n], vec![z; m * kq], vec![z; kr * n], scratch, vec![A::ZERO; (kr * n).max(m * kq)])
         },
         |(a, q, r, (tau, v, w), spill), g| {
