@@ -55,7 +55,7 @@ unsafe fn factor_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info
         for k in 0..j {
             let a = *rj.add(k);
             for l in 0..L {
-                s[l] = (A::ZERO - a[l]).mul_add(a[l], s[l]);
+                s[l] = (-a[l]).mul_add(a[l], s[l]);
             }
         }
         // Branch-free across the lanes (a per-lane branch here costs L scalar square roots):
@@ -83,7 +83,7 @@ unsafe fn factor_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info
                 for t in 0..4 {
                     let a = *r[t].add(k);
                     for l in 0..L {
-                        acc[t][l] = (A::ZERO - a[l]).mul_add(b[l], acc[t][l]);
+                        acc[t][l] = (-a[l]).mul_add(b[l], acc[t][l]);
                     }
                 }
             }
@@ -101,7 +101,7 @@ unsafe fn factor_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info
             for k in 0..j {
                 let (a, b) = (*ri.add(k), *rj.add(k));
                 for l in 0..L {
-                    acc[l] = (A::ZERO - a[l]).mul_add(b[l], acc[l]);
+                    acc[l] = (-a[l]).mul_add(b[l], acc[l]);
                 }
             }
             for l in 0..L {
@@ -349,7 +349,7 @@ unsafe fn subst_lanes<A: Real>(b: &mut [[A; W]], xi: usize, terms: impl Iterator
     for (t, xj) in terms {
         let y = *b.get_unchecked(xj);
         for l in 0..W {
-            acc[l] = (A::ZERO - t[l]).mul_add(y[l], acc[l]);
+            acc[l] = (-t[l]).mul_add(y[l], acc[l]);
         }
     }
     for l in 0..W {
@@ -543,7 +543,7 @@ unsafe fn update_lanes<A: Real, const R: usize>(
         for t in 0..R {
             let y = *ys[t].add(c);
             for l in 0..W {
-                v[l] = (A::ZERO - f[t][l]).mul_add(y[l], v[l]);
+                v[l] = (-f[t][l]).mul_add(y[l], v[l]);
             }
         }
         *x.add(c) = v;
@@ -610,7 +610,7 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
                 for t in 0..2 {
                     let (u, y) = (*ri.add(j + t), *bp.add((j + t) * k + c));
                     for l in 0..W {
-                        acc[t][l] = (A::ZERO - u[l]).mul_add(y[l], acc[t][l]);
+                        acc[t][l] = (-u[l]).mul_add(y[l], acc[t][l]);
                     }
                 }
                 j += 2;
@@ -618,7 +618,7 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
             if j < n {
                 let (u, y) = (*ri.add(j), *bp.add(j * k + c));
                 for l in 0..W {
-                    acc[0][l] = (A::ZERO - u[l]).mul_add(y[l], acc[0][l]);
+                    acc[0][l] = (-u[l]).mul_add(y[l], acc[0][l]);
                 }
             }
             let x = &mut *bp.add(i * k + c);
@@ -1032,7 +1032,7 @@ fn reflect_lanes<A: Real, const L: usize>(
         let vi = v[i];
         for (xj, wj) in x[i * cols + j0..i * cols + j1].iter_mut().zip(w.iter()) {
             for l in 0..L {
-                xj[l] = (A::ZERO - vi[l]).mul_add(wj[l], xj[l]);
+                xj[l] = (-vi[l]).mul_add(wj[l], xj[l]);
             }
         }
     }
@@ -1125,8 +1125,8 @@ fn reflect2_block<A: Real, const L: usize, const C: usize>(
         let xi = &mut x[i * cols + j..i * cols + j + C];
         for c in 0..C {
             for l in 0..L {
-                xi[c][l] = (A::ZERO - ua[l]).mul_add(ya[c][l], xi[c][l]);
-                xi[c][l] = (A::ZERO - ub[l]).mul_add(yb[c][l], xi[c][l]);
+                xi[c][l] = (-ua[l]).mul_add(ya[c][l], xi[c][l]);
+                xi[c][l] = (-ub[l]).mul_add(yb[c][l], xi[c][l]);
             }
         }
     }
