@@ -52,7 +52,11 @@ case "$cmd" in
         LD_LIBRARY_PATH="$(nvrtc_lib):${LD_LIBRARY_PATH:-}" cargo test -p metalcore-core --release
         .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
         # The CPU kernels also ship a baseline (non-AVX2) copy: run the CPU tests through it too.
-        METALCORE_CPU_BASELINE=1 .venv/bin/python -m pytest tests -q -p no:cacheprovider -k "cpu" "$@" ;;
+        METALCORE_CPU_BASELINE=1 .venv/bin/python -m pytest tests -q -p no:cacheprovider -k "cpu" "$@"
+        # Activations, softmax, cross-entropy and RoPE also ship an AVX-512 copy: where the CPU
+        # runs that one by default, run their CPU tests through the AVX2 copy as well.
+        METALCORE_CPU_ISA=avx2 .venv/bin/python -m pytest tests/test_activations.py tests/test_softmax.py \
+            tests/test_cross_entropy.py tests/test_rope.py -q -p no:cacheprovider -k "cpu" "$@" ;;
     wheel)
         setup
         .venv/bin/maturin build --release -q -o dist >.venv/wheel.log 2>&1 || { cat .venv/wheel.log; exit 1; }

@@ -287,3 +287,27 @@ def test_fallback_on_device_without_backend():
         y = metalcore.activations._activation(x, None, 0, "metal_silu_meta_test")
     assert y.shape == x.shape and y.device.type == "meta"
     assert any("falls back to PyTorch" in str(m.message) for m in w)
+
+
+def test_cpu_kernel_copies_follow_the_cpu_and_the_knobs():
+    """The CPU kernels run their widest copy the CPU has (the AVX-512 copy where torch also
+    dispatches to AVX-512); METALCORE_CPU_ISA=avx2 and METALCORE_CPU_BASELINE=1 lower it (the test
+    command runs the CPU tests under both, so every copy is checked against the references)."""
+    import os
+    import subprocess
+    import sys
+
+    def isa(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k not in ("METALCORE_CPU_ISA", "METALCORE_CPU_BASELINE")}
+        code = "from metalcore import _native; print(_native.cpu_isa())"
+        return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    default = isa()
+    torch_isa = torch.backends.cpu.get_cpu_capability()
+    if torch_isa.startswith("AVX512"):
+        assert default == "avx512"
+    elif torch_isa == "AVX2":
+        assert default == "avx2"
+    assert isa(METALCORE_CPU_BASELINE="1") == "baseline"
+    assert isa(METALCORE_CPU_ISA="avx2") == ("avx2" if default in ("avx512", "avx2") else default)

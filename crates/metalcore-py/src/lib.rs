@@ -75,6 +75,13 @@ fn cpu_pool(kind: &str) -> PyResult<&'static str> {
     Ok(pool::current())
 }
 
+/// The widest copy of the CPU kernels in use: "avx512", "avx2" or "baseline" (METALCORE_CPU_ISA=avx2
+/// and METALCORE_CPU_BASELINE=1 lower it; read once per process).
+#[pyfunction]
+fn cpu_isa() -> &'static str {
+    metalcore_core::cpu::isa()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_driver_present, m)?)?;
@@ -82,6 +89,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nvrtc_version, m)?)?;
     m.add_function(wrap_pyfunction!(compile_all_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_pool, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_isa, m)?)?;
     act::register(m)?;
     adamw::register(m)?;
     embag::register(m)?;

@@ -804,6 +804,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             cases.append((r, c, getattr(torch, dt)))
     header = (f"device: {_device_name(device)}; torch {torch.__version__}; metalcore {metalcore.__version__}; "
               f"date {datetime.date.today().isoformat()}"
+              + (f"; CPU kernels: {metalcore._native.cpu_isa()}" if device == "cpu" else "")
               + ("; CPU allocator: glibc with mmap and trimming off (see `steady_cpu_allocator`)" if steady else ""))
     print(header)
     for op in OPS if args.op == "all" else (args.op,):

@@ -260,11 +260,27 @@ unsafe fn segment_avx2<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scrat
     segment::<A, K>(p, seg, spr, scratch)
 }
 
+/// [`segment`] compiled for AVX-512 ([`super::has_avx512`]).
+///
+/// # Safety
+/// As for [`segment`], on a CPU with AVX-512 F/VL/BW/DQ, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+unsafe fn segment_avx512<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut Scratch<A>) {
+    segment::<A, K>(p, seg, spr, scratch)
+}
+
 type SegFn<A> = unsafe fn(&Plan, usize, usize, &mut Scratch<A>);
 
 fn run_as<A: Math, K: Kind>(p: &Plan) {
     #[cfg(target_arch = "x86_64")]
-    let f: SegFn<A> = if super::has_avx2_fma() { segment_avx2::<A, K> } else { segment::<A, K> };
+    let f: SegFn<A> = if super::has_avx512() {
+        segment_avx512::<A, K>
+    } else if super::has_avx2_fma() {
+        segment_avx2::<A, K>
+    } else {
+        segment::<A, K>
+    };
     #[cfg(not(target_arch = "x86_64"))]
     let f: SegFn<A> = segment::<A, K>;
     let spr = p.cols.div_ceil(SEG);

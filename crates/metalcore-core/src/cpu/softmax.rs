@@ -63,12 +63,12 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
     store_row(yb, p.dx.dtype, row_ptr(&p.dx, row));
 }
 
-isa_copies!(fwd_row_avx2 = fwd_row(p: &FwdPlan, row: usize, buf: &mut [A]));
-isa_copies!(bwd_row_avx2 = bwd_row(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]));
+isa_copies!(fwd_row_avx2, fwd_row_avx512 = fwd_row(p: &FwdPlan, row: usize, buf: &mut [A]));
+isa_copies!(bwd_row_avx2, bwd_row_avx512 = bwd_row(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]));
 
 fn fwd_impl<A: Real>(p: &FwdPlan) {
     let n = p.cols;
-    let f = pick!(fwd_row_avx2, fwd_row, A, unsafe fn(&FwdPlan, usize, &mut [A]));
+    let f = pick!(fwd_row_avx2, fwd_row_avx512, fwd_row, A, unsafe fn(&FwdPlan, usize, &mut [A]));
     for_each_row(
         p.rows,
         n,
@@ -80,7 +80,7 @@ fn fwd_impl<A: Real>(p: &FwdPlan) {
 
 fn bwd_impl<A: Real>(p: &BwdPlan) {
     let n = p.cols;
-    let f = pick!(bwd_row_avx2, bwd_row, A, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
+    let f = pick!(bwd_row_avx2, bwd_row_avx512, bwd_row, A, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
     for_each_row(
         p.rows,
         n,

@@ -94,14 +94,14 @@ unsafe fn row<A: Real>(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]) {
     }
 }
 
-isa_copies!(row_avx2 = row(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]));
+isa_copies!(row_avx2, row_avx512 = row(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]));
 
 fn run_as<A: Real>(p: &Plan) {
     // SAFETY: the plan validated both as 1-element vectors of the accumulation dtype.
     if p.skip != 0 && unsafe { *acc_at::<A>(p.skip, 0, 0) == *acc_at::<A>(p.scale.0, 0, 0) } {
         return;
     }
-    let f = pick!(row_avx2, row, A, unsafe fn(&Plan, usize, &mut [A], &mut [A]));
+    let f = pick!(row_avx2, row_avx512, row, A, unsafe fn(&Plan, usize, &mut [A], &mut [A]));
     let v = p.cols;
     for_each_row(
         p.rows,
