@@ -20,7 +20,7 @@ fn axpy<A: Real>(y: &mut [A], a: A, x: &[A]) {
     for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
         let (mut yy, xx): ([A; 8], [A; 8]) = (y.try_into().unwrap(), x.try_into().unwrap());
         for t in 0..8 {
-            yy[t] += a * xx[t];
+            yy[t] = a.mul_add(xx[t], yy[t]);
         }
         y.copy_from_slice(&yy);
     }
@@ -65,7 +65,7 @@ fn gemv_rows<A: Real, const R: usize>(
         let c = coef(j);
         let x: [A; R] = m[j * ld + row..][..R].try_into().unwrap();
         for t in 0..R {
-            acc[t] += c * x[t];
+            acc[t] = c.mul_add(x[t], acc[t]);
         }
     }
     y.copy_from_slice(&acc);
@@ -78,7 +78,7 @@ fn rank2<A: Real>(x: &mut [A], v: &[A], w: &[A], vj: A, wj: A) {
         let (mut xx, vv, ww): ([A; 8], [A; 8], [A; 8]) =
             (x.try_into().unwrap(), v.try_into().unwrap(), w.try_into().unwrap());
         for t in 0..8 {
-            xx[t] = xx[t] - (vv[t] * wj + ww[t] * vj);
+            xx[t] = (-vv[t]).mul_add(wj, (-ww[t]).mul_add(vj, xx[t]));
         }
         x.copy_from_slice(&xx);
     }
@@ -102,8 +102,8 @@ fn rotate_rows<A: Real, const R: usize>(z: &mut [A], seq: &[(A, A)], n: usize, k
         let y: [A; R] = z[i * n + k0..][..R].try_into().unwrap();
         let mut out = [A::ZERO; R];
         for t in 0..R {
-            out[t] = s * y[t] + c * x[t];
-            x[t] = c * y[t] - s * x[t];
+            out[t] = s.mul_add(y[t], c * x[t]);
+            x[t] = c.mul_add(y[t], -(s * x[t]));
         }
         z[(i + 1) * n + k0..][..R].copy_from_slice(&out);
     }
@@ -431,7 +431,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
         for x in &a[ck + k + 2..ck + n] {
             let x = *x;
             for t in 0..L {
-                ss[t] += x[t] * x[t];
+                ss[t] = x[t].mul_add(x[t], ss[t]);
             }
         }
         let alpha = a[ck + k + 1];
@@ -460,8 +460,8 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             for i in j + 1..n {
                 let (aij, vi, mut pi) = (a[cj + i], v[i], p[i]);
                 for t in 0..L {
-                    pi[t] += aij[t] * vj[t];
-                    acc[t] += aij[t] * vi[t];
+                    pi[t] = aij[t].mul_add(vj[t], pi[t]);
+                    acc[t] = aij[t].mul_add(vi[t], acc[t]);
                 }
                 p[i] = pi;
             }
@@ -476,7 +476,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             let (mut pi, vi) = (p[i], v[i]);
             for t in 0..L {
                 pi[t] = tk[t] * pi[t];
-                pv[t] += pi[t] * vi[t];
+                pv[t] = pi[t].mul_add(vi[t], pv[t]);
             }
             p[i] = pi;
         }
@@ -484,7 +484,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
         for i in k + 1..n {
             let (mut pi, vi) = (p[i], v[i]);
             for t in 0..L {
-                pi[t] = pi[t] - half[t] * vi[t];
+                pi[t] = (-half[t]).mul_add(vi[t], pi[t]);
             }
             p[i] = pi;
         }
@@ -495,7 +495,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             for i in j..n {
                 let (vi, wi, mut x) = (v[i], p[i], a[cj + i]);
                 for t in 0..L {
-                    x[t] = x[t] - (vi[t] * wj[t] + wi[t] * vj[t]);
+                    x[t] = (-vi[t]).mul_add(wj[t], (-wi[t]).mul_add(vj[t], x[t]));
                 }
                 a[cj + i] = x;
             }
@@ -524,7 +524,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             for j in k + 1..n {
                 let (x, vj) = (row[j], v[j]);
                 for t in 0..L {
-                    acc[t] += x[t] * vj[t];
+                    acc[t] = x[t].mul_add(vj[t], acc[t]);
                 }
             }
             p[i] = std::array::from_fn(|t| tk[t] * acc[t]);
@@ -534,7 +534,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             for j in k + 1..n {
                 let (mut x, vj) = (m[i * n + j], v[j]);
                 for t in 0..L {
-                    x[t] = x[t] - f[t] * vj[t];
+                    x[t] = (-f[t]).mul_add(vj[t], x[t]);
                 }
                 m[i * n + j] = x;
             }
