@@ -77,6 +77,26 @@ def test_eigh_random(device, dtype, n):
     assert torch.equal(eigvalsh(A), L)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 9, 40])
+def test_eigvalsh_alone_matches_eigh(device, dtype, n):
+    """eigvalsh skips the eigenvectors on the CPU (batch 11: a full side-by-side reduction group
+    and a partial one) and returns eigh's values bit for bit, NaN and UPLO='U' included."""
+    A = sym((11,), n, dtype, device)
+    A[4, n - 1, 0] = float("nan")  # in the lower triangle: NaN values for that matrix
+    L = eigvalsh(A)
+    assert L.shape == (11, n) and L.dtype == dtype
+    torch.testing.assert_close(L, eigh(A).eigenvalues, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(L[4]).all()
+    ok = [i for i in range(11) if i != 4]
+    A64 = A[ok].double().cpu()
+    ref = torch.linalg.eigvalsh(A64)
+    assert ((L[ok].double().cpu() - ref).abs().amax(-1) / A64.flatten(-2).norm(dim=-1)).max().item() <= tol(dtype)
+    torch.testing.assert_close(eigvalsh(A.mT.contiguous(), UPLO="U"), L, rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="UPLO"):
+        eigvalsh(A, UPLO="X")
+
+
 @pytest.mark.parametrize("n", [5, 33, 64])
 def test_many_matrices_at_once(device, n):
     """Nine matrices: on the CPU eight of them are reduced side by side (one per SIMD lane), the

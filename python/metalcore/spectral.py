@@ -114,7 +114,8 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
         x = a if a.dtype == acc and a.is_contiguous() else a.to(acc).contiguous()
         s = empty(batch + (n,), acc, a.device)
         u = empty(batch + (m, n), acc, a.device) if vectors and not eigh_ else None
-        v = empty(batch + (n, n), acc, a.device) if vectors or eigh_ else None
+        # eigh without vectors: the CUDA kernels still need V (their working set); the CPU skips them.
+        v = empty(batch + (n, n), acc, a.device) if vectors or (eigh_ and a.device.type != "cpu") else None
         info = empty(batch, torch.int32, a.device)
         if info.numel():
             _native.jacobi_into(batch_desc(x, "A", m, n), batch_desc(s, "S", 1, n), None if u is None else batch_desc(u, "U", m, n),
@@ -304,8 +305,18 @@ def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Ei
 
 
 def eigvalsh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Tensor:
-    """Eigenvalues (ascending) of each symmetric matrix of ``A``, like ``torch.linalg.eigvalsh``."""
-    return eigh(A, UPLO, max_sweeps).eigenvalues
+    """Eigenvalues (ascending) of each symmetric matrix of ``A``, like ``torch.linalg.eigvalsh``;
+    the same values as :func:`eigh`'s, bit for bit. On the CPU the eigenvectors are not formed
+    (about half of eigh's work), except with gradients enabled (the backward needs them)."""
+    _check_matrix(A, square=True)
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
+    if torch.is_grad_enabled() and A.requires_grad:
+        return eigh(A, UPLO, max_sweeps).eigenvalues
+    a = A.mT if UPLO == "U" else A
+    L, _, _, info = _jacobi(a, True, False, max_sweeps)
+    _check_info(info, "eigvalsh", "QL" if a.device.type == "cpu" else "Jacobi")
+    return L if L.dtype == A.dtype else L.to(A.dtype)
 
 
 def pinv(A: Tensor, rcond: Optional[float] = None, hermitian: bool = False, *, atol: Optional[float] = None,

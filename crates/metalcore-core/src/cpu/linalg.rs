@@ -1778,7 +1778,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     }
                     gram_f(rows, m, n, nl, &mut job.a);
                 }
-                sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters);
+                sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters, true);
                 for k in 0..count {
                     let job = &g.jobs[k];
                     for (i, o) in g.idx.iter_mut().enumerate() {
@@ -1850,10 +1850,12 @@ fn svd_impl<A: Real>(p: &SvdPlan) {
                             job.a.fill(A::ZERO);
                         }
                     }
-                    sym_eig_best(&mut jobs[..count], lb, n, iters);
+                    let vectors = p.v != 0;
+                    sym_eig_best(&mut jobs[..count], lb, n, iters, vectors);
                     for (k, job) in jobs[..count].iter_mut().enumerate() {
                         let ok = job.converged();
-                        emit(p, first + k, &[], &mut job.z, job.ld, &mut job.vals, order, scale, ok, bad[k], 1.0);
+                        let z: &mut [A] = if vectors { &mut job.z } else { &mut [] };
+                        emit(p, first + k, &[], z, job.ld, &mut job.vals, order, scale, ok, bad[k], 1.0);
                     }
                 }
             },

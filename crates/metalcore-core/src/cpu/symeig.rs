@@ -402,7 +402,7 @@ impl<A: Real> LaneBuf<A> {
 
 /// Reduces the (scaled) matrices of `jobs` (at most [`RL`]) to tridiagonal form T = Qᵀ A Q side
 /// by side, one per lane, so that every step is vector arithmetic over eight matrices however
-/// short its loops: leaves T in each job's `d`, `e` (e[n−1] = 0) and Q in its `z`.
+/// short its loops: leaves T in each job's `d`, `e` (e[n−1] = 0) and, with `vectors`, Q in its `z`.
 ///
 /// Householder: step k maps column k below the subdiagonal onto e₁ with H_k = I − τ v vᵀ and
 /// updates the trailing block as A₂₂ ← H A₂₂ H = A₂₂ − v wᵀ − w vᵀ, p = τ A₂₂ v,
@@ -410,7 +410,7 @@ impl<A: Real> LaneBuf<A> {
 /// once for both of its places). Q = H₀ ⋯ H_{n−3} is built as Qᵀ, backwards, row-major, so that
 /// its rows unpack into the columns of `z`.
 #[inline(always)]
-fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<A>) {
+fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<A>, vectors: bool) {
     const L: usize = RL;
     let cnt = jobs.len().min(L);
     let ld = jobs[0].ld;
@@ -507,45 +507,47 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     }
     d[n - 1] = a[(n - 1) * n + n - 1];
     e[n - 1] = [A::ZERO; L];
-    // Qᵀ = H_{n−3} ⋯ H₀: M ← M H_k for k downwards; M's rows and columns below k+1 are still
-    // the identity's, so (M v)_i and the update concern rows and columns k+1.. only.
-    for (x, at) in m.iter_mut().zip(0..) {
-        *x = if at / n == at % n { [A::ONE; L] } else { [A::ZERO; L] };
-    }
-    for k in (0..n.saturating_sub(2)).rev() {
-        let tk = tau[k];
-        v[k + 1] = [A::ONE; L];
-        for i in k + 2..n {
-            v[i] = a[k * n + i];
+    if vectors {
+        // Qᵀ = H_{n−3} ⋯ H₀: M ← M H_k for k downwards; M's rows and columns below k+1 are still
+        // the identity's, so (M v)_i and the update concern rows and columns k+1.. only.
+        for (x, at) in m.iter_mut().zip(0..) {
+            *x = if at / n == at % n { [A::ONE; L] } else { [A::ZERO; L] };
         }
-        for i in k + 1..n {
-            let row = &m[i * n..(i + 1) * n];
-            let mut acc = [A::ZERO; L];
-            for j in k + 1..n {
-                let (x, vj) = (row[j], v[j]);
-                for t in 0..L {
-                    acc[t] = x[t].mul_add(vj[t], acc[t]);
+        for k in (0..n.saturating_sub(2)).rev() {
+            let tk = tau[k];
+            v[k + 1] = [A::ONE; L];
+            for i in k + 2..n {
+                v[i] = a[k * n + i];
+            }
+            for i in k + 1..n {
+                let row = &m[i * n..(i + 1) * n];
+                let mut acc = [A::ZERO; L];
+                for j in k + 1..n {
+                    let (x, vj) = (row[j], v[j]);
+                    for t in 0..L {
+                        acc[t] = x[t].mul_add(vj[t], acc[t]);
+                    }
+                }
+                p[i] = std::array::from_fn(|t| tk[t] * acc[t]);
+            }
+            for i in k + 1..n {
+                let f = p[i];
+                for j in k + 1..n {
+                    let (mut x, vj) = (m[i * n + j], v[j]);
+                    for t in 0..L {
+                        x[t] = (-f[t]).mul_add(vj[t], x[t]);
+                    }
+                    m[i * n + j] = x;
                 }
             }
-            p[i] = std::array::from_fn(|t| tk[t] * acc[t]);
         }
-        for i in k + 1..n {
-            let f = p[i];
-            for j in k + 1..n {
-                let (mut x, vj) = (m[i * n + j], v[j]);
-                for t in 0..L {
-                    x[t] = (-f[t]).mul_add(vj[t], x[t]);
-                }
-                m[i * n + j] = x;
-            }
+        for j in 0..n {
+            let dsts: [*mut A; L] =
+                std::array::from_fn(|t| if t < cnt { jobs[t].z[j * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
+            // SAFETY: each destination has n writable elements (column j of a job's `z`, or the
+            // spill, shared by the lanes past the group's end).
+            unsafe { super::lanes::unpack::<A, L>(&m[j * n..(j + 1) * n], &dsts) };
         }
-    }
-    for j in 0..n {
-        let dsts: [*mut A; L] =
-            std::array::from_fn(|t| if t < cnt { jobs[t].z[j * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
-        // SAFETY: each destination has n writable elements (column j of a job's `z`, or the
-        // spill, shared by the lanes past the group's end).
-        unsafe { super::lanes::unpack::<A, L>(&m[j * n..(j + 1) * n], &dsts) };
     }
     for (t, job) in jobs.iter_mut().enumerate().take(cnt) {
         for k in 0..n {
@@ -729,10 +731,11 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
     }
 }
 
-/// Eigenvalues and eigenvectors of every matrix in `jobs` (order n, finite entries; see
-/// [`EigScratch`]): reduced eight side by side ([`reduce_lanes`], or one at a time when fewer),
-/// their QL iterations run four side by side ([`ql_many`]), then each one's rotations are applied
-/// to its vectors. `lb` is scratch (`LaneBuf::new(n)`).
+/// Eigenvalues and (with `vectors`) eigenvectors of every matrix in `jobs` (order n, finite
+/// entries; see [`EigScratch`]): reduced eight side by side ([`reduce_lanes`], or one at a time
+/// when fewer), their QL iterations run four side by side ([`ql_many`]), then each one's rotations
+/// are applied to its vectors. Without vectors Q is not formed and the rotations are dropped (the
+/// eigenvalues come out bit for bit the same). `lb` is scratch (`LaneBuf::new(n)`).
 ///
 /// # Safety
 /// None beyond the scratch sizes (made by `EigScratch::new(n)`); `unsafe` only so that an AVX2
@@ -743,6 +746,7 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
     lb: &mut LaneBuf<A>,
     n: usize,
     max_iters: usize,
+    vectors: bool,
 ) {
     if n == 0 {
         return;
@@ -755,11 +759,13 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
         // a one-matrix reduction per lane (2-core machine, n = 64-256, 48 matrices: 3.63 against
         // 4.19 ms, 23.5 against 26.8, 163 against 187), whether or not the lane has a matrix.
         if chunk.len() + 1 >= RL {
-            reduce_lanes(chunk, n, lb);
+            reduce_lanes(chunk, n, lb, vectors);
         } else {
             for j in chunk.iter_mut() {
                 j.tridiagonalize(n);
-                j.form_q(n);
+                if vectors {
+                    j.form_q(n);
+                }
             }
         }
         for j in chunk.iter_mut() {
@@ -770,7 +776,12 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
         ql_many(group, n);
     }
     for j in jobs.iter_mut() {
-        j.apply_log();
+        if vectors {
+            j.apply_log();
+        } else {
+            j.log.clear();
+            j.sweeps.clear();
+        }
         let up = j.up;
         for (v, d) in j.vals.iter_mut().zip(&j.d) {
             *v = A::from_f64(d * up);
@@ -778,13 +789,20 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
     }
 }
 
-isa_copies!(sym_eig_many_avx2 = sym_eig_many(jobs: &mut [EigScratch<A>], lb: &mut LaneBuf<A>, n: usize, max_iters: usize));
+isa_copies!(sym_eig_many_avx2 = sym_eig_many(jobs: &mut [EigScratch<A>], lb: &mut LaneBuf<A>, n: usize, max_iters: usize, vectors: bool));
 
 /// [`sym_eig_many`], in its AVX2 + FMA copy where the CPU has one.
-pub(crate) fn sym_eig_best<A: Real>(jobs: &mut [EigScratch<A>], lb: &mut LaneBuf<A>, n: usize, max_iters: usize) {
-    let f = pick!(sym_eig_many_avx2, sym_eig_many, A, unsafe fn(&mut [EigScratch<A>], &mut LaneBuf<A>, usize, usize));
+pub(crate) fn sym_eig_best<A: Real>(
+    jobs: &mut [EigScratch<A>],
+    lb: &mut LaneBuf<A>,
+    n: usize,
+    max_iters: usize,
+    vectors: bool,
+) {
+    let f =
+        pick!(sym_eig_many_avx2, sym_eig_many, A, unsafe fn(&mut [EigScratch<A>], &mut LaneBuf<A>, usize, usize, bool));
     // SAFETY: the AVX2 copy is picked only on a CPU that has AVX2 and FMA.
-    unsafe { f(jobs, lb, n, max_iters) }
+    unsafe { f(jobs, lb, n, max_iters, vectors) }
 }
 
 #[cfg(test)]
@@ -844,7 +862,7 @@ mod tests {
                 for (j, o) in jobs.iter_mut().zip(&origs) {
                     put(j, o, n);
                 }
-                sym_eig_best(&mut jobs, &mut LaneBuf::new(n), n, 30 * n);
+                sym_eig_best(&mut jobs, &mut LaneBuf::new(n), n, 30 * n, true);
                 for (j, o) in jobs.iter().zip(&origs) {
                     assert!(j.converged());
                     let (resid, orth) = errors(o, n, j);
@@ -862,9 +880,9 @@ mod tests {
         let (a0, a1) = (random_sym(n, &mut seed), random_sym(n, &mut seed));
         put(&mut jobs[0], &a0, n);
         put(&mut jobs[1], &a1, n);
-        sym_eig_best(&mut jobs[..1], &mut LaneBuf::new(n), n, n / 2);
+        sym_eig_best(&mut jobs[..1], &mut LaneBuf::new(n), n, n / 2, true);
         assert!(!jobs[0].converged());
-        sym_eig_best(&mut jobs[1..], &mut LaneBuf::new(n), n, 30 * n);
+        sym_eig_best(&mut jobs[1..], &mut LaneBuf::new(n), n, 30 * n, true);
         assert!(jobs[1].converged());
     }
 }

@@ -356,8 +356,8 @@ pub fn qr(args: &Qr<'_>, exec: Exec) -> Result<()> {
 /// gets the singular values in descending order, `u` (`(batch, m, n)`) and `v` (`(batch, n, n)`)
 /// the singular vectors (A = U diag(s) Vᵀ), each column signed so that its entry of largest
 /// magnitude is positive (U's, or V's where σ = 0); a U column whose σ is 0 comes out zero. With
-/// `eigh` (square symmetric `a`, `v` required) `s` gets the eigenvalues in ascending order and `v`
-/// the eigenvectors (same sign rule): Jacobi on CUDA, on the CPU Householder tridiagonalization
+/// `eigh` (square symmetric `a`; `v` required on CUDA, optional on the CPU) `s` gets the eigenvalues
+/// in ascending order and `v` the eigenvectors (same sign rule): Jacobi on CUDA, on the CPU Householder tridiagonalization
 /// and the implicit QL iteration (`cpu::symeig`). `info[b]` holds flags: 1 when matrix b did not
 /// converge within `max_sweeps` sweeps (CPU eigh: within max_sweeps·n QL iterations), 2 (SVD
 /// only) when some σ of it is zero (its U column left zero, for the caller to complete); 0
@@ -416,7 +416,11 @@ impl Svd<'_> {
         };
         let v = match self.v {
             Some(t) => out("V", t, a.batch * n * n, &format!("({}, {n}, {n})", a.batch))?,
-            None if self.eigh => return Err(Error::value("V", "the eigenvectors' output is required with eigh")),
+            // The CUDA eigh kernels write the vectors (their working set); only the CPU solver
+            // can leave them out (eigenvalues only).
+            None if self.eigh && device != Device::Cpu => {
+                return Err(Error::value("V", "the eigenvectors' output is required with eigh on CUDA"))
+            }
             None => 0,
         };
         let info = info_of(self.info, a.batch)?;
