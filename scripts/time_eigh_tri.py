@@ -4,9 +4,9 @@ so one subprocess each), with torch.linalg.eigh in the same process. Run on the 
 python3 scripts/time_eigh_tri.py "METALCORE_EIGH_TRI=0" "" "METALCORE_TRI_WARPS=4" ...
 (each argument: space-separated VAR=value settings; "" runs the defaults)."""
 
-import os
-import subprocess
 import sys
+
+from knob_runs import run_settings
 
 CHILD = r"""
 import os, torch, metalcore as mc
@@ -32,10 +32,4 @@ for b, n in cases:
     print(f"eigh {b}x{n}^2: metalcore {ours:.3f} ms, torch {theirs:.3f} ms; rec {rec.max().item():.1e}, orth {orth.item():.1e}", flush=True)
 """
 
-for setting in sys.argv[1:] or [""]:
-    env = dict(os.environ)
-    for kv in setting.split():
-        k, v = kv.split("=", 1)
-        env[k] = v
-    print(f"--- {setting or 'defaults'}", flush=True)
-    subprocess.run([sys.executable, "-c", CHILD], env=env, timeout=300)
+run_settings(CHILD, sys.argv[1:])

@@ -4,9 +4,9 @@ process, so one subprocess each), with torch.linalg in the same process. Run on 
 python3 scripts/time_linalg_warps.py "" "METALCORE_LINALG_WARPS=4" "METALCORE_LINALG_WARPS=8" ...
 (each argument: space-separated VAR=value settings; "" runs the defaults)."""
 
-import os
-import subprocess
 import sys
+
+from knob_runs import run_settings
 
 CHILD = r"""
 import torch, metalcore as mc
@@ -30,10 +30,4 @@ for op, b, m, n, k in [("qr", 100, 64, 64, 0), ("qr", 100, 128, 64, 0), ("qr", 1
     print(f"{op} {b}x{m}x{n}" + (f" k={k}" if k else "") + f": metalcore {med(ours):.3f} ms, torch {med(theirs, 10):.3f} ms", flush=True)
 """
 
-for setting in sys.argv[1:] or [""]:
-    env = dict(os.environ)
-    for kv in setting.split():
-        key, val = kv.split("=", 1)
-        env[key] = val
-    print(f"--- {setting or 'defaults'}", flush=True)
-    subprocess.run([sys.executable, "-c", CHILD], env=env, timeout=300)
+run_settings(CHILD, sys.argv[1:])
