@@ -260,4 +260,55 @@ mod tests {
             round_trip::<f64>(len);
         }
     }
+
+    /// The first row of largest |x| at or below row j, by a plain scalar search (NaN: the first
+    /// NaN row).
+    fn first_largest(col: &[f32], j: usize) -> usize {
+        if let Some(i) = (j..col.len()).find(|&i| col[i].is_nan()) {
+            return i;
+        }
+        (j..col.len()).fold(j, |b, i| if col[i].abs() > col[b].abs() { i } else { b })
+    }
+
+    #[test]
+    fn pivots_pick_the_first_largest_magnitude_in_every_lane() {
+        let n = 13;
+        let mut seed = 12345u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) % 7) as f32 - 3.0 // small integers: many ties, both signs
+        };
+        let mut m = vec![[0f32; W]; n];
+        for row in m.iter_mut() {
+            for x in row.iter_mut() {
+                *x = next();
+            }
+        }
+        m[5][3] = f32::NAN; // lane 3: a NaN wins from step 5 down to it
+        m[9][3] = f32::NAN;
+        m[2][7] = f32::INFINITY;
+        m[4][7] = f32::NEG_INFINITY; // lane 7: the first infinite row wins
+        for j in 0..n {
+            // SAFETY: n rows of lane vectors, stride 1.
+            let piv = unsafe { pivots::<f32, W>(m.as_ptr(), 1, j, n) };
+            for l in 0..W {
+                let col: Vec<f32> = m.iter().map(|r| r[l]).collect();
+                let want = first_largest(&col, j);
+                // The AVX2 copy may take a later NaN than the first (documented): any NaN row.
+                let got = piv[l] as usize;
+                assert!(got == want || (col[want].is_nan() && col[got].is_nan()), "j {j} lane {l}: {got} vs {want}");
+            }
+            assert_eq!(all_eq(&piv, j as f32), (0..W).all(|l| piv[l] as usize == j));
+        }
+        // The portable copy (f64 here) agrees, first NaN included.
+        let m64: Vec<[f64; W]> = m.iter().map(|r| std::array::from_fn(|l| r[l] as f64)).collect();
+        for j in 0..n {
+            // SAFETY: as above.
+            let piv = unsafe { pivots::<f64, W>(m64.as_ptr(), 1, j, n) };
+            for l in 0..W {
+                let col: Vec<f32> = m.iter().map(|r| r[l]).collect();
+                assert_eq!(piv[l] as usize, first_largest(&col, j), "f64 j {j} lane {l}");
+            }
+        }
+    }
 }
