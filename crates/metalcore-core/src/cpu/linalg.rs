@@ -378,13 +378,17 @@ unsafe fn chol_solve_lanes<A: Real>(g: &[[A; W]], b: &mut [[A; W]], n: usize, k:
 
 isa_copies!(chol_solve_lanes_avx2 = chol_solve_lanes(g: &[[A; W]], b: &mut [[A; W]], n: usize, k: usize, upper: bool));
 
+/// Largest n the lane-interleaved Cholesky solve takes (the crossover measured with the LU solve's
+/// lanes before they were rebuilt; not remeasured past it).
+const CHOL_SOLVE_LANES_MAX_N: usize = 64;
+
 fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
     let (n, k) = (p.l.rows, p.b.cols);
     if p.b.batch == 0 || n == 0 || k == 0 {
         return;
     }
     let (llen, blen) = (n * n, n * k);
-    if n <= LANES_MAX_N && p.b.batch >= W && p.l.batch == p.b.batch {
+    if n <= CHOL_SOLVE_LANES_MAX_N && p.b.batch >= W && p.l.batch == p.b.batch {
         let f =
             pick!(chol_solve_lanes_avx2, chol_solve_lanes, A, unsafe fn(&[[A; W]], &mut [[A; W]], usize, usize, bool));
         // SAFETY: validated contiguous (batch, n, n) factors and (batch, n, k) right-hand sides,
@@ -631,8 +635,9 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
 
 isa_copies!(lu_solve_lanes_avx2 = lu_solve_lanes(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]));
 
-/// Largest n the lane-interleaved LU takes (on the reference CPU, 100×128² solves in 2.4 ms
-/// interleaved against 7.0 ms one system per task; a group of 16 such matrices is 1 MiB).
+/// Largest n the lane-interleaved LU takes (reference CPU: 100×128² float32 solves in 2.4 ms
+/// interleaved against 7.0 ms one system per task; float64 100×96² 3.9 against 4.9 ms, 100×128²
+/// 8.7 against 10.6, 20×128² about even, 2.4–2.5 ms).
 const LANES_MAX_N: usize = 128;
 
 fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
