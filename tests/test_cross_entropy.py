@@ -255,3 +255,17 @@ def test_fused_linear_custom_op_and_compile(device, with_bias):
     gc = torch.autograd.grad(out_c * 3, ins)
     ge = torch.autograd.grad(out_e * 3, ins)
     assert all(torch.equal(p, q) for p, q in zip(gc, ge))
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3])
+def test_one_class_gradient_is_exactly_zero(device, dtype, label_smoothing):
+    """With one class the softmax is the target's one-hot, so the gradient is exactly 0 whatever
+    the smoothing and the upstream gradient (the target's weight ε/V + 1 − ε is taken at once; as
+    (g − gε) − g(1 − ε) it left rounding residues that a large g made visible in float16)."""
+    x = make((64, 1), dtype, device, scale=3.0, requires_grad=True)
+    t = torch.zeros(64, dtype=torch.long, device=device)
+    loss = cross_entropy(x, t, reduction="none", label_smoothing=label_smoothing)
+    g_out = torch.linspace(-40, 40, 64, device=device).to(dtype)
+    (g,) = torch.autograd.grad(loss, (x,), g_out)
+    assert torch.equal(g, torch.zeros_like(g))

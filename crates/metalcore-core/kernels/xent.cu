@@ -58,22 +58,19 @@ struct GradRow {
     int t;
 };
 
+// `hit`: the target's whole weight g·(ε/V + 1 − ε), taken at once, so that a row whose softmax is
+// exactly the target's one-hot (V = 1) gets an exact zero gradient.
 __device__ __forceinline__ GradRow grad_row(ACC l, ACC g, bool zero, int t, int cols, ACC eps, ACC z) {
-    return GradRow{l, g * ((ACC)1 + (ACC)2 * z * l), g * eps / (ACC)cols, g * ((ACC)1 - eps), zero, t};
+    return GradRow{l, g * ((ACC)1 + (ACC)2 * z * l), g * eps / (ACC)cols, g * (eps / (ACC)cols + ((ACC)1 - eps)), zero, t};
 }
 
 // The gradient of the VEC logits `raw` (vector c of the row) into `gr`.
 __device__ __forceinline__ void grad_vec(const Vec<T_X, VEC>& raw, int c, const GradRow& g, T_X* gr) {
     ACC a[VEC];
     unpack<T_X, VEC>(raw, a);
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) a[i] = g.zero ? (ACC)0 : g.pf * exp_io(a[i] - g.l) - g.off;
     const int k = g.t - c * VEC;  // the target's place in this vector, if it is here
-    if (!g.zero && k >= 0 && k < VEC) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i)
-            if (i == k) a[i] -= g.hit;
-    }
+    for (int i = 0; i < VEC; ++i) a[i] = g.zero ? (ACC)0 : g.pf * exp_io(a[i] - g.l) - (i == k ? g.hit : g.off);
     store_vec<T_X, VEC>(gr + (i64)c * VEC, a);
 }
 

@@ -60,33 +60,46 @@ unsafe fn row<A: Real>(p: &Plan, r: usize, buf: &mut [A], ex: &mut [A]) {
     };
     if let Some(grad) = &p.grad {
         let gp = row_ptr(grad, r);
+        let g = *acc_at::<A>(p.scale.0, p.scale.1, r);
+        let pf = g * (A::ONE + A::from_f64(2.0) * z * lse);
+        let off = g * eps / A::from_usize(v);
+        // The target's gradient, its softmax term computed as the loops below compute every
+        // element's (and before `buf` is overwritten), its whole weight ε/V + (1 − ε) taken at
+        // once: a row whose softmax is exactly the target's one-hot (V = 1) gets an exact zero.
+        let target = (!(ignored || bad)).then(|| {
+            let tu = t as usize;
+            let pt = match inv_sum {
+                Some(inv) => pf * inv * ex[tu],
+                None if direct => pf * (*(xp as *const A).add(tu) - lse).exp(),
+                None => pf * (buf[tu] - lse).exp(),
+            };
+            (tu, pt - g * A::from_f64(p.smoothing / v as f64 + (1.0 - p.smoothing)))
+        });
         // The gradient goes straight into its row when it is stored as A and shares no memory
         // with the logits row; otherwise through `buf`.
         let straight =
             direct && same_type::<A>(grad.dtype) && disjoint(gp as usize, xp as usize, v * std::mem::size_of::<A>());
         let out: &mut [A] = if straight { std::slice::from_raw_parts_mut(gp as *mut A, v) } else { &mut *buf };
-        if ignored || bad {
-            out.iter_mut().for_each(|d| *d = A::ZERO);
-        } else {
-            let g = *acc_at::<A>(p.scale.0, p.scale.1, r);
-            let pf = g * (A::ONE + A::from_f64(2.0) * z * lse);
-            let off = g * eps / A::from_usize(v);
-            if let Some(inv) = inv_sum {
-                let q = pf * inv;
-                for (o, &e) in out.iter_mut().zip(ex.iter()) {
-                    *o = q * e - off;
+        match target {
+            None => out.iter_mut().for_each(|d| *d = A::ZERO),
+            Some((tu, gt)) => {
+                if let Some(inv) = inv_sum {
+                    let q = pf * inv;
+                    for (o, &e) in out.iter_mut().zip(ex.iter()) {
+                        *o = q * e - off;
+                    }
+                } else if direct {
+                    let src = std::slice::from_raw_parts(xp as *const A, v);
+                    for (o, &a) in out.iter_mut().zip(src) {
+                        *o = pf * (a - lse).exp() - off;
+                    }
+                } else {
+                    for o in out.iter_mut() {
+                        *o = pf * (*o - lse).exp() - off;
+                    }
                 }
-            } else if direct {
-                let src = std::slice::from_raw_parts(xp as *const A, v);
-                for (o, &a) in out.iter_mut().zip(src) {
-                    *o = pf * (a - lse).exp() - off;
-                }
-            } else {
-                for o in out.iter_mut() {
-                    *o = pf * (*o - lse).exp() - off;
-                }
+                out[tu] = gt;
             }
-            out[t as usize] = out[t as usize] - g * (A::ONE - eps);
         }
         if !straight {
             store_row(buf, grad.dtype, gp);
