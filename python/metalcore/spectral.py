@@ -283,10 +283,22 @@ class EighFunction(torch.autograd.Function):
 _eigh_apply = fast_apply(EighFunction)
 
 
-def _eigh(a: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor]:
-    L, _, V, info = _jacobi(a, True, True, max_sweeps)
-    _check_info(info, "eigh", "QL" if a.device.type == "cpu" else "Jacobi")
-    return (L, V) if L.dtype == a.dtype else (L.to(a.dtype), V.to(a.dtype))
+def _eigh(a: Tensor, max_sweeps: int, vectors: bool = True) -> Tuple[Tensor, Optional[Tensor]]:
+    """(L, V) in a's dtype; V None without ``vectors`` (eigvalsh)."""
+    L, _, V, info = _jacobi(a, True, vectors, max_sweeps)
+    _check_info(info, "eigh" if vectors else "eigvalsh", "QL" if a.device.type == "cpu" else "Jacobi")
+    V = V if vectors else None
+    if L.dtype == a.dtype:
+        return L, V
+    return L.to(a.dtype), (None if V is None else V.to(a.dtype))
+
+
+def _lower_triangle_input(A: Tensor, UPLO: str) -> Tensor:
+    """The square batch ``A`` as read by eigh/eigvalsh: itself, or its transpose for ``UPLO='U'``."""
+    _check_matrix(A, square=True)
+    if UPLO not in ("L", "U"):
+        raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
+    return A.mT if UPLO == "U" else A
 
 
 def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> EighResult:
@@ -295,10 +307,7 @@ def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Ei
     Eigenvector signs: see the module docstring. Differentiable (torch's formula). ``max_sweeps``
     bounds the iterative methods (Jacobi sweeps; on the CPU, ``max_sweeps·n`` QL iterations); the
     CUDA tridiagonal kernel (33 to 128 rows) has no iteration to bound."""
-    _check_matrix(A, square=True)
-    if UPLO not in ("L", "U"):
-        raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
-    a = A.mT if UPLO == "U" else A
+    a = _lower_triangle_input(A, UPLO)
     if torch.is_grad_enabled() and A.requires_grad:
         return EighResult(*_eigh_apply(a, max_sweeps))
     return EighResult(*_eigh(a, max_sweeps))
@@ -308,15 +317,10 @@ def eigvalsh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -
     """Eigenvalues (ascending) of each symmetric matrix of ``A``, like ``torch.linalg.eigvalsh``;
     the same values as :func:`eigh`'s, bit for bit. On the CPU the eigenvectors are not formed
     (about half of eigh's work), except with gradients enabled (the backward needs them)."""
-    _check_matrix(A, square=True)
-    if UPLO not in ("L", "U"):
-        raise ValueError(f"UPLO: expected 'L' or 'U', got {UPLO!r}")
+    a = _lower_triangle_input(A, UPLO)
     if torch.is_grad_enabled() and A.requires_grad:
-        return eigh(A, UPLO, max_sweeps).eigenvalues
-    a = A.mT if UPLO == "U" else A
-    L, _, _, info = _jacobi(a, True, False, max_sweeps)
-    _check_info(info, "eigvalsh", "QL" if a.device.type == "cpu" else "Jacobi")
-    return L if L.dtype == A.dtype else L.to(A.dtype)
+        return _eigh_apply(a, max_sweeps)[0]
+    return _eigh(a, max_sweeps, vectors=False)[0]
 
 
 def pinv(A: Tensor, rcond: Optional[float] = None, hermitian: bool = False, *, atol: Optional[float] = None,

@@ -273,16 +273,7 @@ unsafe fn segment_avx512<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scr
 type SegFn<A> = unsafe fn(&Plan, usize, usize, &mut Scratch<A>);
 
 fn run_as<A: Math, K: Kind>(p: &Plan) {
-    #[cfg(target_arch = "x86_64")]
-    let f: SegFn<A> = if super::has_avx512() {
-        segment_avx512::<A, K>
-    } else if super::has_avx2_fma() {
-        segment_avx2::<A, K>
-    } else {
-        segment::<A, K>
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let f: SegFn<A> = segment::<A, K>;
+    let f = pick!(segment_avx2, segment_avx512, segment, <A, K>, SegFn<A>);
     let spr = p.cols.div_ceil(SEG);
     let cols = p.cols.min(SEG);
     for_each_row(

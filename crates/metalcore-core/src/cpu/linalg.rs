@@ -1068,7 +1068,23 @@ impl<A: Real, const L: usize> Refl<'_, A, L> {
 /// X −= u_a w_aᵀ + u_b w_bᵀ. Both reflectors share each pass over X (two FMAs per load, and per
 /// store), C columns at a time with their sums in registers.
 #[inline(always)]
-fn reflect2_lanes<A: Real, const L: usize, const C: usize>(
+fn reflect2_lanes<A: Real, const L: usize>(
+    x: &mut [[A; L]],
+    dims: (usize, usize, usize),
+    a: Refl<'_, A, L>,
+    b: Refl<'_, A, L>,
+) {
+    // Eight registers of column sums per block: two columns of 16-lane vectors, four of 8.
+    if L >= 16 {
+        reflect2_cols::<A, L, 2>(x, dims, a, b)
+    } else {
+        reflect2_cols::<A, L, 4>(x, dims, a, b)
+    }
+}
+
+/// [`reflect2_lanes`] with C columns per block.
+#[inline(always)]
+fn reflect2_cols<A: Real, const L: usize, const C: usize>(
     x: &mut [[A; L]],
     (cols, rows, j0): (usize, usize, usize),
     a: Refl<'_, A, L>,
@@ -1185,14 +1201,6 @@ unsafe fn qr_lanes<A: Real, const L: usize>(
     v: &mut [[A; L]],
     w: &mut [[A; L]],
 ) {
-    // Eight registers of column sums per block: two columns of 16-lane vectors, four of 8.
-    const fn cols_per_block(l: usize) -> usize {
-        if l >= 16 {
-            2
-        } else {
-            4
-        }
-    }
     let kmax = m.min(n);
     let (va, vb) = v.split_at_mut(m);
     let mut k = 0;
@@ -1203,11 +1211,7 @@ unsafe fn qr_lanes<A: Real, const L: usize>(
             reflect_lanes::<A, L>(a, n, m, k + 1, va, k, tau[k], w, k + 2);
             tau[k + 1] = make_reflector(a, m, n, k + 1, vb);
             let (ha, hb) = (Refl { v: &*va, k, tau: tau[k] }, Refl { v: &*vb, k: k + 1, tau: tau[k + 1] });
-            if L >= 16 {
-                reflect2_lanes::<A, L, { cols_per_block(16) }>(a, (n, m, k + 2), ha, hb);
-            } else {
-                reflect2_lanes::<A, L, { cols_per_block(8) }>(a, (n, m, k + 2), ha, hb);
-            }
+            reflect2_lanes(a, (n, m, k + 2), ha, hb);
             k += 2;
         } else {
             reflect_lanes::<A, L>(a, n, m, k + 1, va, k, tau[k], w, n);
@@ -1240,11 +1244,7 @@ unsafe fn qr_lanes<A: Real, const L: usize>(
                 vb[i] = a[i * n + kb];
             }
             let (ha, hb) = (Refl { v: &*va, k: ka, tau: tau[ka] }, Refl { v: &*vb, k: kb, tau: tau[kb] });
-            if L >= 16 {
-                reflect2_lanes::<A, L, { cols_per_block(16) }>(q, (kq, m, kb), ha, hb);
-            } else {
-                reflect2_lanes::<A, L, { cols_per_block(8) }>(q, (kq, m, kb), ha, hb);
-            }
+            reflect2_lanes(q, (kq, m, kb), ha, hb);
             k -= 2;
         } else {
             for i in 1..m {

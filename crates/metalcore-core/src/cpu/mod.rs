@@ -51,22 +51,24 @@ macro_rules! by_acc {
 
 /// The best copy of a row function for this CPU, as an `unsafe fn` pointer of type `$t`.
 macro_rules! pick {
+    // With an AVX-512 copy too; `<...>`: the copies' generic arguments. (First: a type fragment
+    // that fails to parse is an error, not a mismatch, in the other arm.)
+    ($fast:ident, $fast512:ident, $base:ident, <$($a:ty),+>, $t:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: $t = if $crate::cpu::has_avx512() {
+            $fast512::<$($a),+>
+        } else if $crate::cpu::has_avx2_fma() {
+            $fast::<$($a),+>
+        } else {
+            $base::<$($a),+>
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: $t = $base::<$($a),+>;
+        f
+    }};
     ($fast:ident, $base:ident, $a:ty, $t:ty) => {{
         #[cfg(target_arch = "x86_64")]
         let f: $t = if $crate::cpu::has_avx2_fma() { $fast::<$a> } else { $base::<$a> };
-        #[cfg(not(target_arch = "x86_64"))]
-        let f: $t = $base::<$a>;
-        f
-    }};
-    ($fast:ident, $fast512:ident, $base:ident, $a:ty, $t:ty) => {{
-        #[cfg(target_arch = "x86_64")]
-        let f: $t = if $crate::cpu::has_avx512() {
-            $fast512::<$a>
-        } else if $crate::cpu::has_avx2_fma() {
-            $fast::<$a>
-        } else {
-            $base::<$a>
-        };
         #[cfg(not(target_arch = "x86_64"))]
         let f: $t = $base::<$a>;
         f

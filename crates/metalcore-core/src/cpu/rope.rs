@@ -97,7 +97,7 @@ unsafe fn task<A: Real>(p: &Plan, index: usize, sc: &mut Scratch<A>) {
 isa_copies!(task_avx2, task_avx512 = task(p: &Plan, index: usize, sc: &mut Scratch<A>));
 
 fn run_as<A: Real>(p: &Plan) {
-    let f = pick!(task_avx2, task_avx512, task, A, unsafe fn(&Plan, usize, &mut Scratch<A>));
+    let f = pick!(task_avx2, task_avx512, task, <A>, unsafe fn(&Plan, usize, &mut Scratch<A>));
     let heads: usize = p.sides().map(|s| s.heads).sum();
     let ch = chunk(p);
     let rot = p.rot;

@@ -68,7 +68,7 @@ isa_copies!(bwd_row_avx2, bwd_row_avx512 = bwd_row(p: &BwdPlan, row: usize, yb: 
 
 fn fwd_impl<A: Real>(p: &FwdPlan) {
     let n = p.cols;
-    let f = pick!(fwd_row_avx2, fwd_row_avx512, fwd_row, A, unsafe fn(&FwdPlan, usize, &mut [A]));
+    let f = pick!(fwd_row_avx2, fwd_row_avx512, fwd_row, <A>, unsafe fn(&FwdPlan, usize, &mut [A]));
     for_each_row(
         p.rows,
         n,
@@ -80,7 +80,7 @@ fn fwd_impl<A: Real>(p: &FwdPlan) {
 
 fn bwd_impl<A: Real>(p: &BwdPlan) {
     let n = p.cols;
-    let f = pick!(bwd_row_avx2, bwd_row_avx512, bwd_row, A, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
+    let f = pick!(bwd_row_avx2, bwd_row_avx512, bwd_row, <A>, unsafe fn(&BwdPlan, usize, &mut [A], &mut [A]));
     for_each_row(
         p.rows,
         n,

@@ -114,7 +114,7 @@ fn run_as<A: Real>(p: &Plan) {
     if p.skip != 0 && unsafe { *acc_at::<A>(p.skip, 0, 0) == *acc_at::<A>(p.scale.0, 0, 0) } {
         return;
     }
-    let f = pick!(row_avx2, row_avx512, row, A, unsafe fn(&Plan, usize, &mut [A], &mut [A]));
+    let f = pick!(row_avx2, row_avx512, row, <A>, unsafe fn(&Plan, usize, &mut [A], &mut [A]));
     let v = p.cols;
     for_each_row(
         p.rows,
