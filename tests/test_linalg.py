@@ -251,7 +251,9 @@ def test_cuda_kernel_and_the_documented_fallback_for_large_matrices(monkeypatch)
 
 
 # Sizes that do not fit one block's shared memory on Hopper (float32 from 241, float64 from 170):
-# the blocked path (diagonal blocks of 128 / 64 by metalcore's kernel, TRSM and SYRK by cuBLAS).
+# the blocked path (128-column steps: diagonal block, panel and, in float32, the trailing update
+# by metalcore's kernels; float64's update by cuBLAS SYRK). 513 float32 takes several panel
+# blocks and update tiles per step.
 BLOCKED = [(241, torch.float32), (256, torch.float32), (300, torch.float32), (513, torch.float32),
            (170, torch.float64), (300, torch.float64)]
 

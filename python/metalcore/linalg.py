@@ -104,9 +104,10 @@ def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
 
 #: CUDA Cholesky of matrices too large for one block's shared memory (float32 from n = 241,
 #: float64 from 170): False (the default) hands them to torch.linalg (cuSOLVER), with the one-time
-#: warning; True runs metalcore's blocked path (recursive: ``chol_diag_kernel`` leaves of 128
-#: columns, cuBLAS TRSM and SYRK between them, through torch's cuBLAS handle). The blocked path
-#: is correct and graph-capturable but, measured on an H100 and an H200, 0.33–0.6× the speed of
+#: warning; True runs metalcore's blocked path (right-looking in 128-column steps: metalcore's
+#: kernels factor the diagonal block and solve the rows below it, the trailing update is
+#: metalcore's kernel in float32 and cuBLAS SYRK in float64, through torch's cuBLAS handle). The
+#: blocked path is correct and graph-capturable but, measured on an H200, 0.4-0.5× the speed of
 #: torch's — hence off by default (README, "Large matrices").
 BLOCKED_CHOLESKY = False
 

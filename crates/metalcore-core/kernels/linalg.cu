@@ -349,115 +349,279 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S
 #endif
 
 #ifdef DIAG_NB
-// One diagonal block (n <= DIAG_NB) of the blocked Cholesky (cuda/linalg.rs), in place at A (rows
-// `ld` apart; the lower triangle read and written), 512 threads, the block in shared memory
-// (DIAG_NB × (DIAG_NB + 1) elements, dynamic). Blocked by 32 columns so that the serial steps are
-// warp-synchronous: warp 0 factors the 32×32 diagonal tile in registers (row per lane, shuffles),
-// then each warp solves rows of the panel below against it (row per warp, lane per column), then
-// every thread updates a 4×4 tile of the trailing lower triangle (rank 32, from shared memory).
-// `info`: the matrix's status — nonzero from an earlier block: nothing is done; a failure here is
-// written as its order in the whole matrix, `k0` + its order in this block.
-extern "C" __global__ void __launch_bounds__(512) chol_diag_kernel(T* A, long long ld, int n, int* __restrict__ info,
+// The blocked Cholesky of one large matrix (cuda/linalg.rs), right-looking in steps of DIAG_NB
+// columns: chol_diag_kernel factors the step's diagonal block, chol_panel_kernel solves the rows
+// below it, chol_syrk_kernel (or cuBLAS) updates the trailing matrix. The first two work in
+// 32-column tiles: one warp factors a tile in registers, one thread per row solves the rows below
+// it, and a rank-32 product updates the columns right of it. Measured (torch.profiler, H200,
+// 4096² float32): per step about 52 µs in chol_diag_kernel and 29 µs in chol_panel_kernel, most
+// of it the serial tile factorizations and row solves, which one SM runs with little to overlap.
+// Rows per block of chol_panel_kernel (cuda/linalg.rs's `panel_rows`).
+constexpr int PANEL_R = sizeof(T) == 4 ? 128 : 64;
+constexpr unsigned CHOL_FULL = 0xffffffffu;
+constexpr int CHOL_NW = 8;  // warps of chol_diag_kernel and chol_panel_kernel
+
+// Copies into shared memory `s` (row stride DIAG_NB + 1) the entries (i, j), j < lim(i), of the
+// rows [0, rows) of `g` (rows `ld` apart), 256 threads: each thread issues its 32 loads before
+// storing any, so a block waits for memory about once per 8192 entries, not once per row.
+template <typename Lim>
+__device__ __forceinline__ void load_rows(T* s, const T* g, long long ld, int rows, Lim lim) {
+    constexpr int LDS = DIAG_NB + 1, U = 32;
+    const int total = rows * DIAG_NB;
+    for (int e0 = 0; e0 < total; e0 += U * 256) {
+        T v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * 256 + threadIdx.x, i = e / DIAG_NB, j = e % DIAG_NB;
+            v[u] = e < total && j < lim(i) ? g[i * ld + j] : T(0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = e0 + u * 256 + threadIdx.x, i = e / DIAG_NB, j = e % DIAG_NB;
+            if (e < total && j < lim(i)) s[i * LDS + j] = v[u];
+        }
+    }
+}
+
+// One warp, lane i holding row i of the 32×32 lower tile (a[j], j <= i; lanes from `w` on hold
+// identity rows): factors it in place (a[j] = L_ij); returns the order of the first non-positive
+// pivot (0: none; the tile is then NaN from there on) and 1 / L_{lane,lane} in `dinv`.
+__device__ __forceinline__ int warp_chol(T (&a)[32], int w, T& dinv) {
+    const int lane = threadIdx.x & 31;
+    int fail = 0;
+    // Branch-free: entries above a lane's diagonal are updated too (and never read), so no step
+    // needs a per-lane branch (which cost more than the arithmetic).
+#pragma unroll
+    for (int k = 0; k < 32; ++k) {
+        const T d = __shfl_sync(CHOL_FULL, a[k], k);
+        fail = (!fail && k < w && !(d > T(0))) ? k + 1 : fail;
+        const T sd = sqrt(d), inv = T(1) / sd;
+        a[k] = lane == k ? sd : a[k] * inv;
+        dinv = lane == k ? inv : dinv;
+#pragma unroll
+        for (int j = k + 1; j < 32; ++j) a[j] -= a[k] * __shfl_sync(CHOL_FULL, a[k], j);
+    }
+    return fail;
+}
+
+// x ← x L⁻ᵀ over the tile's `w` columns from c0 for the rows [r0, r1) of `s` (row stride
+// DIAG_NB + 1), L the tile at (c0, c0) of `l` with `dinv` its reciprocal diagonal: one row per
+// thread, in registers (x_k = x_k / L_kk, then x_j -= x_k L_jk for j > k: independent products,
+// L read by every thread of a warp at once).
+__device__ __forceinline__ void tile_solve_rows(T* s, const T* l, const T* dinv, int c0, int w, int r0, int r1) {
+    constexpr int LDS = DIAG_NB + 1;
+    for (int r = r0 + (int)threadIdx.x; r < r1; r += blockDim.x) {
+        T x[32];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) x[j] = j < w ? s[r * LDS + c0 + j] : T(0);
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+            if (k < w) {  // uniform
+                x[k] *= dinv[c0 + k];
+#pragma unroll
+                for (int j = k + 1; j < 32; ++j)
+                    if (j < w) x[j] -= x[k] * l[(c0 + j) * LDS + c0 + k];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+            if (j < w) s[r * LDS + c0 + j] = x[j];
+    }
+}
+
+// s[i][j] -= Σ_{k<w} s[i][c0+k] l[j][c0+k] for the `rows` rows of `s` from i0s and the `cols`
+// rows of `l` from j0s (the columns of `s` written), only j <= i with `tri` (then s == l and
+// i0s == j0s): 4×4 tiles, one per thread, operands from shared memory (row stride DIAG_NB + 1).
+__device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int i0s, int rows, int j0s, int cols,
+                                            bool tri) {
+    constexpr int LDS = DIAG_NB + 1;
+    const int mt = (rows + 3) >> 2, nt = (cols + 3) >> 2;
+    const int total = tri ? mt * (mt + 1) / 2 : mt * nt;
+    for (int t = threadIdx.x; t < total; t += blockDim.x) {
+        int ti, tl;
+        if (tri) {
+            ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
+            while (ti * (ti + 1) / 2 > t) --ti;
+            while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
+            tl = t - ti * (ti + 1) / 2;
+        } else {
+            ti = t / nt;
+            tl = t - ti * nt;
+        }
+        const int i0 = 4 * ti, l0 = 4 * tl;
+        T acc[4][4];
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[p][q] = T(0);
+        for (int k = 0; k < w; ++k) {
+            T li[4], ll[4];
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+                li[p] = i0 + p < rows ? s[(i0s + i0 + p) * LDS + c0 + k] : T(0);
+                ll[p] = l0 + p < cols ? l[(j0s + l0 + p) * LDS + c0 + k] : T(0);
+            }
+#pragma unroll
+            for (int p = 0; p < 4; ++p)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[p][q] += li[p] * ll[q];
+        }
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+                if (i0 + p < rows && l0 + q < cols && (!tri || l0 + q <= i0 + p))
+                    s[(i0s + i0 + p) * LDS + j0s + l0 + q] -= acc[p][q];
+    }
+}
+
+// The step's diagonal block (n <= DIAG_NB) in place at A (rows `ld` apart; lower triangle read
+// and written), 256 threads, the block in shared memory (DIAG_NB × (DIAG_NB + 1) elements,
+// dynamic). Per 32-column tile: warp 0 factors it in registers, one thread per row solves the rows
+// below against it, every thread updates a 4×4 tile of the trailing lower triangle. `info`:
+// nonzero from an earlier step: nothing is done; a failure here is written as its order in the
+// whole matrix, `k0` + its order in this block.
+extern "C" __global__ void __launch_bounds__(256) chol_diag_kernel(T* A, long long ld, int n, int* __restrict__ info,
                                                                    int k0) {
-    constexpr int LDS = DIAG_NB + 1, NW = 16;
-    constexpr unsigned FULL = 0xffffffffu;
+    constexpr int LDS = DIAG_NB + 1;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sm = reinterpret_cast<T*>(smem_raw);
     __shared__ T dinv[DIAG_NB];
     __shared__ int fail_sh;
     if (info[0] != 0) return;  // uniform
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-#pragma unroll 4
-    for (int i = warp; i < n; i += NW)
-        for (int j = lane; j <= i; j += 32) sm[i * LDS + j] = A[i * ld + j];
+    load_rows(sm, A, ld, n, [n](int i) { return min(i + 1, n); });
     if (tid == 0) fail_sh = 0;
     __syncthreads();
     for (int c0 = 0; c0 < n; c0 += 32) {
         const int w = min(32, n - c0);
         if (warp == 0) {
-            T a[32];
-            const bool row = lane < w;
+            T a[32], di = T(0);
 #pragma unroll
-            for (int j = 0; j < 32; ++j) a[j] = (row && j <= lane) ? sm[(c0 + lane) * LDS + c0 + j] : T(0);
-            int fail = 0;
-#pragma unroll
-            for (int k = 0; k < 32; ++k) {
-                if (k < w) {  // uniform
-                    const T d = __shfl_sync(FULL, a[k], k);
-                    if (!fail && !(d > T(0))) fail = k + 1;
-                    const T sd = sqrt(d), inv = T(1) / sd;
-                    if (lane == k) {
-                        a[k] = sd;
-                        dinv[c0 + k] = inv;
-                    } else if (lane > k) {
-                        a[k] *= inv;
-                    }
-#pragma unroll
-                    for (int j = k + 1; j < 32; ++j) {
-                        const T lj = __shfl_sync(FULL, a[k], j);
-                        if (lane >= j) a[j] -= a[k] * lj;
-                    }
-                }
-            }
-            if (row) {
+            for (int j = 0; j < 32; ++j)
+                a[j] = lane < w ? (j <= lane ? sm[(c0 + lane) * LDS + c0 + j] : T(0)) : T(j == lane ? 1 : 0);
+            const int fail = warp_chol(a, w, di);
+            if (lane < w) {
 #pragma unroll
                 for (int j = 0; j < 32; ++j)
                     if (j <= lane) sm[(c0 + lane) * LDS + c0 + j] = a[j];
+                dinv[c0 + lane] = di;
             }
             if (lane == 0) fail_sh = fail ? c0 + fail : 0;
         }
         __syncthreads();
         if (fail_sh) break;  // uniform
-        // The panel: row r solves x L_Dᵀ = a_r, lane j holding x_j (final once step j has run).
-        for (int r = c0 + w + warp; r < n; r += NW) {
-            T x = lane < w ? sm[r * LDS + c0 + lane] : T(0);
+        if (c0 + w < n) {    // uniform
+            tile_solve_rows(sm, sm, dinv, c0, w, c0 + w, n);
+            __syncthreads();
+            tile_update(sm, sm, c0, w, c0 + w, n - c0 - w, c0 + w, n - c0 - w, true);
+            __syncthreads();
+        }
+    }
+    for (int i = warp; i < n; i += CHOL_NW)
+        for (int j = lane; j <= i; j += 32) A[i * ld + j] = sm[i * LDS + j];
+    if (tid == 0 && fail_sh) info[0] = k0 + fail_sh;
+}
+
+// The rows below the step's diagonal block: L21 = A21 L11⁻ᵀ in place, PANEL_R rows per block of
+// 256 threads. `A` is the diagonal block's corner (rows `ld` apart): its lower triangle holds L11
+// (b = DIAG_NB columns); the panel's `r` rows follow it. Per 32-column tile: one thread per row
+// solves against the tile, then the columns right of it are updated (a rank-32 product), all in
+// shared memory.
+extern "C" __global__ void __launch_bounds__(256) chol_panel_kernel(T* A, long long ld, int r,
+                                                                    const int* __restrict__ info) {
+    constexpr int LDS = DIAG_NB + 1, b = DIAG_NB;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sl = reinterpret_cast<T*>(smem_raw);  // L11: b rows
+    T* sp = sl + b * LDS;                    // the panel rows
+    __shared__ T dinv[DIAG_NB];
+    if (info[0] != 0) return;  // uniform
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int row0 = b + blockIdx.x * PANEL_R, rows = min(PANEL_R, b + r - row0);
+    load_rows(sl, A, ld, b, [](int i) { return i + 1; });
+    load_rows(sp, A + row0 * ld, ld, rows, [](int) { return DIAG_NB; });
+    __syncthreads();
+    for (int j = tid; j < b; j += blockDim.x) dinv[j] = T(1) / sl[j * LDS + j];
+    __syncthreads();
+    for (int c0 = 0; c0 < b; c0 += 32) {
+        tile_solve_rows(sp, sl, dinv, c0, 32, 0, rows);
+        __syncthreads();
+        if (c0 + 32 < b) {
+            tile_update(sp, sl, c0, 32, 0, rows, c0 + 32, b - c0 - 32, false);
+            __syncthreads();
+        }
+    }
+    for (int i = warp; i < rows; i += CHOL_NW)
+        for (int j = lane; j < b; j += 32) A[(row0 + i) * ld + j] = sp[i * LDS + j];
+}
+
+// The trailing update C -= P Pᵀ on C's lower triangle, where P is the r×DIAG_NB panel at P0
+// (rows `ld` apart, as chol_panel_kernel left it) and C the r×r matrix at P0 + DIAG_NB. One
+// 128×128 tile of C's lower triangle per block of 256 threads, each thread 8×8 outputs in
+// registers (rows 4ty.., 64+4ty.., columns 4tx.., 64+4tx..), P through shared memory SY_K columns
+// at a time. (cuBLAS's float32 SYRK ran at about 9 TFLOP/s here, its GEMM over the whole square at
+// 25-30 on twice the work.)
+constexpr int SY_T = 128, SY_K = sizeof(T) == 4 ? 32 : 16, SY_LD = SY_T + 4;
+extern "C" __global__ void __launch_bounds__(256) chol_syrk_kernel(T* P0, long long ld, int r) {
+    __shared__ __align__(16) T As[SY_K][SY_LD];
+    __shared__ __align__(16) T Bs[SY_K][SY_LD];
+    const int t = blockIdx.x;
+    int ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
+    while (ti * (ti + 1) / 2 > t) --ti;
+    while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
+    const int tj = t - ti * (ti + 1) / 2, i0 = ti * SY_T, j0 = tj * SY_T;
+    const bool diag = ti == tj;
+    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    T acc[8][8];
 #pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                if (j < w) {  // uniform
-                    const T xj = __shfl_sync(FULL, x, j) * dinv[c0 + j];
-                    if (lane == j) x = xj;
-                    else if (lane > j && lane < w) x -= xj * sm[(c0 + lane) * LDS + c0 + j];
-                }
-            }
-            if (lane < w) sm[r * LDS + c0 + lane] = x;
+    for (int p = 0; p < 8; ++p)
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[p][q] = T(0);
+    constexpr int U = SY_T * SY_K / 256;
+    for (int kk = 0; kk < DIAG_NB; kk += SY_K) {
+        T va[U], vb[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = threadIdx.x + 256 * u, i = e / SY_K, k = e % SY_K;
+            va[u] = i0 + i < r ? P0[(long long)(i0 + i) * ld + kk + k] : T(0);
+            vb[u] = !diag && j0 + i < r ? P0[(long long)(j0 + i) * ld + kk + k] : T(0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int e = threadIdx.x + 256 * u, i = e / SY_K, k = e % SY_K;
+            As[k][i] = va[u];
+            if (!diag) Bs[k][i] = vb[u];
         }
         __syncthreads();
-        // The trailing lower triangle, rows and columns from t0: 4×4 tiles (ti >= tl), one per thread.
-        const int t0 = c0 + w, m = n - t0, mt = (m + 3) >> 2;
-        for (int t = tid; t < mt * (mt + 1) / 2; t += blockDim.x) {
-            int ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
-            while (ti * (ti + 1) / 2 > t) --ti;
-            while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
-            const int tl = t - ti * (ti + 1) / 2;
-            const int i0 = t0 + 4 * ti, l0 = t0 + 4 * tl;
-            T acc[4][4];
+        const T(*Bp)[SY_LD] = diag ? As : Bs;
+#pragma unroll 4
+        for (int k = 0; k < SY_K; ++k) {
+            T a[8], b[8];
 #pragma unroll
-            for (int p = 0; p < 4; ++p)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[p][q] = T(0);
-            for (int k = 0; k < w; ++k) {
-                T li[4], ll[4];
-#pragma unroll
-                for (int p = 0; p < 4; ++p) {
-                    li[p] = i0 + p < n ? sm[(i0 + p) * LDS + c0 + k] : T(0);
-                    ll[p] = l0 + p < n ? sm[(l0 + p) * LDS + c0 + k] : T(0);
-                }
-#pragma unroll
-                for (int p = 0; p < 4; ++p)
-#pragma unroll
-                    for (int q = 0; q < 4; ++q) acc[p][q] += li[p] * ll[q];
+            for (int q = 0; q < 4; ++q) {
+                a[q] = As[k][4 * ty + q];
+                a[4 + q] = As[k][64 + 4 * ty + q];
+                b[q] = Bp[k][4 * tx + q];
+                b[4 + q] = Bp[k][64 + 4 * tx + q];
             }
 #pragma unroll
-            for (int p = 0; p < 4; ++p)
+            for (int p = 0; p < 8; ++p)
 #pragma unroll
-                for (int q = 0; q < 4; ++q)
-                    if (i0 + p < n && l0 + q <= i0 + p) sm[(i0 + p) * LDS + l0 + q] -= acc[p][q];
+                for (int q = 0; q < 8; ++q) acc[p][q] += a[p] * b[q];
         }
         __syncthreads();
     }
-    for (int i = warp; i < n; i += NW)
-        for (int j = lane; j <= i; j += 32) A[i * ld + j] = sm[i * LDS + j];
-    if (tid == 0 && fail_sh) info[0] = k0 + fail_sh;
+    T* C = P0 + DIAG_NB;
+#pragma unroll
+    for (int p = 0; p < 8; ++p) {
+        const int i = i0 + (p < 4 ? 4 * ty + p : 60 + 4 * ty + p);
+        if (i >= r) continue;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+            const int j = j0 + (q < 4 ? 4 * tx + q : 60 + 4 * tx + q);
+            if (j <= i) C[(long long)i * ld + j] -= acc[p][q];
+        }
+    }
 }
 #endif
 

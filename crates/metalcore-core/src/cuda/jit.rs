@@ -206,9 +206,15 @@ pub fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
 }
 
 /// Compiles every variant of [`ci_variants`] for `arch` (no GPU needed). Returns one line per variant.
+/// `METALCORE_NVRTC_ONLY=text` (a development aid) keeps only the variants whose kernel file or
+/// defines (`NAME=value`) contain that text.
 pub fn compile_all(arch: &str) -> Result<Vec<String>> {
+    let only = std::env::var("METALCORE_NVRTC_ONLY").unwrap_or_default();
     ci_variants()
         .into_iter()
+        .filter(|(k, d)| {
+            only.is_empty() || k.name.contains(&only) || d.iter().any(|(n, v)| format!("{n}={v}").contains(&only))
+        })
         .map(|(k, d)| {
             let bin = compile(k, arch, &d)?;
             let defs: Vec<String> = d.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -2,7 +2,7 @@
 //! `kernels/linalg.cu`). One team of threads per matrix, the matrix in shared memory. Past what
 //! one block's shared memory holds, the triangular solves run on cuBLAS TRSM through torch's
 //! handle (see [`super::blas`]) and Cholesky, when the caller passes that handle, is blocked (our
-//! diagonal-block kernel plus cuBLAS TRSM/SYRK); otherwise such a matrix is refused with
+//! diagonal-block, panel and trailing-update kernels, or cuBLAS for the update); otherwise such a matrix is refused with
 //! `Error::Unsupported` (the Python layer then hands it to torch.linalg, saying so).
 
 use super::blas::{Blas, Fill, Op, Real, Side};
@@ -31,6 +31,8 @@ enum Entry {
     CholeskyRow,
     TriFinish,
     CholDiag,
+    CholPanel,
+    CholSyrk,
     JacobiLane,
     EighTri,
 }
@@ -49,6 +51,8 @@ impl Entry {
             Entry::CholeskyRow => "cholesky_row_kernel",
             Entry::TriFinish => "tri_finish_kernel",
             Entry::CholDiag => "chol_diag_kernel",
+            Entry::CholPanel => "chol_panel_kernel",
+            Entry::CholSyrk => "chol_syrk_kernel",
             Entry::JacobiLane => "jacobi_lane_kernel",
             Entry::EighTri => "eigh_tri_kernel",
         }
@@ -66,7 +70,7 @@ struct Key {
     mpb: usize,
     /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`ROW_NP`) of the
     /// row-per-lane kernels and `LANE_NP` of `jacobi_lane_kernel`, the block size (`DIAG_NB`) of
-    /// `chol_diag_kernel`, else 0.
+    /// `chol_diag_kernel` and `chol_panel_kernel`, else 0.
     tile: usize,
     /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; 1 for the profiling variant of
     /// `eigh_tri_kernel` (see `tri_profile`); else 0.
@@ -79,7 +83,8 @@ fn defines(k: &Key) -> Defines {
     match k.entry {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
-        Entry::CholDiag => d.push(("DIAG_NB", k.tile.to_string())),
+        // One module holds the three.
+        Entry::CholDiag | Entry::CholPanel | Entry::CholSyrk => d.push(("DIAG_NB", k.tile.to_string())),
         Entry::Jacobi => d.push(("PAIR_LANES", k.tile.to_string())),
         Entry::EighTri => {
             d.push(("TRI_EIGH", "1".to_string()));
@@ -278,22 +283,38 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
 }
 
+/// Rows per block of `chol_panel_kernel` (its source's `PANEL_R`).
+fn panel_rows(dtype: DType) -> usize {
+    if dtype == DType::F32 {
+        128
+    } else {
+        64
+    }
+}
+
 /// Blocked Cholesky of matrices too large for one block, one matrix after another, in place on
-/// the lower triangle. Recursive (split at a multiple of NB = 128, or METALCORE_CHOL_NB = 64):
-/// L11 = chol(A11); L21 = A21 L11⁻ᵀ (TRSM); A22 -= L21 L21ᵀ (SYRK, or with METALCORE_CHOL_GEMM=1
-/// a GEMM over the whole square); L22 = chol(A22) — so most flops are in large cuBLAS calls. The
-/// leaves (NB or fewer columns) are `chol_diag_kernel`; `tri_finish_kernel` then zeroes (or, for
-/// `upper`, fills by transposition) the other triangle. After a failing leaf the later ones do
-/// nothing, so `info` keeps the first failure, as in the batched kernels; the factor is then partial.
+/// the lower triangle; right-looking in steps of NB = 128 columns (METALCORE_CHOL_NB = 64: 64):
+/// `chol_diag_kernel` factors the step's diagonal block L11 (and its 32-column tiles' inverses),
+/// `chol_panel_kernel` solves the rows below, L21 = A21 L11⁻ᵀ (many blocks, products with those
+/// inverses), and the trailing matrix loses L21 L21ᵀ — by `chol_syrk_kernel` (float32's default,
+/// METALCORE_CHOL_UPDATE=0), a cuBLAS GEMM over the whole square (1) or cuBLAS SYRK (2, float64's
+/// default) — so the serial steps stay in one block's registers and the flops are in wide
+/// products. `tri_finish_kernel` then zeroes (or, for `upper`, fills by transposition) the other
+/// triangle. After a failing step the later kernels do nothing, so `info` keeps the first
+/// failure, as in the batched kernels; the factor is then partial.
 fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
     let _ctx = ContextGuard::enter(dev)?;
     let blas = Blas::bind(exec.blas, exec.stream)?;
     let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
     static NB: Knob = Knob::new();
-    static GEMM: Knob = Knob::new();
+    static UPDATE: Knob = Knob::new();
     let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
-    let gemm = knob(&GEMM, "METALCORE_CHOL_GEMM", 2) == 1;
-    let diag = kernel(Key { ordinal, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile: nb, rows: 0 }, dev)?;
+    let update = knob(&UPDATE, "METALCORE_CHOL_UPDATE", if dtype == DType::F32 { 0 } else { 2 });
+    let key = |entry| Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: nb, rows: 0 };
+    let diag = kernel(key(Entry::CholDiag), dev)?;
+    let panel = kernel(key(Entry::CholPanel), dev)?;
+    let syrk = kernel(key(Entry::CholSyrk), dev)?;
+    let pr = panel_rows(dtype);
     let finish = kernel(Key { ordinal, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev)?;
     let stream = borrowed_stream(dev, exec.stream);
     let raw = exec.stream as cudarc::driver::sys::CUstream;
@@ -311,64 +332,38 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
                 .map_err(driver_err("copying the input"))?;
         }
         let at = |i: usize, j: usize| a + (i * n + j) * es;
-        // Explicit stack of (first row/column, size) of the diagonal blocks still to factor, and
-        // the updates between them; `Some(s1)` marks a node whose first s1 columns are done.
-        let mut stack: Vec<(usize, usize, Option<usize>)> = vec![(0, n, None)];
-        while let Some((k, s, done)) = stack.pop() {
-            if let Some(s1) = done {
-                let s2 = s - s1;
-                // Column-major, the row-major lower L11 is upper (U = L11ᵀ) and the panel A21 is
-                // A21ᵀ (s1×s2): L21ᵀ = U⁻ᵀ A21ᵀ, then A22 -= L21 L21ᵀ, i.e. (column-major)
-                // C -= Zᵀ Z with Z = L21ᵀ, on C's upper triangle — A22's lower one.
-                // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
-                unsafe {
-                    blas.trsm::<T>(
-                        Side::Left,
-                        Fill::Upper,
-                        Op::T,
-                        false,
-                        (s1, s2),
-                        T::ONE,
-                        (at(k, k), n),
-                        (at(k + s1, k), n),
-                    )?;
-                    let z = (at(k + s1, k), n);
-                    if gemm {
-                        blas.gemm::<T>(
-                            Op::T,
-                            Op::N,
-                            (s2, s2, s1),
-                            T::MINUS_ONE,
-                            z,
-                            z,
-                            T::ONE,
-                            (at(k + s1, k + s1), n),
-                        )?;
-                    } else {
-                        blas.syrk::<T>(
-                            Fill::Upper,
-                            Op::T,
-                            s2,
-                            s1,
-                            T::MINUS_ONE,
-                            z.0,
-                            n,
-                            T::ONE,
-                            at(k + s1, k + s1),
-                            n,
-                        )?;
-                    }
+        for k in (0..n).step_by(nb) {
+            let s = nb.min(n - k);
+            let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(s as i32), Arg::P(info), Arg::I(k as i32)];
+            // SAFETY: one block factors the s×s diagonal block at (k, k), rows n apart, in place,
+            // with the shared memory its NB needs.
+            unsafe { launch_args(dev, exec, &diag, 1, 256, nb * (nb + 1) * es, &args)? };
+            let r = n - k - s;
+            if r == 0 {
+                break;
+            }
+            let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(r as i32), Arg::P(info)];
+            // SAFETY: s == nb here; each block solves its `pr` of the r rows below the diagonal
+            // block in place, reading the block, with the shared memory of both.
+            unsafe { launch_args(dev, exec, &panel, r.div_ceil(pr), 256, (nb + pr) * (nb + 1) * es, &args)? };
+            if update == 0 {
+                let t = r.div_ceil(128);
+                let args = [Arg::P(at(k + s, k)), Arg::L(n as i64), Arg::I(r as i32)];
+                // SAFETY: one block per 128×128 tile of the r×r trailing lower triangle, which
+                // with the r×s panel left of it lies inside this matrix (rows n apart).
+                unsafe { launch_args(dev, exec, &syrk, t * (t + 1) / 2, 256, 0, &args)? };
+                continue;
+            }
+            // Column-major, the row-major panel L21 (r×s) is L21ᵀ (s×r): C -= Zᵀ Z with Z = L21ᵀ,
+            // on C's upper triangle — A22's lower one.
+            let z = (at(k + s, k), n);
+            // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
+            unsafe {
+                if update == 1 {
+                    blas.gemm::<T>(Op::T, Op::N, (r, r, s), T::MINUS_ONE, z, z, T::ONE, (at(k + s, k + s), n))?;
+                } else {
+                    blas.syrk::<T>(Fill::Upper, Op::T, r, s, T::MINUS_ONE, z.0, n, T::ONE, at(k + s, k + s), n)?;
                 }
-                stack.push((k + s1, s2, None));
-            } else if s <= nb {
-                let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(s as i32), Arg::P(info), Arg::I(k as i32)];
-                // SAFETY: one block factors the s×s diagonal block at (k, k), rows n apart, in place,
-                // with the shared memory its NB needs.
-                unsafe { launch_args(dev, exec, &diag, 1, 512, nb * (nb + 1) * es, &args)? };
-            } else {
-                let s1 = nb * (s.div_ceil(nb) / 2);
-                stack.push((k, s, Some(s1)));
-                stack.push((k, s1, None));
             }
         }
         let mut lb = stream.launch_builder(&finish);
