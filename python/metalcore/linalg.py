@@ -107,7 +107,7 @@ def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
 #: warning; True runs metalcore's blocked path (right-looking in 128-column steps: metalcore's
 #: kernels factor the diagonal block and solve the rows below it, the trailing update is
 #: metalcore's kernel in float32 and cuBLAS SYRK in float64, through torch's cuBLAS handle). The
-#: blocked path is correct and graph-capturable but, measured on an H200, 0.4-0.5× the speed of
+#: blocked path is correct and graph-capturable but, measured on an H200, 0.47-0.59× the speed of
 #: torch's — hence off by default (README, "Large matrices").
 BLOCKED_CHOLESKY = False
 

@@ -354,10 +354,13 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S
 // below it, chol_syrk_kernel (or cuBLAS) updates the trailing matrix. The first two work in
 // 32-column tiles: one warp factors a tile in registers, one thread per row solves the rows below
 // it, and a rank-32 product updates the columns right of it. Measured (torch.profiler, H200,
-// 4096² float32): per step about 52 µs in chol_diag_kernel and 29 µs in chol_panel_kernel, most
-// of it the serial tile factorizations and row solves, which one SM runs with little to overlap.
-// Rows per block of chol_panel_kernel (cuda/linalg.rs's `panel_rows`).
-constexpr int PANEL_R = sizeof(T) == 4 ? 128 : 64;
+// 4096² float32): per step about 30 µs in chol_diag_kernel and 22 µs in chol_panel_kernel, most
+// of it the serial tile factorizations and row solves, which one SM runs with little to overlap
+// (bench/results/cholesky-blocked-nvidia-h200.md).
+// Rows per block of chol_panel_kernel (a define from cuda/linalg.rs's `panel_rows`).
+#ifndef PANEL_R
+#define PANEL_R 64
+#endif
 constexpr unsigned CHOL_FULL = 0xffffffffu;
 constexpr int CHOL_NW = 8;  // warps of chol_diag_kernel and chol_panel_kernel
 
@@ -395,7 +398,14 @@ __device__ __forceinline__ int warp_chol(T (&a)[32], int w, T& dinv) {
     for (int k = 0; k < 32; ++k) {
         const T d = __shfl_sync(CHOL_FULL, a[k], k);
         fail = (!fail && k < w && !(d > T(0))) ? k + 1 : fail;
-        const T sd = sqrt(d), inv = T(1) / sd;
+        T sd, inv;
+        if constexpr (sizeof(T) == 4) {  // the hardware reciprocal square root: half the latency
+            inv = rsqrtf(d);
+            sd = d * inv;
+        } else {
+            sd = sqrt(d);
+            inv = T(1) / sd;
+        }
         a[k] = lane == k ? sd : a[k] * inv;
         dinv = lane == k ? inv : dinv;
 #pragma unroll
@@ -431,24 +441,31 @@ __device__ __forceinline__ void tile_solve_rows(T* s, const T* l, const T* dinv,
 
 // s[i][j] -= Σ_{k<w} s[i][c0+k] l[j][c0+k] for the `rows` rows of `s` from i0s and the `cols`
 // rows of `l` from j0s (the columns of `s` written), only j <= i with `tri` (then s == l and
-// i0s == j0s): 4×4 tiles, one per thread, operands from shared memory (row stride DIAG_NB + 1).
+// i0s == j0s); operands from shared memory (row stride DIAG_NB + 1), 4×4 outputs per thread.
+// With `tri` a thread owns a contiguous 4×4 tile of the lower triangle; without, rows ti + p·mt
+// and columns tl + q·nt, so that the lanes of a warp read consecutive rows of `l` (distinct
+// banks) instead of rows 4 apart (8 banks, 4-way conflicts).
 __device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int i0s, int rows, int j0s, int cols,
                                             bool tri) {
     constexpr int LDS = DIAG_NB + 1;
     const int mt = (rows + 3) >> 2, nt = (cols + 3) >> 2;
     const int total = tri ? mt * (mt + 1) / 2 : mt * nt;
     for (int t = threadIdx.x; t < total; t += blockDim.x) {
-        int ti, tl;
+        int ti, tl, rs, cs;  // first row and column of the thread's outputs, and their strides
         if (tri) {
             ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
             while (ti * (ti + 1) / 2 > t) --ti;
             while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
             tl = t - ti * (ti + 1) / 2;
+            ti *= 4;
+            tl *= 4;
+            rs = cs = 1;
         } else {
             ti = t / nt;
             tl = t - ti * nt;
+            rs = mt;
+            cs = nt;
         }
-        const int i0 = 4 * ti, l0 = 4 * tl;
         T acc[4][4];
 #pragma unroll
         for (int p = 0; p < 4; ++p)
@@ -458,8 +475,8 @@ __device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int
             T li[4], ll[4];
 #pragma unroll
             for (int p = 0; p < 4; ++p) {
-                li[p] = i0 + p < rows ? s[(i0s + i0 + p) * LDS + c0 + k] : T(0);
-                ll[p] = l0 + p < cols ? l[(j0s + l0 + p) * LDS + c0 + k] : T(0);
+                li[p] = ti + p * rs < rows ? s[(i0s + ti + p * rs) * LDS + c0 + k] : T(0);
+                ll[p] = tl + p * cs < cols ? l[(j0s + tl + p * cs) * LDS + c0 + k] : T(0);
             }
 #pragma unroll
             for (int p = 0; p < 4; ++p)
@@ -469,9 +486,10 @@ __device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int
 #pragma unroll
         for (int p = 0; p < 4; ++p)
 #pragma unroll
-            for (int q = 0; q < 4; ++q)
-                if (i0 + p < rows && l0 + q < cols && (!tri || l0 + q <= i0 + p))
-                    s[(i0s + i0 + p) * LDS + j0s + l0 + q] -= acc[p][q];
+            for (int q = 0; q < 4; ++q) {
+                const int i = ti + p * rs, j = tl + q * cs;
+                if (i < rows && j < cols && (!tri || j <= i)) s[(i0s + i) * LDS + j0s + j] -= acc[p][q];
+            }
     }
 }
 
@@ -512,9 +530,10 @@ extern "C" __global__ void __launch_bounds__(256) chol_diag_kernel(T* A, long lo
         __syncthreads();
         if (fail_sh) break;  // uniform
         if (c0 + w < n) {    // uniform
-            tile_solve_rows(sm, sm, dinv, c0, w, c0 + w, n);
+            // (w == 32 here: only the last tile can be narrower, and nothing follows it.)
+            tile_solve_rows(sm, sm, dinv, c0, 32, c0 + 32, n);
             __syncthreads();
-            tile_update(sm, sm, c0, w, c0 + w, n - c0 - w, c0 + w, n - c0 - w, true);
+            tile_update(sm, sm, c0, 32, c0 + 32, n - c0 - 32, c0 + 32, n - c0 - 32, true);
             __syncthreads();
         }
     }

@@ -72,7 +72,8 @@ struct Key {
     /// row-per-lane kernels and `LANE_NP` of `jacobi_lane_kernel`, the block size (`DIAG_NB`) of
     /// `chol_diag_kernel` and `chol_panel_kernel`, else 0.
     tile: usize,
-    /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; 1 for the profiling variant of
+    /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; rows per block (`PANEL_R`) of
+    /// `chol_panel_kernel`; 1 for the profiling variant of
     /// `eigh_tri_kernel` (see `tri_profile`); else 0.
     rows: usize,
 }
@@ -83,8 +84,11 @@ fn defines(k: &Key) -> Defines {
     match k.entry {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
-        // One module holds the three.
-        Entry::CholDiag | Entry::CholPanel | Entry::CholSyrk => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::CholDiag | Entry::CholSyrk => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::CholPanel => {
+            d.push(("DIAG_NB", k.tile.to_string()));
+            d.push(("PANEL_R", k.rows.to_string()));
+        }
         Entry::Jacobi => d.push(("PAIR_LANES", k.tile.to_string())),
         Entry::EighTri => {
             d.push(("TRI_EIGH", "1".to_string()));
@@ -283,25 +287,27 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
 }
 
-/// Rows per block of `chol_panel_kernel` (its source's `PANEL_R`).
+/// Rows per block of `chol_panel_kernel` (its `PANEL_R`): METALCORE_CHOL_PANEL_R (32, 64 or
+/// 128; float64 at most 64, for shared memory), default 64.
 fn panel_rows(dtype: DType) -> usize {
-    if dtype == DType::F32 {
-        128
-    } else {
-        64
+    static PR: Knob = Knob::new();
+    let max = if dtype == DType::F32 { 128 } else { 64 };
+    match knob(&PR, "METALCORE_CHOL_PANEL_R", 64) {
+        32 => 32,
+        128 => max,
+        _ => 64,
     }
 }
 
 /// Blocked Cholesky of matrices too large for one block, one matrix after another, in place on
 /// the lower triangle; right-looking in steps of NB = 128 columns (METALCORE_CHOL_NB = 64: 64):
-/// `chol_diag_kernel` factors the step's diagonal block L11 (and its 32-column tiles' inverses),
-/// `chol_panel_kernel` solves the rows below, L21 = A21 L11⁻ᵀ (many blocks, products with those
-/// inverses), and the trailing matrix loses L21 L21ᵀ — by `chol_syrk_kernel` (float32's default,
-/// METALCORE_CHOL_UPDATE=0), a cuBLAS GEMM over the whole square (1) or cuBLAS SYRK (2, float64's
-/// default) — so the serial steps stay in one block's registers and the flops are in wide
-/// products. `tri_finish_kernel` then zeroes (or, for `upper`, fills by transposition) the other
-/// triangle. After a failing step the later kernels do nothing, so `info` keeps the first
-/// failure, as in the batched kernels; the factor is then partial.
+/// `chol_diag_kernel` factors the step's diagonal block L11, `chol_panel_kernel` solves the rows
+/// below it, L21 = A21 L11⁻ᵀ ([`panel_rows`] rows per block), and the trailing matrix loses
+/// L21 L21ᵀ — by `chol_syrk_kernel` (float32's default, METALCORE_CHOL_UPDATE=0), a cuBLAS GEMM
+/// over the whole square (1) or cuBLAS SYRK (2, float64's default). `tri_finish_kernel` then
+/// zeroes (or, for `upper`, fills by transposition) the other triangle. After a failing step the
+/// later kernels do nothing, so `info` keeps the first failure, as in the batched kernels; the
+/// factor is then partial.
 fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
     let _ctx = ContextGuard::enter(dev)?;
     let blas = Blas::bind(exec.blas, exec.stream)?;
@@ -310,11 +316,11 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
     static UPDATE: Knob = Knob::new();
     let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
     let update = knob(&UPDATE, "METALCORE_CHOL_UPDATE", if dtype == DType::F32 { 0 } else { 2 });
-    let key = |entry| Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: nb, rows: 0 };
-    let diag = kernel(key(Entry::CholDiag), dev)?;
-    let panel = kernel(key(Entry::CholPanel), dev)?;
-    let syrk = kernel(key(Entry::CholSyrk), dev)?;
     let pr = panel_rows(dtype);
+    let key = |entry, rows| Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: nb, rows };
+    let diag = kernel(key(Entry::CholDiag, 0), dev)?;
+    let panel = kernel(key(Entry::CholPanel, pr), dev)?;
+    let syrk = kernel(key(Entry::CholSyrk, 0), dev)?;
     let finish = kernel(Key { ordinal, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev)?;
     let stream = borrowed_stream(dev, exec.stream);
     let raw = exec.stream as cudarc::driver::sys::CUstream;
@@ -683,6 +689,13 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
                 &KERNEL,
                 defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 }),
             ));
+            let panel_rows: &[usize] = if dtype == DType::F32 { &[32, 64, 128] } else { &[32, 64] };
+            for &rows in panel_rows {
+                out.push((
+                    &KERNEL,
+                    defines(&Key { ordinal: 0, entry: Entry::CholPanel, dtype, w: 1, mpb: 1, tile, rows }),
+                ));
+            }
         }
         for w in [8, 16] {
             out.push((
