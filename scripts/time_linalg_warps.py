@@ -16,7 +16,9 @@ def med(f, reps=25):
     return time_ms(lambda i: f(), "cuda", warmup=3, reps=reps, min_time=0.0, batch=1)
 for op, b, m, n, k in [("qr", 100, 64, 64, 0), ("qr", 100, 128, 64, 0), ("qr", 100, 128, 128, 0),
                        ("cholesky", 100, 64, 64, 0), ("cholesky", 1000, 128, 128, 0), ("cholesky", 100, 96, 96, 0),
-                       ("solve", 100, 64, 64, 1), ("solve", 100, 128, 128, 16), ("solve", 1000, 96, 96, 1)]:
+                       ("solve", 100, 64, 64, 1), ("solve", 100, 128, 128, 16), ("solve", 1000, 96, 96, 1),
+                       ("qr", 1000, 96, 96, 0), ("qr", 500, 128, 64, 0), ("qr", 300, 128, 128, 0),
+                       ("solve", 1000, 128, 128, 1), ("solve", 300, 128, 128, 16), ("solve", 200, 96, 96, 1)]:
     x = torch.randn(b, m, n, generator=g).cuda()
     if op == "qr":
         ours, theirs = (lambda: mc.qr(x)), (lambda: torch.linalg.qr(x))

@@ -350,6 +350,18 @@ def test_solve_residual(device, dtype, n, k, batch):
     assert residual(A, X, B) <= (1e-5 if dtype == torch.float32 else 1e-13)
 
 
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [65, 96, 127])
+def test_cuda_solve_of_more_matrices_than_sms(dtype, n):
+    # More matrices than SMs: the LU kernel runs with 4 warps per matrix instead of 8 past 64 rows.
+    batch = torch.cuda.get_device_properties(0).multi_processor_count + 7
+    A = torch.randn(batch, n, n, dtype=dtype, device="cuda")
+    B = torch.randn(batch, n, 3, dtype=dtype, device="cuda")
+    X = solve(A, B)
+    assert residual(A, X, B) < (1e-5 if dtype == torch.float32 else 1e-12)
+
+
 def test_solve_large_and_ill_conditioned(device):
     A = torch.randn(2, 512, 512, dtype=torch.float64, device=device)
     B = torch.randn(2, 512, 3, dtype=torch.float64, device=device)

@@ -115,15 +115,19 @@ fn kernel(key: Key, dev: &DeviceState) -> Result<CudaFunction> {
     })
 }
 
-/// Team shape for a matrix whose largest dimension is `dim`: one warp (several matrices per
-/// block) up to 32, else `METALCORE_LINALG_WARPS` warps (default 4 up to 64, 8 beyond).
-fn team(dim: usize) -> (usize, usize) {
+/// Team shape for `entry` on a matrix whose largest dimension is `dim`, in a batch of `batch` on a
+/// device of `sms` SMs: one warp (several matrices per block) up to 32, else
+/// `METALCORE_LINALG_WARPS` warps (default 4 up to 64; beyond, 8 — except the LU solve of more
+/// matrices than SMs, 4: H200, three runs against two, 1000×96² 0.52–0.67 ms against 0.80–0.82 with
+/// 8, 1000×128² 1.05–1.13 against 1.21–1.33, 300×128² k=16 0.51–0.57 against 0.59–0.64, 200×96²
+/// 0.26–0.29 against 0.30–0.36; QR measured mixed, within the runs' noise).
+fn team(entry: Entry, dim: usize, batch: usize, sms: usize) -> (usize, usize) {
     static WARPS: Knob = Knob::new();
     static MPB: Knob = Knob::new();
     if dim <= 32 {
         return (1, knob(&MPB, "METALCORE_LINALG_MPB", 4).min(32));
     }
-    let default = if dim <= 64 { 4 } else { 8 };
+    let default = if dim <= 64 || (entry == Entry::Lu && batch > sms) { 4 } else { 8 };
     (knob(&WARPS, "METALCORE_LINALG_WARPS", default).clamp(2, 32), 1)
 }
 
@@ -146,7 +150,8 @@ fn launch(
     per: impl Fn(usize) -> usize,
     args: &[Arg],
 ) -> Result<()> {
-    launch_team(ordinal, exec, entry, dtype, team(dim), dim, batch, per, args, 0)
+    let sms = device(ordinal)?.sm_count;
+    launch_team(ordinal, exec, entry, dtype, team(entry, dim, batch, sms), dim, batch, per, args, 0)
 }
 
 /// [`launch`] with the team shape `(warps, matrices per block)` given.
