@@ -308,8 +308,8 @@ fn panel_rows(dtype: DType) -> usize {
 /// the lower triangle; right-looking in steps of NB = 128 columns (METALCORE_CHOL_NB = 64: 64):
 /// `chol_diag_kernel` factors the step's diagonal block L11, `chol_panel_kernel` solves the rows
 /// below it, L21 = A21 L11⁻ᵀ ([`panel_rows`] rows per block), and the trailing matrix loses
-/// L21 L21ᵀ — by `chol_syrk_kernel` (float32's default, METALCORE_CHOL_UPDATE=0), a cuBLAS GEMM
-/// over the whole square (1) or cuBLAS SYRK (2, float64's default). `tri_finish_kernel` then
+/// L21 L21ᵀ — by `chol_syrk_kernel` (float32 only, its default, METALCORE_CHOL_UPDATE=0), a cuBLAS
+/// GEMM over the whole square (1) or cuBLAS SYRK (2, float64's default). `tri_finish_kernel` then
 /// zeroes (or, for `upper`, fills by transposition) the other triangle. After a failing step the
 /// later kernels do nothing, so `info` keeps the first failure, as in the batched kernels; the
 /// factor is then partial.
@@ -320,7 +320,11 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
     static NB: Knob = Knob::new();
     static UPDATE: Knob = Knob::new();
     let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
-    let update = knob(&UPDATE, "METALCORE_CHOL_UPDATE", if dtype == DType::F32 { 0 } else { 2 });
+    let update = match knob(&UPDATE, "METALCORE_CHOL_UPDATE", if dtype == DType::F32 { 0 } else { 2 }) {
+        0 if dtype == DType::F32 => 0, // chol_syrk_kernel: float32 only (the only one measured)
+        1 => 1,
+        _ => 2,
+    };
     let pr = panel_rows(dtype);
     let key = |entry, rows| Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: nb, rows };
     let diag = kernel(key(Entry::CholDiag, 0), dev)?;
