@@ -274,6 +274,9 @@ def test_cuda_blocked_cholesky(blocked_cholesky, n, dtype, upper):
     assert rel_err(L, ref) < (1e-5 if dtype == torch.float32 else 1e-12)
     # A non-contiguous input (copied first).
     assert rel_err(cholesky(A.mT.contiguous().mT, upper=upper), L) < (1e-6 if dtype == torch.float32 else 1e-14)
+    # Only the lower triangle is read: NaN above it changes nothing.
+    poisoned = A.tril() + torch.full_like(A, float("nan")).triu(1)
+    assert torch.equal(cholesky(poisoned, upper=upper), L)
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
