@@ -364,6 +364,15 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S
 constexpr unsigned CHOL_FULL = 0xffffffffu;
 constexpr int CHOL_NW = 8;  // warps of chol_diag_kernel and chol_panel_kernel
 
+// The t-th (i, j), j <= i, of the lower triangle in row order: (0,0), (1,0), (1,1), (2,0), ...
+// (the float square root's estimate of i corrected exactly).
+__device__ __forceinline__ void lower_pair(int t, int& i, int& j) {
+    i = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
+    while (i * (i + 1) / 2 > t) --i;
+    while ((i + 1) * (i + 2) / 2 <= t) ++i;
+    j = t - i * (i + 1) / 2;
+}
+
 // Copies into shared memory `s` (row stride DIAG_NB + 1) the entries (i, j), j < lim(i), of the
 // rows [0, rows) of `g` (rows `ld` apart), 256 threads: each thread issues its 32 loads before
 // storing any, so a block waits for memory about once per 8192 entries, not once per row.
@@ -453,10 +462,7 @@ __device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int
     for (int t = threadIdx.x; t < total; t += blockDim.x) {
         int ti, tl, rs, cs;  // first row and column of the thread's outputs, and their strides
         if (tri) {
-            ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
-            while (ti * (ti + 1) / 2 > t) --ti;
-            while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
-            tl = t - ti * (ti + 1) / 2;
+            lower_pair(t, ti, tl);
             ti *= 4;
             tl *= 4;
             rs = cs = 1;
@@ -580,15 +586,13 @@ extern "C" __global__ void __launch_bounds__(256) chol_panel_kernel(T* A, long l
 // registers (rows 4ty.., 64+4ty.., columns 4tx.., 64+4tx..), P through shared memory SY_K columns
 // at a time. (cuBLAS's float32 SYRK ran at about 9 TFLOP/s here, its GEMM over the whole square at
 // 25-30 on twice the work.)
-constexpr int SY_T = 128, SY_K = sizeof(T) == 4 ? 32 : 16, SY_LD = SY_T + 4;
+constexpr int SY_T = 128 /* cuda/linalg.rs's SYRK_TILE */, SY_K = sizeof(T) == 4 ? 32 : 16, SY_LD = SY_T + 4;
 extern "C" __global__ void __launch_bounds__(256) chol_syrk_kernel(T* P0, long long ld, int r) {
     __shared__ __align__(16) T As[SY_K][SY_LD];
     __shared__ __align__(16) T Bs[SY_K][SY_LD];
-    const int t = blockIdx.x;
-    int ti = (int)((sqrtf(8.0f * t + 1.0f) - 1.0f) * 0.5f);
-    while (ti * (ti + 1) / 2 > t) --ti;
-    while ((ti + 1) * (ti + 2) / 2 <= t) ++ti;
-    const int tj = t - ti * (ti + 1) / 2, i0 = ti * SY_T, j0 = tj * SY_T;
+    int ti, tj;
+    lower_pair(blockIdx.x, ti, tj);
+    const int i0 = ti * SY_T, j0 = tj * SY_T;
     const bool diag = ti == tj;
     const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
     T acc[8][8];

@@ -292,6 +292,9 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
 }
 
+/// Rows and columns of the lower-triangle tiles `chol_syrk_kernel` updates, one per block (its `SY_T`).
+const SYRK_TILE: usize = 128;
+
 /// Rows per block of `chol_panel_kernel` (its `PANEL_R`): METALCORE_CHOL_PANEL_R (32, 64 or
 /// 128; float64 at most 64, for shared memory), default 64.
 fn panel_rows(dtype: DType) -> usize {
@@ -362,9 +365,9 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
             // block in place, reading the block, with the shared memory of both.
             unsafe { launch_args(dev, exec, &panel, r.div_ceil(pr), 256, (nb + pr) * (nb + 1) * es, &args)? };
             if update == 0 {
-                let t = r.div_ceil(128);
+                let t = r.div_ceil(SYRK_TILE);
                 let args = [Arg::P(at(k + s, k)), Arg::L(n as i64), Arg::I(r as i32)];
-                // SAFETY: one block per 128×128 tile of the r×r trailing lower triangle, which
+                // SAFETY: one block per SYRK_TILE² tile of the r×r trailing lower triangle, which
                 // with the r×s panel left of it lies inside this matrix (rows n apart).
                 unsafe { launch_args(dev, exec, &syrk, t * (t + 1) / 2, 256, 0, &args)? };
                 continue;
