@@ -149,6 +149,54 @@ pub(crate) fn has_avx512() -> bool {
     })
 }
 
+/// True when the CPU also converts float32 to bfloat16 in hardware (AVX512-BF16, checked once,
+/// and only where the AVX-512 copies run): [`store_row`] then rounds 32 values per instruction
+/// instead of about eight integer operations per vector (2-core EPYC, SiLU forward in bfloat16 in
+/// L1: 0.59 → 0.40 ns per element).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512_bf16() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| has_avx512() && std::is_x86_feature_detected!("avx512bf16"))
+}
+
+/// `d[i] = f32_to_bf16_bits(v[i])` for every i, 32 elements per VCVTNE2PS2BF16. That instruction
+/// rounds as [`f32_to_bf16_bits`] does, NaN included, but flushes float32 subnormals to zero: a
+/// group of 32 holding one is converted by the scalar formula instead, so the bits never differ.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`has_avx512_bf16`]); `d.len() == v.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16")]
+unsafe fn f32_to_bf16_row(v: &[f32], d: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+    let one = _mm512_set1_epi32(1);
+    // |x| − 1 below 0x7f_ffff (unsigned): a nonzero subnormal.
+    let top = _mm512_set1_epi32(0x7f_ffff);
+    let subnormal = |a: __m512| {
+        let m = _mm512_and_si512(_mm512_castps_si512(a), magnitude);
+        _mm512_cmplt_epu32_mask(_mm512_sub_epi32(m, one), top)
+    };
+    let n = v.len();
+    let mut i = 0;
+    while i + 32 <= n {
+        let a = _mm512_loadu_ps(v.as_ptr().add(i));
+        let b = _mm512_loadu_ps(v.as_ptr().add(i + 16));
+        if subnormal(a) | subnormal(b) == 0 {
+            let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            _mm512_storeu_si512(d.as_mut_ptr().add(i) as *mut __m512i, r);
+        } else {
+            for j in i..i + 32 {
+                d[j] = f32_to_bf16_bits(v[j]);
+            }
+        }
+        i += 32;
+    }
+    for j in i..n {
+        d[j] = f32_to_bf16_bits(v[j]);
+    }
+}
+
 /// The widest copy of the CPU kernels this process runs: `"avx512"` (for the kernels that have
 /// one, see [`has_avx512`]), `"avx2"` or `"baseline"`.
 pub fn isa() -> &'static str {
@@ -350,12 +398,16 @@ impl_real!(f64, f64::exp);
 /// [−126, 128], and `p(r) ≥ 1` where k = −126 (r ≥ 0) and `p(r) < 1` where k = 128 (r < 0), so the
 /// result is always a normal float. (This halves the instructions of the two-step scaling it
 /// replaced: 0.72 against 1.32 ns per SiLU element in L1 on the 2-core EPYC.)
+///
+/// The clamp is `max` then `min`, which send NaN to the bound (the fix-ups below restore it), so
+/// the polynomial never sees NaN: SiLU forward ran about 10% faster in L1 than with `clamp`,
+/// which carries NaN through.
 #[inline(always)]
 pub(crate) fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(-87.33, 88.72);
+    let xc = x.max(-87.33).min(88.72);
     let k = (xc * LOG2E).round_ties_even();
     let r = k.mul_add(-C2, k.mul_add(-C1, xc));
     let mut p = 1.987_569_1e-4_f32;
@@ -365,8 +417,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 5.000_000_1e-1);
     let e = p.mul_add(r * r, r) + 1.0;
-    // SAFETY: k is an integer in [-126, 128], representable as i32 (the unchecked cast
-    // vectorizes, unlike the saturating `as`).
+    // SAFETY: k is an integer in [-126, 128] (xc is never NaN), representable as i32 (the
+    // unchecked cast vectorizes, unlike the saturating `as`).
     let scaled = f32::from_bits((e.to_bits() as i32).wrapping_add(unsafe { k.to_int_unchecked::<i32>() } << 23) as u32);
     if x != x {
         x
@@ -458,6 +510,10 @@ pub(crate) unsafe fn store_row<A: Real>(vals: &[A], dtype: DType, dst: *mut u8) 
     if dtype == DType::BF16 && std::mem::size_of::<A>() == 4 {
         let v = std::slice::from_raw_parts(vals.as_ptr() as *const f32, vals.len());
         let d = std::slice::from_raw_parts_mut(dst as *mut u16, vals.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512_bf16() {
+            return f32_to_bf16_row(v, d);
+        }
         for (d, v) in d.iter_mut().zip(v) {
             *d = f32_to_bf16_bits(*v);
         }
@@ -597,6 +653,50 @@ mod tests {
             assert_eq!(f32_to_bf16_bits(v), bf16::from_f32(v).to_bits(), "value {v}");
         }
         assert!(bf16::from_bits(f32_to_bf16_bits(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn store_row_rounds_to_bfloat16_bit_for_bit_on_every_path() {
+        // Ties both ways, NaNs with payloads, infinities, signed zeros, subnormals (which the
+        // hardware conversion would flush) and values that round up into infinity, at every tail
+        // length. The random values (exponent field below 128) fall in the subnormal range about
+        // once in 128, so about four groups of 32 in five take the hardware path.
+        let special = [
+            1.0f32,
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::from_bits(0x7f7f_ffff),
+            f32::from_bits(0x7fc0_1234),
+            f32::from_bits(0xff80_0001),
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            f32::from_bits(0x0000_8001),
+            f32::from_bits(0x807f_ffff),
+            f32::MIN_POSITIVE,
+        ];
+        let mut state = 0x9e37_79b9u32;
+        for len in (0..70).chain([1000, 1024]) {
+            for with_special in [false, true] {
+                let vals: Vec<f32> = (0..len)
+                    .map(|i| {
+                        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                        if with_special && i % 7 == 3 {
+                            special[(state >> 8) as usize % special.len()]
+                        } else {
+                            f32::from_bits(state & 0xbfff_ffff)
+                        }
+                    })
+                    .collect();
+                let mut got = vec![0u16; len];
+                // SAFETY: `got` holds `len` bfloat16 elements.
+                unsafe { store_row(&vals, DType::BF16, got.as_mut_ptr() as *mut u8) };
+                for (i, (&g, &v)) in got.iter().zip(&vals).enumerate() {
+                    assert_eq!(g, f32_to_bf16_bits(v), "len {len}, element {i}: {v:e} ({:#x})", v.to_bits());
+                }
+            }
+        }
     }
 
     #[test]
