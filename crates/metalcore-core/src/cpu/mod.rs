@@ -84,6 +84,7 @@ pub mod linalg;
 pub mod norm;
 pub mod pool;
 pub mod rope;
+mod rowsum;
 pub mod softmax;
 mod symeig;
 pub mod xent;

@@ -2,10 +2,13 @@
 //! the accumulation type is read (and its result written) in place, others are converted through a
 //! scratch row, so every pass after the first read stays in L1.
 
+#[cfg(target_arch = "x86_64")]
+use super::rowsum;
 use super::{
     dot, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, next_row, round_to, row_ptr, same_type,
     store_row, sum, write_out, Real,
 };
+use crate::dtype::DType;
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
 use crate::ops::Mat;
 
@@ -47,8 +50,12 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     let n = buf.len();
     // x is read where it is when stored as A (and no residual is added), and y written there
     // too: the row then streams through memory once each way, with no copies through scratch.
+    let mut first_sum = None;
     let xs: &[A] = if p.residual.is_none() && same_type::<A>(p.x.dtype) {
         std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n)
+    } else if let Some(total) = load_bf16_summing(c, row, buf) {
+        first_sum = Some(total);
+        buf
     } else {
         load_row(p.x.dtype, row_ptr(&p.x, row), buf);
         if let (Some(res), Some(res_out)) = (p.residual, p.residual_out) {
@@ -59,18 +66,7 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
         }
         buf
     };
-    let (mu, ss) = if c.layer {
-        let mu = sum(xs) * c.inv_n;
-        (
-            mu,
-            lane_sum(n, |i| {
-                let d = *xs.get_unchecked(i) - mu;
-                d * d
-            }),
-        )
-    } else {
-        (A::ZERO, dot(xs, xs))
-    };
+    let (mu, ss) = moments(c.layer, xs, c.inv_n, first_sum);
     let r = A::ONE / (ss * c.inv_n + c.eps).sqrt();
     if let Some(rstd) = p.rstd {
         r.store(p.acc, rstd as *mut u8, row);
@@ -97,6 +93,69 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
 }
 
 isa_copies!(fwd_row_avx2 = fwd_row(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]));
+
+/// A LayerNorm row of bfloat16 x (no residual) converted into `buf` by the pass that also takes
+/// its sum, which it returns; `None` (nothing done) for any other row or CPU.
+///
+/// # Safety
+/// As for [`fwd_row`].
+#[inline(always)]
+unsafe fn load_bf16_summing<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A]) -> Option<f64> {
+    let p = c.p;
+    if !(c.layer && p.residual.is_none() && p.x.dtype == DType::BF16 && f32_avx2::<A>()) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (of the cast): A is f32 (`f32_avx2`).
+        let out = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, buf.len());
+        return Some(rowsum::load_bf16_sum(row_ptr(&p.x, row) as *const u16, out));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// True when A is f32 (the only 4-byte Real) and the CPU runs the AVX2 row reductions.
+#[inline(always)]
+fn f32_avx2<A: Real>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::mem::size_of::<A>() == 4 && super::has_avx2_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A row's mean (LayerNorm; 0 for RMSNorm) and its sum of squared deviations from it;
+/// `first_sum` is `Σ x` when a fused load already took it.
+#[inline(always)]
+fn moments<A: Real>(layer: bool, xs: &[A], inv_n: A, first_sum: Option<f64>) -> (A, A) {
+    #[cfg(target_arch = "x86_64")]
+    if f32_avx2::<A>() {
+        // SAFETY: A is f32 and the CPU has AVX2 and FMA (`f32_avx2`).
+        unsafe {
+            let x = std::slice::from_raw_parts(xs.as_ptr() as *const f32, xs.len());
+            let mu = if layer {
+                (first_sum.unwrap_or_else(|| rowsum::deviations_f32::<false>(x, 0.0)) * inv_n.to_f64()) as f32
+            } else {
+                0.0
+            };
+            return (A::from_f64(mu as f64), A::from_f64(rowsum::deviations_f32::<true>(x, mu)));
+        }
+    }
+    let _ = first_sum;
+    if layer {
+        let mu = sum(xs) * inv_n;
+        (
+            mu,
+            lane_sum(xs.len(), |i| {
+                // SAFETY: i < xs.len().
+                let d = unsafe { *xs.get_unchecked(i) } - mu;
+                d * d
+            }),
+        )
+    } else {
+        (A::ZERO, dot(xs, xs))
+    }
+}
 
 fn fwd_impl<A: Real>(p: &FwdPlan) {
     let n = p.cols;
@@ -148,6 +207,10 @@ unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>)
     let n = s.xh.len();
     let r = A::load(p.acc, p.rstd as *const u8, row);
     let mu = p.mean.map_or(A::ZERO, |m| A::load(p.acc, m as *const u8, row));
+    #[cfg(target_arch = "x86_64")]
+    if !p.cast_before_weight && f32_avx2::<A>() {
+        return bwd_row_f32(c, row, s, mu, r);
+    }
     // Inputs stored as A are read where they are (as in `fwd_row`).
     if same_type::<A>(p.x.dtype) {
         let x = std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n);
@@ -177,6 +240,60 @@ unsafe fn bwd_row<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>)
             s.dw.iter_mut().zip(dy.iter().zip(s.xh.iter())).for_each(|(acc, (d, t))| *acc += *d * *t);
         }
     }
+    finish_dx(c, row, s, r, mean_g, mean_gx);
+}
+
+/// [`bwd_row`] for float32 accumulation on AVX2 + FMA: x̂, g and the row's sums in one fused pass
+/// ([`rowsum::norm_bwd_pass`]), then dx as in the generic form.
+///
+/// # Safety
+/// As for [`bwd_row`]; A is f32, the CPU has AVX2 and FMA, and the weight is applied in float32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn bwd_row_f32<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>, mu: A, r: A) {
+    let p = c.p;
+    let f = |v: &[A]| std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len());
+    let f_mut = |v: &mut [A]| std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len());
+    // x and dy where they are when stored as float32, else converted into scratch (x into `tmp`,
+    // which the pass does not write).
+    // bfloat16 rows are converted inside the pass; any other pair of dtypes is converted into
+    // scratch first (x into `tmp`, which the pass does not write).
+    let bf16 = p.x.dtype == DType::BF16 && p.dy.dtype == DType::BF16;
+    let src = |m: &Mat, scratch: &mut Vec<A>| {
+        if bf16 || same_type::<A>(m.dtype) {
+            row_ptr(m, row) as *const u8
+        } else {
+            load_row(m.dtype, row_ptr(m, row), scratch);
+            scratch.as_ptr() as *const u8
+        }
+    };
+    let (x, dy) = (src(&p.x, &mut s.tmp), src(&p.dy, &mut s.dy));
+    let (w, xh, g, dw, db) = (f(&c.w), f_mut(&mut s.xh), f_mut(&mut s.g), f_mut(&mut s.dw), f_mut(&mut s.db));
+    let (mu, r32) = (mu.to_f64() as f32, r.to_f64() as f32);
+    macro_rules! pass {
+        ($bf:expr) => {
+            match (dw.is_empty(), db.is_empty()) {
+                (false, false) => rowsum::norm_bwd_pass::<$bf, true, true>(x, dy, w, mu, r32, xh, g, dw, db),
+                (false, true) => rowsum::norm_bwd_pass::<$bf, true, false>(x, dy, w, mu, r32, xh, g, dw, db),
+                (true, false) => rowsum::norm_bwd_pass::<$bf, false, true>(x, dy, w, mu, r32, xh, g, dw, db),
+                (true, true) => rowsum::norm_bwd_pass::<$bf, false, false>(x, dy, w, mu, r32, xh, g, dw, db),
+            }
+        };
+    }
+    let (sum_gx, sum_g) = if bf16 { pass!(true) } else { pass!(false) };
+    let mean_g = if c.layer { A::from_f64(sum_g) * c.inv_n } else { A::ZERO };
+    finish_dx(c, row, s, r, mean_g, A::from_f64(sum_gx) * c.inv_n);
+}
+
+/// The rest of a backward row once `s.xh` and `s.g` hold x̂ and dy·w: dx = r·(g − mean(g) −
+/// x̂·mean(g·x̂)) (+ the residual branch's gradient), built in `s.dy` and stored.
+///
+/// # Safety
+/// As for [`bwd_row`].
+#[inline(always)]
+unsafe fn finish_dx<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A>, r: A, mean_g: A, mean_gx: A) {
+    let p = c.p;
+    let n = s.xh.len();
     let dres: Option<&[A]> = p.d_residual_out.map(|dres| {
         if same_type::<A>(dres.dtype) {
             std::slice::from_raw_parts(row_ptr(&dres, row) as *const A, n)

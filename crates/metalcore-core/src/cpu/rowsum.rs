@@ -1,0 +1,270 @@
+//! The float32 row reductions of RMSNorm and LayerNorm on AVX2 + FMA, written with intrinsics.
+//!
+//! The generic forms (`lane_sum` over a closure) compiled to partly scalar code inside the norm
+//! rows (2-core EPYC, one thread, 2048×4096 float32: LayerNorm forward 0.70 ns and backward 1.75 ns
+//! per element, against 0.13 for a copy). Here each pass keeps four 8-wide float32 partial sums
+//! and folds them into a float64 total every [`BLOCK`] elements, as `lane_sum` does every 256: at
+//! most 16 additions per lane before a fold, so long rows keep their accuracy.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+/// Elements per block of float32 partial sums (16 steps of 32).
+const BLOCK: usize = 512;
+
+/// The sum of the 32 lanes of `v`, in float64.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn fold(v: [__m256; 4]) -> f64 {
+    let s = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+    let h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+    let lo = _mm_cvtps_pd(h);
+    let hi = _mm_cvtps_pd(_mm_movehl_ps(h, h));
+    let d = _mm_add_pd(lo, hi);
+    _mm_cvtsd_f64(_mm_add_sd(d, _mm_unpackhi_pd(d, d)))
+}
+
+/// `Σ (x − shift)²` when `SQUARE`, else `Σ (x − shift)`, in float64, over the `n` elements of the
+/// row `x` (bfloat16 when `BF16`, else float32); each x is also stored, in float32, at `copy_to`
+/// unless that is null.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `x` holds `n` readable elements and `copy_to` (if not null) room for
+/// `n` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
+    x: *const u8,
+    n: usize,
+    shift: f32,
+    copy_to: *mut f32,
+) -> f64 {
+    let s = _mm256_set1_ps(shift);
+    let copy = !copy_to.is_null();
+    let mut total = 0f64;
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = start;
+        while i + 32 <= end {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let v = load8::<BF16>(x, i + 8 * k);
+                if copy {
+                    _mm256_storeu_ps(copy_to.add(i + 8 * k), v);
+                }
+                let d = _mm256_sub_ps(v, s);
+                *a = if SQUARE { _mm256_fmadd_ps(d, d, *a) } else { _mm256_add_ps(*a, d) };
+            }
+            i += 32;
+        }
+        total += fold(acc);
+        for j in i..end {
+            let v = get::<BF16>(x, j);
+            if copy {
+                *copy_to.add(j) = v;
+            }
+            let d = (v - shift) as f64;
+            total += if SQUARE { d * d } else { d };
+        }
+        start = end;
+    }
+    total
+}
+
+/// `out = src` converted from bfloat16, returning `Σ src` in float64 (the load and LayerNorm's
+/// first reduction in one pass).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `src` holds `out.len()` readable elements.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn load_bf16_sum(src: *const u16, out: &mut [f32]) -> f64 {
+    deviations::<false, true>(src as *const u8, out.len(), 0.0, out.as_mut_ptr())
+}
+
+/// [`deviations`] of a float32 slice.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn deviations_f32<const SQUARE: bool>(x: &[f32], shift: f32) -> f64 {
+    deviations::<SQUARE, false>(x.as_ptr() as *const u8, x.len(), shift, std::ptr::null_mut())
+}
+
+/// Eight elements from `j` on of a row stored as bfloat16 (`BF16`) or float32, in float32.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load8<const BF16: bool>(p: *const u8, j: usize) -> __m256 {
+    if BF16 {
+        let h = _mm_loadu_si128(p.add(2 * j) as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    } else {
+        _mm256_loadu_ps((p as *const f32).add(j))
+    }
+}
+
+/// Element `j` of such a row.
+#[inline(always)]
+unsafe fn get<const BF16: bool>(p: *const u8, j: usize) -> f32 {
+    if BF16 {
+        f32::from_bits((*(p as *const u16).add(j) as u32) << 16)
+    } else {
+        *(p as *const f32).add(j)
+    }
+}
+
+/// The first backward pass of a norm row, fused: `xh = (x − mu)·r` and `g = dy·w` stored, `dw +=
+/// dy·xh` (when `DW`) and `db += dy` (when `DB`) accumulated, and `(Σ g·xh, Σ g)` returned in
+/// float64. `x` and `dy` are rows of `xh.len()` elements, bfloat16 when `BF16`, else float32.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `x` and `dy` are readable rows as said; `w`, `g` and (when used) `dw`,
+/// `db` are at least as long as `xh`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: bool>(
+    x: *const u8,
+    dy: *const u8,
+    w: &[f32],
+    mu: f32,
+    r: f32,
+    xh: &mut [f32],
+    g: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+) -> (f64, f64) {
+    let n = xh.len();
+    let (pw, pxh, pg, pdw, pdb) = (w.as_ptr(), xh.as_mut_ptr(), g.as_mut_ptr(), dw.as_mut_ptr(), db.as_mut_ptr());
+    let (m, rv) = (_mm256_set1_ps(mu), _mm256_set1_ps(r));
+    let (mut sum_gx, mut sum_g) = (0f64, 0f64);
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut acc_gx = [_mm256_setzero_ps(); 4];
+        let mut acc_g = [_mm256_setzero_ps(); 4];
+        let mut i = start;
+        while i + 32 <= end {
+            for k in 0..4 {
+                let j = i + 8 * k;
+                let h = _mm256_mul_ps(_mm256_sub_ps(load8::<BF16>(x, j), m), rv);
+                let d = load8::<BF16>(dy, j);
+                let gv = _mm256_mul_ps(d, _mm256_loadu_ps(pw.add(j)));
+                _mm256_storeu_ps(pxh.add(j), h);
+                _mm256_storeu_ps(pg.add(j), gv);
+                acc_gx[k] = _mm256_fmadd_ps(gv, h, acc_gx[k]);
+                acc_g[k] = _mm256_add_ps(acc_g[k], gv);
+                if DW {
+                    _mm256_storeu_ps(pdw.add(j), _mm256_fmadd_ps(d, h, _mm256_loadu_ps(pdw.add(j))));
+                }
+                if DB {
+                    _mm256_storeu_ps(pdb.add(j), _mm256_add_ps(_mm256_loadu_ps(pdb.add(j)), d));
+                }
+            }
+            i += 32;
+        }
+        sum_gx += fold(acc_gx);
+        sum_g += fold(acc_g);
+        for j in i..end {
+            let (h, d) = ((get::<BF16>(x, j) - mu) * r, get::<BF16>(dy, j));
+            let gv = d * w[j];
+            xh[j] = h;
+            g[j] = gv;
+            sum_gx += (gv * h) as f64;
+            sum_g += gv as f64;
+            if DW {
+                dw[j] = d.mul_add(h, dw[j]);
+            }
+            if DB {
+                db[j] += d;
+            }
+        }
+        start = end;
+    }
+    (sum_gx, sum_g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 1.5
+            })
+            .collect()
+    }
+
+    type Pass = ((f64, f64), Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+    /// [`norm_bwd_pass`] on rows `x`, `dy` (bfloat16 when `BF16`) with dw starting at 0.25 and db
+    /// at −0.5: the sums, then xh, g, dw and db.
+    fn pass<const BF16: bool, T>(x: &[T], dy: &[T], w: &[f32], mu: f32, r: f32) -> Pass {
+        let n = x.len();
+        let (mut xh, mut g) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+        let (mut dw, mut db) = (vec![0.25f32; n], vec![-0.5f32; n]);
+        // SAFETY: the callers checked for AVX2 and FMA; every row holds n elements of its type.
+        let sums = unsafe {
+            norm_bwd_pass::<BF16, true, true>(
+                x.as_ptr() as *const u8,
+                dy.as_ptr() as *const u8,
+                w,
+                mu,
+                r,
+                &mut xh,
+                &mut g,
+                &mut dw,
+                &mut db,
+            )
+        };
+        (sums, xh, g, dw, db)
+    }
+
+    #[test]
+    fn reductions_match_float64_at_every_length() {
+        if !crate::cpu::has_avx2_fma() {
+            return;
+        }
+        for n in (0..80).chain([511, 512, 513, 1000, 4096, 4097]) {
+            let (x, dy, w) = (data(n, 1), data(n, 2), data(n, 3));
+            let mu = 0.37f32;
+            let want1: f64 = x.iter().map(|&v| v as f64 - mu as f64).sum();
+            let want2: f64 = x.iter().map(|&v| (v as f64 - mu as f64).powi(2)).sum();
+            let scale: f64 = x.iter().map(|&v| (v as f64 - mu as f64).abs() + 1.0).sum();
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            let (got1, got2) = unsafe { (deviations_f32::<false>(&x, mu), deviations_f32::<true>(&x, mu)) };
+            assert!((got1 - want1).abs() <= 1e-6 * scale, "n {n}: {got1} vs {want1}");
+            assert!((got2 - want2).abs() <= 1e-6 * want2.max(1.0), "n {n}: {got2} vs {want2}");
+            let r = 1.3f32;
+            let ((sgx, sg), xh, g, dw, db) = pass::<false, f32>(&x, &dy, &w, mu, r);
+            let (mut wgx, mut wg) = (0f64, 0f64);
+            for j in 0..n {
+                let h = (x[j] as f64 - mu as f64) * r as f64;
+                let gv = dy[j] as f64 * w[j] as f64;
+                assert!((xh[j] as f64 - h).abs() <= 1e-6 * (1.0 + h.abs()), "xh[{j}] n {n}");
+                assert!((g[j] as f64 - gv).abs() <= 1e-6 * (1.0 + gv.abs()), "g[{j}] n {n}");
+                assert!((dw[j] as f64 - (0.25 + dy[j] as f64 * h)).abs() <= 1e-5, "dw[{j}] n {n}");
+                assert_eq!(db[j], -0.5 + dy[j], "db[{j}] n {n}");
+                wgx += gv * h;
+                wg += gv;
+            }
+            assert!((sgx - wgx).abs() <= 1e-5 * (n as f64 + 1.0), "n {n}: {sgx} vs {wgx}");
+            assert!((sg - wg).abs() <= 1e-5 * (n as f64 + 1.0), "n {n}: {sg} vs {wg}");
+            // The bfloat16 rows: the same pass on the rounded values, bit for bit, and the
+            // converting load with its sum.
+            let bits = |v: &[f32]| v.iter().map(|&f| crate::cpu::f32_to_bf16_bits(f)).collect::<Vec<u16>>();
+            let wide = |b: &[u16]| b.iter().map(|&h| f32::from_bits((h as u32) << 16)).collect::<Vec<f32>>();
+            let (xb, dyb) = (bits(&x), bits(&dy));
+            let (xr, dyr) = (wide(&xb), wide(&dyb));
+            let mut out = vec![f32::NAN; n];
+            // SAFETY: as above; `xb` holds n elements.
+            let total = unsafe { load_bf16_sum(xb.as_ptr(), &mut out) };
+            assert_eq!(out, xr, "n {n}");
+            let want: f64 = xr.iter().map(|&v| v as f64).sum();
+            assert!((total - want).abs() <= 1e-6 * scale, "n {n}: {total} vs {want}");
+            assert_eq!(pass::<true, u16>(&xb, &dyb, &w, mu, r), pass::<false, f32>(&xr, &dyr, &w, mu, r), "n {n}");
+        }
+    }
+}
