@@ -179,13 +179,21 @@ unsafe fn f32_to_bf16_row(v: &[f32], d: &mut [u16]) {
         _mm512_cmplt_epu32_mask(_mm512_sub_epi32(m, one), top)
     };
     let n = v.len();
+    // Rows of 1 KiB and more that start on a cache line are stored non-temporally, as
+    // [`write_out`] does for float32 (a plain store reads each output line from memory first).
+    let stream = n >= 512 && (d.as_ptr() as usize) % 64 == 0;
     let mut i = 0;
     while i + 32 <= n {
         let a = _mm512_loadu_ps(v.as_ptr().add(i));
         let b = _mm512_loadu_ps(v.as_ptr().add(i + 16));
         if subnormal(a) | subnormal(b) == 0 {
             let r: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-            _mm512_storeu_si512(d.as_mut_ptr().add(i) as *mut __m512i, r);
+            let at = d.as_mut_ptr().add(i) as *mut __m512i;
+            if stream {
+                _mm512_stream_si512(at, r);
+            } else {
+                _mm512_storeu_si512(at, r);
+            }
         } else {
             for j in i..i + 32 {
                 d[j] = f32_to_bf16_bits(v[j]);
@@ -195,6 +203,10 @@ unsafe fn f32_to_bf16_row(v: &[f32], d: &mut [u16]) {
     }
     for j in i..n {
         d[j] = f32_to_bf16_bits(v[j]);
+    }
+    if stream {
+        // Order the streamed stores before anything this thread does next.
+        _mm_sfence();
     }
 }
 
@@ -690,11 +702,17 @@ mod tests {
                         }
                     })
                     .collect();
-                let mut got = vec![0u16; len];
-                // SAFETY: `got` holds `len` bfloat16 elements.
-                unsafe { store_row(&vals, DType::BF16, got.as_mut_ptr() as *mut u8) };
-                for (i, (&g, &v)) in got.iter().zip(&vals).enumerate() {
-                    assert_eq!(g, f32_to_bf16_bits(v), "len {len}, element {i}: {v:e} ({:#x})", v.to_bits());
+                // Destinations on a cache line (streamed stores from 512 elements on) and off one.
+                let mut room = vec![0u16; len + 64];
+                let line = (room.as_ptr() as usize).wrapping_neg() % 64 / 2;
+                for start in [line, line + 1] {
+                    let got = &mut room[start..start + len];
+                    // SAFETY: `got` holds `len` bfloat16 elements.
+                    unsafe { store_row(&vals, DType::BF16, got.as_mut_ptr() as *mut u8) };
+                    for (i, (&g, &v)) in got.iter().zip(&vals).enumerate() {
+                        let bits = v.to_bits();
+                        assert_eq!(g, f32_to_bf16_bits(v), "len {len} at {start}, element {i}: {v:e} ({bits:#x})");
+                    }
                 }
             }
         }

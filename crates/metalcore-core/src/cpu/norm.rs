@@ -77,6 +77,14 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     // The row is built in L1 scratch while the next row's x is prefetched, then streamed out.
     let next = next_row(&p.x, row, p.rows);
     let (w, b): (&[A], &[A]) = (&c.w, &c.b);
+    let yp = row_ptr(&p.y, row);
+    #[cfg(target_arch = "x86_64")]
+    if !p.cast_before_weight && p.y.dtype == DType::F32 && f32_avx2::<A>() {
+        // Straight to y, streamed (A is f32 and the CPU has AVX2: `f32_avx2`).
+        let f = |v: &[A]| std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len());
+        let (mu, r) = (mu.to_f64() as f32, r.to_f64() as f32);
+        return rowsum::norm_out_f32(f(xs), f(w), f(b), mu, r, yp as *mut f32, &[next]);
+    }
     if p.cast_before_weight {
         fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r);
         round_to(p.x.dtype, tmp);
@@ -84,7 +92,6 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     } else {
         fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r * *w.get_unchecked(i) + *b.get_unchecked(i));
     }
-    let yp = row_ptr(&p.y, row);
     if same_type::<A>(p.y.dtype) {
         write_out(yp as *mut A, tmp);
     } else {
@@ -304,6 +311,14 @@ unsafe fn finish_dx<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A
     });
     // dx is built in scratch while the next row's x and dy are prefetched, then streamed out.
     let next = [next_row(&p.x, row, p.rows), next_row(&p.dy, row, p.rows)];
+    let dxp = row_ptr(&p.dx, row);
+    #[cfg(target_arch = "x86_64")]
+    if dres.is_none() && p.dx.dtype == DType::F32 && f32_avx2::<A>() {
+        // Straight to dx, streamed (A is f32 and the CPU has AVX2: `f32_avx2`).
+        let f = |v: &[A]| std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len());
+        let k = |v: A| v.to_f64() as f32;
+        return rowsum::norm_dx_f32(f(&s.g), f(&s.xh), k(r), k(mean_g), k(mean_gx), dxp as *mut f32, &next);
+    }
     // Slices bound before the closure: read through `s` there, the vectors' buffer pointers were
     // reloaded at every element (the store to dx might alias them) and the loop ran scalar.
     let (g, xh, dx): (&[A], &[A], &mut [A]) = (&s.g, &s.xh, &mut s.dy);
@@ -311,7 +326,6 @@ unsafe fn finish_dx<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch<A
     if let Some(d) = dres {
         dx.iter_mut().zip(d).for_each(|(o, d)| *o += *d);
     }
-    let dxp = row_ptr(&p.dx, row);
     if same_type::<A>(p.dx.dtype) {
         write_out(dxp as *mut A, dx);
     } else {

@@ -183,6 +183,106 @@ pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: b
     (sum_gx, sum_g)
 }
 
+/// Writes `out[i] = one(i)` for the `n` elements of a float32 output row, eight at a time by
+/// `eight(i)`, with non-temporal stores where the row is 32-byte aligned (an output written once
+/// is then not read from memory first), prefetching line `j` of each row in `ahead` (null for
+/// none) while it writes line `j` of `out`. Replaces building the row in scratch and copying it
+/// out: one pass over L1 fewer.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `out` has room for `n` floats; `eight(i)` and `one(i)` are valid for
+/// `i + 8 ≤ n` and `i < n`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn stream_row(
+    n: usize,
+    out: *mut f32,
+    ahead: &[*const u8],
+    eight: impl Fn(usize) -> __m256,
+    one: impl Fn(usize) -> f32,
+) {
+    let aligned = (out as usize) % 32 == 0;
+    let mut i = 0;
+    while i + 16 <= n {
+        for &a in ahead {
+            if !a.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(i * 4) as *const i8);
+            }
+        }
+        for k in [i, i + 8] {
+            if aligned {
+                _mm256_stream_ps(out.add(k), eight(k));
+            } else {
+                _mm256_storeu_ps(out.add(k), eight(k));
+            }
+        }
+        i += 16;
+    }
+    for j in i..n {
+        *out.add(j) = one(j);
+    }
+    // Order the streamed stores before anything this thread does next (another thread may read
+    // the row once the task ends).
+    _mm_sfence();
+}
+
+/// A norm's output row in float32: `y = (x − mu)·r·w + b`.
+///
+/// # Safety
+/// As for [`stream_row`]; `x`, `w` and `b` hold `n` floats.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn norm_out_f32(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    mu: f32,
+    r: f32,
+    out: *mut f32,
+    ahead: &[*const u8],
+) {
+    let (px, pw, pb) = (x.as_ptr(), w.as_ptr(), b.as_ptr());
+    let (m, rv) = (_mm256_set1_ps(mu), _mm256_set1_ps(r));
+    stream_row(
+        x.len().min(w.len()).min(b.len()),
+        out,
+        ahead,
+        |i| {
+            let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(i)), m), rv);
+            _mm256_fmadd_ps(t, _mm256_loadu_ps(pw.add(i)), _mm256_loadu_ps(pb.add(i)))
+        },
+        |i| (x[i] - mu) * r * w[i] + b[i],
+    );
+}
+
+/// A norm's input gradient row in float32: `dx = r·(g − mean_g − xh·mean_gx)`.
+///
+/// # Safety
+/// As for [`stream_row`]; `g` and `xh` hold `n` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn norm_dx_f32(
+    g: &[f32],
+    xh: &[f32],
+    r: f32,
+    mean_g: f32,
+    mean_gx: f32,
+    out: *mut f32,
+    ahead: &[*const u8],
+) {
+    let (pg, pxh) = (g.as_ptr(), xh.as_ptr());
+    let (mg, rv, k) = (_mm256_set1_ps(mean_g), _mm256_set1_ps(r), _mm256_set1_ps(mean_gx));
+    stream_row(
+        g.len().min(xh.len()),
+        out,
+        ahead,
+        |i| {
+            let d = _mm256_fnmadd_ps(_mm256_loadu_ps(pxh.add(i)), k, _mm256_sub_ps(_mm256_loadu_ps(pg.add(i)), mg));
+            _mm256_mul_ps(rv, d)
+        },
+        |i| r * (g[i] - mean_g - xh[i] * mean_gx),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +365,37 @@ mod tests {
             let want: f64 = xr.iter().map(|&v| v as f64).sum();
             assert!((total - want).abs() <= 1e-6 * scale, "n {n}: {total} vs {want}");
             assert_eq!(pass::<true, u16>(&xb, &dyb, &w, mu, r), pass::<false, f32>(&xr, &dyr, &w, mu, r), "n {n}");
+        }
+    }
+
+    #[test]
+    fn streamed_rows_match_the_scalar_formulas_aligned_or_not() {
+        if !crate::cpu::has_avx2_fma() {
+            return;
+        }
+        for n in (0..70).chain([4096, 4097]) {
+            let (x, w, b) = (data(n, 4), data(n, 5), data(n, 6));
+            // 32-byte aligned at offset 0 of a Vec<__m256>'s memory; offset 1 float is not.
+            // SAFETY: AVX2 checked above.
+            let mut store = vec![unsafe { _mm256_setzero_ps() }; n / 8 + 2];
+            for off in [0, 1] {
+                let out = unsafe { (store.as_mut_ptr() as *mut f32).add(off) };
+                let (mu, r, k) = (0.25f32, 1.7f32, 0.6f32);
+                // SAFETY: AVX2 and FMA checked above; `store` has room for n + 1 floats.
+                unsafe { norm_out_f32(&x, &w, &b, mu, r, out, &[x.as_ptr() as *const u8, std::ptr::null()]) };
+                for i in 0..n {
+                    let want = (x[i] - mu) * r * w[i] + b[i];
+                    let got = unsafe { *out.add(i) };
+                    assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "y[{i}] n {n} off {off}");
+                }
+                // SAFETY: as above.
+                unsafe { norm_dx_f32(&x, &w, r, mu, k, out, &[]) };
+                for i in 0..n {
+                    let want = r * (x[i] - mu - w[i] * k);
+                    let got = unsafe { *out.add(i) };
+                    assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "dx[{i}] n {n} off {off}");
+                }
+            }
         }
     }
 }
