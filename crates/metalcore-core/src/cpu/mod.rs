@@ -210,6 +210,16 @@ unsafe fn f32_to_bf16_row(v: &[f32], d: &mut [u16]) {
     }
 }
 
+/// True when the accumulation type A is f32 (the only 4-byte Real) and the CPU runs the AVX2 row
+/// passes of `rowsum`.
+#[inline(always)]
+pub(crate) fn f32_avx2<A: Real>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::mem::size_of::<A>() == 4 && has_avx2_fma();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The widest copy of the CPU kernels this process runs: `"avx512"` (for the kernels that have
 /// one, see [`has_avx512`]), `"avx2"` or `"baseline"`.
 pub fn isa() -> &'static str {

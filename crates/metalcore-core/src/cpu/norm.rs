@@ -5,8 +5,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::rowsum;
 use super::{
-    dot, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, next_row, round_to, row_ptr, same_type,
-    store_row, sum, write_out, Real,
+    dot, f32_avx2, fill_prefetching, for_each_row, lane_sum, load_row, min_rows, next_row, round_to, row_ptr,
+    same_type, store_row, sum, write_out, Real,
 };
 use crate::dtype::DType;
 use crate::ops::norm::{BwdPlan, FwdPlan, NormKind};
@@ -120,15 +120,6 @@ unsafe fn load_bf16_summing<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A
     }
     #[cfg(not(target_arch = "x86_64"))]
     None
-}
-
-/// True when A is f32 (the only 4-byte Real) and the CPU runs the AVX2 row reductions.
-#[inline(always)]
-fn f32_avx2<A: Real>() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::mem::size_of::<A>() == 4 && super::has_avx2_fma();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// A row's mean (LayerNorm; 0 for RMSNorm) and its sum of squared deviations from it;

@@ -41,6 +41,37 @@ pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
 ) -> f64 {
     let s = _mm256_set1_ps(shift);
     let copy = !copy_to.is_null();
+    blocked_sum(
+        n,
+        |j, a| {
+            let v = load8::<BF16>(x, j);
+            if copy {
+                _mm256_storeu_ps(copy_to.add(j), v);
+            }
+            let d = _mm256_sub_ps(v, s);
+            *a = if SQUARE { _mm256_fmadd_ps(d, d, *a) } else { _mm256_add_ps(*a, d) };
+        },
+        |j| {
+            let v = get::<BF16>(x, j);
+            if copy {
+                *copy_to.add(j) = v;
+            }
+            let d = (v - shift) as f64;
+            if SQUARE {
+                d * d
+            } else {
+                d
+            }
+        },
+    )
+}
+
+/// `Σ one(j)` over `j < n`: eight terms at a time added by `eight(j, acc)` into one of four
+/// float32 accumulators, folded into the float64 total every [`BLOCK`] elements; the terms past
+/// the last full 32 of a block come from `one`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn blocked_sum(n: usize, mut eight: impl FnMut(usize, &mut __m256), mut one: impl FnMut(usize) -> f64) -> f64 {
     let mut total = 0f64;
     let mut start = 0;
     while start < n {
@@ -49,23 +80,13 @@ pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
         let mut i = start;
         while i + 32 <= end {
             for (k, a) in acc.iter_mut().enumerate() {
-                let v = load8::<BF16>(x, i + 8 * k);
-                if copy {
-                    _mm256_storeu_ps(copy_to.add(i + 8 * k), v);
-                }
-                let d = _mm256_sub_ps(v, s);
-                *a = if SQUARE { _mm256_fmadd_ps(d, d, *a) } else { _mm256_add_ps(*a, d) };
+                eight(i + 8 * k, a);
             }
             i += 32;
         }
         total += fold(acc);
         for j in i..end {
-            let v = get::<BF16>(x, j);
-            if copy {
-                *copy_to.add(j) = v;
-            }
-            let d = (v - shift) as f64;
-            total += if SQUARE { d * d } else { d };
+            total += one(j);
         }
         start = end;
     }
@@ -192,16 +213,17 @@ pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: b
 /// # Safety
 /// The CPU has AVX2 and FMA; `out` has room for `n` floats; `eight(i)` and `one(i)` are valid for
 /// `i + 8 ≤ n` and `i < n`.
+/// With `STREAM` false (a scratch row, read again next) the stores are plain.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn stream_row(
+unsafe fn stream_row<const STREAM: bool>(
     n: usize,
     out: *mut f32,
     ahead: &[*const u8],
     eight: impl Fn(usize) -> __m256,
     one: impl Fn(usize) -> f32,
 ) {
-    let aligned = (out as usize) % 32 == 0;
+    let aligned = STREAM && (out as usize) % 32 == 0;
     let mut i = 0;
     while i + 16 <= n {
         for &a in ahead {
@@ -221,9 +243,11 @@ unsafe fn stream_row(
     for j in i..n {
         *out.add(j) = one(j);
     }
-    // Order the streamed stores before anything this thread does next (another thread may read
-    // the row once the task ends).
-    _mm_sfence();
+    if STREAM {
+        // Order the streamed stores before anything this thread does next (another thread may
+        // read the row once the task ends).
+        _mm_sfence();
+    }
 }
 
 /// A norm's output row in float32: `y = (x − mu)·r·w + b`.
@@ -243,7 +267,7 @@ pub(crate) unsafe fn norm_out_f32(
 ) {
     let (px, pw, pb) = (x.as_ptr(), w.as_ptr(), b.as_ptr());
     let (m, rv) = (_mm256_set1_ps(mu), _mm256_set1_ps(r));
-    stream_row(
+    stream_row::<true>(
         x.len().min(w.len()).min(b.len()),
         out,
         ahead,
@@ -271,7 +295,7 @@ pub(crate) unsafe fn norm_dx_f32(
 ) {
     let (pg, pxh) = (g.as_ptr(), xh.as_ptr());
     let (mg, rv, k) = (_mm256_set1_ps(mean_g), _mm256_set1_ps(r), _mm256_set1_ps(mean_gx));
-    stream_row(
+    stream_row::<true>(
         g.len().min(xh.len()),
         out,
         ahead,
@@ -280,6 +304,54 @@ pub(crate) unsafe fn norm_dx_f32(
             _mm256_mul_ps(rv, d)
         },
         |i| r * (g[i] - mean_g - xh[i] * mean_gx),
+    );
+}
+
+/// `Σ a·b` over rows of `n` elements (bfloat16 when `BF16`, else float32), in float64.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `a` and `b` hold `n` readable elements each.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot<const BF16: bool>(a: *const u8, b: *const u8, n: usize) -> f64 {
+    blocked_sum(
+        n,
+        |j, s| *s = _mm256_fmadd_ps(load8::<BF16>(a, j), load8::<BF16>(b, j), *s),
+        |j| (get::<BF16>(a, j) * get::<BF16>(b, j)) as f64,
+    )
+}
+
+/// `out = v·k`, streamed to a float32 output row (softmax's normalization).
+///
+/// # Safety
+/// As for [`stream_row`]; `out` has room for `v.len()` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn scale_out_f32(v: &[f32], k: f32, out: *mut f32) {
+    let (pv, kv) = (v.as_ptr(), _mm256_set1_ps(k));
+    stream_row::<true>(v.len(), out, &[], |i| _mm256_mul_ps(_mm256_loadu_ps(pv.add(i)), kv), |i| v[i] * k);
+}
+
+/// Softmax's input gradient `out = y·(dy − s)` for rows `y`, `dy` of `n` elements (bfloat16 when
+/// `BF16`, else float32), into a float32 row: streamed when `STREAM` (the output itself), plain
+/// when not (a scratch row).
+///
+/// # Safety
+/// As for [`stream_row`]; `y` and `dy` hold `n` readable elements, `out` room for `n` floats.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn softmax_dx<const BF16: bool, const STREAM: bool>(
+    y: *const u8,
+    dy: *const u8,
+    n: usize,
+    s: f32,
+    out: *mut f32,
+    ahead: &[*const u8],
+) {
+    let sv = _mm256_set1_ps(s);
+    stream_row::<STREAM>(
+        n,
+        out,
+        ahead,
+        |i| _mm256_mul_ps(load8::<BF16>(y, i), _mm256_sub_ps(load8::<BF16>(dy, i), sv)),
+        |i| get::<BF16>(y, i) * (get::<BF16>(dy, i) - s),
     );
 }
 
@@ -365,6 +437,34 @@ mod tests {
             let want: f64 = xr.iter().map(|&v| v as f64).sum();
             assert!((total - want).abs() <= 1e-6 * scale, "n {n}: {total} vs {want}");
             assert_eq!(pass::<true, u16>(&xb, &dyb, &w, mu, r), pass::<false, f32>(&xr, &dyr, &w, mu, r), "n {n}");
+        }
+    }
+
+    #[test]
+    fn softmax_passes_match_the_scalar_formulas() {
+        if !crate::cpu::has_avx2_fma() {
+            return;
+        }
+        for n in (0..70).chain([512, 513, 4096, 4097]) {
+            let (y, dy) = (data(n, 7), data(n, 8));
+            let want: f64 = y.iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum();
+            // SAFETY: AVX2 and FMA checked above; both rows hold n floats.
+            let got = unsafe { dot::<false>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n) };
+            assert!((got - want).abs() <= 1e-5 * (n as f64 + 1.0), "n {n}: {got} vs {want}");
+            let mut out = vec![f32::NAN; n + 1];
+            for off in [0, 1] {
+                let o = unsafe { out.as_mut_ptr().add(off) };
+                // SAFETY: as above; `out` has room for n + 1 floats.
+                unsafe { softmax_dx::<false, true>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n, 0.3, o, &[]) };
+                for i in 0..n {
+                    assert_eq!(unsafe { *o.add(i) }, y[i] * (dy[i] - 0.3), "dx[{i}] n {n} off {off}");
+                }
+                // SAFETY: as above.
+                unsafe { scale_out_f32(&y, 1.5, o) };
+                for i in 0..n {
+                    assert_eq!(unsafe { *o.add(i) }, y[i] * 1.5, "y[{i}] n {n} off {off}");
+                }
+            }
         }
     }
 
