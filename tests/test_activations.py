@@ -208,8 +208,45 @@ def test_nan_and_inf_as_torch(device, dtype):
         assert torch.equal(torch.isinf(y), torch.isinf(y64)), name
         fin = torch.isfinite(y64)
         assert rel_err(y[fin], y64[fin]) < 1e-2, name
+        # The backward too (GELU-tanh's derivative was NaN at ±1e30, where x² overflows float32).
+        (d,) = grads_of(ours, (x.clone().requires_grad_(),), torch.ones_like(x))
+        (d64,) = grads_of(theirs, (x.double().requires_grad_(),), torch.ones_like(x, dtype=torch.float64))
+        assert torch.equal(torch.isnan(d), torch.isnan(d64)), name
+        assert torch.equal(torch.isinf(d), torch.isinf(d64)), name
+        fin = torch.isfinite(d64)
+        assert rel_err(d[fin], d64[fin]) < 1e-2, name
     h = swiglu(x, torch.ones_like(x))
     assert torch.equal(torch.isnan(h), torch.isnan(F.silu(x))) and torch.isnan(h[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_16_bit_input_on_the_cpu(dtype):
+    # All 65536 bit patterns, forward and backward (dy = 1): within half an ulp of the float64
+    # value, plus the float32 evaluation's own error (2e-7·(1 + |x|) absolute, which matters only
+    # near zeros, e.g. of GELU's derivative at x = -0.75); non-finite exactly where float64's are
+    # (this found GELU-tanh's derivative NaN for |x| > 1.8e19, where x² overflowed float32).
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype)
+    x64 = x.double()
+    finfo = torch.finfo(dtype)
+    for name, ours, theirs in ACTS:
+        x64g = x64.clone().requires_grad_()
+        y64 = theirs(x64g)
+        (d64,) = torch.autograd.grad(y64, (x64g,), torch.ones_like(y64))
+        xg = x.clone().requires_grad_()
+        y = ours(xg)
+        (d,) = torch.autograd.grad(y, (xg,), torch.ones_like(y))
+        for got, want, what in ((y, y64.detach(), "forward"), (d, d64, "backward")):
+            want_r = want.to(dtype).double()
+            assert torch.equal(torch.isnan(got), torch.isnan(want_r)), (name, what)
+            fin = torch.isfinite(want_r) & torch.isfinite(want)
+            assert torch.equal(torch.isinf(got[fin]), torch.isinf(want_r[fin])), (name, what)
+            # One ulp of the rounded value (its spacing at that magnitude; the subnormal step below).
+            mag = want_r[fin].abs().clamp_min(finfo.smallest_normal)
+            ulp = torch.exp2(torch.floor(torch.log2(mag))) * finfo.eps
+            err = ((got[fin].double() - want[fin]).abs() - 2e-7 * (1 + x64[fin].abs())).clamp_min(0)
+            worst = (err / ulp).max().item()
+            assert worst <= 0.51, (name, what, worst)
 
 
 def test_gradcheck_float64(device):

@@ -77,7 +77,11 @@ __device__ __forceinline__ void act(ACC x, ACC& f, ACC& d) {
     ACC s, c;
     sigmoid_act(k * (x + (ACC)0.044715 * x2 * x), s, c);
     f = x * s;
-    d = s + x * s * c * k * ((ACC)1 + (ACC)(3.0 * 0.044715) * x2);
+    // The second term vanishes past |x| = 20 (c or s is 0 there), but x² overflows float before x
+    // does (∞·0 = NaN for |x| > 1.8e19): it takes x clamped to ±20, and (x − x), 0 for finite x,
+    // keeps float64's NaN at ±∞ (and NaN for NaN, which the clamp passes through).
+    const ACC t = x < (ACC)-20 ? (ACC)-20 : (x > (ACC)20 ? (ACC)20 : x);
+    d = s + t * s * c * k * ((ACC)1 + (ACC)(3.0 * 0.044715) * t * t) + (x - x);
 #endif
 }
 

@@ -114,7 +114,19 @@ impl Kind for GeluTanh {
         let k = A::from_f64(2.0 * SQRT_2_OVER_PI);
         let x2 = x * x;
         let (s, c) = sigmoid(k * (x + A::from_f64(KAPPA) * x2 * x));
-        (x * s, s + x * s * c * k * (A::ONE + A::from_f64(3.0 * KAPPA) * x2))
+        // The derivative's second term vanishes past |x| = 20 (c or s is 0 there), but x² overflows
+        // float32 before x does, which made it ∞·0 = NaN for |x| > 1.8e19: it takes x clamped to
+        // ±20, and (x − x), 0 for finite x, keeps float64's NaN at ±∞ (NaN passes the clamp).
+        let (lo, hi) = (A::from_f64(-20.0), A::from_f64(20.0));
+        let t = if x < lo {
+            lo
+        } else if x > hi {
+            hi
+        } else {
+            x
+        };
+        let der = s + t * s * c * k * (A::ONE + A::from_f64(3.0 * KAPPA) * t * t) + (x - x);
+        (x * s, der)
     }
 }
 
