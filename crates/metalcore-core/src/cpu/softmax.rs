@@ -4,8 +4,8 @@
 #[cfg(target_arch = "x86_64")]
 use super::rowsum;
 use super::{
-    disjoint, dot, f32_avx2, fill_prefetching, for_each_row, load_row, next_row, row_max, row_ptr, same_type,
-    store_row, sum, write_out, Real,
+    disjoint, dot, fill_prefetching, for_each_row, load_row, next_row, row_max, row_ptr, same_type, store_row, sum,
+    write_out, Real,
 };
 use crate::ops::softmax::{BwdPlan, FwdPlan};
 
@@ -26,7 +26,7 @@ unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
         fill_prefetching(buf, &[next_row(&p.x, row, p.rows)], |i| (*x.get_unchecked(i) - m).exp());
         let inv = A::ONE / row_sum(buf);
         #[cfg(target_arch = "x86_64")]
-        if f32_avx2::<A>() {
+        if super::f32_avx2::<A>() {
             // SAFETY (of the cast): A is f32 (`f32_avx2`).
             let b = std::slice::from_raw_parts(buf.as_ptr() as *const f32, n);
             return rowsum::scale_out_f32(b, inv.to_f64() as f32, row_ptr(&p.y, row) as *mut f32);
@@ -43,11 +43,11 @@ unsafe fn fwd_row<A: Real>(p: &FwdPlan, row: usize, buf: &mut [A]) {
     store_row(buf, p.y.dtype, row_ptr(&p.y, row));
 }
 
-/// `Σ v` (by [`rowsum::dot`]'s blocked float32 lanes where [`f32_avx2`], else [`sum`]).
+/// `Σ v` (by the blocked float32 lanes of `rowsum::deviations_f32` where `f32_avx2`, else [`sum`]).
 #[inline(always)]
 fn row_sum<A: Real>(v: &[A]) -> A {
     #[cfg(target_arch = "x86_64")]
-    if f32_avx2::<A>() {
+    if super::f32_avx2::<A>() {
         // SAFETY: A is f32 and the CPU has AVX2 and FMA (`f32_avx2`).
         return A::from_f64(unsafe {
             rowsum::deviations_f32::<false>(std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len()), 0.0)
@@ -69,7 +69,7 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
     let n = yb.len();
     let same = same_type::<A>(p.y.dtype) && same_type::<A>(p.dy.dtype) && same_type::<A>(p.dx.dtype);
     #[cfg(target_arch = "x86_64")]
-    if f32_avx2::<A>() && bwd_row_f32(p, row, n, same, yb) {
+    if super::f32_avx2::<A>() && bwd_row_f32(p, row, n, same, yb) {
         return;
     }
     if same && !overlap(&p.y, &p.dx, row, n) && !overlap(&p.dy, &p.dx, row, n) {
@@ -93,7 +93,7 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
 /// [`store_row`]). Returns false, having done nothing, for other dtypes or overlapping rows.
 ///
 /// # Safety
-/// As for [`bwd_row`]; A is f32 and the CPU has AVX2 and FMA ([`f32_avx2`]).
+/// As for [`bwd_row`]; A is f32 and the CPU has AVX2 and FMA (`f32_avx2`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn bwd_row_f32<A: Real>(p: &BwdPlan, row: usize, n: usize, same: bool, yb: &mut [A]) -> bool {
