@@ -55,13 +55,19 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import batch_desc, desc, empty, fast_apply, stream_of
+from ._backend import batch_desc, desc, empty, fast_apply, has_backend, stream_of
 from .linalg import _acc, _check_matrix, _first_nonzero, _host_info, _on_backend, cholesky, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
 
 #: Sweeps before a matrix counts as not converged (float32 converges in about 6-10).
 DEFAULT_MAX_SWEEPS = 60
+
+#: CUDA float32 SVDs of tall matrices with this many columns or more (up to 128, the eigh
+#: kernel's limit) run the one-sided Jacobi on ``A V0`` instead of ``A``, ``V0`` the eigenvectors
+#: of ``AᵀA`` (metalcore's eigh): its columns are then nearly orthogonal and the Jacobi converges in
+#: a few sweeps, with Jacobi's accuracy either way; ``V = V0 Vw``. ``None`` turns it off.
+PRECONDITION_MIN_N: Optional[int] = 96
 
 
 class SVDResult(NamedTuple):
@@ -143,6 +149,25 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
     return nan(S), nan(U * sg), nan(Vh.mT * sg), info
 
 
+def _jacobi_preconditioned(x: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`_jacobi(x, False, True, max_sweeps)` for a tall CUDA batch, by the Jacobi on ``W = x V0``
+    (see `PRECONDITION_MIN_N`). The Gram matrix is formed by torch's batched GEMM in float32; the
+    result's accuracy does not rest on it (the Jacobi on W is exact to rounding whatever V0 is)."""
+    # Each matrix scaled by a power of two (exact) to entries below 1 in magnitude, so that its
+    # Gram matrix neither overflows (entries near 1e35) nor underflows (subnormals); S scaled back.
+    xf = x.float()
+    e = torch.frexp(xf.abs().amax(dim=(-2, -1), keepdim=True)).exponent
+    xf = torch.ldexp(xf, -e)
+    _, _, V0, info0 = _jacobi(xf.mT @ xf, True, True, max_sweeps)
+    S, U, Vw, info = _jacobi(xf @ V0, False, True, max_sweeps)
+    S = torch.ldexp(S, e.squeeze(-1))
+    V = V0 @ Vw
+    # A zero singular value's pair takes its sign from V's column (the module's convention),
+    # which the product V0 Vw need not keep.
+    flip = torch.where(S > 0, torch.ones_like(S), _signs(V)).unsqueeze(-2)
+    return S, U * flip, V * flip, info | (info0 & 1)
+
+
 def _complete(U: Tensor, S: Tensor, cols: int) -> Tensor:
     """U (``*, m, k``, orthonormal columns except zero columns where S == 0) completed to
     orthonormal ``cols`` columns: Householder QR keeps a zero column's reflector the identity, so
@@ -160,7 +185,12 @@ def _svd(a: Tensor, full: bool, vectors: bool, max_sweeps: int):
     m, n = a.shape[-2], a.shape[-1]
     wide = m < n
     x = a.mT if wide else a
-    S, U, V, info = _jacobi(x, False, vectors, max_sweeps)
+    k = x.shape[-1]
+    if (vectors and x.is_cuda and PRECONDITION_MIN_N is not None and PRECONDITION_MIN_N <= k <= 128
+            and _acc(a.dtype) == torch.float32 and x.numel() and has_backend(x.device)):
+        S, U, V, info = _jacobi_preconditioned(x, max_sweeps)
+    else:
+        S, U, V, info = _jacobi(x, False, vectors, max_sweeps)
     zero = _check_info(info, "svd", "QL" if a.device.type == "cpu" and S.dtype != torch.float64 else "Jacobi")
     if S.dtype != a.dtype:
         S = S.to(a.dtype)
