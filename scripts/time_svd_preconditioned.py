@@ -12,12 +12,12 @@ def med(fn, reps=15, batch=5):
         e.record(); e.synchronize(); ts.append(s.elapsed_time(e)/batch)
     return statistics.median(ts)
 g=torch.Generator().manual_seed(0)
-for b,m,n in [(64,128,128),(100,100,100),(100,96,96),(100,128,96),(100,64,64)]:
+for b,m,n in [(64,128,128),(100,100,100),(100,96,96),(100,128,96),(100,80,80),(100,64,64)]:
     A=torch.randn(b,m,n,generator=g).cuda()
     out=[]
     for r in range(2):
-        for v in (96, None):
+        for v in (64, None):
             sp.PRECONDITION_MIN_N=v
             out.append(f"{'pre' if v else 'plain'} {med(lambda: mc.svd(A)):.3f}")
-    sp.PRECONDITION_MIN_N=96
+    sp.PRECONDITION_MIN_N=64
     print(f"svd {b}x{m}x{n}: " + " | ".join(out), flush=True)

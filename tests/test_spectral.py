@@ -149,7 +149,7 @@ def test_eigh_structured_past_32(device, dtype, n):
 def test_subnormal_and_huge_entries(device, dtype):
     """Matrices of subnormals and of huge entries keep full accuracy (every kernel first scales by
     a power of two): SVD and eigh through each CUDA path (registers up to 32, the tridiagonal eigh
-    to 128, shared-memory Jacobi past that; 96 to 128 columns: the SVD's Gram preconditioning)."""
+    to 128, shared-memory Jacobi past that; 64 to 128 columns: the SVD's Gram preconditioning)."""
     scales = (1e-39, 1e35) if dtype == torch.float32 else (1e-310, 1e150)  # eigenvalues stay below FLT_MAX
     for s in scales:
         for mn in ((12, 7), (40, 33), (110, 100), (140, 140)):
