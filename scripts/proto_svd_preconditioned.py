@@ -5,14 +5,10 @@ metalcore's own eigh, svd and qr, against the plain Jacobi svd; random and cond-
 the pure float32 Gram path (U from the QR of A V0, S = |diag R|), which is not accurate for
 ill-conditioned inputs.
 python3 scripts/proto_svd_preconditioned.py"""
-import statistics, torch, metalcore as mc
-def med(fn, reps=20):
-    for _ in range(3): fn()
-    torch.cuda.synchronize(); ts=[]
-    for _ in range(reps):
-        s,e=torch.cuda.Event(enable_timing=True),torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+import torch, metalcore as mc
+from metalcore.bench.cli import time_ms
+def med(fn):
+    return time_ms(lambda i: fn(), "cuda", warmup=3, reps=20, batch=1)
 g=torch.Generator().manual_seed(0)
 def cond_mat(b,n,c):
     q1,_=torch.linalg.qr(torch.randn(b,n,n,generator=g,dtype=torch.float64)); q2,_=torch.linalg.qr(torch.randn(b,n,n,generator=g,dtype=torch.float64))

@@ -3,38 +3,11 @@ call, the call without its convergence check (the one host sync: a copy of `info
 and the device time alone (the unchecked call replayed from a CUDA graph). Median ms per call over
 10 back-to-back calls between CUDA events.
 python3 scripts/time_spectral_host.py"""
-import statistics
-
 import torch
 
 import metalcore as mc
 import metalcore.spectral as sp
-
-
-def med(fn, reps=100, batch=10):
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(batch):
-            fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) / batch)
-    return statistics.median(ts)
-
-
-def graph_ms(fn, batch=10):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(batch):
-            fn()
-    return med(g.replay, reps=50, batch=1) / batch
+from metalcore.bench.cli import graph_ms, time_ms
 
 
 gen = torch.Generator().manual_seed(0)
@@ -49,13 +22,13 @@ for op, b, n in cases:
     a = a.cuda()
     ours = (lambda: mc.eigh(a)) if op == "eigh" else (lambda: mc.svd(a))
     theirs = (lambda: torch.linalg.eigh(a)) if op == "eigh" else (lambda: torch.linalg.svd(a, full_matrices=False))
-    full = med(ours)
+    full = time_ms(lambda i: ours(), "cuda")
     sp._check_info = lambda *args, **kw: False
     try:
-        unchecked = med(ours)
-        dev = graph_ms(ours)
+        unchecked = time_ms(lambda i: ours(), "cuda")
+        dev = graph_ms(lambda i: ours(), 10)
     finally:
         sp._check_info = check
-    t = med(theirs, reps=3, batch=1)
+    t = time_ms(lambda i: theirs(), "cuda", warmup=1, reps=3, min_time=0, batch=1)
     print(f"{op} {b}x{n}^2: whole call {full:.4f} | without the check {unchecked:.4f} | device {dev:.4f} | torch {t:.4f}",
           flush=True)
