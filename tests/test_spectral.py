@@ -168,6 +168,11 @@ def test_ill_conditioned_rank_deficient_repeated(device):
     A = (u * s.unsqueeze(-2)) @ v.mT
     A = A.float().to(device)
     assert max(svd_errs(A, *svd(A))) <= 1e-5
+    # Tight clusters on both sides of 1e-3·σ₁, where the CPU's float32 SVD starts to
+    # orthogonalize the columns of A·V (above it they are orthogonal as computed).
+    levels = torch.tensor([1.0] * 16 + [1.0001e-3] * 8 + [0.9999e-3] * 8 + [1e-5] * 16, dtype=torch.float64)
+    A = ((u * (levels * (1 + 1e-7 * torch.arange(n))).unsqueeze(-2)) @ v.mT).float().to(device)
+    assert max(svd_errs(A, *svd(A))) <= 1e-5
     R = (torch.randn(3, 30, 5, dtype=torch.float64) @ torch.randn(3, 5, 20, dtype=torch.float64)).float().to(device)
     U, S, V = svd(R)  # rank 5 of 20: U completed to an orthonormal basis
     assert max(svd_errs(R, U, S, V)) <= 1e-5

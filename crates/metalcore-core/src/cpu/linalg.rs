@@ -1647,6 +1647,8 @@ struct GramScratch<A> {
     cols: Vec<Vec<f64>>,
     b: Vec<f64>,
     r: Vec<f64>,
+    h: Vec<f64>,
+    t: Vec<f64>,
     idx: Vec<usize>,
     ua: Vec<A>,
     vv: Vec<A>,
@@ -1670,11 +1672,47 @@ unsafe fn gram<A: Real>(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]) 
 
 isa_copies!(gram_avx2 = gram(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]));
 
+/// `h[j]` ← (column j of the column-major `m`, leading dimension `ld`) · `x`, for j < h.len();
+/// x.len() a multiple of 8. Four columns at a time, sharing the loads of x, in eight-row blocks
+/// whose sums stay in registers: throughput-bound where one dot product after another would
+/// wait on each one's summation.
+#[inline(always)]
+fn dots_cols<A: Real>(h: &mut [A], m: &[A], ld: usize, x: &[A]) {
+    let rows = x.len();
+    let mut j = 0;
+    while j < h.len() {
+        let w = (h.len() - j).min(4);
+        let mut acc = [[A::ZERO; 8]; 4];
+        for r in (0..rows).step_by(8) {
+            let xr: [A; 8] = x[r..r + 8].try_into().unwrap();
+            for (q, acc) in acc.iter_mut().enumerate() {
+                // A column past the end repeats column j (its sum is not used).
+                let c = j + if q < w { q } else { 0 };
+                let y: [A; 8] = m[c * ld + r..][..8].try_into().unwrap();
+                for t in 0..8 {
+                    acc[t] = y[t].mul_add(xr[t], acc[t]);
+                }
+            }
+        }
+        for q in 0..w {
+            let a = &acc[q];
+            h[j + q] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        }
+        j += w;
+    }
+}
+
 /// B = A V (column-major, leading dimension `ml`) from the column-major `cols` (A, same layout) and
-/// V's columns in `z` (leading dimension `ld`) taken in the order `idx`; then B's columns
-/// orthonormalized in place by modified Gram–Schmidt, once more for a column that lost more than
-/// half its norm to the projections ("twice is enough"), `r[i]` getting column i's norm after them
-/// (0: the column is left zero).
+/// V's columns in `z` (leading dimension `ld`) taken in the order `idx` (by descending
+/// eigenvalue of AᵀA); then B's columns normalized in place, `r[i]` getting column i's norm (0:
+/// the column is left zero).
+///
+/// Where V diagonalizes G = AᵀA to a backward error of ε‖G‖ (float64, ε ≈ 1e-16), columns i and
+/// j of B are orthogonal to within about ε σ₁² / (σ_i σ_j). Columns with σ ≥ 1e-3 σ₁ are
+/// therefore orthogonal to ~1e-10 as they are. A column below that is orthogonalized against
+/// every column before it by classical Gram–Schmidt: all its projections at once (its dot
+/// products with those columns, then one combination of them subtracted), once more if it lost
+/// more than half its norm to them ("twice is enough"). `h` and `t`: scratch of n and ml.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn times_v_orth<A: Real>(
@@ -1686,22 +1724,28 @@ unsafe fn times_v_orth<A: Real>(
     ml: usize,
     b: &mut [A],
     r: &mut [A],
+    h: &mut [A],
+    t: &mut [A],
 ) {
     for (i, &src) in idx.iter().enumerate() {
         let v = &z[src * ld..];
         gemv_cols(&mut b[i * ml..(i + 1) * ml], cols, ml, 0, 0..n, |c| v[c]);
     }
+    let mut first = A::ZERO;
     for i in 0..n {
         let (done, rest) = b.split_at_mut(i * ml);
         let col = &mut rest[..ml];
         let mut before = dot(col, col);
-        for pass in 0..2 {
-            for j in 0..i {
-                let q = &done[j * ml..(j + 1) * ml];
-                let h = A::ZERO - dot(q, col);
-                for (x, y) in col.iter_mut().zip(q) {
-                    *x += h * *y;
-                }
+        if i == 0 {
+            first = before;
+        }
+        // σ_i < 1e-3 σ₁ (before and first are squares).
+        let passes = if before < A::from_f64(1e-6) * first { 2 } else { 0 };
+        for pass in 0..passes {
+            dots_cols(&mut h[..i], done, ml, col);
+            gemv_cols(t, done, ml, 0, 0..i, |j| h[j]);
+            for (x, y) in col.iter_mut().zip(t.iter()) {
+                *x = *x - *y;
             }
             let after = dot(col, col);
             if pass == 1 || after > A::from_f64(0.25) * before {
@@ -1719,16 +1763,16 @@ unsafe fn times_v_orth<A: Real>(
     }
 }
 
-isa_copies!(times_v_orth_avx2 = times_v_orth(cols: &[A], z: &[A], ld: usize, idx: &[usize], n: usize, ml: usize, b: &mut [A], r: &mut [A]));
+isa_copies!(times_v_orth_avx2 = times_v_orth(cols: &[A], z: &[A], ld: usize, idx: &[usize], n: usize, ml: usize, b: &mut [A], r: &mut [A], h: &mut [A], t: &mut [A]));
 
 /// The SVD of float32 data on the CPU, through the symmetric eigensolver, in float64 throughout:
-/// G = AᵀA = V Λ Vᵀ ([`sym_eig_best`], V's columns by descending λ), then B = A V = Q R with Q by
-/// Gram–Schmidt ([`times_v_orth`]: B's columns are nearly orthogonal already), σ_i = r_ii and
-/// u_i = q_i. Squaring A costs accuracy only below float64's √ε ≈ 1.5e-8 of ‖A‖, far below
-/// float32's resolution; orthonormalizing B makes U orthonormal even where close small σ leave
-/// V's columns mixed (A = Q R Vᵀ holds regardless, and R's off-diagonal, the part dropped, is of
-/// the order of those σ's differences). About 3× fewer flops than Jacobi sweeps, in vectorized
-/// column loops.
+/// G = AᵀA = V Λ Vᵀ ([`sym_eig_best`], V's columns by descending λ), then B = A V, σ_i = ‖b_i‖
+/// and u_i = b_i / σ_i, the columns with σ_i < 1e-3 σ₁ first orthogonalized against those before
+/// them ([`times_v_orth`]). Squaring A costs accuracy only below float64's √ε ≈ 1.5e-8 of ‖A‖,
+/// far below float32's resolution. A = B Vᵀ holds whatever V's accuracy; the orthogonalization
+/// keeps U orthonormal where close small σ leave V's columns mixed (B = Q R, and R's
+/// off-diagonal, the part dropped, is of the order of those σ's differences). About 3× fewer
+/// flops than Jacobi sweeps, in vectorized column loops.
 fn svd_gram_impl<A: Real>(p: &SvdPlan) {
     let (m, n) = (p.a.rows, p.a.cols);
     let (nl, ml) = (n.div_ceil(8) * 8, m.div_ceil(8) * 8);
@@ -1738,7 +1782,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
         times_v_orth_avx2,
         times_v_orth,
         f64,
-        unsafe fn(&[f64], &[f64], usize, &[usize], usize, usize, &mut [f64], &mut [f64])
+        unsafe fn(&[f64], &[f64], usize, &[usize], usize, usize, &mut [f64], &mut [f64], &mut [f64], &mut [f64])
     );
     pool::for_each_init(
         p.a.batch.div_ceil(EIGH_GROUP),
@@ -1749,6 +1793,8 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
             cols: (0..EIGH_GROUP).map(|_| vec![0.0; n * ml]).collect(),
             b: vec![0.0; n * ml],
             r: vec![0.0; n],
+            h: vec![0.0; n],
+            t: vec![0.0; ml],
             idx: vec![0; n],
             ua: vec![A::ZERO; m * n],
             vv: vec![A::ZERO; n * n],
@@ -1792,7 +1838,7 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
                     g.idx.sort_by(|&x, &y| {
                         job.vals[y].partial_cmp(&job.vals[x]).unwrap_or(std::cmp::Ordering::Equal).then(x.cmp(&y))
                     });
-                    orth_f(&g.cols[k], &job.z, job.ld, &g.idx, n, ml, &mut g.b, &mut g.r);
+                    orth_f(&g.cols[k], &job.z, job.ld, &g.idx, n, ml, &mut g.b, &mut g.r, &mut g.h, &mut g.t);
                     for i in 0..n {
                         let ri = g.r[i];
                         g.vals[i] = A::from_f64(ri);

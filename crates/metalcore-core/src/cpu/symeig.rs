@@ -3,8 +3,8 @@
 //! whose plane rotations are applied to that product (Bowdler, Martin, Reinsch and Wilkinson's
 //! tred2/tql2 scheme). About 4n³ flops per matrix against roughly 20n³ for a cyclic Jacobi run.
 //! A group of eight matrices is reduced side by side, one per SIMD lane ([`reduce_lanes`]); their
-//! QL chains advance four to a vector ([`ql_many`]); each one's rotations are logged and applied
-//! to its eigenvectors at the end ([`EigScratch::apply_log`]).
+//! eight QL chains advance together, in two vectors of four ([`ql_many`]); each one's rotations
+//! are logged and applied to its eigenvectors at the end ([`EigScratch::apply_log`]).
 //!
 //! The matrix is first scaled by a power of two (exact) so that its largest entry is about 1: the
 //! rotations' `sqrt(f² + g²)` can then neither overflow nor underflow harmfully. The tridiagonal
@@ -400,6 +400,28 @@ impl<A: Real> LaneBuf<A> {
     }
 }
 
+/// Σ_j x_j ⊙ y_j over lane vectors (lane t: matrix t), in four interleaved partial sums: one
+/// sum alone would chain every multiply-add on the previous one's latency.
+#[inline(always)]
+fn lane_dot<A: Real>(x: &[[A; RL]], y: &[[A; RL]]) -> [A; RL] {
+    let mut acc = [[A::ZERO; RL]; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (xs, ys) in xc.zip(yc) {
+        for q in 0..4 {
+            for t in 0..RL {
+                acc[q][t] = xs[q][t].mul_add(ys[q][t], acc[q][t]);
+            }
+        }
+    }
+    for (x, y) in xr.iter().zip(yr) {
+        for t in 0..RL {
+            acc[0][t] = x[t].mul_add(y[t], acc[0][t]);
+        }
+    }
+    std::array::from_fn(|t| (acc[0][t] + acc[1][t]) + (acc[2][t] + acc[3][t]))
+}
+
 /// Reduces the (scaled) matrices of `jobs` (at most [`RL`]) to tridiagonal form T = Qᵀ A Q side
 /// by side, one per lane, so that every step is vector arithmetic over eight matrices however
 /// short its loops: leaves T in each job's `d`, `e` (e[n−1] = 0) and, with `vectors`, Q in its `z`.
@@ -519,19 +541,11 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             for i in k + 2..n {
                 v[i] = a[k * n + i];
             }
+            // Row by row, each row's product with v and its update in one visit (the row stays
+            // in L1 between them).
             for i in k + 1..n {
-                let row = &m[i * n..(i + 1) * n];
-                let mut acc = [A::ZERO; L];
-                for j in k + 1..n {
-                    let (x, vj) = (row[j], v[j]);
-                    for t in 0..L {
-                        acc[t] = x[t].mul_add(vj[t], acc[t]);
-                    }
-                }
-                p[i] = std::array::from_fn(|t| tk[t] * acc[t]);
-            }
-            for i in k + 1..n {
-                let f = p[i];
+                let acc = lane_dot(&m[i * n + k + 1..(i + 1) * n], &v[k + 1..n]);
+                let f: [A; L] = std::array::from_fn(|t| tk[t] * acc[t]);
                 for j in k + 1..n {
                     let (mut x, vj) = (m[i * n + j], v[j]);
                     for t in 0..L {
@@ -557,29 +571,36 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     }
 }
 
-/// The carried values of four QL chains (lane t: chain t): the last rotation's sine and cosine,
-/// the pending shift correction p and the bulge g.
+/// How many matrices' QL chains [`ql_many`] runs side by side: one f64 lane each of two AVX2
+/// vectors, whose instruction streams interleave (a chain step is a latency-bound sequence of a
+/// sqrt, a divide and multiply-adds: one vector alone leaves the units idle most of the time).
+pub(crate) const QL_WAYS: usize = 8;
+
+/// The carried values of the [`QL_WAYS`] QL chains (lane t: chain t): the last rotation's sine
+/// and cosine, the pending shift correction p and the bulge g.
 #[derive(Clone, Copy)]
 struct Chains {
-    s: [f64; 4],
-    c: [f64; 4],
-    p: [f64; 4],
-    g: [f64; 4],
+    s: [f64; QL_WAYS],
+    c: [f64; QL_WAYS],
+    p: [f64; QL_WAYS],
+    g: [f64; QL_WAYS],
 }
 
-/// One rotation of four QL chains, with the block's entries e[i], d[i], d[i+1] as `ei`, `di`,
+type Lanes = [f64; QL_WAYS];
+
+/// One rotation of every QL chain, with the block's entries e[i], d[i], d[i+1] as `ei`, `di`,
 /// `d1`: returns r = e[i+1]; leaves the chains' new values in `ch` and the new d[i+1] in `di`. (A
 /// lane whose r is 0 split; its outputs are then unused.)
 #[inline(always)]
-fn chain_step(ch: &mut Chains, di: &mut [f64; 4], ei: [f64; 4], d1: [f64; 4]) -> [f64; 4] {
+fn chain_step(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
         return unsafe { chain_step_avx2(ch, di, ei, d1) };
     }
     let Chains { s, c, p, g } = ch;
-    let mut r = [0f64; 4];
-    for t in 0..4 {
+    let mut r = [0f64; QL_WAYS];
+    for t in 0..QL_WAYS {
         let f = s[t] * ei[t];
         let b = c[t] * ei[t];
         r[t] = (f * f + g[t] * g[t]).sqrt();
@@ -596,39 +617,37 @@ fn chain_step(ch: &mut Chains, di: &mut [f64; 4], ei: [f64; 4], d1: [f64; 4]) ->
     r
 }
 
-/// [`chain_step`] in AVX2 vectors: the four chains advance in one instruction stream (the
-/// compiler leaves the portable loop scalar).
+/// [`chain_step`] in AVX2 vectors of four lanes: the same arithmetic as the portable loop,
+/// operation for operation (no contraction into multiply-adds), so both give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut [f64; 4], ei: [f64; 4], d1: [f64; 4]) -> [f64; 4] {
+unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
     use std::arch::x86_64::*;
     let Chains { s, c, p, g } = ch;
-    let ld = |x: &[f64; 4]| _mm256_loadu_pd(x.as_ptr());
-    let (sv, cv, pv, gv, dv, ev, d1v) = (ld(s), ld(c), ld(p), ld(g), ld(di), ld(&ei), ld(&d1));
-    let f = _mm256_mul_pd(sv, ev);
-    let b = _mm256_mul_pd(cv, ev);
-    let r = _mm256_sqrt_pd(_mm256_add_pd(_mm256_mul_pd(f, f), _mm256_mul_pd(gv, gv)));
-    let inv = _mm256_div_pd(_mm256_set1_pd(1.0), r);
-    let s2 = _mm256_mul_pd(f, inv);
-    let c2 = _mm256_mul_pd(gv, inv);
-    let h = _mm256_sub_pd(d1v, pv);
-    let two_cb = _mm256_mul_pd(_mm256_add_pd(c2, c2), b);
-    let t2 = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(dv, h), s2), two_cb);
-    let pn = _mm256_mul_pd(s2, t2);
-    let st = |x: &mut [f64; 4], v| _mm256_storeu_pd(x.as_mut_ptr(), v);
-    st(p, pn);
-    st(di, _mm256_add_pd(h, pn));
-    st(g, _mm256_sub_pd(_mm256_mul_pd(c2, t2), b));
-    st(s, s2);
-    st(c, c2);
-    let mut out = [0f64; 4];
-    st(&mut out, r);
+    let mut out = [0f64; QL_WAYS];
+    for h0 in (0..QL_WAYS).step_by(4) {
+        let ld = |x: &Lanes| _mm256_loadu_pd(x.as_ptr().add(h0));
+        let (sv, cv, pv, gv, dv, ev, d1v) = (ld(s), ld(c), ld(p), ld(g), ld(di), ld(&ei), ld(&d1));
+        let f = _mm256_mul_pd(sv, ev);
+        let b = _mm256_mul_pd(cv, ev);
+        let r = _mm256_sqrt_pd(_mm256_add_pd(_mm256_mul_pd(f, f), _mm256_mul_pd(gv, gv)));
+        let inv = _mm256_div_pd(_mm256_set1_pd(1.0), r);
+        let s2 = _mm256_mul_pd(f, inv);
+        let c2 = _mm256_mul_pd(gv, inv);
+        let h = _mm256_sub_pd(d1v, pv);
+        let two_cb = _mm256_mul_pd(_mm256_add_pd(c2, c2), b);
+        let t2 = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(dv, h), s2), two_cb);
+        let pn = _mm256_mul_pd(s2, t2);
+        let st = |x: &mut Lanes, v| _mm256_storeu_pd(x.as_mut_ptr().add(h0), v);
+        st(p, pn);
+        st(di, _mm256_add_pd(h, pn));
+        st(g, _mm256_sub_pd(_mm256_mul_pd(c2, t2), b));
+        st(s, s2);
+        st(c, c2);
+        st(&mut out, r);
+    }
     out
 }
-
-/// How many matrices' QL chains [`ql_many`] runs side by side: one f64 lane each of an AVX2
-/// vector.
-pub(crate) const QL_WAYS: usize = 4;
 
 /// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side. A rotation is a chain of
 /// dependent sqrt, divide and multiply-adds on a few scalars; here lane t of every step
@@ -733,7 +752,7 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
 
 /// Eigenvalues and (with `vectors`) eigenvectors of every matrix in `jobs` (order n, finite
 /// entries; see [`EigScratch`]): reduced eight side by side ([`reduce_lanes`], or one at a time
-/// when fewer), their QL iterations run four side by side ([`ql_many`]), then each one's rotations
+/// when fewer), their QL iterations run eight side by side ([`ql_many`]), then each one's rotations
 /// are applied to its vectors. Without vectors Q is not formed and the rotations are dropped (the
 /// eigenvalues come out bit for bit the same). `lb` is scratch (`LaneBuf::new(n)`).
 ///
