@@ -289,18 +289,24 @@ impl<A: Real> EigScratch<A> {
     /// Applies the logged sweeps to `z`, in order: a sweep's rotation at column pair i makes
     /// column i ← c z_i − s z_{i+1}, column i+1 ← s z_i + c z_{i+1}. By blocks of rows, the running
     /// column of each block kept in registers: one load and one store per rotation and row, and
-    /// 32 rows at once so that four vector chains are in flight.
+    /// four AVX2 registers of rows at once (32 float32, 16 float64) so that four vector chains
+    /// are in flight (more rows spilled the float64 block to the stack).
     #[inline(always)]
     fn apply_log(&mut self) {
         let (z, ld) = (&mut self.z[..], self.ld);
+        let wide = std::mem::size_of::<A>() == 4;
         let mut at = 0;
         for &(lo, hi) in &self.sweeps {
             let seq = &self.log[at..at + hi + 1 - lo];
             at += seq.len();
             let mut k0 = 0;
-            while k0 + 32 <= ld {
+            while wide && k0 + 32 <= ld {
                 rotate_rows::<A, 32>(z, seq, ld, k0, lo, hi);
                 k0 += 32;
+            }
+            while !wide && k0 + 16 <= ld {
+                rotate_rows::<A, 16>(z, seq, ld, k0, lo, hi);
+                k0 += 16;
             }
             while k0 < ld {
                 rotate_rows::<A, 8>(z, seq, ld, k0, lo, hi);
@@ -400,6 +406,32 @@ impl<A: Real> LaneBuf<A> {
     }
 }
 
+/// `x ← x − (vi ⊙ wj + wi ⊙ vj)` on one lane vector. Float64 lane vectors are two AVX2
+/// registers: written out here, because the compiler vectorized the surrounding row loop instead
+/// (four rows per register, each lane gathered).
+#[inline(always)]
+fn rank2_lanes<A: Real>(x: &mut [A; RL], vi: &[A; RL], wi: &[A; RL], vj: &[A; RL], wj: &[A; RL]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::mem::size_of::<A>() == 8 && super::has_avx2_fma() {
+        use std::arch::x86_64::*;
+        // SAFETY: A is f64 here (the only 8-byte Real): each array is 8 contiguous f64; the CPU
+        // has AVX2 and FMA.
+        unsafe {
+            let f = |r: &[A; RL]| r.as_ptr() as *const f64;
+            let xp = x.as_mut_ptr() as *mut f64;
+            for h in [0, 4] {
+                let ld = |r: &[A; RL]| _mm256_loadu_pd(f(r).add(h));
+                let y = _mm256_fnmadd_pd(ld(wi), ld(vj), _mm256_loadu_pd(xp.add(h)));
+                _mm256_storeu_pd(xp.add(h), _mm256_fnmadd_pd(ld(vi), ld(wj), y));
+            }
+        }
+        return;
+    }
+    for t in 0..RL {
+        x[t] = (-vi[t]).mul_add(wj[t], (-wi[t]).mul_add(vj[t], x[t]));
+    }
+}
+
 /// Σ_j x_j ⊙ y_j over lane vectors (lane t: matrix t), in four interleaved partial sums: one
 /// sum alone would chain every multiply-add on the previous one's latency.
 #[inline(always)]
@@ -478,18 +510,40 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             let cj = j * n;
             let vj = v[j];
             let ajj = a[cj + j];
-            let mut acc: [A; L] = std::array::from_fn(|t| ajj[t] * vj[t]);
-            for i in j + 1..n {
-                let (aij, vi, mut pi) = (a[cj + i], v[i], p[i]);
+            // The column's sum with v in four partial sums (one alone would wait on each
+            // multiply-add's latency).
+            let mut acc0: [A; L] = std::array::from_fn(|t| ajj[t] * vj[t]);
+            let (mut acc1, mut acc2, mut acc3) = ([A::ZERO; L], [A::ZERO; L], [A::ZERO; L]);
+            let col = &a[cj + j + 1..cj + n];
+            let (vs, ps) = (&v[j + 1..n], &mut p[j + 1..n]);
+            let quads = col.len() / 4 * 4;
+            let mut i = 0;
+            while i < quads {
+                let (x0, x1, x2, x3) = (col[i], col[i + 1], col[i + 2], col[i + 3]);
+                let (w0, w1, w2, w3) = (vs[i], vs[i + 1], vs[i + 2], vs[i + 3]);
                 for t in 0..L {
-                    pi[t] = aij[t].mul_add(vj[t], pi[t]);
-                    acc[t] = aij[t].mul_add(vi[t], acc[t]);
+                    ps[i][t] = x0[t].mul_add(vj[t], ps[i][t]);
+                    ps[i + 1][t] = x1[t].mul_add(vj[t], ps[i + 1][t]);
+                    ps[i + 2][t] = x2[t].mul_add(vj[t], ps[i + 2][t]);
+                    ps[i + 3][t] = x3[t].mul_add(vj[t], ps[i + 3][t]);
+                    acc0[t] = x0[t].mul_add(w0[t], acc0[t]);
+                    acc1[t] = x1[t].mul_add(w1[t], acc1[t]);
+                    acc2[t] = x2[t].mul_add(w2[t], acc2[t]);
+                    acc3[t] = x3[t].mul_add(w3[t], acc3[t]);
                 }
-                p[i] = pi;
+                i += 4;
+            }
+            while i < col.len() {
+                let (x, w) = (col[i], vs[i]);
+                for t in 0..L {
+                    ps[i][t] = x[t].mul_add(vj[t], ps[i][t]);
+                    acc0[t] = x[t].mul_add(w[t], acc0[t]);
+                }
+                i += 1;
             }
             let mut pj = p[j];
             for t in 0..L {
-                pj[t] += acc[t];
+                pj[t] += (acc0[t] + acc1[t]) + (acc2[t] + acc3[t]);
             }
             p[j] = pj;
         }
@@ -515,11 +569,7 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             let cj = j * n;
             let (vj, wj) = (v[j], p[j]);
             for i in j..n {
-                let (vi, wi, mut x) = (v[i], p[i], a[cj + i]);
-                for t in 0..L {
-                    x[t] = (-vi[t]).mul_add(wj[t], (-wi[t]).mul_add(vj[t], x[t]));
-                }
-                a[cj + i] = x;
+                rank2_lanes(&mut a[cj + i], &v[i], &p[i], &vj, &wj);
             }
         }
     }
