@@ -1484,6 +1484,7 @@ fn argmax_abs<A: Real>(x: &[A]) -> usize {
 ///
 /// # Safety
 /// `p.a` is a validated contiguous (batch, m, n) tensor of this dtype and `b` < batch.
+#[inline(always)]
 unsafe fn load_matrix<A: Real>(p: &SvdPlan, b: usize, a: &mut [A], ld: usize) -> bool {
     let (m, n) = (p.a.rows, p.a.cols);
     let am = std::slice::from_raw_parts((p.a.ptr as *const A).add(b * m * n), m * n);
@@ -1565,6 +1566,7 @@ fn non_finite<A: Real>(x: &[A]) -> bool {
 /// # Safety
 /// The plan's outputs are validated contiguous tensors of this dtype and `b` < batch.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn emit<A: Real>(
     p: &SvdPlan,
     b: usize,
@@ -1662,15 +1664,18 @@ struct GramScratch<A> {
 }
 
 /// G = AᵀA into `g` (column-major, leading dimension `nl`, both triangles) from the row-major
-/// m×nl `rows` (pad columns zero): column j = Σ_r A[r, j] · row r.
+/// m×nl `rows` (pad columns zero): column j = Σ_r A[r, j] · row r, from the block of 8 rows that
+/// holds the diagonal down (the rows above are the mirror of entries already computed).
 #[inline(always)]
 unsafe fn gram<A: Real>(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]) {
     for j in 0..n {
-        gemv_cols(&mut g[j * nl..(j + 1) * nl], rows, nl, 0, 0..m, |r| rows[r * nl + j]);
+        let r0 = j / 8 * 8;
+        gemv_cols(&mut g[j * nl + r0..(j + 1) * nl], rows, nl, r0, 0..m, |r| rows[r * nl + j]);
+        for i in 0..r0 {
+            g[j * nl + i] = g[i * nl + j];
+        }
     }
 }
-
-isa_copies!(gram_avx2 = gram(rows: &[A], m: usize, n: usize, nl: usize, g: &mut [A]));
 
 /// `h[j]` ← (column j of the column-major `m`, leading dimension `ld`) · `x`, for j < h.len();
 /// x.len() a multiple of 8. Four columns at a time, sharing the loads of x, in eight-row blocks
@@ -1763,8 +1768,6 @@ unsafe fn times_v_orth<A: Real>(
     }
 }
 
-isa_copies!(times_v_orth_avx2 = times_v_orth(cols: &[A], z: &[A], ld: usize, idx: &[usize], n: usize, ml: usize, b: &mut [A], r: &mut [A], h: &mut [A], t: &mut [A]));
-
 /// The SVD of float32 data on the CPU, through the symmetric eigensolver, in float64 throughout:
 /// G = AᵀA = V Λ Vᵀ ([`sym_eig_best`], V's columns by descending λ), then B = A V, σ_i = ‖b_i‖
 /// and u_i = b_i / σ_i, the columns with σ_i < 1e-3 σ₁ first orthogonalized against those before
@@ -1776,14 +1779,7 @@ isa_copies!(times_v_orth_avx2 = times_v_orth(cols: &[A], z: &[A], ld: usize, idx
 fn svd_gram_impl<A: Real>(p: &SvdPlan) {
     let (m, n) = (p.a.rows, p.a.cols);
     let (nl, ml) = (n.div_ceil(8) * 8, m.div_ceil(8) * 8);
-    let iters = p.max_sweeps.saturating_mul(n);
-    let gram_f = pick!(gram_avx2, gram, f64, unsafe fn(&[f64], usize, usize, usize, &mut [f64]));
-    let orth_f = pick!(
-        times_v_orth_avx2,
-        times_v_orth,
-        f64,
-        unsafe fn(&[f64], &[f64], usize, &[usize], usize, usize, &mut [f64], &mut [f64], &mut [f64], &mut [f64])
-    );
+    let group = pick!(svd_gram_group_avx2, svd_gram_group, A, unsafe fn(&SvdPlan, &mut GramScratch<A>, usize));
     pool::for_each_init(
         p.a.batch.div_ceil(EIGH_GROUP),
         1,
@@ -1805,111 +1801,131 @@ fn svd_gram_impl<A: Real>(p: &SvdPlan) {
             up: [1.0; EIGH_GROUP],
             lanes: LaneBuf::new(n),
         },
-        |g, t| {
-            let first = t * EIGH_GROUP;
-            let count = EIGH_GROUP.min(p.a.batch - first);
-            // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n)
-            // U and (batch, n, n) V (each optional but S) and (batch,) int32 info of this dtype;
-            // task t reads and writes only matrices first..first + count. The scratch has the
-            // sizes gram and times_v_orth take.
-            unsafe {
-                for k in 0..count {
-                    let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
-                    let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
-                    g.bad[k] = non_finite(am);
-                    g.up[k] = pow2_near::<f64>(abs_max(am));
-                    let down = 1.0 / g.up[k];
-                    for r in 0..m {
-                        for c in 0..n {
-                            // A bad matrix is decomposed as zero (its outputs become NaN).
-                            let x = if g.bad[k] { 0.0 } else { am[r * n + c].to_f64() * down };
-                            rows[r * nl + c] = x;
-                            cols[c * ml + r] = x;
-                        }
-                    }
-                    gram_f(rows, m, n, nl, &mut job.a);
-                }
-                sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters, true);
-                for k in 0..count {
-                    let job = &g.jobs[k];
-                    for (i, o) in g.idx.iter_mut().enumerate() {
-                        *o = i;
-                    }
-                    g.idx.sort_by(|&x, &y| {
-                        job.vals[y].partial_cmp(&job.vals[x]).unwrap_or(std::cmp::Ordering::Equal).then(x.cmp(&y))
-                    });
-                    orth_f(&g.cols[k], &job.z, job.ld, &g.idx, n, ml, &mut g.b, &mut g.r, &mut g.h, &mut g.t);
-                    for i in 0..n {
-                        let ri = g.r[i];
-                        g.vals[i] = A::from_f64(ri);
-                        for r in 0..m {
-                            g.ua[i * m + r] = A::from_f64(ri * g.b[i * ml + r]);
-                        }
-                        let v = &job.z[g.idx[i] * job.ld..];
-                        for r in 0..n {
-                            g.vv[i * n + r] = A::from_f64(v[r]);
-                        }
-                    }
-                    let vv = &mut g.vv[..if p.v != 0 { n * n } else { 0 }];
-                    emit(
-                        p,
-                        first + k,
-                        &g.ua,
-                        vv,
-                        n,
-                        &mut g.vals,
-                        &mut g.order,
-                        &mut g.scale,
-                        job.converged(),
-                        g.bad[k],
-                        g.up[k],
-                    );
-                }
-            }
-        },
+        // SAFETY: the plan validated contiguous (batch, m, n) A, (batch, n) S, (batch, m, n) U and
+        // (batch, n, n) V (each optional but S) and (batch,) int32 info of this dtype; task t
+        // reads and writes only matrices t·EIGH_GROUP.. of its group. The scratch has the sizes
+        // svd_gram_group takes.
+        |g, t| unsafe { group(p, g, t) },
     );
 }
+
+/// Task t of [`svd_gram_impl`]: matrices t·EIGH_GROUP.. (up to EIGH_GROUP of them), loaded into
+/// float64, their Gram matrices decomposed together, then each one's U, S and V written.
+///
+/// # Safety
+/// As for [`svd_gram_impl`]'s tasks (a validated plan, `t` within the batch's groups, scratch
+/// made for this plan's m and n).
+#[inline(always)]
+unsafe fn svd_gram_group<A: Real>(p: &SvdPlan, g: &mut GramScratch<A>, t: usize) {
+    let (m, n) = (p.a.rows, p.a.cols);
+    let (nl, ml) = (n.div_ceil(8) * 8, m.div_ceil(8) * 8);
+    let iters = p.max_sweeps.saturating_mul(n);
+    let first = t * EIGH_GROUP;
+    let count = EIGH_GROUP.min(p.a.batch - first);
+    for k in 0..count {
+        let am = std::slice::from_raw_parts((p.a.ptr as *const A).add((first + k) * m * n), m * n);
+        let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
+        g.bad[k] = non_finite(am);
+        g.up[k] = pow2_near::<f64>(abs_max(am));
+        // A bad matrix is decomposed as zero (its outputs become NaN).
+        let down = if g.bad[k] { 0.0 } else { 1.0 / g.up[k] };
+        for r in 0..m {
+            for c in 0..n {
+                rows[r * nl + c] = am[r * n + c].to_f64() * down;
+            }
+        }
+        for c in 0..n {
+            for r in 0..m {
+                cols[c * ml + r] = rows[r * nl + c];
+            }
+        }
+        gram::<f64>(rows, m, n, nl, &mut job.a);
+    }
+    sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters, true);
+    for k in 0..count {
+        let job = &g.jobs[k];
+        for (i, o) in g.idx.iter_mut().enumerate() {
+            *o = i;
+        }
+        g.idx.sort_by(|&x, &y| {
+            job.vals[y].partial_cmp(&job.vals[x]).unwrap_or(std::cmp::Ordering::Equal).then(x.cmp(&y))
+        });
+        times_v_orth::<f64>(&g.cols[k], &job.z, job.ld, &g.idx, n, ml, &mut g.b, &mut g.r, &mut g.h, &mut g.t);
+        for i in 0..n {
+            let ri = g.r[i];
+            g.vals[i] = A::from_f64(ri);
+            for r in 0..m {
+                g.ua[i * m + r] = A::from_f64(ri * g.b[i * ml + r]);
+            }
+            let v = &job.z[g.idx[i] * job.ld..];
+            for r in 0..n {
+                g.vv[i * n + r] = A::from_f64(v[r]);
+            }
+        }
+        let vv = &mut g.vv[..if p.v != 0 { n * n } else { 0 }];
+        emit(p, first + k, &g.ua, vv, n, &mut g.vals, &mut g.order, &mut g.scale, job.converged(), g.bad[k], g.up[k]);
+    }
+}
+
+isa_copies!(svd_gram_group_avx2 = svd_gram_group(p: &SvdPlan, g: &mut GramScratch<A>, t: usize));
+
+/// Scratch of one eigh task ([`eigh_group`]).
+struct EighScratch<A> {
+    jobs: Vec<EigScratch<A>>,
+    order: Vec<usize>,
+    scale: Vec<A>,
+    bad: [bool; EIGH_GROUP],
+    lanes: LaneBuf<A>,
+}
+
+/// Task t of the CPU eigh: matrices t·EIGH_GROUP.. (up to EIGH_GROUP of them) decomposed
+/// together by the tridiagonal QL (at most max_sweeps·n iterations each), then written.
+///
+/// # Safety
+/// As for the eigh tasks of [`svd_impl`] (a validated plan, `t` within the batch's groups,
+/// scratch made for this plan's n).
+#[inline(always)]
+unsafe fn eigh_group<A: Real>(p: &SvdPlan, g: &mut EighScratch<A>, t: usize) {
+    let n = p.a.cols;
+    let iters = p.max_sweeps.saturating_mul(n);
+    let first = t * EIGH_GROUP;
+    let count = EIGH_GROUP.min(p.a.batch - first);
+    let EighScratch { jobs, order, scale, bad, lanes } = g;
+    for (k, job) in jobs[..count].iter_mut().enumerate() {
+        bad[k] = load_matrix(p, first + k, &mut job.a, job.ld);
+        if bad[k] {
+            job.a.fill(A::ZERO);
+        }
+    }
+    let vectors = p.v != 0;
+    sym_eig_best(&mut jobs[..count], lanes, n, iters, vectors);
+    for (k, job) in jobs[..count].iter_mut().enumerate() {
+        let ok = job.converged();
+        let z: &mut [A] = if vectors { &mut job.z } else { &mut [] };
+        emit(p, first + k, &[], z, job.ld, &mut job.vals, order, scale, ok, bad[k], 1.0);
+    }
+}
+
+isa_copies!(eigh_group_avx2 = eigh_group(p: &SvdPlan, g: &mut EighScratch<A>, t: usize));
 
 fn svd_impl<A: Real>(p: &SvdPlan) {
     let (m, n) = (p.a.rows, p.a.cols);
     if p.eigh {
-        // Tridiagonal QL, at most max_sweeps·n iterations per matrix (a "sweep" of n).
-        let iters = p.max_sweeps.saturating_mul(n);
-        let groups = p.a.batch.div_ceil(EIGH_GROUP);
+        let group = pick!(eigh_group_avx2, eigh_group, A, unsafe fn(&SvdPlan, &mut EighScratch<A>, usize));
         pool::for_each_init(
-            groups,
+            p.a.batch.div_ceil(EIGH_GROUP),
             1,
-            || {
-                (
-                    (0..EIGH_GROUP).map(|_| EigScratch::<A>::new(n)).collect::<Vec<_>>(),
-                    vec![0usize; n],
-                    vec![A::ZERO; 2 * n],
-                    [false; EIGH_GROUP],
-                    LaneBuf::new(n),
-                )
+            || EighScratch::<A> {
+                jobs: (0..EIGH_GROUP).map(|_| EigScratch::new(n)).collect(),
+                order: vec![0; n],
+                scale: vec![A::ZERO; 2 * n],
+                bad: [false; EIGH_GROUP],
+                lanes: LaneBuf::new(n),
             },
-            |(jobs, order, scale, bad, lb), g| {
-                let first = g * EIGH_GROUP;
-                let count = EIGH_GROUP.min(p.a.batch - first);
-                // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n) S,
-                // (batch, n, n) V and (batch,) int32 info of this dtype; task g reads and writes
-                // only matrices first..first + count.
-                unsafe {
-                    for (k, job) in jobs[..count].iter_mut().enumerate() {
-                        bad[k] = load_matrix(p, first + k, &mut job.a, job.ld);
-                        if bad[k] {
-                            job.a.fill(A::ZERO);
-                        }
-                    }
-                    let vectors = p.v != 0;
-                    sym_eig_best(&mut jobs[..count], lb, n, iters, vectors);
-                    for (k, job) in jobs[..count].iter_mut().enumerate() {
-                        let ok = job.converged();
-                        let z: &mut [A] = if vectors { &mut job.z } else { &mut [] };
-                        emit(p, first + k, &[], z, job.ld, &mut job.vals, order, scale, ok, bad[k], 1.0);
-                    }
-                }
-            },
+            // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n) S, (batch, n, n) V
+            // and (batch,) int32 info of this dtype; task t reads and writes only the matrices of
+            // its group. The scratch has the sizes eigh_group takes.
+            |g, t| unsafe { group(p, g, t) },
         );
         return;
     }
