@@ -8,7 +8,8 @@ column arriving by shuffles; larger matrices one block per matrix, in shared mem
 disjoint pairs of a round-robin round rotated in parallel; on the CPU (float64 SVD) one matrix
 per parallel task, cyclic order. SVD: one-sided (Hestenes) Jacobi on the columns — except float32
 (and 16-bit) SVD on the CPU, which runs in float64 through the CPU's eigensolver (below) on AᵀA,
-then orthonormalizes A·V by Gram–Schmidt (σ_i its column norms after projection). eigh on CUDA
+then normalizes the columns of A·V (σ_i their norms), first orthogonalizing by Gram–Schmidt those
+with σ_i < 1e-3 σ₁ (above that, float64's V leaves them orthogonal to ~1e-10). eigh on CUDA
 up to 32 rows (float64: 16): the register kernel runs the one-sided iteration on
 ``B = A + ‖A‖_F I`` (positive semidefinite, A's eigenvectors as its right singular vectors;
 λ = ‖B v‖ − ‖A‖_F, absolute error a few ulps of ‖A‖_F). From there to 128 rows, no sweeps: one

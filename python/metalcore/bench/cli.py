@@ -686,7 +686,8 @@ Jacobi for svd; eigh up to 128 by Householder tridiagonalization, bisection and 
 factorizations, `eigh_tri_kernel`, past that two-sided Jacobi). The 1024² rows do not fit one block's shared memory and go to
 torch.linalg (with a warning): they show the fallback, not a metalcore kernel. On the CPU: eigh by
 Householder tridiagonalization and the implicit QL iteration; float32 svd through that solver on
-AᵀA in float64, then Gram–Schmidt on A V (README, "CPU eigh")."""
+AᵀA in float64, then A V normalized, Gram–Schmidt only on its columns with σ < 1e-3 σ₁
+(README, "CPU eigh")."""
 
 
 def _table(rows: List[Dict], device: str) -> str:
