@@ -381,6 +381,8 @@ pub(crate) struct LaneBuf<A> {
     a: Vec<[A; RL]>,
     m: Vec<[A; RL]>,
     v: Vec<[A; RL]>,
+    /// Four reflectors' v, n each (forming Q).
+    vb: Vec<[A; RL]>,
     p: Vec<[A; RL]>,
     tau: Vec<[A; RL]>,
     d: Vec<[A; RL]>,
@@ -396,6 +398,7 @@ impl<A: Real> LaneBuf<A> {
             a: lanes(n * n),
             m: lanes(n * n),
             v: lanes(n),
+            vb: lanes(4 * n),
             p: lanes(n),
             tau: lanes(n),
             d: lanes(n),
@@ -430,6 +433,22 @@ fn rank2_lanes<A: Real>(x: &mut [A; RL], vi: &[A; RL], wi: &[A; RL], vj: &[A; RL
     for t in 0..RL {
         x[t] = (-vi[t]).mul_add(wj[t], (-wi[t]).mul_add(vj[t], x[t]));
     }
+}
+
+/// `a ⊙ b + c` over a lane vector, one rounding per lane.
+#[inline(always)]
+fn lane_fma<A: Real>(a: [A; RL], b: [A; RL], c: [A; RL]) -> [A; RL] {
+    let mut r = [A::ZERO; RL];
+    for t in 0..RL {
+        r[t] = a[t].mul_add(b[t], c[t]);
+    }
+    r
+}
+
+/// `−a` over a lane vector.
+#[inline(always)]
+fn lane_neg<A: Real>(a: [A; RL]) -> [A; RL] {
+    std::array::from_fn(|t| -a[t])
 }
 
 /// Σ_j x_j ⊙ y_j over lane vectors (lane t: matrix t), in four interleaved partial sums: one
@@ -468,11 +487,11 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     const L: usize = RL;
     let cnt = jobs.len().min(L);
     let ld = jobs[0].ld;
-    let LaneBuf { a, m, v, p, tau, d, e, zero, spill } = lb;
+    let LaneBuf { a, m, v, vb, p, tau, d, e, zero, spill } = lb;
     // Slices, not the Vecs: their pointers stay in registers (a store through one Vec's buffer
     // could alias another Vec's header, which made every access reload it, unvectorized).
-    let (a, m, v, p, tau, d, e) =
-        (&mut a[..], &mut m[..], &mut v[..], &mut p[..], &mut tau[..], &mut d[..], &mut e[..]);
+    let (a, m, v, vb, p, tau, d, e) =
+        (&mut a[..], &mut m[..], &mut v[..], &mut vb[..], &mut p[..], &mut tau[..], &mut d[..], &mut e[..]);
     for j in 0..n {
         let srcs: [*const A; L] =
             std::array::from_fn(|t| if t < cnt { jobs[t].a[j * ld..].as_ptr() } else { zero.as_ptr() });
@@ -581,29 +600,68 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     e[n - 1] = [A::ZERO; L];
     if vectors {
         // Qᵀ = H_{n−3} ⋯ H₀: M ← M H_k for k downwards; M's rows and columns below k+1 are still
-        // the identity's, so (M v)_i and the update concern rows and columns k+1.. only.
+        // the identity's, so (M v)_i and the update concern rows and columns k+1.. only. Four
+        // reflectors at a time, row by row: the row's products with the four v's in one pass,
+        // the four coefficients from them (the second reflector sees the row the first one
+        // left: its product is d₁ − α₀ (v₀·v₁), and so on), then one update pass (a pass per
+        // reflector loaded and stored every row four times as often).
         for (x, at) in m.iter_mut().zip(0..) {
             *x = if at / n == at % n { [A::ONE; L] } else { [A::ZERO; L] };
         }
-        for k in (0..n.saturating_sub(2)).rev() {
-            let tk = tau[k];
-            v[k + 1] = [A::ONE; L];
-            for i in k + 2..n {
-                v[i] = a[k * n + i];
-            }
-            // Row by row, each row's product with v and its update in one visit (the row stays
-            // in L1 between them).
-            for i in k + 1..n {
-                let acc = lane_dot(&m[i * n + k + 1..(i + 1) * n], &v[k + 1..n]);
-                let f: [A; L] = std::array::from_fn(|t| tk[t] * acc[t]);
-                for j in k + 1..n {
-                    let (mut x, vj) = (m[i * n + j], v[j]);
-                    for t in 0..L {
-                        x[t] = (-f[t]).mul_add(vj[t], x[t]);
-                    }
-                    m[i * n + j] = x;
+        let mut left = n.saturating_sub(2);
+        while left > 0 {
+            let b = left.min(4);
+            // Reflectors left−1, left−2, … (applied in that order) in vb[c], c < b; zero below
+            // their rows, and all four zero for c ≥ b.
+            let lo = left - b + 1;
+            let mut taus = [[A::ZERO; L]; 4];
+            for c in 0..4 {
+                let vc = &mut vb[c * n..(c + 1) * n];
+                for x in vc[lo..n].iter_mut() {
+                    *x = [A::ZERO; L];
+                }
+                if c < b {
+                    let k = left - 1 - c;
+                    taus[c] = tau[k];
+                    vc[k + 1] = [A::ONE; L];
+                    vc[k + 2..n].copy_from_slice(&a[k * n + k + 2..(k + 1) * n]);
                 }
             }
+            // g[c][c2] = v_c · v_c2 (c < c2).
+            let mut g = [[[A::ZERO; L]; 4]; 4];
+            for c in 0..b {
+                for c2 in c + 1..b {
+                    g[c][c2] = lane_dot(&vb[c * n + lo..(c + 1) * n], &vb[c2 * n + lo..(c2 + 1) * n]);
+                }
+            }
+            let (v0, rest) = vb.split_at(n);
+            let (v1, rest) = rest.split_at(n);
+            let (v2, v3) = rest.split_at(n);
+            for i in lo..n {
+                let row = &mut m[i * n + lo..(i + 1) * n];
+                let (w0, w1, w2, w3) = (&v0[lo..n], &v1[lo..n], &v2[lo..n], &v3[lo..n]);
+                let (mut d0, mut d1, mut d2, mut d3) = ([A::ZERO; L], [A::ZERO; L], [A::ZERO; L], [A::ZERO; L]);
+                for ((((x, y0), y1), y2), y3) in row.iter().zip(w0).zip(w1).zip(w2).zip(w3) {
+                    d0 = lane_fma(*x, *y0, d0);
+                    d1 = lane_fma(*x, *y1, d1);
+                    d2 = lane_fma(*x, *y2, d2);
+                    d3 = lane_fma(*x, *y3, d3);
+                }
+                let dd = [d0, d1, d2, d3];
+                let mut al = [[A::ZERO; L]; 4];
+                for c in 0..b {
+                    let mut y = dd[c];
+                    for c0 in 0..c {
+                        y = lane_fma(lane_neg(al[c0]), g[c0][c], y);
+                    }
+                    al[c] = std::array::from_fn(|t| taus[c][t] * y[t]);
+                }
+                let (a0, a1, a2, a3) = (lane_neg(al[0]), lane_neg(al[1]), lane_neg(al[2]), lane_neg(al[3]));
+                for ((((x, y0), y1), y2), y3) in row.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                    *x = lane_fma(a3, *y3, lane_fma(a2, *y2, lane_fma(a1, *y1, lane_fma(a0, *y0, *x))));
+                }
+            }
+            left -= b;
         }
         for j in 0..n {
             let dsts: [*mut A; L] =
