@@ -525,7 +525,37 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
         for x in &mut p[k + 1..n] {
             *x = [A::ZERO; L];
         }
-        for j in k + 1..n {
+        // Four columns at a time: p_i takes their four terms in one visit, and their sums with v
+        // are four independent chains.
+        let mut j = k + 1;
+        while j + 4 <= n {
+            let mut sums = [[A::ZERO; L]; 4];
+            // Rows j..j+4: the block's own triangle (diagonal entries counted once).
+            for c in 0..4 {
+                let (cj, vj) = ((j + c) * n, v[j + c]);
+                sums[c] = lane_fma(a[cj + j + c], vj, sums[c]);
+                for i in j + c + 1..j + 4 {
+                    p[i] = lane_fma(a[cj + i], vj, p[i]);
+                    sums[c] = lane_fma(a[cj + i], v[i], sums[c]);
+                }
+            }
+            let [mut s0, mut s1, mut s2, mut s3] = sums;
+            let (v0, v1, v2, v3) = (v[j], v[j + 1], v[j + 2], v[j + 3]);
+            let cols = (&a[j * n..], &a[(j + 1) * n..], &a[(j + 2) * n..], &a[(j + 3) * n..]);
+            for i in j + 4..n {
+                let (x0, x1, x2, x3, vi) = (cols.0[i], cols.1[i], cols.2[i], cols.3[i], v[i]);
+                p[i] = lane_fma(x3, v3, lane_fma(x2, v2, lane_fma(x1, v1, lane_fma(x0, v0, p[i]))));
+                s0 = lane_fma(x0, vi, s0);
+                s1 = lane_fma(x1, vi, s1);
+                s2 = lane_fma(x2, vi, s2);
+                s3 = lane_fma(x3, vi, s3);
+            }
+            for (c, sc) in [s0, s1, s2, s3].into_iter().enumerate() {
+                p[j + c] = std::array::from_fn(|t| p[j + c][t] + sc[t]);
+            }
+            j += 4;
+        }
+        for j in j..n {
             let cj = j * n;
             let vj = v[j];
             let ajj = a[cj + j];
@@ -583,13 +613,23 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             }
             p[i] = pi;
         }
-        // A₂₂ −= v wᵀ + w vᵀ (w in p), lower triangle.
-        for j in k + 1..n {
-            let cj = j * n;
+        // A₂₂ −= v wᵀ + w vᵀ (w in p), lower triangle; two columns at a time (sharing the loads
+        // of v_i and w_i).
+        let mut j = k + 1;
+        while j < n {
             let (vj, wj) = (v[j], p[j]);
-            for i in j..n {
-                rank2_lanes(&mut a[cj + i], &v[i], &p[i], &vj, &wj);
+            rank2_lanes(&mut a[j * n + j], &v[j], &p[j], &vj, &wj);
+            if j + 1 == n {
+                break;
             }
+            let (vj1, wj1) = (v[j + 1], p[j + 1]);
+            let (c0, c1) = a[j * n..].split_at_mut(n);
+            for i in j + 1..n {
+                let (vi, wi) = (v[i], p[i]);
+                rank2_lanes(&mut c0[i], &vi, &wi, &vj, &wj);
+                rank2_lanes(&mut c1[i], &vi, &wi, &vj1, &wj1);
+            }
+            j += 2;
         }
     }
     if n >= 2 {
