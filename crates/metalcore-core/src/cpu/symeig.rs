@@ -525,76 +525,40 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
         for x in &mut p[k + 1..n] {
             *x = [A::ZERO; L];
         }
-        // Four columns at a time: p_i takes their four terms in one visit, and their sums with v
-        // are four independent chains.
+        // Four columns at a time (the last block may be narrower): p_i takes their four terms in
+        // one visit, and their sums with v are four independent chains.
         let mut j = k + 1;
-        while j + 4 <= n {
+        while j < n {
+            let w = (n - j).min(4);
             let mut sums = [[A::ZERO; L]; 4];
-            // Rows j..j+4: the block's own triangle (diagonal entries counted once).
-            for c in 0..4 {
+            // Rows j..j+w: the block's own triangle (diagonal entries counted once).
+            for c in 0..w {
                 let (cj, vj) = ((j + c) * n, v[j + c]);
                 sums[c] = lane_fma(a[cj + j + c], vj, sums[c]);
-                for i in j + c + 1..j + 4 {
+                for i in j + c + 1..j + w {
                     p[i] = lane_fma(a[cj + i], vj, p[i]);
                     sums[c] = lane_fma(a[cj + i], v[i], sums[c]);
                 }
             }
-            let [mut s0, mut s1, mut s2, mut s3] = sums;
-            let (v0, v1, v2, v3) = (v[j], v[j + 1], v[j + 2], v[j + 3]);
-            let cols = (&a[j * n..], &a[(j + 1) * n..], &a[(j + 2) * n..], &a[(j + 3) * n..]);
-            for i in j + 4..n {
-                let (x0, x1, x2, x3, vi) = (cols.0[i], cols.1[i], cols.2[i], cols.3[i], v[i]);
-                p[i] = lane_fma(x3, v3, lane_fma(x2, v2, lane_fma(x1, v1, lane_fma(x0, v0, p[i]))));
-                s0 = lane_fma(x0, vi, s0);
-                s1 = lane_fma(x1, vi, s1);
-                s2 = lane_fma(x2, vi, s2);
-                s3 = lane_fma(x3, vi, s3);
+            // The rows below the block (a narrower block is the last one: none).
+            if w == 4 {
+                let [mut s0, mut s1, mut s2, mut s3] = sums;
+                let (v0, v1, v2, v3) = (v[j], v[j + 1], v[j + 2], v[j + 3]);
+                let cols = (&a[j * n..], &a[(j + 1) * n..], &a[(j + 2) * n..], &a[(j + 3) * n..]);
+                for i in j + 4..n {
+                    let (x0, x1, x2, x3, vi) = (cols.0[i], cols.1[i], cols.2[i], cols.3[i], v[i]);
+                    p[i] = lane_fma(x3, v3, lane_fma(x2, v2, lane_fma(x1, v1, lane_fma(x0, v0, p[i]))));
+                    s0 = lane_fma(x0, vi, s0);
+                    s1 = lane_fma(x1, vi, s1);
+                    s2 = lane_fma(x2, vi, s2);
+                    s3 = lane_fma(x3, vi, s3);
+                }
+                sums = [s0, s1, s2, s3];
             }
-            for (c, sc) in [s0, s1, s2, s3].into_iter().enumerate() {
+            for (c, sc) in sums.into_iter().enumerate().take(w) {
                 p[j + c] = std::array::from_fn(|t| p[j + c][t] + sc[t]);
             }
-            j += 4;
-        }
-        for j in j..n {
-            let cj = j * n;
-            let vj = v[j];
-            let ajj = a[cj + j];
-            // The column's sum with v in four partial sums (one alone would wait on each
-            // multiply-add's latency).
-            let mut acc0: [A; L] = std::array::from_fn(|t| ajj[t] * vj[t]);
-            let (mut acc1, mut acc2, mut acc3) = ([A::ZERO; L], [A::ZERO; L], [A::ZERO; L]);
-            let col = &a[cj + j + 1..cj + n];
-            let (vs, ps) = (&v[j + 1..n], &mut p[j + 1..n]);
-            let quads = col.len() / 4 * 4;
-            let mut i = 0;
-            while i < quads {
-                let (x0, x1, x2, x3) = (col[i], col[i + 1], col[i + 2], col[i + 3]);
-                let (w0, w1, w2, w3) = (vs[i], vs[i + 1], vs[i + 2], vs[i + 3]);
-                for t in 0..L {
-                    ps[i][t] = x0[t].mul_add(vj[t], ps[i][t]);
-                    ps[i + 1][t] = x1[t].mul_add(vj[t], ps[i + 1][t]);
-                    ps[i + 2][t] = x2[t].mul_add(vj[t], ps[i + 2][t]);
-                    ps[i + 3][t] = x3[t].mul_add(vj[t], ps[i + 3][t]);
-                    acc0[t] = x0[t].mul_add(w0[t], acc0[t]);
-                    acc1[t] = x1[t].mul_add(w1[t], acc1[t]);
-                    acc2[t] = x2[t].mul_add(w2[t], acc2[t]);
-                    acc3[t] = x3[t].mul_add(w3[t], acc3[t]);
-                }
-                i += 4;
-            }
-            while i < col.len() {
-                let (x, w) = (col[i], vs[i]);
-                for t in 0..L {
-                    ps[i][t] = x[t].mul_add(vj[t], ps[i][t]);
-                    acc0[t] = x[t].mul_add(w[t], acc0[t]);
-                }
-                i += 1;
-            }
-            let mut pj = p[j];
-            for t in 0..L {
-                pj[t] += (acc0[t] + acc1[t]) + (acc2[t] + acc3[t]);
-            }
-            p[j] = pj;
+            j += w;
         }
         let mut pv = [A::ZERO; L];
         for i in k + 1..n {
