@@ -1827,11 +1827,12 @@ unsafe fn svd_gram_group<A: Real>(p: &SvdPlan, g: &mut GramScratch<A>, t: usize)
         let (rows, cols, job) = (&mut g.rows[k], &mut g.cols[k], &mut g.jobs[k]);
         g.bad[k] = non_finite(am);
         g.up[k] = pow2_near::<f64>(abs_max(am));
-        // A bad matrix is decomposed as zero (its outputs become NaN).
-        let down = if g.bad[k] { 0.0 } else { 1.0 / g.up[k] };
+        // A bad matrix is decomposed as zero (its outputs become NaN; the eigensolver takes
+        // finite entries only).
+        let down = 1.0 / g.up[k];
         for r in 0..m {
             for c in 0..n {
-                rows[r * nl + c] = am[r * n + c].to_f64() * down;
+                rows[r * nl + c] = if g.bad[k] { 0.0 } else { am[r * n + c].to_f64() * down };
             }
         }
         for c in 0..n {
