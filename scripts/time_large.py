@@ -1,7 +1,7 @@
 """Large single-matrix factorizations (the blocked, cuBLAS-built paths) against torch.linalg on
 the GPU machine: median ms per call between CUDA events (warm-up first), the error of each against
 float64, and with --profile the device time per kernel of one metalcore call.
-python3 scripts/time_large.py [--profile] [cholesky ...]"""
+python3 scripts/time_large.py [--profile] [cholesky|solve ...]"""
 
 import statistics
 import sys
@@ -11,7 +11,8 @@ import torch
 import metalcore as mc
 import metalcore.linalg as ml
 
-ml.BLOCKED_CHOLESKY = True  # the blocked path is what is timed here
+ml.BLOCKED_CHOLESKY = True  # the blocked paths are what is timed here
+ml.BLOCKED_LU_MAX_N = {torch.float32: 8192, torch.float64: 8192}
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 prof = "--profile" in sys.argv
@@ -45,13 +46,26 @@ def chol_err(a, l):
 rows = []
 for op, n, dtype in [("cholesky", 1024, torch.float32), ("cholesky", 2048, torch.float32),
                      ("cholesky", 4096, torch.float32), ("cholesky", 8192, torch.float32),
-                     ("cholesky", 4096, torch.float64)]:
+                     ("cholesky", 4096, torch.float64),
+                     ("solve", 1024, torch.float32), ("solve", 2048, torch.float32), ("solve", 4096, torch.float32),
+                     ("solve", 8192, torch.float32), ("solve", 1024, torch.float64), ("solve", 2048, torch.float64),
+                     ("solve", 4096, torch.float64)]:
     if args and op not in args:
         continue
     a = spd(n, dtype)
     if op == "cholesky":
         ours, theirs = (lambda: mc.cholesky(a)), (lambda: torch.linalg.cholesky(a))
         eo, et = chol_err(a, ours()), chol_err(a, theirs())
+    else:  # solve: a general matrix, one right-hand side; error ||A x - b|| / (||A|| ||x||)
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, 1, device="cuda", dtype=dtype)
+        ours, theirs = (lambda: mc.solve(a, b)), (lambda: torch.linalg.solve(a, b))
+
+        def solve_err(x):
+            a64, x64 = a.double(), x.double()
+            return ((a64 @ x64 - b.double()).norm() / (a64.norm() * x64.norm())).item()
+
+        eo, et = solve_err(ours()), solve_err(theirs())
     to, tt = med(ours), med(theirs)
     rows.append(f"| {op} {n}² {str(dtype)[6:]} | {to:.3f} | {tt:.3f} | {tt / to:.2f}x | {eo:.1e} | {et:.1e} |")
     if prof and n == 4096:

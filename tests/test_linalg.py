@@ -245,9 +245,8 @@ def test_cuda_kernel_and_the_documented_fallback_for_large_matrices(monkeypatch)
             assert len(msgs) == 1 and "shared memory" in msgs[0] and "falls back to PyTorch" in msgs[0]
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
-            X = solve(big, B)
-        assert residual(big, X, B) < 1e-12
-        assert any("shared memory" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+            X = solve(big, B)  # the blocked LU (test_cuda_blocked_lu_solve): no fallback
+        assert residual(big, X, B) < 1e-12 and not rec
 
 
 # Sizes that do not fit one block's shared memory on Hopper (float32 from 241, float64 from 170):
@@ -775,6 +774,139 @@ def test_lu_pivots_on_ties_match_lapack(device, n):
         assert torch.equal(info.cpu(), ref.info.to(torch.int32))
         ok = ref.info == 0
         assert rel_err(LU.cpu().double()[ok], ref.LU[ok]) <= (1e-6 if dtype == torch.float32 else 1e-14)
+
+
+# Blocked LU of CUDA matrices past one block's shared memory (cuda/linalg.rs `lu_blocked`): panels
+# of 128 columns, each factored in leaves whose shape follows the rows left (`lu_leaf_shape`). 241
+# float32 and 170 float64 are the first such orders on Hopper; 1000 takes eight panels; 2100
+# float32 starts with leaves of 8 columns, 8 rows per thread (of 512), and ends with leaves of 16;
+# 1500 float64 has 4 rows per thread, leaves of 8.
+BLOCKED_LU = [(241, torch.float32), (300, torch.float32), (1000, torch.float32), (2100, torch.float32),
+              (170, torch.float64), (600, torch.float64), (1500, torch.float64)]
+
+
+def lu_checks(A, LU, piv, tol):
+    """P L U = A, and |L| <= 1 (partial pivoting), against float64 on the CPU."""
+    P, L, U = torch.lu_unpack(LU.double().cpu(), piv.cpu())
+    assert rel_err(P @ L @ U, A.double().cpu()) <= tol
+    assert L.abs().max().item() <= 1.0
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", BLOCKED_LU)
+def test_cuda_blocked_lu_solve(n, dtype):
+    A = torch.randn(2, n, n, dtype=dtype, device="cuda")
+    B = torch.randn(2, n, 3, dtype=dtype, device="cuda")
+    A0, B0 = A.clone(), B.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # metalcore's kernels, no fallback warning
+        X = solve(A, B)
+        x1 = solve(A, B[..., 0])
+        LU, piv, info = lu_batched(A)
+    assert torch.equal(A, A0) and torch.equal(B, B0), "the inputs are never written"
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert residual(A, X, B) <= tol and residual(A, x1, B[..., 0]) <= tol
+    assert torch.equal(info.cpu(), torch.zeros(2, dtype=torch.int32))
+    lu_checks(A, LU, piv, tol)
+    if dtype == torch.float64:
+        # Random float64 input: no near-ties, so LAPACK's pivots exactly.
+        ref = torch.linalg.lu_factor(A.cpu())
+        assert torch.equal(piv.cpu(), ref.pivots.to(torch.int32))
+        assert rel_err(LU, ref.LU) <= 1e-11
+    # Non-contiguous and broadcast operands.
+    Xt = solve(A.mT.contiguous().mT, B[:1])
+    assert residual(A, Xt, B[:1].expand_as(B)) <= tol
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", [(4500, torch.float32), (2500, torch.float64), (4500, torch.float64)])
+def test_cuda_blocked_lu_past_the_default_limit(monkeypatch, n, dtype):
+    # The leaf shapes only larger orders reach (1024 threads past 4096 rows: leaves of 4 float32 or
+    # 2 float64 columns; float64 past 2048: 8 rows per thread, leaves of 4), with the limit raised.
+    monkeypatch.setattr(mlinalg, "BLOCKED_LU_MAX_N", {torch.float32: 8192, torch.float64: 8192})
+    A = torch.randn(1, n, n, dtype=dtype, device="cuda")
+    B = torch.randn(1, n, 2, dtype=dtype, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        X = solve(A, B)
+        LU, piv, info = lu_batched(A)
+    assert residual(A, X, B) <= (1e-5 if dtype == torch.float32 else 1e-12) and info.item() == 0
+    if dtype == torch.float64:
+        ref = torch.linalg.lu_factor(A[0].cpu())
+        assert torch.equal(piv[0].cpu(), ref.pivots.to(torch.int32))
+        assert rel_err(LU[0], ref.LU) <= 1e-11
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_lu_past_the_limit_falls_back_with_a_warning():
+    import metalcore._backend as bk
+
+    n = mlinalg.BLOCKED_LU_MAX_N[torch.float64] + 1
+    A = torch.randn(n, n, dtype=torch.float64, device="cuda")
+    B = torch.randn(n, 1, dtype=torch.float64, device="cuda")
+    bk._warned.discard(("solve", "cuda"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        X = solve(A, B)
+    assert residual(A, X, B) <= 1e-12
+    assert any("BLOCKED_LU_MAX_N" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_blocked_lu_ties_match_lapack(dtype):
+    # A Sylvester-Hadamard matrix with random signs on rows and columns and its rows shuffled:
+    # every entry ±1, pivot searches full of ties (LAPACK takes the first row, in its interchanged
+    # order, of largest magnitude), and elimination exact (multipliers 0 and ±1, entries small
+    # integers), so the factors and pivots are LAPACK's exactly, whatever the order of the updates.
+    n = 512
+    H = torch.ones(1, 1, dtype=torch.float64)
+    while H.shape[0] < n:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    g = torch.Generator().manual_seed(5)
+    sign = lambda: torch.randint(0, 2, (n,), generator=g).double() * 2 - 1  # noqa: E731
+    A = (sign()[:, None] * H * sign()[None, :])[torch.randperm(n, generator=g)]
+    ref = torch.linalg.lu_factor(A)
+    assert (ref.pivots != torch.arange(1, n + 1)).sum() > n // 2, "mostly real interchanges"
+    LU, piv, info = lu_batched(A.to(device="cuda", dtype=dtype)[None])
+    assert info.item() == 0
+    assert torch.equal(piv[0].cpu(), ref.pivots.to(torch.int32))
+    assert torch.equal(LU[0].cpu().double(), ref.LU)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("n, dtype", [(300, torch.float32), (1100, torch.float32), (600, torch.float64)])
+def test_cuda_blocked_lu_failures(n, dtype):
+    A = torch.randn(5, n, n, dtype=dtype, device="cuda")
+    A[1, :, n - 3] = 0  # a zero column in the last panel: U[n-3, n-3] is exactly zero
+    A[2] = 0.0  # the zero matrix: the first pivot
+    A[3, :, 130] = 0  # past the first panel
+    A[4, 7, 7] = float("nan")
+    B = torch.randn(5, n, 2, dtype=dtype, device="cuda")
+    X, info = solve_ex(A, B)
+    assert info.cpu().tolist() == [0, n - 2, 1, 131, 0]
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert residual(A[0], X[0], B[0]) <= tol
+    assert torch.isnan(X[4]).all(), "NaN input: NaN solution"
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch element \(1,\)"):
+        solve(A, B)
+    # The zero column's matrix still factors as LAPACK does (elimination goes on past it).
+    LU, piv, linfo = lu_batched(A[1:2])
+    assert linfo.item() == n - 2
+    lu_checks(A[1:2], LU, piv, tol)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_blocked_lu_on_a_side_stream():
+    A = torch.randn(1, 700, 700, device="cuda")
+    B = torch.randn(1, 700, 4, device="cuda")
+    ref = solve(A, B)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        X = solve(A, B)
+    torch.cuda.current_stream().wait_stream(s)
+    assert torch.equal(X, ref)
 
 
 def test_householder_helpers(device):

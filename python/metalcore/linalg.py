@@ -14,8 +14,10 @@ matrix too large for one block's shared memory (float32: n above about 230 for C
 from about 160×160) is handed to torch.linalg's own kernel (``cholesky_ex``, ``solve_ex``, ``qr``),
 with a one-time ``RuntimeWarning`` saying so; so is every call on a device with no metalcore
 backend. Exceptions: the triangular solves (``trsm``, ``cholesky_solve``) of such matrices run on
-cuBLAS TRSM through torch's own handle, and Cholesky has a blocked path, off by default
-(``BLOCKED_CHOLESKY``). Everything around the factorization is metalcore's and the same
+cuBLAS TRSM through torch's own handle; LU (``solve``, ``solve_ex``, ``lu_batched``) has a blocked
+path — metalcore's kernels for the panels, cuBLAS TRSM and GEMM for the trailing matrix — up to
+``BLOCKED_LU_MAX_N`` (float32 4096, float64 2048; torch.linalg past that); and Cholesky has a
+blocked path, off by default (``BLOCKED_CHOLESKY``). Everything around the factorization is metalcore's and the same
 on every path: 16-bit inputs computed in float32, ``info`` (a NaN pivot counts as a failure, as
 LAPACK reports it), the error messages, and the gradients.
 """
@@ -354,6 +356,19 @@ def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
     return (X.squeeze(-1) if vector else X), info.to(torch.int32)
 
 
+#: Largest order of a CUDA LU (``solve``, ``solve_ex``, ``lu_batched``) that metalcore's blocked
+#: path takes, by dtype; a larger matrix goes to torch.linalg (cuSOLVER), with the one-time warning.
+#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.2x faster at
+#: 1024-2048, even at 4096, 0.65x at 8192; float64 0.75x at 4096. The core takes up to 8192.
+BLOCKED_LU_MAX_N = {torch.float32: 4096, torch.float64: 2048}
+
+#: Shared memory (bytes) below which a CUDA LU is sure to fit one block (the least of the
+#: supported GPUs, 163 KB on sm_80, rounded down); past it `_lu` prepares the blocked path's
+#: operands (on Hopper the single-block kernel still takes matrices up to 227 KB).
+_LU_BLOCK_BYTES = 160 * 1024
+_LU_WORK_INTS = 128  # the core's LU_WORK_INTS
+
+
 def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     """metalcore's LU with partial pivoting of A (broadcast to `batch`), applied to the right-hand
     sides Bm (``*, n, k``; k may be 0): (LU factors or None, X, pivots or None, info), in the
@@ -371,13 +386,22 @@ def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
         b = x
         if x.numel():
             x.copy_(Bm)
-    lu = empty(a.shape, acc, A.device) if factors else None
-    piv = empty(batch + (n,), torch.int32, A.device) if pivots else None
+    # A CUDA matrix past one block's shared memory takes the blocked path, which works on the
+    # factor and pivot outputs and needs torch's cuBLAS handle and a small int32 scratch: scratch
+    # ones also stand in for outputs the caller does not want.
+    blocked = A.device.type == "cuda" and (n * (n + k + 2) + 32) * a.element_size() > _LU_BLOCK_BYTES
+    if blocked and n > BLOCKED_LU_MAX_N[acc]:
+        raise NotImplementedError(f"metalcore's blocked LU takes {acc} matrices up to n = {BLOCKED_LU_MAX_N[acc]} "
+                                  f"(metalcore.linalg.BLOCKED_LU_MAX_N), got n = {n}")
+    lu = empty(a.shape, acc, A.device) if factors or blocked else None
+    piv = empty(batch + (n,), torch.int32, A.device) if pivots or blocked else None
     info = empty(batch, torch.int32, A.device)
     _native.lu_solve_into(batch_desc(a, "A", n, n), None if lu is None else batch_desc(lu, "LU", n, n),
                           batch_desc(b, "B", n, k), batch_desc(x, "X", n, k), desc(info, "info"),
-                          None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A))
-    return lu, x, piv, info
+                          None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A),
+                          blas_handle(A) if blocked else 0,
+                          desc(empty((_LU_WORK_INTS,), torch.int32, A.device), "work") if blocked else None)
+    return (lu if factors else None), x, (piv if pivots else None), info
 
 
 def _raise_singular(info: Tensor) -> None:

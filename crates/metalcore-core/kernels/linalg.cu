@@ -925,6 +925,324 @@ extern "C" __global__ void trsm_kernel(const T* __restrict__ Tm, T* __restrict__
     store(gb, x, ldb, n, nrhs, tm);
 }
 
+#ifdef LU_LW
+// ---------------------------------------------------------------------------------------------
+// Blocked LU with partial pivoting of one large n×n matrix (row-major, in place), driven from
+// cuda/linalg.rs (`lu_blocked`): right-looking in panels of at most 128 columns whose trailing
+// matrix is updated by cuBLAS (TRSM for the panel's rows of U, GEMM for the rest). A panel is
+// factored a "leaf" of LU_LW columns at a time: lu_leaf_kernel factors the leaf's columns over all
+// rows at or below its diagonal, moves the rows it interchanged in the rest of the panel and makes
+// the leaf's rows of U there; lu_update_kernel then applies the interchanges to every column
+// outside the panel (and to the right-hand sides) and updates the rest of the panel below the leaf.
+
+// |x|'s bit pattern as an unsigned integer: orders like |x|, with NaN above +Inf.
+template <typename X> struct MagOf;
+template <> struct MagOf<float> {
+    typedef unsigned int U;
+    static __device__ __forceinline__ U of(float x) { return __float_as_uint(x) & 0x7fffffffu; }
+};
+template <> struct MagOf<double> {
+    typedef unsigned long long U;
+    static __device__ __forceinline__ U of(double x) {
+        return (unsigned long long)__double_as_longlong(x) & 0x7fffffffffffffffULL;
+    }
+};
+typedef MagOf<T>::U Mag;
+
+#define NO_PLACE 0x7fffffff
+
+// The warp's largest magnitude, by redux (a 64-bit magnitude in two halves).
+__device__ __forceinline__ unsigned int warp_max_mag(unsigned int m) { return __reduce_max_sync(0xffffffffu, m); }
+__device__ __forceinline__ unsigned long long warp_max_mag(unsigned long long m) {
+    const unsigned int hi = __reduce_max_sync(0xffffffffu, (unsigned int)(m >> 32));
+    const unsigned int lo = __reduce_max_sync(0xffffffffu, (unsigned int)(m >> 32) == hi ? (unsigned int)m : 0u);
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+// Over the warp: the largest magnitude `m`, and the first place `p` holding it; every lane gets both.
+__device__ __forceinline__ void warp_best(Mag& m, int& p) {
+    const Mag wm = warp_max_mag(m);
+    p = (int)__reduce_min_sync(0xffffffffu, m == wm ? (unsigned int)p : (unsigned int)NO_PLACE);
+    m = wm;
+}
+
+// Sixteen bytes of shared memory into registers.
+__device__ __forceinline__ void load16(const float* s, float* d) {
+    const float4 v = *reinterpret_cast<const float4*>(s);
+    d[0] = v.x; d[1] = v.y; d[2] = v.z; d[3] = v.w;
+}
+__device__ __forceinline__ void load16(const double* s, double* d) {
+    const double2 v = *reinterpret_cast<const double2*>(s);
+    d[0] = v.x; d[1] = v.y;
+}
+
+#define LU_PANEL_MAX 128
+#ifdef LU_LR
+// Factors one leaf: columns c0 .. c0+w-1 (w = min(LU_LW, n - c0)) over the rows at places c0 ..
+// n-1, which hold every earlier interchange and update. Each of the LU_LT threads keeps LU_LR of
+// those rows in registers (n - c0 <= LU_LT LU_LR). Rows never move: each tracks `pos`, its place in
+// LAPACK's interchanged order, so the pivot is LAPACK's (the first largest |a| in that order; NaN
+// counts as largest). One barrier per column: each warp finds its best row by redux and the lane
+// holding it posts the row whole (magnitude, place, values) in shared memory, double-buffered;
+// every warp then picks the block's best of those. Multipliers are products with the pivot's
+// reciprocal, as getf2 makes them (a quotient below the smallest normal number; an exactly-zero
+// pivot leaves its column as it is and is reported in `info`, if that is still 0: elimination goes
+// on past it, as in getrf).
+// Then: the leaf's columns are written back with each row at its place; ipiv[c0 + j] = 1-based
+// pivot row; the rows that moved are moved in the panel's columns right of the leaf (to ce), whose
+// leaf rows then become U12 = L11⁻¹ A12 (L11 the leaf's unit-lower w×w block); and `pairs` gets
+// the moves for lu_update_kernel: pairs[0] = count, then (from, to) place pairs.
+extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long long n, long long c0, long long ce,
+                                                                  int* __restrict__ ipiv, int* __restrict__ info,
+                                                                  int* __restrict__ pairs) {
+    constexpr int NW = LU_LT / 32;
+    __shared__ Mag cmag[2][NW];
+    __shared__ int cpos[2][NW];
+    __shared__ __align__(16) T crow[2][NW][LU_LW];
+    __shared__ T l11[LU_LW][LU_LW];
+    __shared__ T pbuf[2 * LU_LW][LU_PANEL_MAX];
+    __shared__ int msrc[2 * LU_LW], mdst[2 * LU_LW];
+    __shared__ int mcount;
+    // The whole leaf passes through shared memory (rows padded to LU_LW + 1) on its way in and
+    // out, so that a warp's global accesses cover whole row segments: with one thread per row, a
+    // load touched 32 rows and the leaf took 35 µs instead of 5 at 4096 rows. The loads are
+    // asynchronous copies, all in flight at once.
+    // With 512 threads the staged rows are padded by 16 bytes, so that whole leaf rows move in
+    // 16-byte pieces (when the rows are 16-byte aligned) and a thread reads its row in 16-byte
+    // pieces without bank conflicts; 1024 threads (past 4096 rows) have no room for that and
+    // pad by one element.
+    extern __shared__ __align__(16) unsigned char lu_stage_raw[];
+    T* stage = reinterpret_cast<T*>(lu_stage_raw);
+    constexpr int VW = 16 / (int)sizeof(T);
+    constexpr int PAD = LU_LT == 1024 ? 1 : VW;
+    constexpr int LDS = LU_LW + PAD;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long m = n - c0;
+    const int w = (int)min((long long)LU_LW, m);
+    const bool vec = PAD == VW && w == LU_LW && n % VW == 0 && ((size_t)A & 15) == 0;
+    if (tid == 0) mcount = 0;
+    int fail = tid == 0 ? *info : 0;
+    if (vec) {
+        constexpr int CH = LU_LW / VW;
+        for (long long e = tid; e < m * CH; e += LU_LT) {
+            const long long r = e / CH;
+            const int v = (int)(e % CH);
+            const unsigned int sa = (unsigned int)__cvta_generic_to_shared(stage + r * LDS + v * VW);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(A + (c0 + r) * n + c0 + v * VW));
+        }
+    } else {
+        for (long long e = tid; e < m * LU_LW; e += LU_LT) {
+            const long long r = e / LU_LW;
+            const int c = (int)(e % LU_LW);
+            T* d = stage + r * LDS + c;
+            if (c < w) {
+                const unsigned int sa = (unsigned int)__cvta_generic_to_shared(d);
+                asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sa), "l"(A + (c0 + r) * n + c0 + c),
+                             "n"((int)sizeof(T)));
+            } else {
+                *d = T(0);
+            }
+        }
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+    T a[LU_LR][LU_LW];
+    int pos[LU_LR];
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) {
+        const long long i = tid + (long long)q * LU_LT;
+        pos[q] = i < m ? (int)(c0 + i) : -1;
+        if (PAD == VW) {
+#pragma unroll
+            for (int c = 0; c < LU_LW; c += VW) {
+                if (i < m) load16(stage + i * LDS + c, &a[q][c]);
+                else
+#pragma unroll
+                    for (int t = 0; t < VW; ++t) a[q][c + t] = T(0);
+            }
+        } else {
+#pragma unroll
+            for (int c = 0; c < LU_LW; ++c) a[q][c] = i < m ? stage[i * LDS + c] : T(0);
+        }
+    }
+    const T sfmin = sizeof(T) == 4 ? T(1.17549435e-38) : T(2.2250738585072014e-308);
+#pragma unroll
+    for (int j = 0; j < LU_LW; ++j) {
+        if (j >= w) break;
+        const int gj = (int)c0 + j, par = j & 1;
+        Mag bm = 0;
+        int bp = NO_PLACE, bq = 0;
+#pragma unroll
+        for (int q = 0; q < LU_LR; ++q) {
+            const Mag mg = MagOf<T>::of(a[q][j]);
+            if (pos[q] >= gj && (mg > bm || (mg == bm && pos[q] < bp))) { bm = mg; bp = pos[q]; bq = q; }
+        }
+        const int own = bp;
+        warp_best(bm, bp);
+        if (own == bp && bp != NO_PLACE) {
+#pragma unroll
+            for (int c = 0; c < LU_LW; ++c) {
+                T v = a[0][c];
+#pragma unroll
+                for (int q = 1; q < LU_LR; ++q) v = bq == q ? a[q][c] : v;
+                crow[par][warp][c] = v;
+            }
+        }
+        if (lane == 0) { cmag[par][warp] = bm; cpos[par][warp] = bp; }
+        __syncthreads();
+        Mag gm = lane < NW ? cmag[par][lane] : Mag(0);
+        int gp = lane < NW ? cpos[par][lane] : NO_PLACE;
+        const Mag mine = gm;
+        const int minep = gp;
+        warp_best(gm, gp);
+        const int gw = __ffs(__ballot_sync(0xffffffffu, lane < NW && mine == gm && minep == gp)) - 1;
+        T pr[LU_LW];
+#pragma unroll
+        for (int c = 0; c < LU_LW; c += 16 / (int)sizeof(T)) load16(&crow[par][gw][c], &pr[c]);
+        const T d = pr[j];
+        if (tid == 0) {
+            ipiv[gj] = gp + 1;
+            if (d == T(0) && fail == 0) *info = fail = gj + 1;
+        }
+        const bool tiny = fabs(d) < sfmin;
+        const T rd = T(1) / d;
+#pragma unroll
+        for (int q = 0; q < LU_LR; ++q) pos[q] = pos[q] == gp ? gj : (pos[q] == gj ? gp : pos[q]);
+#pragma unroll
+        for (int q = 0; q < LU_LR; ++q) {
+            if (pos[q] > gj) {
+                const T l = d == T(0) ? a[q][j] : (tiny ? a[q][j] / d : a[q][j] * rd);
+                a[q][j] = l;
+#pragma unroll
+                for (int c = j + 1; c < LU_LW; ++c) a[q][c] -= l * pr[c];
+            }
+        }
+    }
+    // The rows that moved, and the leaf's block L11 (its rows at places c0 .. c0+w-1).
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) {
+        const int home = (int)c0 + tid + q * LU_LT;
+        if (pos[q] >= 0 && pos[q] != home) {
+            const int k = atomicAdd(&mcount, 1);
+            msrc[k] = home;
+            mdst[k] = pos[q];
+        }
+        if (pos[q] >= c0 && pos[q] < c0 + w) {
+#pragma unroll
+            for (int c = 0; c < LU_LW; ++c) l11[pos[q] - c0][c] = a[q][c];
+        }
+    }
+    // The leaf's columns, each row to its place.
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) {
+        if (pos[q] >= 0) {
+#pragma unroll
+            for (int c = 0; c < LU_LW; ++c) stage[(pos[q] - c0) * LDS + c] = a[q][c];
+        }
+    }
+    // (Scalar stores: each thread's rows land at their places, scattered; bank conflicts here
+    // are once per leaf.)
+    __syncthreads();
+    if (vec) {
+        constexpr int CH = LU_LW / VW;
+        for (long long e = tid; e < m * CH; e += LU_LT) {
+            const long long r = e / CH;
+            const int v = (int)(e % CH);
+            *reinterpret_cast<uint4*>(A + (c0 + r) * n + c0 + v * VW) =
+                *reinterpret_cast<const uint4*>(stage + r * LDS + v * VW);
+        }
+    } else {
+        for (long long e = tid; e < m * LU_LW; e += LU_LT) {
+            const long long r = e / LU_LW;
+            const int c = (int)(e % LU_LW);
+            if (c < w) A[(c0 + r) * n + c0 + c] = stage[r * LDS + c];
+        }
+    }
+    const int cnt = mcount;
+    if (tid == 0) pairs[0] = cnt;
+    if (tid < cnt) { pairs[1 + 2 * tid] = msrc[tid]; pairs[2 + 2 * tid] = mdst[tid]; }
+    // The moves in the panel right of the leaf, through shared memory.
+    const long long pc0 = c0 + w;
+    const int pw = (int)(ce - pc0);
+    for (int e = tid; e < cnt * pw; e += LU_LT) pbuf[e / pw][e % pw] = A[(long long)msrc[e / pw] * n + pc0 + e % pw];
+    __syncthreads();
+    for (int e = tid; e < cnt * pw; e += LU_LT) A[(long long)mdst[e / pw] * n + pc0 + e % pw] = pbuf[e / pw][e % pw];
+    __syncthreads();
+    // U12 = L11⁻¹ A12, a column per thread.
+    if (tid < pw) {
+        T u[LU_LW];
+#pragma unroll
+        for (int t = 0; t < LU_LW; ++t) u[t] = t < w ? A[(c0 + t) * n + pc0 + tid] : T(0);
+#pragma unroll
+        for (int t = 1; t < LU_LW; ++t)
+#pragma unroll
+            for (int s = 0; s < t; ++s) u[t] -= l11[t][s] * u[s];
+#pragma unroll
+        for (int t = 1; t < LU_LW; ++t)
+            if (t < w) A[(c0 + t) * n + pc0 + tid] = u[t];
+    }
+}
+#endif
+
+#ifndef LU_LR
+// After the leaf at c0 (w columns, panel ending at ce; its moves in `pairs`, see lu_leaf_kernel):
+// blocks 0 .. tiles-1 update the panel right of the leaf below it, A22 -= L21 U12 (64 rows × 32
+// columns per block: a lane per column, U12's column in registers, each row's L21 entries
+// broadcast); the others apply the moves to one column each, through registers: columns 0 ..
+// c0-1, then ce .. n-1 of A, then the nrhs columns of X (row-major; null when nrhs is 0).
+extern "C" __global__ void __launch_bounds__(256) lu_update_kernel(T* A, long long n, T* X, int nrhs,
+                                                                   const int* __restrict__ pairs, long long c0, int w,
+                                                                   long long ce, int tiles) {
+    const int tid = threadIdx.x, bid = blockIdx.x;
+    if (bid >= tiles) {
+        long long g = (long long)(bid - tiles) * 256 + tid;
+        T* col;
+        long long ld = n;
+        if (g < c0) {
+            col = A + g;
+        } else if ((g -= c0) < n - ce) {
+            col = A + ce + g;
+        } else if ((g -= n - ce) < nrhs) {
+            col = X + g;
+            ld = nrhs;
+        } else {
+            return;
+        }
+        const int cnt = pairs[0];
+        T v[2 * LU_LW];
+#pragma unroll
+        for (int i = 0; i < 2 * LU_LW; ++i)
+            if (i < cnt) v[i] = col[(long long)pairs[1 + 2 * i] * ld];
+#pragma unroll
+        for (int i = 0; i < 2 * LU_LW; ++i)
+            if (i < cnt) col[(long long)pairs[2 + 2 * i] * ld] = v[i];
+        return;
+    }
+    const long long pc0 = c0 + w;
+    const int pw = (int)(ce - pc0);
+    const int ct = (pw + 31) / 32;
+    const int lane = tid & 31, warp = tid >> 5;
+    const long long j = pc0 + (long long)(bid % ct) * 32 + lane;
+    const long long r0 = pc0 + (long long)(bid / ct) * 64;
+    const bool live = j < ce;
+    T u[LU_LW];
+#pragma unroll
+    for (int s = 0; s < LU_LW; ++s) u[s] = (live && s < w) ? A[(c0 + s) * n + j] : T(0);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const long long r = r0 + warp + 8 * i;
+        if (r >= n) break;
+        const T* row = A + r * n;
+        T x = live ? row[j] : T(0);
+#pragma unroll
+        for (int s = 0; s < LU_LW; ++s)
+            if (s < w) x -= row[c0 + s] * u[s];
+        if (live) A[r * n + j] = x;
+    }
+}
+#endif
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Jacobi SVD (one-sided, Hestenes) and symmetric eigendecomposition (two-sided, parallel order).
 //

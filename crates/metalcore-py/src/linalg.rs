@@ -40,9 +40,11 @@ fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream:
 
 /// Batched LU solve: reads `a` and `b`, writes X into `x` (which may be `b`), the packed factors
 /// into `lu` when given (which may be `a`), the per-matrix status into `info` and, when given, the
-/// 1-based row interchanges into `pivots`.
+/// 1-based row interchanges into `pivots`. `blas`: torch's cuBLAS handle, which CUDA matrices too
+/// large for one block need (their blocked path also needs `lu`, `pivots` and the int32 scratch
+/// `work`); 0 refuses them.
 #[pyfunction]
-#[pyo3(signature = (a, lu, b, x, info, pivots, stream))]
+#[pyo3(signature = (a, lu, b, x, info, pivots, stream, blas=0, work=None))]
 #[allow(clippy::too_many_arguments)]
 fn lu_solve_into(
     py: Python<'_>,
@@ -53,12 +55,16 @@ fn lu_solve_into(
     info: Desc,
     pivots: Option<Desc>,
     stream: usize,
+    blas: usize,
+    work: Option<Desc>,
 ) -> PyResult<()> {
     let (a, b, x, info) = (a.to_ref("A")?, b.to_ref("B")?, x.to_ref("X")?, info.to_ref("info")?);
     let lu = lu.map(|t| t.to_ref("LU")).transpose()?;
     let pivots = pivots.map(|p| p.to_ref("pivots")).transpose()?;
-    let args = LuSolve { a: &a, lu: lu.as_ref(), b: &b, x: &x, info: &info, pivots: pivots.as_ref() };
-    py.detach(|| lu_solve(&args, Exec::on(stream))).map_err(to_py)
+    let work = work.map(|w| w.to_ref("work")).transpose()?;
+    let args =
+        LuSolve { a: &a, lu: lu.as_ref(), b: &b, x: &x, info: &info, pivots: pivots.as_ref(), work: work.as_ref() };
+    py.detach(|| lu_solve(&args, Exec { stream, blas })).map_err(to_py)
 }
 
 /// In-place batched triangular solve op(A) X = B; `b` becomes X. `blas` as for `cholesky_inplace`.

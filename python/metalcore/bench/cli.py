@@ -567,7 +567,7 @@ LINALG_CASES = {
              ("cholesky", 1000, 128, 128, 0), ("cholesky", 1, 4096, 4096, 0), ("cholesky (blocked)", 1, 4096, 4096, 0),
              ("cholesky_solve", 1000, 32, 32, 1), ("cholesky_solve", 1, 4096, 4096, 1),
              ("solve (LU)", 1000, 32, 32, 1), ("solve (LU)", 10000, 16, 16, 1), ("solve (LU)", 100, 128, 128, 16),
-             ("solve (LU)", 1, 4096, 4096, 1)],
+             ("solve (LU)", 1, 2048, 2048, 1), ("solve (LU)", 1, 4096, 4096, 1)],
 }
 
 
@@ -729,10 +729,12 @@ per sample for the batched cases; each call includes its host work: copies, allo
 `error`: the largest per-matrix ||L Lᵀ − A|| / ||A|| (cholesky), ||A x − b|| / (||A|| ||x||) (the
 solves) or max(||QR − A|| / ||A||, max|QᵀQ − I|) (qr) against the float64 matrices. Cholesky and
 solve inputs are symmetric positive definite; QR inputs are Gaussian. Matrices too large for one
-CUDA block's shared memory (the 4096² cases) go to torch.linalg's own kernel, with a warning: those
-rows show the fallback's cost, not a metalcore kernel — except `cholesky (blocked)` (metalcore's
-blocked path, off by default: `metalcore.linalg.BLOCKED_CHOLESKY`) and `cholesky_solve`, whose
-large triangular solves run on cuBLAS TRSM through torch's handle."""
+CUDA block's shared memory (the 2048² and 4096² cases) go to torch.linalg's own kernel, with a
+warning: those rows show the fallback's cost, not a metalcore kernel — except `cholesky (blocked)`
+(metalcore's blocked path, off by default: `metalcore.linalg.BLOCKED_CHOLESKY`), `cholesky_solve`,
+whose large triangular solves run on cuBLAS TRSM through torch's handle, and `solve (LU)`,
+metalcore's blocked LU (its kernels for the panels, cuBLAS TRSM and GEMM for the trailing matrix;
+float32 up to n = 4096: `metalcore.linalg.BLOCKED_LU_MAX_N`)."""
 
 ACT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of each input (x, or gate and up) and one
 write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the worst gradient).

@@ -35,6 +35,8 @@ enum Entry {
     CholSyrk,
     JacobiLane,
     EighTri,
+    LuLeaf,
+    LuUpdate,
 }
 
 impl Entry {
@@ -55,6 +57,8 @@ impl Entry {
             Entry::CholSyrk => "chol_syrk_kernel",
             Entry::JacobiLane => "jacobi_lane_kernel",
             Entry::EighTri => "eigh_tri_kernel",
+            Entry::LuLeaf => "lu_leaf_kernel",
+            Entry::LuUpdate => "lu_update_kernel",
         }
     }
 }
@@ -74,7 +78,9 @@ struct Key {
     tile: usize,
     /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; rows per block (`PANEL_R`) of
     /// `chol_panel_kernel`; 1 for the profiling variant of
-    /// `eigh_tri_kernel` (see `tri_profile`); else 0.
+    /// `eigh_tri_kernel` (see `tri_profile`); rows per thread (`LU_LR`) of `lu_leaf_kernel`; else 0.
+    /// (`tile` is the leaf width `LU_LW` of `lu_leaf_kernel` and `lu_update_kernel`, `w` the
+    /// leaf's warps.)
     rows: usize,
 }
 
@@ -101,6 +107,12 @@ fn defines(k: &Key) -> Defines {
             d.push(("LANE_NP", k.tile.to_string()));
             d.push(("LANE_MR", k.rows.to_string()));
         }
+        Entry::LuLeaf => {
+            d.push(("LU_LW", k.tile.to_string()));
+            d.push(("LU_LR", k.rows.to_string()));
+            d.push(("LU_LT", (32 * k.w).to_string()));
+        }
+        Entry::LuUpdate => d.push(("LU_LW", k.tile.to_string())),
         _ => {}
     }
     d
@@ -415,7 +427,158 @@ pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
     if n <= 32 && n > 0 {
         return launch_rows(ordinal, exec, Entry::LuReg, p.a.dtype, n, p.a.batch, &args);
     }
+    let dev = device(ordinal)?;
+    if per(0) * p.a.dtype.size() > dev.smem_optin && exec.blas != 0 {
+        return match p.a.dtype {
+            DType::F32 => lu_blocked::<f32>(p, &dev, ordinal, exec),
+            _ => lu_blocked::<f64>(p, &dev, ordinal, exec),
+        };
+    }
     launch(ordinal, exec, Entry::Lu, p.a.dtype, n, p.a.batch, per, &args)
+}
+
+/// Largest order the blocked LU takes (`lu_leaf_kernel` holds a leaf's rows in the registers of
+/// one block: 1024 threads, 8 rows each, at most).
+pub const LU_BLOCKED_MAX_N: usize = 8192;
+
+/// `lu_leaf_kernel`'s shape for a leaf of `m` rows: (threads, rows per thread, leaf width). 512
+/// threads (128 registers each) up to 4096 rows, with at most 64 float32 or 32 float64 values of
+/// the leaf per thread; 1024 threads (64 registers) past that, with half as many.
+fn lu_leaf_shape(m: usize, dtype: DType) -> (usize, usize, usize) {
+    let threads = if m <= 4096 { 512 } else { 1024 };
+    let rows = m.div_ceil(threads).next_power_of_two().max(1);
+    let cap = if dtype == DType::F32 { 64 } else { 32 } * 512 / threads;
+    let widest = if dtype == DType::F32 { 16 } else { 8 };
+    (threads, rows, (cap / rows).min(widest))
+}
+
+/// Blocked LU with partial pivoting (and the solve) of matrices too large for one block, one
+/// matrix after another, in place on the factor output (the input copied there first): right-
+/// looking in panels of NB = 128 columns (64 measured no faster). Each panel is factored a leaf at
+/// a time ([`lu_leaf_shape`]): `lu_leaf_kernel` factors the leaf's columns over the rows at and
+/// below its diagonal, moves the rows it interchanged in the rest of the panel and makes the leaf's
+/// rows of U there; `lu_update_kernel` moves them in every column outside the panel and in X and
+/// updates the rest of the panel below the leaf. After the panel, cuBLAS TRSM makes its rows of U
+/// right of it (U12 = L11⁻¹ A12) and cuBLAS GEMM updates the trailing matrix (A22 −= L21 U12).
+/// X, permuted along the way, is then solved with L and U by cuBLAS TRSM. Needs the factor and
+/// pivot outputs and the `work` scratch (the Python layer passes scratch ones when the caller
+/// wants neither).
+fn lu_blocked<T: Real>(p: &LuSolvePlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
+    let (Some(lu), Some(piv), Some(work)) = (p.lu, p.pivots, p.work) else {
+        return Err(Error::Unsupported("the blocked LU needs the factor, pivot and work outputs".into()));
+    };
+    let (n, k, dtype, es) = (p.a.rows, p.b.cols, p.a.dtype, p.a.dtype.size());
+    if n > LU_BLOCKED_MAX_N {
+        return Err(Error::Unsupported(format!("the blocked LU takes n up to {LU_BLOCKED_MAX_N}, got {n}")));
+    }
+    const NB: usize = 128;
+    let _ctx = ContextGuard::enter(dev)?;
+    let raw = exec.stream as cudarc::driver::sys::CUstream;
+    let widest = lu_leaf_shape(1, dtype).2;
+    let update = kernel(Key { ordinal, entry: Entry::LuUpdate, dtype, w: 1, mpb: 1, tile: widest, rows: 0 }, dev)?;
+    // SAFETY: `info` holds `batch` int32 entries (validated by the plan).
+    unsafe { cudarc::driver::result::memset_d8_async(p.info as u64, 0, 4 * p.a.batch, raw) }
+        .map_err(driver_err("clearing info"))?;
+    {
+        let blas = Blas::bind(exec.blas, exec.stream)?;
+        for b in 0..p.a.batch {
+            let (a, src) = (lu + b * n * n * es, p.a.ptr + b * n * n * es);
+            let (x, bsrc) = (p.x + b * n * k * es, p.b.ptr + b * n * k * es);
+            let (ip, info) = (piv + 4 * b * n, p.info + 4 * b);
+            // SAFETY: the plan validated these batches: A and LU n×n, B and X n×k, distinct
+            // unless the same memory.
+            unsafe {
+                if src != a {
+                    cudarc::driver::result::memcpy_dtod_async(a as u64, src as u64, n * n * es, raw)
+                        .map_err(driver_err("copying the input"))?;
+                }
+                if k > 0 && bsrc != x {
+                    cudarc::driver::result::memcpy_dtod_async(x as u64, bsrc as u64, n * k * es, raw)
+                        .map_err(driver_err("copying the right-hand sides"))?;
+                }
+            }
+            let at = |i: usize, j: usize| a + (i * n + j) * es;
+            for k0 in (0..n).step_by(NB) {
+                let ce = (k0 + NB).min(n);
+                let (threads, rows, lw) = lu_leaf_shape(n - k0, dtype);
+                let key = Key { ordinal, entry: Entry::LuLeaf, dtype, w: threads / 32, mpb: 1, tile: lw, rows };
+                let leaf = kernel(key, dev)?;
+                for c0 in (k0..ce).step_by(lw) {
+                    let w = lw.min(n - c0);
+                    let args = [
+                        Arg::P(a),
+                        Arg::L(n as i64),
+                        Arg::L(c0 as i64),
+                        Arg::L(ce as i64),
+                        Arg::P(ip),
+                        Arg::P(info),
+                        Arg::P(work),
+                    ];
+                    // SAFETY: one block factors the leaf at c0 of this n×n matrix in place (its
+                    // n - c0 rows fit `threads` × `rows`, and as many rows, padded as
+                    // `lu_leaf_kernel` pads them, of shared memory: at most 196 KB), moves rows in
+                    // the panel's columns up to ce (at most 128 of them), and writes
+                    // ip[c0 .. c0 + w), info and `work`.
+                    let pad = if threads == 1024 { 1 } else { 16 / es };
+                    unsafe { launch_args(dev, exec, &leaf, 1, threads, threads * rows * (lw + pad) * es, &args)? };
+                    let pw = ce - c0 - w;
+                    let tiles = pw.div_ceil(32) * (n - c0 - w).div_ceil(64);
+                    let others = c0 + (n - ce) + k;
+                    let args = [
+                        Arg::P(a),
+                        Arg::L(n as i64),
+                        Arg::P(if k > 0 { x } else { 0 }),
+                        Arg::I(k as i32),
+                        Arg::P(work),
+                        Arg::L(c0 as i64),
+                        Arg::I(w as i32),
+                        Arg::L(ce as i64),
+                        Arg::I(tiles as i32),
+                    ];
+                    // SAFETY: the first `tiles` blocks own disjoint 64×32 tiles of the panel below
+                    // and right of the leaf; the others one column each of the rest of A or of X.
+                    unsafe { launch_args(dev, exec, &update, tiles + others.div_ceil(256), 256, 0, &args)? };
+                }
+                if ce < n {
+                    let (r, s) = (n - ce, ce - k0);
+                    // Column-major, the row-major blocks are transposed: U12ᵀ L11ᵀ = A12ᵀ (L11ᵀ
+                    // upper, unit) and A22ᵀ −= U12ᵀ L21ᵀ.
+                    // SAFETY: every block lies inside this n×n matrix, leading dimension n.
+                    unsafe {
+                        blas.trsm::<T>(
+                            Side::Right,
+                            Fill::Upper,
+                            Op::N,
+                            true,
+                            (r, s),
+                            T::ONE,
+                            (at(k0, k0), n),
+                            (at(k0, ce), n),
+                        )?;
+                        blas.gemm::<T>(
+                            Op::N,
+                            Op::N,
+                            (r, r, s),
+                            T::MINUS_ONE,
+                            (at(k0, ce), n),
+                            (at(ce, k0), n),
+                            T::ONE,
+                            (at(ce, ce), n),
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    let passes = [flags(true, false, true), flags(false, false, false)];
+    for b in 0..p.a.batch {
+        let x = Batch { ptr: p.x + b * n * k * es, dtype, batch: 1, rows: n, cols: k };
+        trsm_blas::<T>(dev, exec, lu + b * n * n * es, &x, &passes)?;
+    }
+    Ok(())
 }
 
 /// Launches a row-per-lane kernel (`n` <= 32: 8, 16 or 32 lanes per matrix, 128-thread blocks,
@@ -734,6 +897,14 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
                 defines(&Key { ordinal: 0, entry: Entry::JacobiLane, dtype, w: 1, mpb: 1, tile, rows }),
             ));
         }
+        // The blocked LU's leaf shapes (see `lu_leaf_shape`) and its update kernel.
+        for m in [512, 1024, 2048, 4096, 8192] {
+            let (threads, rows, tile) = lu_leaf_shape(m, dtype);
+            let key = Key { ordinal: 0, entry: Entry::LuLeaf, dtype, w: threads / 32, mpb: 1, tile, rows };
+            out.push((&KERNEL, defines(&key)));
+        }
+        let tile = lu_leaf_shape(1, dtype).2;
+        out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::LuUpdate, dtype, w: 1, mpb: 1, tile, rows: 0 })));
         for tile in [8, 16, 32] {
             for entry in [Entry::LuReg, Entry::CholeskyRow] {
                 out.push((&KERNEL, defines(&Key { ordinal: 0, entry, dtype, w: 1, mpb: 1, tile, rows: 0 })));

@@ -166,7 +166,13 @@ pub struct LuSolve<'a> {
     /// Optional `(batch, n)` int32 output: the 1-based row interchanges, as LAPACK's getrf
     /// (and `torch.linalg.lu_factor`) report them.
     pub pivots: Option<&'a TensorRef>,
+    /// Optional int32 scratch of at least [`LU_WORK_INTS`] elements on A's device, which the
+    /// blocked CUDA path of matrices too large for one block needs (with `lu` and `pivots`).
+    pub work: Option<&'a TensorRef>,
 }
+
+/// Elements of [`LuSolve::work`] the blocked CUDA path uses.
+pub const LU_WORK_INTS: usize = 128;
 
 /// A validated LU solve: reads `a` and `b`, writes `x`, and `lu` (a pointer to a buffer like `a`)
 /// when given.
@@ -178,6 +184,7 @@ pub struct LuSolvePlan {
     pub x: usize,
     pub info: usize,
     pub pivots: Option<usize>,
+    pub work: Option<usize>,
 }
 
 /// `t` (named `arg`) is a contiguous batch of `like`'s shape and dtype; returns its pointer.
@@ -227,7 +234,24 @@ impl LuSolve<'_> {
                 Some(p.ptr)
             }
         };
-        Ok((device, LuSolvePlan { a, lu, b, x, info, pivots }))
+        let work = match self.work {
+            None => None,
+            Some(w) => {
+                common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
+                expect_dtype("work", w, DType::I32)?;
+                if w.numel() < LU_WORK_INTS || !w.is_contiguous() {
+                    return Err(Error::value(
+                        "work",
+                        format!(
+                            "expected a contiguous int32 tensor of at least {LU_WORK_INTS} elements, got shape {:?}",
+                            w.shape
+                        ),
+                    ));
+                }
+                Some(w.ptr)
+            }
+        };
+        Ok((device, LuSolvePlan { a, lu, b, x, info, pivots, work }))
     }
 }
 
