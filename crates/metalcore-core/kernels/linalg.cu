@@ -1005,11 +1005,12 @@ extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long lo
     __shared__ int mcount;
     // The whole leaf passes through shared memory on its way in and out, so that a warp's global
     // accesses cover whole row segments (with one thread per row, a load instruction touched 32
-    // rows: 4096² float32, 35 µs a leaf against 23); the loads are asynchronous copies, all in
-    // flight at once (23 → 16 µs). With 512 threads the staged rows are padded by 16 bytes, so
-    // that whole rows move in 16-byte pieces (when the rows are 16-byte aligned) and a thread
-    // reads its row in 16-byte pieces without bank conflicts (16 → 14 µs); 1024 threads (past
-    // 4096 rows) have no room for that and pad by one element.
+    // rows); the loads are asynchronous copies, all in flight at once. With 512 threads the
+    // staged rows are padded by 16 bytes, so that whole rows move in 16-byte pieces (when the
+    // rows are 16-byte aligned) and a thread reads its row in 16-byte pieces without bank
+    // conflicts; 1024 threads (past 4096 rows) have no room for that and pad by one element.
+    // The leaves of a 4096² float32 LU took 17.9 ms with one thread per row, 11.8 staged, 8.1
+    // with the copies in flight together, 7.2 in 16-byte pieces (H200).
     extern __shared__ __align__(16) unsigned char lu_stage_raw[];
     T* stage = reinterpret_cast<T*>(lu_stage_raw);
     constexpr int VW = 16 / (int)sizeof(T);
