@@ -139,6 +139,15 @@ def test_non_contiguous_inputs(device):
     idx = rand_index((1, 256), 16, device).expand(40, 256)
     assert torch.equal(gather(x, 0, idx), torch.gather(x, 0, idx))
     assert rel_err(scatter_add(x, 0, idx, torch.ones(40, 256, device=device)), torch.scatter_add(x, 0, idx, torch.ones(40, 256, device=device))) < 1e-6
+    # Stride 0 along the gathered (last) dimension itself: an expanded index, an expanded table.
+    y = make((40, 16), torch.float32, device)
+    idx = rand_index((40, 1), 16, device).expand(40, 300)
+    assert torch.equal(gather(y, 1, idx), torch.gather(y, 1, idx))
+    wide = y[:, :1].expand(40, 16)
+    idx2 = rand_index((40, 300), 16, device)
+    assert torch.equal(gather(wide, 1, idx2), torch.gather(wide, 1, idx2))
+    src = make((40, 300), torch.float32, device)
+    assert rel_err(scatter_add(y, 1, idx, src), torch.scatter_add(y.double(), 1, idx, src.double())) < 1e-6
 
 
 def test_empty_tensors(device):

@@ -82,11 +82,12 @@ fn nan_of<T: Copy>(dtype: DType) -> T {
     unsafe { std::ptr::read_unaligned(bits.as_ptr() as *const T) }
 }
 
-/// Rows `(o, j0..j1)` of the output (unit stride along `inner`, validated).
+/// Rows `(o, j0..j1)` of the output (unit stride along `inner`, validated); `buf`: task scratch.
 ///
 /// # Safety
 /// `o < outer`, `j0 <= j1 <= J`; those rows are written by no one else.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(
     p: &Plan,
     keys: Keys<K>,
@@ -95,12 +96,60 @@ unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(
     o: usize,
     j0: usize,
     j1: usize,
+    buf: &mut Vec<T>,
 ) {
     let (t, inner) = (p.table, p.inner);
     let (ts1, ts2) = (t.strides[1], t.strides[2]);
     let src = (t.ptr as *const T).add(o * t.strides[0]);
     let (r, rs1) = (p.rows, p.rows.strides[1]);
     let dst = (r.ptr as *mut T).add(r.at(o, j0, 0));
+    let len = j1 - j0;
+    let unit = |stride: usize, extent: usize| stride == 1 || extent <= 1; // (an expanded operand has stride 0)
+    if inner == 1 && p.n > 0 && unit(keys.s[1], len) && unit(ts1, p.n) && unit(rs1, len) {
+        // Contiguous index, table line and output line: slices, so the loop compiles to a few
+        // instructions an element, into an L1 scratch that is then streamed out (the output is
+        // not read from memory first). The strided loop below took 12.2 ms for 2048×4096
+        // float32, torch 9.6.
+        let idx = std::slice::from_raw_parts(keys.ptr.add(o * keys.s[0] + j0 * keys.s[1]), len);
+        let line = std::slice::from_raw_parts(src, p.n);
+        // The line is read in random order: ask for all of it first (its misses then overlap
+        // instead of stalling the loop one at a time), and for the next line (most likely this
+        // thread's next task).
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let bytes = std::mem::size_of_val(line);
+            for off in (0..bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>((src as *const i8).add(off));
+            }
+            if o + 1 < p.outer && j1 == p.j {
+                let next = (src as *const i8).wrapping_add(t.strides[0] * std::mem::size_of::<T>());
+                for off in (0..bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off));
+                }
+            }
+        }
+        // A small scratch (the line, the scratch and the index stream share L1).
+        const CHUNK: usize = 1024;
+        buf.clear();
+        buf.resize(len.min(CHUNK), nan);
+        let mut ok = true;
+        for (c, ks) in idx.chunks(CHUNK).enumerate() {
+            let out = &mut buf[..ks.len()];
+            for (d, &k) in out.iter_mut().zip(ks) {
+                let k: i64 = k.into();
+                let good = (k as u64) < p.n as u64;
+                let v = *line.get_unchecked(if good { k as usize } else { 0 });
+                *d = if good { v } else { nan };
+                ok &= good;
+            }
+            super::write_out(dst.add(c * CHUNK), out);
+        }
+        if !ok {
+            bad.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
     if inner == 1 && p.n > 0 {
         // Branch-free: a bad index reads element 0 and stores NaN.
         let mut ok = true;
@@ -140,17 +189,12 @@ fn gather<T: Copy + Send + Sync>(p: &Plan, bad: &AtomicBool) {
     let nan = nan_of::<T>(p.rows.dtype);
     let per = (ELEMS / p.inner).max(1);
     let blocks = p.j.div_ceil(per);
-    for_each_row(
-        p.outer * blocks,
-        per * p.inner,
-        || (),
-        |_, task| {
-            let (o, b) = (task / blocks, task % blocks);
-            let (j0, j1) = (b * per, ((b + 1) * per).min(p.j));
-            // SAFETY: tasks write disjoint (o, row block) slices of the output.
-            unsafe { with_keys!(p, keys => gather_rows(p, keys, bad, nan, o, j0, j1)) }
-        },
-    );
+    for_each_row(p.outer * blocks, per * p.inner, Vec::new, |buf, task| {
+        let (o, b) = (task / blocks, task % blocks);
+        let (j0, j1) = (b * per, ((b + 1) * per).min(p.j));
+        // SAFETY: tasks write disjoint (o, row block) slices of the output.
+        unsafe { with_keys!(p, keys => gather_rows(p, keys, bad, nan, o, j0, j1, buf)) }
+    });
 }
 
 /// The `len` elements of `s` from offset `off`, `stride` apart, as `A`: the memory itself when it
@@ -184,6 +228,35 @@ unsafe fn scatter_keys<A: Real, K: Copy + Into<i64>>(
     let (r, t) = (p.rows, p.table);
     let (ts1, inner) = (t.strides[1], p.inner);
     let table = (t.ptr as *mut A).add(o * t.strides[0]);
+    if inner == 1 && (keys.s[1] == 1 || p.j <= 1) && (ts1 == 1 || p.n <= 1) {
+        // Contiguous index and table line: slices, a few instructions an element; the terms a
+        // small chunk at a time (the line, the chunk and the index stream share L1), the line
+        // asked for whole first (it is added to in random order).
+        let line = std::slice::from_raw_parts_mut(table, p.n);
+        #[cfg(target_arch = "x86_64")]
+        for off in (0..std::mem::size_of_val(line)).step_by(64) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>((table as *const i8).add(off));
+        }
+        let mut ok = true;
+        let chunk = buf.len().min(1024);
+        for j0 in (0..p.j).step_by(chunk) {
+            let j1 = (j0 + chunk).min(p.j);
+            let idx = std::slice::from_raw_parts(keys.ptr.add(o * keys.s[0] + j0 * keys.s[1]), j1 - j0);
+            for (&k, v) in idx.iter().zip(terms(&r, r.at(o, j0, 0), j1 - j0, r.strides[1], buf)) {
+                let k: i64 = k.into();
+                if (k as u64) < p.n as u64 {
+                    *line.get_unchecked_mut(k as usize) += *v;
+                } else {
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            bad.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
     if inner == 1 {
         // Lines along j, loaded a chunk at a time.
         for j0 in (0..p.j).step_by(buf.len()) {
