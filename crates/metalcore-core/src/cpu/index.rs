@@ -323,6 +323,28 @@ unsafe fn sorted_run<A: Real>(p: &Plan, bad: &AtomicBool, k0: usize, k1: usize, 
     let (t, r) = (p.table, p.rows);
     let Some(n) = with_keys!(p, keys => keys.at(0, k0, 0, bad)) else { return };
     let perm = p.perm as *const i64;
+    if super::same_type::<A>(t.dtype) {
+        // The table holds A: its row is added to in place (no copies through scratch). A single
+        // term is added directly (row + v: the bits of row + (0 + v) but for the sign of a zero
+        // sum, which is now torch's).
+        for o in 0..p.outer {
+            let dst = std::slice::from_raw_parts_mut((t.ptr as *mut A).add(t.at(o, n, 0)), p.inner);
+            if k1 - k0 == 1 {
+                let Some(q) = valid(*perm.add(k0), p.j) else { continue };
+                let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
+                dst.iter_mut().zip(v).for_each(|(d, v)| *d += *v);
+                continue;
+            }
+            acc.fill(A::ZERO);
+            for k in k0..k1 {
+                let Some(q) = valid(*perm.add(k), p.j) else { continue };
+                let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
+                acc.iter_mut().zip(v).for_each(|(a, v)| *a += *v);
+            }
+            dst.iter_mut().zip(acc.iter()).for_each(|(d, a)| *d += *a);
+        }
+        return;
+    }
     for o in 0..p.outer {
         acc.fill(A::ZERO);
         for k in k0..k1 {
