@@ -21,7 +21,7 @@ def bags(num, n_bags, device, max_len=6, empty_every=4):
     return idx.to(device), off.to(device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("mode", ["sum", "mean", "max"])
 @pytest.mark.parametrize("dim", [1, 7, 64, 300])
 @pytest.mark.parametrize("padding_idx", [None, 3])

@@ -251,6 +251,17 @@ pub(crate) fn prefetch(p: *const u8) {
     }
 }
 
+/// Hints the cache line at `p` into L2 (and the caches beyond it), not L1.
+#[inline(always)]
+pub(crate) fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(p as *const i8)
+    }
+}
+
 /// Start of row `row + 1` of `m`, the operand [`fill_prefetching`] fetches ahead; null past the
 /// last of `rows`.
 #[inline(always)]
