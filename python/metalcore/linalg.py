@@ -458,7 +458,9 @@ def solve_ex(A: Tensor, B: Tensor, fast: bool = False) -> SolveEx:
 def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
     """Solves ``A X = B`` for square ``A`` (``*, n, n``) like ``torch.linalg.solve``: ``B`` is a
     batch of vectors ``(*, n)`` or of matrices ``(*, n, k)``, batch dimensions broadcast; float32 and
-    float64 (16-bit inputs computed in float32). LU with partial pivoting, one matrix per task.
+    float64 (16-bit inputs computed in float32). LU with partial pivoting, one matrix per task (on
+    CUDA, a matrix past one block's shared memory takes the blocked LU up to ``BLOCKED_LU_MAX_N``,
+    torch.linalg beyond; see the module's docstring).
 
     Raises ``torch.linalg.LinAlgError`` naming the first singular batch element, unless ``fast``:
     then singular matrices give undefined (Inf/NaN) results instead of an error. Differentiable."""
