@@ -358,8 +358,9 @@ def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
 
 #: Largest order of a CUDA LU (``solve``, ``solve_ex``, ``lu_batched``) that metalcore's blocked
 #: path takes, by dtype; a larger matrix goes to torch.linalg (cuSOLVER), with the one-time warning.
-#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.2x faster at
-#: 1024-2048, even at 4096, 0.65x at 8192; float64 0.75x at 4096. The core takes up to 8192.
+#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.25x faster at
+#: 1024-2048, even at 4096, 0.68x at 8192; float64 1.08x at 1024-2048, 0.80x at 4096. The core
+#: takes up to 8192.
 BLOCKED_LU_MAX_N = {torch.float32: 4096, torch.float64: 2048}
 
 #: Shared memory (bytes) below which a CUDA LU is sure to fit one block (the least of the

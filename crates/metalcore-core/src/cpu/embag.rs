@@ -1,7 +1,7 @@
 //! EmbeddingBag on the CPU (math in `ops::embag`): bags in parallel (forward), runs of equal
 //! indices in parallel (backward).
 
-use super::{for_each_row, prefetch_l2, row_ptr, store_row, view_or_load, Real};
+use super::{for_each_row, prefetch_lines_l2, row_ptr, store_row, view_or_load, Real};
 use crate::ops::embag::{Mode, Plan};
 
 /// # Safety
@@ -9,13 +9,6 @@ use crate::ops::embag::{Mode, Plan};
 #[inline(always)]
 unsafe fn int_at(ptr: usize, i: usize) -> i32 {
     *(ptr as *const i32).add(i)
-}
-
-/// Hints the cache lines of `[ptr, ptr + bytes)` into L2 (not L1: with a row of 1 KB or more
-/// fetched a few rows ahead, L1's miss buffers fill and the prefetches themselves stall).
-#[inline(always)]
-fn prefetch_bytes(ptr: *const u8, bytes: usize) {
-    (0..bytes).step_by(64).for_each(|off| prefetch_l2(ptr.wrapping_add(off)));
 }
 
 /// The bag holding position `p`: the last `b` with `offsets[b] <= p`.
@@ -61,11 +54,13 @@ unsafe fn fwd_bag<A: Real>(p: &Plan, b: usize, acc: &mut [A], row: &mut [A]) {
     for q in s..e {
         // Rows are scattered over the table: fetch the one eight entries ahead, in this bag or
         // the next ones, while this one is summed (the hardware prefetcher only follows each row
-        // once it is being read). Into L2: 32768×256 float32, 4096 bags of 32, 3.7–3.9 ms against
-        // 5.5–6.1 into L1 (distance 16); distances 4 to 16 measured alike.
+        // once it is being read). Into L2, not L1: with rows of 1 KB or more a few rows ahead,
+        // L1's miss buffers fill and the prefetches themselves stall (32768×256 float32, 4096
+        // bags of 32: 3.7–3.9 ms against 5.5–6.1 into L1, distance 16); distances 4 to 16
+        // measured alike.
         if q + 8 < p.n {
             let ahead = int_at(p.indices, q + 8).clamp(0, p.num as i32 - 1) as usize;
-            prefetch_bytes(row_ptr(&p.table, ahead), row_bytes);
+            prefetch_lines_l2(row_ptr(&p.table, ahead), row_bytes);
         }
         let i = int_at(p.indices, q);
         if i == p.padding_idx {
@@ -184,7 +179,7 @@ unsafe fn fwd_bag_sum<A: Real>(p: &Plan, b: usize, acc: &mut [A], rows: &mut Vec
     if b + 1 < p.bags {
         let (s2, e2) = bag_range(p, b + 1);
         for q in s2..e2 {
-            prefetch_bytes(row_ptr(&p.table, clamp(int_at(p.indices, q))), row_bytes);
+            prefetch_lines_l2(row_ptr(&p.table, clamp(int_at(p.indices, q))), row_bytes);
         }
     }
     let (s, e) = bag_range(p, b);

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{for_each_row, load_row, store_row, view_or_load, Real, SendPtr};
+use super::{for_each_row, load_row, prefetch_lines, store_row, view_or_load, Real, SendPtr};
 use crate::dtype::DType;
 use crate::ops::index::{Kind, Plan, Strided};
 
@@ -68,6 +68,13 @@ macro_rules! with_keys {
     };
 }
 
+/// Consecutive elements along a dimension of `extent` are adjacent: stride 1, or at most one
+/// element (an expanded operand has stride 0 along a longer dimension).
+#[inline(always)]
+fn unit_stride(stride: usize, extent: usize) -> bool {
+    stride == 1 || extent <= 1
+}
+
 /// `v` as a position in `[0, len)`, if it is one.
 #[inline(always)]
 fn valid(v: i64, len: usize) -> Option<usize> {
@@ -104,8 +111,7 @@ unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(
     let (r, rs1) = (p.rows, p.rows.strides[1]);
     let dst = (r.ptr as *mut T).add(r.at(o, j0, 0));
     let len = j1 - j0;
-    let unit = |stride: usize, extent: usize| stride == 1 || extent <= 1; // (an expanded operand has stride 0)
-    if inner == 1 && p.n > 0 && unit(keys.s[1], len) && unit(ts1, p.n) && unit(rs1, len) {
+    if inner == 1 && p.n > 0 && unit_stride(keys.s[1], len) && unit_stride(ts1, p.n) && unit_stride(rs1, len) {
         // Contiguous index, table line and output line: slices, so the loop compiles to a few
         // instructions an element, into an L1 scratch that is then streamed out (the output is
         // not read from memory first). The strided loop below took 12.2 ms for 2048×4096
@@ -115,19 +121,10 @@ unsafe fn gather_rows<T: Copy, K: Copy + Into<i64>>(
         // The line is read in random order: ask for all of it first (its misses then overlap
         // instead of stalling the loop one at a time), and for the next line (most likely this
         // thread's next task).
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let bytes = std::mem::size_of_val(line);
-            for off in (0..bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>((src as *const i8).add(off));
-            }
-            if o + 1 < p.outer && j1 == p.j {
-                let next = (src as *const i8).wrapping_add(t.strides[0] * std::mem::size_of::<T>());
-                for off in (0..bytes).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(off));
-                }
-            }
+        let bytes = std::mem::size_of_val(line);
+        prefetch_lines(src as *const u8, bytes);
+        if o + 1 < p.outer && j1 == p.j {
+            prefetch_lines((src as *const u8).wrapping_add(t.strides[0] * std::mem::size_of::<T>()), bytes);
         }
         // A small scratch (the line, the scratch and the index stream share L1).
         const CHUNK: usize = 1024;
@@ -228,16 +225,12 @@ unsafe fn scatter_keys<A: Real, K: Copy + Into<i64>>(
     let (r, t) = (p.rows, p.table);
     let (ts1, inner) = (t.strides[1], p.inner);
     let table = (t.ptr as *mut A).add(o * t.strides[0]);
-    if inner == 1 && (keys.s[1] == 1 || p.j <= 1) && (ts1 == 1 || p.n <= 1) {
+    if inner == 1 && unit_stride(keys.s[1], p.j) && unit_stride(ts1, p.n) {
         // Contiguous index and table line: slices, a few instructions an element; the terms a
         // small chunk at a time (the line, the chunk and the index stream share L1), the line
         // asked for whole first (it is added to in random order).
         let line = std::slice::from_raw_parts_mut(table, p.n);
-        #[cfg(target_arch = "x86_64")]
-        for off in (0..std::mem::size_of_val(line)).step_by(64) {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>((table as *const i8).add(off));
-        }
+        prefetch_lines(table as *const u8, std::mem::size_of_val(line));
         let mut ok = true;
         let chunk = buf.len().min(1024);
         for j0 in (0..p.j).step_by(chunk) {
@@ -323,37 +316,31 @@ unsafe fn sorted_run<A: Real>(p: &Plan, bad: &AtomicBool, k0: usize, k1: usize, 
     let (t, r) = (p.table, p.rows);
     let Some(n) = with_keys!(p, keys => keys.at(0, k0, 0, bad)) else { return };
     let perm = p.perm as *const i64;
-    if super::same_type::<A>(t.dtype) {
-        // The table holds A: its row is added to in place (no copies through scratch). A single
-        // term is added directly (row + v: the bits of row + (0 + v) but for the sign of a zero
-        // sum, which is now torch's).
-        for o in 0..p.outer {
-            let dst = std::slice::from_raw_parts_mut((t.ptr as *mut A).add(t.at(o, n, 0)), p.inner);
-            if k1 - k0 == 1 {
-                let Some(q) = valid(*perm.add(k0), p.j) else { continue };
-                let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
-                dst.iter_mut().zip(v).for_each(|(d, v)| *d += *v);
-                continue;
-            }
-            acc.fill(A::ZERO);
-            for k in k0..k1 {
-                let Some(q) = valid(*perm.add(k), p.j) else { continue };
-                let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
-                acc.iter_mut().zip(v).for_each(|(a, v)| *a += *v);
-            }
-            dst.iter_mut().zip(acc.iter()).for_each(|(d, a)| *d += *a);
-        }
-        return;
-    }
+    // A table of A is added to in place (no copies through scratch), a single term directly (row
+    // + v: the bits of row + (0 + v) but for the sign of a zero sum, which is then torch's).
+    let in_place = super::same_type::<A>(t.dtype);
     for o in 0..p.outer {
+        // The table has unit inner stride (validated): its row is `inner` adjacent elements.
+        let at = t.at(o, n, 0);
+        if in_place && k1 - k0 == 1 {
+            let Some(q) = valid(*perm.add(k0), p.j) else { continue };
+            let dst = std::slice::from_raw_parts_mut((t.ptr as *mut A).add(at), p.inner);
+            let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
+            dst.iter_mut().zip(v).for_each(|(d, v)| *d += *v);
+            continue;
+        }
         acc.fill(A::ZERO);
         for k in k0..k1 {
             let Some(q) = valid(*perm.add(k), p.j) else { continue };
             let v = terms(&r, r.at(o, q, 0), p.inner, r.strides[2], buf);
             acc.iter_mut().zip(v).for_each(|(a, v)| *a += *v);
         }
-        // The table has unit inner stride (validated): its row is `inner` adjacent elements.
-        let dst = SendPtr(t.ptr as *mut u8).at(t.at(o, n, 0), t.dtype);
+        if in_place {
+            let dst = std::slice::from_raw_parts_mut((t.ptr as *mut A).add(at), p.inner);
+            dst.iter_mut().zip(acc.iter()).for_each(|(d, a)| *d += *a);
+            continue;
+        }
+        let dst = SendPtr(t.ptr as *mut u8).at(at, t.dtype);
         load_row(t.dtype, dst, buf);
         buf.iter_mut().zip(acc.iter()).for_each(|(b, a)| *b += *a);
         store_row(buf, t.dtype, dst);

@@ -262,6 +262,18 @@ pub(crate) fn prefetch_l2(p: *const u8) {
     }
 }
 
+/// [`prefetch`] of every cache line of `[ptr, ptr + bytes)`.
+#[inline(always)]
+pub(crate) fn prefetch_lines(ptr: *const u8, bytes: usize) {
+    (0..bytes).step_by(64).for_each(|off| prefetch(ptr.wrapping_add(off)));
+}
+
+/// [`prefetch_l2`] of every cache line of `[ptr, ptr + bytes)`.
+#[inline(always)]
+pub(crate) fn prefetch_lines_l2(ptr: *const u8, bytes: usize) {
+    (0..bytes).step_by(64).for_each(|off| prefetch_l2(ptr.wrapping_add(off)));
+}
+
 /// Start of row `row + 1` of `m`, the operand [`fill_prefetching`] fetches ahead; null past the
 /// last of `rows`.
 #[inline(always)]

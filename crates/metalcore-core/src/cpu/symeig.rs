@@ -763,7 +763,7 @@ unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes)
 
 /// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side. A rotation is a chain of
 /// dependent sqrt, divide and multiply-adds on a few scalars; here lane t of every step
-/// works on matrix t, so one vector instruction advances all four chains (their (d, e) entries
+/// works on matrix t, so two vector instructions advance all eight chains (their (d, e) entries
 /// gathered and scattered by lane). When a lane's sweep ends, its rotations go to its log and its
 /// next sweep starts at once; a lane with no matrix left works on a dummy.
 #[inline(always)]

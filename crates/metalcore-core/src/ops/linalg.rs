@@ -62,15 +62,23 @@ fn rhs_of(m_arg: &'static str, m: &Batch, t: &TensorRef) -> Result<Batch> {
     Ok(b)
 }
 
-fn info_of(t: &TensorRef, batch: usize) -> Result<usize> {
-    expect_dtype("info", t, DType::I32)?;
-    if t.numel() != batch || !t.is_contiguous() {
+/// `t` (named `arg`) is a contiguous int32 tensor of `elems` elements (with `at_least`, of `elems`
+/// or more); returns its pointer.
+fn int32_of(arg: &'static str, t: &TensorRef, elems: usize, at_least: bool) -> Result<usize> {
+    expect_dtype(arg, t, DType::I32)?;
+    let size_ok = if at_least { t.numel() >= elems } else { t.numel() == elems };
+    if !size_ok || !t.is_contiguous() {
+        let of = if at_least { "at least " } else { "" };
         return Err(Error::value(
-            "info",
-            format!("expected a contiguous int32 tensor of {batch} elements, got shape {:?}", t.shape),
+            arg,
+            format!("expected a contiguous int32 tensor of {of}{elems} elements, got shape {:?}", t.shape),
         ));
     }
     Ok(t.ptr)
+}
+
+fn info_of(t: &TensorRef, batch: usize) -> Result<usize> {
+    int32_of("info", t, batch, false)
 }
 
 /// In-place Cholesky factorization of each matrix of `a` (`A = L Lᵀ`, or `A = Uᵀ U` with `upper`);
@@ -220,35 +228,14 @@ impl LuSolve<'_> {
             None => None,
             Some(p) => {
                 common_device(&[("A", Some(self.a)), ("pivots", Some(p))])?;
-                expect_dtype("pivots", p, DType::I32)?;
-                if p.numel() != a.batch * a.rows || !p.is_contiguous() {
-                    return Err(Error::value(
-                        "pivots",
-                        format!(
-                            "expected a contiguous int32 tensor of {} elements, got shape {:?}",
-                            a.batch * a.rows,
-                            p.shape
-                        ),
-                    ));
-                }
-                Some(p.ptr)
+                Some(int32_of("pivots", p, a.batch * a.rows, false)?)
             }
         };
         let work = match self.work {
             None => None,
             Some(w) => {
                 common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
-                expect_dtype("work", w, DType::I32)?;
-                if w.numel() < LU_WORK_INTS || !w.is_contiguous() {
-                    return Err(Error::value(
-                        "work",
-                        format!(
-                            "expected a contiguous int32 tensor of at least {LU_WORK_INTS} elements, got shape {:?}",
-                            w.shape
-                        ),
-                    ));
-                }
-                Some(w.ptr)
+                Some(int32_of("work", w, LU_WORK_INTS, true)?)
             }
         };
         Ok((device, LuSolvePlan { a, lu, b, x, info, pivots, work }))
