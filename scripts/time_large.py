@@ -1,7 +1,7 @@
 """Large single-matrix factorizations (the blocked, cuBLAS-built paths) against torch.linalg on
 the GPU machine: median ms per call between CUDA events (warm-up first), the error of each against
 float64, and with --profile the device time per kernel of one metalcore call.
-python3 scripts/time_large.py [--profile] [cholesky|solve ...]"""
+python3 scripts/time_large.py [--profile] [cholesky|solve|qr ...]"""
 
 import statistics
 import sys
@@ -13,6 +13,7 @@ import metalcore.linalg as ml
 
 ml.BLOCKED_CHOLESKY = True  # the blocked paths are what is timed here
 ml.BLOCKED_LU_MAX_N = {torch.float32: 8192, torch.float64: 8192}
+ml.BLOCKED_QR_MAX_M = {torch.float32: 8192, torch.float64: 8192}
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 prof = "--profile" in sys.argv
@@ -49,13 +50,26 @@ for op, n, dtype in [("cholesky", 1024, torch.float32), ("cholesky", 2048, torch
                      ("cholesky", 4096, torch.float64),
                      ("solve", 1024, torch.float32), ("solve", 2048, torch.float32), ("solve", 4096, torch.float32),
                      ("solve", 8192, torch.float32), ("solve", 1024, torch.float64), ("solve", 2048, torch.float64),
-                     ("solve", 4096, torch.float64)]:
+                     ("solve", 4096, torch.float64),
+                     ("qr", 512, torch.float32), ("qr", 1024, torch.float32), ("qr", 2048, torch.float32),
+                     ("qr", 4096, torch.float32), ("qr", 8192, torch.float32), ("qr", 1024, torch.float64),
+                     ("qr", 2048, torch.float64), ("qr", 4096, torch.float64)]:
     if args and op not in args:
         continue
     if op == "cholesky":
         a = spd(n, dtype)
         ours, theirs = (lambda: mc.cholesky(a)), (lambda: torch.linalg.cholesky(a))
         eo, et = chol_err(a, ours()), chol_err(a, theirs())
+    elif op == "qr":  # reduced Q and R; error max(||QR - A|| / ||A||, ||QᵀQ - I||_max)
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        ours, theirs = (lambda: mc.qr(a)), (lambda: torch.linalg.qr(a))
+
+        def qr_err(qr_):
+            a64, q64, r64 = a.double(), qr_[0].double(), qr_[1].double()
+            eye = torch.eye(n, device="cuda", dtype=torch.float64)
+            return max(((q64 @ r64 - a64).norm() / a64.norm()).item(), (q64.mT @ q64 - eye).abs().max().item())
+
+        eo, et = qr_err(ours()), qr_err(theirs())
     else:  # solve: a general matrix, one right-hand side; error ||A x - b|| / (||A|| ||x||)
         a = torch.randn(n, n, device="cuda", dtype=dtype)
         b = torch.randn(n, 1, device="cuda", dtype=dtype)

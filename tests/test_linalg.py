@@ -583,6 +583,16 @@ def qr_errs(A, Q, R):
     return rec, orth
 
 
+def signed_rows(r):
+    """R (float64, CPU) with each row's sign flipped to make its diagonal entry non-negative: the
+    reflectors are LAPACK's, so R matches torch's, but where a reflector's pivot is near zero
+    rounding may pick the other (equally valid) sign, so signs are compared apart."""
+    d = r.double().cpu().diagonal(dim1=-2, dim2=-1)
+    sg = torch.where(d < 0, -1.0, 1.0).double()
+    sg = torch.cat([sg, sg.new_ones(sg.shape[:-1] + (r.shape[-2] - sg.shape[-1],))], -1)
+    return r.double().cpu() * sg.unsqueeze(-1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mn", [(1, 1), (2, 2), (7, 7), (16, 16), (33, 33), (64, 64), (127, 127), (40, 9), (128, 64), (9, 40), (3, 1), (1, 5)])
 @pytest.mark.parametrize("mode", ["reduced", "complete", "r"])
@@ -597,14 +607,7 @@ def test_qr_matches_reference(device, dtype, mn, mode, batch):
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.equal(R.tril(-1), torch.zeros_like(R)), "R is exactly upper triangular"
     Rt = torch.linalg.qr(A.double().cpu(), mode=mode).R
-    # Same reflectors as LAPACK: R matches torch's. Row signs are compared apart: where a
-    # reflector's pivot is near zero, rounding may pick the other (equally valid) sign.
-    def signed(r):
-        d = r.double().cpu().diagonal(dim1=-2, dim2=-1)
-        sg = torch.where(d < 0, -1.0, 1.0).double()
-        sg = torch.cat([sg, sg.new_ones(sg.shape[:-1] + (r.shape[-2] - sg.shape[-1],))], -1)
-        return r.double().cpu() * sg.unsqueeze(-1)
-    assert rel_err(signed(R), signed(Rt)) <= tol * max(1, m) ** 0.5 * 4
+    assert rel_err(signed_rows(R), signed_rows(Rt)) <= tol * max(1, m) ** 0.5 * 4
     if mode == "r":
         assert Q.numel() == 0
         return
@@ -907,6 +910,109 @@ def test_cuda_blocked_lu_on_a_side_stream():
         X = solve(A, B)
     torch.cuda.current_stream().wait_stream(s)
     assert torch.equal(X, ref)
+
+
+# The blocked CUDA QR (matrices past one block's shared memory): panels of 128 columns, each
+# factored in leaves whose width follows the rows left (`lu_leaf_shape`: float32 16 columns up to
+# 2048 rows, 8 up to 4096, 4 past that with 1024 threads; float64 8, 4, 2). Square, tall and wide
+# shapes, partial last panels and leaves.
+BLOCKED_QR = [((300, 300), torch.float32), ((1000, 1000), torch.float32), ((2100, 700), torch.float32),
+              ((400, 900), torch.float32), ((4500, 200), torch.float32), ((170, 170), torch.float64),
+              ((1500, 600), torch.float64), ((600, 1300), torch.float64), ((4300, 150), torch.float64)]
+
+
+def qr_errs_cuda(A, Q, R):
+    """qr_errs, computed on A's device (float64)."""
+    A64, Q64, R64 = A.double(), Q.double(), R.double()
+    rec = ((Q64 @ R64 - A64).flatten(-2).norm(dim=-1) / A64.flatten(-2).norm(dim=-1).clamp_min(1e-300)).max().item()
+    eye = torch.eye(Q64.shape[-1], dtype=torch.float64, device=A.device)
+    return rec, (Q64.mT @ Q64 - eye).abs().max().item()
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+@pytest.mark.parametrize("mn, dtype", BLOCKED_QR)
+@pytest.mark.parametrize("mode", ["reduced", "complete", "r"])
+def test_cuda_blocked_qr(monkeypatch, mn, dtype, mode):
+    # The kernels at every shape, including those past the default limit (the 1024-thread leaves).
+    monkeypatch.setattr(mlinalg, "BLOCKED_QR_MAX_M", {torch.float32: 8192, torch.float64: 8192})
+    m, n = mn
+    A = torch.randn(2, m, n, dtype=dtype, device="cuda")
+    A0 = A.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # metalcore's kernels, no fallback warning
+        Q, R = qr(A, mode=mode)
+    assert torch.equal(A, A0), "the input is never written"
+    k = min(m, n)
+    kq, kr = (m, m) if mode == "complete" else (k, k)
+    assert R.shape == (2, kr, n) and R.dtype == dtype
+    assert torch.equal(R.tril(-1), torch.zeros_like(R)), "R is exactly upper triangular"
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    Rt = torch.linalg.qr(A.double().cpu(), mode=mode).R
+    assert rel_err(signed_rows(R), signed_rows(Rt)) <= tol * m**0.5 * 4
+    if mode == "r":
+        assert Q.numel() == 0
+        return
+    assert Q.shape == (2, m, kq)
+    rec, orth = qr_errs_cuda(A, Q, R)
+    # The issue's bound, or twice torch's own error in the same dtype where that is larger.
+    trec, torth = qr_errs_cuda(A, *torch.linalg.qr(A, mode=mode))
+    assert rec <= max(tol, 2 * trec) and orth <= max(tol, 2 * torth), (rec, orth, trec, torth)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_qr_past_the_limit_falls_back_with_a_warning():
+    import metalcore._backend as bk
+
+    m = mlinalg.BLOCKED_QR_MAX_M[torch.float64] + 1
+    A = torch.randn(m, 200, dtype=torch.float64, device="cuda")
+    bk._warned.discard(("qr", "cuda"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        Q, R = qr(A)
+    assert max(qr_errs_cuda(A, Q, R)) <= 1e-12
+    assert any("BLOCKED_QR_MAX_M" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_blocked_qr_special_inputs():
+    n = 600
+    u, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    s = torch.logspace(0, -6, n, dtype=torch.float64)
+    A = torch.stack([u @ torch.diag(s) @ v.mT, torch.randn(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64),
+                     torch.randn(n, n, dtype=torch.float64)]).float().cuda()  # cond 1e6, random, zero, NaN
+    A[1, :, 300] = A[1, :, 17]  # rank deficient, a column in the third panel repeats one of the first
+    A[1, :, 140] = 0  # and a zero column in the second
+    A[3, 250, 260] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Q, R = qr(A)
+    rec, orth = qr_errs_cuda(A[:2], Q[:2], R[:2])
+    assert rec <= 1e-5 and orth <= 1e-5
+    assert torch.equal(R[2], torch.zeros_like(R[2])) and torch.equal(Q[2], torch.eye(n, device="cuda"))
+    assert torch.isnan(R[3]).any() and torch.isnan(Q[3]).any(), "NaN propagates"
+    assert torch.isfinite(R[:3]).all() and torch.isfinite(Q[:3]).all(), "only into its own matrix"
+    # Non-contiguous input, a side stream, and the solves built on QR.
+    B = torch.randn(2, 500, 700, device="cuda").mT
+    ref = qr(B.contiguous())
+    st = torch.cuda.Stream()
+    st.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(st):
+        Qb, Rb = qr(B)
+    torch.cuda.current_stream().wait_stream(st)
+    assert torch.equal(Qb, ref.Q) and torch.equal(Rb, ref.R)
+    M = torch.randn(1200, 400, dtype=torch.float64, device="cuda")
+    y = torch.randn(1200, 3, dtype=torch.float64, device="cuda")
+    ref = torch.linalg.lstsq(M.cpu(), y.cpu()).solution
+    assert rel_err(lstsq(M, y).solution, ref) <= 1e-10 and rel_err(qr_solve(M, y), ref) <= 1e-10
+    # Gradients: the same backward as on every path, against torch's.
+    G = torch.randn(300, 250, dtype=torch.float64, device="cuda", requires_grad=True)
+    gq, gr = torch.randn(300, 250, dtype=torch.float64, device="cuda"), torch.randn(250, 250, dtype=torch.float64, device="cuda")
+    Qg, Rg = qr(G)
+    (ga,) = torch.autograd.grad((Qg * gq).sum() + (Rg * gr).sum(), G)
+    Qt, Rt = torch.linalg.qr(G)
+    (gt,) = torch.autograd.grad((Qt * gq).sum() + (Rt * gr).sum(), G)
+    assert rel_err(ga, gt) <= 1e-9
 
 
 def test_householder_helpers(device):

@@ -16,8 +16,10 @@ with a one-time ``RuntimeWarning`` saying so; so is every call on a device with 
 backend. Exceptions: the triangular solves (``trsm``, ``cholesky_solve``) of such matrices run on
 cuBLAS TRSM through torch's own handle; LU (``solve``, ``solve_ex``, ``lu_batched``) has a blocked
 path — metalcore's kernels for the panels, cuBLAS TRSM and GEMM for the trailing matrix — up to
-``BLOCKED_LU_MAX_N`` (float32 4096, float64 2048; torch.linalg past that); and Cholesky has a
-blocked path, off by default (``BLOCKED_CHOLESKY``). Everything around the factorization is metalcore's and the same
+``BLOCKED_LU_MAX_N`` (float32 4096, float64 2048; torch.linalg past that); so has QR (``qr``, and
+``qr_solve``/``lstsq`` through it) — metalcore's kernels for the panels, cuBLAS GEMM and TRSM to
+apply them — for matrices of up to ``BLOCKED_QR_MAX_M`` rows (float32 4096, float64 2048); and
+Cholesky has a blocked path, off by default (``BLOCKED_CHOLESKY``). Everything around the factorization is metalcore's and the same
 on every path: 16-bit inputs computed in float32, ``info`` (a NaN pivot counts as a failure, as
 LAPACK reports it), the error messages, and the gradients.
 """
@@ -369,6 +371,13 @@ BLOCKED_LU_MAX_N = {torch.float32: 4096, torch.float64: 2048}
 _LU_BLOCK_BYTES = 160 * 1024
 _LU_WORK_INTS = 128  # the core's LU_WORK_INTS
 
+#: Largest row count (m) of a CUDA matrix past one block's shared memory that the blocked QR path
+#: takes, by dtype; a taller matrix goes to torch.linalg (cuSOLVER), with the one-time warning.
+#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.12x at 1024²,
+#: 1.23x at 2048², 1.13x at 4096², 0.83x at 8192²; float64 1.16-1.21x at 1024²-2048², 0.98x at
+#: 4096² and 0.81x at 4096×256 (its leaves are narrower past 2048 rows). The core takes up to 8192.
+BLOCKED_QR_MAX_M = {torch.float32: 4096, torch.float64: 2048}
+
 
 def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     """metalcore's LU with partial pivoting of A (broadcast to `batch`), applied to the right-hand
@@ -654,8 +663,17 @@ def _qr(a: Tensor, mode: str) -> Tuple[Tensor, Tensor]:
         q = empty(batch + (m, kq), acc, a.device)
         r = empty(batch + (kr, n), acc, a.device)
         if r.numel() or q.numel():
+            # A CUDA matrix past one block's shared memory takes the blocked path, which needs
+            # torch's cuBLAS handle and a scratch of the compute dtype.
+            smem = m * (n + 1) + (m * (kq + 1) if kq else 0) + 8 * max(n, kq) + k + 16
+            blocked = a.device.type == "cuda" and smem * x.element_size() > _LU_BLOCK_BYTES
+            if blocked and m > BLOCKED_QR_MAX_M[acc]:
+                raise NotImplementedError(f"metalcore's blocked QR takes {acc} matrices of up to m = "
+                                          f"{BLOCKED_QR_MAX_M[acc]} rows (metalcore.linalg.BLOCKED_QR_MAX_M), got m = {m}")
+            work = empty((_native.qr_work_len(m, n, kq),), acc, a.device) if blocked else None
             _native.qr_into(batch_desc(x, "A", m, n), batch_desc(q, "Q", m, kq) if q.numel() else None,
-                            batch_desc(r, "R", kr, n), stream_of(a))
+                            batch_desc(r, "R", kr, n), stream_of(a), blas_handle(a) if blocked else 0,
+                            None if work is None else desc(work, "work"))
         return q, r
 
     done = _on_backend("qr", a, run)
@@ -715,7 +733,9 @@ def qr(A: Tensor, mode: str = "reduced") -> QRResult:
     ``k = min(m, n)``; ``'complete'`` gives ``Q`` (``*, m, m``) and ``R`` (``*, m, n``); ``'r'``
     gives only ``R`` (``Q`` is an empty tensor). ``R``'s diagonal may be negative (LAPACK's sign
     convention, the one torch returns). float32/float64; 16-bit inputs are computed in float32.
-    Differentiable for ``'reduced'`` (and ``'complete'`` when m ≤ n)."""
+    Differentiable for ``'reduced'`` (and ``'complete'`` when m ≤ n). On CUDA, matrices past one
+    block's shared memory take the blocked path up to ``BLOCKED_QR_MAX_M`` rows and torch.linalg's
+    ``qr`` past that (with a one-time warning; see the module docstring)."""
     _check_matrix(A)
     if mode not in _QR_MODES:
         raise ValueError(f"mode: expected one of {_QR_MODES}, got {mode!r}")

@@ -978,6 +978,108 @@ __device__ __forceinline__ void load16(const double* s, double* d) {
 
 #define LU_PANEL_MAX 128
 #ifdef LU_LR
+// A leaf passes through shared memory ("stage", rows of LU_LW values padded to LEAF_LDS) on its
+// way in and out, so that a warp's global accesses cover whole row segments (with one thread per
+// row, a load instruction touched 32 rows); the loads are asynchronous copies, all in flight at
+// once. With 512 threads the staged rows are padded by 16 bytes, so that whole rows move in
+// 16-byte pieces (when the rows are 16-byte aligned) and a thread reads its row in 16-byte pieces
+// without bank conflicts; 1024 threads (past 4096 rows) have no room for that and pad by one
+// element. The leaves of a 4096² float32 LU took 17.9 ms with one thread per row, 11.8 staged,
+// 8.1 with the copies in flight together, 7.2 in 16-byte pieces (H200).
+#define LEAF_VW (16 / (int)sizeof(T))
+#define LEAF_PAD (LU_LT == 1024 ? 1 : LEAF_VW)
+#define LEAF_LDS (LU_LW + LEAF_PAD)
+
+// Whether the leaf at g (row stride ld, w of LU_LW columns present) moves in 16-byte pieces.
+__device__ __forceinline__ bool leaf_vec(const T* g, long long ld, int w) {
+    return LEAF_PAD == LEAF_VW && w == LU_LW && ld % LEAF_VW == 0 && ((size_t)g & 15) == 0;
+}
+
+// Rows 0 .. mr-1 of the leaf at g (row stride ld; columns past w staged as zeros) into `stage`;
+// returns when every thread's copies have landed.
+__device__ __forceinline__ void leaf_stage_in(T* stage, const T* g, long long ld, long long mr, int w) {
+    const int tid = threadIdx.x;
+    if (leaf_vec(g, ld, w)) {
+        constexpr int CH = LU_LW / LEAF_VW;
+        for (long long e = tid; e < mr * CH; e += LU_LT) {
+            const long long r = e / CH;
+            const int v = (int)(e % CH);
+            const unsigned int sa = (unsigned int)__cvta_generic_to_shared(stage + r * LEAF_LDS + v * LEAF_VW);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(g + r * ld + v * LEAF_VW));
+        }
+    } else {
+        for (long long e = tid; e < mr * LU_LW; e += LU_LT) {
+            const long long r = e / LU_LW;
+            const int c = (int)(e % LU_LW);
+            T* d = stage + r * LEAF_LDS + c;
+            if (c < w) {
+                const unsigned int sa = (unsigned int)__cvta_generic_to_shared(d);
+                asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sa), "l"(g + r * ld + c),
+                             "n"((int)sizeof(T)));
+            } else {
+                *d = T(0);
+            }
+        }
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+}
+
+// The staged rows 0 .. mr-1 (their first w columns) out to g (row stride ld) and, when u is not
+// null, to u too (row stride ldu) with rows 0 .. w-1 made unit upper: ones on the diagonal, zeros
+// right of it (the QR leaf's reflectors, from its factored rows). The caller has synced after
+// filling `stage`.
+__device__ __forceinline__ void leaf_stage_out(const T* stage, T* g, long long ld, long long mr, int w,
+                                               T* u = nullptr, long long ldu = 0) {
+    const int tid = threadIdx.x;
+    if (leaf_vec(g, ld, w) && (u == nullptr || leaf_vec(u, ldu, w))) {
+        constexpr int CH = LU_LW / LEAF_VW;
+        for (long long e = tid; e < mr * CH; e += LU_LT) {
+            const long long r = e / CH;
+            const int v = (int)(e % CH);
+            const uint4 x = *reinterpret_cast<const uint4*>(stage + r * LEAF_LDS + v * LEAF_VW);
+            *reinterpret_cast<uint4*>(g + r * ld + v * LEAF_VW) = x;
+            if (u == nullptr) continue;
+            if (r < w) {
+                __align__(16) T y[LEAF_VW];
+#pragma unroll
+                for (int t = 0; t < LEAF_VW; ++t) {
+                    const int c = v * LEAF_VW + t;
+                    y[t] = c < r ? stage[r * LEAF_LDS + c] : T(c == r ? 1 : 0);
+                }
+                *reinterpret_cast<uint4*>(u + r * ldu + v * LEAF_VW) = *reinterpret_cast<const uint4*>(y);
+            } else {
+                *reinterpret_cast<uint4*>(u + r * ldu + v * LEAF_VW) = x;
+            }
+        }
+    } else {
+        for (long long e = tid; e < mr * LU_LW; e += LU_LT) {
+            const long long r = e / LU_LW;
+            const int c = (int)(e % LU_LW);
+            if (c >= w) continue;
+            const T x = stage[r * LEAF_LDS + c];
+            g[r * ld + c] = x;
+            if (u != nullptr) u[r * ldu + c] = (r < w && c >= r) ? T(c == r ? 1 : 0) : x;
+        }
+    }
+}
+
+// Staged row i into registers (zeros when i >= mr).
+__device__ __forceinline__ void leaf_row(const T* stage, long long i, long long mr, T (&x)[LU_LW]) {
+    if (LEAF_PAD == LEAF_VW) {
+#pragma unroll
+        for (int c = 0; c < LU_LW; c += LEAF_VW) {
+            if (i < mr) load16(stage + i * LEAF_LDS + c, &x[c]);
+            else
+#pragma unroll
+                for (int t = 0; t < LEAF_VW; ++t) x[c + t] = T(0);
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < LU_LW; ++c) x[c] = i < mr ? stage[i * LEAF_LDS + c] : T(0);
+    }
+}
+
 // Factors one leaf: columns c0 .. c0+w-1 (w = min(LU_LW, n - c0)) over the rows at places c0 ..
 // n-1, which hold every earlier interchange and update. Each of the LU_LT threads keeps LU_LR of
 // those rows in registers (n - c0 <= LU_LT LU_LR). Rows never move: each tracks `pos`, its place in
@@ -1003,67 +1105,22 @@ extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long lo
     __shared__ T pbuf[2 * LU_LW][LU_PANEL_MAX];
     __shared__ int msrc[2 * LU_LW], mdst[2 * LU_LW];
     __shared__ int mcount;
-    // The whole leaf passes through shared memory on its way in and out, so that a warp's global
-    // accesses cover whole row segments (with one thread per row, a load instruction touched 32
-    // rows); the loads are asynchronous copies, all in flight at once. With 512 threads the
-    // staged rows are padded by 16 bytes, so that whole rows move in 16-byte pieces (when the
-    // rows are 16-byte aligned) and a thread reads its row in 16-byte pieces without bank
-    // conflicts; 1024 threads (past 4096 rows) have no room for that and pad by one element.
-    // The leaves of a 4096² float32 LU took 17.9 ms with one thread per row, 11.8 staged, 8.1
-    // with the copies in flight together, 7.2 in 16-byte pieces (H200).
+    // The whole leaf passes through shared memory on its way in and out (leaf_stage_in).
     extern __shared__ __align__(16) unsigned char lu_stage_raw[];
     T* stage = reinterpret_cast<T*>(lu_stage_raw);
-    constexpr int VW = 16 / (int)sizeof(T);
-    constexpr int PAD = LU_LT == 1024 ? 1 : VW;
-    constexpr int LDS = LU_LW + PAD;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long long m = n - c0;
     const int w = (int)min((long long)LU_LW, m);
-    const bool vec = PAD == VW && w == LU_LW && n % VW == 0 && ((size_t)A & 15) == 0;
     if (tid == 0) mcount = 0;
     int fail = tid == 0 ? *info : 0;
-    if (vec) {
-        constexpr int CH = LU_LW / VW;
-        for (long long e = tid; e < m * CH; e += LU_LT) {
-            const long long r = e / CH;
-            const int v = (int)(e % CH);
-            const unsigned int sa = (unsigned int)__cvta_generic_to_shared(stage + r * LDS + v * VW);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(A + (c0 + r) * n + c0 + v * VW));
-        }
-    } else {
-        for (long long e = tid; e < m * LU_LW; e += LU_LT) {
-            const long long r = e / LU_LW;
-            const int c = (int)(e % LU_LW);
-            T* d = stage + r * LDS + c;
-            if (c < w) {
-                const unsigned int sa = (unsigned int)__cvta_generic_to_shared(d);
-                asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(sa), "l"(A + (c0 + r) * n + c0 + c),
-                             "n"((int)sizeof(T)));
-            } else {
-                *d = T(0);
-            }
-        }
-    }
-    asm volatile("cp.async.wait_all;\n" ::: "memory");
-    __syncthreads();
+    leaf_stage_in(stage, A + c0 * n + c0, n, m, w);
     T a[LU_LR][LU_LW];
     int pos[LU_LR];
 #pragma unroll
     for (int q = 0; q < LU_LR; ++q) {
         const long long i = tid + (long long)q * LU_LT;
         pos[q] = i < m ? (int)(c0 + i) : -1;
-        if (PAD == VW) {
-#pragma unroll
-            for (int c = 0; c < LU_LW; c += VW) {
-                if (i < m) load16(stage + i * LDS + c, &a[q][c]);
-                else
-#pragma unroll
-                    for (int t = 0; t < VW; ++t) a[q][c + t] = T(0);
-            }
-        } else {
-#pragma unroll
-            for (int c = 0; c < LU_LW; ++c) a[q][c] = i < m ? stage[i * LDS + c] : T(0);
-        }
+        leaf_row(stage, i, m, a[q]);
     }
     const T sfmin = sizeof(T) == 4 ? T(1.17549435e-38) : T(2.2250738585072014e-308);
 #pragma unroll
@@ -1137,27 +1194,13 @@ extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long lo
     for (int q = 0; q < LU_LR; ++q) {
         if (pos[q] >= 0) {
 #pragma unroll
-            for (int c = 0; c < LU_LW; ++c) stage[(pos[q] - c0) * LDS + c] = a[q][c];
+            for (int c = 0; c < LU_LW; ++c) stage[(pos[q] - c0) * LEAF_LDS + c] = a[q][c];
         }
     }
     // (Scalar stores: each thread's rows land at their places, scattered; bank conflicts here
     // are once per leaf.)
     __syncthreads();
-    if (vec) {
-        constexpr int CH = LU_LW / VW;
-        for (long long e = tid; e < m * CH; e += LU_LT) {
-            const long long r = e / CH;
-            const int v = (int)(e % CH);
-            *reinterpret_cast<uint4*>(A + (c0 + r) * n + c0 + v * VW) =
-                *reinterpret_cast<const uint4*>(stage + r * LDS + v * VW);
-        }
-    } else {
-        for (long long e = tid; e < m * LU_LW; e += LU_LT) {
-            const long long r = e / LU_LW;
-            const int c = (int)(e % LU_LW);
-            if (c < w) A[(c0 + r) * n + c0 + c] = stage[r * LDS + c];
-        }
-    }
+    leaf_stage_out(stage, A + c0 * n + c0, n, m, w);
     const int cnt = mcount;
     if (tid == 0) pairs[0] = cnt;
     if (tid < cnt) { pairs[1 + 2 * tid] = msrc[tid]; pairs[2 + 2 * tid] = mdst[tid]; }
@@ -1181,6 +1224,202 @@ extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long lo
         for (int t = 1; t < LU_LW; ++t)
             if (t < w) A[(c0 + t) * n + pc0 + tid] = u[t];
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocked Householder QR of one large m×n matrix F (row-major, in place), driven from
+// cuda/linalg.rs (`qr_blocked`): right-looking in panels of at most 128 columns, each factored a
+// leaf at a time by qr_leaf_kernel; the host applies each leaf to the rest of its panel, and each
+// panel (I − V T Vᵀ, with T = U⁻¹ applied by cuBLAS TRSM, U from qr_udiag_kernel) to the trailing
+// matrix and later to Q, by cuBLAS GEMM. The arithmetic per column is geqr2's (the reflector as `larfg`, the same one the batched
+// qr_kernel makes), so R's diagonal has LAPACK's signs.
+
+// Sums each of the warp's L values s[0 .. L) over its lanes, by halving exchanges (L - 1 shuffles,
+// then log2(32 / L) more); lane l gets the total of value l / (32 / L). `s` is clobbered. (The
+// steps are template instances, so every index into `s` is a constant and `s` stays in registers.)
+template <int L, int H, int BIT>
+struct ScatterStep {
+    static __device__ __forceinline__ void run(T (&s)[L], int lane) {
+        const bool up = (lane & BIT) != 0;
+#pragma unroll
+        for (int j = 0; j < H; ++j) {
+            const T send = up ? s[j] : s[j + H];
+            const T keep = up ? s[j + H] : s[j];
+            s[j] = keep + __shfl_xor_sync(0xffffffffu, send, BIT);
+        }
+        ScatterStep<L, H / 2, BIT / 2>::run(s, lane);
+    }
+};
+template <int L, int BIT>
+struct ScatterStep<L, 0, BIT> {
+    static __device__ __forceinline__ void run(T (&)[L], int) {}
+};
+template <int L>
+__device__ __forceinline__ T warp_scatter_sum(T (&s)[L], int lane) {
+    ScatterStep<L, L / 2, 16>::run(s, lane);
+    T v = s[0];
+#pragma unroll
+    for (int bit = 16 / L; bit >= 1; bit /= 2) v += __shfl_xor_sync(0xffffffffu, v, bit);
+    return v;
+}
+
+// Row x into staged row i (nothing when i >= mr).
+__device__ __forceinline__ void leaf_put_row(T* stage, long long i, long long mr, const T (&x)[LU_LW]) {
+    if (i >= mr) return;
+    if (LEAF_PAD == LEAF_VW) {
+#pragma unroll
+        for (int c = 0; c < LU_LW; c += LEAF_VW) {
+            if (sizeof(T) == 4)
+                *reinterpret_cast<float4*>(stage + i * LEAF_LDS + c) = make_float4(x[c], x[c + 1], x[c + 2], x[c + 3]);
+            else
+                *reinterpret_cast<double2*>(stage + i * LEAF_LDS + c) = make_double2(x[c], x[c + 1]);
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < LU_LW; ++c) stage[i * LEAF_LDS + c] = x[c];
+    }
+}
+
+// Factors one leaf: columns c0 .. c0+w-1 (w <= LU_LW) of F (row stride n) over rows c0 .. m-1,
+// which hold every earlier reflector's update. Each of the LU_LT threads keeps LU_LR of those rows
+// in registers (row i at thread i mod LU_LT, so the leaf's diagonal rows are slot 0 of threads
+// 0 .. w-1). One barrier per column: in one pass the block sums the column's products with every
+// leaf column over the rows below the diagonal (its squared norm, the products vᵀa the update
+// needs, and Vᵀv for T), while the diagonal row's owner posts that row; every thread then has the
+// reflector and updates its rows.
+// Writes the leaf back into F (R on and above the diagonal, v below), tau[c0 ..], the reflectors
+// explicitly into V (row stride ldv: rows k0 .. m-1 of the leaf's columns, unit diagonal, zeros
+// above), and Z = V Tᵀ (rows c0 .. m-1, row stride LU_LW; T the leaf's triangular factor,
+// H_1 ⋯ H_w = I − V T Vᵀ, LAPACK larft's forward columnwise T), with which the host applies the
+// leaf to the rest of its panel: A ← A − Z (Vᵀ A).
+extern "C" __global__ void __launch_bounds__(LU_LT) qr_leaf_kernel(T* F, long long m, long long n, long long c0, int w,
+                                                                  long long k0, T* __restrict__ V, long long ldv,
+                                                                  T* __restrict__ tau, T* __restrict__ Z) {
+    constexpr int NW = LU_LT / 32, SPREAD = 32 / LU_LW;
+    __shared__ __align__(16) T crow[2][LU_LW];
+    __shared__ T red[2][NW][LU_LW];
+    __shared__ T ys[LU_LW][LU_LW];  // ys[c][j] = v_jᵀ v_c, j < c
+    __shared__ T taus[LU_LW];
+    __shared__ T tsm[LU_LW][LU_LW + 1];
+    extern __shared__ __align__(16) unsigned char lu_stage_raw[];
+    T* stage = reinterpret_cast<T*>(lu_stage_raw);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long mr = m - c0;
+    T* g = F + c0 * n + c0;
+    leaf_stage_in(stage, g, n, mr, w);
+    T a[LU_LR][LU_LW];
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) leaf_row(stage, tid + (long long)q * LU_LT, mr, a[q]);
+#pragma unroll
+    for (int c = 0; c < LU_LW; ++c) {
+        if (c >= w) break;
+        const int par = c & 1;
+        T s[LU_LW];
+#pragma unroll
+        for (int j = 0; j < LU_LW; ++j) s[j] = T(0);
+#pragma unroll
+        for (int q = 0; q < LU_LR; ++q) {
+            if (q > 0 || tid > c) {
+                const T x = a[q][c];
+#pragma unroll
+                for (int j = 0; j < LU_LW; ++j) s[j] += x * a[q][j];
+            }
+        }
+        const T part = warp_scatter_sum<LU_LW>(s, lane);
+        if (lane % SPREAD == 0) red[par][warp][lane / SPREAD] = part;
+        if (tid == c) {
+#pragma unroll
+            for (int j = 0; j < LU_LW; ++j) crow[par][j] = a[0][j];
+        }
+        __syncthreads();
+        T t = T(0);
+#pragma unroll
+        for (int q = 0; q < NW; ++q) t += red[par][q][lane / SPREAD];
+        // tot[j]: the column's product with column j below the diagonal; pr: the diagonal row.
+        T tot[LU_LW], pr[LU_LW];
+#pragma unroll
+        for (int j = 0; j < LU_LW; ++j) tot[j] = __shfl_sync(0xffffffffu, t, j * SPREAD);
+#pragma unroll
+        for (int j = 0; j < LU_LW; j += LEAF_VW) load16(&crow[par][j], &pr[j]);
+        const T alpha = pr[c], sigma = tot[c];
+        T tu, beta, sc;
+        larfg(alpha, sigma, tu, beta, sc);
+        if (!(sigma > T(0)) && (sigma != sigma || alpha != alpha)) tu = beta = nan_t();  // as qr_kernel
+        // v = (1, x·sc): vᵀa_j = a_cj + sc·tot[j] for j > c, and v_jᵀv = v_j[c] + sc·tot[j] for
+        // j < c. Where sigma is not positive (H = I, or NaN) x stays as it is.
+        const T scv = sigma > T(0) ? sc : T(1);
+        T vd[LU_LW];
+#pragma unroll
+        for (int j = 0; j < LU_LW; ++j) vd[j] = pr[j] + scv * tot[j];
+        if (tid == 0) {
+            taus[c] = tu;
+#pragma unroll
+            for (int j = 0; j < LU_LW; ++j)
+                if (j < c) ys[c][j] = vd[j];
+        }
+#pragma unroll
+        for (int q = 0; q < LU_LR; ++q) {
+            if (q > 0 || tid > c) {
+                const T v = a[q][c] * scv;
+                a[q][c] = v;
+                const T tv = tu * v;
+#pragma unroll
+                for (int j = c + 1; j < LU_LW; ++j) a[q][j] -= tv * vd[j];
+            }
+        }
+        if (tid == c) {
+            a[0][c] = beta;
+#pragma unroll
+            for (int j = c + 1; j < LU_LW; ++j) a[0][j] -= tu * vd[j];
+        }
+    }
+    // The leaf back into F and, with the unit diagonal, into V, while warp 0 makes T (a row per
+    // lane: T[c][c] = tau_c, T[r][c] = −tau_c Σ_{r<=l<c} T[r][l] ys[c][l]).
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) leaf_put_row(stage, tid + (long long)q * LU_LT, mr, a[q]);
+    for (long long e = tid; e < (c0 - k0) * w; e += LU_LT) V[(k0 + e / w) * ldv + c0 + e % w] = T(0);
+    __syncthreads();
+    if (warp == 0) {
+        T trow[LU_LW];
+#pragma unroll
+        for (int c = 0; c < LU_LW; ++c) {
+            T v = T(0);
+            if (c < w && lane < c) {
+                T acc = T(0);
+#pragma unroll
+                for (int l = 0; l < c; ++l)
+                    if (l >= lane) acc += trow[l] * ys[c][l];
+                v = -taus[c] * acc;
+            } else if (c < w && lane == c) {
+                v = taus[c];
+            }
+            trow[c] = v;
+        }
+        if (lane < LU_LW) {
+#pragma unroll
+            for (int c = 0; c < LU_LW; ++c) tsm[lane][c] = trow[c];
+        }
+        if (lane < w) tau[c0 + lane] = taus[lane];
+    }
+    leaf_stage_out(stage, g, n, mr, w, V + c0 * ldv + c0, ldv);
+    __syncthreads();
+    // Z = V Tᵀ: Z[i][j] = Σ_{l>=j} v_l[i] T[j][l].
+#pragma unroll
+    for (int q = 0; q < LU_LR; ++q) {
+        T v[LU_LW], z[LU_LW];
+#pragma unroll
+        for (int l = 0; l < LU_LW; ++l) v[l] = (q > 0 || l < tid) ? a[q][l] : (l == tid ? T(1) : T(0));
+#pragma unroll
+        for (int j = 0; j < LU_LW; ++j) {
+            T acc = T(0);
+#pragma unroll
+            for (int l = j; l < LU_LW; ++l) acc += v[l] * tsm[j][l];
+            z[j] = acc;
+        }
+        leaf_put_row(stage, tid + (long long)q * LU_LT, mr, z);
+    }
+    __syncthreads();
+    leaf_stage_out(stage, Z, LU_LW, mr, w);
 }
 #endif
 
@@ -1238,6 +1477,24 @@ extern "C" __global__ void __launch_bounds__(256) lu_update_kernel(T* A, long lo
         for (int s = 0; s < LU_LW; ++s)
             if (s < w) x -= row[c0 + s] * u[s];
         if (live) A[r * n + j] = x;
+    }
+}
+
+// The diagonal of the blocked QR's panel factor U = diag(1/tau) + striu(VᵀV) (row stride ldu),
+// whose inverse is the panel's T (I − V T Vᵀ = H_1 ⋯ H_nb; the "UT transform"): U[i][i] = 1/tau_i
+// (infinite for tau = 0, H = I, which makes T's row and column i zero, as larft's).
+extern "C" __global__ void __launch_bounds__(128) qr_udiag_kernel(T* U, int ldu, const T* __restrict__ tau, int nb) {
+    for (int i = threadIdx.x; i < nb; i += 128) U[i * (long long)ldu + i] = T(1) / tau[i];
+}
+
+// D (rows × cols, contiguous) = the upper trapezoid of F (row stride ldf) with zeros below the
+// diagonal — or, with `eye`, the identity.
+extern "C" __global__ void __launch_bounds__(256) qr_copy_kernel(const T* __restrict__ F, long long ldf,
+                                                                 T* __restrict__ D, long long rows, long long cols,
+                                                                 int eye) {
+    for (long long e = blockIdx.x * 256LL + threadIdx.x; e < rows * cols; e += (long long)gridDim.x * 256) {
+        const long long i = e / cols, j = e % cols;
+        D[e] = eye ? T(i == j ? 1 : 0) : (j >= i ? F[i * ldf + j] : T(0));
     }
 }
 #endif

@@ -86,12 +86,30 @@ fn trsm_inplace(
 }
 
 /// Batched Householder QR of the contiguous (batch, m, n) `a` into `r` and, when given, `q`.
+/// `blas`: torch's cuBLAS handle, which CUDA matrices too large for one block need, with the
+/// `work` scratch of `qr_work_len(m, n, kq)` elements of A's dtype; 0 refuses them.
 #[pyfunction]
-#[pyo3(signature = (a, q, r, stream))]
-fn qr_into(py: Python<'_>, a: Desc, q: Option<Desc>, r: Desc, stream: usize) -> PyResult<()> {
+#[pyo3(signature = (a, q, r, stream, blas=0, work=None))]
+fn qr_into(
+    py: Python<'_>,
+    a: Desc,
+    q: Option<Desc>,
+    r: Desc,
+    stream: usize,
+    blas: usize,
+    work: Option<Desc>,
+) -> PyResult<()> {
     let (a, r) = (a.to_ref("A")?, r.to_ref("R")?);
     let q = q.map(|q| q.to_ref("Q")).transpose()?;
-    py.detach(|| qr(&Qr { a: &a, q: q.as_ref(), r: &r }, Exec::on(stream))).map_err(to_py)
+    let work = work.map(|w| w.to_ref("work")).transpose()?;
+    let args = Qr { a: &a, q: q.as_ref(), r: &r, work: work.as_ref() };
+    py.detach(|| qr(&args, Exec { stream, blas })).map_err(to_py)
+}
+
+/// Elements of the scratch the blocked CUDA QR of an m×n matrix (Q with kq columns) needs.
+#[pyfunction]
+fn qr_work_len(m: usize, n: usize, kq: usize) -> usize {
+    metalcore_core::ops::linalg::qr_work_len(m, n, kq)
 }
 
 /// Per-matrix helper (`kind`: "syrk", "frobenius" or "trace") of a contiguous batch into `out`.
@@ -140,6 +158,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batched_into, m)?)?;
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(qr_into, m)?)?;
+    m.add_function(wrap_pyfunction!(qr_work_len, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_into, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;

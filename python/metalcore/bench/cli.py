@@ -734,7 +734,9 @@ warning: those rows show the fallback's cost, not a metalcore kernel — except 
 (metalcore's blocked path, off by default: `metalcore.linalg.BLOCKED_CHOLESKY`), `cholesky_solve`,
 whose large triangular solves run on cuBLAS TRSM through torch's handle, and `solve (LU)`,
 metalcore's blocked LU (its kernels for the panels, cuBLAS TRSM and GEMM for the trailing matrix;
-float32 up to n = 4096: `metalcore.linalg.BLOCKED_LU_MAX_N`)."""
+float32 up to n = 4096: `metalcore.linalg.BLOCKED_LU_MAX_N`), and `qr` 4096², metalcore's blocked
+Householder QR (its kernels for the panels, cuBLAS GEMM and TRSM to apply them; float32 up to
+4096 rows: `metalcore.linalg.BLOCKED_QR_MAX_M`)."""
 
 ACT_LEGEND = LEGEND.split(" GB/s counts")[0] + """ GB/s counts one read of each input (x, or gate and up) and one
 write of the output. `err` is ||out - ref|| / ||ref|| against float64 (bwd: the worst gradient).

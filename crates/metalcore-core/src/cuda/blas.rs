@@ -126,6 +126,7 @@ fn lib() -> Result<&'static Lib> {
 
 /// A precision cuBLAS has entry points for.
 pub(crate) trait Real: Copy {
+    const ZERO: Self;
     const ONE: Self;
     const MINUS_ONE: Self;
     fn fns(lib: &Lib) -> &Fns<Self>
@@ -134,6 +135,7 @@ pub(crate) trait Real: Copy {
 }
 
 impl Real for f32 {
+    const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
     const MINUS_ONE: f32 = -1.0;
     fn fns(lib: &Lib) -> &Fns<f32> {
@@ -142,6 +144,7 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
     const MINUS_ONE: f64 = -1.0;
     fn fns(lib: &Lib) -> &Fns<f64> {

@@ -298,6 +298,34 @@ pub struct Qr<'a> {
     pub a: &'a TensorRef,
     pub q: Option<&'a TensorRef>,
     pub r: &'a TensorRef,
+    /// Optional scratch of A's dtype, contiguous, of at least [`qr_work_len`] elements on A's
+    /// device, which the blocked CUDA path of matrices too large for one block needs.
+    pub work: Option<&'a TensorRef>,
+}
+
+/// Columns per panel of the blocked CUDA QR.
+pub const QR_PANEL: usize = 128;
+/// Widest leaf of the blocked CUDA QR (the row stride of its Z buffer).
+pub const QR_LEAF_MAX: usize = 16;
+
+/// Elements of [`Qr::work`] the blocked CUDA QR of an `m × n` matrix (Q with `kq` columns) uses:
+/// the factored copy of A (m×n), the reflectors (m×k), every panel's triangular factor
+/// (QR_PANEL² each), the product Vᵀ·X (QR_PANEL × max(n, kq)), Z (m × QR_LEAF_MAX) and the k
+/// scalar factors; each region starts on a 32-element boundary.
+pub fn qr_work_len(m: usize, n: usize, kq: usize) -> usize {
+    qr_work_layout(m, n, kq).last().copied().unwrap_or(0)
+}
+
+/// Offsets (in elements) of the regions of [`qr_work_len`]'s layout, in the order listed there,
+/// then the total.
+pub fn qr_work_layout(m: usize, n: usize, kq: usize) -> [usize; 7] {
+    let k = m.min(n);
+    let sizes = [m * n, m * k, k.div_ceil(QR_PANEL) * QR_PANEL * QR_PANEL, QR_PANEL * n.max(kq), m * QR_LEAF_MAX, k];
+    let mut out = [0; 7];
+    for (i, s) in sizes.iter().enumerate() {
+        out[i + 1] = out[i] + s.div_ceil(32) * 32;
+    }
+    out
 }
 
 /// A validated QR call (`kq` = 0 without Q).
@@ -308,6 +336,8 @@ pub struct QrPlan {
     pub kq: usize,
     pub r: usize,
     pub kr: usize,
+    /// The blocked path's scratch, of at least [`qr_work_len`] elements.
+    pub work: Option<usize>,
 }
 
 impl Qr<'_> {
@@ -347,7 +377,25 @@ impl Qr<'_> {
             }
             None => (0, 0),
         };
-        Ok((device, QrPlan { a, q, kq, r: r.ptr, kr: r.rows }))
+        let work = match self.work {
+            None => None,
+            Some(w) => {
+                common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
+                expect_dtype("work", w, a.dtype)?;
+                let need = qr_work_len(m, n, kq);
+                if w.numel() < need || !w.is_contiguous() {
+                    return Err(Error::value(
+                        "work",
+                        format!(
+                            "expected a contiguous {} tensor of at least {need} elements, got shape {:?}",
+                            a.dtype, w.shape
+                        ),
+                    ));
+                }
+                Some(w.ptr)
+            }
+        };
+        Ok((device, QrPlan { a, q, kq, r: r.ptr, kr: r.rows, work }))
     }
 }
 
