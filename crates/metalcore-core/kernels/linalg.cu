@@ -1421,6 +1421,109 @@ extern "C" __global__ void __launch_bounds__(LU_LT) qr_leaf_kernel(T* F, long lo
     __syncthreads();
     leaf_stage_out(stage, Z, LU_LW, mr, w);
 }
+
+// Columns per block of qr_apply_kernel: its sums Vᵀ A, LU_LW × QA_CB, sit in registers.
+#define QA_CB ((sizeof(T) == 4 ? 64 : 32) / LU_LW)
+
+// The first N values of the row at p (the rest zero), in 16-byte pieces when `vec`.
+template <int N>
+__device__ __forceinline__ void load_row(const T* p, bool vec, int valid, T (&x)[N]) {
+    if (vec && valid == N && N % LEAF_VW == 0) {
+#pragma unroll
+        for (int c = 0; c < N; c += LEAF_VW) {
+            if (sizeof(T) == 4) {
+                const float4 q = *reinterpret_cast<const float4*>(p + c);
+                x[c] = q.x; x[c + 1] = q.y; x[c + 2] = q.z; x[c + 3] = q.w;
+            } else {
+                const double2 q = *reinterpret_cast<const double2*>(p + c);
+                x[c] = q.x; x[c + 1] = q.y;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < N; ++c) x[c] = c < valid ? p[c] : T(0);
+    }
+}
+
+// After qr_leaf_kernel at c0 (w columns of its panel, which ends at column ce), the rest of the
+// panel — columns c0+w .. ce-1 over rows c0 .. m-1 — loses Z (Vᵀ A). Each block takes QA_CB of
+// those columns whole: it sums their products with the leaf's reflectors over every row (W = Vᵀ A,
+// in registers, then across the block in a fixed order), then updates them (A −= Z W). No block
+// needs another's W, so this is one launch (cuBLAS took a GEMM, its split-K reduction and a second
+// GEMM). 256 threads, a row each at a time.
+extern "C" __global__ void __launch_bounds__(256) qr_apply_kernel(T* F, long long m, long long n, long long c0, int w,
+                                                                 long long ce, const T* __restrict__ V, long long ldv,
+                                                                 const T* __restrict__ Z) {
+    constexpr int CB = QA_CB, NV = LU_LW * CB, NWP = 8;
+    static_assert(NV % 32 == 0, "the block sums go 32 values at a time");
+    __shared__ T red[NWP][NV];
+    __shared__ T ws[NV];  // W[l][j] at l * CB + j
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long j0 = c0 + w + (long long)blockIdx.x * CB;
+    const int cb = (int)min((long long)CB, ce - j0);
+    const long long mr = m - c0;
+    const T* v0 = V + c0 * ldv + c0;
+    T* a0 = F + c0 * n + j0;
+    const bool vvec = ldv % LEAF_VW == 0 && ((size_t)v0 & 15) == 0;
+    const bool avec = n % LEAF_VW == 0 && ((size_t)a0 & 15) == 0;
+    // Four rows a thread at a time, their loads issued together (one at a time, each pass over
+    // 4096 rows waited on sixteen round trips to memory in turn).
+    constexpr int RU = 4;
+    T acc[NV];
+#pragma unroll
+    for (int i = 0; i < NV; ++i) acc[i] = T(0);
+    for (long long r0 = tid; r0 < mr; r0 += RU * 256) {
+        T v[RU][LU_LW], x[RU][CB];
+#pragma unroll
+        for (int u = 0; u < RU; ++u) {
+            const long long r = r0 + u * 256;
+            load_row(v0 + r * ldv, vvec, r < mr ? w : 0, v[u]);
+            load_row(a0 + r * n, avec, r < mr ? cb : 0, x[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < RU; ++u)
+#pragma unroll
+            for (int l = 0; l < LU_LW; ++l)
+#pragma unroll
+                for (int j = 0; j < CB; ++j) acc[l * CB + j] += v[u][l] * x[u][j];
+    }
+#pragma unroll
+    for (int h = 0; h < NV; h += 32) {
+        T part[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) part[i] = acc[h + i];
+        red[warp][h + lane] = warp_scatter_sum<32>(part, lane);
+    }
+    __syncthreads();
+    if (tid < NV) {
+        T t = T(0);
+#pragma unroll
+        for (int q = 0; q < NWP; ++q) t += red[q][tid];
+        ws[tid] = t;
+    }
+    __syncthreads();
+    for (long long r0 = tid; r0 < mr; r0 += RU * 256) {
+        T z[RU][LU_LW], x[RU][CB];
+#pragma unroll
+        for (int u = 0; u < RU; ++u) {
+            const long long r = r0 + u * 256;
+            load_row(Z + r * LU_LW, true, r < mr ? w : 0, z[u]);
+            load_row(a0 + r * n, avec, r < mr ? cb : 0, x[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < RU; ++u) {
+            const long long r = r0 + u * 256;
+            if (r >= mr) break;
+#pragma unroll
+            for (int j = 0; j < CB; ++j) {
+                T s = x[u][j];
+#pragma unroll
+                for (int l = 0; l < LU_LW; ++l) s -= z[u][l] * ws[l * CB + j];
+                if (j < cb) a0[r * n + j] = s;
+            }
+        }
+    }
+}
 #endif
 
 #ifndef LU_LR

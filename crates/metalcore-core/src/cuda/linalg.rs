@@ -38,6 +38,7 @@ enum Entry {
     LuLeaf,
     LuUpdate,
     QrLeaf,
+    QrApply,
     QrUdiag,
     QrCopy,
 }
@@ -63,6 +64,7 @@ impl Entry {
             Entry::LuLeaf => "lu_leaf_kernel",
             Entry::LuUpdate => "lu_update_kernel",
             Entry::QrLeaf => "qr_leaf_kernel",
+            Entry::QrApply => "qr_apply_kernel",
             Entry::QrUdiag => "qr_udiag_kernel",
             Entry::QrCopy => "qr_copy_kernel",
         }
@@ -113,7 +115,7 @@ fn defines(k: &Key) -> Defines {
             d.push(("LANE_NP", k.tile.to_string()));
             d.push(("LANE_MR", k.rows.to_string()));
         }
-        Entry::LuLeaf | Entry::QrLeaf => {
+        Entry::LuLeaf | Entry::QrLeaf | Entry::QrApply => {
             d.push(("LU_LW", k.tile.to_string()));
             d.push(("LU_LR", k.rows.to_string()));
             d.push(("LU_LT", (32 * k.w).to_string()));
@@ -150,6 +152,7 @@ fn team(entry: Entry, dim: usize, batch: usize, sms: usize) -> (usize, usize) {
 }
 
 /// A kernel argument (pointers travel as `P`).
+#[derive(Clone, Copy)]
 enum Arg {
     P(usize),
     L(i64),
@@ -340,14 +343,14 @@ unsafe fn apply_panel<T: Real>(
 /// [`QR_BLOCKED_MAX_M`]), in the `work` scratch ([`crate::ops::linalg::qr_work_layout`]): A is
 /// copied to F and factored right-looking in panels of QR_PANEL columns. Each panel is factored
 /// a leaf at a time ([`qr_leaf_shape`]'s widths) by `qr_leaf_kernel`, which also writes the
-/// leaf's reflectors explicitly (V) and Z = V T_lᵀ (T_l the leaf's triangular factor); the rest of the
-/// panel then loses Z (Vᵀ A) (two cuBLAS GEMMs). The panel's own block reflector I − V T Vᵀ is
-/// kept as U = T⁻¹ = diag(1/tau) + striu(VᵀV) (the "UT transform": a GEMM and `qr_udiag_kernel`),
-/// so that T is applied by a triangular solve: the trailing matrix A ← (I − V Tᵀ Vᵀ) A by GEMM
-/// (W = Vᵀ A), TRSM (W ← U⁻ᵀ W) and GEMM (A −= V W). (Forming T itself, larft's way, took longer
-/// than the rest of a 4096² panel step.) R is F's upper trapezoid; Q starts as the identity's first
-/// kq columns and takes the panels' I − V T Vᵀ from the last panel to the first (GEMM, TRSM with U,
-/// GEMM), as LAPACK's orgqr.
+/// leaf's reflectors explicitly (V) and Z = V T_lᵀ (T_l the leaf's triangular factor); the rest
+/// of the panel then loses Z (Vᵀ A) (`qr_apply_kernel`, or two cuBLAS GEMMs past 2048 rows). The
+/// panel's own block reflector I − V T Vᵀ is kept as U = T⁻¹ = diag(1/tau) + striu(VᵀV) (the "UT
+/// transform": a GEMM and `qr_udiag_kernel`), so that T is applied by a triangular solve: the
+/// trailing matrix A ← (I − V Tᵀ Vᵀ) A by GEMM (W = Vᵀ A), TRSM (W ← U⁻ᵀ W) and GEMM (A −= V W).
+/// (Forming T itself, larft's way, took longer than the rest of a 4096² panel step.) R is F's
+/// upper trapezoid; Q starts as the identity's first kq columns and takes the panels' I − V T Vᵀ
+/// from the last panel to the first (GEMM, TRSM with U, GEMM), as LAPACK's orgqr.
 fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
     use crate::ops::linalg::{qr_work_layout, QR_LEAF_MAX, QR_PANEL as NB};
     let Some(work) = p.work else {
@@ -370,6 +373,19 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
     let small = |entry| kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: widest, rows: 0 }, dev);
     let (udiag, copy) = (small(Entry::QrUdiag)?, small(Entry::QrCopy)?);
     let copy_grid = |elems: usize| elems.div_ceil(256).clamp(1, 8 * dev.sm_count);
+    // Each leaf reaches the rest of its panel through `qr_apply_kernel` while at most 2048
+    // (float64: 1024) rows remain, else through cuBLAS: a GEMM for Vᵀ A (split over the rows, so
+    // many SMs share the sum), then one for A −= Z (Vᵀ A). The kernel's blocks each run down every
+    // row, so its time grows with them: H200, float32 (kernel / cuBLAS everywhere) 1024² 2.70 /
+    // 3.88 ms, 2048² 7.26 / 8.56, 4096² 28.3 / 24.9, 8192² 226 / 115. METALCORE_QR_APPLY=1 takes
+    // the kernel everywhere, 2 cuBLAS everywhere.
+    static APPLY: Knob = Knob::new();
+    let apply_rows = match knob(&APPLY, "METALCORE_QR_APPLY", 0) {
+        1 => usize::MAX,
+        2 => 0,
+        _ if dtype == DType::F32 => 2048,
+        _ => 1024,
+    };
     let blas = Blas::bind(exec.blas, exec.stream)?;
     for b in 0..p.a.batch {
         let src = p.a.ptr + b * m * n * es;
@@ -381,22 +397,14 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
             let (nbp, mr) = (ke - k0, m - k0);
             let up = uall + (k0 / NB) * NB * NB * es;
             let (threads, rows, lw) = qr_leaf_shape(mr, dtype);
-            let leaf =
-                kernel(Key { ordinal, entry: Entry::QrLeaf, dtype, w: threads / 32, mpb: 1, tile: lw, rows }, dev)?;
+            let key = Key { ordinal, entry: Entry::QrLeaf, dtype, w: threads / 32, mpb: 1, tile: lw, rows };
+            let (leaf, apply) = (kernel(key, dev)?, kernel(Key { entry: Entry::QrApply, ..key }, dev)?);
             for c0 in (k0..ke).step_by(lw) {
                 let w = lw.min(ke - c0);
-                let args = [
-                    Arg::P(f),
-                    Arg::L(m as i64),
-                    Arg::L(n as i64),
-                    Arg::L(c0 as i64),
-                    Arg::I(w as i32),
-                    Arg::L(k0 as i64),
-                    Arg::P(v),
-                    Arg::L(k as i64),
-                    Arg::P(tau),
-                    Arg::P(z),
-                ];
+                // The leaf's and the apply kernel's arguments start alike.
+                let head = [Arg::P(f), Arg::L(m as i64), Arg::L(n as i64), Arg::L(c0 as i64), Arg::I(w as i32)];
+                let args =
+                    [&head[..], &[Arg::L(k0 as i64), Arg::P(v), Arg::L(k as i64), Arg::P(tau), Arg::P(z)]].concat();
                 // SAFETY: one block factors the leaf at c0 (its m - c0 rows fit `threads` × `rows`,
                 // and as many padded rows of shared memory, at most 196 KB) and writes its columns
                 // of F and V (rows k0 .. m), tau[c0 .. c0 + w) and Z (m - c0 rows of lw): all
@@ -404,7 +412,13 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
                 let pad = if threads == 1024 { 1 } else { 16 / es };
                 unsafe { launch_args(dev, exec, &leaf, 1, threads, threads * rows * (lw + pad) * es, &args)? };
                 let pw = ke - c0 - w;
-                if pw > 0 {
+                if pw > 0 && m - c0 <= apply_rows {
+                    let cb = if dtype == DType::F32 { 64 } else { 32 } / lw;
+                    let args = [&head[..], &[Arg::L(ke as i64), Arg::P(v), Arg::L(k as i64), Arg::P(z)]].concat();
+                    // SAFETY: each block owns `cb` of the pw columns right of the leaf in its
+                    // panel (rows c0 .. m of F) and reads V's and Z's rows of the leaf.
+                    unsafe { launch_args(dev, exec, &apply, pw.div_ceil(cb), 256, 0, &args)? };
+                } else if pw > 0 {
                     // SAFETY: W1 (w × pw) fits its region (QR_PANEL × n); the blocks lie inside F, V, Z.
                     unsafe {
                         rm_gemm::<T>(
