@@ -974,6 +974,25 @@ def test_cuda_qr_past_the_limit_falls_back_with_a_warning():
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_qr_large_batches_of_small_matrices_fall_back_with_a_warning():
+    import metalcore._backend as bk
+
+    A = torch.randn(mlinalg.BLOCKED_QR_BATCH + 1, 200, 180, device="cuda")
+    bk._warned.discard(("qr", "cuda"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        Q, R = qr(A)
+    assert max(qr_errs_cuda(A, Q, R)) <= 1e-5
+    assert any("BLOCKED_QR_BATCH" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a batch at the limit, or larger matrices: the blocked path
+        Q, R = qr(A[: mlinalg.BLOCKED_QR_BATCH])
+        assert max(qr_errs_cuda(A[:-1], Q, R)) <= 1e-5
+        B = torch.randn(mlinalg.BLOCKED_QR_BATCH + 1, 300, 260, device="cuda")
+        assert max(qr_errs_cuda(B, *qr(B))) <= 1e-5
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
 def test_cuda_blocked_qr_special_inputs():
     n = 600
     u, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
