@@ -915,10 +915,12 @@ def test_cuda_blocked_lu_on_a_side_stream():
 # The blocked CUDA QR (matrices past one block's shared memory): panels of 128 columns, each
 # factored in leaves whose width follows the rows left (`lu_leaf_shape`: float32 16 columns up to
 # 2048 rows, 8 up to 4096, 4 past that with 1024 threads; float64 8, 4, 2). Square, tall and wide
-# shapes, partial last panels and leaves.
+# shapes, partial last panels and leaves; rows of a length that is not a multiple of 16 bytes
+# (333, 257, 177: element-wise staging and loads instead of 16-byte pieces).
 BLOCKED_QR = [((300, 300), torch.float32), ((1000, 1000), torch.float32), ((2100, 700), torch.float32),
-              ((400, 900), torch.float32), ((4500, 200), torch.float32), ((170, 170), torch.float64),
-              ((1500, 600), torch.float64), ((600, 1300), torch.float64), ((4300, 150), torch.float64)]
+              ((400, 900), torch.float32), ((4500, 200), torch.float32), ((333, 333), torch.float32),
+              ((1001, 257), torch.float32), ((170, 170), torch.float64), ((1500, 600), torch.float64),
+              ((600, 1300), torch.float64), ((4300, 150), torch.float64), ((301, 177), torch.float64)]
 
 
 def qr_errs_cuda(A, Q, R):
