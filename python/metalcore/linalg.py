@@ -374,8 +374,8 @@ _LU_WORK_INTS = 128  # the core's LU_WORK_INTS
 
 #: Largest row count (m) of a CUDA matrix past one block's shared memory that the blocked QR path
 #: takes, by dtype; a taller matrix goes to torch.linalg (cuSOLVER), with the one-time warning.
-#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.65x at 1024²,
-#: 1.48x at 2048², 1.20x at 4096², 0.84x at 8192²; float64 1.23x at 1024² and 2048², 0.88-0.98x
+#: Measured on an H200 against torch 2.11 (README, "Large matrices"): float32 1.73x at 1024²,
+#: 1.52x at 2048², 1.21x at 4096², 0.84x at 8192²; float64 1.23x at 1024² and 2048², 0.88-0.98x
 #: at 4096² (its leaves are narrower past 2048 rows). The core takes up to 8192.
 BLOCKED_QR_MAX_M = {torch.float32: 4096, torch.float64: 2048}
 

@@ -1229,10 +1229,11 @@ extern "C" __global__ void __launch_bounds__(LU_LT) lu_leaf_kernel(T* A, long lo
 // ---------------------------------------------------------------------------------------------
 // Blocked Householder QR of one large m×n matrix F (row-major, in place), driven from
 // cuda/linalg.rs (`qr_blocked`): right-looking in panels of at most 128 columns, each factored a
-// leaf at a time by qr_leaf_kernel; the host applies each leaf to the rest of its panel, and each
-// panel (I − V T Vᵀ, with T = U⁻¹ applied by cuBLAS TRSM, U from qr_udiag_kernel) to the trailing
-// matrix and later to Q, by cuBLAS GEMM. The arithmetic per column is geqr2's (the reflector as `larfg`, the same one the batched
-// qr_kernel makes), so R's diagonal has LAPACK's signs.
+// leaf at a time by qr_leaf_kernel; qr_apply_kernel (or cuBLAS, on tall panels) applies each leaf
+// to the rest of its panel, and the host each panel (I − V T Vᵀ, with T = U⁻¹ applied by cuBLAS
+// TRSM, U from qr_udiag_kernel) to the trailing matrix and later to Q, by cuBLAS GEMM. The
+// arithmetic per column is geqr2's (the reflector as `larfg`, the same one the batched qr_kernel
+// makes), so R's diagonal has LAPACK's signs.
 
 // Sums each of the warp's L values s[0 .. L) over its lanes, by halving exchanges (L - 1 shuffles,
 // then log2(32 / L) more); lane l gets the total of value l / (32 / L). `s` is clobbered. (The
@@ -1450,7 +1451,8 @@ __device__ __forceinline__ void load_row(const T* p, bool vec, int valid, T (&x)
 // those columns whole: it sums their products with the leaf's reflectors over every row (W = Vᵀ A,
 // in registers, then across the block in a fixed order), then updates them (A −= Z W). No block
 // needs another's W, so this is one launch (cuBLAS took a GEMM, its split-K reduction and a second
-// GEMM). 256 threads, a row each at a time.
+// GEMM). 256 threads, a row each at a time. (Four rows a thread at a time, their loads issued
+// together, measured no faster.)
 extern "C" __global__ void __launch_bounds__(256) qr_apply_kernel(T* F, long long m, long long n, long long c0, int w,
                                                                  long long ce, const T* __restrict__ V, long long ldv,
                                                                  const T* __restrict__ Z) {
@@ -1466,26 +1468,17 @@ extern "C" __global__ void __launch_bounds__(256) qr_apply_kernel(T* F, long lon
     T* a0 = F + c0 * n + j0;
     const bool vvec = ldv % LEAF_VW == 0 && ((size_t)v0 & 15) == 0;
     const bool avec = n % LEAF_VW == 0 && ((size_t)a0 & 15) == 0;
-    // Four rows a thread at a time, their loads issued together (one at a time, each pass over
-    // 4096 rows waited on sixteen round trips to memory in turn).
-    constexpr int RU = 4;
     T acc[NV];
 #pragma unroll
     for (int i = 0; i < NV; ++i) acc[i] = T(0);
-    for (long long r0 = tid; r0 < mr; r0 += RU * 256) {
-        T v[RU][LU_LW], x[RU][CB];
+    for (long long r = tid; r < mr; r += 256) {
+        T v[LU_LW], x[CB];
+        load_row(v0 + r * ldv, vvec, w, v);
+        load_row(a0 + r * n, avec, cb, x);
 #pragma unroll
-        for (int u = 0; u < RU; ++u) {
-            const long long r = r0 + u * 256;
-            load_row(v0 + r * ldv, vvec, r < mr ? w : 0, v[u]);
-            load_row(a0 + r * n, avec, r < mr ? cb : 0, x[u]);
-        }
+        for (int l = 0; l < LU_LW; ++l)
 #pragma unroll
-        for (int u = 0; u < RU; ++u)
-#pragma unroll
-            for (int l = 0; l < LU_LW; ++l)
-#pragma unroll
-                for (int j = 0; j < CB; ++j) acc[l * CB + j] += v[u][l] * x[u][j];
+            for (int j = 0; j < CB; ++j) acc[l * CB + j] += v[l] * x[j];
     }
 #pragma unroll
     for (int h = 0; h < NV; h += 32) {
@@ -1502,25 +1495,16 @@ extern "C" __global__ void __launch_bounds__(256) qr_apply_kernel(T* F, long lon
         ws[tid] = t;
     }
     __syncthreads();
-    for (long long r0 = tid; r0 < mr; r0 += RU * 256) {
-        T z[RU][LU_LW], x[RU][CB];
+    for (long long r = tid; r < mr; r += 256) {
+        T z[LU_LW], x[CB];
+        load_row(Z + r * LU_LW, true, w, z);
+        load_row(a0 + r * n, avec, cb, x);
 #pragma unroll
-        for (int u = 0; u < RU; ++u) {
-            const long long r = r0 + u * 256;
-            load_row(Z + r * LU_LW, true, r < mr ? w : 0, z[u]);
-            load_row(a0 + r * n, avec, r < mr ? cb : 0, x[u]);
-        }
+        for (int j = 0; j < CB; ++j) {
+            T s = x[j];
 #pragma unroll
-        for (int u = 0; u < RU; ++u) {
-            const long long r = r0 + u * 256;
-            if (r >= mr) break;
-#pragma unroll
-            for (int j = 0; j < CB; ++j) {
-                T s = x[u][j];
-#pragma unroll
-                for (int l = 0; l < LU_LW; ++l) s -= z[u][l] * ws[l * CB + j];
-                if (j < cb) a0[r * n + j] = s;
-            }
+            for (int l = 0; l < LU_LW; ++l) s -= z[l] * ws[l * CB + j];
+            if (j < cb) a0[r * n + j] = s;
         }
     }
 }
