@@ -840,19 +840,26 @@ def test_cuda_blocked_lu_past_the_default_limit(monkeypatch, n, dtype):
         assert rel_err(LU[0], ref.LU) <= 1e-11
 
 
-@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
-def test_cuda_lu_past_the_limit_falls_back_with_a_warning():
+def with_fallback_warning(op, limit, fn):
+    """fn()'s result, asserting that it warned (even if `op` warned before) that `op` falls back to
+    PyTorch past the limit named `limit`."""
     import metalcore._backend as bk
 
+    bk._warned.discard((op, "cuda"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = fn()
+    assert any(limit in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
+    return out
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_lu_past_the_limit_falls_back_with_a_warning():
     n = mlinalg.BLOCKED_LU_MAX_N[torch.float64] + 1
     A = torch.randn(n, n, dtype=torch.float64, device="cuda")
     B = torch.randn(n, 1, dtype=torch.float64, device="cuda")
-    bk._warned.discard(("solve", "cuda"))
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        X = solve(A, B)
+    X = with_fallback_warning("solve", "BLOCKED_LU_MAX_N", lambda: solve(A, B))
     assert residual(A, X, B) <= 1e-12
-    assert any("BLOCKED_LU_MAX_N" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
@@ -963,29 +970,17 @@ def test_cuda_blocked_qr(monkeypatch, mn, dtype, mode):
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
 def test_cuda_qr_past_the_limit_falls_back_with_a_warning():
-    import metalcore._backend as bk
-
     m = mlinalg.BLOCKED_QR_MAX_M[torch.float64] + 1
     A = torch.randn(m, 200, dtype=torch.float64, device="cuda")
-    bk._warned.discard(("qr", "cuda"))
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        Q, R = qr(A)
+    Q, R = with_fallback_warning("qr", "BLOCKED_QR_MAX_M", lambda: qr(A))
     assert max(qr_errs_cuda(A, Q, R)) <= 1e-12
-    assert any("BLOCKED_QR_MAX_M" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
 def test_cuda_qr_large_batches_of_small_matrices_fall_back_with_a_warning():
-    import metalcore._backend as bk
-
     A = torch.randn(mlinalg.BLOCKED_QR_BATCH + 1, 200, 180, device="cuda")
-    bk._warned.discard(("qr", "cuda"))
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        Q, R = qr(A)
+    Q, R = with_fallback_warning("qr", "BLOCKED_QR_BATCH", lambda: qr(A))
     assert max(qr_errs_cuda(A, Q, R)) <= 1e-5
-    assert any("BLOCKED_QR_BATCH" in str(r.message) and "falls back to PyTorch" in str(r.message) for r in rec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a batch at the limit, or larger matrices: the blocked path
         Q, R = qr(A[: mlinalg.BLOCKED_QR_BATCH])

@@ -362,8 +362,8 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
     }
     let k = m.min(n);
     let off = qr_work_layout(m, n, kq);
-    let at = |region: usize, i: usize| work + (off[region] + i) * es;
-    let (f, v, uall, w1, z, tau) = (at(0, 0), at(1, 0), at(2, 0), at(3, 0), at(4, 0), at(5, 0));
+    let at = |region: usize| work + off[region] * es;
+    let (f, v, uall, w1, z, tau) = (at(0), at(1), at(2), at(3), at(4), at(5));
     let fa = |i: usize, j: usize| f + (i * n + j) * es;
     let va = |i: usize, j: usize| v + (i * k + j) * es;
     let _ctx = ContextGuard::enter(dev)?;
