@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from . import _native
-from ._backend import batch_desc, desc, empty, fast_apply, has_backend, stream_of
+from ._backend import batch_desc, blas_handle, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
 from .linalg import _acc, _check_matrix, _first_nonzero, _host_info, _on_backend, cholesky, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
@@ -71,6 +71,25 @@ DEFAULT_MAX_SWEEPS = 60
 #: against the plain Jacobi: 100×64² 0.65 ms against 0.73, 100×80² 0.86 against 1.17, 64×128² 1.66
 #: against 3.35 (`scripts/time_svd_preconditioned.py`).
 PRECONDITION_MIN_N: Optional[int] = 64
+
+#: CUDA float32 (and 16-bit) eigh of matrices with at least this many rows takes the large-matrix
+#: path (blocked tridiagonal reduction, bisection and twisted factorizations in float64, cuBLAS
+#: back-transformation; one matrix after another) — for batches of at most
+#: ``BIG_EIGH_SMALL_BATCH`` matrices up to ``BIG_EIGH_JACOBI_MAX_N`` rows, and for any batch past
+#: that (where the one-block Jacobi kernel no longer fits). ``None`` turns it off (such matrices
+#: then go to torch.linalg, warned).
+BIG_EIGH_MIN_N: Optional[int] = 129
+BIG_EIGH_JACOBI_MAX_N = 168
+BIG_EIGH_SMALL_BATCH = 4
+
+
+def _big_eigh(a: Tensor) -> bool:
+    """Whether the eigh of the square batch `a` takes the large-matrix CUDA path."""
+    n = a.shape[-1]
+    if BIG_EIGH_MIN_N is None or not a.is_cuda or n < BIG_EIGH_MIN_N or _acc(a.dtype) != torch.float32:
+        return False
+    count = a.numel() // (n * n) if n else 0
+    return count > 0 and (n > BIG_EIGH_JACOBI_MAX_N or count <= BIG_EIGH_SMALL_BATCH)
 
 
 class SVDResult(NamedTuple):
@@ -119,6 +138,8 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
     batch = a.shape[:-2]
     acc = _acc(a.dtype)
 
+    big = eigh_ and _big_eigh(a)
+
     def run():
         x = a if a.dtype == acc and a.is_contiguous() else a.to(acc).contiguous()
         s = empty(batch + (n,), acc, a.device)
@@ -127,9 +148,13 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
         v = empty(batch + (n, n), acc, a.device) if vectors or (eigh_ and a.device.type != "cpu") else None
         info = empty(batch, torch.int32, a.device)
         if info.numel():
+            work = empty((_native.eigh_work_len(n, acc == torch.float64),), acc, a.device) if big else None
             _native.jacobi_into(batch_desc(x, "A", m, n), batch_desc(s, "S", 1, n), None if u is None else batch_desc(u, "U", m, n),
                                 None if v is None else batch_desc(v, "V", n, n), desc(info, "info"), eigh_, max_sweeps,
-                                stream_of(a))
+                                stream_of(a), blas_handle(a) if big else 0, None if work is None else desc(work, "work"))
+            if big:
+                v = v * _signs(v).unsqueeze(-2)
+                _redo_flagged(x, s, v, info)
         return s, u, v, info
 
     done = _on_backend("eigh" if eigh_ else "svd", a, run)
@@ -150,6 +175,23 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
     U, S, Vh = torch.linalg.svd(x, full_matrices=False)
     sg = torch.where(S > 0, _signs(U), _signs(Vh.mT)).unsqueeze(-2)
     return nan(S), nan(U * sg), nan(Vh.mT * sg), info
+
+
+def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
+    """The large-matrix eigh's matrices flagged in `info` (eigenvalues equal to float64 precision
+    inside one unreduced block of T, where its eigenvectors cannot be made orthogonal) recomputed
+    by torch.linalg.eigh, with a one-time warning; their `info` is cleared."""
+    flat = _host_info(info)
+    if not flat.numel() or not int(flat.max()):
+        return
+    warn_fallback("eigh", x.device, "eigh: a matrix with eigenvalues equal to float64 precision (large-matrix path)")
+    n = x.shape[-1]
+    xs, ss, vs, fs = x.reshape(-1, n, n), s.view(-1, n), v.view(-1, n, n), info.view(-1)
+    for i in torch.nonzero(flat).flatten().tolist():
+        L, V = torch.linalg.eigh(xs[i])
+        ss[i] = L
+        vs[i] = V * _signs(V).unsqueeze(-2)
+        fs[i] = 0
 
 
 def _jacobi_preconditioned(x: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -2013,68 +2013,10 @@ extern "C" __global__ void eigh_kernel(const T* __restrict__ A, T* __restrict__ 
     if (tm.t == 0) info[b] = converged ? 0 : 1;
 }
 
-#ifdef TRI_EIGH
+#if defined(TRI_EIGH) || defined(EIGH_BIG)
 // ---------------------------------------------------------------------------------------------
-// Symmetric eigendecomposition through a tridiagonal matrix, one block per matrix, no sweeps:
-//  1. Householder reduction A = Q T Qᵀ in T's precision, in shared memory (LAPACK's sytd2, lower:
-//     H_k = I - tau v vᵀ on rows k+1.., v_{k+1} = 1, kept in column k of `a`, then packed). The
-//     matrix is first scaled by a power of two (exact) so that its largest entry lies in [0.5, 1).
-//  2. T's eigenvalues by bisection on Sturm counts, G threads per eigenvalue (multisection: the G
-//     points split the interval into G + 1 parts), per unreduced block of T (an off-diagonal at
-//     most n·eps₆₄·‖T‖ counts as zero: a backward error well below the reduction's own): in
-//     float32 then two float64 Rayleigh-quotient steps, or in float64 (see phase 2 below).
-//  3. Each eigenvector of T by one twisted factorization of T - λI in float64 (the stationary and
-//     progressive recurrences meet at the index r where |γ_r| is least; z_r = 1, and the two
-//     recurrences give the rest): one step of inverse iteration from e_r, whose error is
-//     eps₆₄‖T‖/gap. Eigenvalues of a block closer than 1e-3‖T‖ (a cluster) have their vectors
-//     orthogonalized by modified Gram–Schmidt, a warp per cluster.
-//  4. V = Q Z, each column held in registers by a group of lanes, the reflectors applied last to
-//     first (no block barrier).
-// A cluster whose Gram–Schmidt loses more than 1e-3 of a vector's norm (eigenvalues equal to
-// float64 precision inside one block: exactly repeated eigenvalues of a float64 matrix), a
-// Rayleigh step that strays from the float32 estimate, or a vector that overflows, sets info = 2:
-// the caller then runs eigh_kernel (Jacobi) on that matrix.
-// Same outputs as eigh_kernel otherwise (info 0; a NaN or Inf input gives NaN outputs).
-
-// Rows per warp of the reduction's matrix-vector product (32 / its threads per row): the column
-// stride is that mod 32, so a warp's reads fall in distinct banks.
-__device__ __forceinline__ int tri_group(int n) {
-    int g = 1;
-    while (g < 32 && 2 * g * n <= TEAM) g *= 2;
-    return g;
-}
-// Lanes per column of the back-transformation: tri_group, or more where a lane would otherwise
-// hold more than 32 rows of the column.
-__device__ __forceinline__ int tri_bt_group(int n) {
-    int g = tri_group(n);
-    while (g < 32 && g * 32 < n) g *= 2;
-    return g;
-}
-__device__ __forceinline__ int tri_lda(int n) {
-    const int r = 32 / tri_group(n);
-    return n + ((r - n % 32) % 32 + 32) % 32;
-}
-// Shared memory (cuda/linalg.rs's tri_smem_bytes sums it): one region for the matrix a (n × lda, T)
-// during the reduction and Z (n × (n|1) doubles) after it, the reflectors packed (column k's
-// rows k+1.., T), d, e, λ, float copies of d and e, the reduction scratch (2·WARPS doubles), block
-// starts/ends, tight flags, a flag and padding (4n + 2 ints), then tau, p, the eigenvalues (T)
-// and emit's ranks. Packing the reflectors lets Z reuse a's space: 100 rows in float32 take
-// about 100 KB, so two matrices share an SM.
-__device__ __forceinline__ size_t tri_x_bytes(int n) {
-    const size_t zb = 8 * (size_t)n * (n | 1), ab = sizeof(T) * (size_t)n * tri_lda(n);
-    return ((zb > ab ? zb : ab) + 7) / 8 * 8;
-}
-__device__ __forceinline__ size_t tri_packed(int n) { return ((size_t)n * (n - 1) / 2 + 1) / 2 * 2; }
-
-// Max over the team (every thread gets it); `red` holds 2*WARPS doubles used by `parity`.
-__device__ __forceinline__ double tri_max(double v, double* red, int parity, const Team& tm) {
-    for (int o = 16; o; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (tm.lane == 0) red[parity * WARPS + tm.w] = v;
-    __syncthreads();
-    v = red[parity * WARPS];
-    for (int i = 1; i < WARPS; ++i) v = fmax(v, red[parity * WARPS + i]);
-    return v;
-}
+// Tridiagonal eigenproblem helpers shared by eigh_tri_kernel (one block per matrix) and the
+// large-matrix eigensolver (EIGH_BIG): Sturm counts, multisection, twisted factorizations.
 
 // 1/x for a normal float64 x: the hardware's approximate reciprocal and two Newton steps (a
 // relative error of a few ulps, against the much slower correctly rounded division; the Sturm
@@ -2158,10 +2100,11 @@ __device__ __forceinline__ double tri_fix(double x, double tiny) {
     return fabs(x) >= tiny ? x : (x < 0.0 ? -tiny : tiny);
 }
 
-// The eigenvector of T[s..t] for λ into z (entries s..t; stride 1), normalized, and in `rq` the
+// The eigenvector of T[s..t] for λ into z (entries s..t; `z` a double* or an accessor with
+// operator[]), normalized, and in `rq` the
 // Rayleigh quotient's correction to λ. Returns 0 when the vector is not finite.
-__device__ int twisted_vector(const double* d, const double* e, int s, int t, double lam, double tiny, double* z,
-                              double* rq) {
+template <class Z>
+__device__ int twisted_vector(const double* d, const double* e, int s, int t, double lam, double tiny, Z z, double* rq) {
     *rq = 0.0;
     if (s == t) {
         z[s] = 1.0;
@@ -2206,6 +2149,71 @@ __device__ int twisted_vector(const double* d, const double* e, int s, int t, do
     const double inv = 1.0 / sqrt(nrm);
     for (int i = s; i <= t; ++i) z[i] *= inv;
     return 1;
+}
+
+#endif
+
+#ifdef TRI_EIGH
+// ---------------------------------------------------------------------------------------------
+// Symmetric eigendecomposition through a tridiagonal matrix, one block per matrix, no sweeps:
+//  1. Householder reduction A = Q T Qᵀ in T's precision, in shared memory (LAPACK's sytd2, lower:
+//     H_k = I - tau v vᵀ on rows k+1.., v_{k+1} = 1, kept in column k of `a`, then packed). The
+//     matrix is first scaled by a power of two (exact) so that its largest entry lies in [0.5, 1).
+//  2. T's eigenvalues by bisection on Sturm counts, G threads per eigenvalue (multisection: the G
+//     points split the interval into G + 1 parts), per unreduced block of T (an off-diagonal at
+//     most n·eps₆₄·‖T‖ counts as zero: a backward error well below the reduction's own): in
+//     float32 then two float64 Rayleigh-quotient steps, or in float64 (see phase 2 below).
+//  3. Each eigenvector of T by one twisted factorization of T - λI in float64 (the stationary and
+//     progressive recurrences meet at the index r where |γ_r| is least; z_r = 1, and the two
+//     recurrences give the rest): one step of inverse iteration from e_r, whose error is
+//     eps₆₄‖T‖/gap. Eigenvalues of a block closer than 1e-3‖T‖ (a cluster) have their vectors
+//     orthogonalized by modified Gram–Schmidt, a warp per cluster.
+//  4. V = Q Z, each column held in registers by a group of lanes, the reflectors applied last to
+//     first (no block barrier).
+// A cluster whose Gram–Schmidt loses more than 1e-3 of a vector's norm (eigenvalues equal to
+// float64 precision inside one block: exactly repeated eigenvalues of a float64 matrix), a
+// Rayleigh step that strays from the float32 estimate, or a vector that overflows, sets info = 2:
+// the caller then runs eigh_kernel (Jacobi) on that matrix.
+// Same outputs as eigh_kernel otherwise (info 0; a NaN or Inf input gives NaN outputs).
+
+// Rows per warp of the reduction's matrix-vector product (32 / its threads per row): the column
+// stride is that mod 32, so a warp's reads fall in distinct banks.
+__device__ __forceinline__ int tri_group(int n) {
+    int g = 1;
+    while (g < 32 && 2 * g * n <= TEAM) g *= 2;
+    return g;
+}
+// Lanes per column of the back-transformation: tri_group, or more where a lane would otherwise
+// hold more than 32 rows of the column.
+__device__ __forceinline__ int tri_bt_group(int n) {
+    int g = tri_group(n);
+    while (g < 32 && g * 32 < n) g *= 2;
+    return g;
+}
+__device__ __forceinline__ int tri_lda(int n) {
+    const int r = 32 / tri_group(n);
+    return n + ((r - n % 32) % 32 + 32) % 32;
+}
+// Shared memory (cuda/linalg.rs's tri_smem_bytes sums it): one region for the matrix a (n × lda, T)
+// during the reduction and Z (n × (n|1) doubles) after it, the reflectors packed (column k's
+// rows k+1.., T), d, e, λ, float copies of d and e, the reduction scratch (2·WARPS doubles), block
+// starts/ends, tight flags, a flag and padding (4n + 2 ints), then tau, p, the eigenvalues (T)
+// and emit's ranks. Packing the reflectors lets Z reuse a's space: 100 rows in float32 take
+// about 100 KB, so two matrices share an SM.
+__device__ __forceinline__ size_t tri_x_bytes(int n) {
+    const size_t zb = 8 * (size_t)n * (n | 1), ab = sizeof(T) * (size_t)n * tri_lda(n);
+    return ((zb > ab ? zb : ab) + 7) / 8 * 8;
+}
+__device__ __forceinline__ size_t tri_packed(int n) { return ((size_t)n * (n - 1) / 2 + 1) / 2 * 2; }
+
+// Max over the team (every thread gets it); `red` holds 2*WARPS doubles used by `parity`.
+__device__ __forceinline__ double tri_max(double v, double* red, int parity, const Team& tm) {
+    for (int o = 16; o; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (tm.lane == 0) red[parity * WARPS + tm.w] = v;
+    __syncthreads();
+    v = red[parity * WARPS];
+    for (int i = 1; i < WARPS; ++i) v = fmax(v, red[parity * WARPS + i]);
+    return v;
 }
 
 // Reflector k of the reduction, by one warp: from column k's rows k+1.. (alpha = a_{k+1,k}, x
@@ -2773,5 +2781,475 @@ extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __
             if (i < n) vd[i * n + rk] = bad ? nan_t() : sign * v[i];
     }
     if (c == 0) info[b] = (conv ? 0 : 1) | (zero ? 2 : 0);
+}
+#endif
+
+#ifdef EIGH_BIG
+// ---------------------------------------------------------------------------------------------
+// Symmetric eigendecomposition of one matrix too large for one block, driven from cuda/linalg.rs
+// (`eigh_large`), in a scratch the host lays out:
+//  1. eb_scan_kernel finds the largest |entry| of A's lower triangle (and any NaN/Inf);
+//     eb_copy_kernel writes F = A·2^-e, mirrored from the lower triangle (row-major, full).
+//  2. Reduction to tridiagonal form A = Q T Qᵀ, blocked as LAPACK's sytrd/latrd: panels of EB_NB
+//     columns, each factored by eb_panel_kernel (one cooperative launch, a grid barrier between
+//     the phases of a column), then the trailing matrix loses V Wᵀ + W Vᵀ by two cuBLAS GEMMs.
+//     Column j of the symmetric F is read as its row j (contiguous). Reflector j (H = I − τ v vᵀ,
+//     v_{j+1} = 1, larfg's) is stored over row j: zeros at columns k0+1 .. j, 1 at j+1, v after,
+//     so that a panel's rows k0 .. are the transposed unit-lower-trapezoidal V the back
+//     transformation needs. T's diagonal and off-diagonal go to d, e (float64).
+//  3. T's eigenproblem in float64 (the helpers above): splitting (eb_tsetup_kernel), bisection of
+//     every eigenvalue of its unreduced block (eb_tbis_kernel, a group of lanes per eigenvalue),
+//     ranks (eb_trank_kernel: ascending order, eigenvalues written), one twisted factorization per
+//     eigenvector (eb_tvec_kernel, a thread each, the vector written straight into its column of
+//     Z: row-major, so a warp's stores are coalesced), modified Gram–Schmidt inside clusters of
+//     eigenvalues closer than ctol·‖T‖ (eb_tmgs_kernel, a warp per cluster), Z to T's precision.
+//  4. V = Q Z by the panels' block reflectors, last to first (cuBLAS, the host), then
+//     eb_finish_kernel: NaN outputs for a NaN/Inf input, and info.
+// Defines: EB_NB (panel width, at most 32: a lane per panel column).
+
+#define EB_T 512
+#define EB_W (EB_T / 32)
+#define EB_PS (1 + 2 * EB_NB)
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Grid-wide barrier of a cooperative launch (every block resident). `bar` counts arrivals (zeroed
+// before the launch); `target` is this block's count of barriers passed times gridDim.x. Writes
+// before the barrier are visible after it to reads that bypass L1 (__ldcg), which the panel
+// kernel uses for everything another block writes.
+__device__ __forceinline__ void eb_grid_sync(unsigned* bar, unsigned& target) {
+    __syncthreads();
+    target += gridDim.x;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(bar, 1u);
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+        } while (v < target);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// Σ x[u]·y[u] over 16 bytes: x streamed from global memory past L1, y in shared memory.
+__device__ __forceinline__ float eb_dot16(const float* x, const float* y) {
+    const float4 a = __ldcg(reinterpret_cast<const float4*>(x)), b = *reinterpret_cast<const float4*>(y);
+    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+__device__ __forceinline__ double eb_dot16(const double* x, const double* y) {
+    const double2 a = __ldcg(reinterpret_cast<const double2*>(x)), b = *reinterpret_cast<const double2*>(y);
+    return a.x * b.x + a.y * b.y;
+}
+
+// Sum over the block (every thread gets it); `red` holds EB_W values.
+__device__ __forceinline__ T eb_block_sum(T v, T* red) {
+    v = warp_sum(v);
+    __syncthreads();  // earlier readers of red are done
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    T s = T(0);
+#pragma unroll
+    for (int i = 0; i < EB_W; ++i) s += red[i];
+    return s;
+}
+
+// ctl words of the scratch: [0] the panel barrier, [1] non-finite input flag, [2] info flag,
+// [4..5] the largest |entry| (float64 bits, atomicMax).
+extern "C" __global__ void __launch_bounds__(256) eb_scan_kernel(const T* __restrict__ A, long long n,
+                                                                 unsigned* ctl) {
+    double m = 0.0;
+    int bad = 0;
+    for (long long i = blockIdx.y; i < n; i += gridDim.y) {
+        const T* row = A + i * n;
+        for (long long j = blockIdx.x * 256LL + threadIdx.x; j <= i; j += 256LL * gridDim.x) {
+            const T x = row[j];
+            bad |= !(x - x == T(0));
+            m = fmax(m, fabs((double)x));
+        }
+    }
+    for (int o = 16; o; o >>= 1) {
+        m = fmax(m, __shfl_xor_sync(0xffffffffu, m, o));
+        bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        if (m > 0.0) atomicMax(reinterpret_cast<unsigned long long*>(ctl + 4), (unsigned long long)__double_as_longlong(m));
+        if (bad) atomicOr(ctl + 1, 1u);
+    }
+}
+
+__device__ __forceinline__ int eb_exp(const unsigned* ctl) {
+    return pow2_exp(__longlong_as_double((long long)*reinterpret_cast<const unsigned long long*>(ctl + 4)));
+}
+
+// F = A·2^-e mirrored from A's lower triangle: a 32×32 tile pair per block (tile (bi, bj) with
+// bi >= bj and its transpose), through shared memory so both sides are coalesced.
+extern "C" __global__ void __launch_bounds__(256) eb_copy_kernel(const T* __restrict__ A, T* __restrict__ F,
+                                                                 long long n, const unsigned* ctl) {
+    __shared__ T tile[32][33];
+    const int bi = blockIdx.y, bj = blockIdx.x;
+    if (bi < bj) return;
+    const T scale = T(ldexp(1.0, -eb_exp(ctl)));
+    const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    for (int y = ty; y < 32; y += 8) {
+        const long long i = bi * 32LL + y, j = bj * 32LL + tx;
+        tile[y][tx] = (i < n && j < n) ? A[i * n + j] * scale : T(0);
+    }
+    __syncthreads();
+    for (int y = ty; y < 32; y += 8) {
+        // Lower tile (bi, bj): entries on or below the diagonal from the tile, above it mirrored.
+        long long i = bi * 32LL + y, j = bj * 32LL + tx;
+        if (i < n && j < n) F[i * n + j] = (bi != bj || tx <= y) ? tile[y][tx] : tile[tx][y];
+        if (bi != bj) {
+            i = bj * 32LL + y;
+            j = bi * 32LL + tx;
+            if (i < n && j < n) F[i * n + j] = tile[tx][y];
+        }
+    }
+}
+
+// Columns k0 .. ke-1 of the reduction (see above), on gridDim.x resident blocks. Block b owns the
+// rows (and, by symmetry, the columns) [rb, re) of rows k0 .. n-1: it updates their entries of
+// column j, multiplies their rows of the trailing matrix by v and writes their entries of w, v
+// and the finished W. Per column two phases, each ended by a grid barrier:
+//  1. the column's own rows updated by the panel so far (a = F_j − V wⱼ − W vⱼ, with wⱼ, vⱼ
+//     row j of W and V), d_j; partial sums of ‖a below j+1‖², Wᵀa' and Vᵀa' (a' = a below j+1);
+//  2. larfg from the totals (every block alike), v = sc·a' with v_{j+1} = 1, then
+//     w = τ(F v − V (Wᵀv) − W (Vᵀv)), with Wᵀv = sc·Wᵀa' + W_{j+1} (and V's alike); w is
+//     finished (w −= (τ/2)(wᵀv) v) when the next phase 1 has the total of wᵀv.
+// W (EB_NB × n, row t = w_t), part (gridDim.x × EB_PS partial sums), part2 (gridDim.x: wᵀv),
+// avec (n: a, with alpha at j+1).
+extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long long n, int k0, int ke, T* W,
+                                                                   double* dd, double* ee, T* taus, T* avec,
+                                                                   T* part, T* part2, unsigned* ctl) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int G = gridDim.x, b = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wp = tid >> 5;
+    const long long rpb = (n - k0 + G - 1) / G;
+    const long long rb = k0 + b * rpb, re = min(n, rb + rpb);
+    // Shared: vs (n, the current v), own a values (rpb), row j of V and W (EB_NB each), p and q
+    // (EB_NB each), totals (EB_PS), the block-sum scratch (EB_W), the phase-1 partials (EB_T).
+    T* vs = reinterpret_cast<T*>(smem_raw);
+    T* own = vs + ((n + 3) & ~3LL);
+    T* vj = own + ((rpb + 3) & ~3LL);
+    T* wj = vj + EB_NB;
+    T* pp = wj + EB_NB;
+    T* qq = pp + EB_NB;
+    T* tot = qq + EB_NB;
+    T* red = tot + ((EB_PS + 3) & ~3);
+    T* scr = red + EB_W;
+    unsigned target = 0;
+    // Rows per pass of phase 1 (a power of two, at most EB_T), the panel columns split TG ways.
+    const int RB = rpb <= 1 ? 1 : (rpb >= EB_T ? EB_T : 1 << (32 - __clz((int)rpb - 1)));
+    const int TG = EB_T / RB;
+    for (int j = k0; j < ke; ++j) {
+        const int c = j - k0;
+        // ---- Phase 1.
+        T kk = T(0);  // (τ/2)(wᵀv) of column j-1
+        if (c > 0) {
+            T s = T(0);
+            for (int g = tid; g < G; g += EB_T) s += __ldcg(part2 + g);
+            kk = T(0.5) * __ldcg(taus + j - 1) * eb_block_sum(s, red);
+        }
+        for (int t = tid; t < c; t += EB_T) {
+            vj[t] = __ldcg(F + (k0 + t) * n + j);
+            wj[t] = __ldcg(W + t * n + j) - (t == c - 1 ? kk : T(0));  // v_{j-1} at j is 1
+        }
+        __syncthreads();
+        const long long r0 = max(rb, (long long)j);
+        for (long long base = r0; base < re; base += RB) {
+            const int i = tid % RB, tg = tid / RB;
+            const long long r = base + i;
+            T s = T(0);
+            if (r < re && tg < TG) {
+                for (int t = tg; t < c; t += TG) {
+                    const T vt = __ldcg(F + (k0 + t) * n + r);
+                    T wt = __ldcg(W + t * n + r);
+                    if (t == c - 1) {
+                        wt -= kk * __ldcg(F + (long long)(j - 1) * n + r);
+                        if (r > j) W[t * n + r] = wt;
+                    }
+                    s += vt * wj[t] + wt * vj[t];
+                }
+            }
+            scr[tid] = s;
+            __syncthreads();
+            if (tid < RB && base + tid < re) {
+                const long long rr = base + tid;
+                T a = __ldcg(F + (long long)j * n + rr);
+                for (int g = 0; g < TG; ++g) a -= scr[g * RB + tid];
+                own[rr - rb] = a;
+                if (rr == j) dd[j] = (double)a;
+                else avec[rr] = a;
+            }
+            __syncthreads();
+        }
+        if (j == n - 1) {
+            if (b == 0 && tid == 0) taus[j] = T(0);
+            break;
+        }
+        // Partial sums over this block's rows below j+1: ‖a‖², Wᵀa, Vᵀa (a warp per panel column).
+        {
+            T s = T(0);
+            for (long long r = max(rb, (long long)j + 2) + tid; r < re; r += EB_T) s += own[r - rb] * own[r - rb];
+            s = eb_block_sum(s, red);
+            if (tid == 0) part[b * EB_PS] = s;
+            for (int t = wp; t < EB_NB; t += EB_W) {
+                T sp = T(0), sq = T(0);
+                if (t < c)
+                    for (long long r = max(rb, (long long)j + 2) + lane; r < re; r += 32) {
+                        const T a = own[r - rb];
+                        sp += __ldcg(W + t * n + r) * a;
+                        sq += __ldcg(F + (k0 + t) * n + r) * a;
+                    }
+                sp = warp_sum(sp);
+                sq = warp_sum(sq);
+                if (lane == 0) {
+                    part[b * EB_PS + 1 + t] = sp;
+                    part[b * EB_PS + 1 + EB_NB + t] = sq;
+                }
+            }
+        }
+        eb_grid_sync(ctl, target);
+        // ---- Phase 2. Totals: EB_PS sums over G blocks, `ng` groups of threads per sum.
+        {
+            const int ng = EB_T / EB_PS, idx = tid % EB_PS, grp = tid / EB_PS;
+            T s = T(0);
+            if (grp < ng)
+                for (int g = grp; g < G; g += ng) s += __ldcg(part + g * EB_PS + idx);
+            scr[tid] = s;
+            __syncthreads();
+            if (tid < EB_PS) {
+                T x = T(0);
+                for (int q = 0; q < ng; ++q) x += scr[q * EB_PS + tid];
+                tot[tid] = x;
+            }
+            __syncthreads();
+        }
+        const T alpha = __ldcg(avec + j + 1);
+        T tau, beta, sc;
+        larfg(alpha, tot[0], tau, beta, sc);
+        if (b == 0 && tid == 0) {
+            ee[j] = (double)beta;
+            taus[j] = tau;
+        }
+        for (int t = tid; t < c; t += EB_T) {
+            pp[t] = sc * tot[1 + t] + __ldcg(W + t * n + j + 1);
+            qq[t] = sc * tot[1 + EB_NB + t] + __ldcg(F + (k0 + t) * n + j + 1);
+        }
+        constexpr int VEC = 16 / sizeof(T);
+        const long long s0 = (j + 1) & ~(long long)(VEC - 1);
+        for (long long s = s0 + tid; s < n; s += EB_T)
+            vs[s] = s <= j ? T(0) : (s == j + 1 ? T(1) : sc * __ldcg(avec + s));
+        __syncthreads();
+        // w for this block's rows below j: a warp per row.
+        T wv = T(0);
+        const bool vec = (n % VEC) == 0;
+        for (long long r = max(rb, (long long)j + 1) + wp; r < re; r += EB_W) {
+            const T* row = F + r * n;
+            T acc = T(0);
+            if (vec) {
+                const int nv = (int)((n - s0) / VEC);
+#pragma unroll 4
+                for (int q = lane; q < nv; q += 32) acc += eb_dot16(row + s0 + q * VEC, vs + s0 + q * VEC);
+            } else {
+#pragma unroll 4
+                for (long long s = s0 + lane; s < n; s += 32) acc += __ldcg(row + s) * vs[s];
+            }
+            if (lane < c) acc -= __ldcg(F + (k0 + lane) * n + r) * pp[lane] + __ldcg(W + lane * n + r) * qq[lane];
+            acc = warp_sum(acc);
+            if (lane == 0) {
+                const T w = tau * acc;
+                W[c * n + r] = w;
+                wv += w * vs[r];
+            }
+        }
+        // v over row j (this block's columns r > j; block 0 the zeros at k0+1 .. j).
+        for (long long r = max(rb, (long long)j + 1) + tid; r < re; r += EB_T) F[(long long)j * n + r] = vs[r];
+        if (b == 0)
+            for (long long r = k0 + 1 + tid; r <= j; r += EB_T) F[(long long)j * n + r] = T(0);
+        wv = eb_block_sum(wv, red);
+        if (tid == 0) part2[b] = wv;
+        eb_grid_sync(ctl, target);
+    }
+    // Finish the last column's w on this block's rows past the panel (the trailing update's).
+    const int jl = ke - 1;
+    if (jl < n - 1) {
+        T s = T(0);
+        for (int g = tid; g < G; g += EB_T) s += __ldcg(part2 + g);
+        const T kk = T(0.5) * __ldcg(taus + jl) * eb_block_sum(s, red);
+        const int c = jl - k0;
+        for (long long r = max(rb, (long long)ke) + tid; r < re; r += EB_T)
+            W[c * n + r] = __ldcg(W + c * n + r) - kk * __ldcg(F + (long long)jl * n + r);
+    }
+}
+
+// Splitting of T (an off-diagonal at most n·eps₆₄·‖T‖ becomes zero) and ‖T‖, pivmin into tn[0..1]
+// (one block of 1024 threads).
+extern "C" __global__ void __launch_bounds__(1024) eb_tsetup_kernel(const double* __restrict__ dd, double* ee,
+                                                                    long long n, double* tn) {
+    __shared__ double red[32];
+    double m = 0.0;
+    for (long long i = threadIdx.x; i < n; i += 1024) {
+        const double el = i > 0 ? fabs(ee[i - 1]) : 0.0, er = i + 1 < n ? fabs(ee[i]) : 0.0;
+        m = fmax(m, fabs(dd[i]) + el + er);
+    }
+    for (int o = 16; o; o >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+    __syncthreads();
+    double tnorm = 0.0;
+    for (int i = 0; i < 32; ++i) tnorm = fmax(tnorm, red[i]);
+    __syncthreads();
+    const double eps = 2.220446049250313e-16;
+    double e2 = 0.0;
+    for (long long i = threadIdx.x; i + 1 < n; i += 1024) {
+        if (fabs(ee[i]) <= (double)n * eps * tnorm) ee[i] = 0.0;
+        e2 = fmax(e2, ee[i] * ee[i]);
+    }
+    if (threadIdx.x == 0 && n > 0) ee[n - 1] = 0.0;
+    for (int o = 16; o; o >>= 1) e2 = fmax(e2, __shfl_xor_sync(0xffffffffu, e2, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = e2;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double x = 0.0;
+        for (int i = 0; i < 32; ++i) x = fmax(x, red[i]);
+        tn[0] = tnorm;
+        tn[1] = 2.2250738585072014e-308 * fmax(1.0, x);
+    }
+}
+
+// The unreduced block [s, t] of T holding index j.
+__device__ __forceinline__ void eb_block_of(const double* ee, long long n, long long j, int& s, int& t) {
+    s = (int)j;
+    t = (int)j;
+    while (s > 0 && ee[s - 1] != 0.0) --s;
+    while (t + 1 < n && ee[t] != 0.0) ++t;
+}
+
+// Eigenvalue j - s of T's block [s, t] holding j, by multisection over 8 lanes, into lam[j].
+extern "C" __global__ void __launch_bounds__(256) eb_tbis_kernel(const double* __restrict__ dd,
+                                                                 const double* __restrict__ ee, long long n,
+                                                                 const double* __restrict__ tn,
+                                                                 double* __restrict__ lam) {
+    const int G = 8;
+    const long long j = (blockIdx.x * 256LL + threadIdx.x) / G;
+    const int gl = threadIdx.x % G;
+    const unsigned mask = 0xffu << (threadIdx.x & 31 & ~(G - 1));
+    if (j >= n) return;  // whole groups leave together (n·G threads, groups aligned)
+    int s, t;
+    eb_block_of(ee, n, j, s, t);
+    const double l = s == t ? dd[s] : bisect<double>(dd, ee, s, t, (int)j - s, tn[0], tn[1], 2.220446049250313e-16, gl, G, mask);
+    if (gl == 0) lam[j] = l;
+}
+
+// rank[j] = the position of lam[j] in ascending order (ties by index); L[rank] = lam·2^e.
+extern "C" __global__ void __launch_bounds__(256) eb_trank_kernel(const double* __restrict__ lam, long long n,
+                                                                  int* __restrict__ rank, T* __restrict__ L,
+                                                                  const unsigned* ctl) {
+    __shared__ double tile[256];
+    const long long j = blockIdx.x * 256LL + threadIdx.x;
+    const double x = j < n ? lam[j] : 0.0;
+    int r = 0;
+    for (long long i0 = 0; i0 < n; i0 += 256) {
+        __syncthreads();
+        if (i0 + threadIdx.x < n) tile[threadIdx.x] = lam[i0 + threadIdx.x];
+        __syncthreads();
+        const int m = (int)min(256LL, n - i0);
+        for (int q = 0; q < m; ++q) {
+            const double y = tile[q];
+            r += (y < x) || (y == x && i0 + q < j);
+        }
+    }
+    if (j < n) {
+        rank[j] = r;
+        L[r] = T(ldexp(x, eb_exp(ctl)));
+    }
+}
+
+// Row-major column access to Z (n × n doubles): element i of column `col`.
+struct EbColumn {
+    double* p;
+    long long ld;
+    __device__ __forceinline__ double& operator[](int i) const { return p[(long long)i * ld]; }
+};
+
+// The eigenvector of eigenvalue j into column rank[j] of Z (zeros outside its block). A vector
+// that is not finite sets ctl[2].
+extern "C" __global__ void __launch_bounds__(128) eb_tvec_kernel(const double* __restrict__ dd,
+                                                                 const double* __restrict__ ee, long long n,
+                                                                 const double* __restrict__ tn,
+                                                                 const double* __restrict__ lam,
+                                                                 const int* __restrict__ rank, double* Z,
+                                                                 unsigned* ctl) {
+    const long long j = blockIdx.x * 128LL + threadIdx.x;
+    if (j >= n) return;
+    int s, t;
+    eb_block_of(ee, n, j, s, t);
+    const EbColumn z{Z + rank[j], n};
+    for (int i = 0; i < s; ++i) z[i] = 0.0;
+    for (long long i = t + 1; i < n; ++i) z[(int)i] = 0.0;
+    double rq;
+    if (!twisted_vector(dd, ee, s, t, lam[j], 2.220446049250313e-16 * tn[0], z, &rq)) atomicOr(ctl + 2, 1u);
+}
+
+// Modified Gram–Schmidt over each cluster (eigenvalues of one block with consecutive gaps at most
+// ctol·‖T‖), a warp per cluster (the warp of its first index). A vector losing more than 1e-3 of
+// its norm (eigenvalues equal to float64 precision) sets ctl[2].
+extern "C" __global__ void __launch_bounds__(256) eb_tmgs_kernel(const double* __restrict__ ee, long long n,
+                                                                 const double* __restrict__ tn,
+                                                                 const double* __restrict__ lam,
+                                                                 const int* __restrict__ rank, double* Z,
+                                                                 double ctol, unsigned* ctl) {
+    const long long j = (blockIdx.x * 256LL + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (j + 1 >= n) return;
+    const double tol = ctol * tn[0];
+    int s, t;
+    eb_block_of(ee, n, j, s, t);
+    const bool head = j == s || lam[j] - lam[j - 1] > tol;
+    if (!head || j + 1 > t || lam[j + 1] - lam[j] > tol) return;
+    long long k = j + 1;
+    while (k + 1 <= t && lam[k + 1] - lam[k] <= tol) ++k;
+    for (long long q = j + 1; q <= k; ++q) {
+        double* zq = Z + rank[q];
+        for (long long p = j; p < q; ++p) {
+            const double* zp = Z + rank[p];
+            double dot = 0.0;
+            for (long long i = s + lane; i <= t; i += 32) dot += zq[i * n] * zp[i * n];
+            dot = warp_sum_d(dot);
+            for (long long i = s + lane; i <= t; i += 32) zq[i * n] -= dot * zp[i * n];
+        }
+        double nn = 0.0;
+        for (long long i = s + lane; i <= t; i += 32) nn += zq[i * n] * zq[i * n];
+        nn = warp_sum_d(nn);
+        if (!(nn >= 1e-6)) {
+            if (lane == 0) atomicOr(ctl + 2, 1u);
+            nn = 1.0;
+        }
+        const double inv = 1.0 / sqrt(nn);
+        for (long long i = s + lane; i <= t; i += 32) zq[i * n] *= inv;
+        __syncwarp();
+    }
+}
+
+// V = Z in T's precision (float32 outputs; float64 ones use Z in place).
+extern "C" __global__ void __launch_bounds__(256) eb_tconv_kernel(const double* __restrict__ Z, T* __restrict__ V,
+                                                                  long long count) {
+    for (long long e = blockIdx.x * 256LL + threadIdx.x; e < count; e += 256LL * gridDim.x) V[e] = T(Z[e]);
+}
+
+// NaN outputs for a non-finite input; info = 2 where T's eigenvectors could not be made
+// orthogonal (ctl[2]), else 0.
+extern "C" __global__ void __launch_bounds__(256) eb_finish_kernel(T* __restrict__ L, T* __restrict__ V, long long n,
+                                                                   const unsigned* ctl, int* info) {
+    const bool bad = ctl[1] != 0;
+    if (blockIdx.x == 0 && threadIdx.x == 0) *info = bad ? 0 : (ctl[2] ? 2 : 0);
+    if (!bad) return;
+    for (long long e = blockIdx.x * 256LL + threadIdx.x; e < n * n; e += 256LL * gridDim.x) {
+        V[e] = nan_t();
+        if (e < n) L[e] = nan_t();
+    }
 }
 #endif

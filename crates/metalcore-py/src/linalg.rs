@@ -133,7 +133,9 @@ fn batched_into(py: Python<'_>, kind: &str, a: Desc, out: Desc) -> PyResult<()> 
 /// Batched one-sided Jacobi SVD (or, with `eigh`, symmetric eigendecomposition) of the contiguous
 /// (batch, m, n) `a` (m >= n) into `s`, optional `u`/`v`, and the per-matrix convergence `info`.
 #[pyfunction]
-#[pyo3(signature = (a, s, u, v, info, eigh, max_sweeps, stream))]
+/// With `eigh`, torch's cuBLAS handle `blas` and a `work` scratch of `eigh_work_len(n, float64)`
+/// elements of A's dtype, a CUDA eigh takes the large-matrix path (one matrix after another).
+#[pyo3(signature = (a, s, u, v, info, eigh, max_sweeps, stream, blas=0, work=None))]
 #[allow(clippy::too_many_arguments)]
 fn jacobi_into(
     py: Python<'_>,
@@ -145,12 +147,23 @@ fn jacobi_into(
     eigh: bool,
     max_sweeps: usize,
     stream: usize,
+    blas: usize,
+    work: Option<Desc>,
 ) -> PyResult<()> {
     let (a, s, info) = (a.to_ref("A")?, s.to_ref("S")?, info.to_ref("info")?);
     let u = u.map(|t| t.to_ref("U")).transpose()?;
     let v = v.map(|t| t.to_ref("V")).transpose()?;
-    let args = Svd { a: &a, s: &s, u: u.as_ref(), v: v.as_ref(), info: &info, eigh, max_sweeps };
-    py.detach(|| svd(&args, Exec::on(stream))).map_err(to_py)
+    let work = work.map(|w| w.to_ref("work")).transpose()?;
+    let args = Svd { a: &a, s: &s, u: u.as_ref(), v: v.as_ref(), info: &info, eigh, max_sweeps, work: work.as_ref() };
+    py.detach(|| svd(&args, Exec { stream, blas })).map_err(to_py)
+}
+
+/// Elements of the scratch the large-matrix CUDA eigh of an n×n matrix needs (float32 or,
+/// with `float64`, float64 elements).
+#[pyfunction]
+fn eigh_work_len(n: usize, float64: bool) -> usize {
+    use metalcore_core::dtype::DType;
+    metalcore_core::ops::linalg::eigh_work_len(n, if float64 { DType::F64 } else { DType::F32 })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -159,6 +172,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(trsm_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(qr_into, m)?)?;
     m.add_function(wrap_pyfunction!(qr_work_len, m)?)?;
+    m.add_function(wrap_pyfunction!(eigh_work_len, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_into, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;

@@ -41,6 +41,16 @@ enum Entry {
     QrApply,
     QrUdiag,
     QrCopy,
+    EbScan,
+    EbCopy,
+    EbPanel,
+    EbTsetup,
+    EbTbis,
+    EbTrank,
+    EbTvec,
+    EbTmgs,
+    EbTconv,
+    EbFinish,
 }
 
 impl Entry {
@@ -67,7 +77,36 @@ impl Entry {
             Entry::QrApply => "qr_apply_kernel",
             Entry::QrUdiag => "qr_udiag_kernel",
             Entry::QrCopy => "qr_copy_kernel",
+            Entry::EbScan => "eb_scan_kernel",
+            Entry::EbCopy => "eb_copy_kernel",
+            Entry::EbPanel => "eb_panel_kernel",
+            Entry::EbTsetup => "eb_tsetup_kernel",
+            Entry::EbTbis => "eb_tbis_kernel",
+            Entry::EbTrank => "eb_trank_kernel",
+            Entry::EbTvec => "eb_tvec_kernel",
+            Entry::EbTmgs => "eb_tmgs_kernel",
+            Entry::EbTconv => "eb_tconv_kernel",
+            Entry::EbFinish => "eb_finish_kernel",
         }
+    }
+}
+
+impl Entry {
+    /// The large-matrix eigensolver's kernels (`EIGH_BIG`).
+    fn big(self) -> bool {
+        matches!(
+            self,
+            Entry::EbScan
+                | Entry::EbCopy
+                | Entry::EbPanel
+                | Entry::EbTsetup
+                | Entry::EbTbis
+                | Entry::EbTrank
+                | Entry::EbTvec
+                | Entry::EbTmgs
+                | Entry::EbTconv
+                | Entry::EbFinish
+        )
     }
 }
 
@@ -121,6 +160,10 @@ fn defines(k: &Key) -> Defines {
             d.push(("LU_LT", (32 * k.w).to_string()));
         }
         Entry::LuUpdate | Entry::QrUdiag | Entry::QrCopy => d.push(("LU_LW", k.tile.to_string())),
+        e if e.big() => {
+            d.push(("EIGH_BIG", "1".to_string()));
+            d.push(("EB_NB", crate::ops::linalg::EIGH_PANEL.to_string()));
+        }
         _ => {}
     }
     d
@@ -157,6 +200,7 @@ enum Arg {
     P(usize),
     L(i64),
     I(i32),
+    D(f64),
 }
 
 /// Launches `entry` over `batch` matrices needing `per(warps)` shared-memory elements each.
@@ -243,6 +287,26 @@ unsafe fn launch_args(
     smem: usize,
     args: &[Arg],
 ) -> Result<()> {
+    // SAFETY: per this function's contract.
+    unsafe { launch_grid(dev, exec, f, (grid, 1), threads, smem, args, false) }
+}
+
+/// [`launch_args`] on a two-dimensional grid, optionally as a cooperative launch (every block
+/// resident at once, or the launch fails: what a grid barrier needs).
+///
+/// # Safety
+/// As for [`launch_args`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_grid(
+    dev: &DeviceState,
+    exec: Exec,
+    f: &CudaFunction,
+    (gx, gy): (usize, usize),
+    threads: usize,
+    smem: usize,
+    args: &[Arg],
+    cooperative: bool,
+) -> Result<()> {
     let stream = borrowed_stream(dev, exec.stream);
     let mut b = stream.launch_builder(f);
     let ptrs: Vec<u64> = args.iter().map(|a| if let Arg::P(p) = a { *p as u64 } else { 0 }).collect();
@@ -251,11 +315,17 @@ unsafe fn launch_args(
             Arg::P(_) => b.arg(p),
             Arg::L(v) => b.arg(v),
             Arg::I(v) => b.arg(v),
+            Arg::D(v) => b.arg(v),
         };
     }
+    let mut c = cfg(gx as u32, (threads as u32, 1), smem as u32);
+    c.grid_dim.1 = gy as u32;
     // SAFETY: per this function's contract.
-    unsafe { b.launch(cfg(grid as u32, (threads as u32, 1), smem as u32)) }
-        .map_err(driver_err("launching a batched factorization"))?;
+    if cooperative {
+        unsafe { b.launch_cooperative(c) }.map_err(driver_err("launching a cooperative kernel"))?;
+    } else {
+        unsafe { b.launch(c) }.map_err(driver_err("launching a batched factorization"))?;
+    }
     Ok(())
 }
 
@@ -329,13 +399,35 @@ unsafe fn apply_panel<T: Real>(
     x: (usize, usize),
     w: usize,
 ) -> Result<()> {
-    use crate::ops::linalg::QR_PANEL;
-    let op = if trans { Op::T } else { Op::N };
     // SAFETY: per this function's contract.
     unsafe {
-        rm_gemm::<T>(blas, (Op::T, Op::N), (nbp, cols, mr), T::ONE, v, x, T::ZERO, (w, cols))?;
-        blas.trsm::<T>(Side::Right, Fill::Lower, op, false, (cols, nbp), T::ONE, (u, QR_PANEL), (w, cols))?;
-        rm_gemm::<T>(blas, (Op::N, Op::N), (mr, cols, nbp), T::MINUS_ONE, v, (w, cols), T::ONE, x)
+        apply_block_reflector::<T>(blas, trans, false, (mr, cols, nbp), v, (u, crate::ops::linalg::QR_PANEL), x, w)
+    }
+}
+
+/// [`apply_panel`] with U's row stride given and, with `vt`, V given transposed (row-major
+/// nbp × mr at `v`, as the large eigh keeps its reflectors).
+///
+/// # Safety
+/// As for [`apply_panel`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn apply_block_reflector<T: Real>(
+    blas: &Blas,
+    trans: bool,
+    vt: bool,
+    (mr, cols, nbp): (usize, usize, usize),
+    v: (usize, usize),
+    u: (usize, usize),
+    x: (usize, usize),
+    w: usize,
+) -> Result<()> {
+    let op = if trans { Op::T } else { Op::N };
+    let (first, second) = if vt { (Op::N, Op::T) } else { (Op::T, Op::N) };
+    // SAFETY: per this function's contract.
+    unsafe {
+        rm_gemm::<T>(blas, (first, Op::N), (nbp, cols, mr), T::ONE, v, x, T::ZERO, (w, cols))?;
+        blas.trsm::<T>(Side::Right, Fill::Lower, op, false, (cols, nbp), T::ONE, u, (w, cols))?;
+        rm_gemm::<T>(blas, (second, Op::N), (mr, cols, nbp), T::MINUS_ONE, v, (w, cols), T::ONE, x)
     }
 }
 
@@ -487,6 +579,152 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
             let up = uall + (k0 / NB) * NB * NB * es;
             // SAFETY: W1 holds nbp × qc (QR_PANEL × max(n, kq)); the blocks lie inside Q, V and U.
             unsafe { apply_panel::<T>(&blas, false, (mr, qc, nbp), (va(k0, k0), k), up, (qa(k0, k0), kq), w1)? };
+        }
+    }
+    Ok(())
+}
+
+/// Symmetric eigendecomposition of matrices too large for one block, one matrix after another,
+/// in the `work` scratch ([`crate::ops::linalg::eigh_work_layout`]); the steps are described in
+/// `kernels/linalg.cu` (EIGH_BIG). Eigenvalues into `p.s`, eigenvectors into `p.v`, `info` 2
+/// where T's eigenvectors could not be made orthogonal (the caller redoes that matrix).
+fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
+    use crate::ops::linalg::{eigh_work_layout, EIGH_GRID_MAX, EIGH_PANEL as NB};
+    let Some(work) = p.work else {
+        return Err(Error::Unsupported("the large-matrix eigh needs the work scratch".into()));
+    };
+    let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
+    let off = eigh_work_layout(n, dtype);
+    let at = |region: usize| work + off[region];
+    let (f, w, avec, part, part2, taus, uall, dbl, zs, rank, ctl) =
+        (at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10));
+    let (dd, ee, lam, tn) = (dbl, dbl + n * 8, dbl + 2 * n * 8, dbl + 3 * n * 8);
+    let _ctx = ContextGuard::enter(dev)?;
+    let raw = exec.stream as cudarc::driver::sys::CUstream;
+    let k = |entry| kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev);
+    let (scan, copy, panel, tsetup, tbis) =
+        (k(Entry::EbScan)?, k(Entry::EbCopy)?, k(Entry::EbPanel)?, k(Entry::EbTsetup)?, k(Entry::EbTbis)?);
+    let (trank, tvec, tmgs, tconv, finish) =
+        (k(Entry::EbTrank)?, k(Entry::EbTvec)?, k(Entry::EbTmgs)?, k(Entry::EbTconv)?, k(Entry::EbFinish)?);
+    let blas = Blas::bind(exec.blas, exec.stream)?;
+    let nl = n as i64;
+    let tiles = n.div_ceil(32);
+    let grid_max = dev.sm_count.min(EIGH_GRID_MAX);
+    // Eigenvalues closer than this (relative to ‖T‖) count as a cluster: the twisted
+    // factorization's vectors are orthogonal to about eps₆₄‖T‖/gap, well below float32's needs
+    // past it.
+    let ctol = 1e-8f64;
+    for b in 0..p.a.batch {
+        let (a, l, v, info) = (p.a.ptr + b * n * n * es, p.s + b * n * es, p.v + b * n * n * es, p.info + b * 4);
+        let z = if dtype == DType::F64 { v } else { zs };
+        // SAFETY (of every launch below): the scratch holds eigh_work_len elements laid out by
+        // eigh_work_layout; A, L, V are this matrix's (validated by the plan); each kernel
+        // touches only the regions passed, within n.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(ctl as u64, 0, 32, raw)
+                .map_err(driver_err("clearing the control words"))?;
+            launch_grid(dev, exec, &scan, (4, n.min(2048)), 256, 0, &[Arg::P(a), Arg::L(nl), Arg::P(ctl)], false)?;
+            launch_grid(
+                dev,
+                exec,
+                &copy,
+                (tiles, tiles),
+                256,
+                0,
+                &[Arg::P(a), Arg::P(f), Arg::L(nl), Arg::P(ctl)],
+                false,
+            )?;
+            for k0 in (0..n).step_by(NB) {
+                let ke = (k0 + NB).min(n);
+                // Blocks: about 16 rows each, at most one per SM (each must stay resident).
+                let g = (n - k0).div_ceil(16).clamp(1, grid_max);
+                let rpb = (n - k0).div_ceil(g);
+                let pad4 = |x: usize| x.div_ceil(4) * 4;
+                let smem = es * (pad4(n) + pad4(rpb) + 4 * NB + pad4(1 + 2 * NB) + 16 + 512);
+                cudarc::driver::result::memset_d8_async(ctl as u64, 0, 4, raw)
+                    .map_err(driver_err("clearing the barrier"))?;
+                let args = [
+                    Arg::P(f),
+                    Arg::L(nl),
+                    Arg::I(k0 as i32),
+                    Arg::I(ke as i32),
+                    Arg::P(w),
+                    Arg::P(dd),
+                    Arg::P(ee),
+                    Arg::P(taus),
+                    Arg::P(avec),
+                    Arg::P(part),
+                    Arg::P(part2),
+                    Arg::P(ctl),
+                ];
+                launch_grid(dev, exec, &panel, (g, 1), 512, smem, &args, true)?;
+                let m = n - ke;
+                if m > 0 {
+                    // F22 −= Vᵀ W + Wᵀ V (row-major: the panel's rows of F and of W, columns ke..).
+                    let (vb, wb, c) = (f + (k0 * n + ke) * es, w + ke * es, f + (ke * n + ke) * es);
+                    let nbp = ke - k0;
+                    rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, nbp), T::MINUS_ONE, (vb, n), (wb, n), T::ONE, (c, n))?;
+                    rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, nbp), T::MINUS_ONE, (wb, n), (vb, n), T::ONE, (c, n))?;
+                }
+            }
+            launch_grid(dev, exec, &tsetup, (1, 1), 1024, 0, &[Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn)], false)?;
+            let targs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam)];
+            launch_grid(dev, exec, &tbis, ((n * 8).div_ceil(256), 1), 256, 0, &targs, false)?;
+            let rargs = [Arg::P(lam), Arg::L(nl), Arg::P(rank), Arg::P(l), Arg::P(ctl)];
+            launch_grid(dev, exec, &trank, (n.div_ceil(256), 1), 256, 0, &rargs, false)?;
+            let vargs =
+                [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::P(rank), Arg::P(z), Arg::P(ctl)];
+            launch_grid(dev, exec, &tvec, (n.div_ceil(128), 1), 128, 0, &vargs, false)?;
+            let margs =
+                [Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::P(rank), Arg::P(z), Arg::D(ctol), Arg::P(ctl)];
+            launch_grid(dev, exec, &tmgs, ((n * 32).div_ceil(256), 1), 256, 0, &margs, false)?;
+            if dtype != DType::F64 {
+                let cargs = [Arg::P(z), Arg::P(v), Arg::L((n * n) as i64)];
+                launch_grid(
+                    dev,
+                    exec,
+                    &tconv,
+                    ((n * n).div_ceil(256).min(8 * dev.sm_count), 1),
+                    256,
+                    0,
+                    &cargs,
+                    false,
+                )?;
+            }
+            // V = Q Z: the panels' block reflectors, last to first (reflectors 0 .. n-2).
+            let udiag = kernel(
+                Key { ordinal, entry: Entry::QrUdiag, dtype, w: 1, mpb: 1, tile: lu_leaf_shape(1, dtype).2, rows: 0 },
+                dev,
+            )?;
+            for k0 in (0..n.saturating_sub(1)).step_by(NB).rev() {
+                let nbp = (k0 + NB).min(n - 1) - k0;
+                let mr = n - k0 - 1;
+                let vt = (f + (k0 * n + k0 + 1) * es, n);
+                let up = uall + (k0 / NB) * NB * NB * es;
+                rm_gemm::<T>(&blas, (Op::N, Op::T), (nbp, nbp, mr), T::ONE, vt, vt, T::ZERO, (up, NB))?;
+                let args = [Arg::P(up), Arg::I(NB as i32), Arg::P(taus + k0 * es), Arg::I(nbp as i32)];
+                launch_args(dev, exec, &udiag, 1, 128, 0, &args)?;
+                apply_block_reflector::<T>(
+                    &blas,
+                    false,
+                    true,
+                    (mr, n, nbp),
+                    vt,
+                    (up, NB),
+                    (v + (k0 + 1) * n * es, n),
+                    w,
+                )?;
+            }
+            launch_grid(
+                dev,
+                exec,
+                &finish,
+                ((n * n).div_ceil(256).min(8 * dev.sm_count), 1),
+                256,
+                0,
+                &[Arg::P(l), Arg::P(v), Arg::L(nl), Arg::P(ctl), Arg::P(info)],
+                false,
+            )?;
         }
     }
     Ok(())
@@ -999,6 +1237,13 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
     if m <= lane_max && n <= lane_max {
         return jacobi_lane(p, ordinal, exec);
     }
+    if p.eigh && p.work.is_some() && exec.blas != 0 {
+        let dev = device(ordinal)?;
+        return match p.a.dtype {
+            DType::F32 => eigh_large::<f32>(p, &dev, ordinal, exec),
+            _ => eigh_large::<f64>(p, &dev, ordinal, exec),
+        };
+    }
     let crowded = p.eigh && p.a.batch > 2 * device(ordinal)?.sm_count;
     let w = jacobi_warps(n, crowded);
     if p.eigh {
@@ -1116,6 +1361,8 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             &KERNEL,
             defines(&Key { ordinal: 0, entry: Entry::EighTri, dtype, w: 8, mpb: 1, tile: 16, rows: 1 }),
         ));
+        // The large-matrix eigensolver's kernels share one set of defines.
+        out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::EbPanel, dtype, w: 1, mpb: 1, tile: 0, rows: 0 })));
         for lanes in [16, 32] {
             out.push((
                 &KERNEL,

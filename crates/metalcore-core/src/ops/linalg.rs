@@ -429,6 +429,51 @@ pub struct Svd<'a> {
     pub info: &'a TensorRef,
     pub eigh: bool,
     pub max_sweeps: usize,
+    /// Optional scratch of A's dtype, contiguous, of at least [`eigh_work_len`] elements on A's
+    /// device: with it (and cuBLAS), a CUDA eigh takes the large-matrix path (eigh only).
+    pub work: Option<&'a TensorRef>,
+}
+
+/// Columns per panel of the large-matrix CUDA eigh's tridiagonal reduction.
+pub const EIGH_PANEL: usize = 32;
+/// Most blocks of the reduction's cooperative launches (more than any device's SMs here).
+pub const EIGH_GRID_MAX: usize = 256;
+
+/// Elements (of `dtype`) of [`Svd::work`] the large-matrix CUDA eigh of an `n × n` matrix uses.
+pub fn eigh_work_len(n: usize, dtype: DType) -> usize {
+    eigh_work_layout(n, dtype)[EIGH_REGIONS].div_ceil(dtype.size())
+}
+
+/// Regions of [`eigh_work_len`]'s layout.
+pub const EIGH_REGIONS: usize = 11;
+
+/// Byte offsets of the large-matrix eigh's scratch regions, then the total: F (the matrix being
+/// reduced, n²), W (EIGH_PANEL × n), a (n), the partial sums (EIGH_GRID_MAX × (1 + 2·EIGH_PANEL))
+/// and (EIGH_GRID_MAX), tau (n), the panels' U (EIGH_PANEL² each) — all of `dtype` — then d, e,
+/// the eigenvalues and two scalars (float64), Z (n² float64, float32 input only; float64 input
+/// uses the output), the ranks (n int32) and 8 control words; each region starts on 256 bytes.
+pub fn eigh_work_layout(n: usize, dtype: DType) -> [usize; EIGH_REGIONS + 1] {
+    let es = dtype.size();
+    let nb = EIGH_PANEL;
+    let z = if dtype == DType::F64 { 0 } else { n * n * 8 };
+    let sizes = [
+        n * n * es,
+        nb * n * es,
+        n * es,
+        EIGH_GRID_MAX * (1 + 2 * nb) * es,
+        EIGH_GRID_MAX * es,
+        n * es,
+        n.div_ceil(nb) * nb * nb * es,
+        (3 * n + 2) * 8,
+        z,
+        n * 4,
+        32,
+    ];
+    let mut out = [0; EIGH_REGIONS + 1];
+    for (i, s) in sizes.iter().enumerate() {
+        out[i + 1] = out[i] + s.div_ceil(256) * 256;
+    }
+    out
 }
 
 /// A validated Jacobi call (`u`/`v` 0 when absent).
@@ -441,6 +486,8 @@ pub struct SvdPlan {
     pub info: usize,
     pub eigh: bool,
     pub max_sweeps: usize,
+    /// The large-matrix eigh's scratch, of at least [`eigh_work_len`] elements.
+    pub work: Option<usize>,
 }
 
 impl Svd<'_> {
@@ -486,7 +533,28 @@ impl Svd<'_> {
         if self.max_sweeps == 0 {
             return Err(Error::value("max_sweeps", "expected at least 1"));
         }
-        Ok((device, SvdPlan { a, s, u, v, info, eigh: self.eigh, max_sweeps: self.max_sweeps }))
+        let work = match self.work {
+            None => None,
+            Some(w) => {
+                if !self.eigh || device == Device::Cpu {
+                    return Err(Error::value("work", "the scratch is for the large-matrix CUDA eigh only"));
+                }
+                common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
+                expect_dtype("work", w, a.dtype)?;
+                let need = eigh_work_len(n, a.dtype);
+                if w.numel() < need || !w.is_contiguous() {
+                    return Err(Error::value(
+                        "work",
+                        format!(
+                            "expected a contiguous {} tensor of at least {need} elements, got shape {:?}",
+                            a.dtype, w.shape
+                        ),
+                    ));
+                }
+                Some(w.ptr)
+            }
+        };
+        Ok((device, SvdPlan { a, s, u, v, info, eigh: self.eigh, max_sweeps: self.max_sweeps, work }))
     }
 }
 
