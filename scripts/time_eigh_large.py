@@ -1,10 +1,16 @@
 """The large-matrix CUDA eigh (float32) against torch.linalg.eigh on the GPU machine: errors
 against float64 (reconstruction, orthogonality, eigenvalues, all relative to ‖A‖_F) on random and
 structured matrices, then median ms per call between CUDA events; with --profile the device time
-per kernel of one call.  python3 scripts/time_eigh_large.py [--profile] [--quick] [sizes...]"""
+per kernel of one call; with --phases the reduction's time per phase of a column (EB_PROFILE in
+kernels/linalg.cu), summed over its columns.
+python3 scripts/time_eigh_large.py [--profile] [--phases] [--quick] [sizes...]"""
 
+import os
 import statistics
 import sys
+
+if "--phases" in sys.argv:
+    os.environ["METALCORE_EIGH_PROFILE"] = "1"  # read at the first call
 
 import torch
 
@@ -66,6 +72,44 @@ def check(name, A):
 
 
 torch.manual_seed(0)
+if "--ctol" in sys.argv:
+    # Orthogonality against the cluster tolerance (METALCORE_EIGH_CTOL_EXP=k: 1e-k·‖T‖), one
+    # process per k (the knob is read once): repeated eigenvalues, cond 1e6, random.
+    import warnings
+
+    import metalcore._backend as mb
+
+    for n in args or [300, 2048]:
+        rep = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64).repeat(n)[:n]
+        for name, A in [("repeated", sym(n, rep)), ("cond 1e6", sym(n, torch.logspace(0, -6, n, dtype=torch.float64))),
+                        ("random", sym(n))]:
+            mb._warned.clear()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                L, V = mc.eigh(A)
+            torch.cuda.synchronize()
+            redone = any("precision" in str(w.message) for w in caught)
+            e = errs(A, L, V)
+            print(f"k {os.environ.get('METALCORE_EIGH_CTOL_EXP', '8')} n {n} {name:9s} rec {e[0]:.1e} orth {e[1]:.1e} "
+                  f"ev {e[2]:.1e} redone by torch: {redone}", flush=True)
+    sys.exit(0)
+if "--phases" in sys.argv:
+    from metalcore import _native
+    from metalcore._backend import batch_desc, desc, stream_of
+
+    names = ["", "loads+kk", "column update", "partial sums", "barrier 1", "loads+symv", "larfg+w+v", "barrier 2"]
+    for n in args or [1024, 4096]:
+        x = sym(n)
+        s, v, info = torch.empty(n, device=dev), torch.empty(n, n, device=dev), torch.empty((), dtype=torch.int32, device=dev)
+        work = torch.zeros(_native.eigh_work_len(n, False), device=dev)
+        al = lambda b: (b + 255) // 256 * 256  # noqa: E731
+        part = (al(n * n * 4) + al(128 * n * 4) + al(n * 4)) // 4
+        _native.jacobi_into(batch_desc(x, "A", n, n), batch_desc(s, "S", 1, n), None, batch_desc(v, "V", n, n), desc(info, "info"),
+                            True, 60, stream_of(x), torch.cuda.current_blas_handle(), desc(work, "work"))
+        torch.cuda.synchronize()
+        ph = work[part + 248 * 65: part + 248 * 65 + 8].tolist()
+        print(f"n {n}: per column (us): " + ", ".join(f"{names[i]} {ph[i] / n / 1e3:.2f}" for i in range(1, 8)), flush=True)
+    sys.exit(0)
 sizes = args or ([150, 300, 1000] if quick else [129, 150, 200, 257, 500, 1000, 1025, 2048])
 for n in sizes:
     check(f"random {n}", sym(n))

@@ -179,8 +179,9 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
 
 def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
     """The large-matrix eigh's matrices flagged in `info` (eigenvalues equal to float64 precision
-    inside one unreduced block of T, where its eigenvectors cannot be made orthogonal) recomputed
-    by torch.linalg.eigh, with a one-time warning; their `info` is cleared."""
+    inside one unreduced block of T, where its eigenvectors cannot be made orthogonal, or a
+    cluster of close eigenvalues too large for its Gram–Schmidt) recomputed by torch.linalg.eigh
+    in float64, with a one-time warning; their `info` is cleared."""
     flat = _host_info(info)
     if not flat.numel() or not int(flat.max()):
         return
@@ -188,7 +189,8 @@ def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
     n = x.shape[-1]
     xs, ss, vs, fs = x.reshape(-1, n, n), s.view(-1, n), v.view(-1, n, n), info.view(-1)
     for i in torch.nonzero(flat).flatten().tolist():
-        L, V = torch.linalg.eigh(xs[i])
+        # In float64: torch's float32 eigh of such sizes errs up to ~1e-4 (H200, torch 2.11).
+        L, V = torch.linalg.eigh(xs[i].double())
         ss[i] = L
         vs[i] = V * _signs(V).unsqueeze(-2)
         fs[i] = 0

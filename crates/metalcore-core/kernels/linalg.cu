@@ -2066,6 +2066,10 @@ __device__ __forceinline__ F tri_point(F lo, F width, int g, int G) {
     return lo + width * F(g + 1) / F(G + 1);
 }
 
+template <class F>
+__device__ F bisect_in(const F* d, const F* e, int s, int t, int r, F lo, F hi, F tnorm, F pivmin, F eps, int gl,
+                       int G, unsigned mask);
+
 // Eigenvalue r (from the bottom) of T[s..t], s < t, by multisection over the G lanes of a group
 // (`gl` this lane, `mask` the group), in F's precision: to the last bits of F (relative, or
 // eps·‖T‖ absolute: no better is possible) or until the points no longer split the interval.
@@ -2079,8 +2083,13 @@ __device__ F bisect(const F* d, const F* e, int s, int t, int r, F tnorm, F pivm
         hi = fmax(hi, d[i] + rad);
     }
     const F pad = F(2) * eps * tnorm + F(2) * pivmin;
-    lo -= pad;
-    hi += pad;
+    return bisect_in<F>(d, e, s, t, r, lo - pad, hi + pad, tnorm, pivmin, eps, gl, G, mask);
+}
+
+// bisect from the interval [lo, hi], which must hold the eigenvalue.
+template <class F>
+__device__ F bisect_in(const F* d, const F* e, int s, int t, int r, F lo, F hi, F tnorm, F pivmin, F eps, int gl,
+                       int G, unsigned mask) {
     for (int it = 0; it < 256; ++it) {
         const F width = hi - lo;
         if (!(width > F(2) * eps * fmax(fabs(lo), fabs(hi)) + eps * tnorm + pivmin)) break;
@@ -2824,25 +2833,40 @@ __device__ __forceinline__ void eb_grid_sync(unsigned* bar, unsigned& target) {
     __syncthreads();
     target += gridDim.x;
     if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(bar, 1u);
+        // Release (cumulative: the block's writes ordered before it by the barrier above) on
+        // arrival, acquire on the polls; no separate fences.
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
         unsigned v;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
         } while (v < target);
-        __threadfence();
     }
     __syncthreads();
 }
 
-// Σ x[u]·y[u] over 16 bytes: x streamed from global memory past L1, y in shared memory.
-__device__ __forceinline__ float eb_dot16(const float* x, const float* y) {
-    const float4 a = __ldcg(reinterpret_cast<const float4*>(x)), b = *reinterpret_cast<const float4*>(y);
-    return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+// 16 bytes of global memory, past L1; their dot product with 16 bytes of shared memory.
+typedef Vec<T, 16 / sizeof(T)> EbV;
+__device__ __forceinline__ EbV eb_ld16(const T* x) {
+    EbV r;
+    if constexpr (sizeof(T) == 4) {
+        const float4 a = __ldcg(reinterpret_cast<const float4*>(x));
+        r.v[0] = a.x;
+        r.v[1] = a.y;
+        r.v[2] = a.z;
+        r.v[3] = a.w;
+    } else {
+        const double2 a = __ldcg(reinterpret_cast<const double2*>(x));
+        r.v[0] = a.x;
+        r.v[1] = a.y;
+    }
+    return r;
 }
-__device__ __forceinline__ double eb_dot16(const double* x, const double* y) {
-    const double2 a = __ldcg(reinterpret_cast<const double2*>(x)), b = *reinterpret_cast<const double2*>(y);
-    return a.x * b.x + a.y * b.y;
+__device__ __forceinline__ T eb_dotv(const EbV& a, const T* y) {
+    const EbV b = *reinterpret_cast<const EbV*>(y);
+    T s = T(0);
+#pragma unroll
+    for (int u = 0; u < (int)(16 / sizeof(T)); ++u) s += a.v[u] * b.v[u];
+    return s;
 }
 
 // Sum over the block (every thread gets it); `red` holds EB_W values.
@@ -2912,174 +2936,269 @@ extern "C" __global__ void __launch_bounds__(256) eb_copy_kernel(const T* __rest
 }
 
 // Columns k0 .. ke-1 of the reduction (see above), on gridDim.x resident blocks. Block b owns the
-// rows (and, by symmetry, the columns) [rb, re) of rows k0 .. n-1: it updates their entries of
-// column j, multiplies their rows of the trailing matrix by v and writes their entries of w, v
-// and the finished W. Per column two phases, each ended by a grid barrier:
-//  1. the column's own rows updated by the panel so far (a = F_j − V wⱼ − W vⱼ, with wⱼ, vⱼ
-//     row j of W and V), d_j; partial sums of ‖a below j+1‖², Wᵀa' and Vᵀa' (a' = a below j+1);
-//  2. larfg from the totals (every block alike), v = sc·a' with v_{j+1} = 1, then
-//     w = τ(F v − V (Wᵀv) − W (Vᵀv)), with Wᵀv = sc·Wᵀa' + W_{j+1} (and V's alike); w is
-//     finished (w −= (τ/2)(wᵀv) v) when the next phase 1 has the total of wᵀv.
-// W (EB_NB × n, row t = w_t), part (gridDim.x × EB_PS partial sums), part2 (gridDim.x: wᵀv),
-// avec (n: a, with alpha at j+1).
-extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long long n, int k0, int ke, T* W,
+// rows (and, by symmetry, the columns) [rb, re) of rows k0 .. n-1, at most EB_RB of them: it
+// updates their entries of column j, multiplies their rows of the trailing matrix by v and writes
+// their entries of w, v and the finished W. Per column two phases, each ended by a grid barrier,
+// each issuing its global loads together up front (one round trip, not one per step):
+//  1. the column's own rows updated by the panel so far (a = F_j − V wⱼ − W vⱼ, with wⱼ, vⱼ row j
+//     of W and V; thread (i, g) takes row i and panel columns g, g + EB_TG, ..., keeping them in
+//     registers for the partial sums), d_j; partial sums of ‖a'‖², Wᵀa' and Vᵀa' (a' = a below
+//     j+1);
+//  2. the symmetric product F a' of this block's rows (a warp per row), then larfg from the
+//     totals (every block alike): v = sc·a' with v_{j+1} = 1, so F v = sc·F a' + F_{j+1}, and
+//     w = τ(F v − V (Wᵀv) − W (Vᵀv)) with Wᵀv = sc·Wᵀa' + W_{j+1} (V's alike); w is finished
+//     (w −= (τ/2)(wᵀv) v) when the next phase 1 has the total of wᵀv.
+// VW (3·EB_NB × n): rows 0 .. EB_NB and 2·EB_NB .. hold the panel's v (columns past j), rows
+// EB_NB .. its w, so that one GEMM with k = 2·EB_NB makes the trailing update. part
+// (gridDim.x × EB_PS partial sums), part2 (gridDim.x: wᵀv), avec (n: a, alpha at j+1).
+#define EB_RB 64
+#define EB_TG (EB_T / EB_RB)
+#define EB_TK (EB_NB / EB_TG)
+extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long long n, int k0, int ke, T* VW,
                                                                    double* dd, double* ee, T* taus, T* avec,
-                                                                   T* part, T* part2, unsigned* ctl) {
+                                                                   T* part, T* part2, unsigned* ctl, int cached) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int G = gridDim.x, b = blockIdx.x, tid = threadIdx.x, lane = tid & 31, wp = tid >> 5;
     const long long rpb = (n - k0 + G - 1) / G;
     const long long rb = k0 + b * rpb, re = min(n, rb + rpb);
-    // Shared: vs (n, the current v), own a values (rpb), row j of V and W (EB_NB each), p and q
-    // (EB_NB each), totals (EB_PS), the block-sum scratch (EB_W), the phase-1 partials (EB_T).
+    T* W = VW + EB_NB * n;
+    // Shared: vs (n: a' of the current column), own a values (EB_RB), row j of V and W, row j+1
+    // of V and W (EB_NB each), the reduction scratch (EB_T), totals (EB_PS), block sums (EB_W),
+    // then with `cached` this block's rows of F from column cb on (the panel never changes the
+    // trailing matrix its products read; the host sizes the grid so they fit).
     T* vs = reinterpret_cast<T*>(smem_raw);
     T* own = vs + ((n + 3) & ~3LL);
-    T* vj = own + ((rpb + 3) & ~3LL);
+    T* vj = own + EB_RB;
     T* wj = vj + EB_NB;
-    T* pp = wj + EB_NB;
-    T* qq = pp + EB_NB;
-    T* tot = qq + EB_NB;
+    T* v1 = wj + EB_NB;
+    T* w1 = v1 + EB_NB;
+    T* scr = w1 + EB_NB;
+    T* tot = scr + EB_T;
     T* red = tot + ((EB_PS + 3) & ~3);
-    T* scr = red + EB_W;
-    unsigned target = 0;
-    // Rows per pass of phase 1 (a power of two, at most EB_T), the panel columns split TG ways.
-    const int RB = rpb <= 1 ? 1 : (rpb >= EB_T ? EB_T : 1 << (32 - __clz((int)rpb - 1)));
-    const int TG = EB_T / RB;
-    for (int j = k0; j < ke; ++j) {
-        const int c = j - k0;
-        // ---- Phase 1.
-        T kk = T(0);  // (τ/2)(wᵀv) of column j-1
-        if (c > 0) {
-            T s = T(0);
-            for (int g = tid; g < G; g += EB_T) s += __ldcg(part2 + g);
-            kk = T(0.5) * __ldcg(taus + j - 1) * eb_block_sum(s, red);
-        }
-        for (int t = tid; t < c; t += EB_T) {
-            vj[t] = __ldcg(F + (k0 + t) * n + j);
-            wj[t] = __ldcg(W + t * n + j) - (t == c - 1 ? kk : T(0));  // v_{j-1} at j is 1
+    T* cache = red + EB_W;
+    const long long cb = k0 & ~3LL, ldc = ((n - cb) + 3) & ~3LL;
+    if (cached) {
+        constexpr int VC = 16 / sizeof(T);
+        const long long per = ldc / VC;  // 16-byte chunks per row (n % 4 == 0 when cached)
+        for (long long e = tid; e < (re - rb) * per; e += EB_T) {
+            const long long i = e / per, q = e % per;
+            *reinterpret_cast<EbV*>(cache + i * ldc + q * VC) = eb_ld16(F + (rb + i) * n + cb + q * VC);
         }
         __syncthreads();
-        const long long r0 = max(rb, (long long)j);
-        for (long long base = r0; base < re; base += RB) {
-            const int i = tid % RB, tg = tid / RB;
-            const long long r = base + i;
-            T s = T(0);
-            if (r < re && tg < TG) {
-                for (int t = tg; t < c; t += TG) {
-                    const T vt = __ldcg(F + (k0 + t) * n + r);
-                    T wt = __ldcg(W + t * n + r);
-                    if (t == c - 1) {
-                        wt -= kk * __ldcg(F + (long long)(j - 1) * n + r);
-                        if (r > j) W[t * n + r] = wt;
-                    }
-                    s += vt * wj[t] + wt * vj[t];
+    }
+    unsigned target = 0;
+#ifdef EB_PROFILE
+    // Nanoseconds per phase summed over the panel's columns (block 0, thread 0), added to
+    // part[248·EB_PS + 1 .. 7] (rows past any grid's) for scripts/time_eigh_large.py.
+    unsigned long long pt[8], prev_t = 0;
+    float pacc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#define EB_MARK(i)                                                                      \
+    do {                                                                                \
+        unsigned long long now_;                                                        \
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now_));                        \
+        if ((i) > 0) pacc[(i)] += (float)(now_ - prev_t);                               \
+        prev_t = now_;                                                                  \
+        (void)pt;                                                                       \
+    } while (0)
+#else
+#define EB_MARK(i) ((void)0)
+#endif
+    const int ri = tid % EB_RB, tg = tid / EB_RB;
+    const long long r1 = rb + ri;  // phase 1's row
+    for (int j = k0; j < ke; ++j) {
+        EB_MARK(0);
+        const int c = j - k0;
+        // ---- Phase 1: every load first.
+        constexpr int VEC = 16 / sizeof(T);
+        const long long s0 = (j + 1) & ~(long long)(VEC - 1);
+        const bool vec = (n % VEC) == 0;
+        const int nv = (int)((n - s0) / VEC);
+        const long long rs = max(rb, (long long)j + 1);  // phase 2's first row
+        const bool mine = r1 >= j && r1 < re;
+        const T p2 = (c > 0 && tid < G) ? __ldcg(part2 + tid) : T(0);
+        const T tprev = c > 0 ? __ldcg(taus + j - 1) : T(0);
+        if (tid < c) {
+            vj[tid] = __ldcg(F + (k0 + tid) * n + j);
+            wj[tid] = __ldcg(W + tid * n + j);
+        }
+        T vr[EB_TK], wr[EB_TK];
+#pragma unroll
+        for (int k = 0; k < EB_TK; ++k) {
+            const int t = tg + k * EB_TG;
+            const bool in = mine && t < c;
+            vr[k] = in ? __ldcg(F + (k0 + t) * n + r1) : T(0);
+            wr[k] = in ? __ldcg(W + t * n + r1) : T(0);
+        }
+        const int tl = (c - 1) % EB_TG;  // the thread group holding column c-1 (W to finish)
+        const T vprev = (mine && c > 0 && tg == tl) ? __ldcg(F + (long long)(j - 1) * n + r1) : T(0);
+        const T fj = (mine && tg == 0) ? __ldcg(F + (long long)j * n + r1) : T(0);
+        const T kk = T(0.5) * tprev * eb_block_sum(p2, red);  // (τ/2)(wᵀv) of column j-1; syncs vj, wj
+        EB_MARK(1);
+        T s = T(0);
+#pragma unroll
+        for (int k = 0; k < EB_TK; ++k) {
+            const int t = tg + k * EB_TG;
+            if (t < c) {
+                if (t == c - 1) {
+                    wr[k] -= kk * vprev;
+                    if (mine && r1 > j) W[t * n + r1] = wr[k];
                 }
+                s += vr[k] * (t == c - 1 ? wj[t] - kk : wj[t]) + wr[k] * vj[t];  // v_{j-1} at j is 1
             }
-            scr[tid] = s;
-            __syncthreads();
-            if (tid < RB && base + tid < re) {
-                const long long rr = base + tid;
-                T a = __ldcg(F + (long long)j * n + rr);
-                for (int g = 0; g < TG; ++g) a -= scr[g * RB + tid];
-                own[rr - rb] = a;
-                if (rr == j) dd[j] = (double)a;
-                else avec[rr] = a;
-            }
-            __syncthreads();
+        }
+        scr[tid] = s;
+        __syncthreads();
+        EB_MARK(2);
+        if (tg == 0 && mine) {
+            T a = fj;
+#pragma unroll
+            for (int g = 0; g < EB_TG; ++g) a -= scr[g * EB_RB + ri];
+            own[ri] = a;
+            if (r1 == j) dd[j] = (double)a;
+            else avec[r1] = a;
         }
         if (j == n - 1) {
             if (b == 0 && tid == 0) taus[j] = T(0);
             break;
         }
-        // Partial sums over this block's rows below j+1: ‖a‖², Wᵀa, Vᵀa (a warp per panel column).
+        __syncthreads();
+        // Partial sums over this block's rows below j+1: ‖a'‖² (group 0), Wᵀa' and Vᵀa' (each
+        // thread its columns' products, summed over the rows: a warp holds 32 rows of one group).
         {
-            T s = T(0);
-            for (long long r = max(rb, (long long)j + 2) + tid; r < re; r += EB_T) s += own[r - rb] * own[r - rb];
-            s = eb_block_sum(s, red);
-            if (tid == 0) part[b * EB_PS] = s;
-            for (int t = wp; t < EB_NB; t += EB_W) {
-                T sp = T(0), sq = T(0);
-                if (t < c)
-                    for (long long r = max(rb, (long long)j + 2) + lane; r < re; r += 32) {
-                        const T a = own[r - rb];
-                        sp += __ldcg(W + t * n + r) * a;
-                        sq += __ldcg(F + (k0 + t) * n + r) * a;
-                    }
-                sp = warp_sum(sp);
-                sq = warp_sum(sq);
-                if (lane == 0) {
-                    part[b * EB_PS + 1 + t] = sp;
-                    part[b * EB_PS + 1 + EB_NB + t] = sq;
+            const T a = (mine && r1 >= j + 2) ? own[ri] : T(0);
+            T sq = warp_sum(tg == 0 ? a * a : T(0));
+            T pk[EB_TK], qk[EB_TK];
+#pragma unroll
+            for (int k = 0; k < EB_TK; ++k) {
+                const bool live = tg + k * EB_TG < c;  // uniform over the warp
+                pk[k] = live ? warp_sum(wr[k] * a) : T(0);
+                qk[k] = live ? warp_sum(vr[k] * a) : T(0);
+            }
+            // Warps 2g and 2g + 1 hold group g (EB_RB = 64 rows).
+            if (lane == 0) {
+                scr[wp] = sq;
+#pragma unroll
+                for (int k = 0; k < EB_TK; ++k) {
+                    scr[EB_W + wp * EB_TK + k] = pk[k];
+                    scr[EB_W + EB_W * EB_TK + wp * EB_TK + k] = qk[k];
                 }
             }
-        }
-        eb_grid_sync(ctl, target);
-        // ---- Phase 2. Totals: EB_PS sums over G blocks, `ng` groups of threads per sum.
-        {
-            const int ng = EB_T / EB_PS, idx = tid % EB_PS, grp = tid / EB_PS;
-            T s = T(0);
-            if (grp < ng)
-                for (int g = grp; g < G; g += ng) s += __ldcg(part + g * EB_PS + idx);
-            scr[tid] = s;
             __syncthreads();
-            if (tid < EB_PS) {
-                T x = T(0);
-                for (int q = 0; q < ng; ++q) x += scr[q * EB_PS + tid];
-                tot[tid] = x;
+            if (tid == 0) part[b * EB_PS] = scr[0] + scr[1];
+            if (tid < EB_NB) {
+                const int t = tid, g = t % EB_TG, k = t / EB_TG;
+                const T* ps = scr + EB_W;
+                const T* qs = scr + EB_W + EB_W * EB_TK;
+                part[b * EB_PS + 1 + t] = t < c ? ps[(2 * g) * EB_TK + k] + ps[(2 * g + 1) * EB_TK + k] : T(0);
+                part[b * EB_PS + 1 + EB_NB + t] = t < c ? qs[(2 * g) * EB_TK + k] + qs[(2 * g + 1) * EB_TK + k] : T(0);
             }
-            __syncthreads();
         }
+        EB_MARK(3);
+        eb_grid_sync(ctl, target);
+        EB_MARK(4);
+        // ---- Phase 2: every load first (partial sums, a', rows j+1 of V and W).
+        const int ng = EB_T / EB_PS, idx = tid % EB_PS, grp = tid / EB_PS;
+        T ps = T(0);
+        if (grp < ng)
+            for (int g = grp; g < G; g += ng) ps += __ldcg(part + g * EB_PS + idx);
         const T alpha = __ldcg(avec + j + 1);
+        if (tid < c) {
+            v1[tid] = __ldcg(F + (k0 + tid) * n + j + 1);
+            w1[tid] = __ldcg(W + tid * n + j + 1);
+        }
+        for (long long s = s0 + tid; s < n; s += EB_T) vs[s] = s <= j + 1 ? T(0) : __ldcg(avec + s);
+        scr[tid] = ps;
+        __syncthreads();
+        // F a' for this block's rows below j: a warp per row (at most EB_RB / EB_W of them each),
+        // with the row's V and W entries (lane t: column t) and its entry j+1.
+        constexpr int RW = EB_RB / EB_W;
+        T acc[RW], cv[RW], cw[RW], f1[RW];
+#pragma unroll
+        for (int q = 0; q < RW; ++q) {
+            const long long r = rs + wp + q * EB_W;
+            acc[q] = cv[q] = cw[q] = f1[q] = T(0);
+            if (r >= re) continue;
+            const T* row = F + r * n;
+            if (lane < c) {
+                cv[q] = __ldcg(F + (k0 + lane) * n + r);
+                cw[q] = __ldcg(W + lane * n + r);
+            }
+            T x = T(0);
+            if (cached) {
+                const T* crow = cache + (r - rb) * ldc - cb;  // crow[s] = F[r][s] for s >= cb
+                f1[q] = crow[j + 1];
+#pragma unroll 4
+                for (int i = lane; i < nv; i += 32) {
+                    const EbV a = *reinterpret_cast<const EbV*>(crow + s0 + i * VEC);
+                    x += eb_dotv(a, vs + s0 + i * VEC);
+                }
+            } else if (vec) {
+                f1[q] = __ldcg(row + j + 1);
+#pragma unroll 4
+                for (int i = lane; i < nv; i += 32) x += eb_dotv(eb_ld16(row + s0 + i * VEC), vs + s0 + i * VEC);
+            } else {
+                f1[q] = __ldcg(row + j + 1);
+#pragma unroll 4
+                for (long long i = s0 + lane; i < n; i += 32) x += __ldcg(row + i) * vs[i];
+            }
+            acc[q] = warp_sum(x);
+        }
+        EB_MARK(5);
+        // Totals (sum of the groups' partial sums), then larfg, alike in every block.
+        if (tid < EB_PS) {
+            T x = T(0);
+            for (int q = 0; q < ng; ++q) x += scr[q * EB_PS + tid];
+            tot[tid] = x;
+        }
+        __syncthreads();
         T tau, beta, sc;
         larfg(alpha, tot[0], tau, beta, sc);
         if (b == 0 && tid == 0) {
             ee[j] = (double)beta;
             taus[j] = tau;
         }
-        for (int t = tid; t < c; t += EB_T) {
-            pp[t] = sc * tot[1 + t] + __ldcg(W + t * n + j + 1);
-            qq[t] = sc * tot[1 + EB_NB + t] + __ldcg(F + (k0 + t) * n + j + 1);
-        }
-        constexpr int VEC = 16 / sizeof(T);
-        const long long s0 = (j + 1) & ~(long long)(VEC - 1);
-        for (long long s = s0 + tid; s < n; s += EB_T)
-            vs[s] = s <= j ? T(0) : (s == j + 1 ? T(1) : sc * __ldcg(avec + s));
-        __syncthreads();
-        // w for this block's rows below j: a warp per row.
+        const T pl = lane < c ? sc * tot[1 + lane] + w1[lane] : T(0);          // (Wᵀv)_lane
+        const T ql = lane < c ? sc * tot[1 + EB_NB + lane] + v1[lane] : T(0);  // (Vᵀv)_lane
         T wv = T(0);
-        const bool vec = (n % VEC) == 0;
-        for (long long r = max(rb, (long long)j + 1) + wp; r < re; r += EB_W) {
-            const T* row = F + r * n;
-            T acc = T(0);
-            if (vec) {
-                const int nv = (int)((n - s0) / VEC);
-#pragma unroll 4
-                for (int q = lane; q < nv; q += 32) acc += eb_dot16(row + s0 + q * VEC, vs + s0 + q * VEC);
-            } else {
-#pragma unroll 4
-                for (long long s = s0 + lane; s < n; s += 32) acc += __ldcg(row + s) * vs[s];
-            }
-            if (lane < c) acc -= __ldcg(F + (k0 + lane) * n + r) * pp[lane] + __ldcg(W + lane * n + r) * qq[lane];
-            acc = warp_sum(acc);
+#pragma unroll
+        for (int q = 0; q < RW; ++q) {
+            const long long r = rs + wp + q * EB_W;
+            if (r >= re) continue;  // uniform over the warp
+            const T corr = warp_sum(cv[q] * pl + cw[q] * ql);
             if (lane == 0) {
-                const T w = tau * acc;
+                const T w = tau * (sc * acc[q] + f1[q] - corr);
+                const T v = r == j + 1 ? T(1) : sc * vs[r];
                 W[c * n + r] = w;
-                wv += w * vs[r];
+                wv += w * v;
             }
         }
-        // v over row j (this block's columns r > j; block 0 the zeros at k0+1 .. j).
-        for (long long r = max(rb, (long long)j + 1) + tid; r < re; r += EB_T) F[(long long)j * n + r] = vs[r];
+        // v over row j of F (zeros before j+1, from column 1: any run of consecutive reflectors
+        // is then a unit lower-trapezoidal V) and over VW's two copies; this block's columns.
+        for (long long r = max(rb, 1LL) + tid; r < re; r += EB_T) {
+            const T v = r <= j ? T(0) : (r == j + 1 ? T(1) : sc * vs[r]);
+            F[(long long)j * n + r] = v;
+            if (r > j) {
+                VW[c * n + r] = v;
+                VW[(2 * EB_NB + c) * n + r] = v;
+            }
+        }
         if (b == 0)
-            for (long long r = k0 + 1 + tid; r <= j; r += EB_T) F[(long long)j * n + r] = T(0);
+            for (long long r = 1 + tid; r < min(rb, (long long)j + 1); r += EB_T) F[(long long)j * n + r] = T(0);
+        EB_MARK(6);
         wv = eb_block_sum(wv, red);
         if (tid == 0) part2[b] = wv;
         eb_grid_sync(ctl, target);
+        EB_MARK(7);
     }
+#ifdef EB_PROFILE
+    if (b == 0 && tid == 0)
+        for (int i = 1; i < 8; ++i) atomicAdd(reinterpret_cast<float*>(part) + 248 * EB_PS + i, pacc[i]);
+#endif
     // Finish the last column's w on this block's rows past the panel (the trailing update's).
     const int jl = ke - 1;
     if (jl < n - 1) {
-        T s = T(0);
-        for (int g = tid; g < G; g += EB_T) s += __ldcg(part2 + g);
-        const T kk = T(0.5) * __ldcg(taus + jl) * eb_block_sum(s, red);
+        const T p2 = tid < G ? __ldcg(part2 + tid) : T(0);
+        const T kk = T(0.5) * __ldcg(taus + jl) * eb_block_sum(p2, red);
         const int c = jl - k0;
         for (long long r = max(rb, (long long)ke) + tid; r < re; r += EB_T)
             W[c * n + r] = __ldcg(W + c * n + r) - kk * __ldcg(F + (long long)jl * n + r);
@@ -3128,15 +3247,16 @@ __device__ __forceinline__ void eb_block_of(const double* ee, long long n, long 
     while (t + 1 < n && ee[t] != 0.0) ++t;
 }
 
-// Eigenvalue j - s of T's block [s, t] holding j, by multisection over 8 lanes, into lam[j].
+// Eigenvalue j - s of T's block [s, t] holding j, by multisection over G lanes (a power of two
+// up to 32; more lanes, fewer steps: the steps' float64 recurrences are latency-bound until the
+// GPU fills), into lam[j].
 extern "C" __global__ void __launch_bounds__(256) eb_tbis_kernel(const double* __restrict__ dd,
                                                                  const double* __restrict__ ee, long long n,
                                                                  const double* __restrict__ tn,
-                                                                 double* __restrict__ lam) {
-    const int G = 8;
+                                                                 double* __restrict__ lam, int G) {
     const long long j = (blockIdx.x * 256LL + threadIdx.x) / G;
     const int gl = threadIdx.x % G;
-    const unsigned mask = 0xffu << (threadIdx.x & 31 & ~(G - 1));
+    const unsigned mask = (G == 32 ? 0xffffffffu : (1u << G) - 1u) << (threadIdx.x & 31 & ~(G - 1));
     if (j >= n) return;  // whole groups leave together (n·G threads, groups aligned)
     int s, t;
     eb_block_of(ee, n, j, s, t);
@@ -3175,43 +3295,140 @@ struct EbColumn {
     __device__ __forceinline__ double& operator[](int i) const { return p[(long long)i * ld]; }
 };
 
-// The eigenvector of eigenvalue j into column rank[j] of Z (zeros outside its block). A vector
-// that is not finite sets ctl[2].
+// twisted_vector for a column of global memory (one thread per vector, so every load it waits
+// for is a full memory latency): the passes that read back what an earlier pass stored load
+// EB_PF entries ahead. The vector is left unnormalized (z_r = 1); returns ‖z‖² (0 when not
+// finite).
+#define EB_PF 32
+template <class Z>
+__device__ double twisted_big(const double* __restrict__ d, const double* __restrict__ e, int s, int t, double lam,
+                              double tiny, Z z) {
+    if (s == t) {
+        z[s] = 1.0;
+        return 1.0;
+    }
+    // Stationary (top-down) pivots D+ into z.
+    double D = tri_fix(d[s] - lam, tiny);
+    z[s] = D;
+    for (int i = s; i < t; ++i) {
+        D = tri_fix(d[i + 1] - lam - e[i] * e[i] * rcp64(D), tiny);
+        z[i + 1] = D;
+    }
+    // Progressive pivots D- and the twist index r of least |γ_r|.
+    double Dm = tri_fix(d[t] - lam, tiny), gr = z[t];
+    int r = t;
+    for (int i0 = t - 1; i0 >= s; i0 -= EB_PF) {
+        double buf[EB_PF];
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) buf[k] = i0 - k >= s ? z[i0 - k] : 0.0;
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) {
+            const int i = i0 - k;
+            if (i >= s) {
+                const double q = e[i] * e[i] * rcp64(Dm);
+                const double g = buf[k] - q;
+                if (fabs(g) < fabs(gr)) {
+                    gr = g;
+                    r = i;
+                }
+                Dm = tri_fix(d[i] - lam - q, tiny);
+            }
+        }
+    }
+    // D- again, stored below r (where D+ is no longer needed).
+    Dm = tri_fix(d[t] - lam, tiny);
+    for (int i = t; i > r; --i) {
+        z[i] = Dm;
+        if (i - 1 > r) Dm = tri_fix(d[i - 1] - lam - e[i - 1] * e[i - 1] * rcp64(Dm), tiny);
+    }
+    z[r] = 1.0;
+    double nrm = 1.0, prev = 1.0;
+    for (int i0 = r + 1; i0 <= t; i0 += EB_PF) {
+        double buf[EB_PF];
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) buf[k] = i0 + k <= t ? z[i0 + k] : 1.0;
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) {
+            const int i = i0 + k;
+            if (i <= t) {
+                prev = -e[i - 1] * prev * rcp64(buf[k]);
+                z[i] = prev;
+                nrm += prev * prev;
+            }
+        }
+    }
+    prev = 1.0;
+    for (int i0 = r - 1; i0 >= s; i0 -= EB_PF) {
+        double buf[EB_PF];
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) buf[k] = i0 - k >= s ? z[i0 - k] : 1.0;
+#pragma unroll
+        for (int k = 0; k < EB_PF; ++k) {
+            const int i = i0 - k;
+            if (i >= s) {
+                prev = -e[i] * prev * rcp64(buf[k]);
+                z[i] = prev;
+                nrm += prev * prev;
+            }
+        }
+    }
+    return nrm < 1e300 ? nrm : 0.0;
+}
+
+// The eigenvector of eigenvalue j into column rank[j] of Z (zeros outside its block),
+// unnormalized; zsc[rank[j]] = 1/‖z‖. A vector that is not finite sets ctl[2].
 extern "C" __global__ void __launch_bounds__(128) eb_tvec_kernel(const double* __restrict__ dd,
                                                                  const double* __restrict__ ee, long long n,
                                                                  const double* __restrict__ tn,
                                                                  const double* __restrict__ lam,
                                                                  const int* __restrict__ rank, double* Z,
-                                                                 unsigned* ctl) {
+                                                                 double* __restrict__ zsc, unsigned* ctl) {
     const long long j = blockIdx.x * 128LL + threadIdx.x;
     if (j >= n) return;
     int s, t;
     eb_block_of(ee, n, j, s, t);
-    const EbColumn z{Z + rank[j], n};
+    const int col = rank[j];
+    const EbColumn z{Z + col, n};
     for (int i = 0; i < s; ++i) z[i] = 0.0;
     for (long long i = t + 1; i < n; ++i) z[(int)i] = 0.0;
-    double rq;
-    if (!twisted_vector(dd, ee, s, t, lam[j], 2.220446049250313e-16 * tn[0], z, &rq)) atomicOr(ctl + 2, 1u);
+    const double nrm = twisted_big(dd, ee, s, t, lam[j], 2.220446049250313e-16 * tn[0], z);
+    if (!(nrm > 0.0)) atomicOr(ctl + 2, 1u);
+    zsc[col] = nrm > 0.0 ? 1.0 / sqrt(nrm) : 0.0;
 }
 
 // Modified Gram–Schmidt over each cluster (eigenvalues of one block with consecutive gaps at most
-// ctol·‖T‖), a warp per cluster (the warp of its first index). A vector losing more than 1e-3 of
-// its norm (eigenvalues equal to float64 precision) sets ctl[2].
+// ctol·‖T‖), a warp per cluster (the warp of its first index), its vectors normalized first. A
+// vector losing more than 1e-3 of its norm (eigenvalues equal to float64 precision), or a cluster
+// of more than EB_CLUSTER_MAX, sets ctl[2].
+#define EB_CLUSTER_MAX 16
 extern "C" __global__ void __launch_bounds__(256) eb_tmgs_kernel(const double* __restrict__ ee, long long n,
                                                                  const double* __restrict__ tn,
                                                                  const double* __restrict__ lam,
                                                                  const int* __restrict__ rank, double* Z,
-                                                                 double ctol, unsigned* ctl) {
+                                                                 double* zsc, double ctol, unsigned* ctl) {
     const long long j = (blockIdx.x * 256LL + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     if (j + 1 >= n) return;
     const double tol = ctol * tn[0];
+    // j and j + 1 share a block of T when e_j is not zero (blocks end at zeros).
+    const bool head = j == 0 || ee[j - 1] == 0.0 || lam[j] - lam[j - 1] > tol;
+    if (!head || ee[j] == 0.0 || lam[j + 1] - lam[j] > tol) return;
     int s, t;
     eb_block_of(ee, n, j, s, t);
-    const bool head = j == s || lam[j] - lam[j - 1] > tol;
-    if (!head || j + 1 > t || lam[j + 1] - lam[j] > tol) return;
     long long k = j + 1;
     while (k + 1 <= t && lam[k + 1] - lam[k] <= tol) ++k;
+    if (k - j + 1 > EB_CLUSTER_MAX) {  // too costly for one warp over strided columns: flagged
+        if (lane == 0) atomicOr(ctl + 2, 1u);
+        return;
+    }
+    for (long long q = j; q <= k; ++q) {
+        double* zq = Z + rank[q];
+        const double sc = zsc[rank[q]];
+        for (long long i = s + lane; i <= t; i += 32) zq[i * n] *= sc;
+    }
+    __syncwarp();
+    if (lane == 0)
+        for (long long q = j; q <= k; ++q) zsc[rank[q]] = 1.0;
     for (long long q = j + 1; q <= k; ++q) {
         double* zq = Z + rank[q];
         for (long long p = j; p < q; ++p) {
@@ -3234,10 +3451,10 @@ extern "C" __global__ void __launch_bounds__(256) eb_tmgs_kernel(const double* _
     }
 }
 
-// V = Z in T's precision (float32 outputs; float64 ones use Z in place).
-extern "C" __global__ void __launch_bounds__(256) eb_tconv_kernel(const double* __restrict__ Z, T* __restrict__ V,
-                                                                  long long count) {
-    for (long long e = blockIdx.x * 256LL + threadIdx.x; e < count; e += 256LL * gridDim.x) V[e] = T(Z[e]);
+// V = Z with each column scaled by zsc, in T's precision (float64 outputs: Z is V, in place).
+extern "C" __global__ void __launch_bounds__(256) eb_tconv_kernel(const double* Z, T* V, long long n,
+                                                                  const double* __restrict__ zsc) {
+    for (long long e = blockIdx.x * 256LL + threadIdx.x; e < n * n; e += 256LL * gridDim.x) V[e] = T(Z[e] * zsc[e % n]);
 }
 
 // NaN outputs for a non-finite input; info = 2 where T's eigenvectors could not be made

@@ -163,6 +163,9 @@ fn defines(k: &Key) -> Defines {
         e if e.big() => {
             d.push(("EIGH_BIG", "1".to_string()));
             d.push(("EB_NB", crate::ops::linalg::EIGH_PANEL.to_string()));
+            if k.rows == 1 {
+                d.push(("EB_PROFILE", "1".to_string()));
+            }
         }
         _ => {}
     }
@@ -589,19 +592,23 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
 /// `kernels/linalg.cu` (EIGH_BIG). Eigenvalues into `p.s`, eigenvectors into `p.v`, `info` 2
 /// where T's eigenvectors could not be made orthogonal (the caller redoes that matrix).
 fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
-    use crate::ops::linalg::{eigh_work_layout, EIGH_GRID_MAX, EIGH_PANEL as NB};
+    use crate::ops::linalg::{eigh_work_layout, EIGH_BACK as BT, EIGH_GRID_MAX, EIGH_PANEL as NB};
     let Some(work) = p.work else {
         return Err(Error::Unsupported("the large-matrix eigh needs the work scratch".into()));
     };
     let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
     let off = eigh_work_layout(n, dtype);
     let at = |region: usize| work + off[region];
-    let (f, w, avec, part, part2, taus, uall, dbl, zs, rank, ctl) =
+    let (f, vw, avec, part, part2, taus, uall, dbl, zs, rank, ctl) =
         (at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8), at(9), at(10));
-    let (dd, ee, lam, tn) = (dbl, dbl + n * 8, dbl + 2 * n * 8, dbl + 3 * n * 8);
+    let (dd, ee, lam, zsc, tn) = (dbl, dbl + n * 8, dbl + 2 * n * 8, dbl + 3 * n * 8, dbl + 4 * n * 8);
     let _ctx = ContextGuard::enter(dev)?;
     let raw = exec.stream as cudarc::driver::sys::CUstream;
-    let k = |entry| kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev);
+    // METALCORE_EIGH_PROFILE=1: the panel kernel's variant that adds up its phases' times (see
+    // EB_PROFILE in kernels/linalg.cu; scripts/time_eigh_large.py --phases).
+    static PROFILE: Knob = Knob::new();
+    let rows = (knob(&PROFILE, "METALCORE_EIGH_PROFILE", 0) == 1) as usize;
+    let k = |entry| kernel(Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: 0, rows }, dev);
     let (scan, copy, panel, tsetup, tbis) =
         (k(Entry::EbScan)?, k(Entry::EbCopy)?, k(Entry::EbPanel)?, k(Entry::EbTsetup)?, k(Entry::EbTbis)?);
     let (trank, tvec, tmgs, tconv, finish) =
@@ -610,10 +617,15 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
     let nl = n as i64;
     let tiles = n.div_ceil(32);
     let grid_max = dev.sm_count.min(EIGH_GRID_MAX);
-    // Eigenvalues closer than this (relative to ‖T‖) count as a cluster: the twisted
-    // factorization's vectors are orthogonal to about eps₆₄‖T‖/gap, well below float32's needs
-    // past it.
-    let ctol = 1e-8f64;
+    // Eigenvalues closer than this (relative to ‖T‖) count as a cluster (Gram–Schmidt): past
+    // it the twisted factorizations' vectors are orthogonal to about eps₆₄‖T‖/gap. H200,
+    // scripts/time_eigh_large.py --ctol: float32 matrices with each eigenvalue repeated 100 or
+    // 680 times (300², 2048²), whose T has gaps near 1e-9‖T‖ inside each group, are flagged (a
+    // cluster past EB_CLUSTER_MAX) at 1e-8 and give orthogonality 9.6e-7 / 1.4e-6 at 1e-9 to
+    // 1e-13 (torch's float32: about 3e-6 at 2048²); random and cond-1e6 matrices are unchanged.
+    // METALCORE_EIGH_CTOL_EXP=k sets 1e-k.
+    static CTOL: Knob = Knob::new();
+    let ctol = 10f64.powi(-(knob(&CTOL, "METALCORE_EIGH_CTOL_EXP", 10) as i32));
     for b in 0..p.a.batch {
         let (a, l, v, info) = (p.a.ptr + b * n * n * es, p.s + b * n * es, p.v + b * n * n * es, p.info + b * 4);
         let z = if dtype == DType::F64 { v } else { zs };
@@ -636,11 +648,27 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
             )?;
             for k0 in (0..n).step_by(NB) {
                 let ke = (k0 + NB).min(n);
-                // Blocks: about 16 rows each, at most one per SM (each must stay resident).
-                let g = (n - k0).div_ceil(16).clamp(1, grid_max);
-                let rpb = (n - k0).div_ceil(g);
+                // Blocks: about 32 rows each, at most 64 (the kernel's EB_RB), one per SM at most
+                // (each must stay resident for the grid barriers). Where the grid can hold every
+                // block's rows of F in shared memory (the trailing matrix does not change during
+                // the panel), it does, and the products read them there ("cached").
+                let rows = n - k0;
                 let pad4 = |x: usize| x.div_ceil(4) * 4;
-                let smem = es * (pad4(n) + pad4(rpb) + 4 * NB + pad4(1 + 2 * NB) + 16 + 512);
+                let base = es * (pad4(n) + 64 + 4 * NB + 512 + pad4(1 + 2 * NB) + 16);
+                let ldc = pad4(n - (k0 & !3));
+                let fit = dev.smem_optin.saturating_sub(base) / (ldc * es);
+                let mut g = rows.div_ceil(32).min(grid_max).max(rows.div_ceil(64));
+                let cached = n % 4 == 0 && fit >= 1 && rows.div_ceil(fit.min(64)) <= grid_max;
+                if cached {
+                    g = g.max(rows.div_ceil(fit.min(64)));
+                }
+                if g > grid_max {
+                    return Err(Error::Unsupported(format!(
+                        "the large-matrix eigh takes up to {} rows on this device, got {n}",
+                        64 * grid_max
+                    )));
+                }
+                let smem = base + if cached { rows.div_ceil(g) * ldc * es } else { 0 };
                 cudarc::driver::result::memset_d8_async(ctl as u64, 0, 4, raw)
                     .map_err(driver_err("clearing the barrier"))?;
                 let args = [
@@ -648,7 +676,7 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                     Arg::L(nl),
                     Arg::I(k0 as i32),
                     Arg::I(ke as i32),
-                    Arg::P(w),
+                    Arg::P(vw),
                     Arg::P(dd),
                     Arg::P(ee),
                     Arg::P(taus),
@@ -656,64 +684,68 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                     Arg::P(part),
                     Arg::P(part2),
                     Arg::P(ctl),
+                    Arg::I(cached as i32),
                 ];
                 launch_grid(dev, exec, &panel, (g, 1), 512, smem, &args, true)?;
                 let m = n - ke;
                 if m > 0 {
-                    // F22 −= Vᵀ W + Wᵀ V (row-major: the panel's rows of F and of W, columns ke..).
-                    let (vb, wb, c) = (f + (k0 * n + ke) * es, w + ke * es, f + (ke * n + ke) * es);
-                    let nbp = ke - k0;
-                    rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, nbp), T::MINUS_ONE, (vb, n), (wb, n), T::ONE, (c, n))?;
-                    rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, nbp), T::MINUS_ONE, (wb, n), (vb, n), T::ONE, (c, n))?;
+                    // F22 −= [V; W]ᵀ [W; V] (row-major: VW's rows 0 .. 2NB and NB .. 3NB, columns
+                    // ke..): one GEMM with k = 2·NB.
+                    let (x, y, c) = (vw + ke * es, vw + (NB * n + ke) * es, f + (ke * n + ke) * es);
+                    rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, 2 * NB), T::MINUS_ONE, (x, n), (y, n), T::ONE, (c, n))?;
                 }
             }
             launch_grid(dev, exec, &tsetup, (1, 1), 1024, 0, &[Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn)], false)?;
-            let targs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam)];
-            launch_grid(dev, exec, &tbis, ((n * 8).div_ceil(256), 1), 256, 0, &targs, false)?;
+            // Lanes per eigenvalue of the bisection: 32 (five bits a step) where the float64
+            // units have room for that many threads, else 8 (H200: 1024² 0.93 -> 0.74 ms with 32;
+            // 4096² 3.7 ms with 8, 4.0 with 16).
+            let lanes = if n <= 2048 { 32 } else { 8 };
+            let targs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::I(lanes)];
+            launch_grid(dev, exec, &tbis, ((n * lanes as usize).div_ceil(256), 1), 256, 0, &targs, false)?;
             let rargs = [Arg::P(lam), Arg::L(nl), Arg::P(rank), Arg::P(l), Arg::P(ctl)];
             launch_grid(dev, exec, &trank, (n.div_ceil(256), 1), 256, 0, &rargs, false)?;
-            let vargs =
-                [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::P(rank), Arg::P(z), Arg::P(ctl)];
+            let vargs = [
+                Arg::P(dd),
+                Arg::P(ee),
+                Arg::L(nl),
+                Arg::P(tn),
+                Arg::P(lam),
+                Arg::P(rank),
+                Arg::P(z),
+                Arg::P(zsc),
+                Arg::P(ctl),
+            ];
             launch_grid(dev, exec, &tvec, (n.div_ceil(128), 1), 128, 0, &vargs, false)?;
-            let margs =
-                [Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::P(rank), Arg::P(z), Arg::D(ctol), Arg::P(ctl)];
+            let margs = [
+                Arg::P(ee),
+                Arg::L(nl),
+                Arg::P(tn),
+                Arg::P(lam),
+                Arg::P(rank),
+                Arg::P(z),
+                Arg::P(zsc),
+                Arg::D(ctol),
+                Arg::P(ctl),
+            ];
             launch_grid(dev, exec, &tmgs, ((n * 32).div_ceil(256), 1), 256, 0, &margs, false)?;
-            if dtype != DType::F64 {
-                let cargs = [Arg::P(z), Arg::P(v), Arg::L((n * n) as i64)];
-                launch_grid(
-                    dev,
-                    exec,
-                    &tconv,
-                    ((n * n).div_ceil(256).min(8 * dev.sm_count), 1),
-                    256,
-                    0,
-                    &cargs,
-                    false,
-                )?;
-            }
-            // V = Q Z: the panels' block reflectors, last to first (reflectors 0 .. n-2).
+            let cargs = [Arg::P(z), Arg::P(v), Arg::L(nl), Arg::P(zsc)];
+            launch_grid(dev, exec, &tconv, ((n * n).div_ceil(256).min(8 * dev.sm_count), 1), 256, 0, &cargs, false)?;
+            // V = Q Z: block reflectors of BT consecutive reflectors (0 .. n-2; their rows of F
+            // are zero before each v), last to first.
             let udiag = kernel(
                 Key { ordinal, entry: Entry::QrUdiag, dtype, w: 1, mpb: 1, tile: lu_leaf_shape(1, dtype).2, rows: 0 },
                 dev,
             )?;
-            for k0 in (0..n.saturating_sub(1)).step_by(NB).rev() {
-                let nbp = (k0 + NB).min(n - 1) - k0;
+            for k0 in (0..n.saturating_sub(1)).step_by(BT).rev() {
+                let nbp = (k0 + BT).min(n - 1) - k0;
                 let mr = n - k0 - 1;
                 let vt = (f + (k0 * n + k0 + 1) * es, n);
-                let up = uall + (k0 / NB) * NB * NB * es;
-                rm_gemm::<T>(&blas, (Op::N, Op::T), (nbp, nbp, mr), T::ONE, vt, vt, T::ZERO, (up, NB))?;
-                let args = [Arg::P(up), Arg::I(NB as i32), Arg::P(taus + k0 * es), Arg::I(nbp as i32)];
+                let up = uall + (k0 / BT) * BT * BT * es;
+                rm_gemm::<T>(&blas, (Op::N, Op::T), (nbp, nbp, mr), T::ONE, vt, vt, T::ZERO, (up, BT))?;
+                let args = [Arg::P(up), Arg::I(BT as i32), Arg::P(taus + k0 * es), Arg::I(nbp as i32)];
                 launch_args(dev, exec, &udiag, 1, 128, 0, &args)?;
-                apply_block_reflector::<T>(
-                    &blas,
-                    false,
-                    true,
-                    (mr, n, nbp),
-                    vt,
-                    (up, NB),
-                    (v + (k0 + 1) * n * es, n),
-                    w,
-                )?;
+                let x = (v + (k0 + 1) * n * es, n);
+                apply_block_reflector::<T>(&blas, false, true, (mr, n, nbp), vt, (up, BT), x, vw)?;
             }
             launch_grid(
                 dev,
@@ -1362,7 +1394,12 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             defines(&Key { ordinal: 0, entry: Entry::EighTri, dtype, w: 8, mpb: 1, tile: 16, rows: 1 }),
         ));
         // The large-matrix eigensolver's kernels share one set of defines.
-        out.push((&KERNEL, defines(&Key { ordinal: 0, entry: Entry::EbPanel, dtype, w: 1, mpb: 1, tile: 0, rows: 0 })));
+        for rows in [0, 1] {
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::EbPanel, dtype, w: 1, mpb: 1, tile: 0, rows }),
+            ));
+        }
         for lanes in [16, 32] {
             out.push((
                 &KERNEL,

@@ -438,6 +438,8 @@ pub struct Svd<'a> {
 pub const EIGH_PANEL: usize = 32;
 /// Most blocks of the reduction's cooperative launches (more than any device's SMs here).
 pub const EIGH_GRID_MAX: usize = 256;
+/// Reflectors per block reflector of the large-matrix eigh's back-transformation.
+pub const EIGH_BACK: usize = 128;
 
 /// Elements (of `dtype`) of [`Svd::work`] the large-matrix CUDA eigh of an `n × n` matrix uses.
 pub fn eigh_work_len(n: usize, dtype: DType) -> usize {
@@ -448,23 +450,25 @@ pub fn eigh_work_len(n: usize, dtype: DType) -> usize {
 pub const EIGH_REGIONS: usize = 11;
 
 /// Byte offsets of the large-matrix eigh's scratch regions, then the total: F (the matrix being
-/// reduced, n²), W (EIGH_PANEL × n), a (n), the partial sums (EIGH_GRID_MAX × (1 + 2·EIGH_PANEL))
-/// and (EIGH_GRID_MAX), tau (n), the panels' U (EIGH_PANEL² each) — all of `dtype` — then d, e,
-/// the eigenvalues and two scalars (float64), Z (n² float64, float32 input only; float64 input
-/// uses the output), the ranks (n int32) and 8 control words; each region starts on 256 bytes.
+/// reduced, n²), VW (a panel's V, W and V again, 3·EIGH_PANEL × n; later the back-transformation's
+/// EIGH_BACK × n product), a (n), the partial sums (EIGH_GRID_MAX × (1 + 2·EIGH_PANEL)) and
+/// (EIGH_GRID_MAX), tau (n), the block reflectors' U (EIGH_BACK² each) — all of `dtype` — then
+/// d, e, the eigenvalues, the vectors' scales and two scalars (float64), Z (n² float64, float32
+/// input only; float64 input uses the output), the ranks (n int32) and 8 control words; each
+/// region starts on 256 bytes.
 pub fn eigh_work_layout(n: usize, dtype: DType) -> [usize; EIGH_REGIONS + 1] {
     let es = dtype.size();
     let nb = EIGH_PANEL;
     let z = if dtype == DType::F64 { 0 } else { n * n * 8 };
     let sizes = [
         n * n * es,
-        nb * n * es,
+        (3 * nb).max(EIGH_BACK) * n * es,
         n * es,
         EIGH_GRID_MAX * (1 + 2 * nb) * es,
         EIGH_GRID_MAX * es,
         n * es,
-        n.div_ceil(nb) * nb * nb * es,
-        (3 * n + 2) * 8,
+        n.div_ceil(EIGH_BACK) * EIGH_BACK * EIGH_BACK * es,
+        (4 * n + 2) * 8,
         z,
         n * 4,
         32,
