@@ -456,3 +456,80 @@ def test_big_eigh_gradients():
     g64 = torch.autograd.grad(loss(*torch.linalg.eigh(A.double())), X)[0]
     # Within twice torch's own float32 error (eigenvector gradients scale with 1/gap).
     assert (g_ours - g64).abs().max().item() <= 2 * (g32 - g64).abs().max().item() + 1e-5 * g64.abs().max().item()
+
+
+# The large-matrix CUDA SVD (float32 past 168 columns: Gram matrix and its eigendecomposition in
+# float64 by the large-matrix eigh kernels).
+
+
+def svd_errs_cuda(A, U, S, V):
+    """svd_errs on the GPU in float64."""
+    A64, U64, S64, V64 = (t.double() for t in (A, U, S, V))
+    norm = A64.flatten(-2).norm(dim=-1).clamp_min(1e-300)
+    rec = (((U64 * S64.unsqueeze(-2)) @ V64.mT - A64).flatten(-2).norm(dim=-1) / norm).max().item()
+    eye = lambda k: torch.eye(k, dtype=torch.float64, device=A.device)  # noqa: E731
+    orth = max((U64.mT @ U64 - eye(U64.shape[-1])).abs().max().item(), (V64.mT @ V64 - eye(V64.shape[-1])).abs().max().item())
+    sv = ((S64 - torch.linalg.svdvals(A64)).abs().amax(-1) / norm).max().item()
+    return rec, orth, sv
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", [(1, 300, 300), (2, 500, 200), (1, 200, 700), (1, 1024, 1024)])
+def test_big_svd_random(shape):
+    A = torch.randn(shape, device="cuda")
+    U, S, V = svd(A)
+    k = min(shape[1:])
+    assert U.shape == shape[:2] + (k,) and S.shape == (shape[0], k) and V.shape == (shape[0], shape[2], k)
+    assert U.dtype == S.dtype == V.dtype == torch.float32
+    assert max(svd_errs_cuda(A, U, S, V)) <= 1e-5
+    assert bool((S[..., :-1] >= S[..., 1:]).all()), "descending"
+    tall = U if shape[1] >= shape[2] else V  # the convention is on the taller side's left vectors
+    at = tall.abs().argmax(dim=-2, keepdim=True)
+    assert bool((torch.gather(tall, -2, at) > 0).all()), "largest entry of each vector positive"
+    assert torch.equal(svdvals(A), S)
+
+
+@needs_cuda
+def test_big_svd_structured():
+    """Rank 5 (the left vectors of the zero singular values completed to a basis), cond 1e6,
+    the zero matrix, full_matrices, a non-contiguous input, bfloat16, and NaN (NaN outputs for
+    that matrix only)."""
+    m, n = 400, 250
+    g = torch.randn(m, 5, dtype=torch.float64) @ torch.randn(5, n, dtype=torch.float64)
+    q1, _ = torch.linalg.qr(torch.randn(m, n, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    cond = (q1 * torch.logspace(0, -6, n, dtype=torch.float64)) @ q2.mT
+    for A in (g.float().cuda(), cond.float().cuda(), torch.zeros(m, n, device="cuda")):
+        U, S, V = svd(A)
+        assert max(svd_errs_cuda(A, U, S, V)) <= 1e-5
+    A = torch.randn(m, n, device="cuda")
+    U, S, V = svd(A, full_matrices=True)
+    assert U.shape == (m, m) and max(svd_errs_cuda(A, U[:, :n], S, V)) <= 1e-5
+    assert (U.double().mT @ U.double() - torch.eye(m, dtype=torch.float64, device="cuda")).abs().max().item() <= 1e-5
+    wide = torch.zeros(m, 2 * n, device="cuda")
+    wide[:, ::2] = A
+    U2, S2, V2 = svd(wide[:, ::2])
+    assert torch.equal(S2, S) and max(svd_errs_cuda(A, U2, S2, V2)) <= 1e-5
+    Ub, Sb, Vb = svd(A.bfloat16())
+    assert Sb.dtype == torch.bfloat16 and max(svd_errs_cuda(A.bfloat16().float(), Ub.float(), Sb.float(), Vb.float())) <= 1e-2
+    B = torch.stack([A, A])
+    B[1, 3, 7] = float("nan")
+    Ub, Sb, Vb = svd(B)
+    assert torch.isnan(Sb[1]).all() and torch.isnan(Ub[1]).all() and torch.isnan(Vb[1]).all()
+    assert torch.equal(Sb[0], svd(A)[1])
+
+
+@needs_cuda
+def test_big_svd_gradients():
+    X = torch.randn(200, 180, device="cuda", requires_grad=True)
+    w = torch.randn(200, 180, device="cuda")
+
+    def loss(U, S, V):
+        return (S * torch.arange(180, device="cuda")).sum() + ((U @ V.mT) * w).sum()
+
+    g_ours = torch.autograd.grad(loss(*svd(X)), X)[0].double()
+    U32, S32, Vh32 = torch.linalg.svd(X, full_matrices=False)
+    g32 = torch.autograd.grad(loss(U32, S32, Vh32.mT), X)[0].double()
+    U64, S64, Vh64 = torch.linalg.svd(X.double(), full_matrices=False)
+    g64 = torch.autograd.grad(loss(U64, S64, Vh64.mT), X)[0]
+    assert (g_ours - g64).abs().max().item() <= 2 * (g32 - g64).abs().max().item() + 1e-5 * g64.abs().max().item()

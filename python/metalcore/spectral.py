@@ -83,6 +83,16 @@ BIG_EIGH_JACOBI_MAX_N = 168
 BIG_EIGH_SMALL_BATCH = 4
 
 
+#: CUDA float32 (and 16-bit) SVDs whose smaller side has at least this many columns (past what
+#: the one-block Jacobi kernel holds) take the Gram path (`_svd_gram`); ``None`` turns it off
+#: (such matrices then go to torch.linalg, warned).
+BIG_SVD_MIN_N: Optional[int] = 169
+
+#: Singular values below this fraction of the largest get their left vectors from Gram–Schmidt
+#: and QR of ``A v`` rather than from ``A v / σ`` alone (see `_svd_gram`).
+GRAM_SVD_RTOL = 1e-3
+
+
 def _big_eigh(a: Tensor) -> bool:
     """Whether the eigh of the square batch `a` takes the large-matrix CUDA path."""
     n = a.shape[-1]
@@ -196,6 +206,75 @@ def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
         fs[i] = 0
 
 
+def _eigh_f64_big(g: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(eigenvalues ascending, eigenvectors, info) of the contiguous float64 symmetric CUDA batch
+    `g` by the large-matrix kernels, whose cluster tolerance suits float32 results (vectors
+    orthogonal to about 1e-10, not to float64 precision: `_svd_gram` only)."""
+    n, batch = g.shape[-1], g.shape[:-2]
+    s = empty(batch + (n,), torch.float64, g.device)
+    v = empty(batch + (n, n), torch.float64, g.device)
+    info = empty(batch, torch.int32, g.device)
+    work = empty((_native.eigh_work_len(n, True),), torch.float64, g.device)
+    _native.jacobi_into(batch_desc(g, "A", n, n), batch_desc(s, "S", 1, n), None, batch_desc(v, "V", n, n),
+                        desc(info, "info"), True, DEFAULT_MAX_SWEEPS, stream_of(g), blas_handle(g), desc(work, "work"))
+    return s, v, info
+
+
+def _svd_gram(x: Tensor, vectors: bool) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """(S, U, V) in float32 of the tall (m >= n) CUDA batch `x` (float32 values) through its Gram
+    matrix in float64: G = xᵀx (cuBLAS through torch), G = V Λ Vᵀ by the large-matrix eigh kernels
+    in float64, σ = √λ (descending), U = x V / σ in float64. Float64 keeps what the Gram matrix
+    squares: σ_i to about eps₆₄·σ₁²/σ_i, so to 1e-5 of ‖x‖ for every σ, and the columns of
+    ``x V / σ`` orthogonal to about 1e-10 for σ_i ≥ GRAM_SVD_RTOL·σ₁. The columns below that are
+    orthogonalized against those twice (classical Gram–Schmidt), then among themselves by
+    metalcore's QR (keeping their directions' signs); for σ = 0 this completes the basis. A
+    matrix whose Gram eigenvalues the kernels flag (a cluster they cannot orthogonalize) is
+    computed by torch.linalg.svd in float64, warned."""
+    m, n = x.shape[-2], x.shape[-1]
+    x64 = x.double()
+    bad = ~torch.isfinite(x64).flatten(-2).all(-1)
+    anybad = bool(bad.any())
+    if anybad:
+        x64 = torch.where(bad[..., None, None], 0.0, x64)
+    lam, V, info = _eigh_f64_big((x64.mT @ x64).contiguous())
+    flat = _host_info(info)
+    flagged = torch.nonzero(flat).flatten().tolist() if flat.numel() and int(flat.max()) else []
+    lam, V = lam.flip(-1), V.flip(-1)
+    S = lam.clamp_min(0).sqrt()
+    U = None
+    if vectors:
+        AV = x64 @ V
+        good = S > GRAM_SVD_RTOL * S[..., :1]
+        U = AV / torch.where(good, S, 1.0).unsqueeze(-2)
+        Uf, AVf, goodf = U.view(-1, m, n), AV.view(-1, m, n), good.view(-1, n)
+        for b in torch.nonzero(~goodf.all(-1)).flatten().tolist():
+            keep = goodf[b]
+            G, B = Uf[b][:, keep], AVf[b][:, ~keep]
+            B = B / B.norm(dim=0).clamp_min(1e-300)
+            for _ in range(2):
+                B = B - G @ (G.mT @ B)
+            Q, R = qr(B.float())
+            d = R.diagonal()
+            Uf[b][:, ~keep] = (Q * torch.where(d < 0, -1.0, 1.0)).double()
+        sg = _signs(U).unsqueeze(-2)
+        U, V = U * sg, V * sg
+    if flagged:
+        warn_fallback("svd", x.device, "svd: Gram eigenvalues the large-matrix kernels could not separate")
+        xs, Ss = x64.reshape(-1, m, n), S.view(-1, n)
+        for b in flagged:
+            Ut, St, Vht = torch.linalg.svd(xs[b], full_matrices=False)
+            Ss[b] = St
+            if vectors:
+                sg = _signs(Ut)
+                U.view(-1, m, n)[b] = Ut * sg
+                V.view(-1, n, n)[b] = Vht.mT * sg
+    if anybad:
+        nan = lambda t: torch.where(bad.view(bad.shape + (1,) * (t.dim() - bad.dim())), float("nan"), t)  # noqa: E731
+        S = nan(S)
+        U, V = (None, None) if not vectors else (nan(U), nan(V))
+    return S.float(), (None if U is None else U.float()), (None if V is None else V.float())
+
+
 def _jacobi_preconditioned(x: Tensor, max_sweeps: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """`_jacobi(x, False, True, max_sweeps)` for a tall CUDA batch, by the Jacobi on ``W = x V0``
     (see `PRECONDITION_MIN_N`). The Gram matrix is formed by torch's batched GEMM in float32; the
@@ -233,12 +312,18 @@ def _svd(a: Tensor, full: bool, vectors: bool, max_sweeps: int):
     wide = m < n
     x = a.mT if wide else a
     k = x.shape[-1]
-    if (vectors and x.is_cuda and PRECONDITION_MIN_N is not None and PRECONDITION_MIN_N <= k <= 128
-            and _acc(a.dtype) == torch.float32 and x.numel() and has_backend(x.device)):
-        S, U, V, info = _jacobi_preconditioned(x, max_sweeps)
+    big = (x.is_cuda and BIG_SVD_MIN_N is not None and k >= BIG_SVD_MIN_N and _acc(a.dtype) == torch.float32
+           and x.numel() and has_backend(x.device))
+    if big:
+        S, U, V = _svd_gram(x, vectors)
+        zero = False
     else:
-        S, U, V, info = _jacobi(x, False, vectors, max_sweeps)
-    zero = _check_info(info, "svd", "QL" if a.device.type == "cpu" and S.dtype != torch.float64 else "Jacobi")
+        if (vectors and x.is_cuda and PRECONDITION_MIN_N is not None and PRECONDITION_MIN_N <= k <= 128
+                and _acc(a.dtype) == torch.float32 and x.numel() and has_backend(x.device)):
+            S, U, V, info = _jacobi_preconditioned(x, max_sweeps)
+        else:
+            S, U, V, info = _jacobi(x, False, vectors, max_sweeps)
+        zero = _check_info(info, "svd", "QL" if a.device.type == "cpu" and S.dtype != torch.float64 else "Jacobi")
     if S.dtype != a.dtype:
         S = S.to(a.dtype)
     if not vectors:
