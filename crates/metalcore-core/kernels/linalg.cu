@@ -3172,18 +3172,11 @@ extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long lo
                 wv += w * v;
             }
         }
-        // v over row j of F (zeros before j+1, from column 1: any run of consecutive reflectors
-        // is then a unit lower-trapezoidal V) and over VW's two copies; this block's columns.
-        for (long long r = max(rb, 1LL) + tid; r < re; r += EB_T) {
-            const T v = r <= j ? T(0) : (r == j + 1 ? T(1) : sc * vs[r]);
-            F[(long long)j * n + r] = v;
-            if (r > j) {
-                VW[c * n + r] = v;
-                VW[(2 * EB_NB + c) * n + r] = v;
-            }
-        }
-        if (b == 0)
-            for (long long r = 1 + tid; r < min(rb, (long long)j + 1); r += EB_T) F[(long long)j * n + r] = T(0);
+        // v over row j of F, this block's columns past j (the zeros before it, and VW's copies,
+        // after the last column: nothing reads them during the panel, and fewer stores before a
+        // barrier make its release quicker).
+        for (long long r = max(rb, (long long)j + 1) + tid; r < re; r += EB_T)
+            F[(long long)j * n + r] = r == j + 1 ? T(1) : sc * vs[r];
         EB_MARK(6);
         wv = eb_block_sum(wv, red);
         if (tid == 0) part2[b] = wv;
@@ -3194,6 +3187,23 @@ extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long lo
     if (b == 0 && tid == 0)
         for (int i = 1; i < 8; ++i) atomicAdd(reinterpret_cast<float*>(part) + 248 * EB_PS + i, pacc[i]);
 #endif
+    // Each reflector's row of F gets zeros at columns 1 .. j (any run of consecutive reflectors is
+    // then a unit lower-trapezoidal V; block 0 takes the columns before the panel), and VW its
+    // two copies of v (this block's columns).
+    for (int j = k0; j < ke && j < n - 1; ++j) {
+        const int c = j - k0;
+        for (long long r = max(rb, 1LL) + tid; r < re; r += EB_T) {
+            if (r <= j) {
+                F[(long long)j * n + r] = T(0);
+            } else {
+                const T v = __ldcg(F + (long long)j * n + r);
+                VW[c * n + r] = v;
+                VW[(2 * EB_NB + c) * n + r] = v;
+            }
+        }
+        if (b == 0)
+            for (long long r = 1 + tid; r < rb; r += EB_T) F[(long long)j * n + r] = T(0);
+    }
     // Finish the last column's w on this block's rows past the panel (the trailing update's).
     const int jl = ke - 1;
     if (jl < n - 1) {
@@ -3205,10 +3215,10 @@ extern "C" __global__ void __launch_bounds__(EB_T) eb_panel_kernel(T* F, long lo
     }
 }
 
-// Splitting of T (an off-diagonal at most n·eps₆₄·‖T‖ becomes zero) and ‖T‖, pivmin into tn[0..1]
-// (one block of 1024 threads).
+// Splitting of T (an off-diagonal at most n·eps₆₄·‖T‖ becomes zero), ‖T‖, pivmin and max(1, max e²)
+// into tn[0..2], and float32 copies of d and e into d32, d32 + n (one block of 1024 threads).
 extern "C" __global__ void __launch_bounds__(1024) eb_tsetup_kernel(const double* __restrict__ dd, double* ee,
-                                                                    long long n, double* tn) {
+                                                                    long long n, double* tn, float* d32) {
     __shared__ double red[32];
     double m = 0.0;
     for (long long i = threadIdx.x; i < n; i += 1024) {
@@ -3236,6 +3246,12 @@ extern "C" __global__ void __launch_bounds__(1024) eb_tsetup_kernel(const double
         for (int i = 0; i < 32; ++i) x = fmax(x, red[i]);
         tn[0] = tnorm;
         tn[1] = 2.2250738585072014e-308 * fmax(1.0, x);
+        tn[2] = fmax(1.0, x);
+    }
+    __syncthreads();  // ee's zeros and ee[n - 1] written
+    for (long long i = threadIdx.x; i < n; i += 1024) {
+        d32[i] = (float)dd[i];
+        d32[n + i] = (float)ee[i];
     }
 }
 
@@ -3248,19 +3264,36 @@ __device__ __forceinline__ void eb_block_of(const double* ee, long long n, long 
 }
 
 // Eigenvalue j - s of T's block [s, t] holding j, by multisection over G lanes (a power of two
-// up to 32; more lanes, fewer steps: the steps' float64 recurrences are latency-bound until the
-// GPU fills), into lam[j].
+// up to 32; more lanes, fewer steps: the steps' recurrences are latency-bound until the GPU
+// fills), into lam[j]: in float32 (d32: T's float32 copy) to within 16·eps₃₂·‖T‖ (Sturm counts in
+// floating point are exact for a matrix within a few eps of T entry by entry), then in float64
+// from there — or, where float64 Sturm counts do not confirm that bracket, from T's Gershgorin
+// interval.
 extern "C" __global__ void __launch_bounds__(256) eb_tbis_kernel(const double* __restrict__ dd,
                                                                  const double* __restrict__ ee, long long n,
                                                                  const double* __restrict__ tn,
+                                                                 const float* __restrict__ d32,
                                                                  double* __restrict__ lam, int G) {
     const long long j = (blockIdx.x * 256LL + threadIdx.x) / G;
-    const int gl = threadIdx.x % G;
-    const unsigned mask = (G == 32 ? 0xffffffffu : (1u << G) - 1u) << (threadIdx.x & 31 & ~(G - 1));
+    const int gl = threadIdx.x % G, base = threadIdx.x & 31 & ~(G - 1);
+    const unsigned mask = (G == 32 ? 0xffffffffu : (1u << G) - 1u) << base;
     if (j >= n) return;  // whole groups leave together (n·G threads, groups aligned)
     int s, t;
     eb_block_of(ee, n, j, s, t);
-    const double l = s == t ? dd[s] : bisect<double>(dd, ee, s, t, (int)j - s, tn[0], tn[1], 2.220446049250313e-16, gl, G, mask);
+    const int k = (int)j - s;
+    const double eps = 2.220446049250313e-16;
+    double l = dd[s];
+    if (s < t) {
+        const float eps32 = 1.1920929e-07f;
+        const float l32 = bisect<float>(d32, d32 + n, s, t, k, (float)tn[0], 1.17549435e-38f * (float)tn[2], eps32, gl,
+                                        G, mask);
+        const double delta = 16.0 * (double)eps32 * tn[0];
+        const double lo = (double)l32 - delta, hi = (double)l32 + delta;
+        const int cnt = gl < 2 ? sturm_count<double>(dd, ee, s, t, gl == 0 ? lo : hi, tn[1]) : 0;
+        const int c0 = __shfl_sync(mask, cnt, base), c1 = __shfl_sync(mask, cnt, base + 1);
+        l = (c0 <= k && c1 > k) ? bisect_in<double>(dd, ee, s, t, k, lo, hi, tn[0], tn[1], eps, gl, G, mask)
+                                : bisect<double>(dd, ee, s, t, k, tn[0], tn[1], eps, gl, G, mask);
+    }
     if (gl == 0) lam[j] = l;
 }
 

@@ -695,12 +695,15 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                     rm_gemm::<T>(&blas, (Op::T, Op::N), (m, m, 2 * NB), T::MINUS_ONE, (x, n), (y, n), T::ONE, (c, n))?;
                 }
             }
-            launch_grid(dev, exec, &tsetup, (1, 1), 1024, 0, &[Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn)], false)?;
+            // T's float32 copy for the bisection's first steps lives where the vectors' scales
+            // go later.
+            let sargs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(zsc)];
+            launch_grid(dev, exec, &tsetup, (1, 1), 1024, 0, &sargs, false)?;
             // Lanes per eigenvalue of the bisection: 32 (five bits a step) where the float64
             // units have room for that many threads, else 8 (H200: 1024² 0.93 -> 0.74 ms with 32;
             // 4096² 3.7 ms with 8, 4.0 with 16).
             let lanes = if n <= 2048 { 32 } else { 8 };
-            let targs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(lam), Arg::I(lanes)];
+            let targs = [Arg::P(dd), Arg::P(ee), Arg::L(nl), Arg::P(tn), Arg::P(zsc), Arg::P(lam), Arg::I(lanes)];
             launch_grid(dev, exec, &tbis, ((n * lanes as usize).div_ceil(256), 1), 256, 0, &targs, false)?;
             let rargs = [Arg::P(lam), Arg::L(nl), Arg::P(rank), Arg::P(l), Arg::P(ctl)];
             launch_grid(dev, exec, &trank, (n.div_ceil(256), 1), 256, 0, &rargs, false)?;

@@ -453,7 +453,8 @@ pub const EIGH_REGIONS: usize = 11;
 /// reduced, n²), VW (a panel's V, W and V again, 3·EIGH_PANEL × n; later the back-transformation's
 /// EIGH_BACK × n product), a (n), the partial sums (EIGH_GRID_MAX × (1 + 2·EIGH_PANEL)) and
 /// (EIGH_GRID_MAX), tau (n), the block reflectors' U (EIGH_BACK² each) — all of `dtype` — then
-/// d, e, the eigenvalues, the vectors' scales and two scalars (float64), Z (n² float64, float32
+/// d, e, the eigenvalues, the vectors' scales (first T's float32 copy) and four scalars
+/// (float64), Z (n² float64, float32
 /// input only; float64 input uses the output), the ranks (n int32) and 8 control words; each
 /// region starts on 256 bytes.
 pub fn eigh_work_layout(n: usize, dtype: DType) -> [usize; EIGH_REGIONS + 1] {
@@ -468,7 +469,7 @@ pub fn eigh_work_layout(n: usize, dtype: DType) -> [usize; EIGH_REGIONS + 1] {
         EIGH_GRID_MAX * es,
         n * es,
         n.div_ceil(EIGH_BACK) * EIGH_BACK * EIGH_BACK * es,
-        (4 * n + 2) * 8,
+        (4 * n + 4) * 8,
         z,
         n * 4,
         32,
