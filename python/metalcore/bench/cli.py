@@ -634,8 +634,9 @@ def bench_linalg(device: str, quick: bool) -> str:
 SPECTRAL_CASES = {
     "cpu": [("svd", 100, 64, 64), ("eigh", 100, 64, 64), ("svd", 1000, 16, 16), ("eigh", 1000, 32, 32)],
     "cuda": [("svd", 500, 16, 16), ("svd", 100, 64, 64), ("svd", 64, 128, 128), ("svd", 1, 1024, 1024),
+             ("svd", 1, 4096, 4096), ("svd", 1, 4096, 11008),
              ("eigh", 1000, 32, 32), ("eigh", 100, 64, 64), ("eigh", 100, 128, 128), ("eigh", 500, 100, 100),
-             ("eigh", 1, 1024, 1024)],
+             ("eigh", 1, 1024, 1024), ("eigh", 1, 4096, 4096)],
 }
 
 
@@ -648,7 +649,7 @@ def bench_spectral(device: str, quick: bool) -> str:
         if op == "eigh":
             a64 = a64 + a64.mT
         a = a64.float().to(device)
-        eye = torch.eye(n, dtype=torch.float64)
+        eye = torch.eye(min(m_, n), dtype=torch.float64)
 
         def err(res, op=op, a64=a64, eye=eye):
             if op == "svd":
@@ -683,8 +684,10 @@ of max|UᵀU − I|, |VᵀV − I|, against the float64 matrices. Inputs are Gau
 metalcore on CUDA: batched Jacobi — up to 32×32 (float64 16×16) one-sided in registers, 8–32
 lanes per matrix, eigh on the shifted A + ‖A‖_F I; larger, one CUDA block per matrix (one-sided
 Jacobi for svd; eigh up to 128 by Householder tridiagonalization, bisection and twisted
-factorizations, `eigh_tri_kernel`, past that two-sided Jacobi). The 1024² rows do not fit one block's shared memory and go to
-torch.linalg (with a warning): they show the fallback, not a metalcore kernel. On the CPU: eigh by
+factorizations, `eigh_tri_kernel`, past that two-sided Jacobi). Single matrices past one block (the
+1024² and 4096² rows): eigh by the large-matrix path (blocked tridiagonal reduction on
+cooperative launches, float64 bisection and twisted factorizations, cuBLAS back-transformation);
+svd through the Gram matrix in float64 and that eigensolver (README, "Large matrices"). On the CPU: eigh by
 Householder tridiagonalization and the implicit QL iteration; float32 svd through that solver on
 AᵀA in float64, then A V normalized, Gram–Schmidt only on its columns with σ < 1e-3 σ₁
 (README, "CPU eigh")."""
