@@ -40,10 +40,23 @@ is positive. ``svd`` returns ``(U, S, V)`` with ``A = U diag(S) Vᵀ`` — ``V``
 original metalcore API, like ``torch.svd``). Left singular vectors of zero singular values are
 completed to an orthonormal basis (Householder QR of ``U``), as is ``U`` for ``full_matrices``.
 
+Large CUDA float32 matrices (eigh past 128 rows, SVD past 168 columns; ``BIG_EIGH_MIN_N``,
+``BIG_SVD_MIN_N``): eigh by the large-matrix path — blocked Householder reduction to tridiagonal T
+(panels of 32 columns, each one cooperative launch; trailing updates by cuBLAS GEMM), T's
+eigenvalues by float32-then-float64 bisection, each eigenvector of T by one float64 twisted
+factorization (Gram–Schmidt inside clusters closer than 1e-10·‖T‖), back-transformation by block
+reflectors through cuBLAS — one matrix after another. A matrix it flags (eigenvalues equal to
+float64 precision inside one block of T, or a cluster too large for its Gram–Schmidt, as for
+float32 matrices of low rank) is computed by ``torch.linalg.eigh`` in float64, warned. SVD: the
+Gram matrix ``AᵀA`` in float64 (torch's GEMM), its eigendecomposition by those kernels in float64,
+``σ = √λ``, ``U = A V / σ`` in float64, the left vectors of ``σ < 1e-3 σ₁`` orthogonalized
+against the others and among themselves (QR) — see `_svd_gram`.
+
 Backends and limits: float32/float64 (16-bit inputs computed in float32). A CUDA matrix whose
 Jacobi state does not fit one block's shared memory (square matrices up to about 168 in float32,
-118 in float64 fit; eigh needs the Jacobi kernel for its redo, so float64 eigh past 118 too) —
-and every call on a device with no backend — goes to
+118 in float64 fit; eigh needs the Jacobi kernel for its redo, so float64 eigh past 118 too) and
+that the large-matrix paths do not take (float64; more than about 8400 rows) — and every call on
+a device with no backend — goes to
 ``torch.linalg.svd``/``eigh`` with a one-time warning, with metalcore's conventions applied to the
 result. Gradients use torch's formulas (so they are equally undefined at repeated values).
 """
