@@ -167,8 +167,9 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
         x = a if a.dtype == acc and a.is_contiguous() else a.to(acc).contiguous()
         s = empty(batch + (n,), acc, a.device)
         u = empty(batch + (m, n), acc, a.device) if vectors and not eigh_ else None
-        # eigh without vectors: the CUDA kernels still need V (their working set); the CPU skips them.
-        v = empty(batch + (n, n), acc, a.device) if vectors or (eigh_ and a.device.type != "cpu") else None
+        # eigh without vectors: the CUDA one-block kernels still need V (their working set); the CPU
+        # and the large-matrix path skip them.
+        v = empty(batch + (n, n), acc, a.device) if vectors or (eigh_ and a.device.type != "cpu" and not big) else None
         info = empty(batch, torch.int32, a.device)
         if info.numel():
             work = empty((_native.eigh_work_len(n, acc == torch.float64),), acc, a.device) if big else None
@@ -176,7 +177,8 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
                                 None if v is None else batch_desc(v, "V", n, n), desc(info, "info"), eigh_, max_sweeps,
                                 stream_of(a), blas_handle(a) if big else 0, None if work is None else desc(work, "work"))
             if big:
-                v = v * _signs(v).unsqueeze(-2)
+                if v is not None:
+                    v = v * _signs(v).unsqueeze(-2)
                 _redo_flagged(x, s, v, info)
         return s, u, v, info
 
@@ -200,7 +202,7 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
     return nan(S), nan(U * sg), nan(Vh.mT * sg), info
 
 
-def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
+def _redo_flagged(x: Tensor, s: Tensor, v: Optional[Tensor], info: Tensor) -> None:
     """The large-matrix eigh's matrices flagged in `info` (eigenvalues equal to float64 precision
     inside one unreduced block of T, where its eigenvectors cannot be made orthogonal, or a
     cluster of close eigenvalues too large for its Gram–Schmidt) recomputed by torch.linalg.eigh
@@ -210,26 +212,28 @@ def _redo_flagged(x: Tensor, s: Tensor, v: Tensor, info: Tensor) -> None:
         return
     warn_fallback("eigh", x.device, "eigh: a matrix with eigenvalues equal to float64 precision (large-matrix path)")
     n = x.shape[-1]
-    xs, ss, vs, fs = x.reshape(-1, n, n), s.view(-1, n), v.view(-1, n, n), info.view(-1)
+    xs, ss, fs = x.reshape(-1, n, n), s.view(-1, n), info.view(-1)
     for i in torch.nonzero(flat).flatten().tolist():
         # In float64: torch's float32 eigh of such sizes errs up to ~1e-4 (H200, torch 2.11).
         L, V = torch.linalg.eigh(xs[i].double())
         ss[i] = L
-        vs[i] = V * _signs(V).unsqueeze(-2)
+        if v is not None:
+            v.view(-1, n, n)[i] = V * _signs(V).unsqueeze(-2)
         fs[i] = 0
 
 
-def _eigh_f64_big(g: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """(eigenvalues ascending, eigenvectors, info) of the contiguous float64 symmetric CUDA batch
-    `g` by the large-matrix kernels, whose cluster tolerance suits float32 results (vectors
+def _eigh_f64_big(g: Tensor, vectors: bool) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    """(eigenvalues ascending, eigenvectors or None, info) of the contiguous float64 symmetric CUDA
+    batch `g` by the large-matrix kernels, whose cluster tolerance suits float32 results (vectors
     orthogonal to about 1e-10, not to float64 precision: `_svd_gram` only)."""
     n, batch = g.shape[-1], g.shape[:-2]
     s = empty(batch + (n,), torch.float64, g.device)
-    v = empty(batch + (n, n), torch.float64, g.device)
+    v = empty(batch + (n, n), torch.float64, g.device) if vectors else None
     info = empty(batch, torch.int32, g.device)
     work = empty((_native.eigh_work_len(n, True),), torch.float64, g.device)
-    _native.jacobi_into(batch_desc(g, "A", n, n), batch_desc(s, "S", 1, n), None, batch_desc(v, "V", n, n),
-                        desc(info, "info"), True, DEFAULT_MAX_SWEEPS, stream_of(g), blas_handle(g), desc(work, "work"))
+    _native.jacobi_into(batch_desc(g, "A", n, n), batch_desc(s, "S", 1, n), None,
+                        None if v is None else batch_desc(v, "V", n, n), desc(info, "info"), True, DEFAULT_MAX_SWEEPS,
+                        stream_of(g), blas_handle(g), desc(work, "work"))
     return s, v, info
 
 
@@ -249,10 +253,11 @@ def _svd_gram(x: Tensor, vectors: bool) -> Tuple[Tensor, Optional[Tensor], Optio
     anybad = bool(bad.any())
     if anybad:
         x64 = torch.where(bad[..., None, None], 0.0, x64)
-    lam, V, info = _eigh_f64_big((x64.mT @ x64).contiguous())
+    lam, V, info = _eigh_f64_big((x64.mT @ x64).contiguous(), vectors)
     flat = _host_info(info)
     flagged = torch.nonzero(flat).flatten().tolist() if flat.numel() and int(flat.max()) else []
-    lam, V = lam.flip(-1), V.flip(-1)
+    lam = lam.flip(-1)
+    V = None if V is None else V.flip(-1)
     S = lam.clamp_min(0).sqrt()
     U = None
     if vectors:
@@ -490,8 +495,10 @@ def eigh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Ei
 
 def eigvalsh(A: Tensor, UPLO: str = "L", max_sweeps: int = DEFAULT_MAX_SWEEPS) -> Tensor:
     """Eigenvalues (ascending) of each symmetric matrix of ``A``, like ``torch.linalg.eigvalsh``;
-    the same values as :func:`eigh`'s, bit for bit. On the CPU the eigenvectors are not formed
-    (about half of eigh's work), except with gradients enabled (the backward needs them)."""
+    the same values as :func:`eigh`'s, bit for bit (except for a matrix the large-matrix CUDA path
+    flags, whose eigh torch recomputes: the flag comes from its eigenvectors). On the CPU and on the
+    large-matrix CUDA path the eigenvectors are not formed, except with gradients enabled (the
+    backward needs them)."""
     a = _lower_triangle_input(A, UPLO)
     if torch.is_grad_enabled() and A.requires_grad:
         return _eigh_apply(a, max_sweeps)[0]

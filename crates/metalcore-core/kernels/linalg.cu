@@ -3491,14 +3491,14 @@ extern "C" __global__ void __launch_bounds__(256) eb_tconv_kernel(const double* 
 }
 
 // NaN outputs for a non-finite input; info = 2 where T's eigenvectors could not be made
-// orthogonal (ctl[2]), else 0.
+// orthogonal (ctl[2]), else 0. V is null for eigenvalues only.
 extern "C" __global__ void __launch_bounds__(256) eb_finish_kernel(T* __restrict__ L, T* __restrict__ V, long long n,
                                                                    const unsigned* ctl, int* info) {
     const bool bad = ctl[1] != 0;
     if (blockIdx.x == 0 && threadIdx.x == 0) *info = bad ? 0 : (ctl[2] ? 2 : 0);
     if (!bad) return;
     for (long long e = blockIdx.x * 256LL + threadIdx.x; e < n * n; e += 256LL * gridDim.x) {
-        V[e] = nan_t();
+        if (V) V[e] = nan_t();
         if (e < n) L[e] = nan_t();
     }
 }

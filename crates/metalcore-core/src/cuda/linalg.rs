@@ -592,7 +592,7 @@ fn qr_blocked<T: Real>(p: &QrPlan, dev: &DeviceState, ordinal: usize, exec: Exec
 /// `kernels/linalg.cu` (EIGH_BIG). Eigenvalues into `p.s`, eigenvectors into `p.v`, `info` 2
 /// where T's eigenvectors could not be made orthogonal (the caller redoes that matrix).
 fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
-    use crate::ops::linalg::{eigh_work_layout, EIGH_BACK as BT, EIGH_GRID_MAX, EIGH_PANEL as NB};
+    use crate::ops::linalg::{eigh_work_layout, EIGH_GRID_MAX, EIGH_PANEL as NB};
     let Some(work) = p.work else {
         return Err(Error::Unsupported("the large-matrix eigh needs the work scratch".into()));
     };
@@ -627,7 +627,9 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
     static CTOL: Knob = Knob::new();
     let ctol = 10f64.powi(-(knob(&CTOL, "METALCORE_EIGH_CTOL_EXP", 10) as i32));
     for b in 0..p.a.batch {
-        let (a, l, v, info) = (p.a.ptr + b * n * n * es, p.s + b * n * es, p.v + b * n * n * es, p.info + b * 4);
+        let (a, l, info) = (p.a.ptr + b * n * n * es, p.s + b * n * es, p.info + b * 4);
+        // V is null for eigenvalues only.
+        let v = if p.v == 0 { 0 } else { p.v + b * n * n * es };
         let z = if dtype == DType::F64 { v } else { zs };
         // SAFETY (of every launch below): the scratch holds eigh_work_len elements laid out by
         // eigh_work_layout; A, L, V are this matrix's (validated by the plan); each kernel
@@ -707,48 +709,15 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
             launch_grid(dev, exec, &tbis, ((n * lanes as usize).div_ceil(256), 1), 256, 0, &targs, false)?;
             let rargs = [Arg::P(lam), Arg::L(nl), Arg::P(rank), Arg::P(l), Arg::P(ctl)];
             launch_grid(dev, exec, &trank, (n.div_ceil(256), 1), 256, 0, &rargs, false)?;
-            let vargs = [
-                Arg::P(dd),
-                Arg::P(ee),
-                Arg::L(nl),
-                Arg::P(tn),
-                Arg::P(lam),
-                Arg::P(rank),
-                Arg::P(z),
-                Arg::P(zsc),
-                Arg::P(ctl),
-            ];
-            launch_grid(dev, exec, &tvec, (n.div_ceil(128), 1), 128, 0, &vargs, false)?;
-            let margs = [
-                Arg::P(ee),
-                Arg::L(nl),
-                Arg::P(tn),
-                Arg::P(lam),
-                Arg::P(rank),
-                Arg::P(z),
-                Arg::P(zsc),
-                Arg::D(ctol),
-                Arg::P(ctl),
-            ];
-            launch_grid(dev, exec, &tmgs, ((n * 32).div_ceil(256), 1), 256, 0, &margs, false)?;
-            let cargs = [Arg::P(z), Arg::P(v), Arg::L(nl), Arg::P(zsc)];
-            launch_grid(dev, exec, &tconv, ((n * n).div_ceil(256).min(8 * dev.sm_count), 1), 256, 0, &cargs, false)?;
-            // V = Q Z: block reflectors of BT consecutive reflectors (0 .. n-2; their rows of F
-            // are zero before each v), last to first.
-            let udiag = kernel(
-                Key { ordinal, entry: Entry::QrUdiag, dtype, w: 1, mpb: 1, tile: lu_leaf_shape(1, dtype).2, rows: 0 },
-                dev,
-            )?;
-            for k0 in (0..n.saturating_sub(1)).step_by(BT).rev() {
-                let nbp = (k0 + BT).min(n - 1) - k0;
-                let mr = n - k0 - 1;
-                let vt = (f + (k0 * n + k0 + 1) * es, n);
-                let up = uall + (k0 / BT) * BT * BT * es;
-                rm_gemm::<T>(&blas, (Op::N, Op::T), (nbp, nbp, mr), T::ONE, vt, vt, T::ZERO, (up, BT))?;
-                let args = [Arg::P(up), Arg::I(BT as i32), Arg::P(taus + k0 * es), Arg::I(nbp as i32)];
-                launch_args(dev, exec, &udiag, 1, 128, 0, &args)?;
-                let x = (v + (k0 + 1) * n * es, n);
-                apply_block_reflector::<T>(&blas, false, true, (mr, n, nbp), vt, (up, BT), x, vw)?;
+            if v != 0 {
+                eigh_large_vectors::<T>(
+                    &blas,
+                    dev,
+                    exec,
+                    ordinal,
+                    EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol },
+                    (&tvec, &tmgs, &tconv),
+                )?;
             }
             launch_grid(
                 dev,
@@ -760,6 +729,93 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                 &[Arg::P(l), Arg::P(v), Arg::L(nl), Arg::P(ctl), Arg::P(info)],
                 false,
             )?;
+        }
+    }
+    Ok(())
+}
+
+/// The large eigh's addresses for the eigenvector steps.
+struct EighVectors {
+    f: usize,
+    vw: usize,
+    uall: usize,
+    taus: usize,
+    dd: usize,
+    ee: usize,
+    lam: usize,
+    zsc: usize,
+    tn: usize,
+    rank: usize,
+    z: usize,
+    v: usize,
+    ctl: usize,
+    n: usize,
+    ctol: f64,
+}
+
+/// T's eigenvectors (twisted factorizations, Gram–Schmidt in clusters) into V, then V = Q Z.
+///
+/// # Safety
+/// The addresses are [`eigh_large`]'s, for one matrix of `a.n` rows, after its reduction and
+/// eigenvalues.
+#[allow(clippy::too_many_arguments)]
+unsafe fn eigh_large_vectors<T: Real>(
+    blas: &Blas,
+    dev: &DeviceState,
+    exec: Exec,
+    ordinal: usize,
+    a: EighVectors,
+    (tvec, tmgs, tconv): (&CudaFunction, &CudaFunction, &CudaFunction),
+) -> Result<()> {
+    use crate::ops::linalg::EIGH_BACK as BT;
+    let EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol } = a;
+    let nl = n as i64;
+    let dtype = if std::mem::size_of::<T>() == 8 { DType::F64 } else { DType::F32 };
+    let es = dtype.size();
+    // SAFETY: per this function's contract.
+    unsafe {
+        let vargs = [
+            Arg::P(dd),
+            Arg::P(ee),
+            Arg::L(nl),
+            Arg::P(tn),
+            Arg::P(lam),
+            Arg::P(rank),
+            Arg::P(z),
+            Arg::P(zsc),
+            Arg::P(ctl),
+        ];
+        launch_grid(dev, exec, tvec, (n.div_ceil(128), 1), 128, 0, &vargs, false)?;
+        let margs = [
+            Arg::P(ee),
+            Arg::L(nl),
+            Arg::P(tn),
+            Arg::P(lam),
+            Arg::P(rank),
+            Arg::P(z),
+            Arg::P(zsc),
+            Arg::D(ctol),
+            Arg::P(ctl),
+        ];
+        launch_grid(dev, exec, tmgs, ((n * 32).div_ceil(256), 1), 256, 0, &margs, false)?;
+        let cargs = [Arg::P(z), Arg::P(v), Arg::L(nl), Arg::P(zsc)];
+        launch_grid(dev, exec, tconv, ((n * n).div_ceil(256).min(8 * dev.sm_count), 1), 256, 0, &cargs, false)?;
+        // V = Q Z: block reflectors of BT consecutive reflectors (0 .. n-2; their rows of F
+        // are zero before each v), last to first.
+        let udiag = kernel(
+            Key { ordinal, entry: Entry::QrUdiag, dtype, w: 1, mpb: 1, tile: lu_leaf_shape(1, dtype).2, rows: 0 },
+            dev,
+        )?;
+        for k0 in (0..n.saturating_sub(1)).step_by(BT).rev() {
+            let nbp = (k0 + BT).min(n - 1) - k0;
+            let mr = n - k0 - 1;
+            let vt = (f + (k0 * n + k0 + 1) * es, n);
+            let up = uall + (k0 / BT) * BT * BT * es;
+            rm_gemm::<T>(blas, (Op::N, Op::T), (nbp, nbp, mr), T::ONE, vt, vt, T::ZERO, (up, BT))?;
+            let args = [Arg::P(up), Arg::I(BT as i32), Arg::P(taus + k0 * es), Arg::I(nbp as i32)];
+            launch_args(dev, exec, &udiag, 1, 128, 0, &args)?;
+            let x = (v + (k0 + 1) * n * es, n);
+            apply_block_reflector::<T>(blas, false, true, (mr, n, nbp), vt, (up, BT), x, vw)?;
         }
     }
     Ok(())
@@ -1278,6 +1334,9 @@ pub fn svd(p: &SvdPlan, ordinal: usize, exec: Exec) -> Result<()> {
             DType::F32 => eigh_large::<f32>(p, &dev, ordinal, exec),
             _ => eigh_large::<f64>(p, &dev, ordinal, exec),
         };
+    }
+    if p.eigh && p.v == 0 {
+        return Err(Error::value("V", "the eigenvectors' output is required unless the large-matrix path runs"));
     }
     let crowded = p.eigh && p.a.batch > 2 * device(ordinal)?.sm_count;
     let w = jacobi_warps(n, crowded);

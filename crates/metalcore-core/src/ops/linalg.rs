@@ -528,8 +528,8 @@ impl Svd<'_> {
         let v = match self.v {
             Some(t) => out("V", t, a.batch * n * n, &format!("({}, {n}, {n})", a.batch))?,
             // The CUDA eigh kernels write the vectors (their working set); only the CPU solver
-            // can leave them out (eigenvalues only).
-            None if self.eigh && device != Device::Cpu => {
+            // and the large-matrix CUDA path (given its scratch) can leave them out.
+            None if self.eigh && device != Device::Cpu && self.work.is_none() => {
                 return Err(Error::value("V", "the eigenvectors' output is required with eigh on CUDA"))
             }
             None => 0,
