@@ -6,13 +6,14 @@ kernels/linalg.cu), summed over its columns.
 python3 scripts/time_eigh_large.py [--profile] [--phases] [--quick] [sizes...]"""
 
 import os
-import statistics
 import sys
 
 if "--phases" in sys.argv:
     os.environ["METALCORE_EIGH_PROFILE"] = "1"  # read at the first call
 
 import torch
+
+import cuda_timing
 
 import metalcore as mc
 
@@ -23,18 +24,7 @@ dev = "cuda"
 
 
 def med(fn, reps=20):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return cuda_timing.med(fn, reps, warmup=2)
 
 
 def sym(n, spectrum=None, dtype=torch.float32):

@@ -3,10 +3,11 @@ the GPU machine: median ms per call between CUDA events (warm-up first), the err
 float64, and with --profile the device time per kernel of one metalcore call.
 python3 scripts/time_large.py [--profile] [cholesky|solve|qr ...]"""
 
-import statistics
 import sys
 
 import torch
+
+import cuda_timing
 
 import metalcore as mc
 import metalcore.linalg as ml
@@ -20,18 +21,7 @@ prof = "--profile" in sys.argv
 
 
 def med(fn, reps=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return cuda_timing.med(fn, reps, warmup=3)
 
 
 def spd(n, dtype):

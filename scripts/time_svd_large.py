@@ -3,10 +3,11 @@ errors against float64 (reconstruction, orthogonality, singular values, relative
 median ms per call between CUDA events; with --profile the device time per kernel of one call.
 python3 scripts/time_svd_large.py [--profile]"""
 
-import statistics
 import sys
 
 import torch
+
+import cuda_timing
 
 import metalcore as mc
 
@@ -14,18 +15,7 @@ dev = "cuda"
 
 
 def med(fn, reps=10):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return cuda_timing.med(fn, reps, warmup=2)
 
 
 def errs(A, U, S, V):

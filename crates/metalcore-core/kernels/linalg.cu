@@ -2109,9 +2109,33 @@ __device__ __forceinline__ double tri_fix(double x, double tiny) {
     return fabs(x) >= tiny ? x : (x < 0.0 ? -tiny : tiny);
 }
 
+// The stationary (top-down) pivots D+ of T[s..t] − λI into z[s..t].
+template <class Z>
+__device__ __forceinline__ void twisted_down(const double* d, const double* e, int s, int t, double lam, double tiny,
+                                             Z z) {
+    double D = tri_fix(d[s] - lam, tiny);
+    z[s] = D;
+    for (int i = s; i < t; ++i) {
+        D = tri_fix(d[i + 1] - lam - e[i] * e[i] * rcp64(D), tiny);
+        z[i + 1] = D;
+    }
+}
+
+// The progressive (bottom-up) pivots D- of T[..t] − λI into z[r+1..t] (where the vector's entries
+// below the twist index r will need them).
+template <class Z>
+__device__ __forceinline__ void twisted_up_below(const double* d, const double* e, int t, int r, double lam,
+                                                 double tiny, Z z) {
+    double Dm = tri_fix(d[t] - lam, tiny);
+    for (int i = t; i > r; --i) {
+        z[i] = Dm;
+        if (i - 1 > r) Dm = tri_fix(d[i - 1] - lam - e[i - 1] * e[i - 1] * rcp64(Dm), tiny);
+    }
+}
+
 // The eigenvector of T[s..t] for λ into z (entries s..t; `z` a double* or an accessor with
-// operator[]), normalized, and in `rq` the
-// Rayleigh quotient's correction to λ. Returns 0 when the vector is not finite.
+// operator[]), normalized, and in `rq` the Rayleigh quotient's correction to λ. Returns 0 when
+// the vector is not finite.
 template <class Z>
 __device__ int twisted_vector(const double* d, const double* e, int s, int t, double lam, double tiny, Z z, double* rq) {
     *rq = 0.0;
@@ -2119,13 +2143,7 @@ __device__ int twisted_vector(const double* d, const double* e, int s, int t, do
         z[s] = 1.0;
         return 1;
     }
-    // Stationary (top-down) pivots D+ into z.
-    double D = tri_fix(d[s] - lam, tiny);
-    z[s] = D;
-    for (int i = s; i < t; ++i) {
-        D = tri_fix(d[i + 1] - lam - e[i] * e[i] * rcp64(D), tiny);
-        z[i + 1] = D;
-    }
+    twisted_down(d, e, s, t, lam, tiny, z);
     // Progressive (bottom-up) pivots D-, and the twist index r of least |γ_r|.
     double Dm = tri_fix(d[t] - lam, tiny), gr = z[t];
     int r = t;
@@ -2138,11 +2156,7 @@ __device__ int twisted_vector(const double* d, const double* e, int s, int t, do
         Dm = tri_fix(d[i] - lam - e[i] * e[i] * rcp64(Dm), tiny);
     }
     // D- again, stored below r (where D+ is no longer needed).
-    Dm = tri_fix(d[t] - lam, tiny);
-    for (int i = t; i > r; --i) {
-        z[i] = Dm;
-        if (i - 1 > r) Dm = tri_fix(d[i - 1] - lam - e[i - 1] * e[i - 1] * rcp64(Dm), tiny);
-    }
+    twisted_up_below(d, e, t, r, lam, tiny, z);
     z[r] = 1.0;
     double nrm = 1.0;
     for (int i = r + 1; i <= t; ++i) {
@@ -3340,13 +3354,7 @@ __device__ double twisted_big(const double* __restrict__ d, const double* __rest
         z[s] = 1.0;
         return 1.0;
     }
-    // Stationary (top-down) pivots D+ into z.
-    double D = tri_fix(d[s] - lam, tiny);
-    z[s] = D;
-    for (int i = s; i < t; ++i) {
-        D = tri_fix(d[i + 1] - lam - e[i] * e[i] * rcp64(D), tiny);
-        z[i + 1] = D;
-    }
+    twisted_down(d, e, s, t, lam, tiny, z);
     // Progressive pivots D- and the twist index r of least |γ_r|.
     double Dm = tri_fix(d[t] - lam, tiny), gr = z[t];
     int r = t;
@@ -3369,11 +3377,7 @@ __device__ double twisted_big(const double* __restrict__ d, const double* __rest
         }
     }
     // D- again, stored below r (where D+ is no longer needed).
-    Dm = tri_fix(d[t] - lam, tiny);
-    for (int i = t; i > r; --i) {
-        z[i] = Dm;
-        if (i - 1 > r) Dm = tri_fix(d[i - 1] - lam - e[i - 1] * e[i - 1] * rcp64(Dm), tiny);
-    }
+    twisted_up_below(d, e, t, r, lam, tiny, z);
     z[r] = 1.0;
     double nrm = 1.0, prev = 1.0;
     for (int i0 = r + 1; i0 <= t; i0 += EB_PF) {

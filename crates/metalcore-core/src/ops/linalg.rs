@@ -328,6 +328,20 @@ pub fn qr_work_layout(m: usize, n: usize, kq: usize) -> [usize; 7] {
     out
 }
 
+/// The address of a scratch `w` for A (`a`): on A's device, of A's dtype, contiguous, at least
+/// `need` elements.
+fn scratch_of(a: &TensorRef, w: &TensorRef, dtype: DType, need: usize) -> Result<usize> {
+    common_device(&[("A", Some(a)), ("work", Some(w))])?;
+    expect_dtype("work", w, dtype)?;
+    if w.numel() < need || !w.is_contiguous() {
+        return Err(Error::value(
+            "work",
+            format!("expected a contiguous {dtype} tensor of at least {need} elements, got shape {:?}", w.shape),
+        ));
+    }
+    Ok(w.ptr)
+}
+
 /// A validated QR call (`kq` = 0 without Q).
 #[derive(Clone, Copy, Debug)]
 pub struct QrPlan {
@@ -377,24 +391,7 @@ impl Qr<'_> {
             }
             None => (0, 0),
         };
-        let work = match self.work {
-            None => None,
-            Some(w) => {
-                common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
-                expect_dtype("work", w, a.dtype)?;
-                let need = qr_work_len(m, n, kq);
-                if w.numel() < need || !w.is_contiguous() {
-                    return Err(Error::value(
-                        "work",
-                        format!(
-                            "expected a contiguous {} tensor of at least {need} elements, got shape {:?}",
-                            a.dtype, w.shape
-                        ),
-                    ));
-                }
-                Some(w.ptr)
-            }
-        };
+        let work = self.work.map(|w| scratch_of(self.a, w, a.dtype, qr_work_len(m, n, kq))).transpose()?;
         Ok((device, QrPlan { a, q, kq, r: r.ptr, kr: r.rows, work }))
     }
 }
@@ -538,27 +535,10 @@ impl Svd<'_> {
         if self.max_sweeps == 0 {
             return Err(Error::value("max_sweeps", "expected at least 1"));
         }
-        let work = match self.work {
-            None => None,
-            Some(w) => {
-                if !self.eigh || device == Device::Cpu {
-                    return Err(Error::value("work", "the scratch is for the large-matrix CUDA eigh only"));
-                }
-                common_device(&[("A", Some(self.a)), ("work", Some(w))])?;
-                expect_dtype("work", w, a.dtype)?;
-                let need = eigh_work_len(n, a.dtype);
-                if w.numel() < need || !w.is_contiguous() {
-                    return Err(Error::value(
-                        "work",
-                        format!(
-                            "expected a contiguous {} tensor of at least {need} elements, got shape {:?}",
-                            a.dtype, w.shape
-                        ),
-                    ));
-                }
-                Some(w.ptr)
-            }
-        };
+        if self.work.is_some() && (!self.eigh || device == Device::Cpu) {
+            return Err(Error::value("work", "the scratch is for the large-matrix CUDA eigh only"));
+        }
+        let work = self.work.map(|w| scratch_of(self.a, w, a.dtype, eigh_work_len(n, a.dtype))).transpose()?;
         Ok((device, SvdPlan { a, s, u, v, info, eigh: self.eigh, max_sweeps: self.max_sweeps, work }))
     }
 }
