@@ -533,3 +533,24 @@ def test_big_svd_gradients():
     U64, S64, Vh64 = torch.linalg.svd(X.double(), full_matrices=False)
     g64 = torch.autograd.grad(loss(U64, S64, Vh64.mT), X)[0]
     assert (g_ours - g64).abs().max().item() <= 2 * (g32 - g64).abs().max().item() + 1e-5 * g64.abs().max().item()
+
+
+@needs_cuda
+def test_big_eigh_low_rank(monkeypatch):
+    """A float32 matrix of rank 5: its T's hundreds of noise-level eigenvalues crowd closer than the
+    kernels' cluster tolerance, in clusters too large for their Gram–Schmidt; the vectors of such
+    clusters are made orthonormal by QR afterwards — no fallback to torch (no warning)."""
+    import warnings
+
+    import metalcore._backend as mb
+
+    monkeypatch.setattr(mb, "_warned", set())
+    n = 700
+    rank5 = torch.cat([torch.randn(5, dtype=torch.float64) * 3, torch.zeros(n - 5, dtype=torch.float64)])
+    A = sym((2,), n, torch.float64, "cpu", rank5).float().cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        L, V = eigh(A)
+    assert max(big_errs_cuda(A, L, V)) <= 1e-5
+    at = V.abs().argmax(dim=-2, keepdim=True)
+    assert bool((torch.gather(V, -2, at) > 0).all())

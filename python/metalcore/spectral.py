@@ -45,9 +45,10 @@ Large CUDA float32 matrices (eigh past 128 rows, SVD past 168 columns; ``BIG_EIG
 (panels of 32 columns, each one cooperative launch; trailing updates by cuBLAS GEMM), T's
 eigenvalues by float32-then-float64 bisection, each eigenvector of T by one float64 twisted
 factorization (Gram–Schmidt inside clusters closer than 1e-10·‖T‖), back-transformation by block
-reflectors through cuBLAS — one matrix after another. A matrix it flags (eigenvalues equal to
-float64 precision inside one block of T, or a cluster too large for its Gram–Schmidt, as for
-float32 matrices of low rank) is computed by ``torch.linalg.eigh`` in float64, warned. SVD: the
+reflectors through cuBLAS — one matrix after another. Clusters too large for the kernels'
+Gram–Schmidt (float32 matrices of low rank) are made orthonormal afterwards by QR; a matrix they
+flag (eigenvalues equal to float64 precision inside one block of T) is computed by
+``torch.linalg.eigh`` in float64, warned. SVD: the
 Gram matrix ``AᵀA`` in float64 (torch's GEMM), its eigendecomposition by those kernels in float64,
 ``σ = √λ``, ``U = A V / σ`` in float64, the left vectors of ``σ < 1e-3 σ₁`` orthogonalized
 against the others and among themselves (QR) — see `_svd_gram`.
@@ -63,6 +64,8 @@ result. Gradients use torch's formulas (so they are equally undefined at repeate
 
 from __future__ import annotations
 
+import math
+import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -203,23 +206,65 @@ def _jacobi(a: Tensor, eigh_: bool, vectors: bool, max_sweeps: int) -> Tuple[Ten
 
 
 def _redo_flagged(x: Tensor, s: Tensor, v: Optional[Tensor], info: Tensor) -> None:
-    """The large-matrix eigh's matrices flagged in `info` (eigenvalues equal to float64 precision
-    inside one unreduced block of T, where its eigenvectors cannot be made orthogonal, or a
-    cluster of close eigenvalues too large for its Gram–Schmidt) recomputed by torch.linalg.eigh
-    in float64, with a one-time warning; their `info` is cleared."""
+    """Finishes the large-matrix eigh's matrices flagged in `info`, and clears their flags. Flag 4
+    (a cluster of close eigenvalues too large for the kernels' Gram–Schmidt, as float32 matrices
+    of low rank give): the clusters of the final vectors are made orthonormal by metalcore's QR
+    (`_orthonormalize_clusters`). Flag 2 (eigenvalues equal to float64 precision inside one
+    unreduced block of T, where the vectors cannot be made orthogonal), or a cluster whose QR finds
+    two vectors nearly parallel: the matrix is recomputed by torch.linalg.eigh in float64, with a
+    one-time warning."""
     flat = _host_info(info)
     if not flat.numel() or not int(flat.max()):
         return
-    warn_fallback("eigh", x.device, "eigh: a matrix with eigenvalues equal to float64 precision (large-matrix path)")
     n = x.shape[-1]
     xs, ss, fs = x.reshape(-1, n, n), s.view(-1, n), info.view(-1)
+    vs = None if v is None else v.view(-1, n, n)
     for i in torch.nonzero(flat).flatten().tolist():
+        flag = int(flat[i])
+        fs[i] = 0
+        if not flag & 2 and (vs is None or _orthonormalize_clusters(vs[i], ss[i])):
+            continue
+        warn_fallback("eigh", x.device, "eigh: a matrix with eigenvalues equal to float64 precision (large-matrix path)")
         # In float64: torch's float32 eigh of such sizes errs up to ~1e-4 (H200, torch 2.11).
         L, V = torch.linalg.eigh(xs[i].double())
         ss[i] = L
-        if v is not None:
-            v.view(-1, n, n)[i] = V * _signs(V).unsqueeze(-2)
-        fs[i] = 0
+        if vs is not None:
+            vs[i] = V * _signs(V).unsqueeze(-2)
+
+
+def _orthonormalize_clusters(V: Tensor, L: Tensor) -> bool:
+    """V's columns (eigenvectors of the ascending eigenvalues L) made orthonormal inside each run
+    of eigenvalues closer than the kernels' cluster tolerance (taken at its bound:
+    10^-k·√n·max|λ| ≥ 10^-k·‖T‖, k = METALCORE_EIGH_CTOL_EXP, default 10) by Householder QR, which
+    keeps the span; signs by the module's convention. False (V partly changed) where a run's
+    vectors are nearly dependent (|R_ii| < 1e-3: eigenvalues equal to float64 precision)."""
+    n = L.numel()
+    if n < 2:
+        return True
+    try:
+        k = int(os.environ.get("METALCORE_EIGH_CTOL_EXP", "10"))
+    except ValueError:
+        k = 10
+    k = k if k >= 1 else 10
+    lam = L.double().cpu()
+    tol = 10.0 ** -k * math.sqrt(n) * float(lam.abs().max())
+    close = (lam[1:] - lam[:-1] <= tol).tolist()
+    a = 0
+    while a < n - 1:
+        if not close[a]:
+            a += 1
+            continue
+        b = a
+        while b < n - 1 and close[b]:
+            b += 1
+        Q, R = qr(V[:, a:b + 1])
+        d = R.diagonal()
+        if bool((d.abs() < 1e-3).any()):
+            return False
+        Q = Q * torch.where(d < 0, -1.0, 1.0).to(Q.dtype)
+        V[:, a:b + 1] = Q * _signs(Q).unsqueeze(-2)
+        a = b + 1
+    return True
 
 
 def _eigh_f64_big(g: Tensor, vectors: bool) -> Tuple[Tensor, Optional[Tensor], Tensor]:

@@ -2895,7 +2895,7 @@ __device__ __forceinline__ T eb_block_sum(T v, T* red) {
     return s;
 }
 
-// ctl words of the scratch: [0] the panel barrier, [1] non-finite input flag, [2] info flag,
+// ctl words of the scratch: [0] the panel barrier, [1] non-finite input flag, [2], [3] info flags,
 // [4..5] the largest |entry| (float64 bits, atomicMax).
 extern "C" __global__ void __launch_bounds__(256) eb_scan_kernel(const T* __restrict__ A, long long n,
                                                                  unsigned* ctl) {
@@ -3435,8 +3435,9 @@ extern "C" __global__ void __launch_bounds__(128) eb_tvec_kernel(const double* _
 
 // Modified Gram–Schmidt over each cluster (eigenvalues of one block with consecutive gaps at most
 // ctol·‖T‖), a warp per cluster (the warp of its first index), its vectors normalized first. A
-// vector losing more than 1e-3 of its norm (eigenvalues equal to float64 precision), or a cluster
-// of more than EB_CLUSTER_MAX, sets ctl[2].
+// vector losing more than 1e-3 of its norm (eigenvalues equal to float64 precision) sets ctl[2];
+// a cluster of more than EB_CLUSTER_MAX is left as it is and sets ctl[3] (the caller
+// orthogonalizes such clusters of the final vectors by QR).
 #define EB_CLUSTER_MAX 16
 extern "C" __global__ void __launch_bounds__(256) eb_tmgs_kernel(const double* __restrict__ ee, long long n,
                                                                  const double* __restrict__ tn,
@@ -3454,8 +3455,8 @@ extern "C" __global__ void __launch_bounds__(256) eb_tmgs_kernel(const double* _
     eb_block_of(ee, n, j, s, t);
     long long k = j + 1;
     while (k + 1 <= t && lam[k + 1] - lam[k] <= tol) ++k;
-    if (k - j + 1 > EB_CLUSTER_MAX) {  // too costly for one warp over strided columns: flagged
-        if (lane == 0) atomicOr(ctl + 2, 1u);
+    if (k - j + 1 > EB_CLUSTER_MAX) {  // too costly for one warp over strided columns: left to the caller
+        if (lane == 0) atomicOr(ctl + 3, 1u);
         return;
     }
     for (long long q = j; q <= k; ++q) {
@@ -3494,12 +3495,13 @@ extern "C" __global__ void __launch_bounds__(256) eb_tconv_kernel(const double* 
     for (long long e = blockIdx.x * 256LL + threadIdx.x; e < n * n; e += 256LL * gridDim.x) V[e] = T(Z[e] * zsc[e % n]);
 }
 
-// NaN outputs for a non-finite input; info = 2 where T's eigenvectors could not be made
-// orthogonal (ctl[2]), else 0. V is null for eigenvalues only.
+// NaN outputs for a non-finite input; info: 2 where T's eigenvectors could not be made
+// orthogonal (ctl[2]), 4 where a cluster was left to the caller (ctl[3]), else 0. V is null for
+// eigenvalues only.
 extern "C" __global__ void __launch_bounds__(256) eb_finish_kernel(T* __restrict__ L, T* __restrict__ V, long long n,
                                                                    const unsigned* ctl, int* info) {
     const bool bad = ctl[1] != 0;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *info = bad ? 0 : (ctl[2] ? 2 : 0);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *info = bad ? 0 : (ctl[2] ? 2 : 0) | (ctl[3] ? 4 : 0);
     if (!bad) return;
     for (long long e = blockIdx.x * 256LL + threadIdx.x; e < n * n; e += 256LL * gridDim.x) {
         if (V) V[e] = nan_t();
