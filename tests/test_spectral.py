@@ -554,3 +554,22 @@ def test_big_eigh_low_rank(monkeypatch):
     assert max(big_errs_cuda(A, L, V)) <= 1e-5
     at = V.abs().argmax(dim=-2, keepdim=True)
     assert bool((torch.gather(V, -2, at) > 0).all())
+
+
+@needs_cuda
+def test_big_svd_past_kernel_limit_falls_back(monkeypatch):
+    """Past the large-matrix kernels' size (they refuse with NotImplementedError, as beyond about
+    8400 columns on an H200) svd takes the documented torch fallback, with its warning."""
+    import metalcore._backend as mb
+
+    def refuse(g, vectors):
+        raise NotImplementedError("the large-matrix eigh takes up to 8448 rows on this device")
+
+    monkeypatch.setattr(mspectral, "_eigh_f64_big", refuse)
+    monkeypatch.setattr(mb, "_warned", set())
+    A = torch.randn(300, 200, device="cuda")
+    with pytest.warns(RuntimeWarning, match="falls back"):
+        U, S, V = svd(A)
+    # torch's own float32 result (its errors reach ~7e-5 here), with metalcore's conventions.
+    Ut, St, Vht = torch.linalg.svd(A, full_matrices=False)
+    assert max(svd_errs_cuda(A, U, S, V)) <= 2 * max(svd_errs_cuda(A, Ut, St, Vht.mT)) + 1e-6

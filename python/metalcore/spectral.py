@@ -378,9 +378,12 @@ def _svd(a: Tensor, full: bool, vectors: bool, max_sweeps: int):
     big = (x.is_cuda and BIG_SVD_MIN_N is not None and k >= BIG_SVD_MIN_N and _acc(a.dtype) == torch.float32
            and x.numel() and has_backend(x.device))
     if big:
-        S, U, V = _svd_gram(x, vectors)
-        zero = False
-    else:
+        try:
+            S, U, V = _svd_gram(x, vectors)
+            zero = False
+        except NotImplementedError:  # past the kernels' size (about 8400 columns): the paths below
+            big = False
+    if not big:
         if (vectors and x.is_cuda and PRECONDITION_MIN_N is not None and PRECONDITION_MIN_N <= k <= 128
                 and _acc(a.dtype) == torch.float32 and x.numel() and has_backend(x.device)):
             S, U, V, info = _jacobi_preconditioned(x, max_sweeps)
