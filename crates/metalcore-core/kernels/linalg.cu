@@ -1688,6 +1688,12 @@ __device__ __forceinline__ T warp_sum(T v) {
     return v;
 }
 
+// warp_sum in float64 whatever T is.
+__device__ __forceinline__ double warp_sum_d(double v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // Descending total order with NaN first (or ascending with NaN last): x goes before y.
 __device__ __forceinline__ bool before(T x, T y, bool desc) {
     const bool nx = x != x, ny = y != y;
@@ -2590,12 +2596,12 @@ extern "C" __global__ void __launch_bounds__(32 * WARPS) eigh_tri_kernel(const T
                 const double* zp = z + (size_t)p * ldz;
                 double dot = 0.0;
                 for (int i = s + tm.lane; i <= t; i += 32) dot += zq[i] * zp[i];
-                dot = warp_sum(dot);
+                dot = warp_sum_d(dot);
                 for (int i = s + tm.lane; i <= t; i += 32) zq[i] -= dot * zp[i];
             }
             double nn = 0.0;
             for (int i = s + tm.lane; i <= t; i += 32) nn += zq[i] * zq[i];
-            nn = warp_sum(nn);
+            nn = warp_sum_d(nn);
             if (!(nn >= 1e-6)) {
                 if (tm.lane == 0) flag[0] = 1;
                 nn = 1.0;
@@ -2833,11 +2839,6 @@ extern "C" __global__ void __launch_bounds__(128) jacobi_lane_kernel(const T* __
 #define EB_T 512
 #define EB_W (EB_T / 32)
 #define EB_PS (1 + 2 * EB_NB)
-
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Grid-wide barrier of a cooperative launch (every block resident). `bar` counts arrivals (zeroed
 // before the launch); `target` is this block's count of barriers passed times gridDim.x. Writes
