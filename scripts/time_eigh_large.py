@@ -80,7 +80,7 @@ if "--ctol" in sys.argv:
             torch.cuda.synchronize()
             redone = any("precision" in str(w.message) for w in caught)
             e = errs(A, L, V)
-            print(f"k {os.environ.get('METALCORE_EIGH_CTOL_EXP', '8')} n {n} {name:9s} rec {e[0]:.1e} orth {e[1]:.1e} "
+            print(f"tol {mc._native.eigh_cluster_tol():.0e} n {n} {name:9s} rec {e[0]:.1e} orth {e[1]:.1e} "
                   f"ev {e[2]:.1e} redone by torch: {redone}", flush=True)
     sys.exit(0)
 if "--phases" in sys.argv:
@@ -92,11 +92,13 @@ if "--phases" in sys.argv:
         x = sym(n)
         s, v, info = torch.empty(n, device=dev), torch.empty(n, n, device=dev), torch.empty((), dtype=torch.int32, device=dev)
         work = torch.zeros(_native.eigh_work_len(n, False), device=dev)
-        al = lambda b: (b + 255) // 256 * 256  # noqa: E731
-        part = (al(n * n * 4) + al(128 * n * 4) + al(n * 4)) // 4
+        # The partial sums' region (the fourth) of the scratch, in float32 elements.
+        part = _native.eigh_work_layout(n, False)[3] // 4
         _native.jacobi_into(batch_desc(x, "A", n, n), batch_desc(s, "S", 1, n), None, batch_desc(v, "V", n, n), desc(info, "info"),
                             True, 60, stream_of(x), torch.cuda.current_blas_handle(), desc(work, "work"))
         torch.cuda.synchronize()
+        # EB_PROFILE's sums: the partial sums' row 248 (past any grid's rows), EB_PS = 1 + 2·32
+        # entries a row (kernels/linalg.cu).
         ph = work[part + 248 * 65: part + 248 * 65 + 8].tolist()
         print(f"n {n}: per column (us): " + ", ".join(f"{names[i]} {ph[i] / n / 1e3:.2f}" for i in range(1, 8)), flush=True)
     sys.exit(0)

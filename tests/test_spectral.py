@@ -2,6 +2,8 @@
 test device, plus the documented torch fallback ("cpu-torch": metalcore's wrapper around
 torch.linalg's kernels, so CI covers it without a GPU)."""
 
+import os
+
 import pytest
 import torch
 
@@ -364,6 +366,24 @@ def big_errs_cuda(A, L, V):
     orth = (V64.mT @ V64 - torch.eye(V64.shape[-1], dtype=torch.float64, device=A.device)).abs().max().item()
     ev = ((L64 - torch.linalg.eigvalsh(A64)).abs().amax(-1) / nrm).max().item()
     return rec, orth, ev
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_big_eigh_scratch_layout_and_cluster_tolerance(float64):
+    # The scratch regions the bindings report (scripts read them instead of recomputing):
+    # ascending, 256-byte aligned, within eigh_work_len; the cluster tolerance is the kernels'
+    # (1e-10 unless METALCORE_EIGH_CTOL_EXP sets it, read once by the core).
+    from metalcore import _native
+
+    es = 8 if float64 else 4
+    for n in [129, 1000, 4097]:
+        off = _native.eigh_work_layout(n, float64)
+        assert len(off) == 12 and off[0] == 0
+        assert all(b >= a and b % 256 == 0 for a, b in zip(off, off[1:]))
+        assert off[1] == -(-n * n * es // 256) * 256  # the matrix being reduced comes first
+        assert off[-1] <= _native.eigh_work_len(n, float64) * es < off[-1] + es
+    k = os.environ.get("METALCORE_EIGH_CTOL_EXP")
+    assert _native.eigh_cluster_tol() == pytest.approx(10.0 ** -int(k) if k else 1e-10)
 
 
 @needs_cuda

@@ -65,7 +65,6 @@ result. Gradients use torch's formulas (so they are equally undefined at repeate
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -235,19 +234,15 @@ def _redo_flagged(x: Tensor, s: Tensor, v: Optional[Tensor], info: Tensor) -> No
 def _orthonormalize_clusters(V: Tensor, L: Tensor) -> bool:
     """V's columns (eigenvectors of the ascending eigenvalues L) made orthonormal inside each run
     of eigenvalues closer than the kernels' cluster tolerance (taken at its bound:
-    10^-k·√n·max|λ| ≥ 10^-k·‖T‖, k = METALCORE_EIGH_CTOL_EXP, default 10) by Householder QR, which
-    keeps the span; signs by the module's convention. False (V partly changed) where a run's
-    vectors are nearly dependent (|R_ii| < 1e-3: eigenvalues equal to float64 precision)."""
+    c·√n·max|λ| ≥ c·‖T‖, c = ``_native.eigh_cluster_tol()``, the kernels' own value) by
+    Householder QR, which keeps the span; signs by the module's convention. False (V partly
+    changed) where a run's vectors are nearly dependent (|R_ii| < 1e-3: eigenvalues equal to
+    float64 precision)."""
     n = L.numel()
     if n < 2:
         return True
-    try:
-        k = int(os.environ.get("METALCORE_EIGH_CTOL_EXP", "10"))
-    except ValueError:
-        k = 10
-    k = k if k >= 1 else 10
     lam = L.double().cpu()
-    tol = 10.0 ** -k * math.sqrt(n) * float(lam.abs().max())
+    tol = _native.eigh_cluster_tol() * math.sqrt(n) * float(lam.abs().max())
     close = (lam[1:] - lam[:-1] <= tol).tolist()
     a = 0
     while a < n - 1:

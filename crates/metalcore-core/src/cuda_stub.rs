@@ -127,4 +127,7 @@ pub mod linalg {
     pub fn svd(_: &SvdPlan, _: usize, _: Exec) -> Result<()> {
         Err(super::off())
     }
+    pub fn eigh_cluster_tol() -> Result<f64> {
+        Err(super::off())
+    }
 }

@@ -166,6 +166,21 @@ fn eigh_work_len(n: usize, float64: bool) -> usize {
     metalcore_core::ops::linalg::eigh_work_len(n, if float64 { DType::F64 } else { DType::F32 })
 }
 
+/// Byte offsets of the regions of the large-matrix CUDA eigh's scratch, then its total
+/// (`metalcore_core::ops::linalg::eigh_work_layout`; float32 or, with `float64`, float64).
+#[pyfunction]
+fn eigh_work_layout(n: usize, float64: bool) -> Vec<usize> {
+    use metalcore_core::dtype::DType;
+    metalcore_core::ops::linalg::eigh_work_layout(n, if float64 { DType::F64 } else { DType::F32 }).to_vec()
+}
+
+/// The large-matrix CUDA eigh's cluster tolerance relative to ‖T‖ (the kernels' own value:
+/// METALCORE_EIGH_CTOL_EXP is read in one place).
+#[pyfunction]
+fn eigh_cluster_tol() -> PyResult<f64> {
+    metalcore_core::cuda::linalg::eigh_cluster_tol().map_err(to_py)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(jacobi_into, m)?)?;
     m.add_function(wrap_pyfunction!(batched_into, m)?)?;
@@ -173,6 +188,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(qr_into, m)?)?;
     m.add_function(wrap_pyfunction!(qr_work_len, m)?)?;
     m.add_function(wrap_pyfunction!(eigh_work_len, m)?)?;
+    m.add_function(wrap_pyfunction!(eigh_work_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(eigh_cluster_tol, m)?)?;
     m.add_function(wrap_pyfunction!(lu_solve_into, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_inplace, m)?)?;
     m.add_function(wrap_pyfunction!(cholesky_solve_inplace, m)?)?;

@@ -623,9 +623,8 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
     // 680 times (300², 2048²), whose T has gaps near 1e-9‖T‖ inside each group, are flagged (a
     // cluster past EB_CLUSTER_MAX) at 1e-8 and give orthogonality 9.6e-7 / 1.4e-6 at 1e-9 to
     // 1e-13 (torch's float32: about 3e-6 at 2048²); random and cond-1e6 matrices are unchanged.
-    // METALCORE_EIGH_CTOL_EXP=k sets 1e-k.
-    static CTOL: Knob = Knob::new();
-    let ctol = 10f64.powi(-(knob(&CTOL, "METALCORE_EIGH_CTOL_EXP", 10) as i32));
+    // METALCORE_EIGH_CTOL_EXP=k sets 1e-k ([`eigh_cluster_tol`]).
+    let ctol = eigh_cluster_tol()?;
     for b in 0..p.a.batch {
         let (a, l, info) = (p.a.ptr + b * n * n * es, p.s + b * n * es, p.info + b * 4);
         // V is null for eigenvalues only.
@@ -715,7 +714,7 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                     dev,
                     exec,
                     ordinal,
-                    EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol },
+                    EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol, dtype },
                     (&tvec, &tmgs, &tconv),
                 )?;
             }
@@ -751,6 +750,17 @@ struct EighVectors {
     ctl: usize,
     n: usize,
     ctol: f64,
+    /// The matrix's dtype (T's).
+    dtype: DType,
+}
+
+/// The large-matrix eigh's cluster tolerance relative to ‖T‖: eigenvalues of T closer than it
+/// times ‖T‖ are made orthogonal together (Gram–Schmidt, or the caller's QR past the kernels'
+/// cluster size). 1e-10, or 1e-k with METALCORE_EIGH_CTOL_EXP=k (read once). (A `Result` for
+/// the backend-less build's stand-in.)
+pub fn eigh_cluster_tol() -> Result<f64> {
+    static CTOL: Knob = Knob::new();
+    Ok(10f64.powi(-(knob(&CTOL, "METALCORE_EIGH_CTOL_EXP", 10) as i32)))
 }
 
 /// T's eigenvectors (twisted factorizations, Gram–Schmidt in clusters) into V, then V = Q Z.
@@ -768,9 +778,8 @@ unsafe fn eigh_large_vectors<T: Real>(
     (tvec, tmgs, tconv): (&CudaFunction, &CudaFunction, &CudaFunction),
 ) -> Result<()> {
     use crate::ops::linalg::EIGH_BACK as BT;
-    let EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol } = a;
+    let EighVectors { f, vw, uall, taus, dd, ee, lam, zsc, tn, rank, z, v, ctl, n, ctol, dtype } = a;
     let nl = n as i64;
-    let dtype = if std::mem::size_of::<T>() == 8 { DType::F64 } else { DType::F32 };
     let es = dtype.size();
     // SAFETY: per this function's contract.
     unsafe {
