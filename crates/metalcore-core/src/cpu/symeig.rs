@@ -50,6 +50,39 @@ pub(crate) fn gemv_cols<A: Real>(
     }
 }
 
+/// Four [`gemv_cols`] at once, sharing their loads of `m`: column q of `out` (rows
+/// `out_r0`.., stride `ldo`, `len` rows, a multiple of 8) ← Σ_{j ∈ cols} coef(j)[q] · (rows
+/// r0..r0+len of column j of `m`). Each loaded block of `m` feeds four multiply-adds instead of
+/// one (one column at a time, the loads bound the product).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn gemv_cols4<A: Real>(
+    out: &mut [A],
+    ldo: usize,
+    len: usize,
+    m: &[A],
+    ld: usize,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+    coef: impl Fn(usize) -> [A; 4],
+) {
+    for b in (0..len).step_by(8) {
+        let mut acc = [[A::ZERO; 8]; 4];
+        for j in cols.clone() {
+            let c = coef(j);
+            let x: [A; 8] = m[j * ld + r0 + b..][..8].try_into().unwrap();
+            for q in 0..4 {
+                for t in 0..8 {
+                    acc[q][t] = c[q].mul_add(x[t], acc[q][t]);
+                }
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            out[q * ldo + b..][..8].copy_from_slice(a);
+        }
+    }
+}
+
 /// One block of R rows of [`gemv_cols`].
 #[inline(always)]
 fn gemv_rows<A: Real, const R: usize>(
