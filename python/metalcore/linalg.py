@@ -152,10 +152,16 @@ def _host_info(info: Tensor) -> Tensor:
     return flat.cpu() if flat.is_cuda and flat.numel() <= 16384 else flat
 
 
+def _any_set(flat: Tensor) -> bool:
+    """Whether the flattened, nonnegative `flat` (an `info`) has a nonzero entry: one reduction
+    (max is cheaper than any)."""
+    return bool(flat.numel()) and bool(int(flat.max()))
+
+
 def _first_nonzero(flat: Tensor, shape: torch.Size):
     """(batch index in `shape` as a tuple, value) of the first nonzero entry of the flattened,
     nonnegative `flat`, or None."""
-    if not flat.numel() or not int(flat.max()):  # values >= 0; max is cheaper than any
+    if not _any_set(flat):
         return None
     i = int(torch.nonzero(flat)[0, 0])
     return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape)), int(flat[i])

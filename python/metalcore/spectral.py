@@ -65,14 +65,14 @@ result. Gradients use torch's formulas (so they are equally undefined at repeate
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import _native
 from ._backend import batch_desc, blas_handle, desc, empty, fast_apply, has_backend, stream_of, warn_fallback
-from .linalg import _acc, _check_matrix, _first_nonzero, _host_info, _on_backend, cholesky, qr
+from .linalg import _acc, _any_set, _check_matrix, _first_nonzero, _host_info, _on_backend, cholesky, qr
 
 __all__ = ["eigh", "eigvalsh", "EighResult", "svd", "svdvals", "SVDResult", "pinv", "svd_lowrank", "DEFAULT_MAX_SWEEPS"]
 
@@ -141,12 +141,18 @@ def _signs(x: Tensor) -> Tensor:
     return torch.where(s < 0, -1.0, 1.0).to(x.dtype)
 
 
+def _flagged(flat: Tensor) -> List[int]:
+    """The indices of the nonzero entries of the flattened, nonnegative `flat` (an `info` on the
+    host), in order."""
+    return torch.nonzero(flat).flatten().tolist() if _any_set(flat) else []
+
+
 def _check_info(info: Tensor, op: str, method: str = "Jacobi") -> bool:
     """Raises ``LinAlgError`` naming the first batch element that did not converge (flag 1 of the
     kernels' ``info``); returns whether some SVD has a zero singular value whose U column was left
     zero (flag 2). One copy of a small ``info`` to the host."""
     flat = _host_info(info)
-    if not flat.numel() or not int(flat.max()):  # the common case: one reduction, no flag set
+    if not _any_set(flat):  # the common case: one reduction, no flag set
         return False
     bad = _first_nonzero(flat & 1, info.shape)
     if bad is not None:
@@ -213,12 +219,13 @@ def _redo_flagged(x: Tensor, s: Tensor, v: Optional[Tensor], info: Tensor) -> No
     two vectors nearly parallel: the matrix is recomputed by torch.linalg.eigh in float64, with a
     one-time warning."""
     flat = _host_info(info)
-    if not flat.numel() or not int(flat.max()):
+    flagged = _flagged(flat)
+    if not flagged:
         return
     n = x.shape[-1]
     xs, ss, fs = x.reshape(-1, n, n), s.view(-1, n), info.view(-1)
     vs = None if v is None else v.view(-1, n, n)
-    for i in torch.nonzero(flat).flatten().tolist():
+    for i in flagged:
         flag = int(flat[i])
         fs[i] = 0
         if not flag & 2 and (vs is None or _orthonormalize_clusters(vs[i], ss[i])):
@@ -256,7 +263,6 @@ def _orthonormalize_clusters(V: Tensor, L: Tensor) -> bool:
         d = R.diagonal()
         if bool((d.abs() < 1e-3).any()):
             return False
-        Q = Q * torch.where(d < 0, -1.0, 1.0).to(Q.dtype)
         V[:, a:b + 1] = Q * _signs(Q).unsqueeze(-2)
         a = b + 1
     return True
@@ -294,8 +300,7 @@ def _svd_gram(x: Tensor, vectors: bool) -> Tuple[Tensor, Optional[Tensor], Optio
     if anybad:
         x64 = torch.where(bad[..., None, None], 0.0, x64)
     lam, V, info = _eigh_f64_big((x64.mT @ x64).contiguous(), vectors)
-    flat = _host_info(info)
-    flagged = torch.nonzero(flat).flatten().tolist() if flat.numel() and int(flat.max()) else []
+    flagged = _flagged(_host_info(info))
     lam = lam.flip(-1)
     V = None if V is None else V.flip(-1)
     S = lam.clamp_min(0).sqrt()

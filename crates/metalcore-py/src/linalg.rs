@@ -162,16 +162,24 @@ fn jacobi_into(
 /// with `float64`, float64 elements).
 #[pyfunction]
 fn eigh_work_len(n: usize, float64: bool) -> usize {
+    metalcore_core::ops::linalg::eigh_work_len(n, eigh_dtype(float64))
+}
+
+/// The dtype the large-matrix eigh bindings' `float64` flag names (float32 otherwise).
+fn eigh_dtype(float64: bool) -> metalcore_core::dtype::DType {
     use metalcore_core::dtype::DType;
-    metalcore_core::ops::linalg::eigh_work_len(n, if float64 { DType::F64 } else { DType::F32 })
+    if float64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
 }
 
 /// Byte offsets of the regions of the large-matrix CUDA eigh's scratch, then its total
 /// (`metalcore_core::ops::linalg::eigh_work_layout`; float32 or, with `float64`, float64).
 #[pyfunction]
 fn eigh_work_layout(n: usize, float64: bool) -> Vec<usize> {
-    use metalcore_core::dtype::DType;
-    metalcore_core::ops::linalg::eigh_work_layout(n, if float64 { DType::F64 } else { DType::F32 }).to_vec()
+    metalcore_core::ops::linalg::eigh_work_layout(n, eigh_dtype(float64)).to_vec()
 }
 
 /// The large-matrix CUDA eigh's cluster tolerance relative to ‖T‖ (the kernels' own value:

@@ -50,9 +50,8 @@ pub(crate) fn gemv_cols<A: Real>(
     }
 }
 
-/// Four [`gemv_cols`] at once, sharing their loads of `m`: column q of `out` (rows
-/// `out_r0`.., stride `ldo`, `len` rows, a multiple of 8) ← Σ_{j ∈ cols} coef(j)[q] · (rows
-/// r0..r0+len of column j of `m`). Each loaded block of `m` feeds four multiply-adds instead of
+/// Four [`gemv_cols`] at once, sharing their loads of `m`: column q of `out` (at q·`ldo`, `len`
+/// rows, a multiple of 8) ← Σ_{j ∈ cols} coef(j)[q] · (rows r0..r0+len of column j of `m`). Each loaded block of `m` feeds four multiply-adds instead of
 /// one (one column at a time, the loads bound the product).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
