@@ -20,14 +20,29 @@ pub(crate) const W: usize = 16;
 /// Each `srcs[q]` points to `dst.len()` readable elements.
 #[inline(always)]
 pub(crate) unsafe fn pack<A: Real, const L: usize>(srcs: &[*const A; L], dst: &mut [[A; L]]) {
+    pack_where(srcs, dst, &[]);
+}
+
+/// [`pack`] of only the blocks of 8 elements `e` in `8b .. 8b + 8` with `keep[b]` (every block
+/// when `keep` is empty; the elements past the last whole block always): the others are left as
+/// they are in `dst`.
+///
+/// # Safety
+/// As [`pack`].
+#[inline(always)]
+pub(crate) unsafe fn pack_where<A: Real, const L: usize>(srcs: &[*const A; L], dst: &mut [[A; L]], keep: &[bool]) {
     const { assert!(L % 8 == 0) };
     #[cfg(target_arch = "x86_64")]
     if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
         // SAFETY: A is f32 here (the only 4-byte Real), so the casts only rename the type.
         let srcs = &*(srcs as *const [*const A; L] as *const [*const f32; L]);
-        return pack_f32(srcs, dst.as_mut_ptr() as *mut [f32; L], dst.len());
+        return pack_f32(srcs, dst.as_mut_ptr() as *mut [f32; L], dst.len(), keep);
     }
+    let full = dst.len() & !7;
     for (e, d) in dst.iter_mut().enumerate() {
+        if e < full && !keep.is_empty() && !keep[e / 8] {
+            continue;
+        }
         for q in 0..L {
             d[q] = *srcs[q].add(e);
         }
@@ -41,16 +56,29 @@ pub(crate) unsafe fn pack<A: Real, const L: usize>(srcs: &[*const A; L], dst: &m
 /// results are discarded may share one scratch destination).
 #[inline(always)]
 pub(crate) unsafe fn unpack<A: Real, const L: usize>(src: &[[A; L]], dsts: &[*mut A; L]) {
+    unpack_where(src, dsts, &[]);
+}
+
+/// [`unpack`], except that the blocks of 8 elements `e` in `8b .. 8b + 8` without `copy[b]` are
+/// written as zeros whatever `src` holds there (every block is copied when `copy` is empty; the
+/// elements past the last whole block always are).
+///
+/// # Safety
+/// As [`unpack`].
+#[inline(always)]
+pub(crate) unsafe fn unpack_where<A: Real, const L: usize>(src: &[[A; L]], dsts: &[*mut A; L], copy: &[bool]) {
     const { assert!(L % 8 == 0) };
     #[cfg(target_arch = "x86_64")]
     if std::mem::size_of::<A>() == 4 && super::has_avx2_fma() {
         // SAFETY: as in `pack`.
         let dsts = &*(dsts as *const [*mut A; L] as *const [*mut f32; L]);
-        return unpack_f32(src.as_ptr() as *const [f32; L], src.len(), dsts);
+        return unpack_f32(src.as_ptr() as *const [f32; L], src.len(), dsts, copy);
     }
+    let full = src.len() & !7;
     for (e, s) in src.iter().enumerate() {
+        let zero = e < full && !copy.is_empty() && !copy[e / 8];
         for q in 0..L {
-            *dsts[q].add(e) = s[q];
+            *dsts[q].add(e) = if zero { A::ZERO } else { s[q] };
         }
     }
 }
@@ -172,19 +200,24 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], len: usize) {
+unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], len: usize, keep: &[bool]) {
     use std::arch::x86_64::*;
-    let mut e = 0;
-    while e + 8 <= len {
-        for h in (0..L).step_by(8) {
+    let full = len & !7;
+    for h in (0..L).step_by(8) {
+        let mut e = 0;
+        while e < full {
+            if !keep.is_empty() && !keep[e / 8] {
+                e += 8;
+                continue;
+            }
             let rows = std::array::from_fn(|q| _mm256_loadu_ps(srcs[h + q].add(e)));
             for (i, v) in transpose8(rows).into_iter().enumerate() {
                 _mm256_storeu_ps((dst.add(e + i) as *mut f32).add(h), v);
             }
+            e += 8;
         }
-        e += 8;
     }
-    for e in e..len {
+    for e in full..len {
         for q in 0..L {
             (*dst.add(e))[q] = *srcs[q].add(e);
         }
@@ -193,19 +226,27 @@ unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], l
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unpack_f32<const L: usize>(src: *const [f32; L], len: usize, dsts: &[*mut f32; L]) {
+unsafe fn unpack_f32<const L: usize>(src: *const [f32; L], len: usize, dsts: &[*mut f32; L], copy: &[bool]) {
     use std::arch::x86_64::*;
-    let mut e = 0;
-    while e + 8 <= len {
-        for h in (0..L).step_by(8) {
+    let full = len & !7;
+    for h in (0..L).step_by(8) {
+        let mut e = 0;
+        while e < full {
+            if !copy.is_empty() && !copy[e / 8] {
+                for q in 0..8 {
+                    _mm256_storeu_ps(dsts[h + q].add(e), _mm256_setzero_ps());
+                }
+                e += 8;
+                continue;
+            }
             let rows = std::array::from_fn(|i| _mm256_loadu_ps((src.add(e + i) as *const f32).add(h)));
             for (q, v) in transpose8(rows).into_iter().enumerate() {
                 _mm256_storeu_ps(dsts[h + q].add(e), v);
             }
+            e += 8;
         }
-        e += 8;
     }
-    for e in e..len {
+    for e in full..len {
         for q in 0..L {
             *dsts[q].add(e) = (*src.add(e))[q];
         }
@@ -251,6 +292,39 @@ mod tests {
         let dsts: [*mut A; W] = std::array::from_fn(|q| outs[q].as_mut_ptr());
         unsafe { unpack::<A, W>(&lanes, &dsts) };
         assert_eq!(outs, mats);
+    }
+
+    /// The masked forms: skipped blocks keep `dst`'s old values (pack) or become zeros (unpack);
+    /// the elements past the last whole block are always moved.
+    fn masked<A: Real + PartialEq + std::fmt::Debug>(len: usize) {
+        let mats: Vec<Vec<A>> = (0..W).map(|q| (0..len).map(|e| A::from_usize(q * 1000 + e + 1)).collect()).collect();
+        let mask: Vec<bool> = (0..len / 8).map(|b| b % 3 != 1).collect();
+        let moved = |e: usize| e >= len / 8 * 8 || mask[e / 8];
+        let srcs: [*const A; W] = std::array::from_fn(|q| mats[q].as_ptr());
+        let old = A::from_usize(7);
+        let mut lanes = vec![[old; W]; len];
+        unsafe { pack_where::<A, W>(&srcs, &mut lanes, &mask) };
+        for (e, l) in lanes.iter().enumerate() {
+            for q in 0..W {
+                assert_eq!(l[q], if moved(e) { mats[q][e] } else { old }, "pack len {len} e {e} q {q}");
+            }
+        }
+        let mut outs: Vec<Vec<A>> = vec![vec![old; len]; W];
+        let dsts: [*mut A; W] = std::array::from_fn(|q| outs[q].as_mut_ptr());
+        unsafe { unpack_where::<A, W>(&lanes, &dsts, &mask) };
+        for q in 0..W {
+            for e in 0..len {
+                assert_eq!(outs[q][e], if moved(e) { mats[q][e] } else { A::ZERO }, "unpack len {len} e {e} q {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn masked_pack_and_unpack_skip_or_zero_blocks() {
+        for len in [0, 5, 8, 24, 49, 256, 1023] {
+            masked::<f32>(len);
+            masked::<f64>(len);
+        }
     }
 
     #[test]

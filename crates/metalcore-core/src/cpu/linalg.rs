@@ -113,19 +113,37 @@ unsafe fn factor_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, info
 }
 
 /// The lower triangle of the n×n lane matrices as the factor's output: the strict upper triangle
-/// zeroed, or (`upper`) the transpose, lower triangle zeroed.
+/// zeroed, or (`upper`) the transpose, lower triangle zeroed — except in the blocks of 8 elements
+/// that [`lanes::unpack_where`] writes as zeros (`copy`, see [`factor_blocks`]).
 #[inline(always)]
-fn finish_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, upper: bool) {
+fn finish_lanes<A: Real, const L: usize>(m: &mut [[A; L]], n: usize, upper: bool, copy: &[bool]) {
+    let full = (n * n) & !7;
+    let live = |e: usize| e >= full || copy.is_empty() || copy[e / 8];
     for i in 0..n {
         for j in i + 1..n {
+            let (u, l) = (i * n + j, j * n + i);
             if upper {
-                m[i * n + j] = m[j * n + i];
-                m[j * n + i] = [A::ZERO; L];
-            } else {
-                m[i * n + j] = [A::ZERO; L];
+                if live(u) {
+                    m[u] = m[l];
+                }
+                if live(l) {
+                    m[l] = [A::ZERO; L];
+                }
+            } else if live(u) {
+                m[u] = [A::ZERO; L];
             }
         }
     }
+}
+
+/// For the n×n matrices of the lane kernels, per block b of 8 elements (`8b .. 8b + 8` in row-major
+/// order, the whole blocks only): whether it holds an element of the lower triangle (diagonal
+/// included) and whether it holds one of the upper triangle — the blocks that the Cholesky packs
+/// (it reads the lower triangle only) and unpacks (the others of its output are zeros).
+fn factor_blocks(n: usize) -> (Vec<bool>, Vec<bool>) {
+    let any = |b: usize, f: &dyn Fn(usize, usize) -> bool| (8 * b..8 * b + 8).any(|e| f(e / n, e % n));
+    let blocks = n * n / 8;
+    ((0..blocks).map(|b| any(b, &|i, j| j <= i)).collect(), (0..blocks).map(|b| any(b, &|i, j| j >= i)).collect())
 }
 
 isa_copies!(factor_lanes_avx2<const L> = factor_lanes(m: &mut [[A; L]], n: usize, info: &mut [i32; L]));
@@ -217,6 +235,10 @@ fn cholesky_lanes<A: Real, const L: usize>(p: &CholeskyPlan) {
     let len = n * n;
     let (batch, src, dst, info) = (p.a.batch, p.src as usize, p.a.ptr as usize, p.info as usize);
     let pad: Vec<A> = (0..len).map(identity(n)).collect();
+    // Only the blocks holding part of the lower triangle are read, and the output's blocks of
+    // zeros are written as such (not transposed).
+    let (lower, upper) = factor_blocks(n);
+    let copy = if p.upper { &upper } else { &lower };
     super::for_each_row(
         batch.div_ceil(L),
         len * L,
@@ -226,11 +248,11 @@ fn cholesky_lanes<A: Real, const L: usize>(p: &CholeskyPlan) {
             // same memory when in place) and `batch` info entries; group g reads and writes only
             // its own matrices. Missing lanes of the last group factor the identity (cleanly).
             unsafe {
-                lanes::pack(&lanes::sources(src as *const A, g, batch, len, pad.as_ptr()), lanes);
+                lanes::pack_where(&lanes::sources(src as *const A, g, batch, len, pad.as_ptr()), lanes, &lower);
                 let mut status = [0i32; L];
                 f(lanes, n, &mut status);
-                finish_lanes(lanes, n, p.upper);
-                lanes::unpack(lanes, &lanes::sinks(dst as *mut A, g, batch, len, spill.as_mut_ptr()));
+                finish_lanes(lanes, n, p.upper, copy);
+                lanes::unpack_where(lanes, &lanes::sinks(dst as *mut A, g, batch, len, spill.as_mut_ptr()), copy);
                 let first = g * L;
                 std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), L.min(batch - first));
             }
@@ -394,7 +416,7 @@ fn cholesky_solve_impl<A: Real>(p: &CholeskySolvePlan) {
         // SAFETY: validated contiguous (batch, n, n) factors and (batch, n, k) right-hand sides,
         // solved in place.
         unsafe {
-            solve_in_lanes::<A>(p.b.batch, n, k, (p.l.ptr, p.b.ptr, p.b.ptr), None, |lv, bv, _| {
+            solve_in_lanes::<A, W>(p.b.batch, n, k, (p.l.ptr, p.b.ptr, p.b.ptr), None, |lv, bv, _| {
                 f(lv, bv, n, k, p.upper)
             })
         };
@@ -496,35 +518,35 @@ isa_copies!(lu_solve_matrix_avx2 = lu_solve_matrix(a: &mut [A], b: &mut [A], n: 
 /// row j in the lanes that chose them, over columns `c0..n` of A and all of B. Returns 1/pivot
 /// and records a zero pivot in `info`.
 #[inline(always)]
-unsafe fn pivot_lanes<A: Real>(
-    ap: *mut [A; W],
-    bp: *mut [A; W],
+unsafe fn pivot_lanes<A: Real, const L: usize>(
+    ap: *mut [A; L],
+    bp: *mut [A; L],
     (n, k, j, c0): (usize, usize, usize, usize),
-    info: &mut [i32; W],
-) -> [A; W] {
+    info: &mut [i32; L],
+) -> [A; L] {
     let piv = lanes::pivots(ap.add(j), n, j, n);
     // No lane pivots off the diagonal in most steps. Otherwise each lane that does swaps its two
     // rows element by element: masked whole-vector swaps of every row some lane chose cost
     // (n − j)² per step on a general matrix (1000×32² solve: 0.83 against 0.67 ms).
     if !lanes::all_eq(&piv, A::from_usize(j)) {
-        for l in 0..W {
+        for l in 0..L {
             let p = piv[l].to_f64() as usize;
             if p != j {
-                let swap = |x: *mut [A; W], y: *mut [A; W]| std::ptr::swap(&mut (*x)[l], &mut (*y)[l]);
+                let swap = |x: *mut [A; L], y: *mut [A; L]| std::ptr::swap(&mut (*x)[l], &mut (*y)[l]);
                 (c0..n).for_each(|c| swap(ap.add(j * n + c), ap.add(p * n + c)));
                 (0..k).for_each(|c| swap(bp.add(j * k + c), bp.add(p * k + c)));
             }
         }
     }
     let d = *ap.add(j * n + j);
-    let mut inv = [A::ZERO; W];
+    let mut inv = [A::ZERO; L];
     let mut zero = false;
-    for l in 0..W {
+    for l in 0..L {
         inv[l] = A::ONE / d[l];
         zero |= d[l] == A::ZERO;
     }
     if zero {
-        for l in 0..W {
+        for l in 0..L {
             if d[l] == A::ZERO && info[l] == 0 {
                 info[l] = j as i32 + 1;
             }
@@ -535,10 +557,10 @@ unsafe fn pivot_lanes<A: Real>(
 
 /// `x[c] -= Σ_t f[t] · y_t[c]` for the lane vectors at `x` and `ys[t]`, c in `c0..c1`.
 #[inline(always)]
-unsafe fn update_lanes<A: Real, const R: usize>(
-    x: *mut [A; W],
-    ys: [*const [A; W]; R],
-    f: [[A; W]; R],
+unsafe fn update_lanes<A: Real, const R: usize, const L: usize>(
+    x: *mut [A; L],
+    ys: [*const [A; L]; R],
+    f: [[A; L]; R],
     c0: usize,
     c1: usize,
 ) {
@@ -546,11 +568,35 @@ unsafe fn update_lanes<A: Real, const R: usize>(
         let mut v = *x.add(c);
         for t in 0..R {
             let y = *ys[t].add(c);
-            for l in 0..W {
+            for l in 0..L {
                 v[l] = (-f[t][l]).mul_add(y[l], v[l]);
             }
         }
         *x.add(c) = v;
+    }
+}
+
+/// [`update_lanes`] with two steps on two rows at once: `xs[r][c] -= fs[r][0] · ys[0][c] + fs[r][1] ·
+/// ys[1][c]` (in that order, as [`update_lanes`] rounds), each load of `ys` feeding both rows.
+#[inline(always)]
+unsafe fn update2_lanes<A: Real, const L: usize>(
+    xs: [*mut [A; L]; 2],
+    ys: [*const [A; L]; 2],
+    fs: [[[A; L]; 2]; 2],
+    c0: usize,
+    c1: usize,
+) {
+    for c in c0..c1 {
+        let (y0, y1) = (*ys[0].add(c), *ys[1].add(c));
+        let (mut v, mut w) = (*xs[0].add(c), *xs[1].add(c));
+        for l in 0..L {
+            v[l] = (-fs[0][0][l]).mul_add(y0[l], v[l]);
+            w[l] = (-fs[1][0][l]).mul_add(y0[l], w[l]);
+            v[l] = (-fs[0][1][l]).mul_add(y1[l], v[l]);
+            w[l] = (-fs[1][1][l]).mul_add(y1[l], w[l]);
+        }
+        *xs[0].add(c) = v;
+        *xs[1].add(c) = w;
     }
 }
 
@@ -561,11 +607,17 @@ unsafe fn update_lanes<A: Real, const R: usize>(
 /// the solution is kept: the multipliers are applied to B on the way. Writes each lane's LAPACK
 /// `info` (first exactly-zero pivot, 1-based).
 #[inline(always)]
-unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]) {
+unsafe fn lu_solve_lanes<A: Real, const L: usize>(
+    a: &mut [[A; L]],
+    b: &mut [[A; L]],
+    n: usize,
+    k: usize,
+    info: &mut [i32; L],
+) {
     debug_assert!(a.len() >= n * n && b.len() >= n * k);
     let ap = a.as_mut_ptr();
     let bp = b.as_mut_ptr();
-    let mul = |x: [A; W], y: [A; W]| -> [A; W] { std::array::from_fn(|l| x[l] * y[l]) };
+    let mul = |x: [A; L], y: [A; L]| -> [A; L] { std::array::from_fn(|l| x[l] * y[l]) };
     let mut j = 0;
     while j + 2 <= n {
         let (r0, r1) = (ap.add(j * n), ap.add((j + 1) * n));
@@ -584,11 +636,27 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
         let f = *r1.add(j);
         update_lanes(r1, [r0], [f], j + 2, n);
         update_lanes(b1, [b0], [f], 0, k);
-        for i in j + 2..n {
+        // Rows two at a time, so that each load of rows j and j + 1 feeds both. From the
+        // multiple of 4 at or below j + 2, in blocks of 4: the few columns left of j + 2 this
+        // also updates hold multipliers already read (this path keeps no factors).
+        let mut i = j + 2;
+        while i + 2 <= n {
+            let (ri, rh) = (ap.add(i * n), ap.add((i + 1) * n));
+            let f = [*ri.add(j), mul(*ri.add(j + 1), inv1)];
+            let g = [*rh.add(j), mul(*rh.add(j + 1), inv1)];
+            let mut c = (j + 2) & !3;
+            while c + 4 <= n {
+                update2_lanes([ri, rh], [r0, r1], [f, g], c, c + 4);
+                c += 4;
+            }
+            update2_lanes([ri, rh], [r0, r1], [f, g], c.max(j + 2), n);
+            update_lanes(bp.add(i * k), [b0, b1], f, 0, k);
+            update_lanes(bp.add((i + 1) * k), [b0, b1], g, 0, k);
+            i += 2;
+        }
+        if i < n {
             let ri = ap.add(i * n);
             let f = [*ri.add(j), mul(*ri.add(j + 1), inv1)];
-            // From the multiple of 4 at or below j + 2, in blocks of 4: the few columns left of
-            // j + 2 this also updates hold multipliers already read (this path keeps no factors).
             let mut c = (j + 2) & !3;
             while c + 4 <= n {
                 update_lanes(ri, [r0, r1], f, c, c + 4);
@@ -608,12 +676,12 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
     for i in (0..n).rev() {
         let (ri, d) = (ap.add(i * n), *ap.add(i * n + i));
         for c in 0..k {
-            let mut acc = [*bp.add(i * k + c), [A::ZERO; W]];
+            let mut acc = [*bp.add(i * k + c), [A::ZERO; L]];
             let mut j = i + 1;
             while j + 2 <= n {
                 for t in 0..2 {
                     let (u, y) = (*ri.add(j + t), *bp.add((j + t) * k + c));
-                    for l in 0..W {
+                    for l in 0..L {
                         acc[t][l] = (-u[l]).mul_add(y[l], acc[t][l]);
                     }
                 }
@@ -621,24 +689,27 @@ unsafe fn lu_solve_lanes<A: Real>(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, 
             }
             if j < n {
                 let (u, y) = (*ri.add(j), *bp.add(j * k + c));
-                for l in 0..W {
+                for l in 0..L {
                     acc[0][l] = (-u[l]).mul_add(y[l], acc[0][l]);
                 }
             }
             let x = &mut *bp.add(i * k + c);
-            for l in 0..W {
+            for l in 0..L {
                 x[l] = (acc[0][l] + acc[1][l]) / d[l];
             }
         }
     }
 }
 
-isa_copies!(lu_solve_lanes_avx2 = lu_solve_lanes(a: &mut [[A; W]], b: &mut [[A; W]], n: usize, k: usize, info: &mut [i32; W]));
+isa_copies!(lu_solve_lanes_avx2<const L> = lu_solve_lanes(a: &mut [[A; L]], b: &mut [[A; L]], n: usize, k: usize, info: &mut [i32; L]));
 
 /// Largest n the lane-interleaved LU takes (reference CPU: 100×128² float32 solves in 2.4 ms
 /// interleaved against 7.0 ms one system per task; float64 100×96² 3.9 against 4.9 ms, 100×128²
 /// 8.7 against 10.6, 20×128² about even, 2.4–2.5 ms).
 const LANES_MAX_N: usize = 128;
+
+/// Largest n the lane-interleaved LU runs with [`W`] systems per group (past it, 8).
+const LU_LANES16_MAX_N: usize = 16;
 
 fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     let (n, k) = (p.a.rows, p.b.cols);
@@ -657,7 +728,13 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
     // a call that wants them (with pivots) takes the per-matrix path.
     let per_matrix = n > LANES_MAX_N || p.a.batch < W || p.pivots.is_some();
     if !per_matrix && p.lu.is_none() {
-        lu_solve_lanes_impl::<A>(p);
+        // Past 16 rows, 8 systems per group: 16 lane matrices of 32×32 float32 (64 KiB) overflow
+        // L1.
+        if n <= LU_LANES16_MAX_N {
+            lu_solve_lanes_impl::<A, W>(p);
+        } else {
+            lu_solve_lanes_impl::<A, 8>(p);
+        }
         return;
     }
     // One system per task, in place: on the factor output (A copied there) or a scratch copy of A
@@ -737,18 +814,17 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
 
 /// [`lu_solve_impl`] on groups of W systems ([`lu_solve_lanes`]), straight from A and B into X
 /// (A is only read).
-fn lu_solve_lanes_impl<A: Real>(p: &LuSolvePlan) {
-    let f = pick!(
-        lu_solve_lanes_avx2,
-        lu_solve_lanes,
-        A,
-        unsafe fn(&mut [[A; W]], &mut [[A; W]], usize, usize, &mut [i32; W])
-    );
+fn lu_solve_lanes_impl<A: Real, const L: usize>(p: &LuSolvePlan) {
+    #[cfg(target_arch = "x86_64")]
+    let f: unsafe fn(&mut [[A; L]], &mut [[A; L]], usize, usize, &mut [i32; L]) =
+        if super::has_avx2_fma() { lu_solve_lanes_avx2::<A, L> } else { lu_solve_lanes::<A, L> };
+    #[cfg(not(target_arch = "x86_64"))]
+    let f: unsafe fn(&mut [[A; L]], &mut [[A; L]], usize, usize, &mut [i32; L]) = lu_solve_lanes::<A, L>;
     let (n, k) = (p.a.rows, p.b.cols);
     // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n, k) B and X (B and X the
     // same memory when in place) and `batch` info entries.
     unsafe {
-        solve_in_lanes::<A>(p.a.batch, n, k, (p.a.ptr, p.b.ptr, p.x), Some(p.info), |av, bv, status| {
+        solve_in_lanes::<A, L>(p.a.batch, n, k, (p.a.ptr, p.b.ptr, p.x), Some(p.info), |av, bv, status| {
             f(av, bv, n, k, status)
         })
     };
@@ -762,31 +838,31 @@ fn lu_solve_lanes_impl<A: Real>(p: &LuSolvePlan) {
 /// # Safety
 /// `a`, `b` and `x` address contiguous batches of those shapes (`x` may be `b`), `info` `batch`
 /// int32 entries; `solve` touches only the lane buffers it is given.
-unsafe fn solve_in_lanes<A: Real>(
+unsafe fn solve_in_lanes<A: Real, const L: usize>(
     batch: usize,
     n: usize,
     k: usize,
     (a, b, x): (usize, usize, usize),
     info: Option<usize>,
-    solve: impl Fn(&mut [[A; W]], &mut [[A; W]], &mut [i32; W]) + Sync,
+    solve: impl Fn(&mut [[A; L]], &mut [[A; L]], &mut [i32; L]) + Sync,
 ) {
     let (alen, blen) = (n * n, n * k);
     let (pad, zeros): (Vec<A>, Vec<A>) = ((0..alen).map(identity(n)).collect(), vec![A::ZERO; blen]);
     super::for_each_row(
-        batch.div_ceil(W),
-        (alen + blen) * W,
-        || (vec![[A::ZERO; W]; alen], vec![[A::ZERO; W]; blen], vec![A::ZERO; blen]),
+        batch.div_ceil(L),
+        (alen + blen) * L,
+        || (vec![[A::ZERO; L]; alen], vec![[A::ZERO; L]; blen], vec![A::ZERO; blen]),
         |(av, bv, spill), g| {
             // SAFETY: group g reads and writes only its own systems (see the function's contract).
             unsafe {
                 lanes::pack(&lanes::sources(a as *const A, g, batch, alen, pad.as_ptr()), av);
                 lanes::pack(&lanes::sources(b as *const A, g, batch, blen, zeros.as_ptr()), bv);
-                let mut status = [0i32; W];
+                let mut status = [0i32; L];
                 solve(av, bv, &mut status);
                 lanes::unpack(bv, &lanes::sinks(x as *mut A, g, batch, blen, spill.as_mut_ptr()));
                 if let Some(info) = info {
-                    let first = g * W;
-                    std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), W.min(batch - first));
+                    let first = g * L;
+                    std::ptr::copy_nonoverlapping(status.as_ptr(), (info as *mut i32).add(first), L.min(batch - first));
                 }
             }
         },
