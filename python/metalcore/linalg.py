@@ -117,11 +117,16 @@ def _in_place(t: Tensor, batch: torch.Size, acc: torch.dtype) -> bool:
 BLOCKED_CHOLESKY = False
 
 
-def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
-    """(factor in a's dtype, int32 info)."""
+#: `first` of an `info` whose entries the host does not know yet (see `_first_failure`).
+_UNKNOWN = -2
+
+
+def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor, int]:
+    """(factor in a's dtype, int32 info, `first`: what the core could tell of info on the host,
+    see `_first_failure`)."""
     n, batch = a.shape[-1], a.shape[:-2]
 
-    def run() -> Tuple[Tensor, Tensor]:
+    def run() -> Tuple[Tensor, Tensor, int]:
         work = empty(a.shape, _acc(a.dtype), a.device)
         # A contiguous input of the compute dtype is read in place (no copy).
         src = batch_desc(a, "A", n, n) if _in_place(a, batch, work.dtype) else None
@@ -130,8 +135,8 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
         info = empty(batch, torch.int32, a.device)
         # A CUDA matrix too large for one block takes the blocked path only when asked for.
         blas = blas_handle(a) if n > 128 and BLOCKED_CHOLESKY else 0
-        _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a), src, blas)
-        return (work if work.dtype == a.dtype else work.to(a.dtype)), info
+        first = _native.cholesky_inplace(batch_desc(work, "A", n, n), desc(info, "info"), upper, stream_of(a), src, blas)
+        return (work if work.dtype == a.dtype else work.to(a.dtype)), info, first
 
     done = _on_backend("cholesky", a, run)
     if done is not None:
@@ -142,7 +147,7 @@ def _factor(a: Tensor, upper: bool) -> Tuple[Tensor, Tensor]:
         finite = torch.isfinite(f.diagonal(dim1=-2, dim2=-1))
         first_bad = torch.where(finite.all(-1), 0, (~finite).int().argmax(-1) + 1)
         info = torch.where(info == 0, first_bad, info)
-    return f.to(a.dtype), info.to(torch.int32)
+    return f.to(a.dtype), info.to(torch.int32), _UNKNOWN
 
 
 def _host_info(info: Tensor) -> Tensor:
@@ -167,13 +172,19 @@ def _first_nonzero(flat: Tensor, shape: torch.Size):
     return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape)), int(flat[i])
 
 
-def _first_failure(info: Tensor):
-    """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None."""
+def _first_failure(info: Tensor, first: int = _UNKNOWN):
+    """(batch index as a tuple, info value) of the first nonzero entry of `info`, or None.
+    `first`, as the core's ops return it: -1 when it found every entry 0, the flattened index of
+    the first nonzero one, or `_UNKNOWN` (info still on a device: read back here)."""
+    if first == -1:
+        return None
+    if first >= 0:
+        return tuple(int(v) for v in torch.unravel_index(torch.tensor(first), info.shape)), int(info.reshape(-1)[first])
     return _first_nonzero(_host_info(info), info.shape)
 
 
-def _raise_first(info: Tensor, op: str) -> None:
-    bad = _first_failure(info)
+def _raise_first(info: Tensor, op: str, first: int = _UNKNOWN) -> None:
+    bad = _first_failure(info, first)
     if bad is not None:
         idx, order = bad
         where = f" of batch element {idx}" if info.dim() else ""
@@ -190,8 +201,8 @@ class CholeskyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, upper: bool = False) -> Tensor:  # type: ignore[override]
-        out, info = _factor(a, upper)
-        _raise_first(info, "cholesky")
+        out, info, first = _factor(a, upper)
+        _raise_first(info, "cholesky", first)
         ctx.save_for_backward(out)
         ctx.upper = upper
         return out
@@ -220,9 +231,9 @@ def cholesky_ex(A: Tensor, upper: bool = False, check_errors: bool = False) -> C
     """
     _check_square("A", A)
     with torch.no_grad():
-        out, info = _factor(A, upper)
+        out, info, first = _factor(A, upper)
     if check_errors:
-        _raise_first(info, "cholesky_ex")
+        _raise_first(info, "cholesky_ex", first)
     return CholeskyEx(out, info)
 
 
@@ -233,8 +244,8 @@ def cholesky(A: Tensor, upper: bool = False) -> Tensor:
     _check_square("A", A)
     if torch.is_grad_enabled() and A.requires_grad:
         return _chol_apply(A, upper)
-    out, info = _factor(A, upper)
-    _raise_first(info, "cholesky")
+    out, info, first = _factor(A, upper)
+    _raise_first(info, "cholesky", first)
     return out
 
 
@@ -351,18 +362,19 @@ def _rhs_shapes(A: Tensor, B: Tensor):
     return vector, batch
 
 
-def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor]:
-    """(X, info) (no autograd)."""
+def _lu_solve(A: Tensor, B: Tensor, shapes=None) -> Tuple[Tensor, Tensor, int]:
+    """(X, info, `first` as `_first_failure` takes it) (no autograd)."""
     vector, batch = shapes or _solve_shapes(A, B)
     Bm = B.unsqueeze(-1) if vector else B
     done = _on_backend("solve", A, lambda: _lu(A, Bm, batch, False, False))
     if done is None:
         acc = _acc(A.dtype)
         X, info = torch.linalg.solve_ex(A.to(acc), Bm.to(acc))
+        first = _UNKNOWN
     else:
-        _, X, _, info = done
+        _, X, _, info, first = done
     X = X if X.dtype == B.dtype else X.to(B.dtype)
-    return (X.squeeze(-1) if vector else X), info.to(torch.int32)
+    return (X.squeeze(-1) if vector else X), (info if info.dtype == torch.int32 else info.to(torch.int32)), first
 
 
 #: Largest order of a CUDA LU (``solve``, ``solve_ex``, ``lu_batched``) that metalcore's blocked
@@ -395,8 +407,8 @@ BLOCKED_QR_BATCH = 16
 
 def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     """metalcore's LU with partial pivoting of A (broadcast to `batch`), applied to the right-hand
-    sides Bm (``*, n, k``; k may be 0): (LU factors or None, X, pivots or None, info), in the
-    compute dtype. Inputs already contiguous in the compute dtype and batch are read in place."""
+    sides Bm (``*, n, k``; k may be 0): (LU factors or None, X, pivots or None, info, `first` as
+    `_first_failure` takes it), in the compute dtype. Inputs already contiguous in the compute dtype and batch are read in place."""
     n, k = A.shape[-1], Bm.shape[-1]
     acc = _acc(A.dtype)
     a = A if _in_place(A, batch, acc) else None
@@ -420,16 +432,16 @@ def _lu(A: Tensor, Bm: Tensor, batch: torch.Size, pivots: bool, factors: bool):
     lu = empty(a.shape, acc, A.device) if factors or blocked else None
     piv = empty(batch + (n,), torch.int32, A.device) if pivots or blocked else None
     info = empty(batch, torch.int32, A.device)
-    _native.lu_solve_into(batch_desc(a, "A", n, n), None if lu is None else batch_desc(lu, "LU", n, n),
+    first = _native.lu_solve_into(batch_desc(a, "A", n, n), None if lu is None else batch_desc(lu, "LU", n, n),
                           batch_desc(b, "B", n, k), batch_desc(x, "X", n, k), desc(info, "info"),
                           None if piv is None else batch_desc(piv, "pivots", 1, n), stream_of(A),
                           blas_handle(A) if blocked else 0,
                           desc(empty((_LU_WORK_INTS,), torch.int32, A.device), "work") if blocked else None)
-    return (lu if factors else None), x, (piv if pivots else None), info
+    return (lu if factors else None), x, (piv if pivots else None), info, first
 
 
-def _raise_singular(info: Tensor) -> None:
-    bad = _first_failure(info)
+def _raise_singular(info: Tensor, first: int = _UNKNOWN) -> None:
+    bad = _first_failure(info, first)
     if bad is not None:
         idx, j = bad
         where = f" (batch element {idx})" if info.dim() else ""
@@ -444,8 +456,8 @@ class SolveFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        x, info = _lu_solve(a, b)
-        _raise_singular(info)
+        x, info, first = _lu_solve(a, b)
+        _raise_singular(info, first)
         ctx.save_for_backward(a, x)
         ctx.b_shape = b.shape
         return x
@@ -453,7 +465,7 @@ class SolveFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gx: Tensor):  # type: ignore[override]
         a, x = ctx.saved_tensors
-        gb, _ = _lu_solve(a.mT, gx.expand(x.shape) if gx.shape != x.shape else gx)
+        gb, _, _ = _lu_solve(a.mT, gx.expand(x.shape) if gx.shape != x.shape else gx)
         vector = x.dim() == a.dim() - 1 or x.dim() == 1
         ga = None
         if ctx.needs_input_grad[0]:
@@ -476,7 +488,7 @@ def solve_ex(A: Tensor, B: Tensor, fast: bool = False) -> SolveEx:
     to skip here). Not differentiable (use :func:`solve`)."""
     shapes = _solve_shapes(A, B)
     with torch.no_grad():
-        return SolveEx(*_lu_solve(A, B, shapes))
+        return SolveEx(*_lu_solve(A, B, shapes)[:2])
 
 
 def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
@@ -491,9 +503,9 @@ def solve(A: Tensor, B: Tensor, fast: bool = False) -> Tensor:
     shapes = _solve_shapes(A, B)
     if torch.is_grad_enabled() and (A.requires_grad or B.requires_grad):
         return _lu_apply(A, B)
-    x, info = _lu_solve(A, B, shapes)
+    x, info, first = _lu_solve(A, B, shapes)
     if not fast:
-        _raise_singular(info)
+        _raise_singular(info, first)
     return x
 
 
@@ -650,7 +662,7 @@ def lu_batched(A: Tensor) -> LUResult:
         if done is None:
             lu, piv, info = torch.linalg.lu_factor_ex(A.to(_acc(A.dtype)))
         else:
-            lu, _, piv, info = done
+            lu, _, piv, info, _ = done
     return LUResult(lu.to(A.dtype), piv.to(torch.int32), info.to(torch.int32))
 
 

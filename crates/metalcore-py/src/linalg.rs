@@ -2,16 +2,30 @@
 
 use crate::bridge::{to_py, Desc};
 use metalcore_core::ops::linalg::{
-    batched, cholesky, cholesky_solve, lu_solve, qr, svd, trsm, Batched, BatchedKind, Cholesky, CholeskySolve, LuSolve,
-    Qr, Svd, Trsm,
+    batched, cholesky, cholesky_solve, info_on_host, lu_solve, qr, svd, trsm, Batched, BatchedKind, Cholesky,
+    CholeskySolve, InfoOnHost, LuSolve, Qr, Svd, Trsm,
 };
 use metalcore_core::tensor::Exec;
+use metalcore_core::tensor::TensorRef;
 use pyo3::prelude::*;
+
+/// What the ops that write `info` return: -2 when `info` is on a device that has not finished
+/// (the caller reads it back), -1 when every entry is 0, else the index of the first nonzero one
+/// (the CPU's `info` is final when the op returns: no torch op is needed to check it).
+fn info_status(info: &TensorRef) -> i64 {
+    // SAFETY: called right after the op that took `info` returned Ok (its plan validated it).
+    match unsafe { info_on_host(info) } {
+        InfoOnHost::Unknown => -2,
+        InfoOnHost::Clean => -1,
+        InfoOnHost::First(i) => i as i64,
+    }
+}
 
 /// Batched Cholesky of a contiguous (batch, n, n) float32/float64 tensor, in place, or from `src`
 /// (same shape and dtype) into `a`; per-matrix status into the int32 `info`. `blas`: torch's
 /// cuBLAS handle for `stream` (`torch.cuda.current_blas_handle()`), which CUDA matrices too large
-/// for one block need (0: such matrices are refused with NotImplementedError).
+/// for one block need (0: such matrices are refused with NotImplementedError). Returns
+/// `info`'s status as `info_status` gives it.
 #[pyfunction]
 #[pyo3(signature = (a, info, upper, stream, src=None, blas=0))]
 fn cholesky_inplace(
@@ -22,11 +36,12 @@ fn cholesky_inplace(
     stream: usize,
     src: Option<Desc>,
     blas: usize,
-) -> PyResult<()> {
+) -> PyResult<i64> {
     let (a, info) = (a.to_ref("A")?, info.to_ref("info")?);
     let src = src.map(|s| s.to_ref("src")).transpose()?;
     py.detach(|| cholesky(&Cholesky { a: &a, src: src.as_ref(), info: &info, upper }, Exec { stream, blas }))
-        .map_err(to_py)
+        .map_err(to_py)?;
+    Ok(info_status(&info))
 }
 
 /// In-place batched solve of A X = B from the Cholesky factor of A; `b` becomes X. `blas` as for
@@ -42,7 +57,7 @@ fn cholesky_solve_inplace(py: Python<'_>, b: Desc, l: Desc, upper: bool, stream:
 /// into `lu` when given (which may be `a`), the per-matrix status into `info` and, when given, the
 /// 1-based row interchanges into `pivots`. `blas`: torch's cuBLAS handle, which CUDA matrices too
 /// large for one block need (their blocked path also needs `lu`, `pivots` and the int32 scratch
-/// `work`); 0 refuses them.
+/// `work`); 0 refuses them. Returns `info`'s status as `info_status` gives it.
 #[pyfunction]
 #[pyo3(signature = (a, lu, b, x, info, pivots, stream, blas=0, work=None))]
 #[allow(clippy::too_many_arguments)]
@@ -57,14 +72,15 @@ fn lu_solve_into(
     stream: usize,
     blas: usize,
     work: Option<Desc>,
-) -> PyResult<()> {
+) -> PyResult<i64> {
     let (a, b, x, info) = (a.to_ref("A")?, b.to_ref("B")?, x.to_ref("X")?, info.to_ref("info")?);
     let lu = lu.map(|t| t.to_ref("LU")).transpose()?;
     let pivots = pivots.map(|p| p.to_ref("pivots")).transpose()?;
     let work = work.map(|w| w.to_ref("work")).transpose()?;
     let args =
         LuSolve { a: &a, lu: lu.as_ref(), b: &b, x: &x, info: &info, pivots: pivots.as_ref(), work: work.as_ref() };
-    py.detach(|| lu_solve(&args, Exec { stream, blas })).map_err(to_py)
+    py.detach(|| lu_solve(&args, Exec { stream, blas })).map_err(to_py)?;
+    Ok(info_status(&info))
 }
 
 /// In-place batched triangular solve op(A) X = B; `b` becomes X. `blas` as for `cholesky_inplace`.

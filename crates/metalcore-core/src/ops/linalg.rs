@@ -251,6 +251,37 @@ pub fn lu_solve(args: &LuSolve<'_>, exec: Exec) -> Result<()> {
     }
 }
 
+/// What the host can tell of an `info` that [`cholesky`] or [`lu_solve`] has just written
+/// without waiting for the device: on the CPU (the op has returned, so `info` is final) the
+/// index of its first nonzero entry, or none; elsewhere nothing (the caller reads `info` back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoOnHost {
+    /// Not on the CPU: unknown until the device is synchronized.
+    Unknown,
+    /// Every entry is 0.
+    Clean,
+    /// The (flattened) index of the first nonzero entry.
+    First(usize),
+}
+
+/// [`InfoOnHost`] of `info` (int32, contiguous).
+///
+/// # Safety
+/// `info` describes live memory that no one writes meanwhile, as it does right after an op of
+/// this module that took it has returned `Ok` (its plan validated it).
+pub unsafe fn info_on_host(info: &TensorRef) -> InfoOnHost {
+    if info.device != Device::Cpu || info.dtype != DType::I32 || !info.is_contiguous() {
+        return InfoOnHost::Unknown;
+    }
+    let n = info.numel();
+    if n == 0 {
+        return InfoOnHost::Clean;
+    }
+    // SAFETY: per the contract, n int32 entries at ptr.
+    let all = unsafe { std::slice::from_raw_parts(info.ptr as *const i32, n) };
+    all.iter().position(|&v| v != 0).map_or(InfoOnHost::Clean, InfoOnHost::First)
+}
+
 /// In-place batched triangular solve `op(T) X = B` (`op(T)` = T, or Tᵀ with `trans`); only the
 /// `lower` (or upper) triangle of T is read, its diagonal taken as ones with `unit`. `b` becomes X.
 pub struct Trsm<'a> {
