@@ -403,6 +403,34 @@ def test_solve_half_non_contiguous_and_empty(device):
     assert solve(torch.zeros(2, 0, 0, device=device), torch.zeros(2, 0, 4, device=device)).shape == (2, 0, 4)
 
 
+def test_failures_in_a_2d_batch_name_the_element_and_where(device):
+    A = spd((2, 3), 5, torch.float32, device)
+    A[1, 2, 3, 3] = -100.0  # the leading minor of order 4 is the first one not positive definite
+    with pytest.raises(torch.linalg.LinAlgError, match=r"order 4 of batch element \(1, 2\)"):
+        cholesky(A)
+    M = torch.randn(2, 3, 4, 4, device=device)
+    M[0, 1, :, 0] = 0.0  # U[0, 0] == 0
+    with pytest.raises(torch.linalg.LinAlgError, match=r"batch element \(0, 1\)\): U\[0, 0\]"):
+        solve(M, torch.randn(2, 3, 4, device=device))
+
+
+def test_cpu_ops_return_the_status_of_info():
+    # On the CPU the core's cholesky and LU report with the call whether info has a nonzero entry
+    # (-1: none; else the first one's flattened index), so the check needs no torch op.
+    A = spd((6,), 5, torch.float32, "cpu")
+    _, info, first = mlinalg._factor(A, False)
+    assert first == -1 and not info.any()
+    A[4, 2, 2] = A[5, 0, 0] = -100.0
+    _, info, first = mlinalg._factor(A, False)
+    assert first == 4 and info.tolist() == [0, 0, 0, 0, 3, 1]
+    M = torch.randn(6, 4, 4)
+    _, X, _, info, first = mlinalg._lu(M, torch.randn(6, 4, 1), M.shape[:-2], False, False)
+    assert first == -1
+    M[3, :, 1] = 0.0
+    _, X, _, info, first = mlinalg._lu(M, torch.randn(6, 4, 1), M.shape[:-2], False, False)
+    assert first == 3 and info[3] > 0
+
+
 @pytest.mark.parametrize("batch", [3, 10])
 def test_singular_matrices_are_reported_per_batch_element(device, batch):
     A = torch.randn(batch, 4, 4, dtype=torch.float64, device=device)
