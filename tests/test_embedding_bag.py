@@ -101,15 +101,23 @@ def test_module_and_bad_input(device):
                 embedding_bag(w, idx, torch.tensor(bad_off, device=device), mode=mode, include_last_offset=True)
     with pytest.raises(IndexError, match="indices: index -7 is out of range"):
         embedding_bag(w, torch.tensor([1, -7, 3], device=device), torch.tensor([0], device=device), mode="max")
-    # Unchecked (as under graph capture or torch.compile), the kernels clamp bad offsets and
-    # indices into their tensors: no out-of-bounds access, and the device stays usable.
+    # Unchecked by Python (as under graph capture or torch.compile): the CUDA kernels clamp bad
+    # offsets and indices into their tensors (no out-of-bounds access, the device stays usable);
+    # the CPU kernel checks them itself on every call, and the call raises.
     from metalcore.embedding import _apply
 
     i32 = torch.tensor([1, 25, -3, 4], device=device, dtype=torch.int32)
     for bad_off in ([0, 1 << 30, 2], [-(1 << 30), 3, 9], [0, 7, -5]):
         for code in (0, 1, 2):
-            out = _apply(w, i32, torch.tensor(bad_off, device=device, dtype=torch.int32), None, code, -1)
-            assert out.shape == (2, 8)
+            off32 = torch.tensor(bad_off, device=device, dtype=torch.int32)
+            if device == "cpu":
+                with pytest.raises(IndexError, match="index -3 is out of range"):
+                    _apply(w, i32, off32, None, code, -1)
+                with pytest.raises(ValueError, match="offsets: expected non-decreasing"):
+                    _apply(w, i32.clamp(0, 19), off32, None, code, -1)
+            else:
+                out = _apply(w, i32, off32, None, code, -1)
+                assert out.shape == (2, 8)
     if device == "cuda":
         torch.cuda.synchronize()
     # The device is still usable (no out-of-bounds access happened).

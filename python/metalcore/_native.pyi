@@ -88,7 +88,7 @@ def add_to_f32_scalars(ptrs: List[int], delta: float) -> List[float]: ...
 def embag_fwd_into(
     mode: int, weight: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
     out: Desc, argmax: Optional[Desc], stream: int,
-) -> None: ...
+) -> bool: ...  # True: CPU indices or offsets out of range, nothing computed
 def embag_bwd_into(
     mode: int, grad_out: Desc, indices: Desc, offsets: Desc, per_sample_weights: Optional[Desc], padding_idx: int,
     sorted: Desc, argmax: Optional[Desc], grad_weight: Desc, stream: int,

@@ -78,7 +78,9 @@ def _prepare(weight: Tensor, indices: Tensor, offsets: Optional[Tensor], mode: s
             raise ValueError(f"padding_idx: expected a value in [{-num}, {num}), got {padding_idx}")
         pad = padding_idx % num
     stats = None
-    if idx.device.type != "meta" and not capturing(idx) and not torch.compiler.is_compiling():
+    # The CPU kernel checks the ranges itself (and says so: see `_forward`), in one pass of its
+    # own instead of these torch ops (about 45 µs of host time).
+    if idx.device.type not in ("meta", "cpu") and not capturing(idx) and not torch.compiler.is_compiling():
         stats = _range_stats(idx, off)
     return idx, off.contiguous(), psw, pad, stats
 
@@ -125,8 +127,12 @@ def _forward(weight: Tensor, idx: Tensor, off: Tensor, psw: Optional[Tensor], co
     args = (code, desc(w, "weight"), desc(idx, "indices"), desc(off, "offsets"), opt_desc(psw, "per_sample_weights"), pad,
             desc(out, "out"), opt_desc(argmax, "argmax"), stream_of(weight))
     _check_ranges(stats, weight.shape[0], idx.numel())
-    if bags and dim:
-        _native.embag_fwd_into(*args)
+    # On the CPU the kernel checks the indices and offsets first (True: one is out of range,
+    # nothing computed), also where there is nothing to compute.
+    if (bags and dim) or weight.device.type == "cpu":
+        if _native.embag_fwd_into(*args):
+            _check_ranges(_range_stats(idx, off), weight.shape[0], idx.numel())
+            raise RuntimeError("embedding_bag: the kernel reported indices or offsets out of range that the check did not find")
     return out, argmax
 
 

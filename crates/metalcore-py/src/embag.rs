@@ -5,7 +5,8 @@ use metalcore_core::ops::embag::{embag_bwd, embag_fwd, EmbagBwd, EmbagFwd, Mode}
 use metalcore_core::Exec;
 use pyo3::prelude::*;
 
-/// Forward: `out[b]` (and `argmax` in max mode) for mode code 0 sum, 1 mean, 2 max.
+/// Forward: `out[b]` (and `argmax` in max mode) for mode code 0 sum, 1 mean, 2 max. Returns True,
+/// computing nothing, when CPU indices or offsets are out of range (see `embag_fwd`).
 #[pyfunction]
 #[pyo3(signature = (mode, weight, indices, offsets, per_sample_weights, padding_idx, out, argmax, stream))]
 #[allow(clippy::too_many_arguments)]
@@ -20,7 +21,7 @@ fn embag_fwd_into(
     out: Desc,
     argmax: Option<Desc>,
     stream: usize,
-) -> PyResult<()> {
+) -> PyResult<bool> {
     let mode = Mode::from_code(mode).map_err(to_py)?;
     let (w, i, o) = (weight.to_ref("weight")?, indices.to_ref("indices")?, offsets.to_ref("offsets")?);
     let (s, y, a) = (opt("per_sample_weights", &per_sample_weights)?, out.to_ref("out")?, opt("argmax", &argmax)?);

@@ -11,6 +11,19 @@ unsafe fn int_at(ptr: usize, i: usize) -> i32 {
     *(ptr as *const i32).add(i)
 }
 
+/// Whether every index lies in `[0, num)` and the offsets rise from 0 to at most `n`.
+///
+/// # Safety
+/// The plan's `indices` hold `n` int32 values and `offsets` `bags + 1`.
+pub(crate) unsafe fn in_range(p: &Plan) -> bool {
+    let off = std::slice::from_raw_parts(p.offsets as *const i32, p.bags + 1);
+    let idx = std::slice::from_raw_parts(p.indices as *const i32, p.n);
+    // Branch-free folds, so that the scans vectorize.
+    let rising = off.windows(2).fold(true, |ok, w| ok & (w[0] <= w[1]));
+    let (lo, hi) = idx.iter().fold((0i32, 0i32), |(lo, hi), &i| (lo.min(i), hi.max(i)));
+    rising && off[0] == 0 && off[p.bags] as i64 <= p.n as i64 && lo >= 0 && (p.n == 0 || (hi as i64) < p.num as i64)
+}
+
 /// The bag holding position `p`: the last `b` with `offsets[b] <= p`.
 ///
 /// # Safety

@@ -254,9 +254,17 @@ fn run(planned: Result<(Device, Plan)>, exec: Exec) -> Result<()> {
     }
 }
 
-/// Indices must lie in `[0, num_embeddings)` (the Python layer checks them; kernels clamp reads).
-pub fn embag_fwd(args: &EmbagFwd<'_>, exec: Exec) -> Result<()> {
-    run(args.plan(), exec)
+/// Indices must lie in `[0, num_embeddings)` and offsets rise from 0 to at most the number of
+/// indices. On the CPU they are checked first: `Ok(true)` (nothing computed) when one is not, so
+/// that the caller raises naming it; on a GPU the caller checks them (the kernels clamp every
+/// read) and this returns `Ok(false)`.
+pub fn embag_fwd(args: &EmbagFwd<'_>, exec: Exec) -> Result<bool> {
+    let (device, plan) = args.plan()?;
+    // SAFETY: the plan validated the int32 indices (n) and offsets (bags + 1).
+    if device == Device::Cpu && !unsafe { crate::cpu::embag::in_range(&plan) } {
+        return Ok(true);
+    }
+    run(Ok((device, plan)), exec).map(|()| false)
 }
 
 pub fn embag_bwd(args: &EmbagBwd<'_>, exec: Exec) -> Result<()> {
