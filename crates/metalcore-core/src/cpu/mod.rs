@@ -160,6 +160,85 @@ pub(crate) fn has_avx512_bf16() -> bool {
     *F.get_or_init(|| has_avx512() && std::is_x86_feature_detected!("avx512bf16"))
 }
 
+/// True when the CPU converts float16 in hardware (F16C with AVX2, checked once; off with
+/// `METALCORE_CPU_BASELINE=1`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_f16c() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| has_avx2_fma() && std::is_x86_feature_detected!("f16c"))
+}
+
+/// float16 bits → float32 for every element, 16 per step by VCVTPH2PS (exact, as the scalar
+/// conversion). The half crate's slice conversion does the same through a call per 8 elements,
+/// which cost as much as the conversions on short rows (RoPE's 128).
+///
+/// # Safety
+/// The CPU has F16C ([`has_f16c`]); `d.len() == s.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_to_f32_row(s: &[u16], d: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = s.len().min(d.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
+        let b = _mm_loadu_si128(s.as_ptr().add(i + 8) as *const __m128i);
+        _mm256_storeu_ps(d.as_mut_ptr().add(i), _mm256_cvtph_ps(a));
+        _mm256_storeu_ps(d.as_mut_ptr().add(i + 8), _mm256_cvtph_ps(b));
+        i += 16;
+    }
+    for j in i..n {
+        d[j] = f16::from_bits(s[j]).to_f32();
+    }
+}
+
+/// float32 → float16 bits for every element, round to nearest even (VCVTPS2PH, as the scalar
+/// conversion rounds; NaN stays NaN).
+///
+/// # Safety
+/// As for [`f16_to_f32_row`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_to_f16_row(s: &[f32], d: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = s.len().min(d.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr().add(i)));
+        let b = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr().add(i + 8)));
+        _mm_storeu_si128(d.as_mut_ptr().add(i) as *mut __m128i, a);
+        _mm_storeu_si128(d.as_mut_ptr().add(i + 8) as *mut __m128i, b);
+        i += 16;
+    }
+    for j in i..n {
+        d[j] = f16::from_f32(s[j]).to_bits();
+    }
+}
+
+/// float16 bits → float32 (hardware where there is F16C).
+pub(crate) fn f16_row_to_f32(s: &[u16], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: F16C checked; the lengths are clamped inside.
+        return unsafe { f16_to_f32_row(s, d) };
+    }
+    for (d, s) in d.iter_mut().zip(s) {
+        *d = f16::from_bits(*s).to_f32();
+    }
+}
+
+/// float32 → float16 bits, round to nearest even (hardware where there is F16C).
+pub(crate) fn f32_row_to_f16(s: &[f32], d: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: as above.
+        return unsafe { f32_to_f16_row(s, d) };
+    }
+    for (d, s) in d.iter_mut().zip(s) {
+        *d = f16::from_f32(*s).to_bits();
+    }
+}
+
 /// `d[i] = f32_to_bf16_bits(v[i])` for every i, 32 elements per VCVTNE2PS2BF16. That instruction
 /// rounds as [`f32_to_bf16_bits`] does, NaN included, but flushes float32 subnormals to zero: a
 /// group of 32 holding one is converted by the scalar formula instead, so the bits never differ.
@@ -507,13 +586,11 @@ pub(crate) unsafe fn load_row<A: Real>(dtype: DType, src: *const u8, out: &mut [
         DType::I32 => go!(i32, |v: i32| v as f64),
         DType::I64 => go!(i64, |v: i64| v as f64),
         DType::F16 => {
-            let s = std::slice::from_raw_parts(src as *const f16, out.len());
             if std::mem::size_of::<A>() == 4 {
-                // The half crate's slice conversion: F16C, 8 at a time, where the CPU has it
-                // (element by element it is a call with a feature test each: float16 SiLU ran 4x
-                // slower than torch's).
-                use half::slice::HalfFloatSliceExt;
-                s.convert_to_f32_slice(std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len()));
+                // F16C, 16 at a time (element by element the half crate's conversion is a call with
+                // a feature test each: float16 SiLU ran 4x slower than torch's).
+                let o = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len());
+                f16_row_to_f32(std::slice::from_raw_parts(src as *const u16, out.len()), o);
             } else {
                 go!(f16, |v: f16| v.to_f32() as f64)
             }
@@ -578,10 +655,8 @@ pub(crate) unsafe fn store_row<A: Real>(vals: &[A], dtype: DType, dst: *mut u8) 
     }
     if dtype == DType::F16 && std::mem::size_of::<A>() == 4 {
         // As in `load_row` (round to nearest even either way).
-        use half::slice::HalfFloatSliceExt;
         let v = std::slice::from_raw_parts(vals.as_ptr() as *const f32, vals.len());
-        std::slice::from_raw_parts_mut(dst as *mut f16, vals.len()).convert_from_f32_slice(v);
-        return;
+        return f32_row_to_f16(v, std::slice::from_raw_parts_mut(dst as *mut u16, vals.len()));
     }
     for (i, v) in vals.iter().enumerate() {
         v.store(dtype, dst, i);
@@ -672,15 +747,14 @@ pub(crate) fn round_to<A: Real>(dtype: DType, vals: &mut [A]) {
             }
         }
         DType::F16 if std::mem::size_of::<A>() == 4 => {
-            // Through the half crate's slice conversions (F16C), 64 at a time.
-            use half::slice::HalfFloatSliceExt;
+            // Through the row conversions (F16C), 64 at a time.
             // SAFETY: A is f32 here.
             let v = unsafe { std::slice::from_raw_parts_mut(vals.as_mut_ptr() as *mut f32, vals.len()) };
-            let mut h = [f16::ZERO; 64];
+            let mut h = [0u16; 64];
             for c in v.chunks_mut(64) {
                 let h = &mut h[..c.len()];
-                h.convert_from_f32_slice(c);
-                h.convert_to_f32_slice(c);
+                f32_row_to_f16(c, h);
+                f16_row_to_f32(h, c);
             }
         }
         _ => {
@@ -729,6 +803,26 @@ mod tests {
             assert_eq!(f32_to_bf16_bits(v), bf16::from_f32(v).to_bits(), "value {v}");
         }
         assert!(bf16::from_bits(f32_to_bf16_bits(f32::NAN)).is_nan());
+    }
+
+    #[test]
+    fn f16_rows_convert_as_the_scalar_conversion() {
+        // Every float16 bit pattern in, and float32 values around every float16 (ties included) out.
+        let bits: Vec<u16> = (0..=u16::MAX).collect();
+        let mut wide = vec![0f32; bits.len()];
+        f16_row_to_f32(&bits, &mut wide);
+        for (b, w) in bits.iter().zip(&wide) {
+            let want = f16::from_bits(*b).to_f32();
+            assert!(w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()), "{b:#x}");
+        }
+        let vals: Vec<f32> =
+            wide.iter().flat_map(|&w| [w, f32::from_bits(w.to_bits() + 1), w * (1.0 + 4.8828125e-4)]).collect();
+        let mut back = vec![0u16; vals.len()];
+        f32_row_to_f16(&vals, &mut back);
+        for (v, b) in vals.iter().zip(&back) {
+            let want = f16::from_f32(*v);
+            assert!(*b == want.to_bits() || (f16::from_bits(*b).is_nan() && want.is_nan()), "{v}");
+        }
     }
 
     #[test]
