@@ -803,7 +803,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         cases = [(8192, 4096, torch.bfloat16), (8192, 4096, torch.float16), (8192, 4096, torch.float32),
                  (16384, 8192, torch.bfloat16), (65536, 1024, torch.bfloat16), (4096, 4097, torch.bfloat16)]
     else:
-        cases = [(2048, 4096, torch.float32), (2048, 4096, torch.bfloat16)]
+        cases = [(2048, 4096, torch.float32), (2048, 4096, torch.bfloat16), (2048, 4096, torch.float16)]
     if args.case:
         cases = []
         for spec in args.case:
@@ -831,7 +831,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                             if device == "cuda" else cases)
             if op == "rope":
                 shapes = ([(4, 32, 4096, 128, torch.bfloat16), (4, 32, 4096, 128, torch.float32)] if device == "cuda"
-                          else [(1, 32, 512, 128, torch.float32), (1, 32, 512, 128, torch.bfloat16)])
+                          else [(1, 32, 512, 128, torch.float32), (1, 32, 512, 128, torch.bfloat16),
+                                (1, 32, 512, 128, torch.float16)])
                 for b_, h_, s_, d_, dt in shapes:
                     rows += bench_rope(device, b_, h_, s_, d_, dt, args.quick)
                 op_cases = []
