@@ -308,7 +308,7 @@ type Scratch<A> = [Vec<A>; 5];
 /// # Safety
 /// As for [`segment`], on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn segment_avx2<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut Scratch<A>) {
     segment::<A, K>(p, seg, spr, scratch)
 }
@@ -318,7 +318,7 @@ unsafe fn segment_avx2<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scrat
 /// # Safety
 /// As for [`segment`], on a CPU with AVX-512 F/VL/BW/DQ, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")]
 unsafe fn segment_avx512<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &mut Scratch<A>) {
     segment::<A, K>(p, seg, spr, scratch)
 }

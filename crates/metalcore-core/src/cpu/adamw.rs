@@ -108,7 +108,7 @@ unsafe fn block<A: Real>(p: &Plan, idx: usize, item: &Item, off: usize, n: usize
 /// # Safety
 /// As for [`block`], on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn block_avx2<A: Real>(p: &Plan, idx: usize, item: &Item, off: usize, n: usize, sc: &mut (Vec<A>, Vec<A>)) {
     block::<A>(p, idx, item, off, n, sc)
 }

@@ -119,7 +119,7 @@ pub(crate) unsafe fn pivots<A: Real, const L: usize>(col: *const [A; L], stride:
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pivots_f32<const L: usize>(col: *const f32, stride: usize, j: usize, n: usize, out: &mut [f32; L]) {
     use std::arch::x86_64::*;
     // |x| as a nonnegative int32 orders like |x|, with NaN above +Inf.
@@ -151,7 +151,7 @@ pub(crate) fn all_eq<A: Real, const L: usize>(sel: &[A; L], at: A) -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn any_ne_f32<const L: usize>(sel: &[f32; L], at: f32) -> bool {
     use std::arch::x86_64::*;
     let mut m = _mm256_setzero_ps();
@@ -163,7 +163,7 @@ unsafe fn any_ne_f32<const L: usize>(sel: &[f32; L], at: f32) -> bool {
 
 /// The eight rows `r` of an 8×8 float32 block, transposed (three rounds of shuffles).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
@@ -199,7 +199,7 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], len: usize, keep: &[bool]) {
     use std::arch::x86_64::*;
     let full = len & !7;
@@ -225,7 +225,7 @@ unsafe fn pack_f32<const L: usize>(srcs: &[*const f32; L], dst: *mut [f32; L], l
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn unpack_f32<const L: usize>(src: *const [f32; L], len: usize, dsts: &[*mut f32; L], copy: &[bool]) {
     use std::arch::x86_64::*;
     let full = len & !7;

@@ -10,14 +10,14 @@
 macro_rules! isa_copies {
     ($fast:ident = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $fast<A: Real>($($arg: $ty),*) $(-> $ret)? {
             $base::<A>($($arg),*)
         }
     };
     ($fast:ident<const $l:ident> = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
+        #[target_feature(enable = "avx2,fma,f16c")]
         #[allow(clippy::too_many_arguments)]
         unsafe fn $fast<A: Real, const $l: usize>($($arg: $ty),*) $(-> $ret)? {
             $base::<A, $l>($($arg),*)
@@ -27,7 +27,7 @@ macro_rules! isa_copies {
     ($fast:ident, $fast512:ident = $base:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
         isa_copies!($fast = $base($($arg: $ty),*) $(-> $ret)?);
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq")]
         unsafe fn $fast512<A: Real>($($arg: $ty),*) $(-> $ret)? {
             $base::<A>($($arg),*)
         }
@@ -118,7 +118,7 @@ pub(crate) fn row_ptr(m: &crate::ops::Mat, row: usize) -> *mut u8 {
     SendPtr(m.ptr as *mut u8).at(row * m.row_stride, m.dtype)
 }
 
-/// True when the CPU runs AVX2 and FMA (checked once). `METALCORE_CPU_BASELINE=1` forces the
+/// True when the CPU runs AVX2, FMA and F16C (checked once). `METALCORE_CPU_BASELINE=1` forces the
 /// baseline copies (so tests cover both).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
@@ -127,6 +127,8 @@ pub(crate) fn has_avx2_fma() -> bool {
         std::env::var("METALCORE_CPU_BASELINE").map_or(true, |v| v != "1")
             && std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
+            // Every CPU with AVX2 has F16C; the AVX2 copies may use it (float16 rows).
+            && std::is_x86_feature_detected!("f16c")
     })
 }
 
@@ -246,7 +248,7 @@ pub(crate) fn f32_row_to_f16(s: &[f32], d: &mut [u16]) {
 /// # Safety
 /// The CPU has AVX512-BF16 ([`has_avx512_bf16`]); `d.len() == v.len()`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512bf16")]
 unsafe fn f32_to_bf16_row(v: &[f32], d: &mut [u16]) {
     use std::arch::x86_64::*;
     let magnitude = _mm512_set1_epi32(0x7fff_ffff);

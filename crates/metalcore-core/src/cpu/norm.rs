@@ -53,7 +53,7 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
     let mut first_sum = None;
     let xs: &[A] = if p.residual.is_none() && same_type::<A>(p.x.dtype) {
         std::slice::from_raw_parts(row_ptr(&p.x, row) as *const A, n)
-    } else if let Some(total) = load_bf16_summing(c, row, buf) {
+    } else if let Some(total) = load_half_summing(c, row, buf) {
         first_sum = Some(total);
         buf
     } else {
@@ -101,22 +101,27 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
 
 isa_copies!(fwd_row_avx2 = fwd_row(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &mut [A]));
 
-/// A LayerNorm row of bfloat16 x (no residual) converted into `buf` by the pass that also takes
-/// its sum, which it returns; `None` (nothing done) for any other row or CPU.
+/// A LayerNorm row of bfloat16 or float16 x (no residual) converted into `buf` by the pass that
+/// also takes its sum, which it returns; `None` (nothing done) for any other row or CPU.
 ///
 /// # Safety
 /// As for [`fwd_row`].
 #[inline(always)]
-unsafe fn load_bf16_summing<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A]) -> Option<f64> {
+unsafe fn load_half_summing<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A]) -> Option<f64> {
     let p = c.p;
-    if !(c.layer && p.residual.is_none() && p.x.dtype == DType::BF16 && f32_avx2::<A>()) {
+    if !(c.layer && p.residual.is_none() && matches!(p.x.dtype, DType::BF16 | DType::F16) && f32_avx2::<A>()) {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY (of the cast): A is f32 (`f32_avx2`).
         let out = std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut f32, buf.len());
-        return Some(rowsum::load_bf16_sum(row_ptr(&p.x, row) as *const u16, out));
+        let src = row_ptr(&p.x, row) as *const u16;
+        return Some(if p.x.dtype == DType::BF16 {
+            rowsum::load_half_sum::<{ rowsum::STORE_BF16 }>(src, out)
+        } else {
+            rowsum::load_half_sum::<{ rowsum::STORE_F16 }>(src, out)
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
     None
@@ -252,13 +257,12 @@ unsafe fn bwd_row_f32<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch
     let p = c.p;
     let f = |v: &[A]| std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len());
     let f_mut = |v: &mut [A]| std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut f32, v.len());
-    // x and dy where they are when stored as float32, else converted into scratch (x into `tmp`,
-    // which the pass does not write).
-    // bfloat16 rows are converted inside the pass; any other pair of dtypes is converted into
-    // scratch first (x into `tmp`, which the pass does not write).
-    let bf16 = p.x.dtype == DType::BF16 && p.dy.dtype == DType::BF16;
+    // x and dy where they are when stored as float32, or as a pair of bfloat16 or of float16 rows
+    // (converted inside the pass); any other pair of dtypes is converted into scratch first (x
+    // into `tmp`, which the pass does not write).
+    let half = (p.x.dtype == p.dy.dtype && matches!(p.x.dtype, DType::BF16 | DType::F16)).then_some(p.x.dtype);
     let src = |m: &Mat, scratch: &mut Vec<A>| {
-        if bf16 || same_type::<A>(m.dtype) {
+        if half.is_some() || same_type::<A>(m.dtype) {
             row_ptr(m, row) as *const u8
         } else {
             load_row(m.dtype, row_ptr(m, row), scratch);
@@ -278,7 +282,11 @@ unsafe fn bwd_row_f32<A: Real>(c: &BwdCtx<'_, A>, row: usize, s: &mut BwdScratch
             }
         };
     }
-    let (sum_gx, sum_g) = if bf16 { pass!(true) } else { pass!(false) };
+    let (sum_gx, sum_g) = match half {
+        Some(DType::BF16) => pass!({ rowsum::STORE_BF16 }),
+        Some(_) => pass!({ rowsum::STORE_F16 }),
+        None => pass!({ rowsum::STORE_F32 }),
+    };
     let mean_g = if c.layer { A::from_f64(sum_g) * c.inv_n } else { A::ZERO };
     finish_dx(c, row, s, r, mean_g, A::from_f64(sum_gx) * c.inv_n);
 }

@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 const BLOCK: usize = 512;
 
 /// The sum of the 32 lanes of `v`, in float64.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn fold(v: [__m256; 4]) -> f64 {
     let s = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
@@ -26,14 +26,14 @@ unsafe fn fold(v: [__m256; 4]) -> f64 {
 }
 
 /// `Σ (x − shift)²` when `SQUARE`, else `Σ (x − shift)`, in float64, over the `n` elements of the
-/// row `x` (bfloat16 when `BF16`, else float32); each x is also stored, in float32, at `copy_to`
+/// row `x` (stored as `S` says); each x is also stored, in float32, at `copy_to`
 /// unless that is null.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `x` holds `n` readable elements and `copy_to` (if not null) room for
 /// `n` floats.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn deviations<const SQUARE: bool, const S: u8>(
     x: *const u8,
     n: usize,
     shift: f32,
@@ -44,7 +44,7 @@ pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
     let [total] = blocked_sums(
         n,
         |j, [a]| {
-            let v = load8::<BF16>(x, j);
+            let v = load8::<S>(x, j);
             if copy {
                 _mm256_storeu_ps(copy_to.add(j), v);
             }
@@ -52,7 +52,7 @@ pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
             *a = if SQUARE { _mm256_fmadd_ps(d, d, *a) } else { _mm256_add_ps(*a, d) };
         },
         |j| {
-            let v = get::<BF16>(x, j);
+            let v = get::<S>(x, j);
             if copy {
                 *copy_to.add(j) = v;
             }
@@ -66,7 +66,7 @@ pub(crate) unsafe fn deviations<const SQUARE: bool, const BF16: bool>(
 /// `N` sums `Σ one(j)[s]` over `j < n`: eight terms of each at a time added by `eight(j, acc)`
 /// into one of four sets of `N` float32 accumulators, each sum folded into its float64 total every
 /// [`BLOCK`] elements; the terms past the last full 32 of a block come from `one`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn blocked_sums<const N: usize>(
     n: usize,
@@ -98,57 +98,76 @@ unsafe fn blocked_sums<const N: usize>(
     total
 }
 
-/// `out = src` converted from bfloat16, returning `Σ src` in float64 (the load and LayerNorm's
-/// first reduction in one pass).
+/// `out = src` converted from bfloat16 or float16 (`S`), returning `Σ src` in float64 (the load
+/// and LayerNorm's first reduction in one pass).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `src` holds `out.len()` readable elements.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn load_bf16_sum(src: *const u16, out: &mut [f32]) -> f64 {
-    deviations::<false, true>(src as *const u8, out.len(), 0.0, out.as_mut_ptr())
+/// The CPU has AVX2, FMA and F16C; `src` holds `out.len()` readable elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn load_half_sum<const S: u8>(src: *const u16, out: &mut [f32]) -> f64 {
+    deviations::<false, S>(src as *const u8, out.len(), 0.0, out.as_mut_ptr())
 }
 
 /// [`deviations`] of a float32 slice.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn deviations_f32<const SQUARE: bool>(x: &[f32], shift: f32) -> f64 {
-    deviations::<SQUARE, false>(x.as_ptr() as *const u8, x.len(), shift, std::ptr::null_mut())
+    deviations::<SQUARE, STORE_F32>(x.as_ptr() as *const u8, x.len(), shift, std::ptr::null_mut())
 }
 
-/// Eight elements from `j` on of a row stored as bfloat16 (`BF16`) or float32, in float32.
-#[target_feature(enable = "avx2,fma")]
+/// How the rows of these passes are stored (their `S` parameter): float32, bfloat16 or float16,
+/// converted to float32 as they are loaded.
+pub(crate) const STORE_F32: u8 = 0;
+pub(crate) const STORE_BF16: u8 = 1;
+pub(crate) const STORE_F16: u8 = 2;
+
+/// The `S` of rows of `dtype`, for the passes here: None for other dtypes.
+pub(crate) fn store_of(dtype: crate::dtype::DType) -> Option<u8> {
+    use crate::dtype::DType;
+    match dtype {
+        DType::F32 => Some(STORE_F32),
+        DType::BF16 => Some(STORE_BF16),
+        DType::F16 => Some(STORE_F16),
+        _ => None,
+    }
+}
+
+/// Eight elements from `j` on of a row stored as `S` says, in float32.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn load8<const BF16: bool>(p: *const u8, j: usize) -> __m256 {
-    if BF16 {
-        let h = _mm_loadu_si128(p.add(2 * j) as *const __m128i);
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-    } else {
-        _mm256_loadu_ps((p as *const f32).add(j))
+unsafe fn load8<const S: u8>(p: *const u8, j: usize) -> __m256 {
+    match S {
+        STORE_BF16 => {
+            let h = _mm_loadu_si128(p.add(2 * j) as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+        STORE_F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * j) as *const __m128i)),
+        _ => _mm256_loadu_ps((p as *const f32).add(j)),
     }
 }
 
 /// Element `j` of such a row.
 #[inline(always)]
-unsafe fn get<const BF16: bool>(p: *const u8, j: usize) -> f32 {
-    if BF16 {
-        f32::from_bits((*(p as *const u16).add(j) as u32) << 16)
-    } else {
-        *(p as *const f32).add(j)
+unsafe fn get<const S: u8>(p: *const u8, j: usize) -> f32 {
+    match S {
+        STORE_BF16 => f32::from_bits((*(p as *const u16).add(j) as u32) << 16),
+        STORE_F16 => half::f16::from_bits(*(p as *const u16).add(j)).to_f32(),
+        _ => *(p as *const f32).add(j),
     }
 }
 
 /// The first backward pass of a norm row, fused: `xh = (x − mu)·r` and `g = dy·w` stored, `dw +=
 /// dy·xh` (when `DW`) and `db += dy` (when `DB`) accumulated, and `(Σ g·xh, Σ g)` returned in
-/// float64. `x` and `dy` are rows of `xh.len()` elements, bfloat16 when `BF16`, else float32.
+/// float64. `x` and `dy` are rows of `xh.len()` elements, stored as `S` says.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `x` and `dy` are readable rows as said; `w`, `g` and (when used) `dw`,
 /// `db` are at least as long as `xh`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: bool>(
+pub(crate) unsafe fn norm_bwd_pass<const S: u8, const DW: bool, const DB: bool>(
     x: *const u8,
     dy: *const u8,
     w: &[f32],
@@ -165,8 +184,8 @@ pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: b
     let [sum_gx, sum_g] = blocked_sums(
         n,
         |j, [acc_gx, acc_g]| {
-            let h = _mm256_mul_ps(_mm256_sub_ps(load8::<BF16>(x, j), m), rv);
-            let d = load8::<BF16>(dy, j);
+            let h = _mm256_mul_ps(_mm256_sub_ps(load8::<S>(x, j), m), rv);
+            let d = load8::<S>(dy, j);
             let gv = _mm256_mul_ps(d, _mm256_loadu_ps(pw.add(j)));
             _mm256_storeu_ps(pxh.add(j), h);
             _mm256_storeu_ps(pg.add(j), gv);
@@ -180,7 +199,7 @@ pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: b
             }
         },
         |j| {
-            let (h, d) = ((get::<BF16>(x, j) - mu) * r, get::<BF16>(dy, j));
+            let (h, d) = ((get::<S>(x, j) - mu) * r, get::<S>(dy, j));
             let gv = d * *pw.add(j);
             *pxh.add(j) = h;
             *pg.add(j) = gv;
@@ -206,7 +225,7 @@ pub(crate) unsafe fn norm_bwd_pass<const BF16: bool, const DW: bool, const DB: b
 /// The CPU has AVX2 and FMA; `out` has room for `n` floats; `eight(i)` and `one(i)` are valid for
 /// `i + 8 ≤ n` and `i < n`.
 /// With `STREAM` false (a scratch row, read again next) the stores are plain.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn stream_row<const STREAM: bool>(
     n: usize,
@@ -246,7 +265,7 @@ unsafe fn stream_row<const STREAM: bool>(
 ///
 /// # Safety
 /// As for [`stream_row`]; `x`, `w` and `b` hold `n` floats.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn norm_out_f32(
     x: &[f32],
@@ -275,7 +294,7 @@ pub(crate) unsafe fn norm_out_f32(
 ///
 /// # Safety
 /// As for [`stream_row`]; `g` and `xh` hold `n` floats.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn norm_dx_f32(
     g: &[f32],
     xh: &[f32],
@@ -299,16 +318,16 @@ pub(crate) unsafe fn norm_dx_f32(
     );
 }
 
-/// `Σ a·b` over rows of `n` elements (bfloat16 when `BF16`, else float32), in float64.
+/// `Σ a·b` over rows of `n` elements (stored as `S` says), in float64.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `a` and `b` hold `n` readable elements each.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dot<const BF16: bool>(a: *const u8, b: *const u8, n: usize) -> f64 {
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot<const S: u8>(a: *const u8, b: *const u8, n: usize) -> f64 {
     let [total] = blocked_sums(
         n,
-        |j, [s]| *s = _mm256_fmadd_ps(load8::<BF16>(a, j), load8::<BF16>(b, j), *s),
-        |j| [(get::<BF16>(a, j) * get::<BF16>(b, j)) as f64],
+        |j, [s]| *s = _mm256_fmadd_ps(load8::<S>(a, j), load8::<S>(b, j), *s),
+        |j| [(get::<S>(a, j) * get::<S>(b, j)) as f64],
     );
     total
 }
@@ -317,20 +336,20 @@ pub(crate) unsafe fn dot<const BF16: bool>(a: *const u8, b: *const u8, n: usize)
 ///
 /// # Safety
 /// As for [`stream_row`]; `out` has room for `v.len()` floats.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn scale_out_f32(v: &[f32], k: f32, out: *mut f32) {
     let (pv, kv) = (v.as_ptr(), _mm256_set1_ps(k));
     stream_row::<true>(v.len(), out, &[], |i| _mm256_mul_ps(_mm256_loadu_ps(pv.add(i)), kv), |i| v[i] * k);
 }
 
 /// Softmax's input gradient `out = y·(dy − s)` for rows `y`, `dy` of `n` elements (bfloat16 when
-/// `BF16`, else float32), into a float32 row: streamed when `STREAM` (the output itself), plain
+/// `S` says), into a float32 row: streamed when `STREAM` (the output itself), plain
 /// when not (a scratch row).
 ///
 /// # Safety
 /// As for [`stream_row`]; `y` and `dy` hold `n` readable elements, `out` room for `n` floats.
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn softmax_dx<const BF16: bool, const STREAM: bool>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn softmax_dx<const S: u8, const STREAM: bool>(
     y: *const u8,
     dy: *const u8,
     n: usize,
@@ -343,8 +362,8 @@ pub(crate) unsafe fn softmax_dx<const BF16: bool, const STREAM: bool>(
         n,
         out,
         ahead,
-        |i| _mm256_mul_ps(load8::<BF16>(y, i), _mm256_sub_ps(load8::<BF16>(dy, i), sv)),
-        |i| get::<BF16>(y, i) * (get::<BF16>(dy, i) - s),
+        |i| _mm256_mul_ps(load8::<S>(y, i), _mm256_sub_ps(load8::<S>(dy, i), sv)),
+        |i| get::<S>(y, i) * (get::<S>(dy, i) - s),
     );
 }
 
@@ -364,15 +383,15 @@ mod tests {
 
     type Pass = ((f64, f64), Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
-    /// [`norm_bwd_pass`] on rows `x`, `dy` (bfloat16 when `BF16`) with dw starting at 0.25 and db
+    /// [`norm_bwd_pass`] on rows `x`, `dy` (stored as `S` says) with dw starting at 0.25 and db
     /// at −0.5: the sums, then xh, g, dw and db.
-    fn pass<const BF16: bool, T>(x: &[T], dy: &[T], w: &[f32], mu: f32, r: f32) -> Pass {
+    fn pass<const S: u8, T>(x: &[T], dy: &[T], w: &[f32], mu: f32, r: f32) -> Pass {
         let n = x.len();
         let (mut xh, mut g) = (vec![f32::NAN; n], vec![f32::NAN; n]);
         let (mut dw, mut db) = (vec![0.25f32; n], vec![-0.5f32; n]);
         // SAFETY: the callers checked for AVX2 and FMA; every row holds n elements of its type.
         let sums = unsafe {
-            norm_bwd_pass::<BF16, true, true>(
+            norm_bwd_pass::<S, true, true>(
                 x.as_ptr() as *const u8,
                 dy.as_ptr() as *const u8,
                 w,
@@ -403,7 +422,7 @@ mod tests {
             assert!((got1 - want1).abs() <= 1e-6 * scale, "n {n}: {got1} vs {want1}");
             assert!((got2 - want2).abs() <= 1e-6 * want2.max(1.0), "n {n}: {got2} vs {want2}");
             let r = 1.3f32;
-            let ((sgx, sg), xh, g, dw, db) = pass::<false, f32>(&x, &dy, &w, mu, r);
+            let ((sgx, sg), xh, g, dw, db) = pass::<STORE_F32, f32>(&x, &dy, &w, mu, r);
             let (mut wgx, mut wg) = (0f64, 0f64);
             for j in 0..n {
                 let h = (x[j] as f64 - mu as f64) * r as f64;
@@ -425,11 +444,25 @@ mod tests {
             let (xr, dyr) = (wide(&xb), wide(&dyb));
             let mut out = vec![f32::NAN; n];
             // SAFETY: as above; `xb` holds n elements.
-            let total = unsafe { load_bf16_sum(xb.as_ptr(), &mut out) };
+            let total = unsafe { load_half_sum::<STORE_BF16>(xb.as_ptr(), &mut out) };
             assert_eq!(out, xr, "n {n}");
             let want: f64 = xr.iter().map(|&v| v as f64).sum();
             assert!((total - want).abs() <= 1e-6 * scale, "n {n}: {total} vs {want}");
-            assert_eq!(pass::<true, u16>(&xb, &dyb, &w, mu, r), pass::<false, f32>(&xr, &dyr, &w, mu, r), "n {n}");
+            assert_eq!(
+                pass::<STORE_BF16, u16>(&xb, &dyb, &w, mu, r),
+                pass::<STORE_F32, f32>(&xr, &dyr, &w, mu, r),
+                "n {n}"
+            );
+            // The float16 rows alike.
+            let bits = |v: &[f32]| v.iter().map(|&f| half::f16::from_f32(f).to_bits()).collect::<Vec<u16>>();
+            let wide = |b: &[u16]| b.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect::<Vec<f32>>();
+            let (xh16, dyh16) = (bits(&x), bits(&dy));
+            let (xr, dyr) = (wide(&xh16), wide(&dyh16));
+            assert_eq!(
+                pass::<STORE_F16, u16>(&xh16, &dyh16, &w, mu, r),
+                pass::<STORE_F32, f32>(&xr, &dyr, &w, mu, r),
+                "n {n}"
+            );
         }
     }
 
@@ -442,13 +475,15 @@ mod tests {
             let (y, dy) = (data(n, 7), data(n, 8));
             let want: f64 = y.iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum();
             // SAFETY: AVX2 and FMA checked above; both rows hold n floats.
-            let got = unsafe { dot::<false>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n) };
+            let got = unsafe { dot::<STORE_F32>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n) };
             assert!((got - want).abs() <= 1e-5 * (n as f64 + 1.0), "n {n}: {got} vs {want}");
             let mut out = vec![f32::NAN; n + 1];
             for off in [0, 1] {
                 let o = unsafe { out.as_mut_ptr().add(off) };
                 // SAFETY: as above; `out` has room for n + 1 floats.
-                unsafe { softmax_dx::<false, true>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n, 0.3, o, &[]) };
+                unsafe {
+                    softmax_dx::<STORE_F32, true>(y.as_ptr() as *const u8, dy.as_ptr() as *const u8, n, 0.3, o, &[])
+                };
                 for i in 0..n {
                     assert_eq!(unsafe { *o.add(i) }, y[i] * (dy[i] - 0.3), "dx[{i}] n {n} off {off}");
                 }

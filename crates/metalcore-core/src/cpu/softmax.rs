@@ -97,21 +97,32 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn bwd_row_f32<A: Real>(p: &BwdPlan, row: usize, n: usize, same: bool, yb: &mut [A]) -> bool {
-    use crate::dtype::DType;
-    let bf16 = [p.y.dtype, p.dy.dtype, p.dx.dtype].iter().all(|&d| d == DType::BF16);
-    if !(same || bf16) || overlap(&p.y, &p.dx, row, n) || overlap(&p.dy, &p.dx, row, n) {
+    use rowsum::{STORE_BF16, STORE_F16, STORE_F32};
+    // One 16-bit dtype throughout: converted inside the passes.
+    let half = [p.dy.dtype, p.dx.dtype].iter().all(|&d| d == p.y.dtype).then(|| rowsum::store_of(p.y.dtype)).flatten();
+    let half = half.filter(|&k| k != STORE_F32);
+    if !(same || half.is_some()) || overlap(&p.y, &p.dx, row, n) || overlap(&p.dy, &p.dx, row, n) {
         return false;
     }
     let (y, dy) = (row_ptr(&p.y, row) as *const u8, row_ptr(&p.dy, row) as *const u8);
     let next = [next_row(&p.y, row, p.rows), next_row(&p.dy, row, p.rows)];
-    if bf16 {
-        let s = rowsum::dot::<true>(y, dy, n) as f32;
-        rowsum::softmax_dx::<true, false>(y, dy, n, s, yb.as_mut_ptr() as *mut f32, &next);
-        store_row(yb, p.dx.dtype, row_ptr(&p.dx, row));
-    } else {
-        let s = rowsum::dot::<false>(y, dy, n) as f32;
-        rowsum::softmax_dx::<false, true>(y, dy, n, s, row_ptr(&p.dx, row) as *mut f32, &next);
+    let out = yb.as_mut_ptr() as *mut f32;
+    match half {
+        Some(STORE_BF16) => {
+            let s = rowsum::dot::<STORE_BF16>(y, dy, n) as f32;
+            rowsum::softmax_dx::<STORE_BF16, false>(y, dy, n, s, out, &next);
+        }
+        Some(_) => {
+            let s = rowsum::dot::<STORE_F16>(y, dy, n) as f32;
+            rowsum::softmax_dx::<STORE_F16, false>(y, dy, n, s, out, &next);
+        }
+        None => {
+            let s = rowsum::dot::<STORE_F32>(y, dy, n) as f32;
+            rowsum::softmax_dx::<STORE_F32, true>(y, dy, n, s, row_ptr(&p.dx, row) as *mut f32, &next);
+            return true;
+        }
     }
+    store_row(yb, p.dx.dtype, row_ptr(&p.dx, row));
     true
 }
 

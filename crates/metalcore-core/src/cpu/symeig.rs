@@ -764,7 +764,7 @@ fn chain_step(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
 /// [`chain_step`] in AVX2 vectors of four lanes: the same arithmetic as the portable loop,
 /// operation for operation (no contraction into multiply-adds), so both give the same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
     use std::arch::x86_64::*;
     let Chains { s, c, p, g } = ch;
