@@ -143,8 +143,9 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
     // through scratch stalled on memory and on compute in turn: 2 threads ran SiLU barely faster
     // than one); other dtypes are converted through the scratch rows.
     let same = same_type::<A>(dt);
-    if dt == DType::BF16 && std::mem::size_of::<A>() == 4 && p.bias.is_none() {
-        // bfloat16 converted in the same loop (a shift in, a rounding out): no scratch passes.
+    if matches!(dt, DType::BF16 | DType::F16) && std::mem::size_of::<A>() == 4 && p.bias.is_none() {
+        // bfloat16 converted in the same loop (a shift in, a rounding out), float16 converted on
+        // the way in (`F16`): no scratch passes for the inputs.
         let io = |m: &Mat| at(m) as usize;
         let ins: [usize; 3] = std::array::from_fn(|i| p.ins.get(i).map_or(0, io));
         let outs: [usize; 2] = std::array::from_fn(|i| p.outs.get(i).map_or(0, io));
@@ -152,6 +153,17 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
         let apart = |a: usize, b: usize| a == 0 || b == 0 || disjoint(a, b, bytes);
         if outs.iter().all(|&o| ins.iter().all(|&i| apart(o, i))) && apart(outs[0], outs[1]) {
             let ins = ins.map(|a| a as *const u16);
+            if dt == DType::F16 {
+                // Results in float32 through the scratch rows, converted by `store_row` (F16C).
+                let [_, _, _, s3, s4] = scratch;
+                let f = |s: &mut Vec<A>| s.as_mut_ptr() as *mut f32;
+                loops::<f32, K, F16, Same>(p.mode, ins, [f(s3), f(s4)], len);
+                store_row(&s3[..len], dt, outs[0] as *mut u8);
+                if p.mode == Mode::GluBwd {
+                    store_row(&s4[..len], dt, outs[1] as *mut u8);
+                }
+                return;
+            }
             #[cfg(target_arch = "x86_64")]
             if super::has_avx512_bf16() {
                 // Results in float32 through the scratch rows (L1), rounded 32 at a time by
@@ -256,6 +268,36 @@ impl Codec<f32> for Bf16 {
     }
 }
 
+/// float16 elements computed in float32 ([`f16_bits_to_f32`] in; out by the half crate, one at a
+/// time: the loops here write their float16 results through scratch and `store_row` instead).
+#[derive(Clone, Copy)]
+struct F16;
+
+impl Codec<f32> for F16 {
+    type T = u16;
+    #[inline(always)]
+    fn get(v: u16) -> f32 {
+        f16_bits_to_f32(v)
+    }
+    #[inline(always)]
+    fn put(v: f32) -> u16 {
+        half::f16::from_f32(v).to_bits()
+    }
+}
+
+/// float16 bits → float32, exactly, by integer and float operations that vectorize (no F16C
+/// needed): the magnitude's bits moved into a float32's place and scaled by 2^112 (the biases'
+/// difference; exact for normals and subnormals alike), the all-ones exponent of infinities and
+/// NaNs set directly, then the sign.
+#[inline(always)]
+fn f16_bits_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let mag = (h & 0x7fff) << 13;
+    let v = f32::from_bits(mag) * f32::from_bits(0x7780_0000);
+    let v = if mag >= 0x0f80_0000 { f32::from_bits(mag | 0x7f80_0000) } else { v };
+    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
+}
+
 /// The element loops of every mode over `len` elements: inputs (x, then up or the output
 /// gradient, then the output gradient of a GLU), stored as `I` describes, and outputs (one, or two
 /// for `GluBwd`), stored as `O` describes.
@@ -357,6 +399,14 @@ pub fn run(p: &Plan) -> crate::error::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_bits_convert_exactly() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (f16_bits_to_f32(h), half::f16::from_bits(h).to_f32());
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#x}: {got} vs {want}");
+        }
+    }
 
     #[test]
     fn f32_cdf_and_pdf_are_relatively_accurate_in_both_tails() {
