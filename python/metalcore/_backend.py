@@ -53,14 +53,16 @@ def _choose_cpu_pool() -> str:
 CPU_POOL = _choose_cpu_pool()
 
 
-def desc(t: torch.Tensor, arg: str) -> Desc:
-    """Describes `t` for the core: (data_ptr, dtype, shape, strides, device type, device index)."""
+def desc(t: torch.Tensor, arg: str, shape=None, strides=None) -> Desc:
+    """Describes `t` for the core: (data_ptr, dtype, shape, strides, device type, device index);
+    `shape` and `strides`, when given, stand for `t`'s own (a view of the same memory)."""
     name = _DESC_NAMES.get(t.dtype)
     if name is None:
         raise TypeError(f"{arg}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
     dev = t.device
     index = dev.index
-    return (t.data_ptr(), name, t.shape, t.stride(), dev.type, -1 if index is None else index)
+    return (t.data_ptr(), name, t.shape if shape is None else shape, t.stride() if strides is None else strides, dev.type,
+            -1 if index is None else index)
 
 
 def batch_desc(t: torch.Tensor, arg: str, rows: int, cols: int) -> Desc:
@@ -68,15 +70,9 @@ def batch_desc(t: torch.Tensor, arg: str, rows: int, cols: int) -> Desc:
     torch op (a reshape costs several microseconds of host time on a small batch)."""
     if not t.is_contiguous():
         raise ValueError(f"{arg}: expected a contiguous tensor")
-    name = _DESC_NAMES.get(t.dtype)
-    if name is None:
-        raise TypeError(f"{arg}: expected a floating dtype (float16, bfloat16, float32 or float64), got {t.dtype}")
-    dev = t.device
-    index = dev.index
     nb = t.numel() // (rows * cols) if rows * cols else (t.shape[:-2].numel() if t.dim() >= 2 else 1)
-    # Built directly (not from `desc`, whose shape and strides would be replaced): half a
-    # microsecond less per operand.
-    return (t.data_ptr(), name, (nb, rows, cols), (rows * cols, cols, 1), dev.type, -1 if index is None else index)
+    # The view's shape and strides passed in: `t`'s own are not read (host time).
+    return desc(t, arg, (nb, rows, cols), (rows * cols, cols, 1))
 
 
 def opt_desc(t: Optional[torch.Tensor], arg: str) -> Optional[Desc]:

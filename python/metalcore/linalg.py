@@ -169,7 +169,12 @@ def _first_nonzero(flat: Tensor, shape: torch.Size):
     if not _any_set(flat):
         return None
     i = int(torch.nonzero(flat)[0, 0])
-    return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape)), int(flat[i])
+    return _batch_index(i, shape), int(flat[i])
+
+
+def _batch_index(i: int, shape: torch.Size) -> tuple:
+    """The flattened index `i` as a batch index in `shape`, a tuple of ints."""
+    return tuple(int(v) for v in torch.unravel_index(torch.tensor(i), shape))
 
 
 def _first_failure(info: Tensor, first: int = _UNKNOWN):
@@ -179,7 +184,7 @@ def _first_failure(info: Tensor, first: int = _UNKNOWN):
     if first == -1:
         return None
     if first >= 0:
-        return tuple(int(v) for v in torch.unravel_index(torch.tensor(first), info.shape)), int(info.reshape(-1)[first])
+        return _batch_index(first, info.shape), int(info.reshape(-1)[first])
     return _first_nonzero(_host_info(info), info.shape)
 
 

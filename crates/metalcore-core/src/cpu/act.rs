@@ -154,28 +154,11 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
         if outs.iter().all(|&o| ins.iter().all(|&i| apart(o, i))) && apart(outs[0], outs[1]) {
             let ins = ins.map(|a| a as *const u16);
             if dt == DType::F16 {
-                // Results in float32 through the scratch rows, converted by `store_row` (F16C).
-                let [_, _, _, s3, s4] = scratch;
-                let f = |s: &mut Vec<A>| s.as_mut_ptr() as *mut f32;
-                loops::<f32, K, F16, Same>(p.mode, ins, [f(s3), f(s4)], len);
-                store_row(&s3[..len], dt, outs[0] as *mut u8);
-                if p.mode == Mode::GluBwd {
-                    store_row(&s4[..len], dt, outs[1] as *mut u8);
-                }
-                return;
+                return through_scratch::<A, K, F16>(p.mode, dt, ins, outs, len, scratch);
             }
             #[cfg(target_arch = "x86_64")]
             if super::has_avx512_bf16() {
-                // Results in float32 through the scratch rows (L1), rounded 32 at a time by
-                // `store_row`'s hardware conversion.
-                let [_, _, _, s3, s4] = scratch;
-                let f = |s: &mut Vec<A>| s.as_mut_ptr() as *mut f32;
-                loops::<f32, K, Bf16, Same>(p.mode, ins, [f(s3), f(s4)], len);
-                store_row(&s3[..len], dt, outs[0] as *mut u8);
-                if p.mode == Mode::GluBwd {
-                    store_row(&s4[..len], dt, outs[1] as *mut u8);
-                }
-                return;
+                return through_scratch::<A, K, Bf16>(p.mode, dt, ins, outs, len, scratch);
             }
             return loops::<f32, K, Bf16, Bf16>(p.mode, ins, outs.map(|a| a as *mut u16), len);
         }
@@ -226,6 +209,31 @@ unsafe fn segment<A: Math, K: Kind>(p: &Plan, seg: usize, spr: usize, scratch: &
     }
     if !d0 {
         store_row(&s3[..len], dt, at(&p.outs[0]));
+    }
+}
+
+/// The element loops on 16-bit inputs read as `I` says, with their float32 results through the
+/// scratch rows (L1), converted by `store_row` (in hardware: F16C for float16, 32 at a time by
+/// AVX512-BF16 for bfloat16) into the outputs of `dt`.
+///
+/// # Safety
+/// As for [`loops`], the outputs `outs` holding `len` elements of `dt`; A is f32 and every
+/// scratch row holds at least `len` values.
+#[inline(always)]
+unsafe fn through_scratch<A: Math, K: Kind, I: Codec<f32, T = u16>>(
+    mode: Mode,
+    dt: DType,
+    ins: [*const u16; 3],
+    outs: [usize; 2],
+    len: usize,
+    scratch: &mut Scratch<A>,
+) {
+    let [_, _, _, s3, s4] = scratch;
+    let f = |s: &mut Vec<A>| s.as_mut_ptr() as *mut f32;
+    loops::<f32, K, I, Same>(mode, ins, [f(s3), f(s4)], len);
+    store_row(&s3[..len], dt, outs[0] as *mut u8);
+    if mode == Mode::GluBwd {
+        store_row(&s4[..len], dt, outs[1] as *mut u8);
     }
 }
 

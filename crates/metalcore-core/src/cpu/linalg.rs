@@ -226,11 +226,7 @@ fn cholesky_impl<A: Real>(p: &CholeskyPlan) {
 /// [`cholesky_impl`] for n ≤ [`CHOL_LANES_MAX_N`] on groups of `L` matrices ([`factor_lanes`]),
 /// straight from the source into the output.
 fn cholesky_lanes<A: Real, const L: usize>(p: &CholeskyPlan) {
-    #[cfg(target_arch = "x86_64")]
-    let f: unsafe fn(&mut [[A; L]], usize, &mut [i32; L]) =
-        if super::has_avx2_fma() { factor_lanes_avx2::<A, L> } else { factor_lanes::<A, L> };
-    #[cfg(not(target_arch = "x86_64"))]
-    let f: unsafe fn(&mut [[A; L]], usize, &mut [i32; L]) = factor_lanes::<A, L>;
+    let f = pick!(factor_lanes_avx2, factor_lanes, <A, L>, unsafe fn(&mut [[A; L]], usize, &mut [i32; L]));
     let n = p.a.rows;
     let len = n * n;
     let (batch, src, dst, info) = (p.a.batch, p.src as usize, p.a.ptr as usize, p.info as usize);
@@ -815,11 +811,12 @@ fn lu_solve_impl<A: Real>(p: &LuSolvePlan) {
 /// [`lu_solve_impl`] on groups of W systems ([`lu_solve_lanes`]), straight from A and B into X
 /// (A is only read).
 fn lu_solve_lanes_impl<A: Real, const L: usize>(p: &LuSolvePlan) {
-    #[cfg(target_arch = "x86_64")]
-    let f: unsafe fn(&mut [[A; L]], &mut [[A; L]], usize, usize, &mut [i32; L]) =
-        if super::has_avx2_fma() { lu_solve_lanes_avx2::<A, L> } else { lu_solve_lanes::<A, L> };
-    #[cfg(not(target_arch = "x86_64"))]
-    let f: unsafe fn(&mut [[A; L]], &mut [[A; L]], usize, usize, &mut [i32; L]) = lu_solve_lanes::<A, L>;
+    let f = pick!(
+        lu_solve_lanes_avx2,
+        lu_solve_lanes,
+        <A, L>,
+        unsafe fn(&mut [[A; L]], &mut [[A; L]], usize, usize, &mut [i32; L])
+    );
     let (n, k) = (p.a.rows, p.b.cols);
     // SAFETY: the plan validated contiguous (batch, n, n) A, (batch, n, k) B and X (B and X the
     // same memory when in place) and `batch` info entries.
@@ -1356,10 +1353,7 @@ const QR_LANES_MAX: usize = 128 * 128;
 fn qr_lanes_impl<A: Real, const L: usize>(p: &QrPlan) {
     let (m, n, kq, kr) = (p.a.rows, p.a.cols, p.kq, p.kr);
     let (src, qp, rp) = (p.a.ptr, p.q, p.r);
-    #[cfg(target_arch = "x86_64")]
-    let f: QrLanesFn<A, L> = if super::has_avx2_fma() { qr_lanes_avx2::<A, L> } else { qr_lanes::<A, L> };
-    #[cfg(not(target_arch = "x86_64"))]
-    let f: QrLanesFn<A, L> = qr_lanes::<A, L>;
+    let f = pick!(qr_lanes_avx2, qr_lanes, <A, L>, QrLanesFn<A, L>);
     let batch = p.a.batch;
     let z = [A::ZERO; L];
     // Missing lanes of the last group: the identity-like [I; 0] (it factors cleanly).

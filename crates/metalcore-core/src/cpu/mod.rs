@@ -66,6 +66,14 @@ macro_rules! pick {
         let f: $t = $base::<$($a),+>;
         f
     }};
+    // `<...>`: generic arguments, const ones included.
+    ($fast:ident, $base:ident, <$($a:tt),+>, $t:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        let f: $t = if $crate::cpu::has_avx2_fma() { $fast::<$($a),+> } else { $base::<$($a),+> };
+        #[cfg(not(target_arch = "x86_64"))]
+        let f: $t = $base::<$($a),+>;
+        f
+    }};
     ($fast:ident, $base:ident, $a:ty, $t:ty) => {{
         #[cfg(target_arch = "x86_64")]
         let f: $t = if $crate::cpu::has_avx2_fma() { $fast::<$a> } else { $base::<$a> };
@@ -162,20 +170,12 @@ pub(crate) fn has_avx512_bf16() -> bool {
     *F.get_or_init(|| has_avx512() && std::is_x86_feature_detected!("avx512bf16"))
 }
 
-/// True when the CPU converts float16 in hardware (F16C with AVX2, checked once; off with
-/// `METALCORE_CPU_BASELINE=1`).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_f16c() -> bool {
-    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *F.get_or_init(|| has_avx2_fma() && std::is_x86_feature_detected!("f16c"))
-}
-
 /// float16 bits → float32 for every element, 16 per step by VCVTPH2PS (exact, as the scalar
 /// conversion). The half crate's slice conversion does the same through a call per 8 elements,
 /// which cost as much as the conversions on short rows (RoPE's 128).
 ///
 /// # Safety
-/// The CPU has F16C ([`has_f16c`]); `d.len() == s.len()`.
+/// The CPU has F16C ([`has_avx2_fma`]); `d.len() == s.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_to_f32_row(s: &[u16], d: &mut [f32]) {
@@ -220,8 +220,8 @@ unsafe fn f32_to_f16_row(s: &[f32], d: &mut [u16]) {
 /// float16 bits → float32 (hardware where there is F16C).
 pub(crate) fn f16_row_to_f32(s: &[u16], d: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
-        // SAFETY: F16C checked; the lengths are clamped inside.
+    if has_avx2_fma() {
+        // SAFETY: F16C checked (with AVX2); the lengths are clamped inside.
         return unsafe { f16_to_f32_row(s, d) };
     }
     for (d, s) in d.iter_mut().zip(s) {
@@ -232,7 +232,7 @@ pub(crate) fn f16_row_to_f32(s: &[u16], d: &mut [f32]) {
 /// float32 → float16 bits, round to nearest even (hardware where there is F16C).
 pub(crate) fn f32_row_to_f16(s: &[f32], d: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
+    if has_avx2_fma() {
         // SAFETY: as above.
         return unsafe { f32_to_f16_row(s, d) };
     }

@@ -123,17 +123,6 @@ pub(crate) const STORE_F32: u8 = 0;
 pub(crate) const STORE_BF16: u8 = 1;
 pub(crate) const STORE_F16: u8 = 2;
 
-/// The `S` of rows of `dtype`, for the passes here: None for other dtypes.
-pub(crate) fn store_of(dtype: crate::dtype::DType) -> Option<u8> {
-    use crate::dtype::DType;
-    match dtype {
-        DType::F32 => Some(STORE_F32),
-        DType::BF16 => Some(STORE_BF16),
-        DType::F16 => Some(STORE_F16),
-        _ => None,
-    }
-}
-
 /// Eight elements from `j` on of a row stored as `S` says, in float32.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

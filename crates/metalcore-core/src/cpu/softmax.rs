@@ -97,10 +97,12 @@ unsafe fn bwd_row<A: Real>(p: &BwdPlan, row: usize, yb: &mut [A], db: &mut [A]) 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn bwd_row_f32<A: Real>(p: &BwdPlan, row: usize, n: usize, same: bool, yb: &mut [A]) -> bool {
+    use crate::dtype::DType;
     use rowsum::{STORE_BF16, STORE_F16, STORE_F32};
     // One 16-bit dtype throughout: converted inside the passes.
-    let half = [p.dy.dtype, p.dx.dtype].iter().all(|&d| d == p.y.dtype).then(|| rowsum::store_of(p.y.dtype)).flatten();
-    let half = half.filter(|&k| k != STORE_F32);
+    let half =
+        [p.dy.dtype, p.dx.dtype].iter().all(|&d| d == p.y.dtype) && matches!(p.y.dtype, DType::BF16 | DType::F16);
+    let half = half.then_some(p.y.dtype);
     if !(same || half.is_some()) || overlap(&p.y, &p.dx, row, n) || overlap(&p.dy, &p.dx, row, n) {
         return false;
     }
@@ -108,7 +110,7 @@ unsafe fn bwd_row_f32<A: Real>(p: &BwdPlan, row: usize, n: usize, same: bool, yb
     let next = [next_row(&p.y, row, p.rows), next_row(&p.dy, row, p.rows)];
     let out = yb.as_mut_ptr() as *mut f32;
     match half {
-        Some(STORE_BF16) => {
+        Some(DType::BF16) => {
             let s = rowsum::dot::<STORE_BF16>(y, dy, n) as f32;
             rowsum::softmax_dx::<STORE_BF16, false>(y, dy, n, s, out, &next);
         }
