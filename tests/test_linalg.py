@@ -3,6 +3,8 @@ every test device. The documented torch.linalg fallback (devices with no backend
 large for one block) also runs on the CPU ("cpu-torch": metalcore's wrapper around torch.linalg's
 kernels), so CI covers it without a GPU."""
 
+import os
+import tempfile
 import warnings
 
 import pytest
@@ -296,6 +298,40 @@ def test_cuda_blocked_cholesky_failures_and_conditioning(blocked_cholesky, n, dt
         cholesky(A)
     C = spd((1,), 512, torch.float32, "cuda", cond=1e6)
     assert recon_err(C, cholesky(C)) <= 1e-5
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")
+def test_cuda_blocked_cholesky_look_ahead_changes_no_bit():
+    # The look-ahead (the next block column's work on a side stream) runs the same kernels on the
+    # same tiles as the plain steps: the factors agree bit for bit. The switch is read once per
+    # process, so each variant runs in its own.
+    import subprocess
+    import sys
+
+    code = """
+import torch, metalcore as mc, metalcore.linalg as ml
+ml.BLOCKED_CHOLESKY = True
+torch.manual_seed(7)
+out = []
+for n in (700, 1100):
+    g = torch.randn(n, n, device="cuda", dtype=torch.float64)
+    a = (g @ g.mT / n + torch.eye(n, device="cuda", dtype=torch.float64)).float()
+    a[n - 5, n - 5] = -1.0 if n == 1100 else a[n - 5, n - 5]
+    L, info = mc.cholesky_ex(a)
+    out += [L.cpu(), info.cpu()]
+torch.save(out, __import__("sys").argv[1])
+"""
+    got = []
+    for ahead in ("1", "0"):
+        path = f"{tempfile.gettempdir()}/chol-ahead-{ahead}-{os.getpid()}.pt"
+        env = dict(os.environ, METALCORE_CHOL_LOOKAHEAD=ahead)
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env)
+        got.append(torch.load(path))
+        os.remove(path)
+    (l1, i1, l2, i2), (m1, j1, m2, j2) = got
+    assert i1.item() == 0 and i2.item() == 1100 - 4
+    assert torch.equal(l1, m1) and torch.equal(i1, j1) and torch.equal(i2, j2)
+    assert torch.equal(l2.isnan(), m2.isnan()) and torch.equal(l2.nan_to_num(), m2.nan_to_num())
 
 
 @pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device")

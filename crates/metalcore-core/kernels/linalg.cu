@@ -351,11 +351,14 @@ extern "C" __global__ void __launch_bounds__(256) cholesky_reg_kernel(const T* S
 #ifdef DIAG_NB
 // The blocked Cholesky of one large matrix (cuda/linalg.rs), right-looking in steps of DIAG_NB
 // columns: chol_diag_kernel factors the step's diagonal block, chol_panel_kernel solves the rows
-// below it, chol_syrk_kernel (or cuBLAS) updates the trailing matrix. The first two work in
+// below it, chol_syrk_kernel (or cuBLAS) updates the trailing matrix — with the look-ahead,
+// chol_syrk_col_kernel updates its first block columns apart from the rest. The first two work in
 // 32-column tiles: one warp factors a tile in registers, one thread per row solves the rows below
-// it, and a rank-32 product updates the columns right of it. Measured (torch.profiler, H200,
-// 4096² float32): per step about 30 µs in chol_diag_kernel and 22 µs in chol_panel_kernel, most
-// of it the serial tile factorizations and row solves, which one SM runs with little to overlap
+// it, and a rank-32 product updates the columns right of it. Measured (torch.profiler and
+// CHOL_TRACE's clock marks, H200, 4096² float32): per step about 28 µs in chol_diag_kernel (of
+// it about 11 µs in the four tile factorizations, one warp each, 5 in the updates, 2 in loading
+// the block and 2.7 in storing it) and 20 µs in chol_panel_kernel (32 rows a block), on the
+// look-ahead's critical path with the 13 µs update of the next block column
 // (bench/results/cholesky-blocked-nvidia-h200.md).
 // Rows per block of chol_panel_kernel (a define from cuda/linalg.rs's `panel_rows`).
 #ifndef PANEL_R
@@ -376,9 +379,36 @@ __device__ __forceinline__ void lower_pair(int t, int& i, int& j) {
 // Copies into shared memory `s` (row stride DIAG_NB + 1) the entries (i, j), j < lim(i), of the
 // rows [0, rows) of `g` (rows `ld` apart), 256 threads: each thread issues its 32 loads before
 // storing any, so a block waits for memory about once per 8192 entries, not once per row.
+// Where `whole` is set and the rows are 16-byte aligned, whole rows (lim ignored: the entries
+// past it are loaded too, and never used) are read 16 bytes per load, one row per warp and
+// instruction, 16 loads per thread in flight.
 template <typename Lim>
-__device__ __forceinline__ void load_rows(T* s, const T* g, long long ld, int rows, Lim lim) {
+__device__ __forceinline__ void load_rows(T* s, const T* g, long long ld, int rows, Lim lim, bool whole) {
     constexpr int LDS = DIAG_NB + 1, U = 32;
+    constexpr int V = 16 / sizeof(T), VR = DIAG_NB / V, UV = 16;
+    struct alignas(16) Vec {
+        T e[V];
+    };
+    if (whole && ((reinterpret_cast<unsigned long long>(g) | (unsigned long long)ld * sizeof(T)) & 15) == 0) {
+        const int total = rows * VR;
+        for (int e0 = 0; e0 < total; e0 += UV * 256) {
+            Vec v[UV];
+#pragma unroll
+            for (int u = 0; u < UV; ++u) {
+                const int e = e0 + u * 256 + threadIdx.x;
+                if (e < total) v[u] = *reinterpret_cast<const Vec*>(g + (e / VR) * ld + (e % VR) * V);
+            }
+#pragma unroll
+            for (int u = 0; u < UV; ++u) {
+                const int e = e0 + u * 256 + threadIdx.x;
+                if (e < total) {
+#pragma unroll
+                    for (int q = 0; q < V; ++q) s[(e / VR) * LDS + (e % VR) * V + q] = v[u].e[q];
+                }
+            }
+        }
+        return;
+    }
     const int total = rows * DIAG_NB;
     for (int e0 = 0; e0 < total; e0 += U * 256) {
         T v[U];
@@ -448,54 +478,84 @@ __device__ __forceinline__ void tile_solve_rows(T* s, const T* l, const T* dinv,
     }
 }
 
-// s[i][j] -= Σ_{k<w} s[i][c0+k] l[j][c0+k] for the `rows` rows of `s` from i0s and the `cols`
-// rows of `l` from j0s (the columns of `s` written), only j <= i with `tri` (then s == l and
-// i0s == j0s); operands from shared memory (row stride DIAG_NB + 1), 4×4 outputs per thread.
-// With `tri` a thread owns a contiguous 4×4 tile of the lower triangle; without, rows ti + p·mt
-// and columns tl + q·nt, so that the lanes of a warp read consecutive rows of `l` (distinct
-// banks) instead of rows 4 apart (8 banks, 4-way conflicts).
-__device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int i0s, int rows, int j0s, int cols,
-                                            bool tri) {
+// One thread's 4×4 outputs of a rank-w update in shared memory (row stride DIAG_NB + 1): for
+// p, q < 4 with i = i0 + p·rs < rows, j = j0 + q·cs < cols (and j <= i with `lower`),
+// s[ra + i][cb + j] -= Σ_{k<w} s[ra + i][c0+k] l[rb + j][c0+k].
+__device__ __forceinline__ void rank_update_4x4(T* s, const T* l, int c0, int w, int ra, int i0, int rs, int rows,
+                                                int rb, int j0, int cs, int cols, int cb, bool lower) {
     constexpr int LDS = DIAG_NB + 1;
+    T acc[4][4];
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] = T(0);
+#pragma unroll 8
+    for (int k = 0; k < w; ++k) {
+        T li[4], ll[4];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            li[p] = i0 + p * rs < rows ? s[(ra + i0 + p * rs) * LDS + c0 + k] : T(0);
+            ll[p] = j0 + p * cs < cols ? l[(rb + j0 + p * cs) * LDS + c0 + k] : T(0);
+        }
+#pragma unroll
+        for (int p = 0; p < 4; ++p)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[p][q] += li[p] * ll[q];
+    }
+#pragma unroll
+    for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int i = i0 + p * rs, j = j0 + q * cs;
+            if (i < rows && j < cols && (!lower || j <= i)) s[(ra + i) * LDS + cb + j] -= acc[p][q];
+        }
+}
+
+// s[i][j] -= Σ_{k<w} s[i][c0+k] l[j][c0+k] for the `rows` rows of `s` from i0s and the `cols`
+// rows of `l` from j0s (the columns of `s` written), 4×4 outputs per thread: rows ti + p·mt and
+// columns tl + q·nt, so that the lanes of a warp read consecutive rows of `l` (distinct banks)
+// instead of rows 4 apart (8 banks, 4-way conflicts).
+__device__ __forceinline__ void tile_update(T* s, const T* l, int c0, int w, int i0s, int rows, int j0s, int cols) {
     const int mt = (rows + 3) >> 2, nt = (cols + 3) >> 2;
-    const int total = tri ? mt * (mt + 1) / 2 : mt * nt;
+    for (int t = threadIdx.x; t < mt * nt; t += blockDim.x) {
+        const int ti = t / nt, tl = t - ti * nt;
+        rank_update_4x4(s, l, c0, w, i0s, ti, mt, rows, j0s, tl, nt, cols, j0s, false);
+    }
+}
+
+// CHOL_TRACE (METALCORE_CHOL_TRACE=1, a development aid): thread 0 of the first block prints the
+// SM clock's ticks between the phase boundaries of the diagonal kernel's first three steps and
+// of every panel kernel.
+#ifdef CHOL_TRACE
+#define CHOL_MARKS() \
+    long long mark_[24]; \
+    int nmark_ = 0;
+#define CHOL_MARK() \
+    if (threadIdx.x == 0 && nmark_ < 24) mark_[nmark_++] = clock64();
+#define CHOL_PRINT(what, k)                                                                 \
+    if (threadIdx.x == 0 && blockIdx.x == 0 && (k) < 3 * DIAG_NB) {                         \
+        printf("%s k0=%d:", what, (int)(k));                                                \
+        for (int m_ = 1; m_ < nmark_; ++m_) printf(" %lld", mark_[m_] - mark_[m_ - 1]);     \
+        printf("\n");                                                                       \
+    }
+#else
+#define CHOL_MARKS()
+#define CHOL_MARK()
+#define CHOL_PRINT(what, k)
+#endif
+
+// s[i][j] -= Σ_{k<32} s[i][c0+k] s[j][c0+k] for j <= i < rows, i and j counted from i0 (rows and
+// columns of `s`): the lower 32×32 blocks of that square, 64 threads per block, thread (ti, tl)
+// owning rows ti + 8p and columns tl + 8q (p, q < 4) of its block, so that the lanes of a warp read
+// 8 consecutive rows of one operand and 4 of the other (distinct banks). Diagonal blocks are
+// computed whole and written on and below the diagonal only.
+__device__ __forceinline__ void tri_update(T* s, int c0, int i0, int rows) {
+    const int nbk = (rows + 31) >> 5, total = 64 * (nbk * (nbk + 1) / 2);
     for (int t = threadIdx.x; t < total; t += blockDim.x) {
-        int ti, tl, rs, cs;  // first row and column of the thread's outputs, and their strides
-        if (tri) {
-            lower_pair(t, ti, tl);
-            ti *= 4;
-            tl *= 4;
-            rs = cs = 1;
-        } else {
-            ti = t / nt;
-            tl = t - ti * nt;
-            rs = mt;
-            cs = nt;
-        }
-        T acc[4][4];
-#pragma unroll
-        for (int p = 0; p < 4; ++p)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[p][q] = T(0);
-        for (int k = 0; k < w; ++k) {
-            T li[4], ll[4];
-#pragma unroll
-            for (int p = 0; p < 4; ++p) {
-                li[p] = ti + p * rs < rows ? s[(i0s + ti + p * rs) * LDS + c0 + k] : T(0);
-                ll[p] = tl + p * cs < cols ? l[(j0s + tl + p * cs) * LDS + c0 + k] : T(0);
-            }
-#pragma unroll
-            for (int p = 0; p < 4; ++p)
-#pragma unroll
-                for (int q = 0; q < 4; ++q) acc[p][q] += li[p] * ll[q];
-        }
-#pragma unroll
-        for (int p = 0; p < 4; ++p)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int i = ti + p * rs, j = tl + q * cs;
-                if (i < rows && j < cols && (!tri || j <= i)) s[(i0s + i) * LDS + j0s + j] -= acc[p][q];
-            }
+        int bi, bj;
+        lower_pair(t >> 6, bi, bj);
+        const int r0 = 32 * bi + ((t & 63) >> 3), q0 = 32 * bj + (t & 7);
+        rank_update_4x4(s, s, c0, 32, i0, r0, 8, rows, i0, q0, 8, rows, i0, true);
     }
 }
 
@@ -513,10 +573,13 @@ extern "C" __global__ void __launch_bounds__(256) chol_diag_kernel(T* A, long lo
     __shared__ T dinv[DIAG_NB];
     __shared__ int fail_sh;
     if (info[0] != 0) return;  // uniform
+    CHOL_MARKS();
+    CHOL_MARK();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    load_rows(sm, A, ld, n, [n](int i) { return min(i + 1, n); });
+    load_rows(sm, A, ld, n, [n](int i) { return min(i + 1, n); }, n == DIAG_NB);
     if (tid == 0) fail_sh = 0;
     __syncthreads();
+    CHOL_MARK();
     for (int c0 = 0; c0 < n; c0 += 32) {
         const int w = min(32, n - c0);
         if (warp == 0) {
@@ -534,18 +597,24 @@ extern "C" __global__ void __launch_bounds__(256) chol_diag_kernel(T* A, long lo
             if (lane == 0) fail_sh = fail ? c0 + fail : 0;
         }
         __syncthreads();
+        CHOL_MARK();
         if (fail_sh) break;  // uniform
         if (c0 + w < n) {    // uniform
             // (w == 32 here: only the last tile can be narrower, and nothing follows it.)
             tile_solve_rows(sm, sm, dinv, c0, 32, c0 + 32, n);
             __syncthreads();
-            tile_update(sm, sm, c0, 32, c0 + 32, n - c0 - 32, c0 + 32, n - c0 - 32, true);
+            CHOL_MARK();
+            tri_update(sm, c0, c0 + 32, n - c0 - 32);
             __syncthreads();
+            CHOL_MARK();
         }
     }
     for (int i = warp; i < n; i += CHOL_NW)
         for (int j = lane; j <= i; j += 32) A[i * ld + j] = sm[i * LDS + j];
     if (tid == 0 && fail_sh) info[0] = k0 + fail_sh;
+    __syncthreads();
+    CHOL_MARK();
+    CHOL_PRINT("diag", k0);
 }
 
 // The rows below the step's diagonal block: L21 = A21 L11⁻ᵀ in place, PANEL_R rows per block of
@@ -561,90 +630,138 @@ extern "C" __global__ void __launch_bounds__(256) chol_panel_kernel(T* A, long l
     T* sp = sl + b * LDS;                    // the panel rows
     __shared__ T dinv[DIAG_NB];
     if (info[0] != 0) return;  // uniform
+    CHOL_MARKS();
+    CHOL_MARK();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int row0 = b + blockIdx.x * PANEL_R, rows = min(PANEL_R, b + r - row0);
-    load_rows(sl, A, ld, b, [](int i) { return i + 1; });
-    load_rows(sp, A + row0 * ld, ld, rows, [](int) { return DIAG_NB; });
+    load_rows(sl, A, ld, b, [](int i) { return i + 1; }, true);
+    load_rows(sp, A + row0 * ld, ld, rows, [](int) { return DIAG_NB; }, true);
     __syncthreads();
     for (int j = tid; j < b; j += blockDim.x) dinv[j] = T(1) / sl[j * LDS + j];
     __syncthreads();
+    CHOL_MARK();
     for (int c0 = 0; c0 < b; c0 += 32) {
         tile_solve_rows(sp, sl, dinv, c0, 32, 0, rows);
         __syncthreads();
+        CHOL_MARK();
         if (c0 + 32 < b) {
-            tile_update(sp, sl, c0, 32, 0, rows, c0 + 32, b - c0 - 32, false);
+            tile_update(sp, sl, c0, 32, 0, rows, c0 + 32, b - c0 - 32);
             __syncthreads();
+            CHOL_MARK();
         }
     }
     for (int i = warp; i < rows; i += CHOL_NW)
         for (int j = lane; j < b; j += 32) A[(row0 + i) * ld + j] = sp[i * LDS + j];
+    __syncthreads();
+    CHOL_MARK();
+    CHOL_PRINT("panel", 0);
 }
 
-// The trailing update C -= P Pᵀ on C's lower triangle, where P is the r×DIAG_NB panel at P0
-// (rows `ld` apart, as chol_panel_kernel left it) and C the r×r matrix at P0 + DIAG_NB. One
-// 128×128 tile of C's lower triangle per block of 256 threads, each thread 8×8 outputs in
-// registers (rows 4ty.., 64+4ty.., columns 4tx.., 64+4tx..), P through shared memory SY_K columns
-// at a time. (cuBLAS's float32 SYRK ran at about 9 TFLOP/s here, its GEMM over the whole square at
-// 25-30 on twice the work.)
-constexpr int SY_T = 128 /* cuda/linalg.rs's SYRK_TILE */, SY_K = sizeof(T) == 4 ? 32 : 16, SY_LD = SY_T + 4;
-extern "C" __global__ void __launch_bounds__(256) chol_syrk_kernel(T* P0, long long ld, int r) {
-    __shared__ __align__(16) T As[SY_K][SY_LD];
-    __shared__ __align__(16) T Bs[SY_K][SY_LD];
-    int ti, tj;
-    lower_pair(blockIdx.x, ti, tj);
-    const int i0 = ti * SY_T, j0 = tj * SY_T;
+// The trailing update C -= P Pᵀ on C's lower triangle, where P is an r×DIAG_NB panel (rows `ld`
+// apart, as chol_panel_kernel left it) and C an r×r matrix (rows `ld` apart; its rows and columns
+// are P's rows): the TM×TM tile (ti, tj) of C per block of G² threads (G = 16 from TM = 64 on, else
+// TM/4), each thread (TM/G)² outputs in registers (rows 4ty.. and, for TM = 128, 64+4ty..; columns
+// likewise with tx), P through shared memory SY_K columns at a time, the next chunk loaded into
+// registers while this one is multiplied. (cuBLAS's float32 SYRK ran at
+// about 9 TFLOP/s here, its GEMM over the whole square at 25-30 on twice the work.)
+constexpr int SY_K = sizeof(T) == 4 ? 32 : 16;
+// Tile of chol_syrk_kernel (METALCORE_CHOL_REST_TILE): 64 or 128.
+#ifndef REST_TM
+#define REST_TM 64
+#endif
+// Tile of chol_syrk_col_kernel (METALCORE_CHOL_COL_TILE): 64 or 32 (64 threads a block).
+#ifndef COL_TM
+#define COL_TM 64
+#endif
+template <int TM>
+constexpr int SYRK_THREADS = TM >= 64 ? 256 : (TM / 4) * (TM / 4);
+template <int TM>
+__device__ __forceinline__ void syrk_tile(const T* __restrict__ P, T* C, long long ld, int r, int ti, int tj) {
+    constexpr int NTH = SYRK_THREADS<TM>, G = TM >= 64 ? 16 : TM / 4, H = TM / (4 * G);
+    constexpr int LD = TM + 4, U = TM * SY_K / NTH;
+    __shared__ __align__(16) T As[SY_K][LD];
+    __shared__ __align__(16) T Bs[SY_K][LD];
+    const int i0 = ti * TM, j0 = tj * TM;
     const bool diag = ti == tj;
-    const int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
-    T acc[8][8];
+    const int tx = threadIdx.x % G, ty = threadIdx.x / G;
+    T acc[4 * H][4 * H];
 #pragma unroll
-    for (int p = 0; p < 8; ++p)
+    for (int p = 0; p < 4 * H; ++p)
 #pragma unroll
-        for (int q = 0; q < 8; ++q) acc[p][q] = T(0);
-    constexpr int U = SY_T * SY_K / 256;
-    for (int kk = 0; kk < DIAG_NB; kk += SY_K) {
-        T va[U], vb[U];
+        for (int q = 0; q < 4 * H; ++q) acc[p][q] = T(0);
+    T va[U], vb[U];
+    auto fetch = [&](int kk) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int e = threadIdx.x + 256 * u, i = e / SY_K, k = e % SY_K;
-            va[u] = i0 + i < r ? P0[(long long)(i0 + i) * ld + kk + k] : T(0);
-            vb[u] = !diag && j0 + i < r ? P0[(long long)(j0 + i) * ld + kk + k] : T(0);
+            const int e = threadIdx.x + NTH * u, i = e / SY_K, k = e % SY_K;
+            va[u] = i0 + i < r ? P[(long long)(i0 + i) * ld + kk + k] : T(0);
+            vb[u] = !diag && j0 + i < r ? P[(long long)(j0 + i) * ld + kk + k] : T(0);
         }
+    };
+    fetch(0);
+    for (int kk = 0; kk < DIAG_NB; kk += SY_K) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int e = threadIdx.x + 256 * u, i = e / SY_K, k = e % SY_K;
+            const int e = threadIdx.x + NTH * u, i = e / SY_K, k = e % SY_K;
             As[k][i] = va[u];
             if (!diag) Bs[k][i] = vb[u];
         }
         __syncthreads();
-        const T(*Bp)[SY_LD] = diag ? As : Bs;
+        if (kk + SY_K < DIAG_NB) fetch(kk + SY_K);  // in flight while this chunk is multiplied
+        const T(*Bp)[LD] = diag ? As : Bs;
 #pragma unroll 4
         for (int k = 0; k < SY_K; ++k) {
-            T a[8], b[8];
+            T a[4 * H], b[4 * H];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                a[q] = As[k][4 * ty + q];
-                a[4 + q] = As[k][64 + 4 * ty + q];
-                b[q] = Bp[k][4 * tx + q];
-                b[4 + q] = Bp[k][64 + 4 * tx + q];
+            for (int h = 0; h < H; ++h) {
+                if constexpr (sizeof(T) == 4) {  // 16-byte shared loads: a quarter of the instructions
+                    const float4 av = *reinterpret_cast<const float4*>(&As[k][4 * G * h + 4 * ty]);
+                    const float4 bv = *reinterpret_cast<const float4*>(&Bp[k][4 * G * h + 4 * tx]);
+                    a[4 * h] = av.x, a[4 * h + 1] = av.y, a[4 * h + 2] = av.z, a[4 * h + 3] = av.w;
+                    b[4 * h] = bv.x, b[4 * h + 1] = bv.y, b[4 * h + 2] = bv.z, b[4 * h + 3] = bv.w;
+                } else {
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        a[4 * h + q] = As[k][4 * G * h + 4 * ty + q];
+                        b[4 * h + q] = Bp[k][4 * G * h + 4 * tx + q];
+                    }
+                }
             }
 #pragma unroll
-            for (int p = 0; p < 8; ++p)
+            for (int p = 0; p < 4 * H; ++p)
 #pragma unroll
-                for (int q = 0; q < 8; ++q) acc[p][q] += a[p] * b[q];
+                for (int q = 0; q < 4 * H; ++q) acc[p][q] += a[p] * b[q];
         }
         __syncthreads();
     }
-    T* C = P0 + DIAG_NB;
 #pragma unroll
-    for (int p = 0; p < 8; ++p) {
-        const int i = i0 + (p < 4 ? 4 * ty + p : 60 + 4 * ty + p);
+    for (int p = 0; p < 4 * H; ++p) {
+        const int i = i0 + 4 * G * (p / 4) + 4 * ty + p % 4;
         if (i >= r) continue;
 #pragma unroll
-        for (int q = 0; q < 8; ++q) {
-            const int j = j0 + (q < 4 ? 4 * tx + q : 60 + 4 * tx + q);
+        for (int q = 0; q < 4 * H; ++q) {
+            const int j = j0 + 4 * G * (q / 4) + 4 * tx + q % 4;
             if (j <= i) C[(long long)i * ld + j] -= acc[p][q];
         }
     }
+}
+
+// Every REST_TM² tile of C's lower triangle, blockIdx.x in row order.
+extern "C" __global__ void __launch_bounds__(256) chol_syrk_kernel(const T* __restrict__ P, T* C, long long ld, int r) {
+    int ti, tj;
+    lower_pair(blockIdx.x, ti, tj);
+    syrk_tile<REST_TM>(P, C, ld, r, ti, tj);
+}
+
+// Only C's first DIAG_NB columns (the look-ahead's updates of single block columns), in COL_TM²
+// tiles so that it spreads over many multiprocessors: tile (blockIdx.x / NC, blockIdx.x % NC) for
+// the NC = DIAG_NB / COL_TM tile columns, SYRK_THREADS<COL_TM> threads a block.
+extern "C" __global__ void __launch_bounds__(SYRK_THREADS<COL_TM>) chol_syrk_col_kernel(const T* __restrict__ P,
+                                                                                         T* C, long long ld, int r) {
+    constexpr int NC = DIAG_NB / COL_TM;
+    const int ti = blockIdx.x / NC, tj = blockIdx.x % NC;
+    if (tj > ti) return;
+    syrk_tile<COL_TM>(P, C, ld, r, ti, tj);
 }
 #endif
 

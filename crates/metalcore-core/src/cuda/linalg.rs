@@ -33,6 +33,7 @@ enum Entry {
     CholDiag,
     CholPanel,
     CholSyrk,
+    CholSyrkCol,
     JacobiLane,
     EighTri,
     LuLeaf,
@@ -69,6 +70,7 @@ impl Entry {
             Entry::CholDiag => "chol_diag_kernel",
             Entry::CholPanel => "chol_panel_kernel",
             Entry::CholSyrk => "chol_syrk_kernel",
+            Entry::CholSyrkCol => "chol_syrk_col_kernel",
             Entry::JacobiLane => "jacobi_lane_kernel",
             Entry::EighTri => "eigh_tri_kernel",
             Entry::LuLeaf => "lu_leaf_kernel",
@@ -121,14 +123,22 @@ struct Key {
     mpb: usize,
     /// Register tile (`R_TILE`) of `cholesky_reg_kernel`, lanes per matrix (`ROW_NP`) of the
     /// row-per-lane kernels and `LANE_NP` of `jacobi_lane_kernel`, the block size (`DIAG_NB`) of
-    /// `chol_diag_kernel` and `chol_panel_kernel`, else 0.
+    /// the blocked Cholesky's kernels, else 0.
     tile: usize,
     /// Rows capacity (`LANE_MR`) of `jacobi_lane_kernel`; rows per block (`PANEL_R`) of
-    /// `chol_panel_kernel`; 1 for the profiling variant of
+    /// `chol_panel_kernel`; the tile (`REST_TM`, `COL_TM`) of `chol_syrk_kernel` and
+    /// `chol_syrk_col_kernel`; 1 for the profiling variant of
     /// `eigh_tri_kernel` (see `tri_profile`); rows per thread (`LU_LR`) of `lu_leaf_kernel`; else 0.
     /// (`tile` is the leaf width `LU_LW` of `lu_leaf_kernel` and `lu_update_kernel`, `w` the
     /// leaf's warps.)
     rows: usize,
+}
+
+/// METALCORE_CHOL_TRACE=1 (a development aid): the blocked Cholesky's diagonal and panel kernels
+/// print their phases' clock ticks (`CHOL_TRACE` in linalg.cu).
+fn chol_trace() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("METALCORE_CHOL_TRACE").is_ok_and(|v| v.trim() == "1"))
 }
 
 fn defines(k: &Key) -> Defines {
@@ -137,11 +147,25 @@ fn defines(k: &Key) -> Defines {
     match k.entry {
         Entry::CholeskyReg => d.push(("R_TILE", k.tile.to_string())),
         Entry::LuReg | Entry::CholeskyRow => d.push(("ROW_NP", k.tile.to_string())),
-        Entry::CholDiag | Entry::CholSyrk => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::CholDiag => d.push(("DIAG_NB", k.tile.to_string())),
+        Entry::CholSyrkCol => {
+            d.push(("DIAG_NB", k.tile.to_string()));
+            d.push(("COL_TM", k.rows.to_string()));
+        }
+        Entry::CholSyrk => {
+            d.push(("DIAG_NB", k.tile.to_string()));
+            d.push(("REST_TM", k.rows.to_string()));
+        }
         Entry::CholPanel => {
             d.push(("DIAG_NB", k.tile.to_string()));
             d.push(("PANEL_R", k.rows.to_string()));
         }
+        _ => {}
+    }
+    if matches!(k.entry, Entry::CholDiag | Entry::CholPanel) && chol_trace() {
+        d.push(("CHOL_TRACE", "1".to_string()));
+    }
+    match k.entry {
         Entry::Jacobi => d.push(("PAIR_LANES", k.tile.to_string())),
         Entry::EighTri => {
             d.push(("TRI_EIGH", "1".to_string()));
@@ -863,17 +887,43 @@ pub fn cholesky(p: &CholeskyPlan, ordinal: usize, exec: Exec) -> Result<()> {
     launch(ordinal, exec, Entry::Cholesky, p.a.dtype, n, p.a.batch, per, &args)
 }
 
-/// Rows and columns of the lower-triangle tiles `chol_syrk_kernel` updates, one per block (its `SY_T`).
+/// The look-ahead's block column width (its NB) and `chol_syrk_kernel`'s default tile ([`rest_tile`]).
 const SYRK_TILE: usize = 128;
 
+/// The tile of `chol_syrk_col_kernel` (its `COL_TM`): METALCORE_CHOL_COL_TILE (64 or 32), default 64
+/// (32, over four times the blocks, measured no faster).
+fn col_tile() -> usize {
+    static M: Knob = Knob::new();
+    if knob(&M, "METALCORE_CHOL_COL_TILE", 64) == 32 {
+        32
+    } else {
+        64
+    }
+}
+
+/// The tile of `chol_syrk_kernel` (its `REST_TM`): METALCORE_CHOL_REST_TILE (64 or 128), default 64
+/// (the same speed at 1024²–4096², faster at 8192², and shorter blocks, which the look-ahead's
+/// kernels wait less for).
+fn rest_tile() -> usize {
+    static M: Knob = Knob::new();
+    if knob(&M, "METALCORE_CHOL_REST_TILE", 64) == 128 {
+        128
+    } else {
+        64
+    }
+}
+
 /// Rows per block of `chol_panel_kernel` (its `PANEL_R`): METALCORE_CHOL_PANEL_R (32, 64 or
-/// 128; float64 at most 64, for shared memory), default 64.
-fn panel_rows(dtype: DType) -> usize {
+/// 128; float64 at most 64, for shared memory), default 32 with the look-ahead (where the panel
+/// lies on the critical path: more, shorter blocks) and 64 without.
+fn panel_rows(dtype: DType, ahead: bool) -> usize {
     static PR: Knob = Knob::new();
     let max = if dtype == DType::F32 { 128 } else { 64 };
-    match knob(&PR, "METALCORE_CHOL_PANEL_R", 64) {
+    match knob(&PR, "METALCORE_CHOL_PANEL_R", 0) {
         32 => 32,
+        64 => 64,
         128 => max,
+        _ if ahead => 32,
         _ => 64,
     }
 }
@@ -887,29 +937,46 @@ fn panel_rows(dtype: DType) -> usize {
 /// zeroes (or, for `upper`, fills by transposition) the other triangle. After a failing step the
 /// later kernels do nothing, so `info` keeps the first failure, as in the batched kernels; the
 /// factor is then partial.
+///
+/// With `chol_syrk_kernel` and NB = 128 the steps look ahead (unless METALCORE_CHOL_LOOKAHEAD=0):
+/// the device's high-priority side stream updates the next block column, factors its diagonal
+/// block and solves its panel while the caller's stream updates the rest of the trailing matrix,
+/// so that the serial pieces of step k+1 run beside the bulk of step k ([`lookahead_steps`]).
 fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize, exec: Exec) -> Result<()> {
     let _ctx = ContextGuard::enter(dev)?;
     let blas = Blas::bind(exec.blas, exec.stream)?;
     let (n, dtype, es) = (p.a.rows, p.a.dtype, p.a.dtype.size());
     static NB: Knob = Knob::new();
     static UPDATE: Knob = Knob::new();
+    static AHEAD: OnceLock<bool> = OnceLock::new();
     let nb = if knob(&NB, "METALCORE_CHOL_NB", 128) == 64 { 64 } else { 128 };
     let update = match knob(&UPDATE, "METALCORE_CHOL_UPDATE", if dtype == DType::F32 { 0 } else { 2 }) {
         0 if dtype == DType::F32 => 0, // chol_syrk_kernel: float32 only (the only one measured)
         1 => 1,
         _ => 2,
     };
-    let pr = panel_rows(dtype);
+    let ahead = update == 0
+        && nb == SYRK_TILE
+        && *AHEAD.get_or_init(|| std::env::var("METALCORE_CHOL_LOOKAHEAD").map_or(true, |v| v.trim() != "0"));
+    let pr = panel_rows(dtype, ahead);
     let key = |entry, rows| Key { ordinal, entry, dtype, w: 1, mpb: 1, tile: nb, rows };
-    let diag = kernel(key(Entry::CholDiag, 0), dev)?;
-    let panel = kernel(key(Entry::CholPanel, pr), dev)?;
-    let syrk = kernel(key(Entry::CholSyrk, 0), dev)?;
+    let ks = StepKernels {
+        diag: kernel(key(Entry::CholDiag, 0), dev)?,
+        panel: kernel(key(Entry::CholPanel, pr), dev)?,
+        syrk: kernel(key(Entry::CholSyrk, rest_tile()), dev)?,
+        rest_tile: rest_tile(),
+        syrk_col: kernel(key(Entry::CholSyrkCol, col_tile()), dev)?,
+        col_tile: col_tile(),
+        nb,
+        pr,
+    };
     let finish = kernel(Key { ordinal, entry: Entry::TriFinish, dtype, w: 1, mpb: 1, tile: 0, rows: 0 }, dev)?;
     let stream = borrowed_stream(dev, exec.stream);
     let raw = exec.stream as cudarc::driver::sys::CUstream;
     // SAFETY: `info` holds `batch` int32 entries (validated by the plan).
     unsafe { cudarc::driver::result::memset_d8_async(p.info as u64, 0, 4 * p.a.batch, raw) }
         .map_err(driver_err("clearing info"))?;
+    let side = if ahead { Some(dev.side()?) } else { None };
     let tiles = n.div_ceil(32) as u32;
     for b in 0..p.a.batch {
         let a = p.a.ptr + b * n * n * es;
@@ -920,40 +987,13 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
             unsafe { cudarc::driver::result::memcpy_dtod_async(a as u64, src as u64, n * n * es, raw) }
                 .map_err(driver_err("copying the input"))?;
         }
-        let at = |i: usize, j: usize| a + (i * n + j) * es;
-        for k in (0..n).step_by(nb) {
-            let s = nb.min(n - k);
-            let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(s as i32), Arg::P(info), Arg::I(k as i32)];
-            // SAFETY: one block factors the s×s diagonal block at (k, k), rows n apart, in place,
-            // with the shared memory its NB needs.
-            unsafe { launch_args(dev, exec, &diag, 1, 256, nb * (nb + 1) * es, &args)? };
-            let r = n - k - s;
-            if r == 0 {
-                break;
-            }
-            let args = [Arg::P(at(k, k)), Arg::L(n as i64), Arg::I(r as i32), Arg::P(info)];
-            // SAFETY: s == nb here; each block solves its `pr` of the r rows below the diagonal
-            // block in place, reading the block, with the shared memory of both.
-            unsafe { launch_args(dev, exec, &panel, r.div_ceil(pr), 256, (nb + pr) * (nb + 1) * es, &args)? };
-            if update == 0 {
-                let t = r.div_ceil(SYRK_TILE);
-                let args = [Arg::P(at(k + s, k)), Arg::L(n as i64), Arg::I(r as i32)];
-                // SAFETY: one block per SYRK_TILE² tile of the r×r trailing lower triangle, which
-                // with the r×s panel left of it lies inside this matrix (rows n apart).
-                unsafe { launch_args(dev, exec, &syrk, t * (t + 1) / 2, 256, 0, &args)? };
-                continue;
-            }
-            // Column-major, the row-major panel L21 (r×s) is L21ᵀ (s×r): C -= Zᵀ Z with Z = L21ᵀ,
-            // on C's upper triangle — A22's lower one.
-            let z = (at(k + s, k), n);
-            // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
-            unsafe {
-                if update == 1 {
-                    blas.gemm::<T>(Op::T, Op::N, (r, r, s), T::MINUS_ONE, z, z, T::ONE, (at(k + s, k + s), n))?;
-                } else {
-                    blas.syrk::<T>(Fill::Upper, Op::T, r, s, T::MINUS_ONE, z.0, n, T::ONE, at(k + s, k + s), n)?;
-                }
-            }
+        let m = Matrix { a, n, es, info };
+        if let Some(Some(side)) = side.as_deref() {
+            // SAFETY: one n×n matrix with its info entry; the side stream and events are live.
+            unsafe { lookahead_steps(&ks, m, dev, exec, side)? };
+        } else {
+            // SAFETY: as above.
+            unsafe { plain_steps::<T>(&ks, m, dev, exec, &blas, update)? };
         }
         let mut lb = stream.launch_builder(&finish);
         let (ptr, ni, up) = (a as u64, n as i32, p.upper as i32);
@@ -964,6 +1004,180 @@ fn cholesky_blocked<T: Real>(p: &CholeskyPlan, dev: &DeviceState, ordinal: usize
         unsafe { lb.launch(cfg) }.map_err(driver_err("launching tri_finish_kernel"))?;
     }
     Ok(())
+}
+
+/// The kernels of the blocked Cholesky's steps, with their block size and panel rows per block.
+struct StepKernels {
+    diag: CudaFunction,
+    panel: CudaFunction,
+    syrk: CudaFunction,
+    syrk_col: CudaFunction,
+    /// `chol_syrk_col_kernel`'s tile ([`col_tile`]) and `chol_syrk_kernel`'s ([`rest_tile`]).
+    col_tile: usize,
+    rest_tile: usize,
+    nb: usize,
+    pr: usize,
+}
+
+/// One n×n row-major matrix of the blocked Cholesky: its address, element size and `info` entry.
+#[derive(Clone, Copy)]
+struct Matrix {
+    a: usize,
+    n: usize,
+    es: usize,
+    info: usize,
+}
+
+impl Matrix {
+    fn at(&self, i: usize, j: usize) -> usize {
+        self.a + (i * self.n + j) * self.es
+    }
+}
+
+impl StepKernels {
+    /// Factors the diagonal block at (k, k) and solves the rows below it, on `exec`'s stream.
+    ///
+    /// # Safety
+    /// `m` is a live matrix on this device and the block lies inside it.
+    unsafe fn diag_panel(&self, m: Matrix, k: usize, dev: &DeviceState, exec: Exec) -> Result<()> {
+        let (n, nb, es) = (m.n, self.nb, m.es);
+        let s = nb.min(n - k);
+        let args = [Arg::P(m.at(k, k)), Arg::L(n as i64), Arg::I(s as i32), Arg::P(m.info), Arg::I(k as i32)];
+        // SAFETY: one block factors the s×s diagonal block at (k, k), rows n apart, in place,
+        // with the shared memory its NB needs.
+        unsafe { launch_args(dev, exec, &self.diag, 1, 256, nb * (nb + 1) * es, &args)? };
+        let r = n - k - s;
+        if r > 0 {
+            let args = [Arg::P(m.at(k, k)), Arg::L(n as i64), Arg::I(r as i32), Arg::P(m.info)];
+            let (pr, smem) = (self.pr, (nb + self.pr) * (nb + 1) * es);
+            // SAFETY: s == nb here; each block solves its `pr` of the r rows below the diagonal
+            // block in place, reading the block, with the shared memory of both.
+            unsafe { launch_args(dev, exec, &self.panel, r.div_ceil(pr), 256, smem, &args)? };
+        }
+        Ok(())
+    }
+
+    /// On `exec`'s stream: C -= P Pᵀ for the r×NB panel P at (i, k) and C the r×r block at (i, j):
+    /// its lower triangle (`chol_syrk_kernel`, [`rest_tile`]² tiles), or with `col` its first NB columns
+    /// (`chol_syrk_col_kernel`, [`col_tile`]² tiles).
+    ///
+    /// # Safety
+    /// As for [`StepKernels::diag_panel`], for these blocks.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn syrk(
+        &self,
+        m: Matrix,
+        (i, k, j): (usize, usize, usize),
+        r: usize,
+        col: bool,
+        dev: &DeviceState,
+        exec: Exec,
+    ) -> Result<()> {
+        let args = [Arg::P(m.at(i, k)), Arg::P(m.at(i, j)), Arg::L(m.n as i64), Arg::I(r as i32)];
+        let ct = self.col_tile;
+        let (f, grid, threads) = if col {
+            (&self.syrk_col, (self.nb / ct) * r.div_ceil(ct), if ct == 32 { 64 } else { 256 })
+        } else {
+            let t = r.div_ceil(self.rest_tile);
+            (&self.syrk, t * (t + 1) / 2, 256)
+        };
+        // SAFETY: one block per tile of C (lower triangle, or first NB columns), which with P lies
+        // inside this matrix (rows n apart).
+        unsafe { launch_args(dev, exec, f, grid, threads, 0, &args) }
+    }
+}
+
+/// The right-looking steps on the caller's stream alone.
+///
+/// # Safety
+/// `m` is a live matrix on this device; `blas` is bound to `exec`'s stream.
+unsafe fn plain_steps<T: Real>(
+    ks: &StepKernels,
+    m: Matrix,
+    dev: &DeviceState,
+    exec: Exec,
+    blas: &Blas,
+    update: usize,
+) -> Result<()> {
+    let (n, nb) = (m.n, ks.nb);
+    for k in (0..n).step_by(nb) {
+        // SAFETY: per this function's contract.
+        unsafe { ks.diag_panel(m, k, dev, exec)? };
+        let s = nb.min(n - k);
+        let r = n - k - s;
+        if r == 0 {
+            break;
+        }
+        if update == 0 {
+            // SAFETY: the r×r trailing matrix and the r×s panel left of it lie inside this matrix.
+            unsafe { ks.syrk(m, (k + s, k, k + s), r, false, dev, exec)? };
+            continue;
+        }
+        // Column-major, the row-major panel L21 (r×s) is L21ᵀ (s×r): C -= Zᵀ Z with Z = L21ᵀ,
+        // on C's upper triangle — A22's lower one.
+        let z = (m.at(k + s, k), n);
+        // SAFETY: the blocks lie inside this n×n matrix, leading dimension n.
+        unsafe {
+            if update == 1 {
+                blas.gemm::<T>(Op::T, Op::N, (r, r, s), T::MINUS_ONE, z, z, T::ONE, (m.at(k + s, k + s), n))?;
+            } else {
+                blas.syrk::<T>(Fill::Upper, Op::T, r, s, T::MINUS_ONE, z.0, n, T::ONE, m.at(k + s, k + s), n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The right-looking steps with a look-ahead (NB = SYRK_TILE). With C1, C2 the first two block
+/// columns of step k's trailing matrix, the side stream `h` updates C1 and factors step k+1's
+/// diagonal block and panel (which lie in C1) while the caller's stream `c` updates C2 and then
+/// everything right of it. Orders: `c` waits for step k's panel (event 0); `h`'s update of C1
+/// waits for step k−1's update of its C2 (event 1: that is this C1), which `c` runs right after
+/// step k−2's bulk update, so the serial pieces lag the bulk by a whole step; `c` waits for `h`
+/// before returning. Writes on the two streams at once touch disjoint block columns.
+///
+/// # Safety
+/// `m` is a live matrix on this device; the side stream's handles are live in its context.
+unsafe fn lookahead_steps(
+    ks: &StepKernels,
+    m: Matrix,
+    dev: &DeviceState,
+    exec: Exec,
+    side: &super::Side,
+) -> Result<()> {
+    use super::{record, wait};
+    const T: usize = SYRK_TILE;
+    let (n, nb, c, h) = (m.n, ks.nb, exec.stream, side.stream);
+    let [panel_done, c2_done] = side.events;
+    let hx = Exec { stream: h, ..exec };
+    // SAFETY: per this function's contract (every launch below lies inside the matrix).
+    unsafe {
+        record(c2_done, c)?; // h starts after what c has (the input's copy, info's clearing)
+        wait(h, c2_done)?;
+        ks.diag_panel(m, 0, dev, hx)?;
+        record(panel_done, h)?;
+        for k in (0..n).step_by(nb) {
+            let s = nb.min(n - k);
+            let r = n - k - s;
+            if r == 0 {
+                break;
+            }
+            let t = k + s; // the trailing matrix's first row and column
+            wait(c, panel_done)?;
+            if r > T {
+                ks.syrk(m, (t + T, k, t + T), r - T, true, dev, exec)?; // C2
+            }
+            wait(h, c2_done)?; // step k−1's update of its C2, our C1 (and what c ran before it)
+            record(c2_done, c)?;
+            if r > 2 * T {
+                ks.syrk(m, (t + 2 * T, k, t + 2 * T), r - 2 * T, false, dev, exec)?;
+            }
+            ks.syrk(m, (t, k, t), r, true, dev, hx)?; // C1
+            ks.diag_panel(m, t, dev, hx)?;
+            record(panel_done, h)?;
+        }
+        wait(c, panel_done)
+    }
 }
 
 pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
@@ -1445,6 +1659,14 @@ pub(crate) fn ci_variants() -> Vec<(&'static Kernel, Defines)> {
             out.push((
                 &KERNEL,
                 defines(&Key { ordinal: 0, entry: Entry::CholDiag, dtype, w: 1, mpb: 1, tile, rows: 0 }),
+            ));
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::CholSyrk, dtype, w: 1, mpb: 1, tile, rows: 128 }),
+            ));
+            out.push((
+                &KERNEL,
+                defines(&Key { ordinal: 0, entry: Entry::CholSyrkCol, dtype, w: 1, mpb: 1, tile, rows: 32 }),
             ));
             let panel_rows: &[usize] = if dtype == DType::F32 { &[32, 64, 128] } else { &[32, 64] };
             for &rows in panel_rows {

@@ -60,6 +60,63 @@ pub(crate) struct DeviceState {
     pub arch: String,
     /// Dynamic shared memory a block may opt in to (bytes).
     pub smem_optin: usize,
+    /// The device's side stream, created on first use ([`DeviceState::side`]).
+    side: Mutex<Option<Side>>,
+}
+
+/// A second stream on one device, of the highest priority, with two events to order it against
+/// the caller's stream: what a look-ahead needs (an op's serial pieces running beside its bulk on
+/// the caller's stream, and joined back to it before the op returns). Created once per device,
+/// never destroyed (as the retained context is not); raw handles, valid in that context.
+pub(crate) struct Side {
+    pub stream: usize,
+    pub events: [usize; 2],
+}
+
+impl DeviceState {
+    /// The side stream, locked: the caller enqueues its whole use of it (records and waits
+    /// included) under the lock, so two host threads never interleave their events. Call with the
+    /// device's context current.
+    pub(crate) fn side(&self) -> Result<std::sync::MutexGuard<'_, Option<Side>>> {
+        use cudarc::driver::result::{event, stream};
+        let mut g = self.side.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            let (_, greatest) = stream::get_priority_range().map_err(driver_err("reading stream priorities"))?;
+            let s = stream::create_with_priority(stream::StreamKind::NonBlocking, greatest)
+                .map_err(driver_err("creating the side stream"))?;
+            let ev =
+                || event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map_err(driver_err("creating an event"));
+            *g = Some(Side { stream: s as usize, events: [ev()? as usize, ev()? as usize] });
+        }
+        Ok(g)
+    }
+}
+
+/// Records `event` on `stream`: it completes when what `stream` has enqueued so far has.
+///
+/// # Safety
+/// The stream and the event are live in the current context.
+pub(crate) unsafe fn record(event: usize, stream: usize) -> Result<()> {
+    // SAFETY: per this function's contract.
+    unsafe { cudarc::driver::result::event::record(event as sys::CUevent, stream as sys::CUstream) }
+        .map_err(driver_err("recording an event"))
+}
+
+/// Makes `waiter` wait, before its later work, for `event`'s latest record.
+///
+/// # Safety
+/// As for [`record`].
+pub(crate) unsafe fn wait(waiter: usize, event: usize) -> Result<()> {
+    use sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+    // SAFETY: per this function's contract.
+    unsafe {
+        cudarc::driver::result::stream::wait_event(
+            waiter as sys::CUstream,
+            event as sys::CUevent,
+            CU_EVENT_WAIT_DEFAULT,
+        )
+    }
+    .map_err(driver_err("waiting for an event"))
 }
 
 fn devices() -> &'static Mutex<Vec<Option<Arc<DeviceState>>>> {
@@ -84,7 +141,8 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<DeviceState>> {
     let smem_optin = ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
         .map_err(driver_err("reading the shared memory limit"))? as usize;
-    let state = Arc::new(DeviceState { ctx, sm_count, arch: arch_name(major, minor), smem_optin });
+    let state =
+        Arc::new(DeviceState { ctx, sm_count, arch: arch_name(major, minor), smem_optin, side: Mutex::new(None) });
     if devs.len() <= ordinal {
         devs.resize(ordinal + 1, None);
     }
