@@ -1151,11 +1151,10 @@ unsafe fn lookahead_steps(
     let [panel_done, c2_done] = side.events;
     let hx = Exec { stream: h, ..exec };
     // SAFETY: per this function's contract (every launch below lies inside the matrix).
-    unsafe {
+    let steps = || unsafe {
         record(c2_done, c)?; // h starts after what c has (the input's copy, info's clearing)
         wait(h, c2_done)?;
         ks.diag_panel(m, 0, dev, hx)?;
-        record(panel_done, h)?;
         for k in (0..n).step_by(nb) {
             let s = nb.min(n - k);
             let r = n - k - s;
@@ -1163,6 +1162,7 @@ unsafe fn lookahead_steps(
                 break;
             }
             let t = k + s; // the trailing matrix's first row and column
+            record(panel_done, h)?;
             wait(c, panel_done)?;
             if r > T {
                 ks.syrk(m, (t + T, k, t + T), r - T, true, dev, exec)?; // C2
@@ -1174,10 +1174,14 @@ unsafe fn lookahead_steps(
             }
             ks.syrk(m, (t, k, t), r, true, dev, hx)?; // C1
             ks.diag_panel(m, t, dev, hx)?;
-            record(panel_done, h)?;
         }
-        wait(c, panel_done)
-    }
+        Ok(())
+    };
+    let done = steps();
+    // Joined even after a failed enqueue, so that nothing on `h` outlives the call unordered.
+    // SAFETY: the stream and event handles are live.
+    let joined = unsafe { record(panel_done, h).and_then(|()| wait(c, panel_done)) };
+    done.and(joined)
 }
 
 pub fn lu_solve(p: &LuSolvePlan, ordinal: usize, exec: Exec) -> Result<()> {
