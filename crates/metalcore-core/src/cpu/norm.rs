@@ -85,6 +85,13 @@ unsafe fn fwd_row<A: Real>(c: &FwdCtx<'_, A>, row: usize, buf: &mut [A], tmp: &m
         let (mu, r) = (mu.to_f64() as f32, r.to_f64() as f32);
         return rowsum::norm_out_f32(f(xs), f(w), f(b), mu, r, yp as *mut f32, &[next]);
     }
+    #[cfg(target_arch = "x86_64")]
+    if !p.cast_before_weight && p.y.dtype == DType::F16 && f32_avx2::<A>() {
+        // Straight to y through F16C, as above (the same rounding as `store_row`'s).
+        let f = |v: &[A]| std::slice::from_raw_parts(v.as_ptr() as *const f32, v.len());
+        let (mu, r) = (mu.to_f64() as f32, r.to_f64() as f32);
+        return rowsum::norm_out_f16(f(xs), f(w), f(b), mu, r, yp as *mut u16, &[next]);
+    }
     if p.cast_before_weight {
         fill_prefetching(tmp, &[next], |i| (*xs.get_unchecked(i) - mu) * r);
         round_to(p.x.dtype, tmp);

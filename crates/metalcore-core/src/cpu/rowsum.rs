@@ -279,6 +279,55 @@ pub(crate) unsafe fn norm_out_f32(
     );
 }
 
+/// A norm's output row in float16: `y = (x − mu)·r·w + b`, converted by F16C (round to nearest
+/// even, as `f32_row_to_f16`) eight at a time straight into `out`, non-temporally where `out` is
+/// 16-byte aligned; line `j` of each row in `ahead` (float16 rows, null for none) is prefetched
+/// while line `j` of `out` is written.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `x`, `w` and `b` hold `n` floats and `out` room for `n`
+/// float16 values, `n` the least of their lengths.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn norm_out_f16(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    mu: f32,
+    r: f32,
+    out: *mut u16,
+    ahead: &[*const u8],
+) {
+    let n = x.len().min(w.len()).min(b.len());
+    let (px, pw, pb) = (x.as_ptr(), w.as_ptr(), b.as_ptr());
+    let (m, rv) = (_mm256_set1_ps(mu), _mm256_set1_ps(r));
+    let aligned = (out as usize) % 16 == 0;
+    let mut i = 0;
+    while i + 16 <= n {
+        for &a in ahead {
+            if !a.is_null() {
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(i * 2) as *const i8);
+            }
+        }
+        for k in [i, i + 8] {
+            let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(k)), m), rv);
+            let y = _mm256_fmadd_ps(t, _mm256_loadu_ps(pw.add(k)), _mm256_loadu_ps(pb.add(k)));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y);
+            if aligned {
+                _mm_stream_si128(out.add(k) as *mut __m128i, h);
+            } else {
+                _mm_storeu_si128(out.add(k) as *mut __m128i, h);
+            }
+        }
+        i += 16;
+    }
+    for j in i..n {
+        *out.add(j) = half::f16::from_f32((x[j] - mu) * r * w[j] + b[j]).to_bits();
+    }
+    // Order the streamed stores before anything this thread does next.
+    _mm_sfence();
+}
+
 /// A norm's input gradient row in float32: `dx = r·(g − mean_g − xh·mean_gx)`.
 ///
 /// # Safety
