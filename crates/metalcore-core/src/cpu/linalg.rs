@@ -1523,7 +1523,9 @@ fn before<A: Real>(x: A, y: A, desc: bool) -> bool {
 }
 
 /// The index of the first entry of largest magnitude (NaN counts as largest): the largest
-/// magnitude first, in 8 lanes (vectorizes), then the first entry that has it.
+/// magnitude first, in 8 lanes (vectorizes), then the first entry that has it. Inlined, so that
+/// it is compiled into its callers' AVX2 copies.
+#[inline(always)]
 fn argmax_abs<A: Real>(x: &[A]) -> usize {
     let mut big = [A::ZERO; 8];
     let mut nan = false;
@@ -1614,13 +1616,22 @@ pub(crate) fn scale_to_unit<A: Real>(x: &mut [A]) -> f64 {
     up
 }
 
-/// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes
-/// (vectorizes).
+/// Whether `x` holds a NaN or ±Inf: x − x is NaN exactly for those, summed in 8 lanes over
+/// whole blocks of 8 (vectorizes; indexing the lanes by t % 8 compiled to a scalar loop through
+/// the stack), the tail apart.
 #[inline(always)]
 fn non_finite<A: Real>(x: &[A]) -> bool {
     let mut acc = [A::ZERO; 8];
-    for (t, x) in x.iter().enumerate() {
-        acc[t % 8] += *x - *x;
+    let blocks = x.chunks_exact(8);
+    let tail = blocks.remainder();
+    for b in blocks {
+        let b: [A; 8] = b.try_into().unwrap();
+        for t in 0..8 {
+            acc[t] += b[t] - b[t];
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(tail) {
+        *a += *x - *x;
     }
     acc.iter().any(|s| *s != A::ZERO)
 }

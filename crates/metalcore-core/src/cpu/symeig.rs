@@ -3,8 +3,9 @@
 //! whose plane rotations are applied to that product (Bowdler, Martin, Reinsch and Wilkinson's
 //! tred2/tql2 scheme). About 4n³ flops per matrix against roughly 20n³ for a cyclic Jacobi run.
 //! A group of eight matrices is reduced side by side, one per SIMD lane ([`reduce_lanes`]); their
-//! eight QL chains advance together, in two vectors of four ([`ql_many`]); each one's rotations
-//! are logged and applied to its eigenvectors at the end ([`EigScratch::apply_log`]).
+//! QL iterations run side by side too, a sweep of each at a time, in two vectors of four
+//! ([`ql_many`]); each one's rotations are logged and applied to its eigenvectors at the end
+//! ([`EigScratch::apply_log`]).
 //!
 //! The matrix is first scaled by a power of two (exact) so that its largest entry is about 1: the
 //! rotations' `sqrt(f² + g²)` can then neither overflow nor underflow harmfully. The tridiagonal
@@ -142,28 +143,13 @@ fn rotate_rows<A: Real, const R: usize>(z: &mut [A], seq: &[(A, A)], n: usize, k
     z[lo * n + k0..][..R].copy_from_slice(&x);
 }
 
-/// Where one matrix's QL iteration stands between sweeps.
+/// One matrix's QL iteration: its deflation tolerance, the sweeps it has left, and whether it
+/// ran out of them.
 #[derive(Default)]
 struct Ql {
-    /// The first row not yet converged.
-    l: usize,
     tol: f64,
     iters_left: usize,
     failed: bool,
-}
-
-/// One QL sweep: the unreduced block l..=m, the next rotation at (i−1, i), the bulge g it
-/// starts from and, once it ends, the chain's last p and g (the chain starts from s = c = 1,
-/// p = 0).
-#[derive(Clone, Copy, Default)]
-struct Sweep {
-    l: usize,
-    m: usize,
-    i: usize,
-    p: f64,
-    g: f64,
-    /// The bulge vanished at rotation i−1's position: the block split there.
-    split: bool,
 }
 
 /// One matrix's working set for [`sym_eig_many`]: the caller puts the symmetric n×n matrix
@@ -347,60 +333,6 @@ impl<A: Real> EigScratch<A> {
         }
         self.log.clear();
         self.sweeps.clear();
-    }
-
-    /// Finds the next unreduced block (an off-diagonal counts as zero below `tol`) and starts an
-    /// implicit QL sweep on it with Wilkinson's shift (its rotations: [`ql_many`]); None once
-    /// every eigenvalue converged or the iteration limit is spent.
-    #[inline(always)]
-    fn next_sweep(&mut self, n: usize) -> Option<Sweep> {
-        let (d, e, q) = (&self.d, &self.e, &mut self.ql);
-        while q.l < n {
-            let l = q.l;
-            let mut m = l;
-            while m + 1 < n && e[m].abs() > q.tol {
-                m += 1;
-            }
-            if m == l {
-                q.l += 1;
-                continue;
-            }
-            if q.iters_left == 0 {
-                q.failed = true;
-                q.l = n;
-                return None;
-            }
-            q.iters_left -= 1;
-            // The shift, the eigenvalue of the leading 2×2 block nearer d[l], enters as
-            // g = d[m] − shift.
-            let x = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let r = (x * x + 1.0).sqrt();
-            let g = d[m] - d[l] + e[l] / (x + r.copysign(x));
-            return Some(Sweep { l, m, i: m, p: 0.0, g, split: false });
-        }
-        None
-    }
-
-    /// Closes the sweep `w`, whose rotations (at pairs m−1 down to w.i) are the last ones in
-    /// `log`: the block's first row takes the chain's last values (unless it split).
-    #[inline(always)]
-    fn end_sweep(&mut self, w: &Sweep) {
-        if !w.split {
-            self.d[w.l] -= w.p;
-            self.e[w.l] = w.g;
-            self.e[w.m] = 0.0;
-        }
-        if w.i < w.m {
-            self.sweeps.push((w.i, w.m - 1));
-        }
-    }
-
-    /// Room in `log` for a sweep of block l..=m; returns where its rotations go.
-    #[inline(always)]
-    fn log_room(&mut self, w: &Sweep) -> *mut (A, A) {
-        self.log.reserve(w.m - w.l);
-        // SAFETY: within the capacity just reserved.
-        unsafe { self.log.as_mut_ptr().add(self.log.len()) }
     }
 }
 
@@ -715,181 +647,228 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
     }
 }
 
-/// How many matrices' QL chains [`ql_many`] runs side by side: one f64 lane each of two AVX2
-/// vectors, whose instruction streams interleave (a chain step is a latency-bound sequence of a
-/// sqrt, a divide and multiply-adds: one vector alone leaves the units idle most of the time).
+/// How many matrices' QL iterations [`ql_many`] runs side by side: one f64 lane each of two
+/// AVX2 vectors, whose instruction streams interleave (a rotation is a latency-bound sequence of
+/// a sqrt, a divide and multiply-adds: one vector alone leaves the units idle most of the time).
 pub(crate) const QL_WAYS: usize = 8;
-
-/// The carried values of the [`QL_WAYS`] QL chains (lane t: chain t): the last rotation's sine
-/// and cosine, the pending shift correction p and the bulge g.
-#[derive(Clone, Copy)]
-struct Chains {
-    s: [f64; QL_WAYS],
-    c: [f64; QL_WAYS],
-    p: [f64; QL_WAYS],
-    g: [f64; QL_WAYS],
-}
 
 type Lanes = [f64; QL_WAYS];
 
-/// One rotation of every QL chain, with the block's entries e[i], d[i], d[i+1] as `ei`, `di`,
-/// `d1`: returns r = e[i+1]; leaves the chains' new values in `ch` and the new d[i+1] in `di`. (A
-/// lane whose r is 0 split; its outputs are then unused.)
-#[inline(always)]
-fn chain_step(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
+/// The tridiagonal matrices of a [`ql_many`] group, lane-interleaved (row i, lane t: matrix t's
+/// d[i] or e[i]), and one sweep's rotations (row i: the rotation at pair (i, i+1)).
+struct QlLanes {
+    d: Vec<Lanes>,
+    e: Vec<Lanes>,
+    c: Vec<Lanes>,
+    s: Vec<Lanes>,
+    /// Scratch of [`sweep_lanes_avx2`].
+    on: Vec<Lanes>,
+}
+
+/// One implicit QL sweep of every lane t with `m[t] > l[t]`, on its block l[t]..=m[t], started
+/// from the bulge `g0[t]` (the shifted d[m] − shift): rotations at pairs (i, i+1), i = m[t]−1
+/// down to l[t], their cosines and sines left in rows i of `q.c` and `q.s`. Returns per lane the
+/// lowest i+1 its rotations reached (l[t], or where the bulge vanished and the block split; a
+/// lane that ran no sweep: its l).
+///
+/// One rotation's arithmetic, with s = c = 1 and p = 0 before the first:
+/// f = s e[i], b = c e[i], r = √(f² + g²), e[i+1] = r; then (unless r = 0) s, c = f/r, g/r
+/// (through 1/r), h = d[i+1] − p, t = (d[i] − h) s + 2 c b, p = s t, d[i+1] = h + p, g = c t − b.
+/// At the end d[l] −= p, e[l] = g, e[m] = 0. On a split (r = 0) d[i+1] −= p and e[m] = 0.
+fn sweep_lanes(q: &mut QlLanes, l: &[usize; QL_WAYS], m: &[usize; QL_WAYS], g0: &Lanes) -> [usize; QL_WAYS] {
     #[cfg(target_arch = "x86_64")]
     if super::has_avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { chain_step_avx2(ch, di, ei, d1) };
+        return unsafe { sweep_lanes_avx2(q, l, m, g0) };
     }
-    let Chains { s, c, p, g } = ch;
-    let mut r = [0f64; QL_WAYS];
+    let mut lo = *l;
     for t in 0..QL_WAYS {
-        let f = s[t] * ei[t];
-        let b = c[t] * ei[t];
-        r[t] = (f * f + g[t] * g[t]).sqrt();
-        let inv = 1.0 / r[t];
-        let (s2, c2) = (f * inv, g[t] * inv);
-        let h = d1[t] - p[t];
-        let t2 = (di[t] - h) * s2 + 2.0 * c2 * b;
-        p[t] = s2 * t2;
-        di[t] = h + p[t];
-        g[t] = c2 * t2 - b;
-        s[t] = s2;
-        c[t] = c2;
+        let (mut s, mut c, mut p, mut g) = (1.0, 1.0, 0.0, g0[t]);
+        let mut split = false;
+        for i in (l[t]..m[t]).rev() {
+            let f = s * q.e[i][t];
+            let b = c * q.e[i][t];
+            let r = (f * f + g * g).sqrt();
+            q.e[i + 1][t] = r;
+            if r == 0.0 {
+                q.d[i + 1][t] -= p;
+                q.e[m[t]][t] = 0.0;
+                (lo[t], split) = (i + 1, true);
+                break;
+            }
+            let inv = 1.0 / r;
+            (s, c) = (f * inv, g * inv);
+            let h = q.d[i + 1][t] - p;
+            let u = (q.d[i][t] - h) * s + 2.0 * c * b;
+            p = s * u;
+            q.d[i + 1][t] = h + p;
+            g = c * u - b;
+            (q.c[i][t], q.s[i][t]) = (c, s);
+        }
+        if !split && m[t] > l[t] {
+            q.d[l[t]][t] -= p;
+            q.e[l[t]][t] = g;
+            q.e[m[t]][t] = 0.0;
+        }
     }
-    r
+    lo
 }
 
-/// [`chain_step`] in AVX2 vectors of four lanes: the same arithmetic as the portable loop,
-/// operation for operation (no contraction into multiply-adds), so both give the same bits.
+/// [`sweep_lanes`] in AVX2 vectors of four lanes, all eight lanes a step at a time from the
+/// highest m down to the lowest l (a lane outside its block, or past a split, keeps its values):
+/// the chains stay in registers and each step's entries are whole vectors, so a step costs about
+/// its arithmetic's latency (about 90 cycles on the 2-core EPYC, against about 215 when each
+/// step gathered its lanes' entries from the eight matrices and scattered its outputs back). The same arithmetic, operation for operation (no contraction into multiply-adds), so
+/// both give the same bits.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chain_step_avx2(ch: &mut Chains, di: &mut Lanes, ei: Lanes, d1: Lanes) -> Lanes {
+unsafe fn sweep_lanes_avx2(
+    q: &mut QlLanes,
+    l: &[usize; QL_WAYS],
+    m: &[usize; QL_WAYS],
+    g0: &Lanes,
+) -> [usize; QL_WAYS] {
     use std::arch::x86_64::*;
-    let Chains { s, c, p, g } = ch;
-    let mut out = [0f64; QL_WAYS];
-    for h0 in (0..QL_WAYS).step_by(4) {
-        let ld = |x: &Lanes| _mm256_loadu_pd(x.as_ptr().add(h0));
-        let (sv, cv, pv, gv, dv, ev, d1v) = (ld(s), ld(c), ld(p), ld(g), ld(di), ld(&ei), ld(&d1));
-        let f = _mm256_mul_pd(sv, ev);
-        let b = _mm256_mul_pd(cv, ev);
-        let r = _mm256_sqrt_pd(_mm256_add_pd(_mm256_mul_pd(f, f), _mm256_mul_pd(gv, gv)));
-        let inv = _mm256_div_pd(_mm256_set1_pd(1.0), r);
-        let s2 = _mm256_mul_pd(f, inv);
-        let c2 = _mm256_mul_pd(gv, inv);
-        let h = _mm256_sub_pd(d1v, pv);
-        let two_cb = _mm256_mul_pd(_mm256_add_pd(c2, c2), b);
-        let t2 = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(dv, h), s2), two_cb);
-        let pn = _mm256_mul_pd(s2, t2);
-        let st = |x: &mut Lanes, v| _mm256_storeu_pd(x.as_mut_ptr().add(h0), v);
-        st(p, pn);
-        st(di, _mm256_add_pd(h, pn));
-        st(g, _mm256_sub_pd(_mm256_mul_pd(c2, t2), b));
-        st(s, s2);
-        st(c, c2);
-        st(&mut out, r);
+    let runs = |t: usize| m[t] > l[t];
+    let top = (0..QL_WAYS).filter(|&t| runs(t)).map(|t| m[t]).max().unwrap_or(0);
+    let bottom = (0..QL_WAYS).filter(|&t| runs(t)).map(|t| l[t]).min().unwrap_or(0);
+    let mut lo = *l;
+    if top <= bottom {
+        return lo;
     }
-    out
+    // Row i: the lanes that rotate at step i (all bits set), in memory rather than in
+    // registers: the sixteen AVX2 registers hold the chains and the step's temporaries, and a
+    // spilled chain value adds a store and a load to the step's latency.
+    let all = f64::from_bits(u64::MAX);
+    for i in bottom..top {
+        q.on[i] = std::array::from_fn(|t| if l[t] <= i && i < m[t] { all } else { 0.0 });
+    }
+    let ld = |x: &Lanes, h: usize| _mm256_loadu_pd(x.as_ptr().add(4 * h));
+    let (one, zero) = (_mm256_set1_pd(1.0), _mm256_setzero_pd());
+    let (mut s, mut c, mut p) = ([one; 2], [one; 2], [zero; 2]);
+    let mut g = [ld(g0, 0), ld(g0, 1)];
+    let mut split_lanes = 0u32;
+    for i in (bottom..top).rev() {
+        let mut split = 0;
+        for h in 0..2 {
+            let (ev, dv, on) = (ld(&q.e[i], h), ld(&q.d[i], h), ld(&q.on[i], h));
+            // Row i+1 as it was before this step (the step above wrote row i+2).
+            let (e1, d1) = (ld(&q.e[i + 1], h), ld(&q.d[i + 1], h));
+            let f = _mm256_mul_pd(s[h], ev);
+            let b = _mm256_mul_pd(c[h], ev);
+            let r = _mm256_sqrt_pd(_mm256_add_pd(_mm256_mul_pd(f, f), _mm256_mul_pd(g[h], g[h])));
+            let inv = _mm256_div_pd(one, r);
+            let s2 = _mm256_mul_pd(f, inv);
+            let c2 = _mm256_mul_pd(g[h], inv);
+            let hh = _mm256_sub_pd(d1, p[h]);
+            let two_cb = _mm256_mul_pd(_mm256_add_pd(c2, c2), b);
+            let u = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(dv, hh), s2), two_cb);
+            let pn = _mm256_mul_pd(s2, u);
+            let gn = _mm256_sub_pd(_mm256_mul_pd(c2, u), b);
+            // A lane whose bulge vanished (r = 0) splits at i+1, where d keeps h = d[i+1] − p.
+            let gone = _mm256_and_pd(on, _mm256_cmp_pd::<_CMP_EQ_OQ>(r, zero));
+            let dn = _mm256_blendv_pd(_mm256_add_pd(hh, pn), hh, gone);
+            let st = |x: &mut Lanes, v| _mm256_storeu_pd(x.as_mut_ptr().add(4 * h), v);
+            st(&mut q.e[i + 1], _mm256_blendv_pd(e1, r, on));
+            st(&mut q.d[i + 1], _mm256_blendv_pd(d1, dn, on));
+            st(&mut q.c[i], c2);
+            st(&mut q.s[i], s2);
+            split |= (_mm256_movemask_pd(gone) as u32) << (4 * h);
+            (s[h], c[h]) = (_mm256_blendv_pd(s[h], s2, on), _mm256_blendv_pd(c[h], c2, on));
+            (p[h], g[h]) = (_mm256_blendv_pd(p[h], pn, on), _mm256_blendv_pd(g[h], gn, on));
+        }
+        if split != 0 {
+            // Rare: these lanes stop rotating.
+            for t in (0..QL_WAYS).filter(|t| split >> t & 1 != 0) {
+                q.e[m[t]][t] = 0.0;
+                lo[t] = i + 1;
+                for row in &mut q.on[bottom..i] {
+                    row[t] = 0.0;
+                }
+            }
+            split_lanes |= split;
+        }
+    }
+    let (mut ps, mut gs) = ([0f64; QL_WAYS], [0f64; QL_WAYS]);
+    for h in 0..2 {
+        _mm256_storeu_pd(ps.as_mut_ptr().add(4 * h), p[h]);
+        _mm256_storeu_pd(gs.as_mut_ptr().add(4 * h), g[h]);
+    }
+    for t in (0..QL_WAYS).filter(|&t| runs(t) && split_lanes >> t & 1 == 0) {
+        q.d[l[t]][t] -= ps[t];
+        q.e[l[t]][t] = gs[t];
+        q.e[m[t]][t] = 0.0;
+    }
+    lo
 }
 
-/// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side. A rotation is a chain of
-/// dependent sqrt, divide and multiply-adds on a few scalars; here lane t of every step
-/// works on matrix t, so two vector instructions advance all eight chains (their (d, e) entries
-/// gathered and scattered by lane). When a lane's sweep ends, its rotations go to its log and its
-/// next sweep starts at once; a lane with no matrix left works on a dummy.
+/// The QL iterations of `jobs` (at most [`QL_WAYS`]), side by side, in Bowdler et al.'s tql2
+/// order: each matrix's sweeps on its block l..=m (m: the first row from l whose off-diagonal
+/// counts as zero) until e[l] does, then l+1. Each call of [`sweep_lanes`] makes one sweep of
+/// every matrix not yet done, each on its own block with its own shift, so every matrix takes
+/// the same sweeps as alone. Each lane's rotations go to its log, for
+/// [`EigScratch::apply_log`].
 #[inline(always)]
 fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
     const L: usize = QL_WAYS;
     let k = jobs.len().min(L);
-    let mut sw = [Sweep::default(); L];
-    let mut active = [false; L];
-    // A parked lane reads and writes these (rotation 0 of a 2×2 block).
-    let (mut dummy_d, mut dummy_e, mut dummy_cs) = ([0f64; 2], [0f64; 2], [(A::ONE, A::ZERO); 1]);
-    let parked = (dummy_d.as_mut_ptr(), dummy_e.as_mut_ptr(), dummy_cs.as_mut_ptr());
-    let (mut dp, mut ep, mut cp) = ([parked.0; L], [parked.1; L], [parked.2; L]);
-    // The chain: the next rotation of lane t is at (pos[t] − 1, pos[t]).
-    let mut ch = Chains { s: [1.0; L], c: [1.0; L], p: [0.0; L], g: [0.0; L] };
-    let mut pos = [1usize; L];
-    let mut live = 0;
-    // (Re)starts lane t on its matrix's next sweep, or parks it.
-    macro_rules! start {
-        ($t:expr) => {{
-            let t = $t;
-            active[t] = false;
-            if t < k {
-                if let Some(w) = jobs[t].next_sweep(n) {
-                    sw[t] = w;
-                    (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (1.0, 1.0, 0.0, w.g, w.i);
-                    let job = &mut jobs[t];
-                    cp[t] = job.log_room(&w);
-                    (dp[t], ep[t]) = (job.d.as_mut_ptr(), job.e.as_mut_ptr());
-                    active[t] = true;
-                }
-            }
-            if !active[t] {
-                (dp[t], ep[t], cp[t]) = parked;
-                (ch.s[t], ch.c[t], ch.p[t], ch.g[t], pos[t]) = (1.0, 1.0, 0.0, 1.0, 1);
-            }
-        }};
-    }
-    for t in 0..L {
-        start!(t);
-        live += active[t] as usize;
-    }
-    while live > 0 {
-        let (mut ei, mut di, mut d1) = ([0f64; L], [0f64; L], [0f64; L]);
-        for t in 0..L {
-            // SAFETY: an active lane's pos is in l+1..=m < n of its matrix's d and e (length
-            // n); a parked lane's is 1, within the dummies.
-            unsafe {
-                ei[t] = *ep[t].add(pos[t] - 1);
-                di[t] = *dp[t].add(pos[t] - 1);
-                d1[t] = *dp[t].add(pos[t]);
-            }
+    let rows = || vec![[0f64; L]; n];
+    let mut q = QlLanes { d: rows(), e: rows(), c: rows(), s: rows(), on: rows() };
+    for (t, job) in jobs.iter().enumerate().take(k) {
+        for i in 0..n {
+            (q.d[i][t], q.e[i][t]) = (job.d[i], job.e[i]);
         }
-        let p_old = ch.p;
-        let r = chain_step(&mut ch, &mut di, ei, d1);
-        let mut ended = false;
-        for t in 0..L {
-            let i = pos[t] - 1;
-            // SAFETY: as above (i + 1 = pos[t]).
-            unsafe {
-                *ep[t].add(i + 1) = r[t];
-                if r[t] == 0.0 && active[t] {
-                    // The bulge vanished: the block splits at i+1; undo the pending shift there.
-                    *dp[t].add(i + 1) -= p_old[t];
-                    *ep[t].add(sw[t].m) = 0.0;
-                    sw[t].split = true;
-                    sw[t].i = pos[t];
-                    ended = true;
+    }
+    // Lane t's next sweep is on its block l[t]..=m[t] (m[t] = l[t]: none; l[t] = n: done).
+    let mut l = [n; L];
+    l[..k].fill(0);
+    loop {
+        let mut m = l;
+        let mut g0 = [0f64; L];
+        for (t, job) in jobs.iter_mut().enumerate().take(k) {
+            let (d, e, ql) = (&q.d, &q.e, &mut job.ql);
+            while l[t] < n {
+                let lt = l[t];
+                let mut mt = lt;
+                while mt + 1 < n && e[mt][t].abs() > ql.tol {
+                    mt += 1;
+                }
+                if mt == lt {
+                    l[t] += 1;
                     continue;
                 }
-                *dp[t].add(i + 1) = di[t];
-                *cp[t] = (A::from_f64(ch.c[t]), A::from_f64(ch.s[t]));
+                if ql.iters_left == 0 {
+                    ql.failed = true;
+                    l[t] = n;
+                    break;
+                }
+                ql.iters_left -= 1;
+                m[t] = mt;
+                // The shift, the eigenvalue of the leading 2×2 block nearer d[l], enters as
+                // g = d[m] − shift.
+                let x = (d[lt + 1][t] - d[lt][t]) / (2.0 * e[lt][t]);
+                let r = (x * x + 1.0).sqrt();
+                g0[t] = d[mt][t] - d[lt][t] + e[lt][t] / (x + r.copysign(x));
+                break;
             }
-            if active[t] {
-                cp[t] = cp[t].wrapping_add(1);
-                pos[t] = i;
-                ended |= i == sw[t].l;
+            if l[t] == n {
+                m[t] = n;
             }
         }
-        if ended {
-            for t in 0..L {
-                if !active[t] || !(sw[t].split || pos[t] == sw[t].l) {
-                    continue;
-                }
-                if !sw[t].split {
-                    (sw[t].i, sw[t].p, sw[t].g) = (pos[t], ch.p[t], ch.g[t]);
-                }
-                let job = &mut jobs[t];
-                // SAFETY: the sweep wrote its m − i rotations (c, s) after the log's end, within
-                // the room log_room reserved (m − l ≥ m − i).
-                unsafe { job.log.set_len(job.log.len() + sw[t].m - sw[t].i) };
-                job.end_sweep(&sw[t]);
-                start!(t);
-                live -= !active[t] as usize;
+        if (0..L).all(|t| m[t] <= l[t]) {
+            break;
+        }
+        let lo = sweep_lanes(&mut q, &l, &m, &g0);
+        for (t, job) in jobs.iter_mut().enumerate().take(k) {
+            if lo[t] < m[t] {
+                job.log.extend((lo[t]..m[t]).rev().map(|i| (A::from_f64(q.c[i][t]), A::from_f64(q.s[i][t]))));
+                job.sweeps.push((lo[t], m[t] - 1));
             }
+        }
+    }
+    for (t, job) in jobs.iter_mut().enumerate().take(k) {
+        for i in 0..n {
+            (job.d[i], job.e[i]) = (q.d[i][t], q.e[i][t]);
         }
     }
 }
