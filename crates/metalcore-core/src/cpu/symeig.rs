@@ -806,10 +806,10 @@ unsafe fn sweep_lanes_avx2(
 /// order: each matrix's sweeps on its block l..=m (m: the first row from l whose off-diagonal
 /// counts as zero) until e[l] does, then l+1. Each call of [`sweep_lanes`] makes one sweep of
 /// every matrix not yet done, each on its own block with its own shift, so every matrix takes
-/// the same sweeps as alone. Each lane's rotations go to its log, for
+/// the same sweeps as alone. With `vectors`, each lane's rotations go to its log, for
 /// [`EigScratch::apply_log`].
 #[inline(always)]
-fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
+fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize, vectors: bool) {
     const L: usize = QL_WAYS;
     let k = jobs.len().min(L);
     let rows = || vec![[0f64; L]; n];
@@ -860,8 +860,15 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize) {
         }
         let lo = sweep_lanes(&mut q, &l, &m, &g0);
         for (t, job) in jobs.iter_mut().enumerate().take(k) {
-            if lo[t] < m[t] {
-                job.log.extend((lo[t]..m[t]).rev().map(|i| (A::from_f64(q.c[i][t]), A::from_f64(q.s[i][t]))));
+            if vectors && lo[t] < m[t] {
+                let rows = lo[t]..m[t];
+                job.log.reserve(rows.len());
+                let (at, spare) = (job.log.len(), job.log.spare_capacity_mut());
+                for (slot, (c, s)) in spare.iter_mut().zip(q.c[rows.clone()].iter().zip(&q.s[rows.clone()]).rev()) {
+                    slot.write((A::from_f64(c[t]), A::from_f64(s[t])));
+                }
+                // SAFETY: the rows.len() slots past the length were just written.
+                unsafe { job.log.set_len(at + rows.len()) };
                 job.sweeps.push((lo[t], m[t] - 1));
             }
         }
@@ -915,14 +922,11 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
         }
     }
     for group in jobs.chunks_mut(QL_WAYS) {
-        ql_many(group, n);
+        ql_many(group, n, vectors);
     }
     for j in jobs.iter_mut() {
         if vectors {
             j.apply_log();
-        } else {
-            j.log.clear();
-            j.sweeps.clear();
         }
         let up = j.up;
         for (v, d) in j.vals.iter_mut().zip(&j.d) {
