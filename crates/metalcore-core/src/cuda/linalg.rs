@@ -641,6 +641,12 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
     let nl = n as i64;
     let tiles = n.div_ceil(32);
     let grid_max = dev.sm_count.min(EIGH_GRID_MAX);
+    // Rows per block of the panel kernel's grid (METALCORE_EIGH_BLOCK_ROWS, at most 64). Smaller
+    // blocks shorten each one's share of a column's product, which the grid barrier after it
+    // waits for: H200, 1024² 10.9-11.1 ms with 32 rows, 9.96-10.14 with 12 (8: 10.11, 64: 12.4;
+    // 2048² 24.9 -> 22.8-23.1; bench/results/eigh-svd-large-nvidia-h200.md).
+    static BLOCK_ROWS: Knob = Knob::new();
+    let block_rows = knob(&BLOCK_ROWS, "METALCORE_EIGH_BLOCK_ROWS", 12).min(64);
     // Eigenvalues closer than this (relative to ‖T‖) count as a cluster (Gram–Schmidt): past
     // it the twisted factorizations' vectors are orthogonal to about eps₆₄‖T‖/gap. H200,
     // scripts/time_eigh_large.py --ctol: float32 matrices with each eigenvalue repeated 100 or
@@ -673,7 +679,7 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
             )?;
             for k0 in (0..n).step_by(NB) {
                 let ke = (k0 + NB).min(n);
-                // Blocks: about 32 rows each, at most 64 (the kernel's EB_RB), one per SM at most
+                // Blocks: about block_rows rows each, at most 64 (the kernel's EB_RB), one per SM at most
                 // (each must stay resident for the grid barriers). Where the grid can hold every
                 // block's rows of F in shared memory (the trailing matrix does not change during
                 // the panel), it does, and the products read them there ("cached").
@@ -682,7 +688,7 @@ fn eigh_large<T: Real>(p: &SvdPlan, dev: &DeviceState, ordinal: usize, exec: Exe
                 let base = es * (pad4(n) + 64 + 4 * NB + 512 + pad4(1 + 2 * NB) + 16);
                 let ldc = pad4(n - (k0 & !3));
                 let fit = dev.smem_optin.saturating_sub(base) / (ldc * es);
-                let mut g = rows.div_ceil(32).min(grid_max).max(rows.div_ceil(64));
+                let mut g = rows.div_ceil(block_rows).min(grid_max).max(rows.div_ceil(64));
                 let cached = n % 4 == 0 && fit >= 1 && rows.div_ceil(fit.min(64)) <= grid_max;
                 if cached {
                     g = g.max(rows.div_ceil(fit.min(64)));
