@@ -26,7 +26,7 @@ relative), or fail after ``max_sweeps`` (reported: ``LinAlgError`` naming the ba
 Rotations are applied in Rutishauser's form, so the accumulated vectors stay orthogonal to a few
 ulps. eigh on the CPU: Householder reduction to tridiagonal form, the reflectors' product formed
 explicitly, then the implicit QL iteration with Wilkinson's shift (about 4n³ flops against
-Jacobi's 20n³ or more), four matrices' rotation chains advanced side by side in vector lanes; it
+Jacobi's 20n³ or more), eight matrices' QL sweeps run side by side in vector lanes; it
 fails (reported the same way) after ``max_sweeps·n`` QL iterations on a matrix (random matrices
 take about 2n).
 

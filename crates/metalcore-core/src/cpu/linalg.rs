@@ -1753,8 +1753,8 @@ fn scatter_columns<A: Real>(out: &mut [A], rows: usize, cols: usize, src: &[A], 
     }
 }
 
-/// How many matrices one eigh task reduces and then iterates on together (their QL chains
-/// interleave).
+/// How many matrices one eigh task reduces and then iterates on together (their QL sweeps run
+/// side by side).
 const EIGH_GROUP: usize = super::symeig::RL;
 
 /// Scratch of one [`svd_gram_impl`] task: per matrix of its group, A in f64 (row-major with rows
