@@ -204,40 +204,36 @@ pub(crate) unsafe fn norm_bwd_pass<const S: u8, const DW: bool, const DB: bool>(
     (sum_gx, sum_g)
 }
 
-/// Writes `out[i] = one(i)` for the `n` elements of a float32 output row, eight at a time by
-/// `eight(i)`, with non-temporal stores where the row is 32-byte aligned (an output written once
-/// is then not read from memory first), prefetching line `j` of each row in `ahead` (null for
-/// none) while it writes line `j` of `out`. Replaces building the row in scratch and copying it
-/// out: one pass over L1 fewer.
+/// Writes `out[i] = one(i)` for the `n` elements of an output row of `T`, eight at a time by
+/// `put8(i, streamed)` (`streamed`: non-temporal stores, used where the row is aligned to eight
+/// elements, so that an output written once is not read from memory first), prefetching line
+/// `j` of each row in `ahead` (rows of `T`, null for none) while it writes line `j` of `out`.
+/// Replaces building the row in scratch and copying it out: one pass over L1 fewer.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `out` has room for `n` floats; `eight(i)` and `one(i)` are valid for
-/// `i + 8 ≤ n` and `i < n`.
-/// With `STREAM` false (a scratch row, read again next) the stores are plain.
+/// The CPU has AVX2 and FMA; `out` has room for `n` elements; `put8(i, _)` and `one(i)` are
+/// valid for `i + 8 ≤ n` and `i < n`. With `STREAM` false (a scratch row, read again next) the
+/// stores are plain.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn stream_row<const STREAM: bool>(
+unsafe fn stream_row_of<const STREAM: bool, T>(
     n: usize,
-    out: *mut f32,
+    out: *mut T,
     ahead: &[*const u8],
-    eight: impl Fn(usize) -> __m256,
-    one: impl Fn(usize) -> f32,
+    put8: impl Fn(usize, bool),
+    one: impl Fn(usize) -> T,
 ) {
-    let aligned = STREAM && (out as usize) % 32 == 0;
+    let size = std::mem::size_of::<T>();
+    let aligned = STREAM && (out as usize) % (8 * size) == 0;
     let mut i = 0;
     while i + 16 <= n {
         for &a in ahead {
             if !a.is_null() {
-                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(i * 4) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(i * size) as *const i8);
             }
         }
-        for k in [i, i + 8] {
-            if aligned {
-                _mm256_stream_ps(out.add(k), eight(k));
-            } else {
-                _mm256_storeu_ps(out.add(k), eight(k));
-            }
-        }
+        put8(i, aligned);
+        put8(i + 8, aligned);
         i += 16;
     }
     for j in i..n {
@@ -248,6 +244,29 @@ unsafe fn stream_row<const STREAM: bool>(
         // read the row once the task ends).
         _mm_sfence();
     }
+}
+
+/// [`stream_row_of`] for a float32 row, `eight(i)` giving elements i..i+8.
+///
+/// # Safety
+/// As for [`stream_row_of`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn stream_row<const STREAM: bool>(
+    n: usize,
+    out: *mut f32,
+    ahead: &[*const u8],
+    eight: impl Fn(usize) -> __m256,
+    one: impl Fn(usize) -> f32,
+) {
+    let put8 = |k: usize, streamed: bool| {
+        if streamed {
+            _mm256_stream_ps(out.add(k), eight(k));
+        } else {
+            _mm256_storeu_ps(out.add(k), eight(k));
+        }
+    };
+    stream_row_of::<STREAM, f32>(n, out, ahead, put8, one);
 }
 
 /// A norm's output row in float32: `y = (x − mu)·r·w + b`.
@@ -280,9 +299,8 @@ pub(crate) unsafe fn norm_out_f32(
 }
 
 /// A norm's output row in float16: `y = (x − mu)·r·w + b`, converted by F16C (round to nearest
-/// even, as `f32_row_to_f16`) eight at a time straight into `out`, non-temporally where `out` is
-/// 16-byte aligned; line `j` of each row in `ahead` (float16 rows, null for none) is prefetched
-/// while line `j` of `out` is written.
+/// even, as `f32_row_to_f16`) eight at a time straight into `out` ([`stream_row_of`]: streamed
+/// where `out` is 16-byte aligned; `ahead` holds float16 rows).
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `x`, `w` and `b` hold `n` floats and `out` room for `n`
@@ -298,34 +316,20 @@ pub(crate) unsafe fn norm_out_f16(
     out: *mut u16,
     ahead: &[*const u8],
 ) {
-    let n = x.len().min(w.len()).min(b.len());
     let (px, pw, pb) = (x.as_ptr(), w.as_ptr(), b.as_ptr());
     let (m, rv) = (_mm256_set1_ps(mu), _mm256_set1_ps(r));
-    let aligned = (out as usize) % 16 == 0;
-    let mut i = 0;
-    while i + 16 <= n {
-        for &a in ahead {
-            if !a.is_null() {
-                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(i * 2) as *const i8);
-            }
+    let put8 = |k: usize, streamed: bool| {
+        let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(k)), m), rv);
+        let y = _mm256_fmadd_ps(t, _mm256_loadu_ps(pw.add(k)), _mm256_loadu_ps(pb.add(k)));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y);
+        if streamed {
+            _mm_stream_si128(out.add(k) as *mut __m128i, h);
+        } else {
+            _mm_storeu_si128(out.add(k) as *mut __m128i, h);
         }
-        for k in [i, i + 8] {
-            let t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(px.add(k)), m), rv);
-            let y = _mm256_fmadd_ps(t, _mm256_loadu_ps(pw.add(k)), _mm256_loadu_ps(pb.add(k)));
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(y);
-            if aligned {
-                _mm_stream_si128(out.add(k) as *mut __m128i, h);
-            } else {
-                _mm_storeu_si128(out.add(k) as *mut __m128i, h);
-            }
-        }
-        i += 16;
-    }
-    for j in i..n {
-        *out.add(j) = half::f16::from_f32((x[j] - mu) * r * w[j] + b[j]).to_bits();
-    }
-    // Order the streamed stores before anything this thread does next.
-    _mm_sfence();
+    };
+    let one = |j: usize| half::f16::from_f32((x[j] - mu) * r * w[j] + b[j]).to_bits();
+    stream_row_of::<true, u16>(x.len().min(w.len()).min(b.len()), out, ahead, put8, one);
 }
 
 /// A norm's input gradient row in float32: `dx = r·(g − mean_g − xh·mean_gx)`.
