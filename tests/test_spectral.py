@@ -113,6 +113,25 @@ def test_many_matrices_at_once(device, n):
     assert max(svd_errs(B, *svd(B))) <= 1e-5
 
 
+@pytest.mark.parametrize("n", [33, 65, 128])
+def test_eigh_float32_groups_with_a_fallback(device, n):
+    """Sixteen float32 matrices (on the CPU two groups of eight side by side, whose eigenvectors
+    come from twisted vectors past 32 rows): Wilkinson's matrix (pairs of eigenvalues equal to
+    float64 precision in one unreduced tridiagonal block: on the CPU that matrix falls back to the
+    QL iteration with vectors), a cond-1e6 spread, close pairs, rank 3, and random ones."""
+    W = torch.diag((torch.arange(n, dtype=torch.float64) - n // 2).abs())
+    W += torch.diag(torch.ones(n - 1, dtype=torch.float64), 1) + torch.diag(torch.ones(n - 1, dtype=torch.float64), -1)
+    pairs = torch.arange(n, dtype=torch.float64).div(2, rounding_mode="floor") + 1e-6 * (torch.arange(n) % 2)
+    rank3 = torch.zeros(n, dtype=torch.float64)
+    rank3[:3] = torch.tensor([3.0, -2.0, 1.0])
+    A = torch.stack([W, sym((), n, torch.float64, "cpu", torch.logspace(0, -6, n, dtype=torch.float64)),
+                     sym((), n, torch.float64, "cpu", pairs), sym((), n, torch.float64, "cpu", rank3)]
+                    + [sym((), n, torch.float64, "cpu") for _ in range(12)]).float().to(device)
+    L, V = eigh(A)
+    assert max(eigh_errs(A, L, V)) <= 1e-5
+    torch.testing.assert_close(eigvalsh(A), L, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [33, 48, 100])
 def test_eigh_structured_past_32(device, dtype, n):

@@ -688,7 +688,9 @@ factorizations, `eigh_tri_kernel`, past that two-sided Jacobi). Single matrices 
 1024² and 4096² rows): eigh by the large-matrix path (blocked tridiagonal reduction on
 cooperative launches, float64 bisection and twisted factorizations, cuBLAS back-transformation);
 svd through the Gram matrix in float64 and that eigensolver (README, "Large matrices"). On the CPU: eigh by
-Householder tridiagonalization and the implicit QL iteration; float32 svd through that solver on
+Householder tridiagonalization and the implicit QL iteration (past 32 rows, eight matrices at a
+time, the eigenvectors from float64 twisted vectors of the tridiagonal matrix and the reflectors,
+README "CPU eigh"); float32 svd through that solver on
 AᵀA in float64, then A V normalized, Gram–Schmidt only on its columns with σ < 1e-3 σ₁
 (README, "CPU eigh")."""
 

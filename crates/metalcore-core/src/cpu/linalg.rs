@@ -1977,7 +1977,7 @@ unsafe fn svd_gram_group<A: Real>(p: &SvdPlan, g: &mut GramScratch<A>, t: usize)
         }
         gram::<f64>(rows, m, n, nl, &mut job.a);
     }
-    sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters, true);
+    sym_eig_best(&mut g.jobs[..count], &mut g.lanes, n, iters, true, twisted_vectors());
     for k in 0..count {
         let job = &g.jobs[k];
         for (i, o) in g.idx.iter_mut().enumerate() {
@@ -2004,6 +2004,14 @@ unsafe fn svd_gram_group<A: Real>(p: &SvdPlan, g: &mut GramScratch<A>, t: usize)
 }
 
 isa_copies!(svd_gram_group_avx2 = svd_gram_group(p: &SvdPlan, g: &mut GramScratch<A>, t: usize));
+
+/// Whether the eigensolver may take T's eigenvectors from twisted factorizations (see
+/// `symeig::sym_eig_many`) where the output is float32 (eigh of float32 data, and the float32
+/// SVD's Gram matrices): yes unless METALCORE_EIGH_TWISTED=0 (read once; for comparisons).
+fn twisted_vectors() -> bool {
+    static F: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F.get_or_init(|| std::env::var("METALCORE_EIGH_TWISTED").map_or(true, |v| v != "0"))
+}
 
 /// Scratch of one eigh task ([`eigh_group`]).
 struct EighScratch<A> {
@@ -2034,7 +2042,9 @@ unsafe fn eigh_group<A: Real>(p: &SvdPlan, g: &mut EighScratch<A>, t: usize) {
         }
     }
     let vectors = p.v != 0;
-    sym_eig_best(&mut jobs[..count], lanes, n, iters, vectors);
+    // Twisted vectors are accurate to about 1e-12: for float32 outputs only.
+    let twisted = twisted_vectors() && std::mem::size_of::<A>() == 4;
+    sym_eig_best(&mut jobs[..count], lanes, n, iters, vectors, twisted);
     for (k, job) in jobs[..count].iter_mut().enumerate() {
         let ok = job.converged();
         let z: &mut [A] = if vectors { &mut job.z } else { &mut [] };

@@ -95,6 +95,7 @@ pub mod rope;
 mod rowsum;
 pub mod softmax;
 mod symeig;
+mod twisted;
 pub mod xent;
 
 /// Rows per parallel task: enough work (~64 KiB) to amortize scheduling.
