@@ -81,8 +81,9 @@ impl TwScratch {
 /// Scaling step of the solutions: 2⁶⁴ (exact).
 const STEP: f64 = 18446744073709551616.0;
 
-/// Rows between two rescalings of the solutions (a row multiplies them by at most about
-/// 2‖T‖/tol ≈ 2²⁴, so they stay far inside float64's range).
+/// Rows between two rescalings of the solutions (within a block |e_i| > tol, so a row multiplies
+/// them by at most about 3‖T‖/tol: 2²⁵ for float32 data's tolerance, 2⁵⁵ for float64's; four rows
+/// stay far inside float64's range).
 const CHECK: usize = 4;
 
 /// The rescaling of the recurrences, lane by lane: the pair (w0, w1) times 2⁻⁶⁴ where
@@ -122,9 +123,10 @@ fn pow2(k: i64) -> f64 {
     }
 }
 
-/// The twisted vectors of block s..=t (s < t) for the eigenvalues `lam` (one per lane), normalized,
-/// into `sc.z[s..=t]`; returns per lane the Rayleigh correction γ_r/‖z‖², NaN where the vector is
-/// not finite. `fast`: the caller runs with AVX2 and FMA (same results).
+/// The twisted vectors of block s..=t (s < t) for the eigenvalues `lam` (one per lane) into
+/// `sc.z` (lane k's rows s..=t, with z_r = 1; `sc.inv` the factors that normalize them); returns
+/// per lane the Rayleigh correction γ_r/‖z‖², NaN where the vector is not finite. `fast`: the
+/// caller runs with AVX2 and FMA (the same results).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn twisted_lanes(d: &[f64], e: &[f64], s: usize, t: usize, lam: &Tw, sc: &mut TwScratch, fast: bool) -> Tw {
