@@ -462,18 +462,12 @@ fn lane_dot<A: Real>(x: &[[A; RL]], y: &[[A; RL]]) -> [A; RL] {
 fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<A>, vectors: bool) {
     const L: usize = RL;
     let cnt = jobs.len().min(L);
-    let ld = jobs[0].ld;
     let LaneBuf { a, m, v, vb, p, tau, d, e, zero, spill, .. } = lb;
     // Slices, not the Vecs: their pointers stay in registers (a store through one Vec's buffer
     // could alias another Vec's header, which made every access reload it, unvectorized).
     let (a, m, v, vb, p, tau, d, e) =
         (&mut a[..], &mut m[..], &mut v[..], &mut vb[..], &mut p[..], &mut tau[..], &mut d[..], &mut e[..]);
-    for j in 0..n {
-        let srcs: [*const A; L] =
-            std::array::from_fn(|t| if t < cnt { jobs[t].a[j * ld..].as_ptr() } else { zero.as_ptr() });
-        // SAFETY: each source has n readable elements (column j of a job's `a`, or `zero`).
-        unsafe { super::lanes::pack::<A, L>(&srcs, &mut a[j * n..(j + 1) * n]) };
-    }
+    pack_cols(jobs, |j| &j.a, n, zero, a);
     for k in 0..n.saturating_sub(2) {
         let ck = k * n;
         let mut ss = [A::ZERO; L];
@@ -583,19 +577,47 @@ fn reduce_lanes<A: Real>(jobs: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<
             *x = if at / n == at % n { [A::ONE; L] } else { [A::ZERO; L] };
         }
         reflect_rows(m, a, tau, vb, n, false);
-        for j in 0..n {
-            let dsts: [*mut A; L] =
-                std::array::from_fn(|t| if t < cnt { jobs[t].z[j * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
-            // SAFETY: each destination has n writable elements (column j of a job's `z`, or the
-            // spill, shared by the lanes past the group's end).
-            unsafe { super::lanes::unpack::<A, L>(&m[j * n..(j + 1) * n], &dsts) };
-        }
+        unpack_z(jobs, m, n, spill);
     }
     for (t, job) in jobs.iter_mut().enumerate().take(cnt) {
         for k in 0..n {
             job.d[k] = d[k][t].to_f64();
             job.e[k] = e[k][t].to_f64();
         }
+    }
+}
+
+/// Columns 0..n of a buffer of each job (`col`: its `a` or its `z`, leading dimension `ld`) into the
+/// rows of the lane matrix `m` (row j, lane t: job t's column j; lanes past the group read `zero`,
+/// n elements).
+#[inline(always)]
+fn pack_cols<A: Real>(
+    jobs: &[EigScratch<A>],
+    col: impl Fn(&EigScratch<A>) -> &[A],
+    n: usize,
+    zero: &[A],
+    m: &mut [[A; RL]],
+) {
+    let (cnt, ld) = (jobs.len().min(RL), jobs[0].ld);
+    for j in 0..n {
+        let srcs: [*const A; RL] =
+            std::array::from_fn(|t| if t < cnt { col(&jobs[t])[j * ld..].as_ptr() } else { zero.as_ptr() });
+        // SAFETY: each source has n readable elements (column j of a job's buffer, or `zero`).
+        unsafe { super::lanes::pack::<A, RL>(&srcs, &mut m[j * n..(j + 1) * n]) };
+    }
+}
+
+/// The rows of the lane matrix `m` into columns 0..n of each job's `z` (the inverse of
+/// [`pack_cols`]; lanes past the group write `spill`, n elements).
+#[inline(always)]
+fn unpack_z<A: Real>(jobs: &mut [EigScratch<A>], m: &[[A; RL]], n: usize, spill: &mut [A]) {
+    let (cnt, ld) = (jobs.len().min(RL), jobs[0].ld);
+    for j in 0..n {
+        let dsts: [*mut A; RL] =
+            std::array::from_fn(|t| if t < cnt { jobs[t].z[j * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
+        // SAFETY: each destination has n writable elements (column j of a job's `z`, or the
+        // spill, shared by the lanes past the group's end).
+        unsafe { super::lanes::unpack::<A, RL>(&m[j * n..(j + 1) * n], &dsts) };
     }
 }
 
@@ -920,13 +942,14 @@ fn ql_many<A: Real>(jobs: &mut [EigScratch<A>], n: usize, vectors: bool) {
 /// 6n³ for the QL's rotations applied to it.
 #[inline(always)]
 fn twisted_group<A: Real>(chunk: &mut [EigScratch<A>], n: usize, lb: &mut LaneBuf<A>, max_iters: usize) {
-    const L: usize = RL;
     for j in chunk.iter_mut() {
         j.prepare_ql(n, max_iters);
         j.t0[..n].copy_from_slice(&j.d);
         j.t0[n..].copy_from_slice(&j.e);
     }
-    ql_many(chunk, n, false);
+    for group in chunk.chunks_mut(QL_WAYS) {
+        ql_many(group, n, false);
+    }
     for j in chunk.iter_mut() {
         let (d0, e0) = j.t0.split_at(n);
         let ld = j.ld;
@@ -942,15 +965,8 @@ fn twisted_group<A: Real>(chunk: &mut [EigScratch<A>], n: usize, lb: &mut LaneBu
             j.apply_log();
         }
     }
-    let cnt = chunk.len().min(L);
-    let ld = chunk[0].ld;
     let LaneBuf { a, m, vb, tau, zero, spill, .. } = lb;
-    for c in 0..n {
-        let srcs: [*const A; L] =
-            std::array::from_fn(|t| if t < cnt { chunk[t].z[c * ld..].as_ptr() } else { zero.as_ptr() });
-        // SAFETY: each source has n readable elements (column c of a job's `z`, or `zero`).
-        unsafe { super::lanes::pack::<A, L>(&srcs, &mut m[c * n..(c + 1) * n]) };
-    }
+    pack_cols(chunk, |j| &j.z, n, zero, m);
     // Through a pointer, not inlined here: inlined into this long function, the same loops ran
     // about 1.5× slower (26 against 17 µs per 64² float32 matrix).
     let f = pick!(
@@ -961,13 +977,7 @@ fn twisted_group<A: Real>(chunk: &mut [EigScratch<A>], n: usize, lb: &mut LaneBu
     );
     // SAFETY: the AVX2 copy is picked only on a CPU that has AVX2 and FMA.
     unsafe { f(m, a, tau, vb, n, true) };
-    for c in 0..n {
-        let dsts: [*mut A; L] =
-            std::array::from_fn(|t| if t < cnt { chunk[t].z[c * ld..].as_mut_ptr() } else { spill.as_mut_ptr() });
-        // SAFETY: each destination has n writable elements (column c of a job's `z`, or the
-        // spill, shared by the lanes past the group's end).
-        unsafe { super::lanes::unpack::<A, L>(&m[c * n..(c + 1) * n], &dsts) };
-    }
+    unpack_z(chunk, m, n, spill);
 }
 
 /// Eigenvalues and (with `vectors`) eigenvectors of every matrix in `jobs` (order n, finite
@@ -1021,7 +1031,9 @@ pub(crate) unsafe fn sym_eig_many<A: Real>(
             for j in chunk.iter_mut() {
                 j.prepare_ql(n, max_iters);
             }
-            ql_many(chunk, n, vectors);
+            for group in chunk.chunks_mut(QL_WAYS) {
+                ql_many(group, n, vectors);
+            }
         }
         for j in chunk.iter_mut() {
             if vectors {
@@ -1115,7 +1127,8 @@ mod tests {
                     put(j, o, n);
                 }
                 sym_eig_best(&mut jobs, &mut LaneBuf::new(n), n, 30 * n, true, twisted);
-                let tol = if twisted && group == 8 { 1e-12 } else { 1e-13 };
+                // (The twisted path runs for a full group past 32 rows.)
+                let tol = if twisted && group == 8 && n > 32 { 1e-12 } else { 1e-13 };
                 for (j, o) in jobs.iter().zip(&origs) {
                     assert!(j.converged());
                     let (resid, orth) = errors(o, n, j);
